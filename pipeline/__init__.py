@@ -1,0 +1,1 @@
+"""The stages of edgeprune: load, graph, importance, surgery, prune, convert, fidelity, run."""

@@ -1,0 +1,112 @@
+"""Loading Keras models (``.keras`` and Keras 2/3 ``.h5``) with clear errors."""
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+
+from edgeprune.errors import BadInput, UnsupportedModel
+
+SUFFIXES = (".keras", ".h5", ".hdf5")
+
+
+def load_model(path: str | Path):
+    """Load a Sequential or functional Keras model for inference (``compile=False``).
+
+    Keras 2 ``.h5`` files whose layer configs carry keys Keras 3 refuses (such as
+    ``DepthwiseConv2D(groups=1)``) are loaded through tolerant layer classes and then
+    rebuilt with the standard classes. Raises :class:`BadInput` naming the problem.
+    """
+    import keras
+
+    from edgeprune.pipeline import _keras_compat as compat
+
+    path = Path(path)
+    if not path.exists():
+        raise BadInput(f"model file {path} does not exist", "check the path (a .keras or .h5 Keras model)")
+    if path.is_dir():
+        raise BadInput(
+            f"{path} is a folder, not a Keras model file",
+            "export a .keras file (model.save('model.keras')); SavedModel folders are not supported",
+        )
+    suffix = path.suffix.lower()
+    if suffix not in SUFFIXES:
+        raise BadInput(f"{path.name}: unsupported model format {suffix or '(no suffix)'}", "give a .keras or .h5 file")
+    if path.stat().st_size == 0:
+        raise BadInput(f"model file {path} is empty", "re-export the model")
+    if suffix == ".keras" and not zipfile.is_zipfile(path):
+        raise BadInput(f"{path} is not a valid .keras file (not a zip archive): corrupt or truncated", "re-export the model")
+    if suffix in (".h5", ".hdf5"):
+        _check_hdf5(path)
+
+    custom: dict = {}
+    for _ in range(4):
+        try:
+            model = keras.models.load_model(path, compile=False, custom_objects=custom or None, safe_mode=True)
+            break
+        except compat.LegacyConfigError as exc:
+            raise UnsupportedModel(f"{path.name}: {exc}", "re-save the model with Keras 3 or without that option") from None
+        except TypeError as exc:
+            found = compat.parse_unrecognized(exc)
+            if found and not custom:
+                custom = compat.legacy_custom_objects()
+                continue
+            raise _explain(path, exc) from None
+        except Exception as exc:  # keras raises many kinds; each becomes one clear message
+            raise _explain(path, exc) from None
+    else:  # pragma: no cover - the loop always breaks or raises
+        raise BadInput(f"could not load {path}")
+
+    check_supported(model, path.name)
+    if compat.has_legacy_layers(model):
+        model = compat.to_standard_classes(model)
+    return model
+
+
+def check_supported(model, label: str = "model") -> None:
+    """Reject subclassed models: their computation is Python code, not a graph."""
+    import keras
+
+    if not isinstance(model, keras.Model):
+        raise UnsupportedModel(f"{label}: not a Keras model (got {type(model).__name__})")
+    if type(model).__name__ not in ("Functional", "Sequential") and not isinstance(
+        model, (keras.Sequential,)
+    ):
+        try:
+            from keras.src.models.functional import Functional  # noqa: PLC0415
+        except Exception:  # pragma: no cover
+            Functional = ()  # type: ignore[assignment]
+        if not (Functional and isinstance(model, Functional)):
+            raise UnsupportedModel(
+                f"{label}: subclassed model {type(model).__name__} has no inspectable graph",
+                "rebuild it as a Sequential or functional keras.Model (keras.Model(inputs, outputs))",
+            )
+    if not model.built or not model.inputs:
+        raise UnsupportedModel(f"{label}: the model is not built (no input shape)", "build it with an Input layer")
+
+
+def _check_hdf5(path: Path) -> None:
+    with open(path, "rb") as fh:
+        magic = fh.read(8)
+    if magic != b"\x89HDF\r\n\x1a\n":
+        raise BadInput(f"{path} is not an HDF5 file: corrupt, truncated or mislabelled", "re-export the model")
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            if "model_config" not in f.attrs:
+                raise BadInput(
+                    f"{path.name} holds weights only (no model_config)",
+                    "save the whole model (model.save), not model.save_weights",
+                )
+    except OSError as exc:
+        raise BadInput(f"{path} cannot be read as HDF5: {exc}", "re-export the model") from None
+
+
+def _explain(path: Path, exc: Exception) -> BadInput:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if "Could not locate class" in str(exc) or "Unknown layer" in str(exc):
+        return UnsupportedModel(
+            f"{path.name}: uses a custom or subclassed layer/model Keras cannot rebuild ({text[:300]})",
+            "register the class with keras.saving.register_keras_serializable, or rebuild the model from standard layers",
+        )
+    return BadInput(f"could not load {path.name}: {type(exc).__name__}: {text[:400]}", "check that the file is a Keras model")
