@@ -1,0 +1,148 @@
+"""Surgery: slice weights by group and rebuild a physically smaller Keras model.
+
+:class:`PruneState` holds the current (already sliced) weights of every layer and, for
+each group, which of the ORIGINAL channels are still present. Removing channels of a group
+slices every weight that the dependency graph says is indexed by that group (the
+producers' kernels and biases, BatchNorm/depthwise parameters, the consumers' input
+weights). Merges (PAODING) add a removed channel's outgoing weights into its partner's
+before the removal. :func:`build_model` rebuilds through public Keras API:
+``keras.models.clone_model(clone_function=...)`` with new widths, then ``set_weights``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from edgeprune.errors import EdgepruneError
+from edgeprune.pipeline.graph import DependencyGraph, layout_indices, offsets
+
+WIDTH_KEYS = {"Dense": "units", "Conv1D": "filters", "Conv2D": "filters", "Conv3D": "filters",
+              "SeparableConv1D": "filters", "SeparableConv2D": "filters", "Embedding": "output_dim"}
+
+
+@dataclass
+class Merge:
+    """Channel ``removed`` of the group produced by ``layer`` is removed and its outgoing
+    weights, times ``scale``, are added to those of channel ``into`` (original indices)."""
+
+    layer: str
+    removed: int
+    into: int
+    scale: float = 1.0
+
+    def to_dict(self) -> dict:
+        return {"layer": self.layer, "removed": int(self.removed), "into": int(self.into), "scale": float(self.scale)}
+
+
+class PruneState:
+    def __init__(self, graph: DependencyGraph):
+        self.graph = graph
+        model = graph.model
+        self.weights: dict[str, list[np.ndarray]] = {
+            layer.name: [np.array(w, copy=True) for w in layer.get_weights()] for layer in model.layers
+        }
+        self.sizes: dict[int, int] = {gid: g.size for gid, g in graph.groups.items()}
+        self.kept: dict[int, np.ndarray] = {gid: np.arange(g.size) for gid, g in graph.groups.items()}
+        self.merges: list[Merge] = []
+
+    def copy(self) -> "PruneState":
+        new = PruneState.__new__(PruneState)
+        new.graph = self.graph
+        new.weights = {k: [w.copy() for w in v] for k, v in self.weights.items()}
+        new.sizes = dict(self.sizes)
+        new.kept = {k: v.copy() for k, v in self.kept.items()}
+        new.merges = list(self.merges)
+        return new
+
+    # ----------------------------------------------------------------- channel access
+    def block_slices(self, ref, gid: int) -> list[int]:
+        """Start offsets of group ``gid``'s blocks along ``ref``'s axis (current sizes)."""
+        return [start for g, start in offsets(ref.layout, self.sizes) if g == gid]
+
+    def merge(self, gid: int, removed: int, into: int, scale: float = 1.0) -> None:
+        """Add channel ``removed``'s outgoing (consumer) weights, times ``scale``, into
+        channel ``into``'s; both are CURRENT positions within group ``gid``."""
+        group = self.graph.groups[gid]
+        for ref in group.refs:
+            if ref.role != "consumer":
+                continue
+            w = np.moveaxis(self.weights[ref.layer][ref.weight], ref.axis, 0)  # a view
+            for start in self.block_slices(ref, gid):
+                w[start + into] += scale * w[start + removed]
+        self.merges.append(Merge(group.name, int(self.kept[gid][removed]), int(self.kept[gid][into]), float(scale)))
+
+    def remove(self, gid: int, remove_local) -> None:
+        """Remove the channels at CURRENT positions ``remove_local`` from group ``gid``."""
+        remove_local = np.unique(np.asarray(remove_local, dtype=np.int64))
+        if remove_local.size == 0:
+            return
+        size = self.sizes[gid]
+        keep_local = np.setdiff1d(np.arange(size), remove_local)
+        if keep_local.size == 0:
+            raise EdgepruneError(f"internal: refusing to prune group {self.graph.groups[gid].name} to zero channels")
+        group = self.graph.groups[gid]
+        for ref in group.refs:
+            idx = layout_indices(ref.layout, self.sizes, {gid: keep_local})
+            ws = self.weights[ref.layer]
+            ws[ref.weight] = np.take(ws[ref.weight], idx, axis=ref.axis)
+        self.sizes[gid] = int(keep_local.size)
+        self.kept[gid] = self.kept[gid][keep_local]
+
+    def widths(self) -> dict[str, tuple[int, int]]:
+        """Producer layer -> (original width, current width)."""
+        out = {}
+        for gid, g in self.graph.groups.items():
+            for p in g.producers:
+                out[p] = (g.size, self.sizes[gid])
+        return out
+
+
+def build_model(graph: DependencyGraph, state: PruneState):
+    """A new Keras model with the state's widths and weights; names, activations and
+    every other setting are the original's."""
+    import keras
+
+    model = graph.model
+    new_width = {}
+    for gid, g in graph.groups.items():
+        for p in g.producers:
+            new_width[p] = state.sizes[gid]
+
+    def clone(layer):
+        config = layer.get_config()
+        key = WIDTH_KEYS.get(type(layer).__name__)
+        if key and layer.name in new_width:
+            config[key] = new_width[layer.name]
+        return layer.__class__.from_config(config)
+
+    new = keras.models.clone_model(model, clone_function=clone)
+    for layer in new.layers:
+        weights = state.weights.get(layer.name)
+        if weights:
+            layer.set_weights(weights)
+    return new
+
+
+def masked_model(graph: DependencyGraph, removed: dict[int, np.ndarray]):
+    """A copy of the ORIGINAL model in which the channels ``removed[gid]`` (original
+    indices) are masked: every consumer's input weights from them are zeroed. Removing the
+    same channels must give the same outputs (the exactness test of surgery)."""
+    import keras
+
+    model = graph.model
+    new = keras.models.clone_model(model)
+    sizes = {gid: g.size for gid, g in graph.groups.items()}
+    for layer in new.layers:
+        ws = [w.copy() for w in model.get_layer(layer.name).get_weights()]
+        for ref in graph.refs_by_layer.get(layer.name, []):
+            if ref.role != "consumer":
+                continue
+            w = np.moveaxis(ws[ref.weight], ref.axis, 0)
+            for gid, rem in removed.items():
+                for g, start in offsets(ref.layout, sizes):
+                    if g == gid:
+                        w[start + np.asarray(rem, dtype=np.int64)] = 0.0
+        if ws:
+            layer.set_weights(ws)
+    return new
