@@ -1,0 +1,61 @@
+"""Backend ``local``: this machine, measured exactly as a board is.
+
+The board runner runs in a child process (a fresh interpreter, so its peak RSS is the
+model's, not edgeprune's), with the profile's ``runtime.python`` or, for ``current``, the
+Python running edgeprune. put/get copy files into a private temp work dir, removed on close.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from edgeprune.errors import DeviceError
+from edgeprune.devices.base import Device, RunResult, register
+
+
+@register("local")
+class LocalDevice(Device):
+    def __init__(self, profile):
+        super().__init__(profile)
+        self.workdir = Path(tempfile.mkdtemp(prefix="edgeprune-local-"))
+
+    def python(self) -> str:
+        py = self.profile.runtime.python
+        return sys.executable if py in ("current", "", None) else os.path.expanduser(py)
+
+    def _path(self, remote_name: str) -> Path:
+        name = Path(remote_name).name  # files live flat in the work dir
+        return self.workdir / name
+
+    def put(self, local_path, remote_name: str) -> str:
+        dest = self._path(remote_name)
+        try:
+            shutil.copyfile(local_path, dest)
+        except OSError as exc:
+            if exc.errno == 28:
+                raise DeviceError(f"local: disk full copying {local_path} to {self.workdir}", "free disk space in the temp dir (TMPDIR)") from None
+            raise
+        return str(dest)
+
+    def get(self, remote_name: str) -> bytes:
+        return self._path(remote_name).read_bytes()
+
+    def run(self, argv, timeout: float) -> RunResult:
+        env = dict(os.environ)
+        env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+        try:
+            proc = subprocess.run([str(a) for a in argv], cwd=self.workdir, capture_output=True, text=True,
+                                  timeout=timeout, env=env)
+        except subprocess.TimeoutExpired:
+            raise DeviceError(f"local: the benchmark did not finish within {timeout:g} s",
+                              "raise the timeout (--timeout / runtime.run_timeout_s) or lower --runs") from None
+        except FileNotFoundError:
+            raise DeviceError(f"local: Python {argv[0]!r} not found", "set the profile's runtime.python to an existing interpreter") from None
+        return RunResult(proc.returncode, proc.stdout, proc.stderr)
+
+    def close(self) -> None:
+        shutil.rmtree(self.workdir, ignore_errors=True)
