@@ -1,0 +1,465 @@
+"""Keras -> TFLite conversion: float32, float16, dynamic-range int8 and full int8.
+
+- Static batch size (1 by default): the model is traced as a ``tf.function`` with a fixed
+  input signature and converted from that concrete function (no SavedModel round trip),
+  so Flatten stays one RESHAPE instead of SHAPE/STRIDED_SLICE/PACK.
+- Only TFLite builtin ops (``TFLITE_BUILTINS``, or ``TFLITE_BUILTINS_INT8`` for full
+  int8); SELECT_TF_OPS are never enabled and the op list is checked for Flex/custom ops.
+- Full int8 has int8 input and output tensors and every op int8. It is calibrated on the
+  user's samples when given, otherwise on synthetic samples drawn uniformly from the
+  declared input range (``calibration_source`` says which).
+- The converter's chatter (C++ and Python, on file descriptors 1 and 2) is captured, not
+  shown; if conversion fails, the error names the op/layer and keeps the captured log.
+
+Usage::
+
+    result = convert(model, ConvertConfig(quantize="int8", calibration=x))
+    result.save("model.tflite"); result.size_bytes; result.ops; result.inputs[0].scale
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import re
+import sys
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from edgeprune.errors import BadInput, UnsupportedModel
+
+QUANTIZE_MODES = ("float32", "float16", "dynamic", "int8")
+# Ops a dynamic batch dimension introduces around Flatten; microcontrollers do not want them.
+DYNAMIC_SHAPE_OPS = ("SHAPE", "STRIDED_SLICE", "PACK")
+
+
+# --------------------------------------------------------------------------- config
+@dataclass
+class ConvertConfig:
+    """How to convert.
+
+    quantize: "float32"; "float16" (float16 weights); "dynamic" (dynamic-range int8
+    weights, float activations); "int8" (full integer: int8 input/output, every op int8).
+    calibration: samples for int8, shape (N, *input_shape) (a missing trailing channel of
+    1 is accepted); None -> ``num_calibration`` synthetic samples drawn uniformly from
+    ``input_range`` with ``seed``.
+    """
+
+    quantize: str = "float32"
+    batch_size: int = 1
+    calibration: np.ndarray | None = None
+    input_range: tuple[float, float] = (0.0, 1.0)
+    num_calibration: int = 100
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.quantize not in QUANTIZE_MODES:
+            raise BadInput(
+                f"unknown quantization {self.quantize!r}",
+                f"use one of: {', '.join(QUANTIZE_MODES)}",
+            )
+        if int(self.batch_size) < 1:
+            raise BadInput(f"batch size must be >= 1, got {self.batch_size}")
+        self.batch_size = int(self.batch_size)
+        lo, hi = (float(v) for v in self.input_range)
+        if not (np.isfinite(lo) and np.isfinite(hi) and lo < hi):
+            raise BadInput(f"input range {self.input_range!r}: LO must be below HI", "e.g. (0, 1) or (-1, 1)")
+        self.input_range = (lo, hi)
+        if int(self.num_calibration) < 1:
+            raise BadInput(f"num_calibration must be >= 1, got {self.num_calibration}")
+        self.num_calibration = int(self.num_calibration)
+
+
+# --------------------------------------------------------------------------- result
+@dataclass
+class TensorInfo:
+    """One input or output tensor of the converted model."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+    scale: float = 0.0  # 0.0 = not quantised
+    zero_point: int = 0
+
+    @property
+    def quantized(self) -> bool:
+        return self.scale != 0.0 and self.dtype in ("int8", "uint8", "int16")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "shape": list(self.shape),
+            "dtype": self.dtype,
+            "scale": self.scale,
+            "zero_point": self.zero_point,
+        }
+
+
+@dataclass
+class ConvertResult:
+    tflite: bytes
+    quantize: str
+    ops: list[str]  # sorted, unique builtin op names (e.g. "CONV_2D")
+    op_counts: dict[str, int]
+    inputs: list[TensorInfo]
+    outputs: list[TensorInfo]
+    calibration_source: str | None  # "user", "synthetic" or None (no calibration needed)
+    calibration_samples: int
+    seconds: float
+    batch_size: int = 1
+    log: str = ""  # the converter's captured stdout/stderr
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def size_bytes(self) -> int:
+        return len(self.tflite)
+
+    def save(self, path: str | Path) -> Path:
+        """Write the .tflite atomically (temporary file in the same folder + os.replace)."""
+        path = Path(path)
+        parent = path.resolve().parent
+        if not parent.is_dir():
+            raise BadInput(f"output folder {parent} does not exist", "create it or choose another output path")
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(self.tflite)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise BadInput(f"cannot write {path}: {exc}", "choose another output path") from None
+        return path
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "quantize": self.quantize,
+            "size_bytes": self.size_bytes,
+            "batch_size": self.batch_size,
+            "ops": list(self.ops),
+            "op_counts": dict(self.op_counts),
+            "inputs": [t.to_dict() for t in self.inputs],
+            "outputs": [t.to_dict() for t in self.outputs],
+            "calibration_source": self.calibration_source,
+            "calibration_samples": self.calibration_samples,
+            "seconds": round(self.seconds, 3),
+            "notes": list(self.notes),
+        }
+
+
+# --------------------------------------------------------------------------- capture
+class _Captured:
+    text: str = ""
+
+
+@contextlib.contextmanager
+def captured_output() -> Iterator[_Captured]:
+    """Send everything written to fds 1/2 (C++ included), sys.stdout/err, Python warnings and
+    the tensorflow/absl loggers to a temporary file; its text is in ``box.text`` afterwards."""
+    box = _Captured()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    tmp = tempfile.TemporaryFile(mode="w+b")
+    saved: list[tuple[int, int]] = []
+    for fd in (1, 2):
+        try:
+            saved.append((fd, os.dup(fd)))
+            os.dup2(tmp.fileno(), fd)
+        except OSError:  # no such fd (embedded interpreters): skip it
+            pass
+    text_stream = io.TextIOWrapper(os.fdopen(os.dup(tmp.fileno()), "wb"), encoding="utf-8", errors="replace", line_buffering=True)
+    loggers = [logging.getLogger(n) for n in ("tensorflow", "absl", "h5py", "keras")]
+    old_levels = [lg.level for lg in loggers]
+    try:
+        for lg in loggers:
+            lg.setLevel(logging.ERROR)
+        with contextlib.redirect_stdout(text_stream), contextlib.redirect_stderr(text_stream), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield box
+    finally:
+        for lg, level in zip(loggers, old_levels):
+            lg.setLevel(level)
+        with contextlib.suppress(Exception):
+            text_stream.flush()
+            text_stream.close()
+        for fd, dup in saved:
+            os.dup2(dup, fd)
+            os.close(dup)
+        tmp.seek(0)
+        box.text = tmp.read().decode("utf-8", errors="replace")
+        tmp.close()
+
+
+# --------------------------------------------------------------------------- helpers
+def input_specs(model) -> list[tuple[str, tuple[int | None, ...], str]]:
+    """(name, per-sample shape, dtype) of each model input."""
+    specs = []
+    for t in model.inputs:
+        shape = tuple(t.shape[1:])
+        dtype = getattr(t.dtype, "name", None) or str(t.dtype)
+        name = getattr(t, "name", "input")
+        specs.append((name, shape, dtype))
+    return specs
+
+
+def _check_static(model) -> None:
+    for name, shape, _ in input_specs(model):
+        if any(d is None for d in shape):
+            raise UnsupportedModel(
+                f"input {name!r} has a dynamic dimension {('batch',) + shape}",
+                "give the model a fully known input shape (keras.Input(shape=(...)) without None)",
+            )
+
+
+def fit_to_input(x: np.ndarray, shape: tuple[int, ...], what: str = "data") -> np.ndarray:
+    """``x`` (N, *shape), or (N, *shape[:-1]) when the model's last dim is 1; else BadInput."""
+    x = np.asarray(x)
+    if tuple(x.shape[1:]) == tuple(shape):
+        return x
+    if len(shape) >= 1 and shape[-1] == 1 and tuple(x.shape[1:]) == tuple(shape[:-1]):
+        return x[..., None]
+    raise BadInput(
+        f"{what} has per-sample shape {tuple(x.shape[1:])} (array {tuple(x.shape)}), "
+        f"but the model expects {tuple(shape)}",
+        f"give an array of shape (N, {', '.join(str(d) for d in shape)})",
+    )
+
+
+def synthetic_inputs(model, n: int, input_range: tuple[float, float], seed: int = 0) -> list[np.ndarray]:
+    """``n`` samples per model input, uniform in ``input_range`` (integers for int inputs)."""
+    rng = np.random.default_rng(seed)
+    lo, hi = input_range
+    out = []
+    for _, shape, dtype in input_specs(model):
+        if np.issubdtype(np.dtype(dtype), np.integer):
+            out.append(rng.integers(int(np.ceil(lo)), int(np.floor(hi)) + 1, size=(n, *shape)).astype(dtype))
+        else:
+            out.append(rng.uniform(lo, hi, size=(n, *shape)).astype(np.float32))
+    return out
+
+
+def _calibration_set(model, config: ConvertConfig) -> tuple[list[np.ndarray], str]:
+    specs = input_specs(model)
+    if config.calibration is None:
+        return synthetic_inputs(model, config.num_calibration, config.input_range, config.seed), "synthetic"
+    if len(specs) != 1:
+        raise BadInput(
+            f"user calibration data given for a model with {len(specs)} inputs",
+            "calibration arrays are supported for single-input models; omit them for synthetic calibration",
+        )
+    x = np.asarray(config.calibration)
+    if x.dtype.kind not in "biuf" or x.ndim < 1:
+        raise BadInput(f"calibration data must be a numeric array, got dtype {x.dtype}")
+    if len(x) == 0:
+        raise BadInput("calibration data is empty", "give at least one sample")
+    x = fit_to_input(x, specs[0][1], "calibration data")
+    if not np.all(np.isfinite(x.astype(np.float64, copy=False))):
+        raise BadInput("calibration data contains NaN or infinity", "clean the data")
+    if len(x) > config.num_calibration:
+        idx = np.random.default_rng(config.seed).choice(len(x), config.num_calibration, replace=False)
+        x = x[np.sort(idx)]
+    return [x.astype(np.float32)], "user"
+
+
+def _concrete_function(model, batch_size: int):
+    import tensorflow as tf
+
+    signature = [
+        tf.TensorSpec((batch_size, *shape), tf.as_dtype(dtype), name=re.sub(r"[^A-Za-z0-9_]", "_", name) or f"input_{i}")
+        for i, (name, shape, dtype) in enumerate(input_specs(model))
+    ]
+
+    if len(signature) == 1:
+        @tf.function(input_signature=signature, autograph=False)
+        def serve(x):
+            return model(x, training=False)
+    else:
+        @tf.function(input_signature=signature, autograph=False)
+        def serve(*xs):
+            return model(list(xs), training=False)
+
+    return serve.get_concrete_function()
+
+
+_FLEX_OP = re.compile(r"'tf\.(\w+)' op")
+_TFL_OP = re.compile(r"'tfl\.(\w+)' op")
+_LOC_NAME = re.compile(r'"([A-Za-z0-9_./-]+?)(?:@__inference[^"]*)?"')
+
+
+def _explain_conversion_error(exc: Exception, log: str, model) -> UnsupportedModel:
+    text = f"{exc}\n{log}"
+    layer_names = [layer.name for layer in model.layers]
+    tf_ops = sorted(set(_FLEX_OP.findall(text)))
+    tfl_ops = sorted(set(_TFL_OP.findall(text)))
+    # Layer names appear in the op locations ("model/layer_name/Op@__inference...").
+    layers_hit = sorted({n for n in layer_names if re.search(rf"(?:^|[/\"]){re.escape(n)}/", text)})
+    where = f" in layer(s) {', '.join(repr(n) for n in layers_hit)}" if layers_hit else ""
+    first = next((ln.strip() for ln in str(exc).splitlines() if "error:" in ln), str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+    if tf_ops:
+        msg = (
+            f"the model cannot be converted with TFLite builtin ops: TensorFlow op(s) "
+            f"{', '.join(tf_ops)}{where} have no TFLite builtin equivalent"
+        )
+        hint = "replace that layer with standard layers TFLite supports (edgeprune never enables SELECT_TF_OPS / Flex ops)"
+    elif tfl_ops:
+        msg = f"TFLite conversion failed at op(s) {', '.join(tfl_ops)}{where}: {first[:300]}"
+        hint = "try another --quantize mode, or replace that layer"
+    else:
+        msg = f"TFLite conversion failed{where}: {type(exc).__name__}: {first[:400]}"
+        hint = "check that the model runs on a single sample; see the converter log below"
+    tail = "\n".join(ln for ln in log.strip().splitlines()[-15:] if ln.strip())
+    err = UnsupportedModel(msg, hint)
+    err.log = log  # type: ignore[attr-defined]
+    if tail:
+        err.hint = f"{hint}\n  converter log (last lines):\n    " + tail.replace("\n", "\n    ")
+    return err
+
+
+# --------------------------------------------------------------------------- flatbuffer
+def read_ops(tflite: bytes) -> tuple[list[str], dict[str, int]]:
+    """(sorted unique op names, counts) from the .tflite flatbuffer. Custom ops keep their
+    custom code (Flex ops are custom ops named "Flex...")."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    model = schema.Model.GetRootAsModel(bytearray(tflite), 0)
+    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    codes = []
+    for i in range(model.OperatorCodesLength()):
+        oc = model.OperatorCodes(i)
+        code = max(oc.BuiltinCode(), oc.DeprecatedBuiltinCode())
+        if code == schema.BuiltinOperator.CUSTOM:
+            custom = oc.CustomCode()
+            codes.append(custom.decode() if isinstance(custom, bytes) else str(custom))
+        else:
+            codes.append(names.get(code, f"BUILTIN_{code}"))
+    counts: dict[str, int] = {}
+    for s in range(model.SubgraphsLength()):
+        sg = model.Subgraphs(s)
+        for o in range(sg.OperatorsLength()):
+            name = codes[sg.Operators(o).OpcodeIndex()]
+            counts[name] = counts.get(name, 0) + 1
+    return sorted(counts), dict(sorted(counts.items()))
+
+
+def tensor_details(tflite: bytes) -> tuple[list[TensorInfo], list[TensorInfo]]:
+    """Input and output tensors (shape, dtype, quantisation) read with ai-edge-litert."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    with captured_output():  # the runtime announces its delegate on fd 2
+        interp = Interpreter(model_content=tflite)
+
+    def info(d: dict) -> TensorInfo:
+        scale, zp = d.get("quantization", (0.0, 0))
+        return TensorInfo(
+            name=str(d["name"]),
+            shape=tuple(int(v) for v in d["shape"]),
+            dtype=np.dtype(d["dtype"]).name,
+            scale=float(scale),
+            zero_point=int(zp),
+        )
+
+    return [info(d) for d in interp.get_input_details()], [info(d) for d in interp.get_output_details()]
+
+
+# --------------------------------------------------------------------------- convert
+def convert(model, config: ConvertConfig | None = None) -> ConvertResult:
+    """Convert a Keras model to TFLite as ``config`` says; raises UnsupportedModel naming the
+    op/layer when TFLite builtins cannot express the model."""
+    import tensorflow as tf
+
+    config = config or ConvertConfig()
+    _check_static(model)
+    t0 = time.perf_counter()
+    calibration: list[np.ndarray] | None = None
+    source: str | None = None
+    if config.quantize == "int8":
+        calibration, source = _calibration_set(model, config)
+
+    with captured_output() as box:
+        try:
+            func = _concrete_function(model, config.batch_size)
+        except Exception as exc:  # tracing failed: the model does not run on this signature
+            error: Exception | None = exc
+        else:
+            error = None
+    if error is not None:
+        raise _explain_conversion_error(error, box.text, model)
+
+    with captured_output():
+        # The model keeps the variables alive; lower_to_saved_model=False keeps the
+        # conversion on the frozen concrete function (no SavedModel written to disk).
+        converter = tf.lite.TFLiteConverter.from_concrete_functions([func], trackable_obj=model)
+    converter.experimental_lower_to_saved_model = False
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    if config.quantize == "float16":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.target_spec.supported_types = [tf.float16]
+    elif config.quantize == "dynamic":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    elif config.quantize == "int8":
+        assert calibration is not None
+        n = len(calibration[0])
+        b = config.batch_size
+
+        def representative():
+            for start in range(0, n - b + 1, b) if n >= b else []:
+                yield [arr[start : start + b] for arr in calibration]
+            if n < b:  # fewer samples than one batch: tile them
+                reps = -(-b // n)
+                yield [np.concatenate([arr] * reps)[:b] for arr in calibration]
+
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = representative
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        converter.inference_input_type = tf.int8
+        converter.inference_output_type = tf.int8
+
+    with captured_output() as box:
+        try:
+            tflite = converter.convert()
+        except Exception as exc:
+            error = exc
+        else:
+            error = None
+    if error is not None:
+        raise _explain_conversion_error(error, box.text, model)
+    seconds = time.perf_counter() - t0
+
+    ops, counts = read_ops(tflite)
+    bad = [op for op in ops if op.startswith("Flex") or not op.isupper()]
+    if bad:  # cannot happen with TFLITE_BUILTINS only; a hard check all the same
+        raise UnsupportedModel(f"the converted model contains non-builtin ops {bad}", "replace the layers that need them")
+    inputs, outputs = tensor_details(tflite)
+    notes = []
+    dyn = [op for op in ops if op in DYNAMIC_SHAPE_OPS]
+    if dyn:
+        notes.append(f"the converted model contains dynamic-shape ops {dyn} (microcontrollers may not support them)")
+    if config.quantize == "int8" and source == "synthetic":
+        notes.append(
+            f"int8 calibrated on {len(calibration[0])} synthetic samples, uniform in {list(config.input_range)} "  # type: ignore[index]
+            "(data-free); give real samples for better int8 accuracy"
+        )
+    return ConvertResult(
+        tflite=bytes(tflite),
+        quantize=config.quantize,
+        ops=ops,
+        op_counts=counts,
+        inputs=inputs,
+        outputs=outputs,
+        calibration_source=source,
+        calibration_samples=len(calibration[0]) if calibration else 0,
+        seconds=seconds,
+        batch_size=config.batch_size,
+        log=box.text,
+        notes=notes,
+    )

@@ -1,0 +1,247 @@
+"""Fidelity of a converted .tflite against the original float Keras model.
+
+The .tflite runs with ai-edge-litert on the host (the runtime that ships, not the
+deprecated ``tf.lite.Interpreter``), one sample per invoke at the model's static batch
+size; int8/uint8 inputs are quantised with the input tensor's scale/zero-point and
+int8/uint8 outputs dequantised. ``reference`` holds the ORIGINAL float Keras model's
+outputs on the same inputs (computed once with :func:`keras_outputs`, then compared with
+every candidate).
+
+Metrics: top-1 agreement for classifiers; accuracy and accuracy drop (points, against
+the Keras model's accuracy on the same data) when labels are given; relative L2 error,
+mean per-sample cosine similarity and max abs difference for every output. ``score`` is
+the agreement for classifiers and the cosine similarity otherwise; ``metric`` names it.
+
+metric="auto" picks "top1" when each output sample is a vector of more than one value
+that is a probability distribution (non-negative, sums to 1), or when labels are given;
+otherwise "regression". A classifier that outputs logits should set metric="top1".
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgeprune.errors import BadInput
+
+METRICS = ("auto", "top1", "regression")
+
+
+@dataclass
+class FidelityConfig:
+    metric: str = "auto"
+    num_threads: int = 1
+
+    def __post_init__(self) -> None:
+        if self.metric not in METRICS:
+            raise BadInput(f"unknown fidelity metric {self.metric!r}", f"use one of: {', '.join(METRICS)}")
+
+
+@dataclass
+class FidelityResult:
+    metric: str  # "top1" or "regression"
+    score: float  # agreement (top1) or cosine similarity (regression)
+    n_samples: int
+    data_source: str  # "user" or "synthetic"
+    data_label: str  # e.g. "synthetic (data-free)"
+    agreement: float | None = None  # top-1 agreement with the Keras model
+    accuracy: float | None = None  # of the .tflite, when labels are given
+    reference_accuracy: float | None = None  # of the original Keras model, same data
+    accuracy_drop: float | None = None  # points: 100 * (reference_accuracy - accuracy)
+    rel_l2: float = 0.0
+    cosine: float = 1.0
+    max_abs_diff: float = 0.0
+    seconds: float = 0.0
+    ms_per_sample: float = 0.0  # host invoke time, not a device latency
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def score_name(self) -> str:
+        return "top-1 agreement" if self.metric == "top1" else "cosine similarity"
+
+    def to_dict(self) -> dict[str, Any]:
+        def r(v):
+            return None if v is None else round(float(v), 6)
+
+        return {
+            "metric": self.metric,
+            "score": r(self.score),
+            "score_name": self.score_name,
+            "n_samples": self.n_samples,
+            "data_source": self.data_source,
+            "data_label": self.data_label,
+            "agreement": r(self.agreement),
+            "accuracy": r(self.accuracy),
+            "reference_accuracy": r(self.reference_accuracy),
+            "accuracy_drop": r(self.accuracy_drop),
+            "rel_l2": r(self.rel_l2),
+            "cosine": r(self.cosine),
+            "max_abs_diff": r(self.max_abs_diff),
+            "seconds": round(self.seconds, 3),
+            "ms_per_sample": round(self.ms_per_sample, 4),
+            "notes": list(self.notes),
+        }
+
+
+# --------------------------------------------------------------------------- running
+def keras_outputs(model, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """The Keras model's outputs on ``x`` (first output if several), float32, in batches."""
+    import warnings
+
+    x = np.asarray(x, dtype=np.float32)
+    outs = []
+    for start in range(0, len(x), batch_size):
+        with warnings.catch_warnings():  # Keras warns when a 1-input model gets a bare tensor
+            warnings.simplefilter("ignore")
+            y = model(x[start : start + batch_size], training=False)
+        if isinstance(y, (list, tuple)):
+            y = y[0]
+        elif isinstance(y, dict):
+            y = next(iter(y.values()))
+        outs.append(np.asarray(y, dtype=np.float32))
+    return np.concatenate(outs) if outs else np.zeros((0,), np.float32)
+
+
+def _quantize(x: np.ndarray, scale: float, zero_point: int, dtype) -> np.ndarray:
+    info = np.iinfo(dtype)
+    q = np.round(x / scale) + zero_point
+    return np.clip(q, info.min, info.max).astype(dtype)
+
+
+def run_tflite(tflite: bytes | str | Path, x: np.ndarray, num_threads: int = 1) -> tuple[np.ndarray, float]:
+    """Run the .tflite on every sample of ``x`` with ai-edge-litert; returns (float outputs of
+    the first output tensor, seconds spent invoking)."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    if isinstance(tflite, (str, Path)):
+        path = Path(tflite)
+        if not path.is_file():
+            raise BadInput(f"TFLite file {path} does not exist")
+        content = path.read_bytes()
+    else:
+        content = bytes(tflite)
+    from edgeprune.pipeline.convert import captured_output
+
+    with captured_output() as box:  # the runtime prints "Created ... XNNPACK delegate" on fd 2
+        try:
+            interp = Interpreter(model_content=content, num_threads=num_threads)
+            interp.allocate_tensors()
+        except Exception as exc:  # corrupt file or unresolved ops
+            error: Exception | None = exc
+        else:
+            error = None
+    if error is not None:
+        detail = str(error).strip() or box.text.strip()
+        raise BadInput(f"the .tflite cannot be loaded by ai-edge-litert: {detail[:300]}", "re-convert the model") from None
+    (inp,) = interp.get_input_details()[:1]
+    out = interp.get_output_details()[0]
+    batch = int(inp["shape"][0]) if len(inp["shape"]) else 1
+    sample_shape = tuple(int(d) for d in inp["shape"][1:])
+    x = np.asarray(x)
+    if tuple(x.shape[1:]) != sample_shape:
+        if sample_shape and sample_shape[-1] == 1 and tuple(x.shape[1:]) == sample_shape[:-1]:
+            x = x[..., None]
+        else:
+            raise BadInput(f"inputs have per-sample shape {tuple(x.shape[1:])}, the .tflite expects {sample_shape}")
+    in_dtype = np.dtype(inp["dtype"])
+    in_scale, in_zp = inp["quantization"]
+    if in_dtype.kind in "iu" and in_scale:
+        xq = _quantize(x.astype(np.float32), in_scale, in_zp, in_dtype)
+    else:
+        xq = x.astype(in_dtype)
+    out_dtype = np.dtype(out["dtype"])
+    out_scale, out_zp = out["quantization"]
+    n = len(xq)
+    results = []
+    t0 = time.perf_counter()
+    for start in range(0, n, batch):
+        chunk = xq[start : start + batch]
+        k = len(chunk)
+        if k < batch:  # pad the last chunk by repeating its first sample
+            chunk = np.concatenate([chunk, np.repeat(chunk[:1], batch - k, axis=0)])
+        interp.set_tensor(inp["index"], chunk)
+        interp.invoke()
+        results.append(interp.get_tensor(out["index"])[:k].copy())
+    seconds = time.perf_counter() - t0
+    y = np.concatenate(results) if results else np.zeros((0,), np.float32)
+    if out_dtype.kind in "iu" and out_scale:
+        y = (y.astype(np.float32) - np.float32(out_zp)) * np.float32(out_scale)
+    return y.astype(np.float32), seconds
+
+
+# --------------------------------------------------------------------------- metrics
+def _looks_like_probabilities(ref: np.ndarray) -> bool:
+    flat = ref.reshape(len(ref), -1)
+    return bool((flat >= -1e-6).all() and np.allclose(flat.sum(axis=1), 1.0, atol=1e-3))
+
+
+def choose_metric(reference: np.ndarray, labels: np.ndarray | None, requested: str = "auto") -> str:
+    if requested != "auto":
+        return requested
+    per_sample = reference.shape[1:]
+    vector = len(per_sample) == 1 and per_sample[0] > 1
+    if vector and (labels is not None or _looks_like_probabilities(reference)):
+        return "top1"
+    return "regression"
+
+
+def compare(candidate: np.ndarray, reference: np.ndarray) -> dict[str, float]:
+    """rel_l2 (over all values), mean per-sample cosine similarity, max abs difference."""
+    c = candidate.reshape(len(candidate), -1).astype(np.float64)
+    r = reference.reshape(len(reference), -1).astype(np.float64)
+    diff = c - r
+    rel_l2 = float(np.linalg.norm(diff) / max(np.linalg.norm(r), 1e-12))
+    nc, nr = np.linalg.norm(c, axis=1), np.linalg.norm(r, axis=1)
+    dots = (c * r).sum(axis=1)
+    both_zero = (nc < 1e-12) & (nr < 1e-12)
+    cos = np.where(both_zero, 1.0, dots / np.maximum(nc * nr, 1e-12))
+    return {"rel_l2": rel_l2, "cosine": float(cos.mean()), "max_abs_diff": float(np.abs(diff).max()) if diff.size else 0.0}
+
+
+def evaluate(tflite: bytes | str | Path, reference: np.ndarray, data, config: FidelityConfig | None = None) -> FidelityResult:
+    """Run ``tflite`` on ``data.x`` and compare with ``reference`` (the original Keras model's
+    outputs on the same inputs, see :func:`keras_outputs`)."""
+    config = config or FidelityConfig()
+    reference = np.asarray(reference, dtype=np.float32)
+    if len(reference) != len(data.x):
+        raise BadInput(f"reference has {len(reference)} outputs for {len(data.x)} inputs")
+    t0 = time.perf_counter()
+    out, invoke_seconds = run_tflite(tflite, data.x, config.num_threads)
+    if out.reshape(len(out), -1).shape != reference.reshape(len(reference), -1).shape:
+        raise BadInput(
+            f"the .tflite's output per sample {out.shape[1:]} does not match the reference {reference.shape[1:]}",
+            "compare against the outputs of the model it was converted from",
+        )
+    out = out.reshape(reference.shape)
+    metric = choose_metric(reference, data.y, config.metric)
+    stats = compare(out, reference)
+    res = FidelityResult(
+        metric=metric,
+        score=0.0,
+        n_samples=int(len(out)),
+        data_source=data.source,
+        data_label=data.label,
+        notes=list(getattr(data, "notes", []) or []),
+        **stats,
+    )
+    if metric == "top1":
+        if reference.ndim != 2 or reference.shape[1] < 2:
+            raise BadInput(f"metric top1 needs a vector of class scores per sample, got output shape {reference.shape[1:]}", "use --metric regression")
+        pred, ref_pred = out.argmax(axis=1), reference.argmax(axis=1)
+        res.agreement = float((pred == ref_pred).mean())
+        res.score = res.agreement
+        if data.y is not None:
+            y = np.asarray(data.y)
+            if y.max(initial=0) >= reference.shape[1]:
+                res.notes.append(f"labels go up to {int(y.max())} but the model has {reference.shape[1]} classes")
+            res.accuracy = float((pred == y).mean())
+            res.reference_accuracy = float((ref_pred == y).mean())
+            res.accuracy_drop = 100.0 * (res.reference_accuracy - res.accuracy)
+    else:
+        res.score = stats["cosine"]
+    res.seconds = time.perf_counter() - t0
+    res.ms_per_sample = 1000.0 * invoke_seconds / max(len(out), 1)
+    return res
