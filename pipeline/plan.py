@@ -1,0 +1,122 @@
+"""A serialisable pruning plan: producer layer -> kept channel indices, plus merges.
+
+The plan is what surgery replays: ``Plan.apply(original_model)`` applies the recorded
+merges in order (original channel indices) and then keeps ``layers[name]`` of every
+producer's output channels. It is JSON, stable, and independent of the criterion that
+made it.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from edgeprune.errors import BadInput
+
+FORMAT = "edgeprune-plan/1"
+
+
+@dataclass
+class Plan:
+    layers: dict[str, list[int]]
+    merges: list[dict] = field(default_factory=list)
+    widths: dict[str, list[int]] = field(default_factory=dict)  # layer -> [before, after]
+    model: str = ""
+    criterion: str = ""
+    rate: float = 0.0
+    params_before: int = 0
+    params_after: int = 0
+
+    @classmethod
+    def from_state(cls, state, *, model: str = "", criterion: str = "", rate: float = 0.0,
+                   params_before: int = 0, params_after: int = 0) -> "Plan":
+        layers, widths = {}, {}
+        for gid, g in state.graph.groups.items():
+            for p in g.producers:
+                layers[p] = [int(i) for i in state.kept[gid]]
+                widths[p] = [g.size, int(state.sizes[gid])]
+        return cls(layers=layers, merges=[m.to_dict() for m in state.merges], widths=widths, model=model,
+                   criterion=criterion, rate=float(rate), params_before=params_before, params_after=params_after)
+
+    def to_dict(self) -> dict:
+        return {"format": FORMAT, "model": self.model, "criterion": self.criterion, "rate": self.rate,
+                "params_before": self.params_before, "params_after": self.params_after,
+                "widths": self.widths, "layers": self.layers, "merges": self.merges}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Plan":
+        if d.get("format") != FORMAT:
+            raise BadInput(f"not an edgeprune plan (format {d.get('format')!r}, expected {FORMAT!r})")
+        return cls(layers={k: list(map(int, v)) for k, v in d["layers"].items()}, merges=list(d.get("merges", [])),
+                   widths=d.get("widths", {}), model=d.get("model", ""), criterion=d.get("criterion", ""),
+                   rate=float(d.get("rate", 0.0)), params_before=int(d.get("params_before", 0)),
+                   params_after=int(d.get("params_after", 0)))
+
+    def save(self, path) -> None:
+        write_json_atomic(path, self.to_dict())
+
+    @classmethod
+    def load(cls, path) -> "Plan":
+        try:
+            return cls.from_dict(json.loads(Path(path).read_text()))
+        except (OSError, ValueError, KeyError) as exc:
+            raise BadInput(f"cannot read plan {path}: {exc}") from None
+
+    def to_state(self, graph):
+        """Replay on the ORIGINAL model's graph: merges in order, then the kept indices."""
+        from edgeprune.pipeline.surgery import PruneState
+
+        state = PruneState(graph)
+        for m in self.merges:
+            gid = graph.group_of_producer.get(m["layer"])
+            if gid is None:
+                raise BadInput(f"plan merges into layer {m['layer']!r}, which is not a producer of this model")
+            state.merge(gid, int(m["removed"]), int(m["into"]), float(m.get("scale", 1.0)))
+        done = set()
+        for layer, kept in self.layers.items():
+            gid = graph.group_of_producer.get(layer)
+            if gid is None:
+                raise BadInput(f"plan names layer {layer!r}, which is not a prunable producer of this model",
+                               "replay a plan on the model it was made for")
+            kept = np.asarray(kept, dtype=np.int64)
+            if gid in done:
+                if not np.array_equal(state.kept[gid], kept):
+                    raise BadInput(f"plan keeps different channels for coupled layers of group {layer!r}")
+                continue
+            size = graph.groups[gid].size
+            if kept.size == 0 or kept.max(initial=-1) >= size or np.unique(kept).size != kept.size:
+                raise BadInput(f"plan for layer {layer!r}: kept indices must be distinct, within 0..{size - 1}, non-empty")
+            if kept.size < size:
+                if graph.groups[gid].frozen:
+                    raise BadInput(f"plan prunes layer {layer!r}, whose channels are frozen")
+                state.remove(gid, np.setdiff1d(np.arange(size), kept))
+            done.add(gid)
+        return state
+
+    def apply(self, model):
+        from edgeprune.pipeline.graph import DependencyGraph
+        from edgeprune.pipeline.surgery import build_model
+
+        graph = DependencyGraph(model)
+        return build_model(graph, self.to_state(graph))
+
+
+def write_json_atomic(path, data) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(data, fh, indent=1, sort_keys=False)
+            fh.write("\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise

@@ -1,0 +1,190 @@
+"""The pruning stage: progressive, structural, per-layer uniform.
+
+``prune(model, rate=0.5)`` removes ``rate`` of every prunable group's channels in steps
+of ``step`` (default 5 %), recomputing the criterion's scores after every step (PAODING's
+schedule, with per-layer uniform allocation), and returns the physically smaller model
+and its replayable :class:`~edgeprune.pipeline.plan.Plan`. :class:`Pruner` exposes the
+steps one by one, for the run pipeline, which converts and measures every step's
+candidate.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import numpy as np
+
+from edgeprune.errors import BadInput
+from edgeprune.pipeline.graph import DependencyGraph
+from edgeprune.pipeline.importance import Context, get_criterion
+from edgeprune.pipeline.plan import Plan
+from edgeprune.pipeline.surgery import PruneState, build_model
+
+
+@dataclass
+class PruneConfig:
+    rate: float = 0.5
+    criterion: str = "paoding"
+    step: float = 0.05
+    round_to: int | None = None
+    input_range: tuple[float, float] = (0.0, 1.0)
+    seed: int = 0
+    alpha: float = 0.5  # PAODING: weight of the L1 norm of the impact
+    beta: float = 0.5  # PAODING: weight of the entropy of the impact
+
+    def validate(self) -> None:
+        if not (0.0 <= self.rate < 1.0):
+            raise BadInput(f"prune rate {self.rate} is outside [0, 1)", "e.g. --rate 0.5 removes half of each layer's channels")
+        if not (0.0 < self.step <= 1.0):
+            raise BadInput(f"step {self.step} must be in (0, 1]", "e.g. --step 0.05 (5% of the channels per step)")
+        if self.round_to is not None and self.round_to < 1:
+            raise BadInput(f"round_to {self.round_to} must be a positive integer")
+        lo, hi = self.input_range
+        if not lo < hi:
+            raise BadInput(f"input range {self.input_range} is empty", "give LO < HI")
+
+
+@dataclass
+class LayerWidth:
+    layer: str
+    before: int
+    after: int
+    coupled: list[str]
+    method: str = ""
+
+
+@dataclass
+class PruneResult:
+    model: object
+    plan: Plan
+    rate: float
+    layers: list[LayerWidth]
+    params_before: int
+    params_after: int
+    seconds: float
+    notes: list[str] = field(default_factory=list)
+    frozen: list[dict] = field(default_factory=list)
+
+    def summary(self) -> dict:
+        return {
+            "rate": self.rate, "criterion": self.plan.criterion,
+            "params_before": self.params_before, "params_after": self.params_after, "seconds": round(self.seconds, 3),
+            "layers": [vars(l) for l in self.layers], "frozen": self.frozen, "notes": self.notes,
+        }
+
+
+def target_width(size: int, rate: float, round_to: int | None) -> int:
+    keep = size * (1.0 - rate)
+    if round_to:
+        keep = max(round_to, int(round(keep / round_to)) * round_to)
+        if keep > size:
+            keep = size
+    keep = int(round(keep)) if not round_to else keep
+    return max(1, min(size, keep))
+
+
+def count_params(graph: DependencyGraph, state: PruneState) -> int:
+    return int(sum(w.size for ws in state.weights.values() for w in ws))
+
+
+def trainable_param_count(model) -> int:
+    return int(sum(np.prod(w.shape) for w in model.weights))
+
+
+class Pruner:
+    """Progressive structural pruning of one model; each :meth:`step_to` is one candidate."""
+
+    def __init__(self, model, config: PruneConfig | None = None, *, plan: Plan | None = None):
+        from edgeprune.pipeline.loading import check_supported
+
+        self.config = config or PruneConfig()
+        self.config.validate()
+        check_supported(model)
+        self.model = model
+        self.graph = DependencyGraph(model)
+        self.criterion = get_criterion(
+            self.config.criterion, **({"alpha": self.config.alpha, "beta": self.config.beta}
+                                       if self.config.criterion == "paoding" else {}))
+        self.state = plan.to_state(self.graph) if plan is not None else PruneState(self.graph)
+        self.rate = plan.rate if plan is not None else 0.0
+        self.params_before = count_params(self.graph, PruneState(self.graph)) if plan is not None else count_params(self.graph, self.state)
+        self.methods: dict[int, str] = {}
+        self.ctx = Context(self.graph, self.state, tuple(self.config.input_range), np.random.default_rng(self.config.seed))
+
+    @property
+    def groups(self):
+        return self.graph.prunable_groups
+
+    def step_to(self, rate: float) -> None:
+        """Prune every prunable group down to ``target_width(size, rate)`` in one step."""
+        self.ctx.state = self.state
+        self.criterion.begin_step(self.ctx)
+        # downstream groups first: an upstream removal then never invalidates the input
+        # bounds a downstream group's criterion uses within the same step
+        order = sorted(self.groups, key=lambda g: self.graph.order.index(g.producers[0]), reverse=True)
+        for g in order:
+            target = target_width(g.size, rate, self.config.round_to)
+            n_remove = self.state.sizes[g.id] - target
+            if n_remove <= 0:
+                continue
+            sel = self.criterion.select(self.ctx, g, n_remove)
+            for removed, into, scale in sel.merges:
+                self.state.merge(g.id, removed, into, scale)
+            self.state.remove(g.id, sel.remove)
+            self.methods[g.id] = sel.method
+        self.rate = rate
+
+    def schedule(self, rate: float, step: float | None = None) -> list[float]:
+        step = step or self.config.step
+        n = max(1, math.ceil(round((rate - self.rate) / step, 9)))
+        return [min(rate, self.rate + step * (k + 1)) for k in range(n)] if rate > self.rate else []
+
+    def steps(self, rate: float) -> Iterator[float]:
+        for r in self.schedule(rate):
+            self.step_to(r)
+            yield r
+
+    def plan(self) -> Plan:
+        return Plan.from_state(self.state, model=self.model.name, criterion=self.criterion.name, rate=self.rate,
+                               params_before=self.params_before, params_after=count_params(self.graph, self.state))
+
+    def build(self):
+        return build_model(self.graph, self.state)
+
+    def layer_widths(self) -> list[LayerWidth]:
+        rows = []
+        for g in self.graph.groups.values():
+            if not g.producers:
+                continue
+            rows.append(LayerWidth(g.producers[0], g.size, self.state.sizes[g.id], g.producers[1:],
+                                   self.methods.get(g.id, "frozen: " + "; ".join(g.frozen_reasons) if g.frozen else "")))
+        return rows
+
+    def frozen(self) -> list[dict]:
+        return [{"layer": g.name, "size": g.size, "reasons": g.frozen_reasons}
+                for g in self.graph.groups.values() if g.producers and g.frozen]
+
+
+def prune(model, rate: float = 0.5, criterion: str = "paoding", *, step: float = 0.05,
+          round_to: int | None = None, input_range=(0.0, 1.0), seed: int = 0,
+          alpha: float = 0.5, beta: float = 0.5) -> PruneResult:
+    """Prune ``model`` structurally to ``rate`` of each prunable layer's channels.
+
+    Returns a :class:`PruneResult` with the smaller Keras model and the plan (``.save()``
+    to JSON, ``Plan.load(path).apply(original)`` to replay)."""
+    t0 = time.perf_counter()
+    config = PruneConfig(rate=rate, criterion=criterion, step=step, round_to=round_to,
+                         input_range=tuple(input_range), seed=seed, alpha=alpha, beta=beta)
+    pruner = Pruner(model, config)
+    for _ in pruner.steps(rate):
+        pass
+    pruned = pruner.build()
+    plan = pruner.plan()
+    notes = pruner.graph.frozen_notes()
+    if not pruner.groups:
+        notes.append("no prunable channel group found: every group is frozen (see the table)")
+    return PruneResult(model=pruned, plan=plan, rate=rate, layers=pruner.layer_widths(),
+                       params_before=plan.params_before, params_after=trainable_param_count(pruned),
+                       seconds=time.perf_counter() - t0, notes=notes, frozen=pruner.frozen())
