@@ -1,0 +1,419 @@
+"""Backend ``ssh``: a Linux board reached with paramiko.
+
+* Auth: the profile's key file, the SSH agent, default keys (~/.ssh/id_*), or an
+  ``ssh_config`` alias (HostName, User, Port, IdentityFile, UserKnownHostsFile, ProxyCommand
+  read with :class:`paramiko.SSHConfig`). No passwords: nothing secret is ever logged.
+* Host key: checked against the profile's ``known_hosts`` (default ``~/.ssh/known_hosts``).
+  An unknown host is refused unless ``trust_new_host`` (accepted and recorded, fingerprint
+  logged); a CHANGED key is always refused.
+* Work dir: ``mktemp -d`` under the remote tmp, one per device session; model and runner are
+  pushed by SFTP under fixed names, so the local file name never reaches a shell; every
+  remote command is built with :func:`shlex.quote`. The work dir is removed in ``close()``,
+  always, also after failures (over a fresh connection if the old one dropped).
+* Timeouts on connect and on each run (the remote process is killed on timeout).
+* Dropped connections and transient socket errors raise :class:`TransientDeviceError`, which
+  :func:`edgeprune.devices.base.measure` retries with backoff; auth and host-key errors don't.
+"""
+from __future__ import annotations
+
+import base64
+import getpass
+import hashlib
+import logging
+import os
+import shlex
+import socket
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from edgeprune.errors import BadInput, DeviceError
+from edgeprune.devices.base import Device, RunResult, TransientDeviceError, register
+
+log = logging.getLogger("edgeprune.devices.ssh")
+
+WORKDIR_PREFIX = "edgeprune."
+
+
+@dataclass
+class SshSettings:
+    hostname: str
+    port: int
+    user: str
+    key_files: list = field(default_factory=list)
+    known_hosts: Path = Path("~/.ssh/known_hosts")
+    proxy_command: Optional[str] = None
+    trust_new_host: bool = False
+    allow_agent: bool = True
+    look_for_keys: bool = True
+    connect_timeout: float = 10.0
+
+    @property
+    def host_id(self) -> str:
+        """The host's name as known_hosts writes it: ``host`` or ``[host]:port``."""
+        return self.hostname if self.port == 22 else f"[{self.hostname}]:{self.port}"
+
+    @property
+    def where(self) -> str:
+        return f"{self.user}@{self.hostname}:{self.port}"
+
+
+def resolve_settings(profile) -> SshSettings:
+    """Merge the profile's connection with ~/.ssh/config (explicit profile values win)."""
+    conn = profile.connection
+    cfg_path = Path(conn.ssh_config_file or "~/.ssh/config").expanduser()
+    lookup: dict = {}
+    if conn.ssh_config_file and not cfg_path.is_file():
+        raise BadInput(f"{profile.name}: ssh config file {cfg_path} does not exist", "fix connection.ssh_config_file")
+    if cfg_path.is_file():
+        import paramiko
+
+        try:
+            cfg = paramiko.SSHConfig.from_path(str(cfg_path))
+            lookup = cfg.lookup(conn.ssh_config_alias or conn.host)
+        except Exception as exc:
+            raise BadInput(f"{profile.name}: cannot read ssh config {cfg_path}: {exc}", "fix the ssh config file") from None
+    elif conn.ssh_config_alias:
+        raise BadInput(f"{profile.name}: ssh_config_alias {conn.ssh_config_alias!r} given but {cfg_path} does not exist",
+                       "add a Host entry to ~/.ssh/config, or set connection.host instead")
+    hostname = conn.host or lookup.get("hostname") or conn.ssh_config_alias
+    port = conn.port or int(lookup.get("port", 22))
+    user = conn.user or lookup.get("user") or getpass.getuser()
+    key_files = [conn.key_file] if conn.key_file else list(lookup.get("identityfile", []) or [])
+    key_files = [str(Path(k).expanduser()) for k in key_files]
+    for k in key_files if conn.key_file else []:
+        if not Path(k).is_file():
+            raise BadInput(f"{profile.name}: key file {k} does not exist", "fix connection.key_file (the PRIVATE key's path)")
+    known = conn.known_hosts or (lookup.get("userknownhostsfile") or "").split(" ")[0] or "~/.ssh/known_hosts"
+    proxy = lookup.get("proxycommand")
+    if proxy and proxy.lower() == "none":
+        proxy = None
+    return SshSettings(
+        hostname=hostname, port=port, user=user, key_files=key_files, known_hosts=Path(known).expanduser(),
+        proxy_command=proxy, trust_new_host=conn.trust_new_host, allow_agent=conn.allow_agent,
+        look_for_keys=conn.look_for_keys, connect_timeout=conn.connect_timeout_s,
+    )
+
+
+def fingerprint(key) -> str:
+    """OpenSSH-style SHA256 fingerprint of a PUBLIC host key."""
+    return "SHA256:" + base64.b64encode(hashlib.sha256(key.asbytes()).digest()).decode().rstrip("=")
+
+
+def _policies():
+    import paramiko
+
+    class UnknownHostKey(paramiko.SSHException):
+        def __init__(self, hostname, key):
+            super().__init__(f"host key for {hostname} not in known_hosts")
+            self.hostname, self.key = hostname, key
+
+    class RefuseUnknown(paramiko.MissingHostKeyPolicy):
+        def missing_host_key(self, client, hostname, key):
+            raise UnknownHostKey(hostname, key)
+
+    class TrustNew(paramiko.MissingHostKeyPolicy):
+        """Accept-and-record, but only for a host with no key at all in known_hosts."""
+
+        def __init__(self, path: Path):
+            self.path = path
+
+        def missing_host_key(self, client, hostname, key):
+            known = client.get_host_keys().lookup(hostname)
+            if known:  # the host is known with other key types: treat as a changed key
+                raise paramiko.BadHostKeyException(hostname, key, next(iter(known.values())))
+            client.get_host_keys().add(hostname, key.get_name(), key)
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            client.save_host_keys(str(self.path))
+            log.warning("trusting NEW host key for %s (%s %s), recorded in %s", hostname, key.get_name(), fingerprint(key), self.path)
+
+    return UnknownHostKey, RefuseUnknown, TrustNew
+
+
+def connect_client(s: SshSettings, *, name: str):
+    """An authenticated paramiko SSHClient, or a DeviceError that says what failed and the fix."""
+    import paramiko
+
+    UnknownHostKey, RefuseUnknown, TrustNew = _policies()
+    client = paramiko.SSHClient()
+    if s.known_hosts.is_file():
+        try:
+            client.load_host_keys(str(s.known_hosts))
+        except Exception as exc:
+            raise BadInput(f"{name}: cannot read known_hosts {s.known_hosts}: {exc}", "fix or remove the broken line") from None
+    client.set_missing_host_key_policy(TrustNew(s.known_hosts) if s.trust_new_host else RefuseUnknown())
+    sock = paramiko.ProxyCommand(s.proxy_command) if s.proxy_command else None
+    keyscan = f"ssh-keyscan -p {s.port} {shlex.quote(s.hostname)} >> {shlex.quote(str(s.known_hosts))}"
+    try:
+        client.connect(
+            s.hostname, port=s.port, username=s.user, key_filename=s.key_files or None,
+            allow_agent=s.allow_agent, look_for_keys=s.look_for_keys, timeout=s.connect_timeout,
+            banner_timeout=s.connect_timeout, auth_timeout=s.connect_timeout, sock=sock,
+        )
+        client.get_transport().set_keepalive(15)
+        return client
+    except paramiko.BadHostKeyException as exc:
+        client.close()
+        raise DeviceError(
+            f"{name}: host key for {s.host_id} has CHANGED: the server offered {exc.key.get_name()} "
+            f"{fingerprint(exc.key)}, {s.known_hosts} has {fingerprint(exc.expected_key)}. Refused: this can be a "
+            f"reinstalled board or someone intercepting the connection",
+            f"if you know the board was reinstalled, remove the old key with `ssh-keygen -R {shlex.quote(s.host_id)} "
+            f"-f {shlex.quote(str(s.known_hosts))}` and add the new one with `{keyscan}` after checking its fingerprint",
+        ) from None
+    except UnknownHostKey as exc:
+        client.close()
+        raise DeviceError(
+            f"{name}: host key for {s.host_id} is unknown (not in {s.known_hosts}); the server offered "
+            f"{exc.key.get_name()} {fingerprint(exc.key)}. Refused",
+            f"add it with `{keyscan}` (compare the fingerprint with `ssh-keygen -lf /etc/ssh/ssh_host_*_key.pub` on "
+            f"the board), or opt in to trust-on-first-use with connection.trust_new_host: true / --trust-new-host",
+        ) from None
+    except paramiko.PasswordRequiredException:
+        client.close()
+        raise DeviceError(f"{name}: the key file {', '.join(s.key_files) or '(default)'} is passphrase-protected",
+                          "load it into the agent (`ssh-add KEYFILE`) and keep connection.allow_agent: true") from None
+    except paramiko.AuthenticationException as exc:
+        client.close()
+        tried = ", ".join(([f"key file {k}" for k in s.key_files]) + (["ssh-agent"] if s.allow_agent else [])
+                          + (["~/.ssh/id_*"] if s.look_for_keys else [])) or "nothing"
+        raise DeviceError(
+            f"{name}: authentication failed for {s.where} (tried {tried}): {type(exc).__name__}",
+            f"check the user name, and that your public key is in ~{s.user}/.ssh/authorized_keys on the board "
+            f"(`ssh-copy-id -i KEY.pub -p {s.port} {s.user}@{s.hostname}`); set connection.key_file to the matching private key",
+        ) from None
+    except socket.gaierror as exc:
+        client.close()
+        raise DeviceError(f"{name}: cannot resolve host {s.hostname!r}: {exc.strerror or exc}",
+                          "check connection.host / --host / $EDGEPRUNE_DEVICE_HOST (or the ssh_config alias)") from None
+    except (paramiko.ssh_exception.NoValidConnectionsError, socket.timeout, TimeoutError, ConnectionError, EOFError, OSError) as exc:
+        client.close()
+        raise TransientDeviceError(
+            f"{name}: cannot reach {s.where}: {type(exc).__name__}: {exc}",
+            "check the board is powered, on the network and running sshd (ping it; `ssh -p PORT user@host`), "
+            "and the host/port in the profile (or --host)",
+        ) from None
+    except paramiko.SSHException as exc:
+        client.close()
+        msg = str(exc)
+        if "private key" in msg.lower() or "key file" in msg.lower() or "not a valid" in msg.lower():
+            raise DeviceError(f"{name}: cannot use the key file {', '.join(s.key_files)}: {msg}",
+                              "point connection.key_file at an OpenSSH private key") from None
+        raise TransientDeviceError(f"{name}: SSH connection to {s.where} failed: {msg}",
+                                   "check the board runs an SSH server on that port") from None
+
+
+@register("ssh")
+class SshDevice(Device):
+    """One SSH session with one remote work dir; close() removes it."""
+
+    def __init__(self, profile):
+        super().__init__(profile)
+        self.settings = resolve_settings(profile)
+        self.client = None
+        self.sftp = None
+        self.workdir: Optional[str] = None
+        self._closed = False
+        self._free: Optional[int] = None
+        self.client = connect_client(self.settings, name=profile.name)
+        try:
+            self.workdir = self._make_workdir()
+        except BaseException:
+            self.close()
+            raise
+
+    # -- helpers ------------------------------------------------------------
+    def _transient(self, what: str, exc: BaseException) -> TransientDeviceError:
+        return TransientDeviceError(f"{self.profile.name}: connection to {self.settings.where} dropped while {what}: "
+                                    f"{type(exc).__name__}: {exc}", "check the board's network; measure() retries this")
+
+    def _exec(self, command: str, timeout: float, *, kill_on_timeout: bool = False) -> RunResult:
+        """Run one shell command line (already quoted); collect output; enforce the timeout."""
+        import paramiko
+
+        transport = self.client.get_transport() if self.client else None
+        if transport is None or not transport.is_active():
+            raise self._transient("starting a command", ConnectionError("SSH session not active"))
+        try:
+            chan = transport.open_session(timeout=self.settings.connect_timeout)
+            chan.exec_command(command)
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            raise self._transient("starting a command", exc) from None
+        out, err = bytearray(), bytearray()
+        deadline = time.monotonic() + timeout
+        try:
+            while True:
+                busy = False
+                while chan.recv_ready():
+                    out += chan.recv(65536)
+                    busy = True
+                while chan.recv_stderr_ready():
+                    err += chan.recv_stderr(65536)
+                    busy = True
+                if chan.exit_status_ready() and not chan.recv_ready() and not chan.recv_stderr_ready():
+                    break
+                if time.monotonic() > deadline:
+                    chan.close()
+                    if kill_on_timeout:
+                        self._kill_remote(out)
+                    raise DeviceError(
+                        f"{self.profile.name}: the run on the board did not finish within {timeout:g} s",
+                        "raise the timeout (--timeout or runtime.run_timeout_s), or lower --runs",
+                    )
+                if not transport.is_active():
+                    raise self._transient("running a command", ConnectionError("transport closed"))
+                if not busy:
+                    time.sleep(0.005)
+            code = chan.recv_exit_status()
+        except (OSError, EOFError, paramiko.SSHException) as exc:
+            raise self._transient("running a command", exc) from None
+        finally:
+            chan.close()
+        return RunResult(code, out.decode("utf-8", "replace"), err.decode("utf-8", "replace"))
+
+    def _kill_remote(self, out: bytes) -> None:
+        first = bytes(out).split(b"\n", 1)[0].strip()
+        if first.isdigit():
+            try:
+                pid = shlex.quote(first.decode())
+                self._exec(f"kill -TERM {pid} 2>/dev/null; sleep 1; kill -KILL {pid} 2>/dev/null; true", timeout=15)
+            except DeviceError:
+                pass
+
+    def _make_workdir(self) -> str:
+        tmp = self.profile.runtime.remote_tmp
+        template = (shlex.quote(tmp.rstrip("/") + "/" + WORKDIR_PREFIX + "XXXXXXXXXX") if tmp
+                    else '"${TMPDIR:-/tmp}/' + WORKDIR_PREFIX + 'XXXXXXXXXX"')
+        # One round trip: make the dir, print it, and how much room is left there.
+        res = self._exec(f'd=$(mktemp -d {template}) && echo "$d" && (df -Pk "$d" | tail -n 1)', timeout=30)
+        lines = res.stdout.strip().splitlines()
+        path = lines[0].strip() if lines else ""
+        if res.exit != 0 or not path.startswith("/") or WORKDIR_PREFIX not in path:
+            low = res.stderr.lower()
+            if "no space left" in low:
+                raise DeviceError(f"{self.profile.name}: the board's disk is full: cannot create a work dir ({res.stderr.strip()})",
+                                  "free space in the board's temp dir (`df -h /tmp`), or set runtime.remote_tmp to a roomier folder")
+            raise DeviceError(f"{self.profile.name}: cannot create a work dir on the board (mktemp -d {template}): "
+                              f"{res.stderr.strip() or res.stdout.strip() or 'exit ' + str(res.exit)}",
+                              "check runtime.remote_tmp exists and is writable (default $TMPDIR or /tmp)")
+        self._free = None
+        try:
+            self._free = int(lines[1].split()[3]) * 1024
+        except (IndexError, ValueError):
+            pass
+        log.debug("%s: work dir %s (%s bytes free)", self.profile.name, path, self._free)
+        return path
+
+    def _sftp(self):
+        import paramiko
+
+        if self.sftp is None:
+            try:
+                self.sftp = self.client.open_sftp()
+            except (paramiko.SSHException, OSError, EOFError) as exc:
+                if "subsystem" in str(exc).lower():
+                    raise DeviceError(f"{self.profile.name}: the board's sshd has no SFTP subsystem",
+                                      "enable `Subsystem sftp` in the board's /etc/ssh/sshd_config") from None
+                raise self._transient("opening SFTP", exc) from None
+        return self.sftp
+
+    def _remote(self, remote_name: str) -> str:
+        name = os.path.basename(remote_name)
+        if not name or name in (".", ".."):
+            raise BadInput(f"bad remote file name {remote_name!r}", "use a plain file name")
+        return f"{self.workdir}/{name}"
+
+    def _free_bytes(self) -> Optional[int]:
+        try:
+            res = self._exec(f"df -Pk {shlex.quote(self.workdir)}", timeout=30)
+            return int(res.stdout.strip().splitlines()[-1].split()[3]) * 1024
+        except (DeviceError, ValueError, IndexError):
+            return None
+
+    # -- the protocol ---------------------------------------------------------
+    def put(self, local_path, remote_name: str) -> str:
+        import paramiko
+
+        dest = self._remote(remote_name)
+        size = os.path.getsize(local_path)
+        free = self._free
+        if free is not None and free < size + 64 * 1024:
+            raise DeviceError(f"{self.profile.name}: the board's disk is full: {free} bytes free in {self.workdir}, "
+                              f"{size} needed for {remote_name}",
+                              "free space in the board's temp dir, or set runtime.remote_tmp to a roomier folder")
+        try:
+            self._sftp().put(os.fspath(local_path), dest)
+        except OSError as exc:
+            free = self._free_bytes()
+            if getattr(exc, "errno", None) == 28 or "no space" in str(exc).lower() or (free is not None and free < size):
+                raise DeviceError(f"{self.profile.name}: the board's disk is full (No space left on device) writing {remote_name}",
+                                  "free space in the board's temp dir, or set runtime.remote_tmp to a roomier folder") from None
+            if isinstance(exc, (ConnectionError, socket.timeout)) or not self.client.get_transport().is_active():
+                raise self._transient(f"copying {remote_name}", exc) from None
+            raise DeviceError(f"{self.profile.name}: cannot copy {remote_name} to {dest}: {exc}",
+                              "check the remote work dir is writable") from None
+        except (paramiko.SSHException, EOFError) as exc:
+            raise self._transient(f"copying {remote_name}", exc) from None
+        if self._free is not None:
+            self._free -= size
+        return dest
+
+    def get(self, remote_name: str) -> bytes:
+        import paramiko
+
+        try:
+            with self._sftp().open(self._remote(remote_name), "rb") as f:
+                return f.read()
+        except FileNotFoundError:
+            raise DeviceError(f"{self.profile.name}: {remote_name} not found in the work dir", "check the run wrote it") from None
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            raise self._transient(f"reading {remote_name}", exc) from None
+
+    def run(self, argv, timeout: float) -> RunResult:
+        line = " ".join(shlex.quote(str(a)) for a in argv)
+        # `echo $$` then exec: the first stdout line is the PID, so a timeout can kill exactly it.
+        cmd = f"cd {shlex.quote(self.workdir)} && echo $$ && TF_CPP_MIN_LOG_LEVEL=3 exec {line}"
+        res = self._exec(cmd, timeout=timeout, kill_on_timeout=True)
+        first, _, rest = res.stdout.partition("\n")
+        if first.strip().isdigit():
+            res.stdout = rest
+        return res
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            if self.sftp is not None:
+                self.sftp.close()
+        except Exception:
+            pass
+        if self.workdir:
+            self._remove_workdir()
+        if self.client is not None:
+            self.client.close()
+
+    def _remove_workdir(self) -> None:
+        rm = f"rm -rf -- {shlex.quote(self.workdir)}"
+        try:
+            res = self._exec(rm, timeout=60)
+            if res.exit == 0:
+                self.workdir = None
+                return
+            log.warning("%s: could not remove the work dir %s: %s", self.profile.name, self.workdir, res.stderr.strip())
+            return
+        except DeviceError:
+            pass
+        # The connection dropped: clean up over a fresh one (best effort, never raises).
+        try:
+            client = connect_client(self.settings, name=self.profile.name)
+            try:
+                stdin, stdout, stderr = client.exec_command(rm, timeout=60)
+                stdout.channel.recv_exit_status()
+                self.workdir = None
+            finally:
+                client.close()
+        except Exception as exc:
+            log.warning("%s: could not remove the work dir %s after a dropped connection (%s); remove it by hand",
+                        self.profile.name, self.workdir, getattr(exc, "message", exc))
