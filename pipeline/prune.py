@@ -33,6 +33,9 @@ class PruneConfig:
     seed: int = 0
     alpha: float = 0.5  # PAODING: weight of the L1 norm of the impact
     beta: float = 0.5  # PAODING: weight of the entropy of the impact
+    # Optional final widths per producer layer (overrides ``rate`` for those layers);
+    # each step moves every such layer the same fraction of the way there.
+    widths: dict[str, int] | None = None
 
     def validate(self) -> None:
         if not (0.0 <= self.rate < 1.0):
@@ -117,6 +120,15 @@ class Pruner:
     def groups(self):
         return self.graph.prunable_groups
 
+    def _target(self, g, rate: float) -> int:
+        widths = self.config.widths or {}
+        final = next((widths[p] for p in g.producers if p in widths), None)
+        if final is None:
+            return target_width(g.size, rate, self.config.round_to)
+        final = max(1, min(g.size, int(final)))
+        frac = 1.0 if self.config.rate <= 0 else min(1.0, rate / self.config.rate)
+        return max(final, g.size - int(round((g.size - final) * frac)))
+
     def step_to(self, rate: float) -> None:
         """Prune every prunable group down to ``target_width(size, rate)`` in one step."""
         self.ctx.state = self.state
@@ -125,7 +137,7 @@ class Pruner:
         # bounds a downstream group's criterion uses within the same step
         order = sorted(self.groups, key=lambda g: self.graph.order.index(g.producers[0]), reverse=True)
         for g in order:
-            target = target_width(g.size, rate, self.config.round_to)
+            target = self._target(g, rate)
             n_remove = self.state.sizes[g.id] - target
             if n_remove <= 0:
                 continue
@@ -169,14 +181,19 @@ class Pruner:
 
 def prune(model, rate: float = 0.5, criterion: str = "paoding", *, step: float = 0.05,
           round_to: int | None = None, input_range=(0.0, 1.0), seed: int = 0,
-          alpha: float = 0.5, beta: float = 0.5) -> PruneResult:
+          alpha: float = 0.5, beta: float = 0.5, widths: dict[str, int] | None = None) -> PruneResult:
     """Prune ``model`` structurally to ``rate`` of each prunable layer's channels.
 
     Returns a :class:`PruneResult` with the smaller Keras model and the plan (``.save()``
     to JSON, ``Plan.load(path).apply(original)`` to replay)."""
     t0 = time.perf_counter()
     config = PruneConfig(rate=rate, criterion=criterion, step=step, round_to=round_to,
-                         input_range=tuple(input_range), seed=seed, alpha=alpha, beta=beta)
+                         input_range=tuple(input_range), seed=seed, alpha=alpha, beta=beta,
+                         widths=widths)
+    if widths:
+        unknown = sorted(set(widths) - {p for g in DependencyGraph(model).groups.values() for p in g.producers})
+        if unknown:
+            raise BadInput(f"widths name unknown layers {unknown}", "use the producer layer names of the model")
     pruner = Pruner(model, config)
     for _ in pruner.steps(rate):
         pass
