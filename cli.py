@@ -124,6 +124,128 @@ def _check_writable(path: Path) -> None:
         raise EdgepruneError(f"output folder {parent} is not writable", "choose another --out")
 
 
+# --------------------------------------------------------------------------- convert
+@app.command()
+def convert(
+    model: Annotated[Path, typer.Argument(help="Keras model: .keras, or a Keras 2/3 .h5 file.")],
+    quantize: Annotated[str, typer.Option(help="float32, float16, dynamic (int8 weights) or int8 (full integer, int8 in/out).")] = "int8",
+    data: Annotated[Optional[Path], typer.Option("--data", help="Evaluation (and int8 calibration) data: .npz with x[, y], or .npy. Without it: synthetic (data-free).")] = None,
+    input_range: Annotated[str, typer.Option("--input-range", help="Input range 'LO,HI' for synthetic calibration/evaluation data.")] = "0,1",
+    out_path: Annotated[Path, typer.Option("--out", "-o", help="Where to write the .tflite.")] = Path("model.tflite"),
+    samples: Annotated[int, typer.Option("--samples", help="Synthetic samples for calibration and evaluation when no --data.")] = 100,
+    metric: Annotated[str, typer.Option(help="Fidelity metric: auto, top1 (classifier) or regression.")] = "auto",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Convert MODEL to TFLite and print its size, ops, quantisation and fidelity (measured on the .tflite)."""
+    from edgeprune.pipeline import convert as conv
+    from edgeprune.pipeline import fidelity as fid
+    from edgeprune.pipeline.data import load_eval_data, synthetic_data
+    from edgeprune.pipeline.loading import load_model
+
+    lo, hi = _parse_range(input_range)
+    if samples < 1:
+        raise EdgepruneError(f"--samples must be >= 1, got {samples}")
+    conv.quiet_import_tensorflow()
+    fid_config = fid.FidelityConfig(metric=metric)
+    config = conv.ConvertConfig(quantize=quantize, input_range=(lo, hi), num_calibration=samples)
+    out_path = Path(out_path)
+    _check_writable(out_path)
+    keras_model = load_model(model)
+    if data is not None:
+        eval_data = load_eval_data(data, keras_model)
+        config.calibration = eval_data.x
+    else:  # seed 1: evaluation samples differ from the synthetic calibration samples (seed 0)
+        eval_data = synthetic_data(keras_model, samples, (lo, hi), seed=1)
+    result = conv.convert(keras_model, config)
+    result.save(out_path)
+    reference = fid.keras_outputs(keras_model, eval_data.x)
+    fidelity = fid.evaluate(result.tflite, reference, eval_data, fid_config)
+    arena = _measure_arena(out_path) if result.quantize == "int8" else None
+
+    if as_json:
+        import json
+
+        payload = {
+            "model": str(model),
+            "out": str(out_path),
+            "conversion": result.to_dict(),
+            "data": eval_data.to_dict(),
+            "fidelity": fidelity.to_dict(),
+            "arena": arena,
+        }
+        out.print_json(json.dumps(payload))
+    else:
+        _print_conversion(result, out_path, eval_data, fidelity, arena)
+    for note in result.notes + fidelity.notes:
+        err.print(f"[yellow]note:[/yellow] {note}", highlight=False)
+
+
+def _measure_arena(tflite_path: Path) -> dict | None:
+    """TFLite-Micro arena size via edgeprune.devices.tflm when that module exists; never fails
+    the command (a crash or error there is reported as a note)."""
+    import importlib
+    import importlib.util
+
+    try:
+        if importlib.util.find_spec("edgeprune.devices.tflm") is None:
+            return None
+        tflm = importlib.import_module("edgeprune.devices.tflm")
+    except Exception:
+        return None
+    measure = getattr(tflm, "measure_arena", None)
+    if measure is None:
+        return None
+    try:
+        value = measure(tflite_path)
+    except EdgepruneError as exc:
+        return {"arena_bytes": None, "error": exc.message}
+    except Exception as exc:  # the measurement is advisory: report, do not crash
+        return {"arena_bytes": None, "error": f"{type(exc).__name__}: {exc}"}
+    if isinstance(value, (int, float)):
+        return {"arena_bytes": int(value)}
+    if isinstance(value, dict):
+        return dict(value)
+    if hasattr(value, "to_dict"):
+        return value.to_dict()
+    found = next((getattr(value, k) for k in ("arena_bytes", "arena_size", "bytes") if hasattr(value, k)), None)
+    return {"arena_bytes": found, "detail": str(value)}
+
+
+def _print_conversion(result, out_path: Path, eval_data, fidelity, arena: dict | None) -> None:
+    from rich.table import Table
+
+    out.print(
+        f"[bold]{out_path}[/bold]: {result.quantize}, {result.size_bytes:,} bytes "
+        f"({result.size_bytes / 1024:.1f} KiB), converted in {result.seconds:.2f} s",
+        highlight=False,
+    )
+    out.print("ops: " + ", ".join(f"{op} x{n}" for op, n in result.op_counts.items()), highlight=False)
+    if result.calibration_source:
+        label = "user data" if result.calibration_source == "user" else "synthetic (data-free)"
+        out.print(f"int8 calibration: {result.calibration_samples} samples, {label}", highlight=False)
+    table = Table(title="input / output tensors", title_justify="left")
+    for col in ("", "name", "shape", "dtype", "scale", "zero point"):
+        table.add_column(col)
+    for kind, tensors in (("input", result.inputs), ("output", result.outputs)):
+        for t in tensors:
+            q = t.quantized
+            table.add_row(kind, t.name, "x".join(map(str, t.shape)), t.dtype,
+                          f"{t.scale:.6g}" if q else "-", str(t.zero_point) if q else "-")
+    out.print(table)
+    fr = fidelity
+    line = f"fidelity on {fr.n_samples} samples, {eval_data.label}: {fr.score_name} {fr.score:.4f}"
+    if fr.metric == "top1" and fr.accuracy is not None:
+        line += (f"; accuracy {100 * fr.accuracy:.2f}% vs Keras {100 * fr.reference_accuracy:.2f}% "
+                 f"(drop {fr.accuracy_drop:+.2f} points)")
+    line += f"; rel. L2 error {fr.rel_l2:.3g}, max abs diff {fr.max_abs_diff:.3g}"
+    out.print(line, highlight=False)
+    if arena is not None:
+        if arena.get("arena_bytes") is not None:
+            out.print(f"TFLite-Micro arena: {int(arena['arena_bytes']):,} bytes", highlight=False)
+        else:
+            out.print(f"TFLite-Micro arena: not measured ({arena.get('error') or arena.get('detail')})", highlight=False)
+
+
 # --------------------------------------------------------------------------- entry
 def run_cli(argv: list[str] | None = None) -> int:
     """Run the CLI and return its exit code (used by ``main`` and by the tests)."""

@@ -200,6 +200,17 @@ def captured_output() -> Iterator[_Captured]:
         tmp.close()
 
 
+def quiet_import_tensorflow() -> None:
+    """Import tensorflow and keras with their start-up chatter (oneDNN, CUDA probes, written
+    by C++ before logging is configured) captured instead of shown. Call it first in a CLI
+    command; later imports are free."""
+    if "tensorflow" in sys.modules and "keras" in sys.modules:
+        return
+    with captured_output():
+        import keras  # noqa: F401
+        import tensorflow  # noqa: F401
+
+
 # --------------------------------------------------------------------------- helpers
 def input_specs(model) -> list[tuple[str, tuple[int | None, ...], str]]:
     """(name, per-sample shape, dtype) of each model input."""

@@ -14,7 +14,8 @@ this file by default:
   is ``x * input_scale`` (``load_eval_data`` applies a scale the file itself declares; it
   never rescales uint8 data silently).
 - ``example.json``: how it was trained and how well it does (seed, epochs, test accuracy
-  on the full 10,000 test images and on the shipped 1,000, training seconds, versions).
+  on the full 10,000 test images and on the shipped 1,000, training seconds, versions,
+  and the float32/int8 .tflite sizes and accuracies measured with ai-edge-litert).
 """
 from __future__ import annotations
 
@@ -120,8 +121,38 @@ def train(epochs: int = 6, seed: int = 0, batch_size: int = 128, out_dir: Path =
             "keras": keras.__version__,
         },
     }
+    meta["tflite"] = describe_tflite(out_dir, seed)
     (out_dir / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
     return meta
+
+
+def describe_tflite(out_dir: Path = HERE, seed: int = 0) -> dict:
+    """Convert the saved example to float32 and int8 TFLite and measure both on the shipped
+    test subset with ai-edge-litert (int8 calibrated on 200 seeded training images)."""
+    from edgeprune.pipeline.convert import ConvertConfig, convert
+    from edgeprune.pipeline.data import load_eval_data
+    from edgeprune.pipeline.example.fashion_mnist import load_fashion_mnist
+    from edgeprune.pipeline.fidelity import evaluate, keras_outputs
+    from edgeprune.pipeline.loading import load_model
+
+    model = load_model(Path(out_dir) / MODEL_FILE)
+    data = load_eval_data(Path(out_dir) / DATA_FILE, model)
+    reference = keras_outputs(model, data.x)
+    x_train, _ = load_fashion_mnist("train")
+    idx = np.sort(np.random.default_rng(seed).choice(len(x_train), 200, replace=False))
+    calibration = x_train[idx][..., None].astype(np.float32) * np.float32(INPUT_SCALE)
+    facts: dict = {"calibration": "int8: 200 seeded training images"}
+    for mode, cal in (("float32", None), ("int8", calibration)):
+        result = convert(model, ConvertConfig(quantize=mode, calibration=cal))
+        fid = evaluate(result.tflite, reference, data)
+        facts[mode] = {
+            "size_bytes": result.size_bytes,
+            "ops": result.ops,
+            "test_subset_accuracy": round(float(fid.accuracy), 4),
+            "keras_test_subset_accuracy": round(float(fid.reference_accuracy), 4),
+            "top1_agreement": round(float(fid.agreement), 4),
+        }
+    return facts
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -130,7 +161,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--out-dir", type=Path, default=HERE)
+    parser.add_argument("--describe-only", action="store_true", help="Only refresh the tflite facts in example.json.")
     args = parser.parse_args(argv)
+    if args.describe_only:
+        path = args.out_dir / META_FILE
+        meta = json.loads(path.read_text())
+        meta["tflite"] = describe_tflite(args.out_dir, meta.get("seed", args.seed))
+        path.write_text(json.dumps(meta, indent=2) + "\n")
+        print(json.dumps(meta["tflite"]))
+        return
     meta = train(args.epochs, args.seed, args.batch_size, args.out_dir)
     print(json.dumps({k: meta[k] for k in ("params", "test_accuracy", "test_subset_accuracy")} | {"seconds": meta["training"]["seconds"]}))
 
