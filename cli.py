@@ -246,6 +246,120 @@ def _print_conversion(result, out_path: Path, eval_data, fidelity, arena: dict |
             out.print(f"TFLite-Micro arena: not measured ({arena.get('error') or arena.get('detail')})", highlight=False)
 
 
+# --------------------------------------------------------------------------- devices
+devices_app = typer.Typer(help="Device profiles: list them, check that a board can be measured.",
+                          no_args_is_help=True)
+app.add_typer(devices_app, name="devices")
+
+_DevicesDir = Annotated[Optional[Path], typer.Option("--devices-dir", help="Extra folder of device profiles (.yaml); also $EDGEPRUNE_DEVICES_DIR.")]
+_Host = Annotated[Optional[str], typer.Option("--host", help="Override the SSH host (also $EDGEPRUNE_DEVICE_HOST).")]
+_User = Annotated[Optional[str], typer.Option("--user", help="Override the SSH user (also $EDGEPRUNE_DEVICE_USER).")]
+_Port = Annotated[Optional[int], typer.Option("--port", help="Override the SSH port (also $EDGEPRUNE_DEVICE_PORT).")]
+_TrustNew = Annotated[bool, typer.Option("--trust-new-host", help="Accept and record an UNKNOWN host key (a changed key is always refused).")]
+
+
+def _device_profile(device: str, devices_dir, host, user, port, trust_new_host: bool):
+    from edgeprune.devices.profile import load_profile
+
+    prof = load_profile(device, search_dirs=[devices_dir] if devices_dir else None, host=host, user=user, port=port)
+    if trust_new_host:
+        if prof.connection is None:
+            raise EdgepruneError(f"--trust-new-host applies to SSH devices; {prof.name!r} is kind {prof.kind!r}")
+        prof = prof.model_copy(update={"connection": prof.connection.model_copy(update={"trust_new_host": True})})
+    return prof
+
+
+@devices_app.command("list")
+def devices_list(
+    devices_dir: _DevicesDir = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the profiles as JSON.")] = False,
+) -> None:
+    """List the device profiles: name, kind, host and limits."""
+    from edgeprune.devices.profile import list_profiles
+
+    profiles = list_profiles([devices_dir] if devices_dir else None)
+    if as_json:
+        import json
+
+        out.print_json(json.dumps([dict(p.model_dump(mode="json"), source=p.source) for p in profiles]))
+    else:
+        from edgeprune.devices.render import devices_table
+
+        out.print(devices_table(profiles))
+
+
+@devices_app.command("check")
+def devices_check(
+    device: Annotated[str, typer.Argument(help="Device name (edgeprune devices list) or path to a .yaml profile.")],
+    host: _Host = None,
+    user: _User = None,
+    port: _Port = None,
+    trust_new_host: _TrustNew = False,
+    devices_dir: _DevicesDir = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Connect to DEVICE and report its Python, runtime, architecture, free memory and disk, and what is missing."""
+    from edgeprune.devices.base import check_device
+    from edgeprune.errors import DeviceError
+
+    prof = _device_profile(device, devices_dir, host, user, port, trust_new_host)
+    info = check_device(prof)
+    if as_json:
+        import json
+
+        out.print_json(json.dumps(info))
+    else:
+        from edgeprune.devices.render import check_table
+
+        out.print(check_table(prof, info))
+    missing = info.get("missing") or []
+    if missing:
+        raise DeviceError(f"{prof.name}: missing " + "; ".join(m["what"] for m in missing),
+                          "; ".join(m["fix"] for m in missing))
+    err.print(f"[green]{prof.name}: ready[/green]", highlight=False)
+
+
+# --------------------------------------------------------------------------- bench
+@app.command()
+def bench(
+    model: Annotated[Path, typer.Argument(help="The .tflite to measure.")],
+    device: Annotated[str, typer.Option("--device", "-d", help="Device name (edgeprune devices list) or path to a .yaml profile.")],
+    runs: Annotated[int, typer.Option(help="Timed inferences after warm-up.")] = 50,
+    warmup: Annotated[int, typer.Option(help="Untimed inferences before timing.")] = 5,
+    threads: Annotated[Optional[int], typer.Option(help="Interpreter threads (default: the profile's).")] = None,
+    inputs: Annotated[Optional[Path], typer.Option("--inputs", help="Inputs (.npy) for the output checksum; default a seeded pattern.")] = None,
+    timeout: Annotated[Optional[float], typer.Option(help="Seconds the run may take on the device (default: the profile's).")] = None,
+    host: _Host = None,
+    user: _User = None,
+    port: _Port = None,
+    trust_new_host: _TrustNew = False,
+    devices_dir: _DevicesDir = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the measurement as JSON.")] = False,
+) -> None:
+    """Measure MODEL on DEVICE: latency, load time, peak memory (or, on a microcontroller, arena, flash and an estimate)."""
+    from edgeprune.devices.base import BenchConfig, measure
+
+    prof = _device_profile(device, devices_dir, host, user, port, trust_new_host)
+    arr = None
+    if inputs is not None:
+        import numpy as np
+
+        try:
+            arr = np.load(inputs, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise EdgepruneError(f"cannot read --inputs {inputs}: {exc}", "pass a .npy file") from None
+        if hasattr(arr, "files"):
+            arr = [arr[k] for k in arr.files]
+    config = BenchConfig(runs=runs, warmup=warmup, threads=threads, inputs=arr, timeout=timeout)
+    m = measure(prof, model, config)
+    if as_json:
+        out.print_json(m.to_json())
+    else:
+        from edgeprune.devices.render import bench_table
+
+        out.print(bench_table(m))
+
+
 # --------------------------------------------------------------------------- entry
 def run_cli(argv: list[str] | None = None) -> int:
     """Run the CLI and return its exit code (used by ``main`` and by the tests)."""

@@ -38,6 +38,8 @@ __all__ = [
     "backend_for",
     "open_device",
     "measure",
+    "check_device",
+    "with_retries",
     "RUNNER_PATH",
     "NO_RUNTIME_HINT",
 ]
@@ -361,29 +363,48 @@ def measure(profile: Union[Profile, str], tflite_path, config: Optional[BenchCon
         profile = load_profile(profile)
     config = config or BenchConfig()
     path = _check_model(tflite_path)
-    attempts = profile.connection.retries if profile.connection is not None else 1
 
+    def once() -> Measurement:
+        t0 = time.perf_counter()
+        with open_device(profile) as dev:
+            m = dev.bench(path, config)
+        m.wall_s = time.perf_counter() - t0
+        return m
+
+    return with_retries(profile, once)
+
+
+def check_device(profile: Union[Profile, str]) -> dict:
+    """Connect and report what the board has (Python, runtime, arch, memory, disk, what is missing)."""
+    if not isinstance(profile, Profile):
+        profile = load_profile(profile)
+
+    def once() -> dict:
+        t0 = time.perf_counter()
+        with open_device(profile) as dev:
+            info = dev.check()
+        info["wall_s"] = time.perf_counter() - t0
+        return info
+
+    return with_retries(profile, once)
+
+
+def with_retries(profile: Profile, fn: Callable[[], Any]) -> Any:
+    """Call ``fn``; retry it with exponential backoff while it raises TransientDeviceError."""
     from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_exponential
+
+    attempts = profile.connection.retries if profile.connection is not None else 1
 
     def _log_retry(state) -> None:
         exc = state.outcome.exception()
-        log.warning("%s: %s; retrying (attempt %d of %d)", profile.name, getattr(exc, "message", exc), state.attempt_number + 1, attempts)
+        log.warning("%s: %s; retrying (attempt %d of %d)", profile.name, getattr(exc, "message", exc),
+                    state.attempt_number + 1, attempts)
 
-    @retry(
+    wrapped = retry(
         retry=retry_if_exception_type(TransientDeviceError),
         stop=stop_after_attempt(attempts),
         wait=wait_exponential(multiplier=0.5, min=0.5, max=8),
         before_sleep=_log_retry,
         reraise=True,
-    )
-    def once() -> Measurement:
-        t0 = time.perf_counter()
-        dev = open_device(profile)
-        try:
-            m = dev.bench(path, config)
-        finally:
-            dev.close()
-        m.wall_s = time.perf_counter() - t0
-        return m
-
-    return once()
+    )(fn)
+    return wrapped()
