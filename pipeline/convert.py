@@ -304,18 +304,32 @@ def _concrete_function(model, batch_size: int):
 
 _FLEX_OP = re.compile(r"'tf\.(\w+)' op")
 _TFL_OP = re.compile(r"'tfl\.(\w+)' op")
-_LOC_NAME = re.compile(r'"([A-Za-z0-9_./-]+?)(?:@__inference[^"]*)?"')
+_SCOPE = re.compile(r'callsite\("([^"(]+)"\(|fused\["[^"]*", "([^"(@]+)')
+
+
+def _layers_in(text: str, model) -> list[str]:
+    """Layer names found in the op locations ("functional_1/conv_1/..." name scopes)."""
+    names = {layer.name for layer in model.layers}
+    hits: list[str] = []
+    for m in _SCOPE.finditer(text):
+        scope = m.group(1) or m.group(2) or ""
+        for comp in scope.split("/")[1:]:
+            cand = comp if comp in names else re.sub(r"_\d+$", "", comp)
+            if cand in names:
+                if cand not in hits:
+                    hits.append(cand)
+                break
+    return hits
 
 
 def _explain_conversion_error(exc: Exception, log: str, model) -> UnsupportedModel:
     text = f"{exc}\n{log}"
-    layer_names = [layer.name for layer in model.layers]
     tf_ops = sorted(set(_FLEX_OP.findall(text)))
     tfl_ops = sorted(set(_TFL_OP.findall(text)))
-    # Layer names appear in the op locations ("model/layer_name/Op@__inference...").
-    layers_hit = sorted({n for n in layer_names if re.search(rf"(?:^|[/\"]){re.escape(n)}/", text)})
+    layers_hit = _layers_in(text, model)
     where = f" in layer(s) {', '.join(repr(n) for n in layers_hit)}" if layers_hit else ""
-    first = next((ln.strip() for ln in str(exc).splitlines() if "error:" in ln), str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    first = next((ln.split("error:", 1)[1].strip() for ln in lines if "error:" in ln), lines[0] if lines else type(exc).__name__)
     if tf_ops:
         msg = (
             f"the model cannot be converted with TFLite builtin ops: TensorFlow op(s) "
@@ -324,15 +338,20 @@ def _explain_conversion_error(exc: Exception, log: str, model) -> UnsupportedMod
         hint = "replace that layer with standard layers TFLite supports (edgeprune never enables SELECT_TF_OPS / Flex ops)"
     elif tfl_ops:
         msg = f"TFLite conversion failed at op(s) {', '.join(tfl_ops)}{where}: {first[:300]}"
-        hint = "try another --quantize mode, or replace that layer"
+        hint = "try another --quantize mode (e.g. float32 or dynamic), or replace that layer"
     else:
         msg = f"TFLite conversion failed{where}: {type(exc).__name__}: {first[:400]}"
-        hint = "check that the model runs on a single sample; see the converter log below"
-    tail = "\n".join(ln for ln in log.strip().splitlines()[-15:] if ln.strip())
+        hint = "check that the model runs on one sample of its declared input shape"
+    said = []
+    for ln in text.splitlines():
+        if "error:" in ln:
+            m = ln.split("error:", 1)[1].strip()[:200]
+            if m and m not in said and not m.startswith("failed while converting"):
+                said.append(m)
+    if said:
+        hint += "\n  converter: " + "\n  converter: ".join(said[:4])
     err = UnsupportedModel(msg, hint)
-    err.log = log  # type: ignore[attr-defined]
-    if tail:
-        err.hint = f"{hint}\n  converter log (last lines):\n    " + tail.replace("\n", "\n    ")
+    err.log = log  # type: ignore[attr-defined]  # the full converter output, for debugging
     return err
 
 
