@@ -12,7 +12,8 @@ def _size(n) -> str:
 
 def _short(n) -> str:
     """2 MiB for 2097152, 2 MB for 2000000: binary units when the figure is a multiple of 1 KiB."""
-    return format_size(n, binary=bool(n) and n % 1024 == 0)
+    binary = bool(n) and (n % 2**20 == 0 or (n < 2**20 and n % 1024 == 0))
+    return format_size(n, binary=binary)
 
 
 def devices_table(profiles) -> Table:

@@ -39,3 +39,13 @@ def mlperf_models():
         return cache[key]
 
     return get
+
+
+# --------------------------------------------------------------------------- devices (issue 4)
+@pytest.fixture(scope="session")
+def device_models(tmp_path_factory):
+    """{'small': Path, 'big': Path} float .tflite files for the device tests (built once)."""
+    from device_models import build
+
+    root = tmp_path_factory.mktemp("device-models")
+    return {"small": build("small", root / "small.tflite"), "big": build("big", root / "big.tflite")}
