@@ -1,0 +1,320 @@
+"""TFLite conversion of the MLPerf Tiny models and the bundled example, and `edgeprune convert`."""
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pytest
+
+from conftest import mlperf_path
+from edgeprune.errors import BadInput, UnsupportedModel
+from edgeprune.pipeline.convert import DYNAMIC_SHAPE_OPS, ConvertConfig, convert, read_ops
+
+MODELS = ["resnet8", "kws", "ad01", "vww"]
+MODES = ["float32", "float16", "dynamic", "int8"]
+
+
+@pytest.fixture(scope="module")
+def converted(mlperf_models):
+    """Each (model, mode) converted once for the whole module."""
+    cache: dict = {}
+
+    def get(key: str, mode: str):
+        if (key, mode) not in cache:
+            cache[(key, mode)] = convert(mlperf_models(key), ConvertConfig(quantize=mode))
+        return cache[(key, mode)]
+
+    return get
+
+
+def _tensor_dtypes(tflite: bytes) -> set[str]:
+    from ai_edge_litert.interpreter import Interpreter
+
+    interp = Interpreter(model_content=tflite)
+    return {np.dtype(d["dtype"]).name for d in interp.get_tensor_details()}
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("key", MODELS)
+def test_mlperf_models_convert_in_every_mode(converted, mlperf_models, key, mode):
+    result = converted(key, mode)
+    model = mlperf_models(key)
+    # builtins only: no Flex/custom op, and no dynamic-shape ops from a dynamic batch
+    assert result.ops and all(op.isupper() and not op.startswith("FLEX") for op in result.ops)
+    assert not any(op.startswith("Flex") for op in result.ops)
+    assert not set(result.ops) & set(DYNAMIC_SHAPE_OPS), result.ops
+    assert read_ops(result.tflite)[0] == result.ops
+    # static batch size 1 with the model's own per-sample shape
+    assert result.inputs[0].shape == (1, *model.input_shape[1:])
+    assert result.outputs[0].shape == (1, *model.output_shape[1:])
+    assert result.size_bytes == len(result.tflite) > 10_000
+    assert 0 < result.seconds < 120
+    if mode == "int8":
+        assert result.calibration_source == "synthetic"
+        assert result.calibration_samples == 100
+        assert result.inputs[0].dtype == "int8" and result.outputs[0].dtype == "int8"
+        assert result.inputs[0].scale > 0 and result.outputs[0].scale > 0
+        # every op int8: activations and weights int8, only biases int32
+        assert _tensor_dtypes(result.tflite) <= {"int8", "int32"}, _tensor_dtypes(result.tflite)
+    else:
+        assert result.calibration_source is None
+        assert result.inputs[0].dtype == "float32" and result.inputs[0].scale == 0.0
+    if mode in ("float16", "dynamic", "int8"):
+        f32 = converted(key, "float32").size_bytes
+        limit = 0.6 if mode == "float16" else 0.45
+        assert result.size_bytes < limit * f32, (result.size_bytes, f32)
+
+
+@pytest.mark.parametrize("key", MODELS)
+def test_float32_agrees_with_keras_within_1e4(converted, mlperf_models, key):
+    from edgeprune.pipeline.data import synthetic_data
+    from edgeprune.pipeline.fidelity import keras_outputs, run_tflite
+
+    model = mlperf_models(key)
+    data = synthetic_data(model, 20, (0.0, 1.0), seed=3)
+    tfl, _ = run_tflite(converted(key, "float32").tflite, data.x)
+    ref = keras_outputs(model, data.x)
+    assert np.abs(tfl - ref).max() < 1e-4
+
+
+def test_ad01_float32_on_the_real_toyadmos_input(converted, mlperf_models):
+    from edgeprune.pipeline.fidelity import keras_outputs, run_tflite
+
+    x = np.fromfile(mlperf_path("ad01_sample_normal_id_01.bin"), dtype=np.float32).reshape(40, 640)
+    ref = keras_outputs(mlperf_models("ad01"), x)
+    tfl, _ = run_tflite(converted("ad01", "float32").tflite, x)
+    scale = max(1.0, float(np.abs(ref).max()))
+    assert np.abs(tfl - ref).max() < 1e-4 * scale
+
+
+def test_resnet8_int8_size_matches_the_mlperf_reference(converted):
+    reference = mlperf_path("pretrainedResnet_quant.tflite").stat().st_size
+    ours = converted("resnet8", "int8").size_bytes
+    assert abs(ours - reference) / reference < 0.10, (ours, reference)
+
+
+def test_kws_real_samples_same_accuracy_in_keras_and_float32(converted, mlperf_models):
+    from edgeprune.pipeline.data import load_eval_data
+    from edgeprune.pipeline.fidelity import evaluate, keras_outputs
+
+    model = mlperf_models("kws")
+    data = load_eval_data(mlperf_path("calibration_samples.npz"), model)
+    assert data.n == 45 and data.y is not None and data.source == "user"
+    res = evaluate(converted("kws", "float32").tflite, keras_outputs(model, data.x), data)
+    assert res.metric == "top1" and res.agreement == 1.0
+    assert res.accuracy == res.reference_accuracy
+    assert res.accuracy_drop == 0.0
+    assert res.reference_accuracy > 0.8  # the reference model does recognise its own samples
+
+
+def test_int8_input_quantisation_follows_the_declared_range(mlperf_models):
+    model = mlperf_models("kws")
+    r01 = convert(model, ConvertConfig(quantize="int8", input_range=(0.0, 1.0), num_calibration=20))
+    r11 = convert(model, ConvertConfig(quantize="int8", input_range=(-1.0, 1.0), num_calibration=20))
+    assert r01.inputs[0].scale == pytest.approx(1 / 255, rel=0.02) and r01.inputs[0].zero_point == -128
+    assert r11.inputs[0].scale == pytest.approx(2 / 255, rel=0.02) and abs(r11.inputs[0].zero_point) <= 1
+    assert any("synthetic" in n for n in r01.notes)
+
+
+def test_user_calibration_is_used_and_checked(mlperf_models):
+    from edgeprune.pipeline.data import load_eval_data
+
+    model = mlperf_models("kws")
+    data = load_eval_data(mlperf_path("calibration_samples.npz"), model)
+    result = convert(model, ConvertConfig(quantize="int8", calibration=data.x))
+    assert result.calibration_source == "user" and result.calibration_samples == 45
+    # the input scale now reflects the real spectrogram range, not [0, 1]
+    span = float(data.x.max() - data.x.min())
+    assert result.inputs[0].scale == pytest.approx(span / 255, rel=0.05)
+    with pytest.raises(BadInput, match=r"expects \(30, 1, 40\)"):
+        convert(model, ConvertConfig(quantize="int8", calibration=np.zeros((4, 30, 40, 1), np.float32)))
+    with pytest.raises(BadInput, match="empty"):
+        convert(model, ConvertConfig(quantize="int8", calibration=np.zeros((0, 30, 1, 40), np.float32)))
+
+
+def test_example_flatten_is_a_single_reshape():
+    from edgeprune.pipeline.example import example_model_path
+    from edgeprune.pipeline.loading import load_model
+
+    result = convert(load_model(example_model_path()), ConvertConfig(quantize="float32"))
+    assert result.ops == ["CONV_2D", "FULLY_CONNECTED", "MAX_POOL_2D", "RESHAPE", "SOFTMAX"]
+    assert result.op_counts["RESHAPE"] == 1
+
+
+def test_static_batch_size_other_than_one(mlperf_models):
+    from edgeprune.pipeline.data import synthetic_data
+    from edgeprune.pipeline.fidelity import evaluate, keras_outputs
+
+    model = mlperf_models("kws")
+    result = convert(model, ConvertConfig(quantize="float32", batch_size=4))
+    assert result.inputs[0].shape == (4, 30, 1, 40)
+    data = synthetic_data(model, 10, seed=2)  # 10 is not a multiple of 4: last chunk padded
+    res = evaluate(result.tflite, keras_outputs(model, data.x), data)
+    assert res.n_samples == 10 and res.max_abs_diff < 1e-4
+
+
+def test_conversion_is_silent_on_stdout_and_stderr(mlperf_models, capfd):
+    model = mlperf_models("resnet8")
+    capfd.readouterr()
+    convert(model, ConvertConfig(quantize="int8", num_calibration=10))
+    convert(model, ConvertConfig(quantize="float32"))
+    out, err = capfd.readouterr()
+    assert out == "" and err == "", (out[-500:], err[-500:])
+
+
+def _unconvertible_model():
+    import keras
+
+    inputs = keras.Input((8,), dtype="int32", name="ids")
+    hashed = keras.layers.Hashing(num_bins=16, name="bucketize_ids")(inputs)
+    return keras.Model(inputs, hashed, name="hasher")
+
+
+def test_a_model_tflite_builtins_cannot_express_names_op_and_layer(capfd):
+    model = _unconvertible_model()
+    with pytest.raises(UnsupportedModel) as info:
+        convert(model, ConvertConfig(quantize="float32"))
+    message = info.value.message
+    assert "StringToHashBucketFast" in message and "'bucketize_ids'" in message
+    assert "SELECT_TF_OPS" in info.value.hint
+    assert "neither a custom op nor a flex op" in info.value.hint  # the converter's own words
+    assert "StringToHashBucketFast" in info.value.log  # full captured converter output kept
+    out, err = capfd.readouterr()
+    assert "error" not in (out + err).lower()
+
+
+def test_config_validation():
+    with pytest.raises(BadInput, match="unknown quantization 'int4'"):
+        ConvertConfig(quantize="int4")
+    with pytest.raises(BadInput, match="LO must be below HI"):
+        ConvertConfig(input_range=(1.0, 0.0))
+    with pytest.raises(BadInput):
+        ConvertConfig(batch_size=0)
+
+
+def test_save_is_atomic_and_checks_the_folder(converted, tmp_path):
+    result = converted("kws", "int8")
+    path = result.save(tmp_path / "m.tflite")
+    assert path.read_bytes() == result.tflite
+    assert [p.name for p in tmp_path.iterdir()] == ["m.tflite"]  # no temporary left behind
+    with pytest.raises(BadInput, match="does not exist"):
+        result.save(tmp_path / "missing" / "m.tflite")
+    d = result.to_dict()
+    assert d["size_bytes"] == result.size_bytes and d["inputs"][0]["dtype"] == "int8"
+    json.dumps(d)
+
+
+# --------------------------------------------------------------------------- CLI
+def _run(argv, capsys):
+    from edgeprune.cli import run_cli
+
+    capsys.readouterr()
+    code = run_cli([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _flat(text: str) -> str:
+    return re.sub(r"\s+", " ", text)
+
+
+def test_cli_convert_example_int8_with_data_json(tmp_path, capsys):
+    from edgeprune.pipeline.example import example_data_path, example_model_path
+
+    target = tmp_path / "fmnist_int8.tflite"
+    code, out, err = _run(
+        ["convert", example_model_path(), "--quantize", "int8", "--data", example_data_path(), "--out", target, "--json"],
+        capsys,
+    )
+    assert code == 0, err
+    payload = json.loads(out)
+    assert target.stat().st_size == payload["conversion"]["size_bytes"] < 1_000_000
+    assert payload["conversion"]["calibration_source"] == "user"
+    assert payload["data"]["source"] == "user" and payload["data"]["input_scale"] == pytest.approx(1 / 255)
+    fid = payload["fidelity"]
+    assert fid["metric"] == "top1" and fid["n_samples"] == 1000
+    assert fid["accuracy_drop"] < 1.0 and fid["agreement"] > 0.98
+    assert payload["conversion"]["inputs"][0]["dtype"] == "int8"
+    assert "Traceback" not in err
+
+
+def test_cli_convert_without_data_is_labelled_synthetic(tmp_path, capsys):
+    target = tmp_path / "kws.tflite"
+    code, out, err = _run(["convert", mlperf_path("kws"), "--quantize", "int8", "--samples", "20", "--out", target], capsys)
+    assert code == 0, err
+    text = _flat(out)
+    assert "int8 calibration: 20 samples, synthetic (data-free)" in text
+    assert "fidelity on 20 samples, synthetic (data-free): top-1 agreement" in text
+    assert f"{target.stat().st_size:,} bytes" in text
+    assert "CONV_2D x" in text and "DEPTHWISE_CONV_2D x" in text
+    assert re.search(r"input\W+input_1\W+1x30x1x40\W+int8\W+0\.0039\d*\W+-128\b", text), text
+    assert "Traceback" not in out + err and "I0000" not in out + err
+
+
+def test_cli_convert_wrong_shape_data_exit_2(tmp_path, capsys):
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, x=np.zeros((5, 32, 32, 3), np.float32))
+    code, out, err = _run(["convert", mlperf_path("kws"), "--data", bad, "--out", tmp_path / "k.tflite"], capsys)
+    assert code == 2
+    text = _flat(err)
+    assert "(32, 32, 3)" in text and "expects (30, 1, 40)" in text
+    assert "Traceback" not in out + err
+    assert not (tmp_path / "k.tflite").exists()
+
+
+@pytest.mark.parametrize("kind", ["non-numeric", "empty"])
+def test_cli_convert_bad_data_files_exit_2(tmp_path, capsys, kind):
+    if kind == "non-numeric":
+        path = tmp_path / "words.npy"
+        np.save(path, np.array(["cat", "dog"]))
+        expected = "not numbers"
+    else:
+        path = tmp_path / "empty.npz"
+        path.write_bytes(b"")
+        expected = "is empty"
+    code, out, err = _run(["convert", mlperf_path("kws"), "--data", path, "--out", tmp_path / "k.tflite"], capsys)
+    assert code == 2 and expected in _flat(err)
+    assert "Traceback" not in out + err
+
+
+def test_cli_convert_unconvertible_model_exit_2(tmp_path, capsys):
+    model_path = tmp_path / "hasher.keras"
+    _unconvertible_model().save(model_path)
+    code, out, err = _run(["convert", model_path, "--quantize", "float32", "--out", tmp_path / "h.tflite"], capsys)
+    assert code == 2
+    text = _flat(err)
+    assert "StringToHashBucketFast" in text and "bucketize_ids" in text
+    assert "Traceback" not in out + err
+    assert not (tmp_path / "h.tflite").exists()
+
+
+def test_cli_convert_bad_quantize_exit_2(tmp_path, capsys):
+    code, out, err = _run(["convert", mlperf_path("kws"), "--quantize", "int4", "--out", tmp_path / "k.tflite"], capsys)
+    assert code == 2 and "unknown quantization 'int4'" in _flat(err)
+    assert "Traceback" not in out + err
+
+
+def test_cli_convert_reports_the_tflm_arena_and_survives_its_failure(tmp_path, capsys, monkeypatch):
+    import sys
+
+    pytest.importorskip("edgeprune.devices.tflm")
+    import edgeprune.devices.tflm as tflm
+
+    target = tmp_path / "kws.tflite"
+    argv = ["convert", mlperf_path("kws"), "--quantize", "int8", "--samples", "10", "--out", target]
+    code, out, err = _run(argv, capsys)
+    assert code == 0, err
+    found = re.search(r"TFLite-Micro arena: ([\d,]+) bytes", out)
+    assert found and 1_000 < int(found.group(1).replace(",", "")) < 1_000_000
+
+    def crash(path, *a, **k):
+        raise RuntimeError("child process died")
+
+    monkeypatch.setattr(tflm, "measure_arena", crash)
+    code, out, err = _run(argv, capsys)
+    assert code == 0 and "TFLite-Micro arena: not measured (RuntimeError: child process died)" in _flat(out)
+
+    monkeypatch.setitem(sys.modules, "edgeprune.devices.tflm", None)  # module absent
+    code, out, err = _run(argv, capsys)
+    assert code == 0 and "arena" not in out and "Traceback" not in out + err
