@@ -183,3 +183,27 @@ def test_local_and_ssh_agree(server, board, device_models):
     print(f"local median {lm:.3f} ms, ssh median {rm:.3f} ms (pairs: {list(zip(local, remote))})")
     assert lm > 1.0  # per-run time dominates timer noise
     assert any(0.75 <= x <= 1.25 for x in ratios), (local, remote)
+
+
+def test_ssh_config_alias(server, tmp_path, device_models):
+    cfg = tmp_path / "ssh_config"
+    cfg.write_text(f"Host myboard\n  HostName 127.0.0.1\n  Port {server.port}\n  User {server.user}\n"
+                   f"  IdentityFile {server.user_key}\n  UserKnownHostsFile {server.known_hosts}\n")
+    prof = tmp_path / "alias.yaml"
+    prof.write_text(f"kind: ssh\nconnection: {{ssh_config_alias: myboard, ssh_config_file: {cfg}, allow_agent: false, "
+                    f"look_for_keys: false}}\nruntime: {{python: {sys.executable}, remote_tmp: {server.remote_tmp}}}\n"
+                    "threads: 1\nlimits: {flash_bytes: 1MB, ram_bytes: 1GB}\n")
+    m = measure(load_profile(prof), device_models["small"], BenchConfig(runs=2))
+    assert m.runs == 2 and _leftovers(server) == []
+
+
+def test_cli_inputs_npy_checksum(server, board, device_models, tmp_path, capsys):
+    import numpy as np
+
+    x = tmp_path / "x.npy"
+    np.save(x, np.full((1, 64, 64, 3), 0.5, np.float32))
+    sums = []
+    for dev in ("local", str(board)):
+        assert run_cli(["bench", str(device_models["small"]), "-d", dev, "--runs", "2", "--inputs", str(x), "--json"]) == 0
+        sums.append(json.loads(capsys.readouterr().out)["output_checksum"])
+    assert sums[0] == sums[1]  # same runtime, same inputs: same outputs on both backends
