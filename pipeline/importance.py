@@ -185,15 +185,21 @@ class Paoding(Importance):
        own activation intervals. ``delta`` is then propagated as an interval through the
        following Dense/BatchNorm/activation layers to the model output (logits, before a
        final softmax).
-    3. Score = ``alpha * L1(impact) / max L1 + beta * H(impact)``, with H the Shannon
-       entropy of the normalised impact magnitudes over the outputs (divided by log n).
+    3. Score = ``alpha * L1(impact) / max L1 + beta * (1 - H(impact))``, with H the Shannon
+       entropy of the normalised impact magnitudes over the outputs (divided by log n, so
+       in [0, 1]). The entropy enters as ``1 - H``: an impact spread evenly over all
+       outputs shifts every logit alike and leaves the arg-max, while one concentrated on
+       a few outputs can flip it (measured in bench/prune_quality.py: with ``+ H`` the MLP
+       pruned to 113/51 kept 0.751, with ``1 - H`` 0.783).
     4. Pairs are taken greedily by score, each neuron in at most one merge per step.
     """
 
     name = "paoding"
 
-    def __init__(self, alpha: float = 0.5, beta: float = 0.5, candidates_per_neuron: int = 3):
+    def __init__(self, alpha: float = 0.5, beta: float = 0.5, candidates_per_neuron: int = 3,
+                 similarity: str = "weights"):
         self.alpha, self.beta, self.k = alpha, beta, candidates_per_neuron
+        self.similarity = similarity
 
     def begin_step(self, ctx: Context) -> None:
         from edgeprune.pipeline.bounds import interval_bounds
@@ -251,12 +257,22 @@ class Paoding(Importance):
         a_cat = np.concatenate(a_parts, axis=1).astype(np.float64)  # (n, total outputs)
         a_norm = np.linalg.norm(a_cat, axis=1)
 
-        # 1. saliency and best partners
-        v = np.vstack([w_eff, b_eff[None, :]])  # (in+1, n)
-        gram = v.T @ v
+        # input box of the producer (interval bounds from the model's input range)
+        lo_x, hi_x = (b.reshape(-1).astype(np.float64) for b in x_bounds)
+        c_x, r_x = (lo_x + hi_x) / 2, (hi_x - lo_x) / 2
+
+        # 1. saliency and best partners. The similarity of two neurons is measured on
+        # their pre-activations over the input box (uniform on the box, no data):
+        # E[z_i z_j] = m_i m_j + sum_k w_ki w_kj r_k^2 / 3, with m = centre pre-activation.
+        if self.similarity == "moment":
+            m_c = c_x @ w_eff + b_eff
+            gram = np.outer(m_c, m_c) + (w_eff * (r_x ** 2 / 3.0)[:, None]).T @ w_eff
+        else:  # plain weight space, the bias as one more weight
+            v = np.vstack([w_eff, b_eff[None, :]])
+            gram = v.T @ v
         sq = np.diag(gram).copy()
         if homogeneous:
-            lam = np.clip(gram / np.maximum(sq[:, None], 1e-12), 0.0, None)  # lam[i, j]: v_j ~ lam v_i
+            lam = np.clip(gram / np.maximum(sq[:, None], 1e-12), 0.0, None)  # lam[i, j]: z_j ~ lam z_i
         else:
             lam = np.ones((n, n))
         resid2 = sq[None, :] - 2 * lam * gram + lam ** 2 * sq[:, None]
@@ -269,8 +285,6 @@ class Paoding(Importance):
         lams = np.concatenate([lam[part.ravel(), np.tile(np.arange(n), k)], np.zeros(n)])
 
         # 2. interval of lam*h_i - h_j over the input box
-        lo_x, hi_x = (b.reshape(-1).astype(np.float64) for b in x_bounds)
-        c_x, r_x = (lo_x + hi_x) / 2, (hi_x - lo_x) / 2
         z_c = c_x @ w_eff + b_eff
         z_r = r_x @ np.abs(w_eff)
         from edgeprune.pipeline.bounds import apply_activation
@@ -309,7 +323,9 @@ class Paoding(Importance):
         m_out = mag.shape[1]
         p = mag / np.maximum(l1[:, None], 1e-30)
         ent = -(p * np.log(np.where(p > 0, p, 1.0))).sum(1) / (np.log(m_out) if m_out > 1 else 1.0)
-        score = self.alpha * l1 / max(float(l1.max()), 1e-30) + self.beta * ent
+        # an impact spread evenly over the outputs (entropy 1) shifts every logit alike and
+        # leaves the prediction; a concentrated one (entropy 0) can flip it
+        score = self.alpha * l1 / max(float(l1.max()), 1e-30) + self.beta * (1.0 - ent)
 
         # 4. greedy selection
         order = np.argsort(score, kind="stable")

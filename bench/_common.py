@@ -1,0 +1,75 @@
+"""Shared pieces of the benchmarks: seeded Fashion-MNIST models, cached between runs."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import numpy as np
+
+RESULTS = Path(__file__).resolve().parent / "results"
+CACHE = Path(os.environ.get("EDGEPRUNE_BENCH_CACHE", Path.home() / ".cache" / "edgeprune-bench"))
+
+
+def fashion_mnist():
+    from edgeprune.pipeline.example.fashion_mnist import load_fashion_mnist
+
+    xtr, ytr = load_fashion_mnist("train")
+    xte, yte = load_fashion_mnist("test")
+    f = lambda x: (x.astype("float32") / 255.0)[..., None]  # noqa: E731
+    return f(xtr), ytr.astype("int64"), f(xte), yte.astype("int64")
+
+
+def build(kind: str, seed: int):
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    L = keras.layers
+    if kind == "mlp":
+        return keras.Sequential([keras.Input((28, 28, 1)), L.Flatten(), L.Dense(256, activation="relu"),
+                                 L.Dense(128, activation="relu"), L.Dense(10, activation="softmax")], name="fmnist_mlp")
+    if kind == "cnn":
+        return keras.Sequential([keras.Input((28, 28, 1)), L.Conv2D(32, 3, activation="relu"), L.MaxPooling2D(),
+                                 L.Conv2D(64, 3, activation="relu"), L.MaxPooling2D(), L.Flatten(),
+                                 L.Dense(128, activation="relu"), L.Dense(10, activation="softmax")], name="fmnist_cnn_bench")
+    raise ValueError(kind)
+
+
+def trained(kind: str, data, *, epochs: int, seed: int = 0):
+    """Train (seeded) or load the cached model; returns (model, seconds spent training)."""
+    import keras
+
+    CACHE.mkdir(parents=True, exist_ok=True)
+    path = CACHE / f"{kind}_e{epochs}_s{seed}.keras"
+    if path.exists():
+        return keras.models.load_model(path, compile=False), 0.0
+    xtr, ytr, _, _ = data
+    model = build(kind, seed)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    t0 = time.perf_counter()
+    model.fit(xtr, ytr, epochs=epochs, batch_size=128, verbose=0, shuffle=True)
+    secs = time.perf_counter() - t0
+    model.save(path)
+    return model, secs
+
+
+def accuracy(model, x, y) -> float:
+    p = model.predict(x, batch_size=1024, verbose=0)
+    return float((p.argmax(1) == y).mean())
+
+
+def machine() -> dict:
+    import tensorflow as tf
+
+    return {"python": platform.python_version(), "tensorflow": tf.__version__, "machine": platform.machine(),
+            "cpus": os.cpu_count(), "processor": platform.processor() or "unknown"}
+
+
+def write(name: str, payload: dict, markdown: str) -> None:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{name}.json").write_text(json.dumps(payload, indent=1) + "\n")
+    (RESULTS / f"{name}.md").write_text(markdown)
