@@ -154,6 +154,11 @@ def convert(
     if data is not None:
         eval_data = load_eval_data(data, keras_model)
         config.calibration = eval_data.x
+        if quantize == "int8":
+            eval_data.notes.append(
+                f"int8 was calibrated on {min(eval_data.n, samples)} of the same samples it is evaluated on "
+                "(fidelity may be slightly optimistic)"
+            )
     else:  # seed 1: evaluation samples differ from the synthetic calibration samples (seed 0)
         eval_data = synthetic_data(keras_model, samples, (lo, hi), seed=1)
     result = conv.convert(keras_model, config)
