@@ -365,6 +365,72 @@ def bench(
         out.print(bench_table(m))
 
 
+# --------------------------------------------------------------------------- run
+RUN_EXIT_HELP = (
+    "Exit codes: 0 a candidate meets every budget and the fidelity threshold (best.tflite written); "
+    "2 bad input (unknown device, unreadable budget, bad step, missing model or data, output dir not writable, "
+    "a run dir of another configuration); 3 no candidate meets every limit (report says which and by how much); "
+    "4 the device could not be reached or used."
+)
+
+
+@app.command(epilog=RUN_EXIT_HELP)
+def run(
+    model: Annotated[Optional[Path], typer.Option("--model", "-m", help="Keras model (.keras/.h5). Default: the bundled Fashion-MNIST example.")] = None,
+    device: Annotated[str, typer.Option("--device", "-d", help="Device profile name (edgeprune devices list) or a .yaml path.")] = "local",
+    budget: Annotated[Optional[str], typer.Option("--budget", help="Flash / model-file budget: '2MB' (10^6), '512KiB' (2^10), bytes. Default: the profile's.")] = None,
+    ram_budget: Annotated[Optional[str], typer.Option("--ram-budget", help="RAM budget, same units. Default: the profile's.")] = None,
+    latency_budget: Annotated[Optional[float], typer.Option("--latency-budget", help="Latency budget in ms (median). Default: the profile's, if any.")] = None,
+    min_fidelity: Annotated[Optional[float], typer.Option("--min-fidelity", help="Minimum fidelity score vs the original model: top-1 agreement (classifiers) or cosine similarity. Default 0.95 unless --max-accuracy-drop is given.")] = None,
+    max_accuracy_drop: Annotated[Optional[float], typer.Option("--max-accuracy-drop", help="Maximum accuracy drop in points (needs labelled --data).")] = None,
+    data: Annotated[Optional[Path], typer.Option("--data", help="Evaluation/calibration data (.npz with x[, y], or .npy). Default: the example's 1000 labelled images for the example model, else synthetic (labelled as such).")] = None,
+    quantize: Annotated[str, typer.Option("--quantize", "-q", help="int8 (default), float16, float32 (or dynamic).")] = "int8",
+    criterion: Annotated[str, typer.Option(help="Importance criterion: paoding (data-free, default), l1, random.")] = "paoding",
+    step: Annotated[float, typer.Option(help="Prune-rate step between candidates (each builds on the last).")] = 0.05,
+    max_rate: Annotated[float, typer.Option("--max-rate", help="Largest prune rate tried.")] = 0.9,
+    out_dir: Annotated[Optional[Path], typer.Option("--out", "-o", help="Run directory. Default ./edgeprune-runs/<model>-<device>-<quantize>.")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run in --out without redoing finished candidates.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Discard a run of a DIFFERENT configuration in --out and start over.")] = False,
+    runs: Annotated[int, typer.Option(help="Timed inferences per device measurement.")] = 50,
+    warmup: Annotated[int, typer.Option(help="Untimed inferences before timing.")] = 5,
+    measure_all: Annotated[bool, typer.Option("--measure-all", help="Measure every candidate that passes the host checks (for the latency curve), not just the fewest needed.")] = False,
+    input_range: Annotated[str, typer.Option("--input-range", help="Model input range 'LO,HI' (PAODING bounds, synthetic data).")] = "0,1",
+    seed: Annotated[int, typer.Option(help="Seed (random criterion).")] = 0,
+    host: _Host = None,
+    user: _User = None,
+    port: _Port = None,
+    trust_new_host: _TrustNew = False,
+    devices_dir: _DevicesDir = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print report.json to stdout instead of the table.")] = False,
+) -> None:
+    """Find the largest prune rate whose converted model meets every budget and the fidelity threshold.
+
+    Candidates (rate 0, step, 2*step, ...) are pruned progressively, converted and checked on the
+    host (size, fidelity); only those that can still be the answer are measured on the device,
+    largest rate first. Writes every candidate, best.tflite and report.json/.md/.png to --out.
+    """
+    from edgeprune.pipeline.run import RunConfig
+    from edgeprune.pipeline.run import run as run_search
+    from edgeprune.pipeline.report import RunProgress, candidates_table, print_outcome
+
+    lo, hi = _parse_range(input_range)
+    config = RunConfig(model=model, device=device, host=host, user=user, port=port, devices_dir=devices_dir,
+                       trust_new_host=trust_new_host, budget=budget, ram_budget=ram_budget,
+                       latency_budget=latency_budget, min_fidelity=min_fidelity, max_accuracy_drop=max_accuracy_drop,
+                       data=data, quantize=quantize, criterion=criterion, step=step, max_rate=max_rate, out=out_dir,
+                       resume=resume, force=force, runs=runs, warmup=warmup, measure_all=measure_all,
+                       input_range=(lo, hi), seed=seed)
+    with RunProgress(err) as progress:
+        result = run_search(config, progress=progress)
+    if as_json:
+        sys.stdout.write(result.to_json() + "\n")
+        sys.stdout.flush()
+    else:
+        out.print(candidates_table(result.report))
+        print_outcome(out, result.report)
+    raise typer.Exit(result.exit_code)
+
+
 # --------------------------------------------------------------------------- entry
 def run_cli(argv: list[str] | None = None) -> int:
     """Run the CLI and return its exit code (used by ``main`` and by the tests)."""

@@ -1,0 +1,395 @@
+"""The reports of ``edgeprune run``: ``report.json``, ``report.md`` and ``report.png``.
+
+``report.json`` (format ``edgeprune-report/1``; keys are stable, new keys may be added):
+
+- ``format``, ``edgeprune_version``, ``created_at``, ``run_dir``
+- ``status``: ``"ok"`` or ``"no_candidate"``; ``exit_code``: 0 or 3
+- ``model``: ``path``, ``name``, ``example`` (the bundled one?), ``sha256``, ``params``
+- ``device``: ``name``, ``kind`` (local/ssh/mcu), ``description``, ``host``, ``profile`` (file),
+  ``threads``, and ``latency`` / ``ram`` / ``flash``: how each figure was obtained (measured on
+  the device, or estimated on the host for a microcontroller)
+- ``settings``: ``quantize``, ``criterion``, ``step``, ``max_rate``, ``runs``, ``warmup``,
+  ``measure_all``, ``seed``, ``input_range``
+- ``data``: ``source`` (user/synthetic), ``label``, ``synthetic`` (bool), ``path``,
+  ``n_samples`` (evaluation), ``labelled``, ``calibration`` (int8 calibration samples), ``notes``
+- ``budgets``: ``flash_bytes`` / ``ram_bytes`` / ``latency_ms``, each ``{"value", "source"}``
+  with source ``"option"`` (command line) or ``"profile"``; value null = no limit
+- ``fidelity_threshold``: ``min_fidelity``, ``max_accuracy_drop`` (points), ``score_name``, ``metric``
+- ``strategy``: how candidates were chosen for device runs (text)
+- ``stop``: ``{"reason": "fidelity" | "max_rate" | "nothing to prune", "rate"}``
+- ``chosen``: null, or ``index``, ``rate``, ``name``, ``tflite``, ``best`` ("best.tflite"),
+  ``size_bytes``, ``flash_bytes``, ``params``, ``fidelity``, ``score_name``, ``accuracy``,
+  ``accuracy_drop``, ``latency_ms`` (median), ``latency_is_estimate``, ``ram_bytes``, ``sha256``
+- ``reasons``: when no candidate meets everything, one sentence per failing limit (which, by how much)
+- ``device_runs``: ``made`` (new measurements this invocation), ``cached`` (served from
+  ``measurements.json``), ``not_measured`` (candidates never sent to the device)
+- ``resume``: ``resumed``, ``candidates_reused``, ``candidates_computed``
+- ``timings``: seconds, this invocation: ``prune_s``, ``convert_s``, ``fidelity_s``, ``save_s``,
+  ``device_s``, ``total_s``
+- ``candidates``: one per candidate, by rate: ``index``, ``rate``, ``name``, ``files``
+  (keras/tflite/plan), ``params``, ``size_bytes``, ``flash_bytes``, ``sha256``, ``fidelity``
+  (the fidelity stage's full result), ``checks`` (``fidelity``, ``flash`` and, once measured,
+  ``ram``, ``latency``: each ``{"ok", "value", "limit", ...}``), ``meets_all``,
+  ``measurement`` (null if not measured: then ``not_measured`` says why), ``measurement_cached``,
+  ``reused`` (from an earlier, interrupted invocation), ``timings``, ``created_at``
+- ``notes``, ``files``
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from edgeprune.pipeline.plan import write_json_atomic
+
+REPORT_FORMAT = "edgeprune-report/1"
+
+
+def _size(n) -> str:
+    if n is None:
+        return "-"
+    from edgeprune.devices.sizes import format_size
+
+    return format_size(int(n))
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_reports(run_dir: Path, report: dict) -> dict:
+    """Write report.json, report.md and report.png into ``run_dir``; return their paths."""
+    run_dir = Path(run_dir)
+    files = {"json": run_dir / "report.json", "md": run_dir / "report.md", "png": run_dir / "report.png"}
+    plot(report, files["png"])
+    _write_text_atomic(files["md"], markdown(report))
+    write_json_atomic(files["json"], report)
+    return files
+
+
+# --------------------------------------------------------------------------- text
+def latency_text(c: dict) -> str:
+    m = c.get("measurement")
+    if not m:
+        return "-"
+    est = " (est.)" if m.get("latency_is_estimate") else ""
+    return f"{m['latency_ms']['median']:.3f} ms{est}"
+
+
+def ram_text(c: dict) -> str:
+    m = c.get("measurement")
+    if not m or m.get("ram_bytes") is None:
+        return "-"
+    return _size(m["ram_bytes"])
+
+
+def verdict(c: dict, chosen_index) -> str:
+    if c["index"] == chosen_index:
+        return "CHOSEN"
+    failed = [k for k, v in c["checks"].items() if not v["ok"]]
+    if failed:
+        return "fails " + ", ".join(failed)
+    if c.get("measurement") is None:
+        return "passes host checks; not measured"
+    return "meets all"
+
+
+def summary_line(report: dict) -> str:
+    ch = report.get("chosen")
+    if ch:
+        lat = f"{ch['latency_ms']:.3f} ms" + (" (estimate)" if ch["latency_is_estimate"] else "")
+        return (f"chosen: rate {ch['rate']:.2f}, {_size(ch['size_bytes'])} ({ch['size_bytes']:,} B), "
+                f"{ch['score_name']} {ch['fidelity']:.4f}, latency {lat}, RAM {_size(ch['ram_bytes'])}")
+    return "no candidate meets every limit: " + "; ".join(report.get("reasons") or [])
+
+
+def markdown(report: dict) -> str:
+    dev, b, ft = report["device"], report["budgets"], report["fidelity_threshold"]
+    ch = report.get("chosen")
+    chosen_index = ch["index"] if ch else None
+    lines = [f"# edgeprune run: {report['model']['name']} on {dev['name']}", ""]
+    lines.append(("**" + summary_line(report) + "**") if ch else ("**" + summary_line(report) + "**"))
+    lines.append("")
+    lines.append(f"- exit code: {report['exit_code']} ({report['status']})")
+    lines.append(f"- model: `{report['model']['path']}` ({report['model']['params']:,} parameters)"
+                 + (" (the bundled example)" if report["model"]["example"] else ""))
+    lines.append(f"- device: {dev['name']} ({dev['kind']}" + (f", {dev['host']}" if dev.get("host") else "")
+                 + f"): latency {dev['latency']}; RAM: {dev['ram']}; flash: {dev['flash']}")
+    data = report["data"]
+    lines.append(f"- data: {data['label']}, {data['n_samples']} evaluation samples"
+                 + (", labelled" if data["labelled"] else "") + (f"; int8 calibration: {data['calibration']}"
+                                                                  if data.get("calibration") else ""))
+    s = report["settings"]
+    lines.append(f"- quantize {s['quantize']}, criterion {s['criterion']}, step {s['step']:g}, max rate {s['max_rate']:g}, "
+                 f"device runs of {s['runs']} timed inferences after {s['warmup']} warm-up")
+
+    def bud(key, fmt):
+        v = b[key]
+        return "none" if v["value"] is None else f"{fmt(v['value'])} (from {v['source']})"
+
+    lines.append(f"- budgets: flash {bud('flash_bytes', lambda v: f'{_size(v)} ({v:,} B)')}, "
+                 f"RAM {bud('ram_bytes', lambda v: f'{_size(v)} ({v:,} B)')}, "
+                 f"latency {bud('latency_ms', lambda v: f'{v:g} ms')}")
+    thr = []
+    if ft.get("min_fidelity") is not None:
+        thr.append(f"{ft['score_name']} >= {ft['min_fidelity']:g}")
+    if ft.get("max_accuracy_drop") is not None:
+        thr.append(f"accuracy drop <= {ft['max_accuracy_drop']:g} points")
+    lines.append(f"- fidelity threshold: {' and '.join(thr)} (against the original float Keras model)")
+    stop = report["stop"]
+    lines.append(f"- pruning stopped: {stop['reason']} at rate {stop['rate']:.2f}")
+    dr = report["device_runs"]
+    lines.append(f"- device runs: {dr['made']} made, {dr['cached']} from the cache, "
+                 f"{dr['not_measured']} candidates not measured")
+    rs = report["resume"]
+    if rs["resumed"]:
+        lines.append(f"- resumed: {rs['candidates_reused']} candidates reused, {rs['candidates_computed']} computed")
+    t = report["timings"]
+    lines.append(f"- time: {t['total_s']:.1f} s total (prune {t['prune_s']:.1f}, convert {t['convert_s']:.1f}, "
+                 f"fidelity {t['fidelity_s']:.1f}, save {t['save_s']:.1f}, device {t['device_s']:.1f})")
+    if report.get("reasons"):
+        lines += ["", "## Why no candidate", ""] + [f"- {r}" for r in report["reasons"]]
+    lines += ["", "## Candidates", "",
+              "| # | rate | params | .tflite | flash | fidelity | acc. drop | latency | RAM | verdict |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
+    for c in report["candidates"]:
+        fr = c["fidelity"]
+        drop = "-" if fr.get("accuracy_drop") is None else f"{fr['accuracy_drop']:+.1f}"
+        lines.append(f"| {c['index']} | {c['rate']:.2f} | {c['params']:,} | {c['size_bytes']:,} B | {_size(c['flash_bytes'])} "
+                     f"| {fr['score']:.4f} | {drop} | {latency_text(c)} | {ram_text(c)} | {verdict(c, chosen_index)} |")
+    nm = [c for c in report["candidates"] if c.get("not_measured")]
+    if nm:
+        lines += ["", "Not measured on the device:", ""]
+        lines += [f"- rate {c['rate']:.2f}: {c['not_measured']}" for c in nm]
+    lines += ["", "## Strategy", "", report["strategy"], ""]
+    if report.get("notes"):
+        lines += ["## Notes", ""] + [f"- {n}" for n in report["notes"]] + [""]
+    lines += ["![size, latency and fidelity against prune rate](report.png)", ""]
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- plot
+def plot(report: dict, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cands = report["candidates"]
+    ch = report.get("chosen")
+    rates = [c["rate"] for c in cands]
+    b = report["budgets"]
+    mcu = report["device"]["kind"] == "mcu"
+    fig, axes = plt.subplots(3, 1, figsize=(7.5, 8.5), sharex=True)
+    ax_s, ax_l, ax_f = axes
+    title = f"{report['model']['name']} on {report['device']['name']} ({report['settings']['quantize']})"
+    fig.suptitle(title + (f": chosen rate {ch['rate']:.2f}" if ch else ": no candidate meets every limit"), fontsize=11)
+
+    # size
+    sizes = [c["flash_bytes"] / 1e3 for c in cands]
+    ax_s.plot(rates, sizes, "o-", color="tab:blue", label="model + runtime (host)" if mcu else ".tflite size")
+    if b["flash_bytes"]["value"] is not None and b["flash_bytes"]["value"] <= 4 * max(sizes) * 1e3:
+        ax_s.axhline(b["flash_bytes"]["value"] / 1e3, color="tab:red", ls="--",
+                     label=f"flash budget {_size(b['flash_bytes']['value'])}")
+    elif b["flash_bytes"]["value"] is not None:
+        ax_s.text(0.99, 0.95, f"flash budget {_size(b['flash_bytes']['value'])} (off the scale)", ha="right", va="top",
+                  transform=ax_s.transAxes, fontsize=8, color="tab:red")
+    ax_s.set_ylabel("kB")
+    ax_s.set_ylim(bottom=0)
+
+    # latency
+    meas = [(c["rate"], c["measurement"]["latency_ms"]["median"], c["measurement"].get("latency_is_estimate"))
+            for c in cands if c.get("measurement")]
+    if meas:
+        est = any(e for _, _, e in meas)
+        xs, ys = [m[0] for m in meas], [m[1] for m in meas]
+        ax_l.plot(xs, ys, "s" + ("--" if est else "-"), color="tab:green", mfc="none" if est else "tab:green",
+                  label="latency, ESTIMATE" if est else "latency (median, measured)")
+        lb = b["latency_ms"]["value"]
+        if lb is not None:
+            ax_l.axhline(lb, color="tab:red", ls="--", label=f"latency budget {lb:g} ms")
+        ax_l.set_ylim(bottom=0)
+    else:
+        ax_l.text(0.5, 0.5, "no candidate measured on the device", ha="center", va="center", transform=ax_l.transAxes)
+    n_not = sum(1 for c in cands if c.get("measurement") is None)
+    if n_not and meas:
+        ax_l.text(0.01, 0.04, f"{n_not} candidate(s) not measured (see report.md)", transform=ax_l.transAxes,
+                  fontsize=8, color="0.4")
+    ax_l.set_ylabel("ms")
+
+    # fidelity
+    ft = report["fidelity_threshold"]
+    scores = [c["fidelity"]["score"] for c in cands]
+    ax_f.plot(rates, scores, "o-", color="tab:purple", label=ft["score_name"])
+    if ft.get("min_fidelity") is not None:
+        ax_f.axhline(ft["min_fidelity"], color="tab:red", ls="--", label=f"threshold {ft['min_fidelity']:g}")
+    if ft.get("max_accuracy_drop") is not None:
+        accs = [c["fidelity"].get("accuracy") for c in cands]
+        if all(a is not None for a in accs):
+            ax_f.plot(rates, accs, "^-", color="tab:orange", label="accuracy")
+            ref = cands[0]["fidelity"].get("reference_accuracy")
+            if ref is not None:
+                ax_f.axhline(ref - ft["max_accuracy_drop"] / 100, color="tab:orange", ls=":",
+                             label=f"accuracy floor (drop {ft['max_accuracy_drop']:g} pt)")
+    ax_f.set_ylabel("score" + (" (synthetic data)" if report["data"].get("synthetic") else ""))
+    ax_f.set_xlabel("prune rate")
+
+    if ch:
+        i = next(k for k, c in enumerate(cands) if c["index"] == ch["index"])
+        for ax in axes:
+            ax.axvline(ch["rate"], color="gold", lw=6, alpha=0.35, zorder=0)
+        ax_s.plot([ch["rate"]], [sizes[i]], "*", ms=16, color="gold", mec="k", label="chosen")
+        ax_f.plot([ch["rate"]], [scores[i]], "*", ms=16, color="gold", mec="k", label="chosen")
+        ax_l.plot([ch["rate"]], [ch["latency_ms"]], "*", ms=16, color="gold", mec="k", label="chosen")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp.png")
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=100)
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def load(path) -> dict:
+    return json.loads(Path(path).read_text())
+
+
+# --------------------------------------------------------------------------- terminal
+class RunProgress:
+    """A ``progress`` callback for :func:`edgeprune.pipeline.run.run` drawing rich progress bars
+    (host steps, device runs) on ``console`` (stderr), plus one log line per finished step."""
+
+    def __init__(self, console):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+        self.console = console
+        self.progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
+                                 MofNCompleteColumn(), TimeElapsedColumn(), console=console, transient=False)
+        self.host = None
+        self.dev = None
+
+    def __enter__(self):
+        self.progress.__enter__()
+        self.status = self.progress.add_task("starting", total=None)
+        return self
+
+    def __exit__(self, *exc):
+        if self.status is not None:
+            self.progress.remove_task(self.status)
+            self.status = None
+        self.progress.__exit__(*exc)
+
+    def _status_done(self):
+        if self.status is not None:
+            self.progress.remove_task(self.status)
+            self.status = None
+
+    def __call__(self, event: str, **info) -> None:
+        p = self.progress
+        if event == "status" and self.status is not None:
+            p.update(self.status, description=info["text"])
+        elif event == "host_phase":
+            self._status_done()
+            self.host = p.add_task("prune + convert + fidelity", total=info["total"])
+        elif event == "candidate_start" and self.host is not None:
+            p.update(self.host, description=f"candidate {info['index']} (rate {info['rate']:.2f})")
+        elif event == "candidate":
+            rec = info["record"]
+            if self.host is None:
+                self._status_done()
+                self.host = p.add_task("prune + convert + fidelity", total=info["total"])
+            p.advance(self.host)
+            ck = rec["checks"]
+            t = rec["timings"]
+            tag = "reused" if info.get("reused") else (f"{t['prune_s'] + t['convert_s'] + t['fidelity_s'] + t['save_s']:.1f} s")
+            fails = [k for k in ("fidelity", "flash") if not ck[k]["ok"]]
+            p.console.print(f"  rate {rec['rate']:.2f}: {rec['size_bytes']:,} B, {rec['fidelity']['score_name']} "
+                            f"{rec['fidelity']['score']:.4f}" + (f"  [red]fails {', '.join(fails)}[/red]" if fails else "")
+                            + f"  [dim]({tag})[/dim]", highlight=False)
+        elif event == "device_phase":
+            if self.host is not None:
+                p.update(self.host, description="prune + convert + fidelity: done",
+                         completed=p.tasks[[t.id for t in p.tasks].index(self.host)].completed,
+                         total=p.tasks[[t.id for t in p.tasks].index(self.host)].completed)
+            self.dev = p.add_task("device runs", total=info["total"])
+        elif event == "device_start" and self.dev is not None:
+            p.update(self.dev, description=f"device run: rate {info['record']['rate']:.2f}")
+        elif event == "device_done" and self.dev is not None:
+            p.advance(self.dev)
+            rec = info["record"]
+            lat = latency_text(rec)
+            p.console.print(f"  device {'cached' if info['cached'] else 'run'}: rate {rec['rate']:.2f}: {lat}, "
+                            f"RAM {ram_text(rec)}" + ("  [green]meets all[/green]" if info["ok"] else
+                                                     "  [red]fails " + ", ".join(k for k, v in rec["checks"].items()
+                                                                                 if not v["ok"]) + "[/red]"),
+                            highlight=False)
+
+
+def candidates_table(report: dict):
+    from rich.table import Table
+
+    ch = report.get("chosen")
+    chosen_index = ch["index"] if ch else None
+    dev = report["device"]
+    t = Table(title=f"{report['model']['name']} on {dev['name']} ({dev['kind']}), {report['settings']['quantize']}",
+              title_justify="left")
+    for col, j in (("#", "right"), ("rate", "right"), ("params", "right"), (".tflite", "right"), ("fidelity", "right"),
+                   ("acc. drop", "right"), ("latency", "right"), ("RAM", "right"), ("verdict", "left")):
+        t.add_column(col, justify=j)
+    for c in report["candidates"]:
+        fr = c["fidelity"]
+        drop = "-" if fr.get("accuracy_drop") is None else f"{fr['accuracy_drop']:+.1f}"
+        v = verdict(c, chosen_index)
+        style = "bold green" if v == "CHOSEN" else ("red" if v.startswith("fails") else None)
+        t.add_row(str(c["index"]), f"{c['rate']:.2f}", f"{c['params']:,}", _size(c["size_bytes"]), f"{fr['score']:.4f}",
+                  drop, latency_text(c), ram_text(c), v, style=style)
+    return t
+
+
+def print_outcome(console, report: dict) -> None:
+    b = report["budgets"]
+    ft = report["fidelity_threshold"]
+
+    def bud(k, f):
+        v = b[k]["value"]
+        return "none" if v is None else f(v) + f" ({b[k]['source']})"
+
+    thr = []
+    if ft.get("min_fidelity") is not None:
+        thr.append(f"{ft['score_name']} >= {ft['min_fidelity']:g}")
+    if ft.get("max_accuracy_drop") is not None:
+        thr.append(f"accuracy drop <= {ft['max_accuracy_drop']:g} pt")
+    console.print(f"budgets: flash {bud('flash_bytes', lambda v: f'{v:,} B')}, RAM {bud('ram_bytes', lambda v: f'{v:,} B')}, "
+                  f"latency {bud('latency_ms', lambda v: f'{v:g} ms')}; fidelity: {' and '.join(thr)}"
+                  + (" [yellow](synthetic data)[/yellow]" if report["data"].get("synthetic") else ""), highlight=False)
+    dr = report["device_runs"]
+    console.print(f"device runs: {dr['made']} made, {dr['cached']} cached, {dr['not_measured']} candidates not measured"
+                  + (" [yellow](latency is an ESTIMATE)[/yellow]" if report["device"]["kind"] == "mcu" else ""),
+                  highlight=False)
+    for n in report.get("notes") or []:
+        console.print(f"[yellow]note:[/yellow] {n}", highlight=False)
+    if report.get("chosen"):
+        console.print(f"[bold green]{summary_line(report)}[/bold green]", highlight=False)
+        console.print(f"wrote {Path(report['run_dir']) / 'best.tflite'} and report.json/.md/.png in {report['run_dir']}",
+                      highlight=False)
+    else:
+        console.print("[bold red]no candidate meets every limit[/bold red]", highlight=False)
+        for r in report.get("reasons") or []:
+            console.print(f"  - {r}", highlight=False)
+        console.print(f"report: {Path(report['run_dir']) / 'report.md'}", highlight=False)
