@@ -397,8 +397,7 @@ def with_retries(profile: Profile, fn: Callable[[], Any]) -> Any:
 
     def _log_retry(state) -> None:
         exc = state.outcome.exception()
-        log.warning("%s: %s; retrying (attempt %d of %d)", profile.name, getattr(exc, "message", exc),
-                    state.attempt_number + 1, attempts)
+        log.warning("%s; retrying (attempt %d of %d)", getattr(exc, "message", exc), state.attempt_number + 1, attempts)
 
     wrapped = retry(
         retry=retry_if_exception_type(TransientDeviceError),
