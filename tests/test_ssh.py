@@ -207,3 +207,27 @@ def test_cli_inputs_npy_checksum(server, board, device_models, tmp_path, capsys)
         assert run_cli(["bench", str(device_models["small"]), "-d", dev, "--runs", "2", "--inputs", str(x), "--json"]) == 0
         sums.append(json.loads(capsys.readouterr().out)["output_checksum"])
     assert sums[0] == sums[1]  # same runtime, same inputs: same outputs on both backends
+
+
+def test_disk_full_reported(server, tmp_path, device_models):
+    """remote_tmp on a 64 KiB tmpfs: the board runner alone fits, the model does not."""
+    import subprocess
+
+    tiny = tmp_path / "tiny"
+    tiny.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(tiny)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here")
+    try:
+        big = tmp_path / "big.tflite"
+        shutil.copy(device_models["small"], big)
+        with open(big, "ab") as f:
+            f.write(b"\0" * 200_000)  # padding after the flatbuffer: still loads, but does not fit
+        prof = server.profile_yaml(tmp_path / "b.yaml")
+        prof.write_text(prof.read_text().replace(f"remote_tmp: {server.remote_tmp}", f"remote_tmp: {tiny}"))
+        with pytest.raises(DeviceError) as exc:
+            measure(load_profile(prof), big, BenchConfig(runs=2))
+        assert "disk is full" in exc.value.message and "free space" in exc.value.hint
+        assert list(tiny.iterdir()) == []  # work dir removed
+    finally:
+        subprocess.run(["umount", str(tiny)], capture_output=True)
