@@ -134,6 +134,8 @@ def masked_model(graph: DependencyGraph, removed: dict[int, np.ndarray]):
     new = keras.models.clone_model(model)
     sizes = {gid: g.size for gid, g in graph.groups.items()}
     for layer in new.layers:
+        if not layer.weights:  # e.g. the InputLayer, renamed by clone_model
+            continue
         ws = [w.copy() for w in model.get_layer(layer.name).get_weights()]
         for ref in graph.refs_by_layer.get(layer.name, []):
             if ref.role != "consumer":
