@@ -710,8 +710,8 @@ class _Run:
         if not flash_ok:
             s = min(fid_ok, key=lambda r: r["flash_bytes"])
             what = "model" if self.profile.kind != "mcu" else "model + runtime"
-            out.append(f"smallest {what} {fmt_bytes(s['flash_bytes'])} at rate {s['rate']:.2f} still over the "
-                       f"{fmt_bytes(fb)} budget (by {fmt_bytes(s['flash_bytes'] - fb)})")
+            out.append(f"smallest {what} within the fidelity threshold, {fmt_bytes(s['flash_bytes'])} at rate "
+                       f"{s['rate']:.2f}, is still over the {fmt_bytes(fb)} budget (by {fmt_bytes(s['flash_bytes'] - fb)})")
         else:
             measured = [r for r in flash_ok if r.get("measurement")]
             for lim, unit in (("latency", "ms"), ("ram", "B")):

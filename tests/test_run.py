@@ -1,0 +1,200 @@
+"""``edgeprune run`` end to end on the bundled example with the local device (real TF, LiteRT,
+board runner child process; nothing mocked), resume after a kill, and the bad-input exits."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from edgeprune.cli import run_cli
+
+FAST = ["--step", "0.1", "--runs", "3", "--warmup", "1"]
+
+
+def run_json(capsys, argv: list[str]) -> tuple[int, dict | None, str]:
+    code = run_cli(["run", *argv, "--json"])
+    cap = capsys.readouterr()
+    report = json.loads(cap.out) if cap.out.strip().startswith("{") else None
+    return code, report, cap.err
+
+
+def meets(c: dict) -> bool:
+    return c["meets_all"]
+
+
+# --------------------------------------------------------------------------- budget forces pruning
+def test_budget_forces_pruning_and_picks_the_largest_rate_that_meets_it(tmp_path, capsys):
+    out = tmp_path / "run"
+    code, rep, err = run_json(capsys, ["--out", str(out), *FAST, "--max-rate", "0.5", "--budget", "600kB",
+                                       "--min-fidelity", "0.95"])
+    assert code == 0, err
+    assert rep["status"] == "ok" and rep["exit_code"] == 0
+    assert rep["budgets"]["flash_bytes"] == {"value": 600_000, "source": "option"}  # echoed back in bytes
+    assert rep["budgets"]["ram_bytes"]["source"] == "profile"
+    ch = rep["chosen"]
+    assert ch["rate"] > 0, "600 kB is below the unpruned int8 model: pruning must be forced"
+    best = out / "best.tflite"
+    assert best.stat().st_size == ch["size_bytes"] <= 600_000
+    assert best.read_bytes() == (out / ch["tflite"]).read_bytes()
+    assert ch["fidelity"] >= 0.95
+    cands = rep["candidates"]
+    assert [c["rate"] for c in cands] == sorted(c["rate"] for c in cands)
+    assert cands[0]["rate"] == 0.0
+    i = next(k for k, c in enumerate(cands) if c["index"] == ch["index"])
+    # the stop rule: the next larger rate does not meet everything, or the max rate was reached
+    if i + 1 < len(cands):
+        nxt = cands[i + 1]
+        assert not all(v["ok"] for v in nxt["checks"].values())
+    else:
+        assert ch["rate"] == pytest.approx(0.5)
+    # nothing above the chosen rate meets everything, and no smaller rate was needed on the device
+    assert not any(meets(c) for c in cands[i + 1:])
+    assert rep["device_runs"]["made"] == 1  # only the answer was measured
+    for c in cands:
+        if not c["checks"]["fidelity"]["ok"] or not c["checks"]["flash"]["ok"]:
+            assert c["measurement"] is None and c["not_measured"]
+    m = cands[i]["measurement"]
+    assert m["runs"] == 3 and m["latency_is_estimate"] is False and m["device"] == "local"
+    # every candidate on disk, and the reports
+    for c in cands:
+        for f in (*c["files"].values(), f"{c['name']}.json"):
+            assert (out / f).is_file(), f
+        assert json.loads((out / f"{c['name']}.json").read_text())["sha256"] == c["sha256"]
+    assert (out / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    md = (out / "report.md").read_text()
+    assert "CHOSEN" in md and "device runs: 1 made" in md
+    assert json.loads((out / "report.json").read_text())["chosen"] == ch
+    assert rep["data"]["source"] == "user" and rep["data"]["labelled"]
+
+    # the same out dir with a different configuration is refused (exit 2) ...
+    code, _, err = run_json(capsys, ["--out", str(out), "--step", "0.2", "--max-rate", "0.4"])
+    assert code == 2 and "different configuration" in err and "--force" in err
+    # ... and the same configuration with --resume re-measures nothing (sha256 cache)
+    code, rep2, err = run_json(capsys, ["--out", str(out), *FAST, "--max-rate", "0.5", "--budget", "600kB",
+                                        "--min-fidelity", "0.95", "--resume"])
+    assert code == 0, err
+    assert rep2["device_runs"] == {"made": 0, "cached": 1, "not_measured": len(cands) - 1}
+    assert rep2["resume"]["candidates_reused"] == len(cands) and rep2["resume"]["candidates_computed"] == 0
+    assert rep2["chosen"]["sha256"] == ch["sha256"]
+
+
+# --------------------------------------------------------------------------- no candidate
+def test_budget_nobody_meets_exits_3_with_the_reason(tmp_path, capsys):
+    out = tmp_path / "run"
+    code, rep, err = run_json(capsys, ["--out", str(out), *FAST, "--max-rate", "0.5", "--budget", "100kB",
+                                       "--min-fidelity", "0.95"])
+    assert code == 3, err
+    assert rep["status"] == "no_candidate" and rep["chosen"] is None
+    text = " ".join(rep["reasons"])
+    assert "over the 100 KB budget" in text and "smallest model" in text
+    assert "fidelity fell below 0.95" in text
+    assert rep["device_runs"]["made"] == 0  # nothing passed the host checks: no device run
+    assert not (out / "best.tflite").exists()
+    assert "over the 100 KB budget" in (out / "report.md").read_text()
+    # the human output says it too
+    code = run_cli(["run", "--out", str(out), *FAST, "--max-rate", "0.5", "--budget", "100kB", "--min-fidelity",
+                    "0.95", "--resume"])
+    cap = capsys.readouterr()
+    assert code == 3
+    assert "no candidate meets every limit" in cap.out and "over the 100 KB budget" in cap.out
+
+
+# --------------------------------------------------------------------------- kill + resume
+def test_killed_run_resumes_without_redoing_finished_candidates(tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = ["run", "--out", str(out), *FAST, "--max-rate", "0.6", "--min-fidelity", "0.5"]
+    proc = subprocess.Popen([sys.executable, "-m", "edgeprune", *argv], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, start_new_session=True)
+    second = out / "cand-01-rate0.10.json"
+    deadline = time.monotonic() + 240
+    try:
+        while not second.exists():
+            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+            assert time.monotonic() < deadline, "the run did not produce two candidates in time"
+            time.sleep(0.02)
+        os.killpg(proc.pid, signal.SIGKILL)  # our own child's process group, nothing else
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(30)
+        proc.stderr.close()
+    assert not (out / "report.json").exists(), "the run finished before it was killed"
+    done = sorted(p.name for p in out.glob("cand-*.json") if not p.name.endswith(".plan.json"))
+    assert len(done) >= 2
+    before = {p.name: p.stat().st_mtime_ns for p in out.glob("cand-0[01]-*")}
+    assert len(before) == 8  # .keras .tflite .plan.json .json for candidates 0 and 1
+    killed_pid = json.loads(second.read_text())["pid"]
+    assert killed_pid == proc.pid
+
+    code, rep, err = run_json(capsys, [*argv[1:], "--resume"])
+    assert code == 0, err
+    rs = rep["resume"]
+    assert rs["resumed"] and rs["candidates_reused"] == len(done) >= 2
+    assert rs["candidates_computed"] == len(rep["candidates"]) - len(done)
+    assert [c["rate"] for c in rep["candidates"]] == [round(0.1 * k, 6) for k in range(7)]
+    for c in rep["candidates"][:2]:
+        assert c["reused"] is True
+    after = {p.name: p.stat().st_mtime_ns for p in out.glob("cand-0[01]-*")}
+    assert after == before  # not rewritten
+    for name in done:
+        assert json.loads((out / name).read_text())["pid"] == killed_pid  # made by the killed process
+    fresh = [c for c in rep["candidates"] if not c["reused"]]
+    assert fresh and all(json.loads((out / f"{c['name']}.json").read_text())["pid"] == os.getpid() for c in fresh)
+    assert not list(out.glob(".*tmp*"))  # the killed run's temporary files are gone
+    assert rep["chosen"]["rate"] == pytest.approx(0.6)  # min fidelity 0.5: every step passes
+
+
+# --------------------------------------------------------------------------- bad input: exit 2
+def _bad(capsys, argv) -> str:
+    code = run_cli(["run", *argv])
+    cap = capsys.readouterr()
+    assert code == 2, cap.err
+    assert "Traceback" not in cap.err
+    return cap.err
+
+
+def test_bad_inputs_exit_2_with_a_clear_message(tmp_path, capsys):
+    o = ["--out", str(tmp_path / "o")]
+    assert "unknown device 'no-such-board'" in _bad(capsys, [*o, "--device", "no-such-board"])
+    err = _bad(capsys, [*o, "--budget", "2 parsecs"])
+    assert "unknown unit 'parsecs'" in err and "--budget" in err
+    assert "--step -0.1 must be in (0, 1]" in _bad(capsys, [*o, "--step", "-0.1"])
+    assert "model file" in _bad(capsys, [*o, "--model", str(tmp_path / "missing.keras")]) 
+    assert "data file" in _bad(capsys, [*o, "--data", str(tmp_path / "missing.npz")])
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(b"this is not a zip archive at all")
+    err = _bad(capsys, [*o, "--data", str(bad)])
+    assert "bad.npz" in err and "not a valid .npz" in err
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    err = _bad(capsys, ["--out", str(blocker / "run")])
+    assert "not writable" in err and "--out" in err
+    if os.geteuid() != 0:  # root writes anywhere; the blocker above covers it
+        ro = tmp_path / "ro"
+        ro.mkdir()
+        ro.chmod(0o500)
+        assert "not writable" in _bad(capsys, ["--out", str(ro / "run")])
+    assert "--max-rate" in _bad(capsys, [*o, "--max-rate", "1.5"])
+    assert "--latency-budget" in _bad(capsys, [*o, "--latency-budget", "-3"])
+    assert "unknown --quantize" in _bad(capsys, [*o, "--quantize", "int4"])
+    notrun = tmp_path / "notrun"
+    notrun.mkdir()
+    (notrun / "thesis.tex").write_text("mine")
+    assert "not an edgeprune run directory" in _bad(capsys, ["--out", str(notrun)])
+    assert (notrun / "thesis.tex").read_text() == "mine"
+
+
+def test_help_documents_exit_codes():
+    r = subprocess.run([sys.executable, "-m", "edgeprune", "run", "--help"], capture_output=True, text=True,
+                       env=dict(os.environ, COLUMNS="200"))
+    assert r.returncode == 0
+    text = " ".join(r.stdout.split())
+    for s in ("Exit codes: 0", "2 bad input", "3 no candidate", "4 the device"):
+        assert s in text
