@@ -200,6 +200,7 @@ class Paoding(Importance):
                  similarity: str = "weights"):
         self.alpha, self.beta, self.k = alpha, beta, candidates_per_neuron
         self.similarity = similarity
+        self.chunk = 1024
 
     def begin_step(self, ctx: Context) -> None:
         from edgeprune.pipeline.bounds import interval_bounds
@@ -293,10 +294,17 @@ class Paoding(Importance):
         h_hi = apply_activation(act, z_c + z_r)
         pair = is_ >= 0
         ii = np.where(pair, is_, 0)
-        dw = w_eff[:, js] - lams * w_eff[:, ii] * pair  # (in, K): v_j - lam v_i
-        db = b_eff[js] - lams * b_eff[ii] * pair
-        dc = c_x @ dw + db
-        dr = r_x @ np.abs(dw)
+        lam_p = lams * pair
+        # centre of z_j - lam z_i is linear in the centre pre-activations; its radius needs
+        # |w_j - lam w_i|, computed in chunks of candidates to bound memory
+        dc = z_c[js] - lam_p * z_c[ii]
+        dr = np.empty(js.size)
+        w32 = w_eff.astype(np.float32)
+        r32 = r_x.astype(np.float32)
+        for a in range(0, js.size, self.chunk):
+            b = min(js.size, a + self.chunk)
+            dw = w32[:, js[a:b]] - lam_p[a:b].astype(np.float32) * w32[:, ii[a:b]]
+            dr[a:b] = r32 @ np.abs(dw)
         d_lo = -lip * np.maximum(dc + dr, 0.0)  # lam h_i - h_j >= -L max(z_j - lam z_i, 0)
         d_hi = -lip * np.minimum(dc - dr, 0.0)
         # direct bounds from each neuron's own activation interval
@@ -308,24 +316,23 @@ class Paoding(Importance):
             d_lo, d_hi = direct_lo, direct_hi
         d_hi = np.maximum(d_hi, d_lo)
 
-        # 3. impact on the consumer's pre-activation, then to the outputs
-        if consumer is not None and len(outs) >= 1 and all(l == consumer for l, _ in outs):
-            a_rows = a_cat[js]  # (K, m)
-            e_lo = np.minimum(a_rows * d_lo[:, None], a_rows * d_hi[:, None])
-            e_hi = np.maximum(a_rows * d_lo[:, None], a_rows * d_hi[:, None])
-            e_lo, e_hi = _propagate(graph, state, consumer, e_lo, e_hi)
-        else:  # several consumers: score at their inputs' pre-activations
-            a_rows = a_cat[js]
-            e_lo = np.minimum(a_rows * d_lo[:, None], a_rows * d_hi[:, None])
-            e_hi = np.maximum(a_rows * d_lo[:, None], a_rows * d_hi[:, None])
-        mag = np.maximum(np.abs(e_lo), np.abs(e_hi))
-        l1 = mag.sum(1)
-        m_out = mag.shape[1]
-        p = mag / np.maximum(l1[:, None], 1e-30)
-        ent = -(p * np.log(np.where(p > 0, p, 1.0))).sum(1) / (np.log(m_out) if m_out > 1 else 1.0)
-        # an impact spread evenly over the outputs (entropy 1) shifts every logit alike and
-        # leaves the prediction; a concentrated one (entropy 0) can flip it
+        # 3. impact on the consumer's pre-activation, then (single consumer) to the outputs
+        single = consumer is not None and all(l == consumer for l, _ in outs)
+        l1 = np.empty(js.size)
+        ent = np.empty(js.size)
+        for a in range(0, js.size, self.chunk):
+            b = min(js.size, a + self.chunk)
+            a_rows = a_cat[js[a:b]]  # (chunk, m)
+            lo_, hi_ = a_rows * d_lo[a:b, None], a_rows * d_hi[a:b, None]
+            e_lo, e_hi = np.minimum(lo_, hi_), np.maximum(lo_, hi_)
+            if single:
+                e_lo, e_hi = _propagate(graph, state, consumer, e_lo, e_hi)
+            mag = np.maximum(np.abs(e_lo), np.abs(e_hi))
+            l1[a:b], ent[a:b] = _l1_entropy(mag)
         score = self.alpha * l1 / max(float(l1.max()), 1e-30) + self.beta * (1.0 - ent)
+
+        # an impact spread evenly over the outputs (entropy 1) shifts every logit alike and
+        # leaves the prediction; a concentrated one (entropy 0) can flip it: hence 1 - H
 
         # 4. greedy selection
         order = np.argsort(score, kind="stable")
@@ -349,6 +356,15 @@ class Paoding(Importance):
             rest = [j for j in np.argsort(a_norm) if int(j) not in removed and int(j) not in touched]
             remove += [int(j) for j in rest[: n_remove - len(remove)]]
         return Selection(remove=sorted(remove), merges=merges, method="paoding-pairwise")
+
+
+def _l1_entropy(mag: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """L1 norm and normalised Shannon entropy (in [0, 1]) of each row of impact magnitudes."""
+    l1 = mag.sum(1)
+    m_out = mag.shape[1]
+    p = mag / np.maximum(l1[:, None], 1e-30)
+    ent = -(p * np.log(np.where(p > 0, p, 1.0))).sum(1) / (np.log(m_out) if m_out > 1 else 1.0)
+    return l1, ent
 
 
 def _propagate(graph: DependencyGraph, state, start: str, e_lo: np.ndarray, e_hi: np.ndarray):
