@@ -364,7 +364,7 @@ def _l1_entropy(mag: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     m_out = mag.shape[1]
     p = mag / np.maximum(l1[:, None], 1e-30)
     ent = -(p * np.log(np.where(p > 0, p, 1.0))).sum(1) / (np.log(m_out) if m_out > 1 else 1.0)
-    return l1, ent
+    return l1, np.where(l1 > 0, ent, 1.0)  # no impact at all: as harmless as a spread one (1 - H = 0)
 
 
 def _propagate(graph: DependencyGraph, state, start: str, e_lo: np.ndarray, e_hi: np.ndarray):
