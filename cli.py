@@ -68,6 +68,9 @@ def prune(
     as_json: Annotated[bool, typer.Option("--json", help="Print the per-layer result as JSON.")] = False,
 ) -> None:
     """Prune MODEL structurally and write the smaller model, printing a per-layer table."""
+    from edgeprune.pipeline.convert import quiet_import_tensorflow
+
+    quiet_import_tensorflow()
     from edgeprune.pipeline import prune as prune_stage
     from edgeprune.pipeline.loading import load_model
 
