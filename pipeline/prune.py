@@ -205,3 +205,28 @@ def prune(model, rate: float = 0.5, criterion: str = "paoding", *, step: float =
     return PruneResult(model=pruned, plan=plan, rate=rate, layers=pruner.layer_widths(),
                        params_before=plan.params_before, params_after=trainable_param_count(pruned),
                        seconds=time.perf_counter() - t0, notes=notes, frozen=pruner.frozen())
+
+
+@dataclass
+class Candidate:
+    """One progressive step's result: the model, its widths and parameter count."""
+
+    index: int
+    rate: float
+    model: object
+    plan: Plan
+    layers: list[LayerWidth]
+    params: int
+    seconds: float  # pruning time of this step (scores, selection, surgery and rebuild)
+
+
+def progressive(model, config: PruneConfig | None = None) -> Iterator[Candidate]:
+    """Yield one :class:`Candidate` per step, from ``config.step`` up to ``config.rate``;
+    each step builds on the previous one and the criterion's scores are recomputed."""
+    pruner = Pruner(model, config or PruneConfig())
+    for index, rate in enumerate(pruner.schedule(pruner.config.rate), start=1):
+        t0 = time.perf_counter()
+        pruner.step_to(rate)
+        built = pruner.build()
+        yield Candidate(index=index, rate=rate, model=built, plan=pruner.plan(), layers=pruner.layer_widths(),
+                        params=trainable_param_count(built), seconds=time.perf_counter() - t0)
