@@ -24,8 +24,8 @@
 - ``device_runs``: ``made`` (new measurements this invocation), ``cached`` (served from
   ``measurements.json``), ``not_measured`` (candidates never sent to the device)
 - ``resume``: ``resumed``, ``candidates_reused``, ``candidates_computed``
-- ``timings``: seconds, this invocation: ``prune_s``, ``convert_s``, ``fidelity_s``, ``save_s``,
-  ``device_s``, ``total_s``
+- ``timings``: seconds, this invocation: ``load_s`` (TensorFlow, model, data, reference outputs),
+  ``prune_s``, ``convert_s``, ``fidelity_s``, ``save_s``, ``device_s``, ``total_s``
 - ``candidates``: one per candidate, by rate: ``index``, ``rate``, ``name``, ``files``
   (keras/tflite/plan), ``params``, ``size_bytes``, ``flash_bytes``, ``sha256``, ``fidelity``
   (the fidelity stage's full result), ``checks`` (``fidelity``, ``flash`` and, once measured,

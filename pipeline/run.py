@@ -753,6 +753,7 @@ class _Run:
         tot = {k: round(sum(r["timings"].get(k, 0.0) for r in self.candidates if not r.get("reused")), 3)
                for k in ("prune_s", "convert_s", "fidelity_s", "save_s")}
         tot["device_s"] = round(self.device_seconds, 3)
+        tot["load_s"] = round(getattr(self, "load_seconds", 0.0), 3)  # TF import, model, data, reference outputs
         tot["total_s"] = round(time.perf_counter() - self.t_start, 3)
         fr0 = self.candidates[0]["fidelity"]
         cand_out = []
@@ -828,7 +829,9 @@ def run(config: RunConfig, progress: Optional[Progress] = None) -> RunResult:
     r = _Run(config, progress)
     r.setup()
     r.check_reachable()
+    t0 = time.perf_counter()
     r.load()
+    r.load_seconds = time.perf_counter() - t0
     r.open_run_dir()
     r.emit("host_phase", total=len(rate_schedule(float(config.step), float(config.max_rate))))
     r.host_phase()
