@@ -47,11 +47,13 @@ REPORT_FORMAT = "edgeprune-report/1"
 
 
 def _size(n) -> str:
+    """'2 MiB' for 2097152, '600 KB' for 600000: binary units when the figure is a whole number of KiB."""
     if n is None:
         return "-"
     from edgeprune.devices.sizes import format_size
 
-    return format_size(int(n))
+    n = int(n)
+    return format_size(n, binary=n >= 1024 and n % 1024 == 0)
 
 
 def _write_text_atomic(path: Path, text: str) -> None:
@@ -99,7 +101,8 @@ def verdict(c: dict, chosen_index) -> str:
     if failed:
         return "fails " + ", ".join(failed)
     if c.get("measurement") is None:
-        return "passes host checks; not measured"
+        nm = c.get("not_measured") or ""
+        return "host ok; not measured" if "already meets" in nm else "host ok; not measured: " + nm
     return "meets all"
 
 
@@ -328,6 +331,10 @@ class RunProgress:
                          completed=p.tasks[[t.id for t in p.tasks].index(self.host)].completed,
                          total=p.tasks[[t.id for t in p.tasks].index(self.host)].completed)
             self.dev = p.add_task("device runs", total=info["total"])
+        elif event == "device_phase_done" and self.dev is not None:
+            done = next(t.completed for t in p.tasks if t.id == self.dev)
+            p.update(self.dev, description=f"device runs: {info['made']} made, {info['cached']} cached",
+                     total=max(done, 1), completed=max(done, 1))
         elif event == "device_start" and self.dev is not None:
             p.update(self.dev, description=f"device run: rate {info['record']['rate']:.2f}")
         elif event == "device_done" and self.dev is not None:
@@ -375,7 +382,7 @@ def print_outcome(console, report: dict) -> None:
         thr.append(f"{ft['score_name']} >= {ft['min_fidelity']:g}")
     if ft.get("max_accuracy_drop") is not None:
         thr.append(f"accuracy drop <= {ft['max_accuracy_drop']:g} pt")
-    console.print(f"budgets: flash {bud('flash_bytes', lambda v: f'{v:,} B')}, RAM {bud('ram_bytes', lambda v: f'{v:,} B')}, "
+    console.print(f"budgets: flash {bud('flash_bytes', _size)}, RAM {bud('ram_bytes', _size)}, "
                   f"latency {bud('latency_ms', lambda v: f'{v:g} ms')}; fidelity: {' and '.join(thr)}"
                   + (" [yellow](synthetic data)[/yellow]" if report["data"].get("synthetic") else ""), highlight=False)
     dr = report["device_runs"]

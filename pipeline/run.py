@@ -193,9 +193,9 @@ def _save_keras_atomic(model, path: Path) -> None:
 def fmt_bytes(n: Optional[float]) -> str:
     if n is None:
         return "-"
-    from edgeprune.devices.sizes import format_size
+    from edgeprune.pipeline.report import _size
 
-    return format_size(int(n))
+    return _size(n)
 
 
 def _parse_budget(value, what: str) -> Optional[int]:
@@ -675,6 +675,7 @@ class _Run:
                 lim, m_ = clear[0]
                 skip = (f"not measured: rate {r['rate']:.2f} (a smaller model) already missed the {lim} budget by "
                         f"{100 * m_:.0f}%; {lim} only grows as the rate falls")
+        self.emit("device_phase_done", made=self.device_runs, cached=self.device_cached)
         if self.c.measure_all and order:
             passing = [r for r in order if all(v["ok"] for v in r["checks"].values())]
             chosen = passing[0] if passing else None
