@@ -198,3 +198,43 @@ def test_help_documents_exit_codes():
     text = " ".join(r.stdout.split())
     for s in ("Exit codes: 0", "2 bad input", "3 no candidate", "4 the device"):
         assert s in text
+
+
+# --------------------------------------------------------------------------- device budget miss
+def test_clear_latency_miss_measures_only_the_largest_host_passing_rate(tmp_path, capsys):
+    out = tmp_path / "run"
+    code, rep, err = run_json(capsys, ["--out", str(out), *FAST, "--max-rate", "0.3", "--min-fidelity", "0.9",
+                                       "--latency-budget", "0.0001"])
+    assert code == 3, err
+    host_pass = [c for c in rep["candidates"] if c["checks"]["fidelity"]["ok"] and c["checks"]["flash"]["ok"]]
+    assert len(host_pass) >= 2
+    # the largest rate misses by far more than noise: the smaller rates (bigger models) are not measured
+    assert rep["device_runs"]["made"] == 1
+    measured = [c for c in rep["candidates"] if c["measurement"]]
+    assert [c["rate"] for c in measured] == [max(c["rate"] for c in host_pass)]
+    skipped = [c for c in host_pass if not c["measurement"]]
+    assert skipped and all("missed the latency budget" in c["not_measured"] for c in skipped)
+    text = " ".join(rep["reasons"])
+    assert "over the 0.0001 ms latency budget" in text and "fastest candidate measured" in text
+
+
+def test_accuracy_drop_threshold(tmp_path, capsys):
+    import numpy as np
+
+    from edgeprune.pipeline.example import example_data_path
+
+    with np.load(example_data_path()) as z:
+        x = (z["x"][:300].astype("float32") / 255.0)
+        y = z["y"][:300]
+    unlabelled = tmp_path / "x.npy"
+    np.save(unlabelled, x)
+    err = _bad(capsys, ["--out", str(tmp_path / "a"), "--data", str(unlabelled), "--max-accuracy-drop", "1"])
+    assert "--max-accuracy-drop needs labelled data" in err
+    labelled = tmp_path / "xy.npz"
+    np.savez(labelled, x=x, y=y)
+    code, rep, err = run_json(capsys, ["--out", str(tmp_path / "b"), "--data", str(labelled), *FAST, "--max-rate",
+                                       "0.3", "--max-accuracy-drop", "2"])
+    assert code == 0, err
+    assert rep["fidelity_threshold"] == dict(rep["fidelity_threshold"], min_fidelity=None, max_accuracy_drop=2.0)
+    assert rep["chosen"]["accuracy_drop"] <= 2.0
+    assert rep["data"]["path"] == str(labelled) and rep["data"]["n_samples"] == 240  # 60 held out for calibration
