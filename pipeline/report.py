@@ -110,8 +110,9 @@ def summary_line(report: dict) -> str:
     ch = report.get("chosen")
     if ch:
         lat = f"{ch['latency_ms']:.3f} ms" + (" (estimate)" if ch["latency_is_estimate"] else "")
+        drop = "" if ch.get("accuracy_drop") is None else f" (accuracy drop {ch['accuracy_drop']:+.1f} pt)"
         return (f"chosen: rate {ch['rate']:.2f}, {_size(ch['size_bytes'])} ({ch['size_bytes']:,} B), "
-                f"{ch['score_name']} {ch['fidelity']:.4f}, latency {lat}, RAM {_size(ch['ram_bytes'])}")
+                f"{ch['score_name']} {ch['fidelity']:.4f}{drop}, latency {lat}, RAM {_size(ch['ram_bytes'])}")
     return "no candidate meets every limit: " + "; ".join(report.get("reasons") or [])
 
 
