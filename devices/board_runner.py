@@ -99,8 +99,11 @@ def peak_rss():
                     hwm = int(line.split()[1]) * 1024
     except Exception:
         pass
-    vals = [v for v in (hwm, ru) if v is not None]
-    return (max(vals) if vals else None), ru, hwm
+    # VmHWM is this process's own high-water mark. ru_maxrss is not: Linux carries the
+    # parent's maximum across fork+exec, so a runner started by a big parent (a host
+    # with TensorFlow loaded) would report the parent's RSS. Use ru_maxrss only where
+    # /proc is missing.
+    return (hwm if hwm is not None else ru), ru, hwm
 
 
 def meminfo():
