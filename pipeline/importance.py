@@ -352,9 +352,16 @@ class Paoding(Importance):
             if i >= 0:
                 touched.add(i)
                 merges.append((j, i, float(lams[c])))
-        if len(remove) < n_remove:  # not reached in practice: removal candidates cover every j
-            rest = [j for j in np.argsort(a_norm) if int(j) not in removed and int(j) not in touched]
-            remove += [int(j) for j in rest[: n_remove - len(remove)]]
+        if len(remove) < n_remove:
+            # a step removing more than about half the group runs out of disjoint pairs:
+            # remove further neurons plainly, untouched ones first (lowest outgoing norm),
+            # then partners that received a merge (their merge is then void)
+            by_norm = [int(j) for j in np.argsort(a_norm, kind="stable") if int(j) not in removed]
+            rest = [j for j in by_norm if j not in touched] + [j for j in by_norm if j in touched]
+            extra = rest[: n_remove - len(remove)]
+            remove += extra
+            void = set(extra)
+            merges = [m for m in merges if m[1] not in void]
         return Selection(remove=sorted(remove), merges=merges, method="paoding-pairwise")
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edgeprune.errors import EdgepruneError
+from edgeprune.errors import EdgepruneError, UnsupportedModel
 from edgeprune.pipeline.graph import DependencyGraph, layout_indices, offsets
 
 WIDTH_KEYS = {"Dense": "units", "Conv1D": "filters", "Conv2D": "filters", "Conv3D": "filters",
@@ -110,11 +110,8 @@ def build_model(graph: DependencyGraph, state: PruneState):
             new_width[p] = state.sizes[gid]
 
     def clone(layer):
-        config = layer.get_config()
         key = WIDTH_KEYS.get(type(layer).__name__)
-        if key and layer.name in new_width:
-            config[key] = new_width[layer.name]
-        return layer.__class__.from_config(config)
+        return _rebuild(layer, {key: new_width[layer.name]} if key and layer.name in new_width else {})
 
     new = keras.models.clone_model(model, clone_function=clone)
     for layer in new.layers:
@@ -124,6 +121,20 @@ def build_model(graph: DependencyGraph, state: PruneState):
     return new
 
 
+def _rebuild(layer, changes: dict):
+    """A new instance of ``layer`` from its config with ``changes`` applied."""
+    config = {**layer.get_config(), **changes}
+    try:
+        return layer.__class__.from_config(config)
+    except Exception as exc:  # e.g. a Lambda with Python code, refused in safe mode
+        if not layer.weights and not changes:
+            return layer  # no weights: sharing the instance with the original is harmless
+        raise UnsupportedModel(
+            f"layer {layer.name!r} (class {type(layer).__name__}) cannot be rebuilt from its config: {exc}",
+            "register the class with keras.saving.register_keras_serializable or use standard layers",
+        ) from None
+
+
 def masked_model(graph: DependencyGraph, removed: dict[int, np.ndarray]):
     """A copy of the ORIGINAL model in which the channels ``removed[gid]`` (original
     indices) are masked: every consumer's input weights from them are zeroed. Removing the
@@ -131,7 +142,7 @@ def masked_model(graph: DependencyGraph, removed: dict[int, np.ndarray]):
     import keras
 
     model = graph.model
-    new = keras.models.clone_model(model)
+    new = keras.models.clone_model(model, clone_function=lambda layer: _rebuild(layer, {}))
     sizes = {gid: g.size for gid, g in graph.groups.items()}
     for layer in new.layers:
         if not layer.weights:  # e.g. the InputLayer, renamed by clone_model
