@@ -57,6 +57,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from edgeprune.devices.base import file_sha256
 from edgeprune.errors import EXIT_NO_CANDIDATE, EXIT_OK, BadInput, DeviceError, EdgepruneError
 
 RUN_FORMAT = "edgeprune-run/1"
@@ -132,14 +133,6 @@ class RunResult:
 # --------------------------------------------------------------------------- small helpers
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def rate_schedule(step: float, max_rate: float) -> list[float]:
