@@ -298,7 +298,6 @@ def test_cli_convert_bad_quantize_exit_2(tmp_path, capsys):
 def test_cli_convert_reports_the_tflm_arena_and_survives_its_failure(tmp_path, capsys, monkeypatch):
     import sys
 
-    pytest.importorskip("edgeprune.devices.tflm")
     import edgeprune.devices.tflm as tflm
 
     target = tmp_path / "kws.tflite"

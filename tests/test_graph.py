@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-keras = pytest.importorskip("keras")
+import keras  # noqa: E402  (a hard dependency: a missing keras must fail, not skip)
 
 from edgeprune.errors import EdgepruneError  # noqa: E402
 from edgeprune.pipeline.graph import DependencyGraph  # noqa: E402

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-keras = pytest.importorskip("keras")
+import keras  # noqa: E402  (a hard dependency: a missing keras must fail, not skip)
 
 from conftest import SHARED_MODELS  # noqa: E402
 
@@ -194,7 +194,6 @@ def _to_tflite(model) -> bytes:
 
 @pytest.mark.parametrize("key", MODELS)
 def test_pruned_model_converts_to_float32_tflite(key, inputs, pruned):
-    pytest.importorskip("ai_edge_litert")
     result = pruned(key, "paoding", 0.5)
     x = inputs(key)
     tflite = _to_tflite(result.model)

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-keras = pytest.importorskip("keras")
+import keras  # noqa: E402  (a hard dependency: a missing keras must fail, not skip)
 
 from edgeprune.pipeline.graph import DependencyGraph  # noqa: E402
 from edgeprune.pipeline.plan import Plan  # noqa: E402
