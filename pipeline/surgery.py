@@ -159,3 +159,22 @@ def masked_model(graph: DependencyGraph, removed: dict[int, np.ndarray]):
         if ws:
             layer.set_weights(ws)
     return new
+
+
+def masked_reference(original, plan):
+    """What a model pruned by ``plan`` must compute, built from the ORIGINAL at full width:
+    the plan's merges applied, then every removed channel masked (see :func:`masked_model`).
+    Returns ``(model, removed)`` with ``removed[group] = original indices``."""
+    graph = DependencyGraph(original)
+    if plan.merges:
+        state = PruneState(graph)
+        for m in plan.merges:  # no removal yet: current positions are original indices
+            state.merge(graph.group_of_producer[m["layer"]], m["removed"], m["into"], m["scale"])
+        graph = DependencyGraph(build_model(graph, state))
+    removed = {}
+    for layer, kept in plan.layers.items():
+        gid = graph.group_of_producer[layer]
+        rem = np.setdiff1d(np.arange(graph.groups[gid].size), kept)
+        if rem.size:
+            removed[gid] = rem
+    return masked_model(graph, removed), removed

@@ -17,7 +17,7 @@ from conftest import SHARED_MODELS  # noqa: E402
 from edgeprune.pipeline.graph import DependencyGraph  # noqa: E402
 from edgeprune.pipeline.plan import Plan  # noqa: E402
 from edgeprune.pipeline.prune import prune  # noqa: E402
-from edgeprune.pipeline.surgery import PruneState, build_model, masked_model  # noqa: E402
+from edgeprune.pipeline.surgery import masked_reference, PruneState, build_model, masked_model  # noqa: E402
 
 MODELS = ["resnet8", "vww", "ad01", "kws"]
 CRITERIA = ["paoding", "l1", "random"]
@@ -74,19 +74,7 @@ def pruned(mlperf_models):
 
 
 def merged_masked_reference(original, plan: Plan):
-    graph = DependencyGraph(original)
-    if plan.merges:
-        state = PruneState(graph)
-        for m in plan.merges:
-            state.merge(graph.group_of_producer[m["layer"]], m["removed"], m["into"], m["scale"])
-        graph = DependencyGraph(build_model(graph, state))
-    removed = {}
-    for layer, kept in plan.layers.items():
-        gid = graph.group_of_producer[layer]
-        rem = np.setdiff1d(np.arange(graph.groups[gid].size), kept)
-        if rem.size:
-            removed[gid] = rem
-    return masked_model(graph, removed)
+    return masked_reference(original, plan)[0]
 
 
 def width_of(layer) -> int:

@@ -161,7 +161,9 @@ def test_ssh_board_runtimes(server, tmp_path, device_models, venv, runtime):
 def test_no_runtime_on_board(server, tmp_path, device_models, capsys):
     py = VENVS / "tflite-runtime" / "bin" / "python"
     if not py.exists():
-        pytest.skip("venv missing")
+        if os.environ.get("CI"):
+            pytest.fail(f"{py} missing: .ci/setup runs .ci/board-venvs.sh")
+        pytest.skip(f"{py} missing (bash .ci/board-venvs.sh)")
     prof = server.profile_yaml(tmp_path / "b.yaml", python=str(py), extra_runtime="  accept: [ai_edge_litert]\n")
     assert run_cli(["bench", str(device_models["small"]), "-d", str(prof), "--runs", "2"]) == 4
     err = capsys.readouterr().err

@@ -19,7 +19,7 @@ import keras  # noqa: E402  (a hard dependency: a missing keras must fail, not s
 from edgeprune.pipeline.graph import DependencyGraph  # noqa: E402
 from edgeprune.pipeline.plan import Plan  # noqa: E402
 from edgeprune.pipeline.prune import prune  # noqa: E402
-from edgeprune.pipeline.surgery import PruneState, build_model, masked_model  # noqa: E402
+from edgeprune.pipeline.surgery import masked_reference, PruneState, build_model, masked_model  # noqa: E402
 
 L = keras.layers
 SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
@@ -76,22 +76,7 @@ def random_inputs(model, n: int, seed: int) -> np.ndarray:
 
 
 def reference_for_plan(original, plan: Plan):
-    """The original with the plan's merges applied (at full width) and its removed channels
-    masked: what the pruned model must compute."""
-    graph = DependencyGraph(original)
-    if plan.merges:
-        state = PruneState(graph)
-        for m in plan.merges:  # no removal yet: current positions are original indices
-            state.merge(graph.group_of_producer[m["layer"]], m["removed"], m["into"], m["scale"])
-        merged = build_model(graph, state)
-        graph = DependencyGraph(merged)
-    removed = {}
-    for layer, kept in plan.layers.items():
-        gid = graph.group_of_producer[layer]
-        rem = np.setdiff1d(np.arange(graph.groups[gid].size), kept)
-        if rem.size:
-            removed[gid] = rem
-    return masked_model(graph, removed), removed
+    return masked_reference(original, plan)
 
 
 # --------------------------------------------------------------------------- model generator
