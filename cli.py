@@ -8,10 +8,10 @@ exit code; see ``errors.py`` for the codes.
 from __future__ import annotations
 
 import sys
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
-import click
 import typer
 from rich.console import Console
 
@@ -23,8 +23,36 @@ EXIT_CODES_HELP = (
     "4 device unreachable or unusable."
 )
 
+# typer's usage errors (bad option, missing argument, value not a number, ...) share one
+# base class. typer >= 0.2x vendors click privately and older releases re-export click's:
+# both expose it as a base of the public ``typer.BadParameter``, so no private import and
+# no dependency on a package pyproject does not declare.
+_UsageErrorBase = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+CONTEXT = {"help_option_names": ["-h", "--help"]}
+
+
+class Quantize(str, Enum):
+    int8 = "int8"
+    float16 = "float16"
+    float32 = "float32"
+    dynamic = "dynamic"
+
+
+class Criterion(str, Enum):
+    paoding = "paoding"
+    l1 = "l1"
+    random = "random"
+
+
+class Metric(str, Enum):
+    auto = "auto"
+    top1 = "top1"
+    regression = "regression"
+
+
 app = typer.Typer(
     name="edgeprune",
+    context_settings=CONTEXT,
     help="Prune a Keras model structurally, convert it to TFLite and measure it on the "
     "board it must fit. " + EXIT_CODES_HELP,
     no_args_is_help=True,
@@ -59,7 +87,7 @@ def prune(
     model: Annotated[Path, typer.Argument(help="Keras model: .keras, or a Keras 2/3 .h5 file.")],
     rate: Annotated[float, typer.Option(help="Fraction of each prunable layer's channels to remove (0 <= rate < 1).")] = 0.5,
     out_path: Annotated[Path, typer.Option("--out", "-o", help="Where to write the pruned model (.keras).")] = Path("pruned.keras"),
-    criterion: Annotated[str, typer.Option(help="Importance criterion: paoding (data-free, default), l1, random.")] = "paoding",
+    criterion: Annotated[Criterion, typer.Option(help="Importance criterion: paoding (data-free, default), l1, random.")] = Criterion.paoding,
     step: Annotated[float, typer.Option(help="Fraction of the prunable channels removed per progressive step.")] = 0.05,
     round_to: Annotated[Optional[int], typer.Option("--round-to", help="Keep every pruned width a multiple of N.")] = None,
     input_range: Annotated[str, typer.Option("--input-range", help="Input range for PAODING's interval bounds, 'LO,HI'.")] = "0,1",
@@ -79,7 +107,7 @@ def prune(
     result = prune_stage.prune(
         keras_model,
         rate=rate,
-        criterion=criterion,
+        criterion=criterion.value,
         step=step,
         round_to=round_to,
         input_range=(lo, hi),
@@ -131,12 +159,12 @@ def _check_writable(path: Path) -> None:
 @app.command()
 def convert(
     model: Annotated[Path, typer.Argument(help="Keras model: .keras, or a Keras 2/3 .h5 file.")],
-    quantize: Annotated[str, typer.Option(help="float32, float16, dynamic (int8 weights) or int8 (full integer, int8 in/out).")] = "int8",
+    quantize: Annotated[Quantize, typer.Option(help="float32, float16, dynamic (int8 weights) or int8 (full integer, int8 in/out).")] = Quantize.int8,
     data: Annotated[Optional[Path], typer.Option("--data", help="Evaluation (and int8 calibration) data: .npz with x[, y], or .npy. Without it: synthetic (data-free).")] = None,
     input_range: Annotated[str, typer.Option("--input-range", help="Input range 'LO,HI' for synthetic calibration/evaluation data.")] = "0,1",
     out_path: Annotated[Path, typer.Option("--out", "-o", help="Where to write the .tflite.")] = Path("model.tflite"),
     samples: Annotated[int, typer.Option("--samples", help="Synthetic samples for calibration and evaluation when no --data.")] = 100,
-    metric: Annotated[str, typer.Option(help="Fidelity metric: auto, top1 (classifier) or regression.")] = "auto",
+    metric: Annotated[Metric, typer.Option(help="Fidelity metric: auto, top1 (classifier) or regression.")] = Metric.auto,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Convert MODEL to TFLite and print its size, ops, quantisation and fidelity (measured on the .tflite)."""
@@ -149,15 +177,15 @@ def convert(
     if samples < 1:
         raise EdgepruneError(f"--samples must be >= 1, got {samples}")
     conv.quiet_import_tensorflow()
-    fid_config = fid.FidelityConfig(metric=metric)
-    config = conv.ConvertConfig(quantize=quantize, input_range=(lo, hi), num_calibration=samples)
+    fid_config = fid.FidelityConfig(metric=metric.value)
+    config = conv.ConvertConfig(quantize=quantize.value, input_range=(lo, hi), num_calibration=samples)
     out_path = Path(out_path)
     _check_writable(out_path)
     keras_model = load_model(model)
     if data is not None:
         eval_data = load_eval_data(data, keras_model)
         config.calibration = eval_data.x
-        if quantize == "int8":
+        if quantize is Quantize.int8:
             eval_data.notes.append(
                 f"int8 was calibrated on {min(eval_data.n, samples)} of the same samples it is evaluated on "
                 "(fidelity may be slightly optimistic)"
@@ -256,7 +284,7 @@ def _print_conversion(result, out_path: Path, eval_data, fidelity, arena: dict |
 
 # --------------------------------------------------------------------------- devices
 devices_app = typer.Typer(help="Device profiles: list them, check that a board can be measured.",
-                          no_args_is_help=True)
+                          no_args_is_help=True, context_settings=CONTEXT)
 app.add_typer(devices_app, name="devices")
 
 _DevicesDir = Annotated[Optional[Path], typer.Option("--devices-dir", help="Extra folder of device profiles (.yaml); also $EDGEPRUNE_DEVICES_DIR.")]
@@ -387,8 +415,8 @@ def run(
     min_fidelity: Annotated[Optional[float], typer.Option("--min-fidelity", help="Minimum fidelity score vs the original model: top-1 agreement (classifiers) or cosine similarity. Default 0.95 unless --max-accuracy-drop is given.")] = None,
     max_accuracy_drop: Annotated[Optional[float], typer.Option("--max-accuracy-drop", help="Maximum accuracy drop in points (needs labelled --data).")] = None,
     data: Annotated[Optional[Path], typer.Option("--data", help="Evaluation/calibration data (.npz with x[, y], or .npy). Default: the example's 1000 labelled images for the example model, else synthetic (labelled as such).")] = None,
-    quantize: Annotated[str, typer.Option("--quantize", "-q", help="int8 (default), float16, float32 (or dynamic).")] = "int8",
-    criterion: Annotated[str, typer.Option(help="Importance criterion: paoding (data-free, default), l1, random.")] = "paoding",
+    quantize: Annotated[Quantize, typer.Option("--quantize", "-q", help="int8 (default), float16, float32 (or dynamic).")] = Quantize.int8,
+    criterion: Annotated[Criterion, typer.Option(help="Importance criterion: paoding (data-free, default), l1, random.")] = Criterion.paoding,
     step: Annotated[float, typer.Option(help="Prune-rate step between candidates (each builds on the last).")] = 0.05,
     max_rate: Annotated[float, typer.Option("--max-rate", help="Largest prune rate tried.")] = 0.9,
     out_dir: Annotated[Optional[Path], typer.Option("--out", "-o", help="Run directory. Default ./edgeprune-runs/<model>-<device>-<quantize>.")] = None,
@@ -420,7 +448,7 @@ def run(
     config = RunConfig(model=model, device=device, host=host, user=user, port=port, devices_dir=devices_dir,
                        trust_new_host=trust_new_host, budget=budget, ram_budget=ram_budget,
                        latency_budget=latency_budget, min_fidelity=min_fidelity, max_accuracy_drop=max_accuracy_drop,
-                       data=data, quantize=quantize, criterion=criterion, step=step, max_rate=max_rate, out=out_dir,
+                       data=data, quantize=quantize.value, criterion=criterion.value, step=step, max_rate=max_rate, out=out_dir,
                        resume=resume, force=force, runs=runs, warmup=warmup, measure_all=measure_all,
                        input_range=(lo, hi), seed=seed)
     with RunProgress(err) as progress:
@@ -436,20 +464,24 @@ def run(
 
 # --------------------------------------------------------------------------- entry
 def run_cli(argv: list[str] | None = None) -> int:
-    """Run the CLI and return its exit code (used by ``main`` and by the tests)."""
+    """Run the CLI and return its exit code (used by ``main`` and by the tests).
+
+    Every failure ends here as one ``error:`` line (and a ``fix:`` line) on stderr with its
+    exit code: typer's usage errors are 2 like our own bad-input errors; no traceback.
+    """
     command = typer.main.get_command(app)
+    args = list(sys.argv[1:] if argv is None else argv)
     try:
-        rv = command.main(args=argv, prog_name="edgeprune", standalone_mode=False)
-    except click.exceptions.Exit as exc:
+        rv = command.main(args=args, prog_name="edgeprune", standalone_mode=False)
+    except typer.Exit as exc:
         return exc.exit_code
-    except click.exceptions.Abort:
+    except typer.Abort:
         err.print("aborted")
         return 130
-    except click.ClickException as exc:
-        exc.show()
-        return EXIT_BAD_INPUT if exc.exit_code in (1, 2) else exc.exit_code
+    except _UsageErrorBase as exc:
+        return _usage_error(exc, args)
     except EdgepruneError as exc:
-        err.print(f"[bold red]error:[/bold red] {exc.message}", highlight=False, soft_wrap=True)
+        err.print(f"[bold red]error:[/bold red] {exc.message}", highlight=False, soft_wrap=True, markup=True)
         if exc.hint:
             err.print(f"  [bold]fix:[/bold] {exc.hint}", highlight=False, soft_wrap=True)
         return exc.exit_code
@@ -457,6 +489,20 @@ def run_cli(argv: list[str] | None = None) -> int:
         err.print("interrupted")
         return 130
     return rv if isinstance(rv, int) else 0
+
+
+def _usage_error(exc: Exception, args: list[str]) -> int:
+    ctx = getattr(exc, "ctx", None)
+    if type(exc).__name__ == "NoArgsIsHelpError" and ctx is not None:  # `edgeprune` alone: the help
+        err.print(ctx.get_help(), highlight=False, markup=False)
+        return EXIT_BAD_INPUT
+    message = exc.format_message().strip() if hasattr(exc, "format_message") else str(exc)
+    message = " ".join(message.split())  # one line, whatever typer wrapped
+    where = ctx.command_path if ctx is not None else "edgeprune"
+    err.print(f"error: {message}", highlight=False, markup=False, soft_wrap=True)
+    err.print(f"  fix: see '{where} -h' for the options", highlight=False, markup=False, soft_wrap=True)
+    code = getattr(exc, "exit_code", EXIT_BAD_INPUT)
+    return EXIT_BAD_INPUT if code in (1, 2) else code
 
 
 def main() -> None:
