@@ -45,7 +45,8 @@ def _need(path, what: str, fix: str):
 def _gitlab_ci_local() -> str:
     found = os.environ.get("GITLAB_CI_LOCAL") or shutil.which("gitlab-ci-local")
     if not found:
-        found = "/opt/gitlab-ci-local/node_modules/.bin/gitlab-ci-local"
+        prefix = os.environ.get("GITLAB_CI_LOCAL_PREFIX", "/opt/gitlab-ci-local")
+        found = f"{prefix}/node_modules/.bin/gitlab-ci-local"
     _need(shutil.which("rsync"), "rsync", "apt-get install rsync; .ci/setup does")
     _need(shutil.which("git"), "git", "apt-get install git")
     return _need(found, "gitlab-ci-local", "npm install --prefix /opt/gitlab-ci-local gitlab-ci-local@4.56; .ci/setup does")
@@ -132,6 +133,17 @@ def test_gitlab_pipeline_passes_and_fails_on_a_planted_regression(tmp_path):
     metrics = dict(line.split(" ") for line in (artifacts / "edgeprune-metrics.txt").read_text().splitlines())
     assert int(metrics["edgeprune_size_change"]) == main_report["chosen"]["flash_bytes"] - int(
         main_report["chosen"]["flash_bytes"] * 0.8)
+
+
+def test_gitlab_job_script_passes_shellcheck(tmp_path):
+    shellcheck = _need(shutil.which("shellcheck"), "shellcheck", "apt-get install shellcheck; .ci/setup does")
+    job = yaml.safe_load((EXAMPLES / "gitlab-ci.yml").read_text())["edgeprune"]
+    script = tmp_path / "job.sh"
+    script.write_text("#!/bin/bash\n" + "\n".join(job["script"]) + "\n")
+    p = subprocess.run([shellcheck, "-s", "bash", str(script)], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stdout
+    assert job["artifacts"]["when"] == "always"  # the reports are published when the gate fails the job
+    assert set(job["artifacts"]["reports"]) == {"junit", "metrics"}
 
 
 # --------------------------------------------------------------------------- GitHub
