@@ -260,3 +260,10 @@ def test_github_workflow_run_steps_pass_on_main_and_fail_on_a_planted_regression
     assert gated["gate"]["baseline"] == "baseline/edgeprune-run/report.json"
     text = summary.read_text()
     assert "**REGRESSION** in size" in text and "| regression.size | **FAIL** |" in text
+
+
+def test_readme_in_your_ci_shows_the_tested_files():
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## In your CI", 1)[1].split("\n## ", 1)[0]
+    for name in ("gitlab-ci.yml", "github-actions.yml"):
+        assert "```yaml\n" + (EXAMPLES / name).read_text() + "```" in section, f"README shows an old {name}"
