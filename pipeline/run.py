@@ -596,7 +596,7 @@ class _Run:
             "load_ms": m.load_ms, "first_inference_ms": m.first_inference_ms,
             "runs": m.runs, "warmup": m.warmup, "threads": m.threads,
             "runtime": m.runtime, "runtime_version": m.runtime_version, "arch": m.arch,
-            "python_version": m.python_version, "measured": m.measured, "estimates": m.estimates,
+            "emulated": m.extra.get("emulated"), "python_version": m.python_version, "measured": m.measured, "estimates": m.estimates,
             "wall_s": round(m.wall_s or 0.0, 3), "measured_at": _now(),
         }
         if m.kind == "mcu":
@@ -778,7 +778,9 @@ class _Run:
                        "ram": ("TFLite-Micro arena measured on the host + the profile's runtime overhead"
                                if kind == "mcu" else "peak RSS of the benchmark process, measured on the device"),
                        "flash": ("model file + the profile's runtime overhead" if kind == "mcu"
-                                 else "the .tflite file size")},
+                                 else "the .tflite file size"),
+                       "emulated": p.emulated, "arch": next((r["measurement"]["arch"] for r in cand_out
+                                                             if r["measurement"] and r["measurement"].get("arch")), None)},
             "settings": {"quantize": self.c.quantize, "criterion": self.c.criterion, "step": self.c.step,
                          "max_rate": self.c.max_rate, "runs": self.c.runs, "warmup": self.c.warmup,
                          "measure_all": self.c.measure_all, "seed": self.c.seed,
