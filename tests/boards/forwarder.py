@@ -9,9 +9,10 @@ Every chunk read in either direction is written out ``--delay-ms`` after it arri
 kept, throughput not limited: a delay line, not a bandwidth cap). Packet LOSS is not done
 here: nftables rules in the board's namespace drop packets (tests/boards/lossy.py).
 
-``--cut-file PATH``: a link drop on demand. When a connection is accepted and PATH holds a
-number N > 0, N is decremented and that connection is cut (both sockets reset) once the
-client has sent ``--cut-after`` bytes, as when a Wi-Fi link goes away mid-transfer. The
+``--cut-file PATH``: a link drop on demand. When a connection's client has sent
+``--cut-after`` bytes and PATH holds a number N > 0, N is decremented and that connection is
+cut (both sockets reset), as when a Wi-Fi link goes away mid-transfer (short connections,
+e.g. a reachability check, are not cut). The
 tests use it to make the SSH backend's retries happen for certain, not by chance.
 
 Prints ``PORT <n>`` on stdout when ready; runs until terminated.
@@ -73,8 +74,9 @@ def reset(sock: socket.socket) -> None:
 class Pipe:
     """One connection: two directions, each a reader thread and a delayed writer thread."""
 
-    def __init__(self, client: socket.socket, upstream: socket.socket, delay: float, cut_after: int | None):
-        self.client, self.upstream, self.delay, self.cut_after = client, upstream, delay, cut_after
+    def __init__(self, client: socket.socket, upstream: socket.socket, delay: float, cut_after: int, cut_file: str):
+        self.client, self.upstream, self.delay = client, upstream, delay
+        self.cut_after, self.cut_file = cut_after, cut_file
         self.sent_by_client = 0
         self.dead = threading.Event()
         self.lock = threading.Lock()
@@ -99,10 +101,11 @@ class Pipe:
                 if not data:
                     break
                 q.put((time.monotonic() + self.delay, data))
-                if from_client and self.cut_after is not None:
+                if from_client and self.cut_file:
+                    before = self.sent_by_client
                     self.sent_by_client += len(data)
-                    if self.sent_by_client >= self.cut_after:
-                        print(f"CUT connection after {self.sent_by_client} bytes from the client", flush=True)
+                    if before < self.cut_after <= self.sent_by_client and take_cut(self.cut_file):
+                        print(f"CUT connection after {self.sent_by_client} bytes from the client", file=sys.stderr, flush=True)
                         self.kill()
                         return
         except OSError:
@@ -148,13 +151,12 @@ def main(argv=None) -> int:
             upstream = socket.create_connection((host, int(port)), timeout=10)
             upstream.settimeout(None)
         except OSError as exc:
-            print(f"upstream connect failed: {exc}", flush=True)
+            print(f"upstream connect failed: {exc}", file=sys.stderr, flush=True)
             reset(client)
             continue
         for s in (client, upstream):
             s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        cut = a.cut_after if take_cut(a.cut_file) else None
-        Pipe(client, upstream, a.delay_ms / 1000.0, cut).start()
+        Pipe(client, upstream, a.delay_ms / 1000.0, a.cut_after, a.cut_file).start()
 
 
 if __name__ == "__main__":
