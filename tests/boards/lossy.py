@@ -23,7 +23,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Optional
 
@@ -167,8 +166,3 @@ class LossySshServer(sshd_helper.SshServer):
 
     def probe_address(self) -> tuple:
         return ("127.0.0.1", self.link.port)
-
-    def wait_gone(self, timeout: float = 10) -> None:
-        deadline = time.monotonic() + timeout
-        while self.proc is not None and self.proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.1)
