@@ -127,3 +127,29 @@ def test_mlperf_flow_compensation_exact_against_masked_refit_reference(key, rate
     close(outputs(r.model, ev), outputs(ref, ev), 1e-5, f"{key} {rate}")
     replay = Plan.from_dict(r.plan.to_dict()).apply(model)
     close(outputs(replay, ev), outputs(r.model, ev), 1e-6, f"{key} {rate} replay")
+
+
+def test_run_default_engine_on_the_example_is_flow_with_compensation_and_replays(tmp_path, capsys):
+    """`edgeprune run` with data picks flow + compensation, says so per candidate, and the
+    candidate's plan (with its refits) replays to the candidate's model."""
+    import json
+
+    from edgeprune.cli import run_cli
+    from edgeprune.pipeline.example import example_model_path
+    from edgeprune.pipeline.loading import load_model
+
+    out = tmp_path / "run"
+    code = run_cli(["run", "--out", str(out), "--step", "0.3", "--max-rate", "0.3", "--runs", "2", "--warmup", "0",
+                    "--json"])
+    rep = json.loads(capsys.readouterr().out)
+    assert code == 0
+    assert rep["settings"]["criterion"] == "flow" and rep["settings"]["compensate"] is True
+    c = rep["candidates"][1]
+    assert c["made_by"]["criterion"] == "flow" and c["made_by"]["compensation"] == "ridge least-squares refit"
+    assert c["made_by"]["calibration"] == "held-out calibration split"
+    plan = Plan.load(out / c["files"]["plan"])
+    assert plan.refits
+    original = load_model(example_model_path())
+    x = np.random.default_rng(0).uniform(0, 1, (8, 28, 28, 1)).astype(np.float32)
+    saved = keras.models.load_model(out / c["files"]["keras"], compile=False)
+    close(outputs(plan.apply(original), x), outputs(saved, x), 1e-6, "plan replay vs saved candidate")
