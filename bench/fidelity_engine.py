@@ -82,7 +82,7 @@ def main(argv=None) -> int:
           "model with the unpruned one on evaluation images (example: its 800 non-calibration images; mlp/cnn: "
           "2,000 Fashion-MNIST test images); calibration: example every 5th image (200), mlp/cnn 200 training "
           "images. `max rate` = largest 5%-step rate with agreement >= 0.95 (pruning stops after the first "
-          "miss past it), `removed` = share of the parameters removed there.\n",
+          "miss: a step is tried at most 0.10 past the last passing rate), `removed` = share of the parameters removed there.\n",
           "| model | criterion | compensation | agr @0.3 | agr @0.5 | agr @0.7 | max rate | removed | agr there | s/step |",
           "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
