@@ -49,7 +49,8 @@ class RunConfig:
     max_accuracy_drop: Optional[float] = None  # points
     data: Optional[Path] = None
     quantize: str = "int8"
-    criterion: str = "paoding"
+    criterion: str = "auto"  # auto: flow with data (the example's or --data), paoding without
+    compensate: Optional[bool] = None  # None: on when there is data (ridge refit, pipeline/compensate.py)
     step: float = DEFAULT_STEP
     max_rate: float = DEFAULT_MAX_RATE
     out: Optional[Path] = None
