@@ -83,6 +83,14 @@ def to_standard_classes(model: keras.Model) -> keras.Model:
     return new
 
 
+def output_shapes(layer) -> list[tuple]:
+    """Shapes of ``layer``'s output tensors (one per output; Keras returns a bare tensor
+    for a single output and a list for several, e.g. an RNN with ``return_state``)."""
+    out = layer.output
+    outs = out if isinstance(out, (list, tuple)) else [out]
+    return [tuple(t.shape) for t in outs]
+
+
 def iter_history(obj: Any) -> Iterator[tuple[str, int, int]]:
     """Yield (layer_name, node_index, tensor_index) for every tensor in an inbound-node
     structure of a functional config (Keras 3 ``__keras_tensor__`` dicts, or Keras 2
