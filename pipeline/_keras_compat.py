@@ -91,6 +91,23 @@ def output_shapes(layer) -> list[tuple]:
     return [tuple(t.shape) for t in outs]
 
 
+def split_node_inputs(nodes: Any) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
+    """(data inputs, mask inputs) of a functional config's ``inbound_nodes``: Keras 3 lists
+    the mask a layer receives (after Masking) under the call's ``mask`` keyword; it is not
+    a data input. Keras 2 list nodes carry no masks."""
+    data: list[tuple[str, int]] = []
+    masks: list[tuple[str, int]] = []
+    for node in nodes or []:
+        if isinstance(node, dict) and ("args" in node or "kwargs" in node):
+            data += [(n, t) for n, _, t in iter_history(node.get("args", []))]
+            for key, value in (node.get("kwargs") or {}).items():
+                target = masks if key == "mask" else data
+                target += [(n, t) for n, _, t in iter_history(value)]
+        else:
+            data += [(n, t) for n, _, t in iter_history(node)]
+    return data, masks
+
+
 def iter_history(obj: Any) -> Iterator[tuple[str, int, int]]:
     """Yield (layer_name, node_index, tensor_index) for every tensor in an inbound-node
     structure of a functional config (Keras 3 ``__keras_tensor__`` dicts, or Keras 2

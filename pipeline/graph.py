@@ -78,6 +78,8 @@ class LayerInfo:
     cls: str
     inputs: list[tuple[str, int]]  # (layer, tensor index) per input tensor
     layer: object
+    masks: list[tuple[str, int]] = field(default_factory=list)  # Keras masks passed to the call
+    mask_only: bool = False  # an op that only computes a mask (Masking's NotEqual/Any)
 
 
 class DependencyGraph:
@@ -158,9 +160,21 @@ class DependencyGraph:
                     "shared layers cannot be pruned structurally",
                     "give each call its own layer",
                 )
-            inputs = [(n, t) for n, _, t in compat.iter_history(nodes)] if nodes else []
+            data, masks = compat.split_node_inputs(nodes)
             layer = by_name.get(name)
-            infos.append(LayerInfo(name, type(layer).__name__ if layer is not None else entry["class_name"], inputs, layer))
+            infos.append(LayerInfo(name, type(layer).__name__ if layer is not None else entry["class_name"],
+                                   data, layer, masks))
+        # ops (no layer object) whose outputs only feed masks: part of a mask computation
+        feeds_data = {src for info in infos for src, _ in info.inputs}
+        mask_src = {src for info in infos for src, _ in info.masks}
+        by_info = {i.name: i for i in infos}
+        stack = [n for n in mask_src if n not in feeds_data]
+        while stack:
+            info = by_info.get(stack.pop())
+            if info is None or info.layer is not None or info.mask_only:
+                continue
+            info.mask_only = True
+            stack += [src for src, _ in info.inputs if src not in feeds_data or by_info[src].layer is None]
         self.input_refs = [(n, t) for n, _, t in compat.iter_history(cfg["input_layers"])]
         self.output_refs = [(n, t) for n, _, t in compat.iter_history(cfg["output_layers"])]
         return infos
@@ -188,6 +202,13 @@ class DependencyGraph:
         """Dispatch to the layer's handler; a class without one is frozen, naming the class."""
         self._record_shapes(info)
         ins = self._in_layouts(info)
+        if info.mask_only:  # a mask reads every channel of its input: freeze them, no note
+            for x in ins:
+                self._freeze(x, f"{info.name} ({info.cls}) computes a mask across channels")
+            g = self._new_group(1)
+            self._freeze([g], "a mask")
+            self.layouts[(info.name, 0)] = (g,)
+            return
         handler = handler_for(info.layer, info.cls)
         if handler is None:
             return self.unknown_layer(info, ins, None)
@@ -233,9 +254,11 @@ class DependencyGraph:
     def out_shapes(self, info: LayerInfo) -> list[tuple]:
         return [self.shapes[(info.name, i)] for i in range(len(compat.output_shapes(info.layer)))]
 
+
     def _record_shapes(self, info: LayerInfo) -> None:
-        if info.layer is None:  # Sequential pseudo-input
-            self.shapes[(info.name, 0)] = tuple(self.model.inputs[0].shape)
+        if info.layer is None:  # Sequential pseudo-input, or an op of the functional graph
+            if info.cls == "InputLayer" and not info.inputs:
+                self.shapes[(info.name, 0)] = tuple(self.model.inputs[0].shape)
             return
         for i, shape in enumerate(compat.output_shapes(info.layer)):
             self.shapes[(info.name, i)] = shape
