@@ -43,13 +43,19 @@ def load_model(path: str | Path):
         try:
             model = keras.models.load_model(path, compile=False, custom_objects=custom or None, safe_mode=True)
             break
-        except compat.LegacyConfigError as exc:
-            raise UnsupportedModel(f"{path.name}: {exc}", "re-save the model with Keras 3 or without that option") from None
-        except TypeError as exc:
+        except compat.LegacyConfigError as exc:  # a Keras 2 key whose value changes the computation
+            config = _model_config(path)
+            names = compat.layers_with_key(config, exc.cls, exc.key) if config else []
+            where = f" (layer {', '.join(repr(n) for n in names)})" if names else ""
+            raise UnsupportedModel(f"{path.name}: {exc}{where}",
+                                   "re-save the model with Keras 3 or without that option") from None
+        except (TypeError, ValueError) as exc:  # Keras raises either for an unknown config key
             found = compat.parse_unrecognized(exc)
             if found and not custom:
                 custom = compat.legacy_custom_objects()
                 continue
+            if found:
+                raise _unknown_keys(path, *found) from None
             raise _explain(path, exc) from None
         except Exception as exc:  # keras raises many kinds; each becomes one clear message
             raise _explain(path, exc) from None
@@ -100,6 +106,44 @@ def _check_hdf5(path: Path) -> None:
                 )
     except OSError as exc:
         raise BadInput(f"{path} cannot be read as HDF5: {exc}", "re-export the model") from None
+
+
+def _model_config(path: Path):
+    import json
+
+    try:
+        if path.suffix.lower() == ".keras":
+            with zipfile.ZipFile(path) as z:
+                return json.loads(z.read("config.json"))
+        import h5py
+
+        with h5py.File(path, "r") as f:
+            raw = f.attrs.get("model_config")
+            return json.loads(raw.decode() if isinstance(raw, bytes) else raw)
+    except Exception:  # noqa: BLE001 - only used to name the layer in an error message
+        return None
+
+
+def _unknown_keys(path: Path, cls: str, kwargs_text: str) -> UnsupportedModel:
+    """A layer config key Keras 3 does not know (and edgeprune cannot drop exactly):
+    name the key(s), the class and the layers that carry them."""
+    import ast
+
+    from edgeprune.pipeline import _keras_compat as compat
+
+    try:
+        keys = list(ast.literal_eval(kwargs_text))
+    except (ValueError, SyntaxError):
+        keys = [kwargs_text]
+    config = _model_config(path)
+    names = sorted({n for k in keys for n in compat.layers_with_key(config, cls, k)}) if config else []
+    where = f"layer {', '.join(repr(n) for n in names)} ({cls})" if names else f"a {cls} layer"
+    return UnsupportedModel(
+        f"{path.name}: {where} has the Keras 2 option(s) {', '.join(map(str, keys))}, which Keras 3 does not know "
+        "and edgeprune cannot drop without changing the computation",
+        "re-save the model with Keras 3 (keras.models.load_model in Keras 2, then model.save('model.keras') "
+        "with a Keras 3 install), or remove the option from that layer's config",
+    )
 
 
 def _explain(path: Path, exc: Exception) -> BadInput:
