@@ -166,6 +166,7 @@ def convert(
     input_range: Annotated[str, typer.Option("--input-range", help="Input range 'LO,HI' for synthetic calibration/evaluation data.")] = "0,1",
     out_path: Annotated[Path, typer.Option("--out", "-o", help="Where to write the .tflite.")] = Path("model.tflite"),
     samples: Annotated[int, typer.Option("--samples", help="Synthetic samples for calibration and evaluation when no --data.")] = 100,
+    input_shape: Annotated[Optional[str], typer.Option("--input-shape", help="Fix a variable-length input: the full input shape, batch first, e.g. 1,5000,4.")] = None,
     metric: Annotated[Metric, typer.Option(help="Fidelity metric: auto, top1 (classifier), binary (one sigmoid output: agreement of output > 0.5), relerr (1 - relative L2 error) or regression (cosine).")] = Metric.auto,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
@@ -184,6 +185,12 @@ def convert(
     out_path = Path(out_path)
     _check_writable(out_path)
     keras_model = load_model(model)
+    if input_shape is not None:
+        from edgeprune.pipeline.loading import parse_input_shape, with_input_shape
+
+        shape = parse_input_shape(input_shape)
+        keras_model = with_input_shape(keras_model, shape)
+        config.batch_size = shape[0]
     if data is not None:
         eval_data = load_eval_data(data, keras_model)
         config.calibration = eval_data.x

@@ -228,7 +228,8 @@ def _check_static(model) -> None:
         if any(d is None for d in shape):
             raise UnsupportedModel(
                 f"input {name!r} has a dynamic dimension {('batch',) + shape}",
-                "give the model a fully known input shape (keras.Input(shape=(...)) without None)",
+                "fix the variable dimensions with --input-shape (batch first, e.g. --input-shape 1,5000,4), "
+                "or give the model a fully known input shape (keras.Input(shape=(...)) without None)",
             )
 
 

@@ -68,6 +68,59 @@ def load_model(path: str | Path):
     return model
 
 
+def parse_input_shape(text: str) -> tuple[int, ...]:
+    """``"1,5000,4"`` -> (1, 5000, 4): the model input's full shape, batch first."""
+    parts = [p.strip() for p in str(text).replace("x", ",").split(",") if p.strip()]
+    try:
+        dims = tuple(int(p) for p in parts)
+    except ValueError:
+        dims = ()
+    if len(dims) < 2 or any(d < 1 for d in dims):
+        raise BadInput(f"--input-shape {text!r} is not a shape", "give positive integers, batch first, e.g. --input-shape 1,5000,4")
+    return dims
+
+
+def with_input_shape(model, shape: tuple[int, ...]):
+    """``model`` rebuilt on a fixed input shape (batch first; the batch stays variable in
+    the Keras model, the converter uses ``shape[0]``). Known dimensions must match; the
+    variable (None) ones take the given sizes. Same weights, same computation."""
+    import keras
+
+    if len(model.inputs) != 1:
+        raise BadInput(f"--input-shape is for single-input models; this one has {len(model.inputs)} inputs")
+    declared = tuple(model.inputs[0].shape)
+    if len(shape) != len(declared):
+        raise BadInput(
+            f"--input-shape {','.join(map(str, shape))} has {len(shape)} dimensions, the model's input "
+            f"{_fmt_shape(declared)} has {len(declared)}",
+            f"give {len(declared)} numbers, batch first, e.g. {_example(declared)}",
+        )
+    clash = [i for i, (d, s) in enumerate(zip(declared[1:], shape[1:]), start=1) if d is not None and d != s]
+    if clash:
+        raise BadInput(
+            f"--input-shape {','.join(map(str, shape))} changes fixed dimension(s) of the model's input {_fmt_shape(declared)}",
+            f"only the variable (None) dimensions can be set, e.g. {_example(declared)}",
+        )
+    if all(d is not None for d in declared[1:]):
+        return model
+    inp = keras.Input(shape=tuple(shape[1:]), dtype=model.inputs[0].dtype, name=model.inputs[0].name)
+    try:
+        new = keras.models.clone_model(model, input_tensors=inp)
+        new.set_weights(model.get_weights())
+    except Exception as exc:  # e.g. a Flatten/Reshape that cannot take this length
+        raise BadInput(f"the model does not build on input shape {shape}: {type(exc).__name__}: {str(exc)[:300]}",
+                       "check the sizes of the variable dimensions") from None
+    return new
+
+
+def _fmt_shape(shape) -> str:
+    return "(" + ", ".join("None" if d is None else str(d) for d in shape) + ")"
+
+
+def _example(declared) -> str:
+    return "--input-shape " + ",".join(["1"] + [str(d) if d is not None else "500" for d in declared[1:]])
+
+
 def check_supported(model, label: str = "model") -> None:
     """Reject subclassed models: their computation is Python code, not a graph."""
     import keras
