@@ -479,6 +479,7 @@ def run(
     measure_all: Annotated[bool, typer.Option("--measure-all", help="Measure every candidate that passes the host checks (for the latency curve), not just the fewest needed.")] = False,
     input_range: Annotated[str, typer.Option("--input-range", help="Model input range 'LO,HI' (PAODING bounds, synthetic data).")] = "0,1",
     seed: Annotated[int, typer.Option(help="Seed (random criterion).")] = 0,
+    input_shape: Annotated[Optional[str], typer.Option("--input-shape", help="Fix a variable-length input: the full input shape, batch first (batch 1), e.g. 1,5000,4.")] = None,
     host: _Host = None,
     user: _User = None,
     port: _Port = None,
@@ -503,6 +504,10 @@ def run(
                        data=data, quantize=quantize.value, criterion=criterion.value, step=step, max_rate=max_rate, out=out_dir,
                        resume=resume, force=force, runs=runs, warmup=warmup, measure_all=measure_all,
                        input_range=(lo, hi), seed=seed)
+    if input_shape is not None:
+        from edgeprune.pipeline.loading import parse_input_shape
+
+        config.input_shape = parse_input_shape(input_shape)
     with RunProgress(err) as progress:
         result = run_search(config, progress=progress)
     if as_json:

@@ -102,16 +102,12 @@ def build_model(graph: DependencyGraph, state: PruneState):
     import keras
 
     model = graph.model
-    new_width = {}
-    for gid, g in graph.groups.items():
-        for p in g.producers:
-            new_width[p] = state.sizes[gid]
 
     def clone(layer):
         handler = graph.handler(layer.name)
-        if handler is None or layer.name not in new_width:
+        if handler is None:
             return _rebuild(layer, {})
-        return _rebuild(layer, handler.rebuild_changes(layer, new_width[layer.name]))
+        return _rebuild(layer, handler.rebuild_config(layer, graph, state.sizes))
 
     new = keras.models.clone_model(model, clone_function=clone)
     for layer in new.layers:

@@ -40,7 +40,15 @@ class LayerHandler:
         raise NotImplementedError
 
     def rebuild_changes(self, layer, width: int) -> dict:
+        """Config changes for a producer whose group now has ``width`` channels."""
         return {self.width_key: int(width)} if self.width_key else {}
+
+    def rebuild_config(self, layer, graph, sizes: dict[int, int]) -> dict:
+        """Config changes for ``layer`` given the CURRENT group ``sizes`` (surgery): a
+        producer gets its group's width; layers whose config spells a channel count
+        (Reshape) override this."""
+        gid = graph.group_of_producer.get(layer.name)
+        return self.rebuild_changes(layer, sizes[gid]) if gid is not None else {}
 
     def bounds(self, info, ins, weights, cfg):
         raise NotImplementedError

@@ -53,6 +53,15 @@ class ReshapeHandler(LayerHandler):
             return graph.set_layout(info.name, tuple(ins[0]) * in_sp)
         return graph.unknown_layer(info, ins, f"Reshape {tuple(in_shape[1:])} -> {tuple(out_shape[1:])} moves channels")
 
+    def rebuild_config(self, layer, graph, sizes):
+        """``target_shape`` spells the channel count (or, flattening, positions x channels):
+        its last entry follows the current width of the output layout."""
+        target = list(layer.get_config()["target_shape"])
+        if not target or target[-1] == -1:
+            return {}
+        target[-1] = sum(sizes[g] for g in graph.layouts[(layer.name, 0)])
+        return {"target_shape": tuple(target)}
+
     def bounds(self, info, ins, weights, cfg):
         lo, hi = ins[0]
         shape = (1,) + tuple(cfg["target_shape"])
