@@ -220,7 +220,7 @@ def convert(
 
     lo, hi = _parse_range(input_range)
     if samples < 1:
-        raise EdgepruneError(f"--samples must be >= 1, got {samples}")
+        raise EdgepruneError(f"--samples must be >= 1, got {samples}", "e.g. --samples 100")
     conv.quiet_import_tensorflow()
     fid_config = fid.FidelityConfig(metric=metric.value)
     config = conv.ConvertConfig(quantize=quantize.value, input_range=(lo, hi), num_calibration=samples)
@@ -352,7 +352,8 @@ def _device_profile(device: str, devices_dir, host, user, port, trust_new_host: 
     prof = load_profile(device, search_dirs=[devices_dir] if devices_dir else None, host=host, user=user, port=port)
     if trust_new_host:
         if prof.connection is None:
-            raise EdgepruneError(f"--trust-new-host applies to SSH devices; {prof.name!r} is kind {prof.kind!r}")
+            raise EdgepruneError(f"--trust-new-host applies to SSH devices; {prof.name!r} is kind {prof.kind!r}",
+                                 "drop --trust-new-host, or pick an SSH device (edgeprune devices list)")
         prof = prof.model_copy(update={"connection": prof.connection.model_copy(update={"trust_new_host": True})})
     return prof
 

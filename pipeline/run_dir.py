@@ -62,6 +62,9 @@ _OUR_FILES = re.compile(r"^(cand-\d+-rate[0-9.]+\.(keras|tflite|json|plan\.json|
                         r"|measurements\.json|run\.json|\..*\.tmp.*|\.write-probe-.*)$")
 
 
+_TMP_FILES = re.compile(r"^(\..*\.tmp.*|\.write-probe-.*)$")
+
+
 def _clear_run_dir(path: Path) -> None:
     for f in path.iterdir():
         if f.is_file() and _OUR_FILES.match(f.name):
@@ -114,7 +117,9 @@ class RunDirStage:
                 self.notes.append(f"--force: discarded the run of a different configuration in {d}")
                 _clear_run_dir(d)
         else:
-            others = [f.name for f in d.iterdir() if not _OUR_FILES.match(f.name)]
+            # No run.json: nothing here is edgeprune's (run.json is written before any output), so
+            # even files NAMED like ours (report.md, best.tflite, ...) are the user's: never overwritten.
+            others = [f.name for f in d.iterdir() if not _TMP_FILES.match(f.name)]
             if others:
                 raise BadInput(f"--out {d} is not empty and is not an edgeprune run directory "
                                f"(holds {', '.join(sorted(others)[:3])}{'...' if len(others) > 3 else ''})",

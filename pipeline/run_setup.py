@@ -15,12 +15,24 @@ from edgeprune.pipeline.run_dir import _prepare_dir
 
 
 # --------------------------------------------------------------------------- validation
+MAX_CANDIDATES = 200  # rate 0 + at most this many pruned candidates (--step 0.005 up to 0.9 is 181)
+
+
 def _validate(config: RunConfig) -> None:
     """Checks that need neither TensorFlow nor the device (fast bad-input errors)."""
     if not (0.0 < float(config.step) <= 1.0):
         raise BadInput(f"--step {config.step:g} must be in (0, 1]", "e.g. --step 0.05 (5% of the channels per step)")
     if not (0.0 <= float(config.max_rate) < 1.0):
         raise BadInput(f"--max-rate {config.max_rate:g} must be in [0, 1)", "e.g. --max-rate 0.9")
+    n_candidates = int(float(config.max_rate) / float(config.step) + 1e-9) + 2
+    if n_candidates > MAX_CANDIDATES + 1:
+        smallest = float(config.max_rate) / MAX_CANDIDATES
+        raise BadInput(f"--step {config.step:g} up to --max-rate {config.max_rate:g} makes {n_candidates - 1:,} "
+                       f"candidates; a run takes at most {MAX_CANDIDATES}",
+                       f"use --step {smallest:.3g} or larger (e.g. 0.05), or a lower --max-rate")
+    for value, what in ((config.budget, "--budget"), (config.ram_budget, "--ram-budget")):
+        if value is not None and _parse_budget(value, what) == 0:
+            raise BadInput(f"{what} {value!r} is zero bytes: no model fits", f"give the real limit, e.g. {what} 2MB")
     if config.quantize not in QUANTIZE_CHOICES:
         raise BadInput(f"unknown --quantize {config.quantize!r}", f"use one of: {', '.join(QUANTIZE_CHOICES)}")
     if config.latency_budget is not None and not float(config.latency_budget) > 0:
@@ -31,9 +43,9 @@ def _validate(config: RunConfig) -> None:
     if config.max_accuracy_drop is not None and not (0.0 <= float(config.max_accuracy_drop) <= 100.0):
         raise BadInput(f"--max-accuracy-drop {config.max_accuracy_drop:g} must be in [0, 100] points", "e.g. 1.0")
     if config.runs < 1:
-        raise BadInput(f"--runs must be at least 1, got {config.runs}")
+        raise BadInput(f"--runs must be at least 1, got {config.runs}", "e.g. --runs 50")
     if config.warmup < 0:
-        raise BadInput(f"--warmup must be 0 or more, got {config.warmup}")
+        raise BadInput(f"--warmup must be 0 or more, got {config.warmup}", "e.g. --warmup 5")
     lo, hi = config.input_range
     if not float(lo) < float(hi):
         raise BadInput(f"input range {config.input_range} is empty", "give LO < HI, e.g. 0,1")
@@ -62,7 +74,8 @@ class SetupStage:
                                     host=c.host, user=c.user, port=c.port)
         if c.trust_new_host:
             if self.profile.connection is None:
-                raise BadInput(f"--trust-new-host applies to SSH devices; {self.profile.name!r} is kind {self.profile.kind!r}")
+                raise BadInput(f"--trust-new-host applies to SSH devices; {self.profile.name!r} is kind {self.profile.kind!r}",
+                               "drop --trust-new-host, or pick an SSH device (edgeprune devices list)")
             self.profile = self.profile.model_copy(update={"connection": self.profile.connection.model_copy(
                 update={"trust_new_host": True})})
         lim = self.profile.limits
