@@ -130,8 +130,9 @@ class SeparableConvHandler(LayerHandler):
 class DepthwiseConvHandler(LayerHandler):
     """Channel-wise: kernel (..., C, 1) and bias (C,) follow the input's group.
 
-    min_width 2: a one-channel depthwise conv is refused by some runtimes' delegates
-    (XNNPACK "failed to prepare" on int8), so its group keeps at least two channels."""
+    min_width 2: a one-channel depthwise conv was refused by XNNPACK ("failed to prepare",
+    int8 MobileNet at rate 0.90, issue 10), so its group keeps at least two channels. (Not
+    reproduced on a small 16x16 model here: it loaded; the floor is a precaution.)"""
 
     min_width = 2
 
