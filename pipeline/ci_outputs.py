@@ -183,7 +183,7 @@ def markdown_summary(title: str, outcome: str, cases: list[CheckCase], gate: Opt
                              f"| not compared: {_md_cell(c['note'])} |")
                 continue
             f = c["figure"]
-            allowed = c["tolerance"] + (f" + spread {_fmt(f, c['noise'])}" if c.get("noise") is not None else "")
+            allowed = c["tolerance"] + (f" + noise {_fmt(f, c['noise'])}" if c.get("noise") is not None else "")
             verdict = "**REGRESSION**" if c["regressed"] else "ok"
             lines.append(f"| {f} | {_fmt(f, c['old'])} | {_fmt(f, c['new'])} | {_fmt(f, c['change'], sign=True)} "
                          f"| {allowed} | {verdict} |")

@@ -7,9 +7,12 @@ four figures of the new model with the baseline's chosen model:
   board, file + runtime overhead on a microcontroller), in bytes;
 - ``ram``: peak RSS on a Linux board (arena + runtime on a microcontroller), in bytes;
 - ``latency``: the median in ms. Latency is noisy, so the allowance is the tolerance PLUS the
-  measured spread (the larger of the two measurements' spread: the interquartile range when
-  the measurement has one, else p90 - median, else the standard deviation). A latency within
-  that band is "within noise", not a regression;
+  measured noise of the two medians: each median's uncertainty is the half-width of a box
+  plot's notch, ``1.58 * IQR / sqrt(runs)`` (McGill, Tukey & Larsen 1978: two medians whose
+  notches do not overlap differ at about 95 %), from the measurement's interquartile range,
+  or when it has none from p90 - median (x 1.05, the IQR of a normal distribution) or the
+  standard deviation (x 1.349). The two half-widths are added. A latency within that band
+  is "within noise", not a regression;
 - ``fidelity``: the fidelity score (top-1 agreement or cosine similarity): a regression is a
   DROP of more than the tolerance (absolute).
 
@@ -164,7 +167,7 @@ class FigureCheck:
         pct = f", {100 * ch / self.old:+.1f}%" if self.old else ""
         tol = f"tolerance {self.tolerance}"
         if self.noise is not None:
-            tol += f" + spread {_fmt(f, self.noise)} (allowed {_fmt(f, self.allowance, sign=True)})"
+            tol += f" + noise {_fmt(f, self.noise)} (allowed {_fmt(f, self.allowance, sign=True)})"
         verdict = "REGRESSION" if self.regressed else "ok"
         text = (f"{f}: {_fmt(f, self.old)} -> {_fmt(f, self.new)} ({_fmt(f, ch, sign=True)}{pct}), {tol}: {verdict}")
         return text + (f" ({self.note})" if self.note else "")
@@ -223,6 +226,32 @@ def latency_spread(measurement: Optional[dict]) -> tuple[Optional[float], str]:
     return None, "no spread measured"
 
 
+NOTCH = 1.58  # box-plot notch: median +- 1.58 IQR / sqrt(n)
+
+
+def median_noise(measurement: Optional[dict]) -> tuple[Optional[float], str]:
+    """The uncertainty of a measurement's median latency in ms (a notch half-width,
+    ``1.58 * IQR / sqrt(runs)``) and how the IQR was obtained; (None, why) without one."""
+    if not measurement:
+        return None, "no measurement"
+    lat = measurement.get("latency_ms") or {}
+    med = lat.get("p50", lat.get("median"))
+    if lat.get("iqr") is not None:
+        iqr, how = float(lat["iqr"]), "IQR"
+    elif lat.get("p75") is not None and lat.get("p25") is not None:
+        iqr, how = float(lat["p75"]) - float(lat["p25"]), "IQR"
+    elif lat.get("p90") is not None and med is not None:
+        iqr, how = 1.05 * max(0.0, float(lat["p90"]) - float(med)), "1.05 (p90 - median)"
+    elif lat.get("std") is not None:
+        iqr, how = 1.349 * float(lat["std"]), "1.349 std"
+    else:
+        return None, "no spread measured"
+    runs = measurement.get("runs")
+    if not isinstance(runs, (int, float)) or runs < 1:
+        return iqr, how + " (run count unknown: the whole spread)"
+    return NOTCH * iqr / runs ** 0.5, how
+
+
 def chosen_measurement(report: dict) -> Optional[dict]:
     ch = report.get("chosen")
     if not ch:
@@ -272,15 +301,15 @@ def compare(baseline: dict, new: Optional[dict], tolerances: dict[str, Tolerance
                 check.compared = False
                 check.note = "one latency is measured and the other estimated"
             else:
-                s_old, how_old = latency_spread(old.get("measurement"))
-                s_new, how_new = latency_spread(new.get("measurement"))
+                s_old, how_old = median_noise(old.get("measurement"))
+                s_new, how_new = median_noise(new.get("measurement"))
                 spreads = [s for s in (s_old, s_new) if s is not None]
-                check.noise = max(spreads) if spreads else 0.0
+                check.noise = sum(spreads) if spreads else 0.0
                 check.allowance = tol.allowance(o) + check.noise
                 check.regressed = (n - o) > check.allowance + 1e-12
                 hows = sorted({h for s, h in ((s_old, how_old), (s_new, how_new)) if s is not None})
-                check.note = ("spread = larger " + "/".join(hows) + " of the two measurements") if spreads else (
-                    "no spread measured: tolerance only")
+                check.note = ("noise = 1.58 IQR/sqrt(runs) of each median, IQR from " + " / ".join(hows)) if spreads \
+                    else "no spread measured: tolerance only"
                 if new.get("latency_is_estimate"):
                     check.note += "; both latencies are host estimates"
         else:

@@ -94,8 +94,10 @@ def test_planted_better_baseline_fails_with_exit_5_one_line_per_figure(tmp_path,
     assert code == EXIT_REGRESSION == 5
     # size and fidelity are exact figures; latency is a regression only beyond tolerance + spread
     lat = next(c for c in rep["gate"]["checks"] if c["figure"] == "latency")
-    spread, _ = gate_mod.latency_spread(gate_mod.chosen_measurement(rep))
-    assert lat["noise"] == pytest.approx(max(spread, ch["latency_ms"] / 50 * 0.01))
+    noise_new, _ = gate_mod.median_noise(gate_mod.chosen_measurement(rep))
+    noise_old, _ = gate_mod.median_noise(gate_mod.chosen_measurement(json.loads(planted.read_text())))
+    assert noise_old == pytest.approx(1.58 * 1.05 * 0.01 * ch["latency_ms"] / 50 / 20 ** 0.5)  # p90 - median, 20 runs
+    assert lat["noise"] == pytest.approx(noise_new + noise_old)
     assert lat["regressed"] == (lat["new"] - lat["old"] > 0.1 * lat["old"] + lat["noise"])
     regressed = ["size", "latency", "fidelity"] if lat["regressed"] else ["size", "fidelity"]
     assert rep["exit_code"] == 5 and rep["status"] == "ok" and rep["gate"]["regressions"] == regressed
@@ -148,26 +150,33 @@ def test_tolerances_are_options(tmp_path, base_run, capsys):
     assert code == 5 and rep["gate"]["regressions"] == ["size"]
 
 
-def test_latency_allowance_is_tolerance_plus_the_measured_spread():
-    """The noise rule on its own: IQR when measured, else p90 - median, else std."""
-    def report(median, **lat):
-        m = {"latency_ms": dict(median=median, **lat)}
+def test_latency_allowance_is_tolerance_plus_the_noise_of_both_medians():
+    """The noise rule on its own: each median +- 1.58 IQR / sqrt(runs) (a box plot's notch), the
+    IQR measured, else 1.05 (p90 - median), else 1.349 std; the two half-widths added."""
+    def report(median, runs=25, **lat):
+        m = {"latency_ms": dict(median=median, **lat), "runs": runs}
         return {"chosen": {"index": 0, "flash_bytes": 1, "ram_bytes": 1, "latency_ms": median, "fidelity": 1.0,
                            "score_name": "s", "latency_is_estimate": False},
                 "candidates": [{"index": 0, "measurement": m}]}
 
     tol = gate_mod.parse_max_regression(None)
-    old = report(1.0, iqr=0.05, p90=1.5)
-    within = gate_mod.compare(old, gate_mod.figures_of_report(report(1.14, iqr=0.02)), tol)
+    old = report(1.0, iqr=0.5, p90=1.5)  # notch 1.58 * 0.5 / 5 = 0.158
+    new = report(1.25, iqr=0.2)  # notch 1.58 * 0.2 / 5 = 0.0632
+    within = gate_mod.compare(old, gate_mod.figures_of_report(new), tol)
     lat = next(c for c in within.checks if c.figure == "latency")
-    assert lat.noise == pytest.approx(0.05) and lat.allowance == pytest.approx(0.15) and not lat.regressed
-    beyond = gate_mod.compare(old, gate_mod.figures_of_report(report(1.16, iqr=0.02)), tol)
+    assert lat.noise == pytest.approx(0.2212) and lat.allowance == pytest.approx(0.3212) and not lat.regressed
+    beyond = gate_mod.compare(old, gate_mod.figures_of_report(report(1.33, iqr=0.2)), tol)
     assert beyond.regressions[0].figure == "latency" and beyond.exit_code == 5
-    assert "tolerance 10% + spread 0.05 ms" in beyond.lines()[0] and "+16.0%" in beyond.lines()[0]
-    # no IQR: p90 - median; no p90 either: std; nothing: the tolerance alone
-    assert gate_mod.latency_spread(report(1.0, p90=1.3)["candidates"][0]["measurement"]) == (pytest.approx(0.3),
-                                                                                              "p90 - median")
-    assert gate_mod.latency_spread(report(1.0, std=0.2)["candidates"][0]["measurement"]) == (0.2, "std")
+    assert "tolerance 10% + noise 0.2212 ms" in beyond.lines()[0] and "+33.0%" in beyond.lines()[0]
+    # more runs: a narrower notch, the same slowdown is caught
+    more = gate_mod.compare(report(1.0, runs=400, iqr=0.5), gate_mod.figures_of_report(report(1.25, runs=400, iqr=0.2)),
+                            tol)
+    assert [c.figure for c in more.regressions] == ["latency"]
+    # no IQR: from p90 - median; no p90 either: from std; nothing: the tolerance alone
+    m = report(1.0, p90=1.3)["candidates"][0]["measurement"]
+    assert gate_mod.median_noise(m) == (pytest.approx(1.58 * 1.05 * 0.3 / 5), "1.05 (p90 - median)")
+    m = report(1.0, std=0.2)["candidates"][0]["measurement"]
+    assert gate_mod.median_noise(m) == (pytest.approx(1.58 * 1.349 * 0.2 / 5), "1.349 std")
     bare = gate_mod.compare(report(1.0), gate_mod.figures_of_report(report(1.11)), tol)
     assert bare.regressions and "no spread measured" in bare.regressions[0].note
 
