@@ -332,3 +332,13 @@ def test_the_suite_wide_schema_check_catches_an_invalid_report(tmp_path, base_ru
     finally:  # leave nothing invalid behind for the fixture's own check after this test
         path.unlink()
         _REPORTS_SEEN.pop(path, None)
+
+
+def test_help_documents_exit_code_5_and_the_options(capsys):
+    assert run_cli(["run", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "5 with --baseline: a figure (size, RAM, latency, fidelity) regressed" in text
+    for option in ("--baseline", "--max-regression", "--junit", "--metrics"):
+        assert option in text
+    assert run_cli(["--help"]) == 0
+    assert "5 (run/bench with --baseline)" in " ".join(capsys.readouterr().out.split())
