@@ -356,13 +356,24 @@ def devices_check(
 
 
 # --------------------------------------------------------------------------- bench
+# Measurement options: TFLite benchmark_model's names (kebab-case); --runs/--warmup/--threads are aliases.
+_NumRuns = Annotated[int, typer.Option("--num-runs", "--runs", help="Timed inferences: at least this many (and at least --min-secs).")]
+_WarmupRuns = Annotated[int, typer.Option("--warmup-runs", "--warmup", help="Untimed inferences before timing: at least this many (and at least --warmup-min-secs).")]
+_MinSecs = Annotated[float, typer.Option("--min-secs", help="Time inferences for at least this many seconds (0: a fixed --num-runs).")]
+_MaxSecs = Annotated[float, typer.Option("--max-secs", help="Stop warm-up and timing after this many seconds each, even short of --num-runs / --min-secs.")]
+_WarmupMinSecs = Annotated[float, typer.Option("--warmup-min-secs", help="Warm up for at least this many seconds (0: --warmup-runs only).")]
+
+
 @app.command()
 def bench(
     model: Annotated[Path, typer.Argument(help="The .tflite to measure.")],
     device: Annotated[str, typer.Option("--device", "-d", help="Device name (edgeprune devices list) or path to a .yaml profile.")],
-    runs: Annotated[int, typer.Option(help="Timed inferences after warm-up.")] = 50,
-    warmup: Annotated[int, typer.Option(help="Untimed inferences before timing.")] = 5,
-    threads: Annotated[Optional[int], typer.Option(help="Interpreter threads (default: the profile's).")] = None,
+    runs: _NumRuns = 50,
+    warmup: _WarmupRuns = 5,
+    threads: Annotated[Optional[int], typer.Option("--num-threads", "--threads", help="Interpreter threads (default: the profile's).")] = None,
+    min_secs: _MinSecs = 1.0,
+    max_secs: _MaxSecs = 150.0,
+    warmup_min_secs: _WarmupMinSecs = 0.5,
     inputs: Annotated[Optional[Path], typer.Option("--inputs", help="Inputs (.npy) for the output checksum; default a seeded pattern.")] = None,
     timeout: Annotated[Optional[float], typer.Option(help="Seconds the run may take on the device (default: the profile's).")] = None,
     host: _Host = None,
@@ -386,7 +397,8 @@ def bench(
             raise EdgepruneError(f"cannot read --inputs {inputs}: {exc}", "pass a .npy file") from None
         if hasattr(arr, "files"):
             arr = [arr[k] for k in arr.files]
-    config = BenchConfig(runs=runs, warmup=warmup, threads=threads, inputs=arr, timeout=timeout)
+    config = BenchConfig(runs=runs, warmup=warmup, threads=threads, inputs=arr, timeout=timeout, min_secs=min_secs,
+                         max_secs=max_secs, warmup_min_secs=warmup_min_secs)
     m = measure(prof, model, config)
     if as_json:
         out.print_json(m.to_json())
