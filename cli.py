@@ -250,9 +250,11 @@ def _measure_arena(tflite_path: Path) -> dict | None:
 def _print_conversion(result, out_path: Path, eval_data, fidelity, arena: dict | None) -> None:
     from rich.table import Table
 
+    from edgeprune.devices.sizes import format_size
+
     out.print(
-        f"[bold]{out_path}[/bold]: {result.quantize}, {result.size_bytes:,} bytes "
-        f"({result.size_bytes / 1024:.1f} KiB), converted in {result.seconds:.2f} s",
+        f"[bold]{out_path}[/bold]: {result.quantize}, {format_size(result.size_bytes)} "
+        f"(SI: 1 kB = 1000 B), converted in {result.seconds:.2f} s",
         highlight=False,
     )
     out.print("ops: " + ", ".join(f"{op} x{n}" for op, n in result.op_counts.items()), highlight=False)
@@ -277,7 +279,7 @@ def _print_conversion(result, out_path: Path, eval_data, fidelity, arena: dict |
     out.print(line, highlight=False)
     if arena is not None:
         if arena.get("arena_bytes") is not None:
-            out.print(f"TFLite-Micro arena: {int(arena['arena_bytes']):,} bytes", highlight=False)
+            out.print(f"TFLite-Micro arena: {format_size(int(arena['arena_bytes']))}", highlight=False)
         else:
             out.print(f"TFLite-Micro arena: not measured ({arena.get('error') or arena.get('detail')})", highlight=False)
 
@@ -469,7 +471,7 @@ def run(
         sys.stdout.write(result.to_json() + "\n")
         sys.stdout.flush()
     else:
-        out.print(candidates_table(result.report))
+        out.print(candidates_table(result.report, out.width))
         print_outcome(out, result.report)
     raise typer.Exit(result.exit_code)
 

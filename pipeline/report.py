@@ -41,19 +41,25 @@ import os
 import tempfile
 from pathlib import Path
 
+from edgeprune.devices.sizes import SIZE_UNITS_NOTE
 from edgeprune.pipeline.plan import write_json_atomic
+from edgeprune.pipeline.run_table import (  # cell texts shared with the terminal table
+    accuracy_change_text,
+    keep_units,
+    latency_stat,
+    latency_text,
+    ram_text,
+    verdict,
+)
 
 REPORT_FORMAT = "edgeprune-report/1"
 
 
 def _size(n) -> str:
-    """'2 MiB' for 2097152, '600 KB' for 600000: binary units when the figure is a whole number of KiB."""
-    if n is None:
-        return "-"
+    """Every size in the reports: SI kB / MB through the one formatter."""
     from edgeprune.devices.sizes import format_size
 
-    n = int(n)
-    return format_size(n, binary=n >= 1024 and n % 1024 == 0)
+    return format_size(n)
 
 
 def _write_text_atomic(path: Path, text: str) -> None:
@@ -79,40 +85,17 @@ def write_reports(run_dir: Path, report: dict) -> dict:
 
 
 # --------------------------------------------------------------------------- text
-def latency_text(c: dict) -> str:
-    m = c.get("measurement")
-    if not m:
-        return "-"
-    est = " (est.)" if m.get("latency_is_estimate") else ""
-    return f"{m['latency_ms']['median']:.3f} ms{est}"
-
-
-def ram_text(c: dict) -> str:
-    m = c.get("measurement")
-    if not m or m.get("ram_bytes") is None:
-        return "-"
-    return _size(m["ram_bytes"])
-
-
-def verdict(c: dict, chosen_index) -> str:
-    if c["index"] == chosen_index:
-        return "CHOSEN"
-    failed = [k for k, v in c["checks"].items() if not v["ok"]]
-    if failed:
-        return "fails " + ", ".join(failed)
-    if c.get("measurement") is None:
-        nm = c.get("not_measured") or ""
-        return "host ok; not measured" if "already meets" in nm else "host ok; not measured: " + nm
-    return "meets all"
-
-
 def summary_line(report: dict) -> str:
     ch = report.get("chosen")
     if ch:
+        stat = latency_stat(report)
         lat = f"{ch['latency_ms']:.3f} ms" + (" (estimate)" if ch["latency_is_estimate"] else "")
-        drop = "" if ch.get("accuracy_drop") is None else f" (accuracy drop {ch['accuracy_drop']:+.1f} pt)"
-        return (f"chosen: rate {ch['rate']:.2f}, {_size(ch['size_bytes'])} ({ch['size_bytes']:,} B), "
-                f"{ch['score_name']} {ch['fidelity']:.4f}{drop}, latency {lat}, RAM {_size(ch['ram_bytes'])}")
+        if not ch["latency_is_estimate"] and ch.get("latency_spread_ms") is not None:
+            lat += f" ±{ch['latency_spread_ms'] / 2:.2g}"
+        drop = ("" if ch.get("accuracy_drop") is None
+                else f" (accuracy change {accuracy_change_text({'accuracy_drop': ch['accuracy_drop']})} pt)")
+        return (f"chosen: rate {ch['rate']:.2f}, {_size(ch['size_bytes'])}, "
+                f"{ch['score_name']} {ch['fidelity']:.4f}{drop}, latency {stat} {lat}, RAM {_size(ch['ram_bytes'])}")
     return "no candidate meets every limit: " + "; ".join(report.get("reasons") or [])
 
 
@@ -121,6 +104,8 @@ def markdown(report: dict) -> str:
     ch = report.get("chosen")
     chosen_index = ch["index"] if ch else None
     lines = [f"# edgeprune run: {report['model']['name']} on {dev['name']}", ""]
+    if dev.get("load_warning"):
+        lines += [f"> **warning:** {dev['load_warning']}", ""]
     lines.append(("**" + summary_line(report) + "**") if ch else ("**" + summary_line(report) + "**"))
     lines.append("")
     lines.append(f"- exit code: {report['exit_code']} ({report['status']})")
@@ -140,9 +125,9 @@ def markdown(report: dict) -> str:
         v = b[key]
         return "none" if v["value"] is None else f"{fmt(v['value'])} (from {v['source']})"
 
-    lines.append(f"- budgets: flash {bud('flash_bytes', lambda v: f'{_size(v)} ({v:,} B)')}, "
-                 f"RAM {bud('ram_bytes', lambda v: f'{_size(v)} ({v:,} B)')}, "
-                 f"latency {bud('latency_ms', lambda v: f'{v:g} ms')}")
+    lines.append(f"- budgets ({SIZE_UNITS_NOTE}): flash {bud('flash_bytes', _size)}, "
+                 f"RAM {bud('ram_bytes', _size)}, "
+                 f"latency {bud('latency_ms', lambda v: f'{v:g} ms')} ({latency_stat(report)})")
     thr = []
     if ft.get("min_fidelity") is not None:
         thr.append(f"{ft['score_name']} >= {ft['min_fidelity']:g}")
@@ -162,14 +147,18 @@ def markdown(report: dict) -> str:
                  f"fidelity {t['fidelity_s']:.1f}, save {t['save_s']:.1f}, device {t['device_s']:.1f})")
     if report.get("reasons"):
         lines += ["", "## Why no candidate", ""] + [f"- {r}" for r in report["reasons"]]
+    stat = latency_stat(report)
     lines += ["", "## Candidates", "",
-              "| # | rate | params | .tflite | flash | fidelity | acc. drop | latency | RAM | verdict |",
+              f"Sizes in SI units (1 kB = 1000 B). Accuracy change: points against the original model "
+              f"(negative = lost). Latency: {stat} ± half the interquartile range of the timed runs.", "",
+              f"| # | rate | params | .tflite | flash | fidelity | accuracy change | latency {stat} | RAM | verdict |",
               "|---|---|---|---|---|---|---|---|---|---|"]
     for c in report["candidates"]:
         fr = c["fidelity"]
-        drop = "-" if fr.get("accuracy_drop") is None else f"{fr['accuracy_drop']:+.1f}"
-        lines.append(f"| {c['index']} | {c['rate']:.2f} | {c['params']:,} | {c['size_bytes']:,} B | {_size(c['flash_bytes'])} "
-                     f"| {fr['score']:.4f} | {drop} | {latency_text(c)} | {ram_text(c)} | {verdict(c, chosen_index)} |")
+        score = "-" if fr.get("score") is None else f"{fr['score']:.4f}"
+        lines.append(f"| {c['index']} | {c['rate']:.2f} | {c['params']:,} | {_size(c['size_bytes'])} | {_size(c['flash_bytes'])} "
+                     f"| {score} | {accuracy_change_text(fr)} | {latency_text(c, stat)} | {ram_text(c)} "
+                     f"| {verdict(c, chosen_index)} |")
     nm = [c for c in report["candidates"] if c.get("not_measured")]
     if nm:
         lines += ["", "Not measured on the device:", ""]
@@ -323,7 +312,7 @@ class RunProgress:
             t = rec["timings"]
             tag = "reused" if info.get("reused") else (f"{t['prune_s'] + t['convert_s'] + t['fidelity_s'] + t['save_s']:.1f} s")
             fails = [k for k in ("fidelity", "flash") if not ck[k]["ok"]]
-            p.console.print(f"  rate {rec['rate']:.2f}: {rec['size_bytes']:,} B, {rec['fidelity']['score_name']} "
+            p.console.print(f"  rate {rec['rate']:.2f}: {_size(rec['size_bytes'])}, {rec['fidelity']['score_name']} "
                             f"{rec['fidelity']['score']:.4f}" + (f"  [red]fails {', '.join(fails)}[/red]" if fails else "")
                             + f"  [dim]({tag})[/dim]", highlight=False)
         elif event == "device_phase":
@@ -349,28 +338,25 @@ class RunProgress:
                             highlight=False)
 
 
-def candidates_table(report: dict):
-    from rich.table import Table
+def candidates_table(report: dict, width=None):
+    """The terminal table (see :mod:`edgeprune.pipeline.run_table`), laid out for ``width``."""
+    from edgeprune.pipeline.run_table import candidates_table as table
 
-    ch = report.get("chosen")
-    chosen_index = ch["index"] if ch else None
-    dev = report["device"]
-    t = Table(title=f"{report['model']['name']} on {dev['name']} ({dev['kind']}), {report['settings']['quantize']}",
-              title_justify="left")
-    for col, j in (("#", "right"), ("rate", "right"), ("params", "right"), (".tflite", "right"), ("fidelity", "right"),
-                   ("acc. drop", "right"), ("latency", "right"), ("RAM", "right"), ("verdict", "left")):
-        t.add_column(col, justify=j)
-    for c in report["candidates"]:
-        fr = c["fidelity"]
-        drop = "-" if fr.get("accuracy_drop") is None else f"{fr['accuracy_drop']:+.1f}"
-        v = verdict(c, chosen_index)
-        style = "bold green" if v == "CHOSEN" else ("red" if v.startswith("fails") else None)
-        t.add_row(str(c["index"]), f"{c['rate']:.2f}", f"{c['params']:,}", _size(c["size_bytes"]), f"{fr['score']:.4f}",
-                  drop, latency_text(c), ram_text(c), v, style=style)
-    return t
+    return table(report, width)
+
+
+class _UnitConsole:
+    """Prints through ``console`` with numbers kept on the line of their units (keep_units)."""
+
+    def __init__(self, console):
+        self._c = console
+
+    def print(self, text="", **kw):
+        self._c.print(keep_units(text) if isinstance(text, str) else text, **kw)
 
 
 def print_outcome(console, report: dict) -> None:
+    console = _UnitConsole(console)
     b = report["budgets"]
     ft = report["fidelity_threshold"]
 
@@ -383,6 +369,8 @@ def print_outcome(console, report: dict) -> None:
         thr.append(f"{ft['score_name']} >= {ft['min_fidelity']:g}")
     if ft.get("max_accuracy_drop") is not None:
         thr.append(f"accuracy drop <= {ft['max_accuracy_drop']:g} pt")
+    if report["device"].get("load_warning"):
+        console.print(f"[yellow]warning:[/yellow] {report['device']['load_warning']}", highlight=False)
     console.print(f"budgets: flash {bud('flash_bytes', _size)}, RAM {bud('ram_bytes', _size)}, "
                   f"latency {bud('latency_ms', lambda v: f'{v:g} ms')}; fidelity: {' and '.join(thr)}"
                   + (" [yellow](synthetic data)[/yellow]" if report["data"].get("synthetic") else ""), highlight=False)
