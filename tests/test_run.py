@@ -60,7 +60,7 @@ def test_budget_forces_pruning_and_picks_the_largest_rate_that_meets_it(tmp_path
         if not c["checks"]["fidelity"]["ok"] or not c["checks"]["flash"]["ok"]:
             assert c["measurement"] is None and c["not_measured"]
     m = cands[i]["measurement"]
-    assert m["runs"] == 3 and m["latency_is_estimate"] is False and m["device"] == "local"
+    assert m["runs"] >= 3 and m["latency_is_estimate"] is False and m["device"] == "local"
     # every candidate on disk, and the reports
     for c in cands:
         for f in (*c["files"].values(), f"{c['name']}.json"):
