@@ -103,6 +103,16 @@ def prune(
     from edgeprune.pipeline.loading import load_model
 
     lo, hi = _parse_range(input_range)
+    out_path = Path(out_path)
+    _check_out_suffix(out_path, KERAS_SUFFIXES, "the pruned model")
+    _check_writable(out_path)
+    if plan_path is not None:
+        _check_out_suffix(Path(plan_path), (".json",), "the plan")
+        _check_writable(Path(plan_path))
+    if not 0.0 <= rate < 1.0:
+        raise EdgepruneError(f"--rate {rate:g} must be in [0, 1)", "e.g. --rate 0.5 removes half of each layer's channels")
+    if not 0.0 < step <= 1.0:
+        raise EdgepruneError(f"--step {step:g} must be in (0, 1]", "e.g. --step 0.05")
     keras_model = load_model(model)
     result = prune_stage.prune(
         keras_model,
@@ -113,8 +123,6 @@ def prune(
         input_range=(lo, hi),
         seed=seed,
     )
-    out_path = Path(out_path)
-    _check_writable(out_path)
     result.model.save(out_path)
     if plan_path is not None:
         result.plan.save(plan_path)
@@ -135,17 +143,38 @@ def prune(
         err.print(f"[yellow]note:[/yellow] {note}")
 
 
+INPUT_RANGE_LIMIT = 1e6  # beyond this, interval bounds and synthetic inputs overflow float32
+
+
 def _parse_range(text: str) -> tuple[float, float]:
+    """``--input-range LO,HI`` for run, prune and convert alike (one message for each fault)."""
+    import math
+
     try:
         lo, hi = (float(v) for v in text.split(","))
     except ValueError:
         raise EdgepruneError(f"--input-range {text!r} is not 'LO,HI'", "e.g. --input-range 0,1 or -1,1") from None
+    if not (math.isfinite(lo) and math.isfinite(hi)) or max(abs(lo), abs(hi)) > INPUT_RANGE_LIMIT:
+        raise EdgepruneError(f"--input-range {text!r}: LO and HI must be finite numbers within "
+                             f"+-{INPUT_RANGE_LIMIT:g}",
+                             "give the range of the model's real inputs, e.g. --input-range 0,1 or -32768,32767")
     if not lo < hi:
         raise EdgepruneError(f"--input-range {text!r}: LO must be below HI", "e.g. --input-range 0,1")
     return lo, hi
 
 
+KERAS_SUFFIXES = (".keras", ".h5")
+
+
+def _check_out_suffix(path: Path, suffixes: tuple[str, ...], what: str) -> None:
+    if path.suffix.lower() not in suffixes:
+        raise EdgepruneError(f"--out {path}: {what} is written as {' or '.join(suffixes)}, not "
+                             f"{path.suffix or '(no suffix)'!s}",
+                             f"name the output file with {suffixes[0]}, e.g. --out {path.with_suffix(suffixes[0]).name}")
+
+
 def _check_writable(path: Path) -> None:
+    _check_name_length(path, "--out")
     parent = path.resolve().parent
     if not parent.exists():
         raise EdgepruneError(f"output folder {parent} does not exist", "create it or choose another --out")
@@ -153,6 +182,19 @@ def _check_writable(path: Path) -> None:
 
     if not os.access(parent, os.W_OK):
         raise EdgepruneError(f"output folder {parent} is not writable", "choose another --out")
+
+
+def _check_name_length(path: Path, what: str) -> None:
+    """A path the file system cannot hold (a name over NAME_MAX, a path over PATH_MAX)."""
+    import os
+
+    text = os.fsencode(str(path))
+    too_long = len(text) >= 4096 or any(len(part) > 255 for part in text.split(b"/"))
+    if too_long:
+        short = str(path) if len(str(path)) <= 60 else str(path)[:40] + "..." + str(path)[-15:]
+        raise EdgepruneError(f"{what} {short}: the path is too long for the file system "
+                             f"({len(text)} bytes; at most 255 per name and 4095 in all)",
+                             "choose a shorter file or folder name")
 
 
 # --------------------------------------------------------------------------- convert
@@ -180,6 +222,7 @@ def convert(
     fid_config = fid.FidelityConfig(metric=metric.value)
     config = conv.ConvertConfig(quantize=quantize.value, input_range=(lo, hi), num_calibration=samples)
     out_path = Path(out_path)
+    _check_out_suffix(out_path, (".tflite",), "the converted model")
     _check_writable(out_path)
     keras_model = load_model(model)
     if data is not None:
@@ -292,7 +335,7 @@ app.add_typer(devices_app, name="devices")
 _DevicesDir = Annotated[Optional[Path], typer.Option("--devices-dir", help="Extra folder of device profiles (.yaml); also $EDGEPRUNE_DEVICES_DIR.")]
 _Host = Annotated[Optional[str], typer.Option("--host", help="Override the SSH host (also $EDGEPRUNE_DEVICE_HOST).")]
 _User = Annotated[Optional[str], typer.Option("--user", help="Override the SSH user (also $EDGEPRUNE_DEVICE_USER).")]
-_Port = Annotated[Optional[int], typer.Option("--port", help="Override the SSH port (also $EDGEPRUNE_DEVICE_PORT).")]
+_Port = Annotated[Optional[int], typer.Option("--port", min=1, max=65535, help="Override the SSH port, 1-65535 (also $EDGEPRUNE_DEVICE_PORT).")]
 _TrustNew = Annotated[bool, typer.Option("--trust-new-host", help="Accept and record an UNKNOWN host key (a changed key is always refused).")]
 
 
@@ -502,6 +545,19 @@ def run_cli(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         err.print("interrupted")
         return 130
+    except OSError as exc:  # a path the file system refuses, a full disk: the user's to fix, no traceback
+        import errno
+
+        fixes = {errno.ENAMETOOLONG: "choose a shorter file or folder name",
+                 errno.ENOSPC: "free some disk space, or choose another --out",
+                 errno.EACCES: "check the permissions, or choose another path",
+                 errno.EROFS: "choose a writable --out"}
+        if exc.errno not in fixes:
+            raise
+        where = f" ({exc.filename})" if exc.filename and len(str(exc.filename)) <= 200 else ""
+        err.print(f"error: {exc.strerror or exc}{where}", highlight=False, markup=False, soft_wrap=True)
+        err.print(f"  fix: {fixes[exc.errno]}", highlight=False, markup=False, soft_wrap=True)
+        return EXIT_BAD_INPUT
     return rv if isinstance(rv, int) else 0
 
 

@@ -91,6 +91,9 @@ class RuntimeSpec(_Strict):
     )  # any one of these is fine; the board runner tries them in this order
     remote_tmp: Optional[str] = None  # where the work dir is made; default $TMPDIR or /tmp
     run_timeout_s: float = Field(default=300.0, gt=0)
+    # edgeprune.* work dirs older than this in remote_tmp are left by killed earlier runs:
+    # swept (removed) on the next connection. Only edgeprune's own, by name and age.
+    stale_workdir_s: float = Field(default=3600.0, gt=0)
 
 
 class Limits(_Strict):

@@ -10,9 +10,17 @@
   pushed by SFTP under fixed names, so the local file name never reaches a shell; every
   remote command is built with :func:`shlex.quote`. The work dir is removed in ``close()``,
   always, also after failures (over a fresh connection if the old one dropped).
-* Timeouts on connect and on each run (the remote process is killed on timeout).
-* Dropped connections and transient socket errors raise :class:`TransientDeviceError`, which
+* Timeouts on connect and on each run. The remote command runs in its own process group
+  (sshd makes the session's shell a session leader and ``exec`` keeps its PID), so a timeout
+  kills the whole GROUP: a ``runtime.python`` wrapper's children die with it.
+* Dropped connections (a channel that closes without an exit status: paramiko's exit -1),
+  and transient socket errors raise :class:`TransientDeviceError`, which
   :func:`edgeprune.devices.base.measure` retries with backoff; auth and host-key errors don't.
+  The runner left behind by a dropped connection is killed (its process group) and its work
+  dir removed, over a fresh connection.
+* Stale work dirs (``edgeprune.XXXXXXXXXX`` in the remote tmp, older than
+  ``runtime.stale_workdir_s``, owned by the login user: left by a killed earlier run) are
+  swept when a session starts.
 """
 from __future__ import annotations
 
@@ -34,6 +42,10 @@ from edgeprune.devices.base import Device, RunResult, TransientDeviceError, regi
 log = logging.getLogger("edgeprune.devices.ssh")
 
 WORKDIR_PREFIX = "edgeprune."
+# Leftovers of sessions whose connection dropped and could not be cleaned up then (the board
+# was away): {host id: [(runner pid or None, work dir or None)]}; the next session to the
+# same board (a retry, usually) kills and removes them first.
+_PENDING_CLEANUP: dict[str, list[tuple[Optional[str], Optional[str]]]] = {}
 
 
 @dataclass
@@ -204,6 +216,27 @@ def connect_client(s: SshSettings, *, name: str):
                                    "check the board runs an SSH server on that port") from None
 
 
+def kill_group_command(pid: str) -> str:
+    """Shell line that ends the remote process GROUP led by ``pid`` (TERM, then KILL after 1 s),
+    and the process itself should it not lead a group. Never fails."""
+    if not str(pid).isdigit():
+        raise ValueError(f"not a PID: {pid!r}")
+    p = shlex.quote(str(pid))
+    return (f"kill -TERM -- -{p} {p} 2>/dev/null; sleep 1; "
+            f"kill -KILL -- -{p} {p} 2>/dev/null; true")
+
+
+def sweep_command(remote_tmp: Optional[str], older_than_s: float) -> str:
+    """Shell line that removes edgeprune's own stale work dirs (by name and age, owned by us)
+    in the remote tmp, printing ``swept PATH`` for each. Never fails."""
+    base = shlex.quote(remote_tmp.rstrip("/") or "/") if remote_tmp else '"${TMPDIR:-/tmp}"'
+    minutes = max(1, int(older_than_s // 60))
+    pattern = shlex.quote(WORKDIR_PREFIX + "?" * 10)
+    return (f"find {base} -mindepth 1 -maxdepth 1 -type d -name {pattern} -user \"$(id -u)\" "
+            f"-mmin +{minutes} -print 2>/dev/null | while IFS= read -r d; do "
+            f'rm -rf -- "$d" && echo "swept $d"; done; true')
+
+
 @register("ssh")
 class SshDevice(Device):
     """One SSH session with one remote work dir; close() removes it."""
@@ -216,8 +249,10 @@ class SshDevice(Device):
         self.workdir: Optional[str] = None
         self._closed = False
         self._free: Optional[int] = None
+        self._orphans: list[str] = []  # PIDs (= process groups) of runners whose connection dropped
         self.client = connect_client(self.settings, name=profile.name)
         try:
+            self._clean_pending()
             self.workdir = self._make_workdir()
         except BaseException:
             self.close()
@@ -262,32 +297,59 @@ class SshDevice(Device):
                         "raise the timeout (--timeout or runtime.run_timeout_s), or lower --runs",
                     )
                 if not transport.is_active():
+                    self._note_orphan(out)
                     raise self._transient("running a command", ConnectionError("transport closed"))
                 if not busy:
                     time.sleep(0.005)
             code = chan.recv_exit_status()
         except (OSError, EOFError, paramiko.SSHException) as exc:
+            self._note_orphan(out)
             raise self._transient("running a command", exc) from None
         finally:
             chan.close()
+        if code == -1:  # the channel closed without an exit status: the connection dropped
+            self._note_orphan(out)
+            raise self._transient("running a command", ConnectionError("channel closed without an exit status"))
         return RunResult(code, out.decode("utf-8", "replace"), err.decode("utf-8", "replace"))
+
+    def _note_orphan(self, out: bytes) -> None:
+        first = bytes(out).split(b"\n", 1)[0].strip()
+        if first.isdigit() and b"\n" in bytes(out):
+            self._orphans.append(first.decode())
 
     def _kill_remote(self, out: bytes) -> None:
         first = bytes(out).split(b"\n", 1)[0].strip()
         if first.isdigit():
             try:
-                pid = shlex.quote(first.decode())
-                self._exec(f"kill -TERM {pid} 2>/dev/null; sleep 1; kill -KILL {pid} 2>/dev/null; true", timeout=15)
+                self._exec(kill_group_command(first.decode()), timeout=15)
             except DeviceError:
-                pass
+                self._orphans.append(first.decode())  # the connection went too: kill it over a new one
+
+    def _pending_key(self) -> str:
+        return f"{self.settings.user}@{self.settings.host_id}"
+
+    def _clean_pending(self) -> None:
+        pending = _PENDING_CLEANUP.pop(self._pending_key(), [])
+        if not pending:
+            return
+        parts = [kill_group_command(pid) for pid, _ in pending if pid]
+        parts += [f"rm -rf -- {shlex.quote(d)}" for _, d in pending if d]
+        log.warning("%s: cleaning up after the earlier dropped connection: killing runner pid %s, removing %s",
+                    self.profile.name, ", ".join(p for p, _ in pending if p) or "-",
+                    ", ".join(d for _, d in pending if d) or "-")
+        self._exec("; ".join(parts) + "; true", timeout=60)
 
     def _make_workdir(self) -> str:
         tmp = self.profile.runtime.remote_tmp
         template = (shlex.quote(tmp.rstrip("/") + "/" + WORKDIR_PREFIX + "XXXXXXXXXX") if tmp
                     else '"${TMPDIR:-/tmp}/' + WORKDIR_PREFIX + 'XXXXXXXXXX"')
-        # One round trip: make the dir, print it, and how much room is left there.
-        res = self._exec(f'd=$(mktemp -d {template}) && echo "$d" && (df -Pk "$d" | tail -n 1)', timeout=30)
+        # One round trip: sweep stale work dirs of killed earlier runs, make the dir, print it,
+        # and how much room is left there.
+        sweep = sweep_command(tmp, self.profile.runtime.stale_workdir_s)
+        res = self._exec(f'{sweep}; d=$(mktemp -d {template}) && echo "$d" && (df -Pk "$d" | tail -n 1)', timeout=60)
         lines = res.stdout.strip().splitlines()
+        swept = [ln.split(" ", 1)[1] for ln in lines if ln.startswith("swept ")]
+        lines = [ln for ln in lines if not ln.startswith("swept ")]
         path = lines[0].strip() if lines else ""
         if res.exit != 0 or not path.startswith("/") or WORKDIR_PREFIX not in path:
             low = res.stderr.lower()
@@ -298,6 +360,9 @@ class SshDevice(Device):
                               f"{res.stderr.strip() or res.stdout.strip() or 'exit ' + str(res.exit)}",
                               "check runtime.remote_tmp exists and is writable (default $TMPDIR or /tmp)")
         self._free = None
+        if swept:
+            log.warning("%s: removed %d stale work dir(s) left by an earlier, killed run: %s",
+                        self.profile.name, len(swept), ", ".join(swept))
         try:
             self._free = int(lines[1].split()[3]) * 1024
         except (IndexError, ValueError):
@@ -389,14 +454,22 @@ class SshDevice(Device):
                 self.sftp.close()
         except Exception:
             pass
-        if self.workdir:
+        if self.workdir or self._orphans:
             self._remove_workdir()
         if self.client is not None:
             self.client.close()
 
     def _remove_workdir(self) -> None:
-        rm = f"rm -rf -- {shlex.quote(self.workdir)}"
+        parts = [kill_group_command(pid) for pid in self._orphans]
+        if self._orphans:
+            log.warning("%s: killing the board runner left behind by the dropped connection (pid %s)",
+                        self.profile.name, ", ".join(self._orphans))
+        if self.workdir:
+            parts.append(f"rm -rf -- {shlex.quote(self.workdir)}")
+        rm = "; ".join(parts)
         try:
+            if self._orphans:
+                raise DeviceError("the old session is gone")  # leftovers: always over a fresh connection
             res = self._exec(rm, timeout=60)
             if res.exit == 0:
                 self.workdir = None
@@ -412,8 +485,12 @@ class SshDevice(Device):
                 stdin, stdout, stderr = client.exec_command(rm, timeout=60)
                 stdout.channel.recv_exit_status()
                 self.workdir = None
+                self._orphans = []
             finally:
                 client.close()
         except Exception as exc:
-            log.warning("%s: could not remove the work dir %s after a dropped connection (%s); remove it by hand",
-                        self.profile.name, self.workdir, getattr(exc, "message", exc))
+            log.warning("%s: could not clean up after a dropped connection (work dir %s, runner pid %s): %s; "
+                        "the next connection to the board does it", self.profile.name, self.workdir,
+                        ", ".join(self._orphans) or "-", getattr(exc, "message", exc))
+            todo = _PENDING_CLEANUP.setdefault(self._pending_key(), [])
+            todo += [(pid, None) for pid in self._orphans] + ([(None, self.workdir)] if self.workdir else [])

@@ -175,7 +175,25 @@ def load_eval_data(path: str | Path, model) -> EvalData:
     ykey, y = _pick(arrays, Y_KEYS)
     if y is not None:
         y = _check_labels(path.name, ykey, y, len(x), notes)
+        classes = _model_classes(model)
+        if classes and len(y) and int(y.max()) >= classes:
+            bad = int((y >= classes).sum())
+            raise BadInput(f"{path.name}: labels {ykey!r} go up to {int(y.max())} ({bad} of {len(y)} samples), but the "
+                           f"model has {classes} output classes (labels 0..{classes - 1})",
+                           "check that the labels belong to this model (class indices, 0-based)")
     return EvalData(x=x, y=y, source="user", path=path, input_scale=scale, notes=notes)
+
+
+def _model_classes(model) -> int | None:
+    """Number of classes of a single-output classifier-shaped model (width of its last axis;
+    2 for one sigmoid unit), or None when that is not a question (several outputs, no model)."""
+    outputs = getattr(model, "outputs", None)
+    if not outputs or len(outputs) != 1:
+        return None
+    shape = tuple(outputs[0].shape)
+    if len(shape) != 2 or shape[-1] is None:
+        return None
+    return 2 if int(shape[-1]) == 1 else int(shape[-1])
 
 
 def _check_labels(name: str, key: str, y: np.ndarray, n: int, notes: list[str]) -> np.ndarray:

@@ -291,7 +291,7 @@ def test_cli_convert_unconvertible_model_exit_2(tmp_path, capsys):
 
 def test_cli_convert_bad_quantize_exit_2(tmp_path, capsys):
     code, out, err = _run(["convert", mlperf_path("kws"), "--quantize", "int4", "--out", tmp_path / "k.tflite"], capsys)
-    assert code == 2 and "unknown quantization 'int4'" in _flat(err)
+    assert code == 2 and "'int4' is not one of" in _flat(err) and "--quantize" in _flat(err)
     assert "Traceback" not in out + err
 
 

@@ -1,0 +1,130 @@
+"""The device phase of ``edgeprune run``: measure host-passing candidates from the largest rate
+down, through the sha256-keyed measurement cache; stop at the first that meets every budget."""
+from __future__ import annotations
+
+import time
+from typing import Optional
+
+from edgeprune.pipeline.run_config import NOISE_TOLERANCE, _now
+from edgeprune.pipeline.run_dir import write_json_atomic
+
+
+class DevicePhase:
+    """Mixin of :class:`edgeprune.pipeline.run._Run`: reachability, measurement, device checks."""
+
+    def device_key(self, sha: str) -> str:
+        p = self.profile
+        conn = p.connection
+        where = f"{conn.host or conn.ssh_config_alias}:{conn.port or 22}" if conn is not None else p.kind
+        return f"{sha}|{p.name}|{where}|runs={self.c.runs}|warmup={self.c.warmup}|threads={p.threads}"
+
+    def check_reachable(self) -> None:
+        """Fail fast (exit 4) when an SSH board cannot be reached, before the host phase."""
+        if self.profile.kind != "ssh":
+            return
+        from edgeprune.devices.base import open_device, with_retries
+
+        self.emit("status", text=f"connecting to {self.profile.name}")
+
+        def once():
+            with open_device(self.profile):
+                return True
+
+        with_retries(self.profile, once)
+
+    def measure(self, rec: dict) -> tuple[dict, bool]:
+        from edgeprune.devices.base import BenchConfig, measure
+
+        key = self.device_key(rec["sha256"])
+        if key in self.cache:
+            return self.cache[key], True
+        self.emit("device_start", record=rec)
+        m = measure(self.profile, self.run_dir / rec["files"]["tflite"],
+                    BenchConfig(runs=self.c.runs, warmup=self.c.warmup))
+        lat = m.latency_ms
+        entry = {
+            "device": m.device, "kind": m.kind, "sha256": m.model_sha256,
+            "latency_ms": {"median": lat.median, "p90": lat.p90, "mean": lat.mean, "std": lat.std,
+                           "min": lat.min, "max": lat.max},
+            "latency_is_estimate": m.is_estimate,
+            "ram_bytes": m.ram_bytes, "peak_rss_bytes": m.peak_rss_bytes, "flash_bytes": m.flash_bytes,
+            "load_ms": m.load_ms, "first_inference_ms": m.first_inference_ms,
+            "runs": m.runs, "warmup": m.warmup, "threads": m.threads,
+            "runtime": m.runtime, "runtime_version": m.runtime_version, "arch": m.arch,
+            "python_version": m.python_version, "measured": m.measured, "estimates": m.estimates,
+            "wall_s": round(m.wall_s or 0.0, 3), "measured_at": _now(),
+        }
+        if m.kind == "mcu":
+            entry["arena_bytes"] = (m.extra.get("arena") or {}).get("arena_bytes")
+            entry["macs"] = m.extra.get("macs")
+        self.cache[key] = entry
+        write_json_atomic(self.cache_path, self.cache)
+        self.device_runs += 1
+        return entry, False
+
+    def device_checks(self, m: dict) -> dict:
+        rb, lb = self.budgets["ram_bytes"]["value"], self.budgets["latency_ms"]["value"]
+        ram = m.get("ram_bytes")
+        lat = m["latency_ms"]["median"]
+        return {
+            "ram": {"ok": True if (rb is None or ram is None) else ram <= rb, "value": ram, "limit": rb,
+                    "estimate": not m["measured"].get("ram", False)},
+            "latency": {"ok": True if lb is None else lat <= lb, "value": lat, "limit": lb,
+                        "estimate": bool(m.get("latency_is_estimate"))},
+        }
+
+    def device_phase(self) -> None:
+        self.device_runs = 0
+        self.device_cached = 0
+        self.device_seconds = 0.0
+        host_pass = [r for r in self.candidates if all(v["ok"] for v in r["checks"].values())]
+        for r in self.candidates:
+            r["measurement"] = None
+            if not r["checks"]["fidelity"]["ok"]:
+                r["not_measured"] = "fails the fidelity threshold (host check)"
+            elif not r["checks"]["flash"]["ok"]:
+                r["not_measured"] = "over the flash budget (host check)"
+        order = sorted(host_pass, key=lambda r: -r["rate"])
+        self.emit("device_phase", total=len(order))
+        skip: Optional[str] = None
+        chosen = None
+        for r in order:
+            if skip is not None:
+                r["not_measured"] = skip
+                continue
+            t0 = time.perf_counter()
+            m, cached = self.measure(r)
+            spent = time.perf_counter() - t0
+            self.device_seconds += spent
+            self.device_cached += int(cached)
+            r["measurement"] = m
+            r["measurement_cached"] = cached
+            r["timings"]["device_s"] = round(spent, 4) if not cached else 0.0
+            r["checks"].update(self.device_checks(m))
+            ok = all(v["ok"] for v in r["checks"].values())
+            self.emit("device_done", record=r, cached=cached, ok=ok)
+            # keep the candidate's metrics file up to date with its measurement
+            disk = {k: v for k, v in r.items() if k not in ("reused",)}
+            write_json_atomic(self.run_dir / f"{r['name']}.json", dict(disk, device=m))
+            if ok:
+                chosen = chosen or r
+                if not self.c.measure_all:
+                    skip = f"not measured: rate {r['rate']:.2f} (a larger rate) already meets every budget"
+                continue
+            if self.c.measure_all:
+                continue
+            misses = []
+            for lim in ("latency", "ram"):
+                ck = r["checks"][lim]
+                if not ck["ok"] and ck["limit"]:
+                    misses.append((lim, ck["value"] / ck["limit"] - 1.0))
+            clear = [(lim, m_) for lim, m_ in misses if m_ > NOISE_TOLERANCE[lim]]
+            if clear:
+                lim, m_ = clear[0]
+                skip = (f"not measured: rate {r['rate']:.2f} (a smaller model) already missed the {lim} budget by "
+                        f"{100 * m_:.0f}%; {lim} only grows as the rate falls")
+        self.emit("device_phase_done", made=self.device_runs, cached=self.device_cached)
+        if self.c.measure_all and order:
+            passing = [r for r in order if all(v["ok"] for v in r["checks"].values())]
+            chosen = passing[0] if passing else None
+        self.chosen = chosen

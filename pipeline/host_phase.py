@@ -1,0 +1,164 @@
+"""The host phase of ``edgeprune run``: candidates are pruned progressively, converted and
+checked on the host (fidelity, flash) before any device run; finished candidates are reused on
+``--resume``."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+
+from edgeprune.pipeline.run_config import CANDIDATE_FORMAT, SYNTHETIC_SAMPLES, _now
+from edgeprune.pipeline.run_dir import _save_keras_atomic, write_json_atomic
+
+
+def rate_schedule(step: float, max_rate: float) -> list[float]:
+    """0, step, 2*step, ... <= max_rate, and max_rate itself last (rounded, resume-stable)."""
+    rates = [0.0]
+    k = 1
+    while True:
+        r = round(k * step, 6)
+        if r > max_rate + 1e-9:
+            break
+        rates.append(r)
+        k += 1
+    if max_rate > 0 and rates[-1] < max_rate - 1e-9:
+        rates.append(round(max_rate, 6))
+    return rates
+
+
+def candidate_name(index: int, rate: float) -> str:
+    r = f"{rate:.2f}" if abs(rate * 100 - round(rate * 100)) < 1e-6 else f"{rate:.4f}"
+    return f"cand-{index:02d}-rate{r}"
+
+
+class HostPhase:
+    """Mixin of :class:`edgeprune.pipeline.run._Run`: host checks and the candidate loop."""
+
+    # ---------------------------------------------------------------- checks
+    def fidelity_ok(self, fr: dict) -> bool:
+        ok = True
+        if self.min_fidelity is not None:
+            ok = ok and fr["score"] is not None and fr["score"] >= self.min_fidelity - 1e-12
+        if self.max_drop is not None:
+            ok = ok and fr["accuracy_drop"] is not None and fr["accuracy_drop"] <= self.max_drop + 1e-9
+        return ok
+
+    def host_flash(self, size: int) -> int:
+        if self.profile.kind == "mcu":
+            return size + int(self.profile.mcu.runtime_flash_bytes)
+        return size
+
+    def host_checks(self, rec: dict) -> dict:
+        fr = rec["fidelity"]
+        flash = rec["flash_bytes"]
+        fb = self.budgets["flash_bytes"]["value"]
+        return {
+            "fidelity": {"ok": self.fidelity_ok(fr), "value": fr["score"], "accuracy_drop": fr.get("accuracy_drop"),
+                         "min": self.min_fidelity, "max_accuracy_drop": self.max_drop},
+            "flash": {"ok": fb is None or flash <= fb, "value": flash, "limit": fb},
+        }
+
+    # ---------------------------------------------------------------- host phase
+    def host_phase(self) -> None:
+        from edgeprune.pipeline.plan import Plan
+        from edgeprune.pipeline.prune import PruneConfig, Pruner
+
+        c, d = self.c, self.run_dir
+        self.rates = rate_schedule(float(c.step), float(c.max_rate))
+        self.candidates: list[dict] = []
+        self.reused = 0
+        if self.resumed:
+            for i, r in enumerate(self.rates):
+                path = d / f"{candidate_name(i, r)}.json"
+                files_ok = all((d / f"{candidate_name(i, r)}{s}").is_file() for s in (".keras", ".tflite", ".plan.json"))
+                if not (path.is_file() and files_ok):
+                    break
+                try:
+                    rec = json.loads(path.read_text())
+                except (OSError, ValueError):
+                    break
+                if rec.get("format") != CANDIDATE_FORMAT or abs(rec.get("rate", -1) - r) > 1e-9:
+                    break
+                rec["reused"] = True
+                rec["checks"] = self.host_checks(rec)
+                self.candidates.append(rec)
+                self.emit("candidate", record=rec, total=len(self.rates), reused=True)
+            self.reused = len(self.candidates)
+        pconf = PruneConfig(rate=max(self.rates), criterion=c.criterion, step=float(c.step),
+                            input_range=tuple(float(v) for v in c.input_range), seed=c.seed)
+        if self.candidates:
+            last = self.candidates[-1]
+            pruner = Pruner(self.model, pconf, plan=Plan.load(d / last["files"]["plan"]))
+        else:
+            pruner = Pruner(self.model, pconf)
+        self.prunable = bool(pruner.groups)
+        if not self.prunable:
+            self.notes.append("no prunable channel group in the model: only the unpruned candidate is evaluated")
+        self.stop = None
+        for i in range(len(self.candidates), len(self.rates)):
+            if self.candidates and not self.candidates[-1]["checks"]["fidelity"]["ok"]:
+                break
+            if i > 0 and not self.prunable:
+                break
+            rec = self.make_candidate(pruner, i, self.rates[i])
+            self.candidates.append(rec)
+            self.emit("candidate", record=rec, total=len(self.rates), reused=False)
+        last = self.candidates[-1]
+        if not last["checks"]["fidelity"]["ok"]:
+            self.stop = {"reason": "fidelity", "rate": last["rate"]}
+        elif not self.prunable:
+            self.stop = {"reason": "nothing to prune", "rate": 0.0}
+        else:
+            self.stop = {"reason": "max_rate", "rate": last["rate"]}
+
+    def make_candidate(self, pruner, i: int, rate: float) -> dict:
+        from edgeprune.pipeline import convert as conv
+        from edgeprune.pipeline import fidelity as fid
+
+        c, d = self.c, self.run_dir
+        name = candidate_name(i, rate)
+        self.emit("candidate_start", index=i, rate=rate, total=len(self.rates))
+        t0 = time.perf_counter()
+        if rate > 0:
+            pruner.step_to(rate)
+        with conv.captured_output():
+            km = pruner.build()
+        t1 = time.perf_counter()
+        cc = conv.ConvertConfig(quantize=c.quantize, calibration=self.calibration,
+                                input_range=tuple(float(v) for v in c.input_range), num_calibration=SYNTHETIC_SAMPLES)
+        res = conv.convert(km, cc)
+        t2 = time.perf_counter()
+        fr = fid.evaluate(res.tflite, self.reference, self.data, self.fid_config)
+        t3 = time.perf_counter()
+        files = {"keras": f"{name}.keras", "tflite": f"{name}.tflite", "plan": f"{name}.plan.json"}
+        with conv.captured_output():
+            _save_keras_atomic(km, d / files["keras"])
+        res.save(d / files["tflite"])
+        plan = pruner.plan()
+        plan.save(d / files["plan"])
+        t4 = time.perf_counter()
+        size = res.size_bytes
+        rec = {
+            "format": CANDIDATE_FORMAT,
+            "index": i,
+            "rate": rate,
+            "name": name,
+            "files": files,
+            "params": int(km.count_params()),
+            "size_bytes": size,
+            "flash_bytes": self.host_flash(size),
+            "sha256": hashlib.sha256(res.tflite).hexdigest(),
+            "conversion": {k: v for k, v in res.to_dict().items() if k not in ("inputs", "outputs")},
+            "fidelity": fr.to_dict(),
+            "widths": plan.widths,
+            "timings": {"prune_s": round(t1 - t0, 4), "convert_s": round(t2 - t1, 4), "fidelity_s": round(t3 - t2, 4),
+                        "save_s": round(t4 - t3, 4)},
+            "created_at": _now(),
+            "pid": os.getpid(),
+            "device": None,
+        }
+        rec["checks"] = self.host_checks(rec)
+        write_json_atomic(d / f"{name}.json", rec)  # last: marks the candidate done
+        rec["reused"] = False
+        return rec

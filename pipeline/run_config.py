@@ -1,0 +1,100 @@
+"""Configuration, result and constants of ``edgeprune run`` (see :mod:`edgeprune.pipeline.run`)."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+RUN_FORMAT = "edgeprune-run/1"
+CANDIDATE_FORMAT = "edgeprune-candidate/1"
+DEFAULT_MIN_FIDELITY = 0.95
+DEFAULT_STEP = 0.05
+DEFAULT_MAX_RATE = 0.9
+SYNTHETIC_SAMPLES = 200
+CALIBRATION_MAX = 200
+# A device-budget miss within this fraction may be measurement noise: then the next smaller
+# rate is still measured. A larger miss ends the device phase (smaller rates are bigger models).
+NOISE_TOLERANCE = {"latency": 0.10, "ram": 0.05}
+QUANTIZE_CHOICES = ("int8", "float16", "float32", "dynamic")
+
+STRATEGY = (
+    "host first: every candidate is converted and checked on the host (fidelity on the "
+    "evaluation data, .tflite size against the flash budget); pruning stops at the first "
+    "candidate below the fidelity threshold. Device: only candidates that pass every host "
+    "check are measured, from the largest rate down; the first that meets the RAM and "
+    "latency budgets is the answer. After a miss, the next smaller rate is measured only if "
+    "the miss was within noise (latency 10%, RAM 5%), since smaller rates are bigger models. "
+    "Measurements are cached by the .tflite's sha256, so no file is measured twice."
+)
+
+Progress = Callable[..., None]
+
+
+# --------------------------------------------------------------------------- config / result
+@dataclass
+class RunConfig:
+    model: Optional[Path] = None  # None: the bundled example
+    device: str = "local"
+    host: Optional[str] = None
+    user: Optional[str] = None
+    port: Optional[int] = None
+    devices_dir: Optional[Path] = None
+    trust_new_host: bool = False
+    budget: Any = None  # flash / model-file bytes: int or "2MB"; None: the profile's
+    ram_budget: Any = None
+    latency_budget: Optional[float] = None  # ms
+    min_fidelity: Optional[float] = None  # default DEFAULT_MIN_FIDELITY unless max_accuracy_drop is given
+    max_accuracy_drop: Optional[float] = None  # points
+    data: Optional[Path] = None
+    quantize: str = "int8"
+    criterion: str = "paoding"
+    step: float = DEFAULT_STEP
+    max_rate: float = DEFAULT_MAX_RATE
+    out: Optional[Path] = None
+    resume: bool = False
+    force: bool = False
+    runs: int = 50
+    warmup: int = 5
+    measure_all: bool = False
+    input_range: tuple[float, float] = (0.0, 1.0)
+    seed: int = 0
+
+
+@dataclass
+class RunResult:
+    report: dict
+    exit_code: int
+    run_dir: Path
+    files: dict = field(default_factory=dict)
+
+    @property
+    def chosen(self) -> Optional[dict]:
+        return self.report.get("chosen")
+
+    def to_json(self) -> str:
+        return json.dumps(self.report, indent=1)
+
+
+
+# --------------------------------------------------------------------------- small helpers
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+def fmt_bytes(n: Optional[float]) -> str:
+    if n is None:
+        return "-"
+    from edgeprune.pipeline.report import _size
+
+    return _size(n)
+
+
+def _parse_budget(value, what: str) -> Optional[int]:
+    if value is None:
+        return None
+    from edgeprune.devices.sizes import parse_size
+
+    return parse_size(value, what=what)
+

@@ -1,0 +1,154 @@
+"""The end of ``edgeprune run``: the reasons when no candidate fits, best.tflite and report.json."""
+from __future__ import annotations
+
+import time
+
+from edgeprune.errors import EXIT_NO_CANDIDATE, EXIT_OK
+from edgeprune.pipeline.run_config import STRATEGY, RunResult, _now, fmt_bytes
+from edgeprune.pipeline.run_dir import _copy_atomic
+
+
+class FinishStage:
+    """Mixin of :class:`edgeprune.pipeline.run._Run`: reasons for exit 3 and the report."""
+
+    # ---------------------------------------------------------------- reasons
+    def score_text(self, rec: dict) -> str:
+        fr = rec["fidelity"]
+        s = f"{fr['score_name']} {fr['score']:.4f}"
+        if self.max_drop is not None and fr.get("accuracy_drop") is not None:
+            s += f", accuracy drop {fr['accuracy_drop']:.2f} points"
+        return s
+
+    def threshold_text(self) -> str:
+        parts = []
+        if self.min_fidelity is not None:
+            parts.append(f"{self.min_fidelity:g}")
+        if self.max_drop is not None:
+            parts.append(f"a {self.max_drop:g}-point accuracy drop")
+        return " / ".join(parts)
+
+    def reasons(self) -> list[str]:
+        out: list[str] = []
+        cands = self.candidates
+        fid_ok = [r for r in cands if r["checks"]["fidelity"]["ok"]]
+        fb = self.budgets["flash_bytes"]["value"]
+        if not fid_ok:
+            r0 = cands[0]
+            out.append(f"the unpruned model (rate 0, {self.c.quantize}) already misses the fidelity threshold "
+                       f"{self.threshold_text()}: {self.score_text(r0)}")
+            return out
+        flash_ok = [r for r in fid_ok if r["checks"]["flash"]["ok"]]
+        if not flash_ok:
+            s = min(fid_ok, key=lambda r: r["flash_bytes"])
+            what = "model" if self.profile.kind != "mcu" else "model + runtime"
+            out.append(f"smallest {what} within the fidelity threshold, {fmt_bytes(s['flash_bytes'])} at rate "
+                       f"{s['rate']:.2f}, is still over the {fmt_bytes(fb)} budget (by {fmt_bytes(s['flash_bytes'] - fb)})")
+        else:
+            measured = [r for r in flash_ok if r.get("measurement")]
+            for lim, unit in (("latency", "ms"), ("ram", "B")):
+                checks = [r for r in measured if lim in r["checks"]]
+                if checks and not any(r["checks"][lim]["ok"] for r in checks):
+                    best = min(checks, key=lambda r: r["checks"][lim]["value"])
+                    ck = best["checks"][lim]
+                    est = " (estimate)" if ck.get("estimate") else ""
+                    if lim == "latency":
+                        out.append(f"fastest candidate measured {ck['value']:.2f} ms{est} at rate {best['rate']:.2f}, "
+                                   f"over the {ck['limit']:g} ms latency budget by {ck['value'] - ck['limit']:.2f} ms")
+                    else:
+                        out.append(f"smallest RAM measured {fmt_bytes(ck['value'])}{est} at rate {best['rate']:.2f}, "
+                                   f"over the {fmt_bytes(ck['limit'])} RAM budget by {fmt_bytes(ck['value'] - ck['limit'])}")
+            if not out:
+                out.append("no host-passing candidate met the device budgets")
+        if self.stop["reason"] == "fidelity":
+            last = cands[-1]
+            out.append(f"fidelity fell below {self.threshold_text()} at rate {last['rate']:.2f} ({self.score_text(last)})")
+        elif self.stop["reason"] == "max_rate":
+            out.append(f"pruning stopped at --max-rate {self.c.max_rate:g} (a higher --max-rate may find a smaller model)")
+        return out
+
+    # ---------------------------------------------------------------- report
+    def finish(self) -> RunResult:
+        from edgeprune import __version__
+        from edgeprune.pipeline import report as rep
+
+        d = self.run_dir
+        chosen = self.chosen
+        best = d / "best.tflite"
+        if chosen is not None:
+            _copy_atomic(d / chosen["files"]["tflite"], best)
+        elif best.exists():
+            best.unlink()
+        exit_code = EXIT_OK if chosen is not None else EXIT_NO_CANDIDATE
+        p = self.profile
+        kind = p.kind
+        tot = {k: round(sum(r["timings"].get(k, 0.0) for r in self.candidates if not r.get("reused")), 3)
+               for k in ("prune_s", "convert_s", "fidelity_s", "save_s")}
+        tot["device_s"] = round(self.device_seconds, 3)
+        tot["load_s"] = round(getattr(self, "load_seconds", 0.0), 3)  # TF import, model, data, reference outputs
+        tot["total_s"] = round(time.perf_counter() - self.t_start, 3)
+        fr0 = self.candidates[0]["fidelity"]
+        cand_out = []
+        for r in self.candidates:
+            m = r.get("measurement")
+            cand_out.append({
+                "index": r["index"], "rate": r["rate"], "name": r["name"], "files": r["files"],
+                "params": r["params"], "size_bytes": r["size_bytes"], "flash_bytes": r["flash_bytes"],
+                "sha256": r["sha256"], "fidelity": r["fidelity"], "checks": r["checks"],
+                "meets_all": all(v["ok"] for v in r["checks"].values()) and m is not None,
+                "measurement": m, "measurement_cached": bool(r.get("measurement_cached")),
+                "not_measured": r.get("not_measured") if m is None else None,
+                "reused": bool(r.get("reused")), "timings": r["timings"], "created_at": r.get("created_at"),
+            })
+        report = {
+            "format": rep.REPORT_FORMAT,
+            "edgeprune_version": __version__,
+            "created_at": _now(),
+            "status": "ok" if chosen is not None else "no_candidate",
+            "exit_code": exit_code,
+            "run_dir": str(d),
+            "model": {"path": str(self.model_path), "name": self.model.name, "example": self.is_example,
+                      "sha256": self.model_sha, "params": int(self.model.count_params())},
+            "device": {"name": p.name, "kind": kind, "description": p.description, "host": p.host,
+                       "profile": p.source, "threads": p.threads,
+                       "latency": "estimated on the host (not measured on a board)" if kind == "mcu"
+                       else "measured on the device",
+                       "ram": ("TFLite-Micro arena measured on the host + the profile's runtime overhead"
+                               if kind == "mcu" else "peak RSS of the benchmark process, measured on the device"),
+                       "flash": ("model file + the profile's runtime overhead" if kind == "mcu"
+                                 else "the .tflite file size")},
+            "settings": {"quantize": self.c.quantize, "criterion": self.c.criterion, "step": self.c.step,
+                         "max_rate": self.c.max_rate, "runs": self.c.runs, "warmup": self.c.warmup,
+                         "measure_all": self.c.measure_all, "seed": self.c.seed,
+                         "input_range": list(self.c.input_range)},
+            "data": dict(self.data.to_dict(), calibration=self.calibration_note,
+                         synthetic=self.data.source == "synthetic"),
+            "budgets": self.budgets,
+            "fidelity_threshold": {"min_fidelity": self.min_fidelity, "max_accuracy_drop": self.max_drop,
+                                   "score_name": fr0["score_name"], "metric": fr0["metric"]},
+            "strategy": STRATEGY,
+            "stop": self.stop,
+            "chosen": None,
+            "reasons": [] if chosen is not None else self.reasons(),
+            "device_runs": {"made": self.device_runs, "cached": self.device_cached,
+                            "not_measured": sum(1 for r in cand_out if r["measurement"] is None)},
+            "resume": {"resumed": self.resumed, "candidates_reused": self.reused,
+                       "candidates_computed": len(self.candidates) - self.reused},
+            "timings": tot,
+            "candidates": cand_out,
+            "notes": self.notes,
+            "files": {"run": "run.json", "measurements": "measurements.json", "best": "best.tflite" if chosen else None,
+                      "report_json": "report.json", "report_md": "report.md", "report_png": "report.png"},
+        }
+        if chosen is not None:
+            m = chosen["measurement"]
+            report["chosen"] = {
+                "index": chosen["index"], "rate": chosen["rate"], "name": chosen["name"],
+                "tflite": chosen["files"]["tflite"], "best": "best.tflite",
+                "size_bytes": chosen["size_bytes"], "flash_bytes": chosen["flash_bytes"], "params": chosen["params"],
+                "fidelity": chosen["fidelity"]["score"], "score_name": chosen["fidelity"]["score_name"],
+                "accuracy": chosen["fidelity"].get("accuracy"), "accuracy_drop": chosen["fidelity"].get("accuracy_drop"),
+                "latency_ms": m["latency_ms"]["median"], "latency_is_estimate": bool(m.get("latency_is_estimate")),
+                "ram_bytes": m.get("ram_bytes"), "sha256": chosen["sha256"],
+            }
+        files = rep.write_reports(d, report)
+        return RunResult(report=report, exit_code=exit_code, run_dir=d, files=files)

@@ -1,0 +1,145 @@
+"""First stages of ``edgeprune run``: validate the configuration, resolve the device and budgets,
+load the model and the data (with the calibration split held out from the evaluation)."""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Optional
+
+from edgeprune.devices.base import file_sha256
+from edgeprune.errors import BadInput
+from edgeprune.pipeline.run_config import (CALIBRATION_MAX, DEFAULT_MIN_FIDELITY, QUANTIZE_CHOICES,
+                                           SYNTHETIC_SAMPLES, RunConfig, _parse_budget)
+from edgeprune.pipeline.run_dir import _prepare_dir
+
+
+# --------------------------------------------------------------------------- validation
+def _validate(config: RunConfig) -> None:
+    """Checks that need neither TensorFlow nor the device (fast bad-input errors)."""
+    if not (0.0 < float(config.step) <= 1.0):
+        raise BadInput(f"--step {config.step:g} must be in (0, 1]", "e.g. --step 0.05 (5% of the channels per step)")
+    if not (0.0 <= float(config.max_rate) < 1.0):
+        raise BadInput(f"--max-rate {config.max_rate:g} must be in [0, 1)", "e.g. --max-rate 0.9")
+    if config.quantize not in QUANTIZE_CHOICES:
+        raise BadInput(f"unknown --quantize {config.quantize!r}", f"use one of: {', '.join(QUANTIZE_CHOICES)}")
+    if config.latency_budget is not None and not float(config.latency_budget) > 0:
+        raise BadInput(f"--latency-budget {config.latency_budget:g} ms must be positive", "e.g. --latency-budget 20")
+    if config.min_fidelity is not None and not (0.0 < float(config.min_fidelity) <= 1.0):
+        raise BadInput(f"--min-fidelity {config.min_fidelity:g} must be in (0, 1]",
+                       "it is the top-1 agreement (classifiers) or cosine similarity, e.g. 0.95")
+    if config.max_accuracy_drop is not None and not (0.0 <= float(config.max_accuracy_drop) <= 100.0):
+        raise BadInput(f"--max-accuracy-drop {config.max_accuracy_drop:g} must be in [0, 100] points", "e.g. 1.0")
+    if config.runs < 1:
+        raise BadInput(f"--runs must be at least 1, got {config.runs}")
+    if config.warmup < 0:
+        raise BadInput(f"--warmup must be 0 or more, got {config.warmup}")
+    lo, hi = config.input_range
+    if not float(lo) < float(hi):
+        raise BadInput(f"input range {config.input_range} is empty", "give LO < HI, e.g. 0,1")
+    if config.model is not None:
+        p = Path(config.model)
+        if not p.exists():
+            raise BadInput(f"model file {p} does not exist", "check the path (a .keras or .h5 Keras model), or leave "
+                           "--model out to use the bundled example")
+    if config.data is not None:
+        p = Path(config.data)
+        if not p.exists():
+            raise BadInput(f"data file {p} does not exist", "check the path (.npz with x[, y], or .npy)")
+        if p.is_file() and not os.access(p, os.R_OK):
+            raise BadInput(f"data file {p} is not readable", "check its permissions")
+
+
+class SetupStage:
+    """Mixin of :class:`edgeprune.pipeline.run._Run`: ``setup`` (no TensorFlow) and ``load``."""
+
+    def setup(self) -> None:
+        c = self.c
+        _validate(c)
+        from edgeprune.devices.profile import load_profile
+
+        self.profile = load_profile(c.device, search_dirs=[c.devices_dir] if c.devices_dir else None,
+                                    host=c.host, user=c.user, port=c.port)
+        if c.trust_new_host:
+            if self.profile.connection is None:
+                raise BadInput(f"--trust-new-host applies to SSH devices; {self.profile.name!r} is kind {self.profile.kind!r}")
+            self.profile = self.profile.model_copy(update={"connection": self.profile.connection.model_copy(
+                update={"trust_new_host": True})})
+        lim = self.profile.limits
+        self.budgets = {
+            "flash_bytes": self._budget(_parse_budget(c.budget, "--budget"), lim.flash_bytes),
+            "ram_bytes": self._budget(_parse_budget(c.ram_budget, "--ram-budget"), lim.ram_bytes),
+            "latency_ms": self._budget(float(c.latency_budget) if c.latency_budget is not None else None, lim.latency_ms),
+        }
+        if c.min_fidelity is None and c.max_accuracy_drop is None:
+            self.min_fidelity: Optional[float] = DEFAULT_MIN_FIDELITY
+        else:
+            self.min_fidelity = float(c.min_fidelity) if c.min_fidelity is not None else None
+        self.max_drop = float(c.max_accuracy_drop) if c.max_accuracy_drop is not None else None
+
+        from edgeprune.pipeline.example import example_data_path, example_model_path
+
+        example = example_model_path()
+        self.model_path = Path(c.model) if c.model is not None else example
+        self.is_example = self.model_path.resolve() == example.resolve()
+        self.data_path = Path(c.data) if c.data is not None else (example_data_path() if self.is_example else None)
+        name = re.sub(r"[^A-Za-z0-9_.-]+", "_", self.model_path.stem)
+        dev = re.sub(r"[^A-Za-z0-9_.-]+", "_", self.profile.name)
+        self.run_dir = Path(c.out) if c.out is not None else Path("edgeprune-runs") / f"{name}-{dev}-{c.quantize}"
+        if self.run_dir.exists() and not self.run_dir.is_dir():
+            raise BadInput(f"--out {self.run_dir} is a file, not a folder", "choose a folder for the run")
+        _prepare_dir(self.run_dir)
+
+    def _budget(self, option, profile_value) -> dict:
+        if option is not None:
+            return {"value": option, "source": "option"}
+        return {"value": profile_value, "source": "profile" if profile_value is not None else None}
+
+    # ---------------------------------------------------------------- load (TF)
+    def load(self) -> None:
+        from edgeprune.pipeline import convert as conv
+
+        conv.quiet_import_tensorflow()
+        from edgeprune.pipeline import fidelity as fid
+        from edgeprune.pipeline.data import load_eval_data, synthetic_data
+        from edgeprune.pipeline.importance import CRITERIA
+        from edgeprune.pipeline.loading import load_model
+
+        c = self.c
+        if c.criterion not in CRITERIA:
+            raise BadInput(f"unknown --criterion {c.criterion!r}", f"use one of: {', '.join(CRITERIA)}")
+        self.emit("status", text=f"loading {self.model_path.name}")
+        self.model = load_model(self.model_path)
+        self.model_sha = file_sha256(self.model_path)
+        if self.data_path is not None:
+            data = load_eval_data(self.data_path, self.model)
+            n = data.n
+            if n >= 50:  # hold out a calibration subset: int8 is never calibrated on the evaluation samples
+                import numpy as np
+
+                idx = np.arange(n)
+                cal = idx[::5][:CALIBRATION_MAX]
+                rest = np.setdiff1d(idx, cal)
+                self.calibration = data.x[cal]
+                data.x = data.x[rest]
+                if data.y is not None:
+                    data.y = data.y[rest]
+                cal_note = f"{len(cal)} samples of the data (every 5th), held out from the evaluation"
+            else:
+                self.calibration = data.x
+                cal_note = f"all {n} samples (fewer than 50: the evaluation samples themselves)"
+                self.notes.append(f"int8 calibrated on the evaluation data itself ({n} samples, fewer than 50)")
+            self.data = data
+            self.data_id = "file:" + file_sha256(self.data_path)
+        else:
+            self.data = synthetic_data(self.model, SYNTHETIC_SAMPLES, tuple(c.input_range), seed=1)
+            self.calibration = None
+            cal_note = f"{SYNTHETIC_SAMPLES} synthetic samples uniform in {list(c.input_range)} (seed 0)"
+            self.data_id = f"synthetic:{SYNTHETIC_SAMPLES}:seed1:{list(c.input_range)}"
+            self.notes.append("no --data: fidelity is measured on SYNTHETIC (data-free) inputs, not on real samples")
+        self.calibration_note = cal_note if c.quantize == "int8" else None
+        if self.max_drop is not None and self.data.y is None:
+            raise BadInput("--max-accuracy-drop needs labelled data", "pass --data with labels (an .npz with x and y), "
+                           "or use --min-fidelity")
+        self.reference = fid.keras_outputs(self.model, self.data.x)
+        self.fid_config = fid.FidelityConfig()
