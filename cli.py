@@ -44,6 +44,12 @@ class Criterion(str, Enum):
     random = "random"
 
 
+class LatencyStat(str, Enum):
+    p50 = "p50"
+    p90 = "p90"
+    p99 = "p99"
+
+
 class Metric(str, Enum):
     auto = "auto"
     top1 = "top1"
@@ -468,7 +474,7 @@ def run(
     device: Annotated[str, typer.Option("--device", "-d", help="Device profile name (edgeprune devices list) or a .yaml path.")] = "local",
     budget: Annotated[Optional[str], typer.Option("--budget", help="Flash / model-file budget: '2MB' (10^6), '512KiB' (2^10), bytes. Default: the profile's.")] = None,
     ram_budget: Annotated[Optional[str], typer.Option("--ram-budget", help="RAM budget, same units. Default: the profile's.")] = None,
-    latency_budget: Annotated[Optional[float], typer.Option("--latency-budget", help="Latency budget in ms (median). Default: the profile's, if any.")] = None,
+    latency_budget: Annotated[Optional[float], typer.Option("--latency-budget", help="Latency budget in ms, checked on --latency-stat (p50 by default). Default: the profile's, if any.")] = None,
     min_fidelity: Annotated[Optional[float], typer.Option("--min-fidelity", help="Minimum fidelity score vs the original model: top-1 agreement (classifiers) or cosine similarity. Default 0.95 unless --max-accuracy-drop is given.")] = None,
     max_accuracy_drop: Annotated[Optional[float], typer.Option("--max-accuracy-drop", help="Maximum accuracy drop in points (needs labelled --data).")] = None,
     data: Annotated[Optional[Path], typer.Option("--data", help="Evaluation/calibration data (.npz with x[, y], or .npy). Default: the example's 1000 labelled images for the example model, else synthetic (labelled as such).")] = None,
@@ -479,8 +485,15 @@ def run(
     out_dir: Annotated[Optional[Path], typer.Option("--out", "-o", help="Run directory. Default ./edgeprune-runs/<model>-<device>-<quantize>.")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run in --out without redoing finished candidates.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Discard a run of a DIFFERENT configuration in --out and start over.")] = False,
-    runs: Annotated[int, typer.Option(help="Timed inferences per device measurement.")] = 50,
-    warmup: Annotated[int, typer.Option(help="Untimed inferences before timing.")] = 5,
+    runs: _NumRuns = 50,
+    warmup: _WarmupRuns = 5,
+    threads: Annotated[Optional[int], typer.Option("--num-threads", "--threads", help="Interpreter threads on the device (default: the profile's).")] = None,
+    min_secs: _MinSecs = 1.0,
+    max_secs: _MaxSecs = 150.0,
+    warmup_min_secs: _WarmupMinSecs = 0.5,
+    latency_stat: Annotated[LatencyStat, typer.Option("--latency-stat", help="Statistic of the timed runs the latency budget is checked on.")] = LatencyStat.p50,
+    round_to: Annotated[Optional[int], typer.Option("--round-to", help="Keep every pruned width a multiple of N (SIMD width). Default: the profile's round_to, if any.")] = None,
+    predict: Annotated[bool, typer.Option("--predict/--no-predict", help="Skip converting candidates whose predicted size cannot fit the flash budget.")] = True,
     measure_all: Annotated[bool, typer.Option("--measure-all", help="Measure every candidate that passes the host checks (for the latency curve), not just the fewest needed.")] = False,
     input_range: Annotated[str, typer.Option("--input-range", help="Model input range 'LO,HI' (PAODING bounds, synthetic data).")] = "0,1",
     seed: Annotated[int, typer.Option(help="Seed (random criterion).")] = 0,
@@ -507,6 +520,8 @@ def run(
                        latency_budget=latency_budget, min_fidelity=min_fidelity, max_accuracy_drop=max_accuracy_drop,
                        data=data, quantize=quantize.value, criterion=criterion.value, step=step, max_rate=max_rate, out=out_dir,
                        resume=resume, force=force, runs=runs, warmup=warmup, measure_all=measure_all,
+                       threads=threads, min_secs=min_secs, max_secs=max_secs, warmup_min_secs=warmup_min_secs,
+                       latency_stat=latency_stat.value, round_to=round_to, predict=predict,
                        input_range=(lo, hi), seed=seed)
     with RunProgress(err) as progress:
         result = run_search(config, progress=progress)

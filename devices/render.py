@@ -6,10 +6,6 @@ from rich.table import Table
 from edgeprune.devices.sizes import SIZE_UNITS_NOTE, format_size
 
 
-def _size(n) -> str:
-    return format_size(n)
-
-
 def _kind(name: str, kind: str) -> str:
     """'pi4 (ssh)', but just 'local' for the local profile: never the same word twice."""
     return name if name == kind else f"{name} ({kind})"
@@ -35,7 +31,7 @@ def devices_table(profiles) -> Table:
                 host = f"{c.user}@{host}"
         elif p.kind == "local":
             host = "this machine"
-        t.add_row(p.name, p.kind, host, str(p.threads or "-"), _size(p.limits.flash_bytes), _size(p.limits.ram_bytes),
+        t.add_row(p.name, p.kind, host, str(p.threads or "-"), format_size(p.limits.flash_bytes), format_size(p.limits.ram_bytes),
                   f"{p.limits.latency_ms:g} ms" if p.limits.latency_ms else "-")
     return t
 
@@ -65,14 +61,14 @@ def bench_table(m) -> Table:
         if m.load_per_core is not None:
             t.add_row("load before measuring", f"{m.loadavg_1m:.2f} (1-min average), {m.load_per_core:.2f} per core")
         t.add_row("load / first inference", f"{m.load_ms:.1f} ms / {m.first_inference_ms:.2f} ms")
-        t.add_row("peak RSS", _size(m.peak_rss_bytes))
+        t.add_row("peak RSS", format_size(m.peak_rss_bytes))
     if m.kind == "mcu":
         arena = m.extra.get("arena", {})
         t.add_row("MACs", f"{m.extra.get('macs', 0):,}")
-        t.add_row("TFLM arena (measured on host)", _size(arena.get("arena_bytes")))
-        t.add_row("RAM (arena + runtime)", _size(m.ram_bytes))
-        t.add_row("flash (model + runtime)", _size(m.flash_bytes))
-    t.add_row("model", f"{_size(m.model_bytes)} sha256 {m.model_sha256[:16]}…")
+        t.add_row("TFLM arena (measured on host)", format_size(arena.get("arena_bytes")))
+        t.add_row("RAM (arena + runtime)", format_size(m.ram_bytes))
+        t.add_row("flash (model + runtime)", format_size(m.flash_bytes))
+    t.add_row("model", f"{format_size(m.model_bytes)} sha256 {m.model_sha256[:16]}…")
     t.add_row("runtime", f"{m.runtime} {m.runtime_version or ''}".strip())
     if m.arch or m.python_version:
         t.add_row("arch / Python", f"{m.arch or '-'} / {m.python_version or '-'}")
@@ -102,8 +98,8 @@ def check_table(profile, info: dict) -> Table:
         t.add_row("load (1-min average)", f"{info['loadavg_1m']:.2f}, {info['load_per_core']:.2f} per core")
     mem = info.get("memory") or {}
     if mem:
-        t.add_row("memory available / total", f"{_size(mem.get('MemAvailable'))} / {_size(mem.get('MemTotal'))}")
-    t.add_row("disk free (work dir)", _size(info.get("disk_free_bytes")))
+        t.add_row("memory available / total", f"{format_size(mem.get('MemAvailable'))} / {format_size(mem.get('MemTotal'))}")
+    t.add_row("disk free (work dir)", format_size(info.get("disk_free_bytes")))
     if info.get("wall_s") is not None:
         t.add_row("check took", f"{info['wall_s']:.2f} s")
     return t

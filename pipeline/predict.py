@@ -127,6 +127,10 @@ class FlashPredictor:
         self.margin: Optional[float] = None
         self.check: Optional[dict] = None
 
+    def key(self) -> list:
+        """What a skip depended on (a resumed run re-decides when it changed)."""
+        return [self.budget, self.runtime_bytes]
+
     @property
     def ready(self) -> bool:
         return self.overhead is not None

@@ -41,7 +41,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from edgeprune.devices.sizes import SIZE_UNITS_NOTE
+from edgeprune.devices.sizes import SIZE_UNITS_NOTE, format_size
 from edgeprune.pipeline.plan import write_json_atomic
 from edgeprune.pipeline.run_table import (  # cell texts shared with the terminal table
     accuracy_change_text,
@@ -53,13 +53,6 @@ from edgeprune.pipeline.run_table import (  # cell texts shared with the termina
 )
 
 REPORT_FORMAT = "edgeprune-report/1"
-
-
-def _size(n) -> str:
-    """Every size in the reports: SI kB / MB through the one formatter."""
-    from edgeprune.devices.sizes import format_size
-
-    return format_size(n)
 
 
 def _write_text_atomic(path: Path, text: str) -> None:
@@ -94,8 +87,8 @@ def summary_line(report: dict) -> str:
             lat += f" ±{ch['latency_spread_ms'] / 2:.2g}"
         drop = ("" if ch.get("accuracy_drop") is None
                 else f" (accuracy change {accuracy_change_text({'accuracy_drop': ch['accuracy_drop']})} pt)")
-        return (f"chosen: rate {ch['rate']:.2f}, {_size(ch['size_bytes'])}, "
-                f"{ch['score_name']} {ch['fidelity']:.4f}{drop}, latency {stat} {lat}, RAM {_size(ch['ram_bytes'])}")
+        return (f"chosen: rate {ch['rate']:.2f}, {format_size(ch['size_bytes'])}, "
+                f"{ch['score_name']} {ch['fidelity']:.4f}{drop}, latency {stat} {lat}, RAM {format_size(ch['ram_bytes'])}")
     return "no candidate meets every limit: " + "; ".join(report.get("reasons") or [])
 
 
@@ -118,15 +111,18 @@ def markdown(report: dict) -> str:
                  + (", labelled" if data["labelled"] else "") + (f"; int8 calibration: {data['calibration']}"
                                                                   if data.get("calibration") else ""))
     s = report["settings"]
-    lines.append(f"- quantize {s['quantize']}, criterion {s['criterion']}, step {s['step']:g}, max rate {s['max_rate']:g}, "
-                 f"device runs of {s['runs']} timed inferences after {s['warmup']} warm-up")
+    timing = (f"at least {s['runs']} timed inferences and {s.get('min_secs', 0):g} s after at least {s['warmup']} "
+              f"warm-up and {s.get('warmup_min_secs', 0):g} s, at most {s.get('max_secs', 150):g} s each"
+              if "min_secs" in s else f"{s['runs']} timed inferences after {s['warmup']} warm-up")
+    lines.append(f"- quantize {s['quantize']}, criterion {s['criterion']}, step {s['step']:g}, max rate {s['max_rate']:g}"
+                 + (f", round to {s['round_to']}" if s.get("round_to") else "") + f"; device runs: {timing}")
 
     def bud(key, fmt):
         v = b[key]
         return "none" if v["value"] is None else f"{fmt(v['value'])} (from {v['source']})"
 
-    lines.append(f"- budgets ({SIZE_UNITS_NOTE}): flash {bud('flash_bytes', _size)}, "
-                 f"RAM {bud('ram_bytes', _size)}, "
+    lines.append(f"- budgets ({SIZE_UNITS_NOTE}): flash {bud('flash_bytes', format_size)}, "
+                 f"RAM {bud('ram_bytes', format_size)}, "
                  f"latency {bud('latency_ms', lambda v: f'{v:g} ms')} ({latency_stat(report)})")
     thr = []
     if ft.get("min_fidelity") is not None:
@@ -136,6 +132,10 @@ def markdown(report: dict) -> str:
     lines.append(f"- fidelity threshold: {' and '.join(thr)} (against the original float Keras model)")
     stop = report["stop"]
     lines.append(f"- pruning stopped: {stop['reason']} at rate {stop['rate']:.2f}")
+    pr = report.get("prediction") or {}
+    if pr.get("skipped"):
+        lines.append(f"- prediction: {len(pr['skipped'])} candidates predicted over the flash budget were not "
+                     f"converted ({pr.get('conversions_saved', 0)} conversions saved this invocation)")
     dr = report["device_runs"]
     lines.append(f"- device runs: {dr['made']} made, {dr['cached']} from the cache, "
                  f"{dr['not_measured']} candidates not measured")
@@ -156,7 +156,7 @@ def markdown(report: dict) -> str:
     for c in report["candidates"]:
         fr = c["fidelity"]
         score = "-" if fr.get("score") is None else f"{fr['score']:.4f}"
-        lines.append(f"| {c['index']} | {c['rate']:.2f} | {c['params']:,} | {_size(c['size_bytes'])} | {_size(c['flash_bytes'])} "
+        lines.append(f"| {c['index']} | {c['rate']:.2f} | {c['params']:,} | {format_size(c['size_bytes'])} | {format_size(c['flash_bytes'])} "
                      f"| {score} | {accuracy_change_text(fr)} | {latency_text(c, stat)} | {ram_text(c)} "
                      f"| {verdict(c, chosen_index)} |")
     nm = [c for c in report["candidates"] if c.get("not_measured")]
@@ -192,9 +192,9 @@ def plot(report: dict, path: Path) -> Path:
     ax_s.plot(rates, sizes, "o-", color="tab:blue", label="model + runtime (host)" if mcu else ".tflite size")
     if b["flash_bytes"]["value"] is not None and b["flash_bytes"]["value"] <= 4 * max(sizes) * 1e3:
         ax_s.axhline(b["flash_bytes"]["value"] / 1e3, color="tab:red", ls="--",
-                     label=f"flash budget {_size(b['flash_bytes']['value'])}")
+                     label=f"flash budget {format_size(b['flash_bytes']['value'])}")
     elif b["flash_bytes"]["value"] is not None:
-        ax_s.text(0.99, 0.95, f"flash budget {_size(b['flash_bytes']['value'])} (off the scale)", ha="right", va="top",
+        ax_s.text(0.99, 0.95, f"flash budget {format_size(b['flash_bytes']['value'])} (off the scale)", ha="right", va="top",
                   transform=ax_s.transAxes, fontsize=8, color="tab:red")
     ax_s.set_ylabel("kB")
     ax_s.set_ylim(bottom=0)
@@ -221,14 +221,15 @@ def plot(report: dict, path: Path) -> Path:
 
     # fidelity
     ft = report["fidelity_threshold"]
-    scores = [c["fidelity"]["score"] for c in cands]
+    scores = [c["fidelity"]["score"] if c["fidelity"].get("score") is not None else float("nan") for c in cands]
     ax_f.plot(rates, scores, "o-", color="tab:purple", label=ft["score_name"])
     if ft.get("min_fidelity") is not None:
         ax_f.axhline(ft["min_fidelity"], color="tab:red", ls="--", label=f"threshold {ft['min_fidelity']:g}")
     if ft.get("max_accuracy_drop") is not None:
-        accs = [c["fidelity"].get("accuracy") for c in cands]
+        accs = [c["fidelity"].get("accuracy") for c in cands if not c.get("skipped")]
+        rates_acc = [c["rate"] for c in cands if not c.get("skipped")]
         if all(a is not None for a in accs):
-            ax_f.plot(rates, accs, "^-", color="tab:orange", label="accuracy")
+            ax_f.plot(rates_acc, accs, "^-", color="tab:orange", label="accuracy")
             ref = cands[0]["fidelity"].get("reference_accuracy")
             if ref is not None:
                 ax_f.axhline(ref - ft["max_accuracy_drop"] / 100, color="tab:orange", ls=":",
@@ -245,7 +246,8 @@ def plot(report: dict, path: Path) -> Path:
         ax_l.plot([ch["rate"]], [ch["latency_ms"]], "*", ms=16, color="gold", mec="k", label="chosen")
     for ax in axes:
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, loc="best")
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp.png")
     os.close(fd)
@@ -311,9 +313,13 @@ class RunProgress:
             ck = rec["checks"]
             t = rec["timings"]
             tag = "reused" if info.get("reused") else (f"{t['prune_s'] + t['convert_s'] + t['fidelity_s'] + t['save_s']:.1f} s")
+            if rec.get("skipped"):
+                p.console.print(keep_units(f"  rate {rec['rate']:.2f}: not converted: {rec['skipped']}"), highlight=False)
+                return
             fails = [k for k in ("fidelity", "flash") if not ck[k]["ok"]]
-            p.console.print(f"  rate {rec['rate']:.2f}: {_size(rec['size_bytes'])}, {rec['fidelity']['score_name']} "
-                            f"{rec['fidelity']['score']:.4f}" + (f"  [red]fails {', '.join(fails)}[/red]" if fails else "")
+            p.console.print(keep_units(f"  rate {rec['rate']:.2f}: {format_size(rec['size_bytes'])}, "
+                            f"{rec['fidelity']['score_name']} {rec['fidelity']['score']:.4f}")
+                            + (f"  [red]fails {', '.join(fails)}[/red]" if fails else "")
                             + f"  [dim]({tag})[/dim]", highlight=False)
         elif event == "device_phase":
             if self.host is not None:
@@ -371,7 +377,7 @@ def print_outcome(console, report: dict) -> None:
         thr.append(f"accuracy drop <= {ft['max_accuracy_drop']:g} pt")
     if report["device"].get("load_warning"):
         console.print(f"[yellow]warning:[/yellow] {report['device']['load_warning']}", highlight=False)
-    console.print(f"budgets: flash {bud('flash_bytes', _size)}, RAM {bud('ram_bytes', _size)}, "
+    console.print(f"budgets: flash {bud('flash_bytes', format_size)}, RAM {bud('ram_bytes', format_size)}, "
                   f"latency {bud('latency_ms', lambda v: f'{v:g} ms')}; fidelity: {' and '.join(thr)}"
                   + (" [yellow](synthetic data)[/yellow]" if report["data"].get("synthetic") else ""), highlight=False)
     dr = report["device_runs"]

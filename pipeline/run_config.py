@@ -60,6 +60,14 @@ class RunConfig:
     measure_all: bool = False
     input_range: tuple[float, float] = (0.0, 1.0)
     seed: int = 0
+    # time-based measurement (TFLite benchmark_model's rules; see devices.base.BenchConfig)
+    threads: Optional[int] = None  # None: the profile's
+    min_secs: float = 1.0
+    max_secs: float = 150.0
+    warmup_min_secs: float = 0.5
+    latency_stat: str = "p50"  # the statistic the latency budget is checked on: p50, p90, p99
+    round_to: Optional[int] = None  # None: the profile's round_to (if any)
+    predict: bool = True  # skip converting candidates predicted over the flash budget
 
 
 @dataclass
@@ -81,14 +89,6 @@ class RunResult:
 # --------------------------------------------------------------------------- small helpers
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
-
-
-def fmt_bytes(n: Optional[float]) -> str:
-    if n is None:
-        return "-"
-    from edgeprune.pipeline.report import _size
-
-    return _size(n)
 
 
 def _parse_budget(value, what: str) -> Optional[int]:

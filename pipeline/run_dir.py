@@ -80,8 +80,11 @@ class RunDirStage:
 
     def fingerprint(self) -> dict:
         c = self.c
-        return {"model_sha256": self.model_sha, "data": self.data_id, "quantize": c.quantize, "criterion": c.criterion,
-                "step": round(float(c.step), 6), "seed": c.seed, "input_range": [float(v) for v in c.input_range]}
+        fp = {"model_sha256": self.model_sha, "data": self.data_id, "quantize": c.quantize, "criterion": c.criterion,
+              "step": round(float(c.step), 6), "seed": c.seed, "input_range": [float(v) for v in c.input_range]}
+        if getattr(self, "round_to", None) is not None:  # only then: older run dirs keep their fingerprint
+            fp["round_to"] = int(self.round_to)
+        return fp
 
     def open_run_dir(self) -> None:
         c, d = self.c, self.run_dir
@@ -139,4 +142,6 @@ class RunDirStage:
             "step": c.step, "max_rate": c.max_rate, "budgets": {k: v["value"] for k, v in self.budgets.items()},
             "min_fidelity": self.min_fidelity, "max_accuracy_drop": self.max_drop, "runs": c.runs, "warmup": c.warmup,
             "measure_all": c.measure_all, "input_range": list(c.input_range), "seed": c.seed,
+            "threads": c.threads, "min_secs": c.min_secs, "max_secs": c.max_secs, "warmup_min_secs": c.warmup_min_secs,
+            "latency_stat": c.latency_stat, "round_to": getattr(self, "round_to", None), "predict": c.predict,
         }

@@ -15,6 +15,14 @@ from edgeprune.pipeline.run_dir import _prepare_dir
 
 
 # --------------------------------------------------------------------------- validation
+def bench_config(config: RunConfig):
+    """The device measurement settings of a run (time-based, as benchmark_model)."""
+    from edgeprune.devices.base import BenchConfig
+
+    return BenchConfig(runs=config.runs, warmup=config.warmup, threads=config.threads, min_secs=config.min_secs,
+                       max_secs=config.max_secs, warmup_min_secs=config.warmup_min_secs)
+
+
 def _validate(config: RunConfig) -> None:
     """Checks that need neither TensorFlow nor the device (fast bad-input errors)."""
     if not (0.0 < float(config.step) <= 1.0):
@@ -34,6 +42,13 @@ def _validate(config: RunConfig) -> None:
         raise BadInput(f"--runs must be at least 1, got {config.runs}")
     if config.warmup < 0:
         raise BadInput(f"--warmup must be 0 or more, got {config.warmup}")
+    bench_config(config)  # --min-secs / --max-secs / --warmup-min-secs / --num-threads (BadInput)
+    from edgeprune.pipeline.noise import LATENCY_STATS
+
+    if config.latency_stat not in LATENCY_STATS:
+        raise BadInput(f"unknown --latency-stat {config.latency_stat!r}", f"use one of: {', '.join(LATENCY_STATS)}")
+    if config.round_to is not None and config.round_to < 1:
+        raise BadInput(f"--round-to {config.round_to} must be a positive integer", "e.g. --round-to 4 (SIMD width)")
     lo, hi = config.input_range
     if not float(lo) < float(hi):
         raise BadInput(f"input range {config.input_range} is empty", "give LO < HI, e.g. 0,1")
@@ -65,6 +80,8 @@ class SetupStage:
                 raise BadInput(f"--trust-new-host applies to SSH devices; {self.profile.name!r} is kind {self.profile.kind!r}")
             self.profile = self.profile.model_copy(update={"connection": self.profile.connection.model_copy(
                 update={"trust_new_host": True})})
+        self.round_to = c.round_to if c.round_to is not None else self.profile.round_to
+        self.latency_stat = c.latency_stat
         lim = self.profile.limits
         self.budgets = {
             "flash_bytes": self._budget(_parse_budget(c.budget, "--budget"), lim.flash_bytes),

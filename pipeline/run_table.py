@@ -23,12 +23,8 @@ from edgeprune.devices.sizes import format_size
 WIDE_MIN = 104  # below this many columns: the compact layout
 NBSP = "\u00a0"
 
-__all__ = ["candidates_table", "keep_units", "latency_text", "ram_text", "size_text", "accuracy_change_text", "verdict",
+__all__ = ["candidates_table", "keep_units", "latency_text", "ram_text", "accuracy_change_text", "verdict",
            "latency_stat", "WIDE_MIN"]
-
-
-def size_text(n) -> str:
-    return format_size(n)
 
 
 def latency_stat(report_or_settings: Optional[dict]) -> str:
@@ -89,7 +85,7 @@ def verdict(c: dict, chosen_index, *, short: bool = False) -> str:
     if c["index"] == chosen_index:
         return "CHOSEN"
     if c.get("skipped"):
-        return "skipped" if short else "not converted: " + c["skipped"]
+        return "not converted" if short else "not converted (predicted over flash)"
     failed = [k for k, v in c["checks"].items() if not v["ok"]]
     noisy = [k for k, v in c["checks"].items() if v.get("within_noise")]
     if noisy and not [k for k in failed if k not in noisy]:
@@ -162,12 +158,26 @@ def candidates_table(report: dict, width: Optional[int] = None):
         row = [str(c["index"]), f"{c['rate']:.2f}"]
         if not compact:
             row.append(f"{c['params']:,}")
-        row += [_nb(format_size(size)), score, accuracy_change_text(fr), lat_cell, _nb(ram_text(c)), v]
+        size_cell = ("~" if c.get("skipped") else "") + format_size(size)  # ~: predicted, never converted
+        row += [_nb(size_cell), score, accuracy_change_text(fr), lat_cell, _nb(ram_text(c)), v]
         t.add_row(*row, style=style)
-        if compact and v in ("skipped", "not measured", "within noise"):
+        if c.get("skipped"):
+            why = "not converted: size (~) predicted over the flash budget even with the margin"
+        elif compact and v in ("not measured", "within noise"):
             why = verdict(c, chosen_index, short=False)
-            notes.setdefault(why, []).append(f"{c['rate']:.2f}")
-    if compact and notes:
-        t.caption = "\n".join(f"rate{'s' if len(r) > 1 else ''} {', '.join(r)}: {why}" for why, r in notes.items())
+        else:
+            continue
+        notes.setdefault(why, []).append(c["rate"])
+    if notes:
+        t.caption = "\n".join(keep_units(f"{_rates(r)}: {why}") for why, r in notes.items())
         t.caption_justify = "left"
     return t
+
+
+def _rates(rates: list) -> str:
+    """'rate 0.05', 'rates 0.05-0.50' (consecutive candidates), 'rates 0.05, 0.20'."""
+    if len(rates) == 1:
+        return f"rate {rates[0]:.2f}"
+    if len(rates) > 2:
+        return f"rates {rates[0]:.2f}-{rates[-1]:.2f}"
+    return "rates " + ", ".join(f"{r:.2f}" for r in rates)
