@@ -49,6 +49,7 @@ from edgeprune.pipeline.run_table import (  # cell texts shared with the termina
     latency_stat,
     latency_text,
     ram_text,
+    spread_text,
     verdict,
 )
 
@@ -84,7 +85,7 @@ def summary_line(report: dict) -> str:
         stat = latency_stat(report)
         lat = f"{ch['latency_ms']:.3f} ms" + (" (estimate)" if ch["latency_is_estimate"] else "")
         if not ch["latency_is_estimate"] and ch.get("latency_spread_ms") is not None:
-            lat += f" ±{ch['latency_spread_ms'] / 2:.2g}"
+            lat += " " + spread_text({"latency_ms": {"iqr": ch["latency_spread_ms"]}})
         drop = ("" if ch.get("accuracy_drop") is None
                 else f" (accuracy change {accuracy_change_text({'accuracy_drop': ch['accuracy_drop']})} pt)")
         return (f"chosen: rate {ch['rate']:.2f}, {format_size(ch['size_bytes'])}, "

@@ -40,10 +40,15 @@ class FinishStage:
             return out
         flash_ok = [r for r in fid_ok if r["checks"]["flash"]["ok"]]
         if not flash_ok:
-            s = min(fid_ok, key=lambda r: r["flash_bytes"])
+            s = min(fid_ok + [r for r in cands if r.get("skipped")], key=lambda r: r["flash_bytes"])
             what = "model" if self.profile.kind != "mcu" else "model + runtime"
-            out.append(f"smallest {what} within the fidelity threshold, {format_size(s['flash_bytes'])} at rate "
-                       f"{s['rate']:.2f}, is still over the {format_size(fb)} budget (by {format_size(s['flash_bytes'] - fb)})")
+            if s.get("skipped"):
+                out.append(f"smallest {what}, ~{format_size(s['flash_bytes'])} at rate {s['rate']:.2f} (predicted, not "
+                           f"converted), is still over the {format_size(fb)} budget (by ~{format_size(s['flash_bytes'] - fb)})")
+            else:
+                out.append(f"smallest {what} within the fidelity threshold, {format_size(s['flash_bytes'])} at rate "
+                           f"{s['rate']:.2f}, is still over the {format_size(fb)} budget "
+                           f"(by {format_size(s['flash_bytes'] - fb)})")
         else:
             measured = [r for r in flash_ok if r.get("measurement")]
             for lim, unit in (("latency", "ms"), ("ram", "B")):

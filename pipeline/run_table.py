@@ -46,7 +46,9 @@ def spread_text(m: Optional[dict]) -> str:
     if not m or m.get("latency_is_estimate"):
         return ""
     iqr = m["latency_ms"].get("iqr")
-    return "" if iqr is None else f"±{iqr / 2:.2g}"
+    if iqr is None:
+        return ""
+    return "±<0.001" if iqr / 2 < 0.0005 else f"±{iqr / 2:.3f}"
 
 
 def latency_text(c: dict, stat: str = "p50", *, spread: bool = True) -> str:
@@ -163,7 +165,10 @@ def candidates_table(report: dict, width: Optional[int] = None):
         t.add_row(*row, style=style)
         if c.get("skipped"):
             why = "not converted: size (~) predicted over the flash budget even with the margin"
-        elif compact and v in ("not measured", "within noise"):
+        elif compact and v == "not measured":
+            why = c.get("not_measured") or "not measured"
+            why = why if why.startswith("not measured") else "not measured: " + why
+        elif compact and v == "within noise":
             why = verdict(c, chosen_index, short=False)
         else:
             continue

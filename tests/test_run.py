@@ -87,22 +87,24 @@ def test_budget_forces_pruning_and_picks_the_largest_rate_that_meets_it(tmp_path
 # --------------------------------------------------------------------------- no candidate
 def test_budget_nobody_meets_exits_3_with_the_reason(tmp_path, capsys):
     out = tmp_path / "run"
+    # --no-predict: every candidate is converted, so the fidelity stop is known (with prediction,
+    # all are skipped as over 100 kB: tests/test_predict.py)
     code, rep, err = run_json(capsys, ["--out", str(out), *FAST, "--max-rate", "0.5", "--budget", "100kB",
-                                       "--min-fidelity", "0.95"])
+                                       "--min-fidelity", "0.95", "--no-predict"])
     assert code == 3, err
     assert rep["status"] == "no_candidate" and rep["chosen"] is None
     text = " ".join(rep["reasons"])
-    assert "over the 100 KB budget" in text and "smallest model" in text
+    assert "over the 100 kB budget" in text and "smallest model" in text
     assert "fidelity fell below 0.95" in text
     assert rep["device_runs"]["made"] == 0  # nothing passed the host checks: no device run
     assert not (out / "best.tflite").exists()
-    assert "over the 100 KB budget" in (out / "report.md").read_text()
+    assert "over the 100 kB budget" in (out / "report.md").read_text()
     # the human output says it too
     code = run_cli(["run", "--out", str(out), *FAST, "--max-rate", "0.5", "--budget", "100kB", "--min-fidelity",
-                    "0.95", "--resume"])
+                    "0.95", "--resume", "--no-predict"])
     cap = capsys.readouterr()
     assert code == 3
-    assert "no candidate meets every limit" in cap.out and "over the 100 KB budget" in cap.out
+    assert "no candidate meets every limit" in cap.out and "over the 100 kB budget" in cap.out
 
 
 # --------------------------------------------------------------------------- kill + resume
