@@ -529,7 +529,9 @@ def run(
         sys.stdout.write(result.to_json() + "\n")
         sys.stdout.flush()
     else:
-        out.print(candidates_table(result.report, out.width))
+        from edgeprune.pipeline.run_table import print_kept
+
+        print_kept(out, candidates_table(result.report, out.width))
         print_outcome(out, result.report)
     raise typer.Exit(result.exit_code)
 

@@ -129,7 +129,7 @@ class DevicePhase:
             r["measurement_cached"] = cached
             r["timings"]["device_s"] = round(spent, 4) if not cached else 0.0
             ok = all(v["ok"] for v in r["checks"].values())
-            self.emit("device_done", record=r, cached=cached, ok=ok)
+            self.emit("device_done", record=r, cached=cached, ok=ok, latency_stat=self.c.latency_stat)
             # keep the candidate's metrics file up to date with its measurement
             disk = {k: v for k, v in r.items() if k not in ("reused",)}
             write_json_atomic(self.run_dir / f"{r['name']}.json", dict(disk, device=m))

@@ -47,6 +47,7 @@ from edgeprune.pipeline.run_table import (  # cell texts shared with the termina
     accuracy_change_text,
     keep_units,
     latency_stat,
+    print_kept,
     latency_text,
     ram_text,
     spread_text,
@@ -315,13 +316,12 @@ class RunProgress:
             t = rec["timings"]
             tag = "reused" if info.get("reused") else (f"{t['prune_s'] + t['convert_s'] + t['fidelity_s'] + t['save_s']:.1f} s")
             if rec.get("skipped"):
-                p.console.print(keep_units(f"  rate {rec['rate']:.2f}: not converted: {rec['skipped']}"), highlight=False)
+                print_kept(p.console, f"  rate {rec['rate']:.2f}: not converted: {rec['skipped']}")
                 return
             fails = [k for k in ("fidelity", "flash") if not ck[k]["ok"]]
-            p.console.print(keep_units(f"  rate {rec['rate']:.2f}: {format_size(rec['size_bytes'])}, "
-                            f"{rec['fidelity']['score_name']} {rec['fidelity']['score']:.4f}")
-                            + (f"  [red]fails {', '.join(fails)}[/red]" if fails else "")
-                            + f"  [dim]({tag})[/dim]", highlight=False)
+            print_kept(p.console, f"  rate {rec['rate']:.2f}: {format_size(rec['size_bytes'])}, "
+                       f"{rec['fidelity']['score_name']} {rec['fidelity']['score']:.4f}"
+                       + (f"  [red]fails {', '.join(fails)}[/red]" if fails else "") + f"  [dim]({tag})[/dim]")
         elif event == "device_phase":
             if self.host is not None:
                 p.update(self.host, description="prune + convert + fidelity: done",
@@ -337,12 +337,14 @@ class RunProgress:
         elif event == "device_done" and self.dev is not None:
             p.advance(self.dev)
             rec = info["record"]
-            lat = latency_text(rec)
-            p.console.print(f"  device {'cached' if info['cached'] else 'run'}: rate {rec['rate']:.2f}: {lat}, "
-                            f"RAM {ram_text(rec)}" + ("  [green]meets all[/green]" if info["ok"] else
-                                                     "  [red]fails " + ", ".join(k for k, v in rec["checks"].items()
-                                                                                 if not v["ok"]) + "[/red]"),
-                            highlight=False)
+            lat = latency_text(rec, latency_stat(info))
+            ck = rec["checks"].get("latency") or {}
+            tail = "  [green]meets all[/green]" if info["ok"] else (
+                "  [yellow]within noise[/yellow]" if ck.get("within_noise") else
+                "  [red]fails " + ", ".join(k for k, v in rec["checks"].items() if not v["ok"]) + "[/red]")
+            again = " (measured twice: budget within the spread)" if ck.get("remeasured") else ""
+            print_kept(p.console, f"  device {'cached' if info['cached'] else 'run'}: rate {rec['rate']:.2f}: {lat}, "
+                       f"RAM {ram_text(rec)}{again}" + tail)
 
 
 def candidates_table(report: dict, width=None):
@@ -353,13 +355,13 @@ def candidates_table(report: dict, width=None):
 
 
 class _UnitConsole:
-    """Prints through ``console`` with numbers kept on the line of their units (keep_units)."""
+    """Prints through ``console`` with numbers kept on the line of their units (print_kept)."""
 
     def __init__(self, console):
         self._c = console
 
     def print(self, text="", **kw):
-        self._c.print(keep_units(text) if isinstance(text, str) else text, **kw)
+        print_kept(self._c, text)
 
 
 def print_outcome(console, report: dict) -> None:
@@ -379,7 +381,7 @@ def print_outcome(console, report: dict) -> None:
     if report["device"].get("load_warning"):
         console.print(f"[yellow]warning:[/yellow] {report['device']['load_warning']}", highlight=False)
     console.print(f"budgets: flash {bud('flash_bytes', format_size)}, RAM {bud('ram_bytes', format_size)}, "
-                  f"latency {bud('latency_ms', lambda v: f'{v:g} ms')}; fidelity: {' and '.join(thr)}"
+                  f"latency {bud('latency_ms', lambda v: f'{latency_stat(report)} {v:g} ms')}; fidelity: {' and '.join(thr)}"
                   + (" [yellow](synthetic data)[/yellow]" if report["data"].get("synthetic") else ""), highlight=False)
     dr = report["device_runs"]
     console.print(f"device runs: {dr['made']} made, {dr['cached']} cached, {dr['not_measured']} candidates not measured"

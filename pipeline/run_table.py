@@ -23,7 +23,7 @@ from edgeprune.devices.sizes import format_size
 WIDE_MIN = 104  # below this many columns: the compact layout
 NBSP = "\u00a0"
 
-__all__ = ["candidates_table", "keep_units", "latency_text", "ram_text", "accuracy_change_text", "verdict",
+__all__ = ["candidates_table", "keep_units", "print_kept", "latency_text", "ram_text", "accuracy_change_text", "verdict",
            "latency_stat", "WIDE_MIN"]
 
 
@@ -114,6 +114,22 @@ def keep_units(text: str) -> str:
     """Free text for the terminal: a no-break space between each number and its unit, so a
     wrapped line never leaves '538' at the end of one line and 'kB' at the start of the next."""
     return _UNIT.sub(lambda m: m.group(1) + NBSP + m.group(2), text)
+
+
+def print_kept(console, obj, *, markup: bool = True) -> None:
+    """Print text (rich markup) or a renderable on ``console``, wrapped to its width without ever
+    breaking a number from its unit, with plain spaces in the output (so it can be searched and
+    copied): laid out with no-break spaces, which are turned back into spaces afterwards."""
+    from rich.segment import Segment, Segments
+    from rich.text import Text
+
+    if isinstance(obj, str):
+        obj = Text.from_markup(keep_units(obj)) if markup else Text(keep_units(obj))
+    segs = []
+    for line in console.render_lines(obj, console.options, pad=False):
+        segs += [Segment(s.text.replace(NBSP, " "), s.style, s.control) for s in line]
+        segs.append(Segment.line())
+    console.print(Segments(segs), soft_wrap=True)
 
 
 def candidates_table(report: dict, width: Optional[int] = None):
