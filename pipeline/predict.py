@@ -9,7 +9,8 @@ candidate's size from its weights and skips converting those that cannot fit.
   its parameters are not stored (its per-channel shift becomes the conv's bias, counted).
   ``int8``: kernels 1 byte, biases 4 (int32); ``float16``: 2 bytes each; ``float32``: 4;
   ``dynamic``: kernels of 1024+ elements 1 byte, the rest 4. Per-channel quantization
-  parameters (scale + zero point) count 12 bytes per output channel for int8 kernels.
+  parameters (float32 scale + int64 zero point, for the kernel and for its int32 bias) count
+  24 bytes per output channel in int8.
 - **MACs**: multiply-accumulates of one inference (Conv2D, DepthwiseConv2D, SeparableConv2D,
   Conv1D, Dense), from the layers' output shapes.
 - **size**: weight bytes + a fixed overhead (graph, op and tensor tables, metadata)
@@ -67,7 +68,9 @@ def weight_bytes(model, quantize: str) -> int:
             kind = "kernel" if ("kernel" in name or len(w.shape) >= 2) else "bias"
             total += n * _bytes_per(quantize, kind, n)
             if quantize == "int8" and kind == "kernel" and len(w.shape) >= 2:
-                total += 12 * int(w.shape[-1])  # per-channel scale (float32) + zero point (int64)
+                out = _out_shape(layer)
+                channels = out[-1] if out else int(w.shape[-1])
+                total += 24 * channels  # per-channel scale (float32) + zero point (int64), kernel and bias
     return int(total)
 
 
