@@ -42,6 +42,8 @@ class Criterion(str, Enum):
     paoding = "paoding"
     l1 = "l1"
     random = "random"
+    flow = "flow"
+    taylor = "taylor"
 
 
 class LatencyStat(str, Enum):
@@ -53,6 +55,8 @@ class LatencyStat(str, Enum):
 class Metric(str, Enum):
     auto = "auto"
     top1 = "top1"
+    binary = "binary"
+    relerr = "relerr"
     regression = "regression"
 
 
@@ -212,7 +216,8 @@ def convert(
     input_range: Annotated[str, typer.Option("--input-range", help="Input range 'LO,HI' for synthetic calibration/evaluation data.")] = "0,1",
     out_path: Annotated[Path, typer.Option("--out", "-o", help="Where to write the .tflite.")] = Path("model.tflite"),
     samples: Annotated[int, typer.Option("--samples", help="Synthetic samples for calibration and evaluation when no --data.")] = 100,
-    metric: Annotated[Metric, typer.Option(help="Fidelity metric: auto, top1 (classifier) or regression.")] = Metric.auto,
+    input_shape: Annotated[Optional[str], typer.Option("--input-shape", help="Fix a variable-length input: the full input shape, batch first, e.g. 1,5000,4.")] = None,
+    metric: Annotated[Metric, typer.Option(help="Fidelity metric: auto, top1 (classifier), binary (one sigmoid output: agreement of output > 0.5), relerr (1 - relative L2 error) or regression (cosine).")] = Metric.auto,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Convert MODEL to TFLite and print its size, ops, quantisation and fidelity (measured on the .tflite)."""
@@ -223,7 +228,7 @@ def convert(
 
     lo, hi = _parse_range(input_range)
     if samples < 1:
-        raise EdgepruneError(f"--samples must be >= 1, got {samples}")
+        raise EdgepruneError(f"--samples must be >= 1, got {samples}", "e.g. --samples 100")
     conv.quiet_import_tensorflow()
     fid_config = fid.FidelityConfig(metric=metric.value)
     config = conv.ConvertConfig(quantize=quantize.value, input_range=(lo, hi), num_calibration=samples)
@@ -231,6 +236,12 @@ def convert(
     _check_out_suffix(out_path, (".tflite",), "the converted model")
     _check_writable(out_path)
     keras_model = load_model(model)
+    if input_shape is not None:
+        from edgeprune.pipeline.loading import parse_input_shape, with_input_shape
+
+        shape = parse_input_shape(input_shape)
+        keras_model = with_input_shape(keras_model, shape)
+        config.batch_size = shape[0]
     if data is not None:
         eval_data = load_eval_data(data, keras_model)
         config.calibration = eval_data.x
@@ -321,7 +332,7 @@ def _print_conversion(result, out_path: Path, eval_data, fidelity, arena: dict |
     out.print(table)
     fr = fidelity
     line = f"fidelity on {fr.n_samples} samples, {eval_data.label}: {fr.score_name} {fr.score:.4f}"
-    if fr.metric == "top1" and fr.accuracy is not None:
+    if fr.metric in ("top1", "binary") and fr.accuracy is not None:
         line += (f"; accuracy {100 * fr.accuracy:.2f}% vs Keras {100 * fr.reference_accuracy:.2f}% "
                  f"(drop {fr.accuracy_drop:+.2f} points)")
     line += f"; rel. L2 error {fr.rel_l2:.3g}, max abs diff {fr.max_abs_diff:.3g}"
@@ -351,7 +362,8 @@ def _device_profile(device: str, devices_dir, host, user, port, trust_new_host: 
     prof = load_profile(device, search_dirs=[devices_dir] if devices_dir else None, host=host, user=user, port=port)
     if trust_new_host:
         if prof.connection is None:
-            raise EdgepruneError(f"--trust-new-host applies to SSH devices; {prof.name!r} is kind {prof.kind!r}")
+            raise EdgepruneError(f"--trust-new-host applies to SSH devices; {prof.name!r} is kind {prof.kind!r}",
+                                 "drop --trust-new-host, or pick an SSH device (edgeprune devices list)")
         prof = prof.model_copy(update={"connection": prof.connection.model_copy(update={"trust_new_host": True})})
     return prof
 
@@ -479,7 +491,8 @@ def run(
     max_accuracy_drop: Annotated[Optional[float], typer.Option("--max-accuracy-drop", help="Maximum accuracy drop in points (needs labelled --data).")] = None,
     data: Annotated[Optional[Path], typer.Option("--data", help="Evaluation/calibration data (.npz with x[, y], or .npy). Default: the example's 1000 labelled images for the example model, else synthetic (labelled as such).")] = None,
     quantize: Annotated[Quantize, typer.Option("--quantize", "-q", help="int8 (default), float16, float32 (or dynamic).")] = Quantize.int8,
-    criterion: Annotated[Criterion, typer.Option(help="Importance criterion: paoding (data-free, default), l1, random.")] = Criterion.paoding,
+    criterion: Annotated[Optional[Criterion], typer.Option(help="Importance criterion: flow (one forward pass on the calibration split; the default with data), taylor, paoding (data-free; the default without data), l1, random.")] = None,
+    compensate: Annotated[Optional[bool], typer.Option("--compensate/--no-compensate", help="Refit the pruned layers' consumers by least squares on the calibration split (default: on with data).")] = None,
     step: Annotated[float, typer.Option(help="Prune-rate step between candidates (each builds on the last).")] = 0.05,
     max_rate: Annotated[float, typer.Option("--max-rate", help="Largest prune rate tried.")] = 0.9,
     out_dir: Annotated[Optional[Path], typer.Option("--out", "-o", help="Run directory. Default ./edgeprune-runs/<model>-<device>-<quantize>.")] = None,
@@ -497,6 +510,7 @@ def run(
     measure_all: Annotated[bool, typer.Option("--measure-all", help="Measure every candidate that passes the host checks (for the latency curve), not just the fewest needed.")] = False,
     input_range: Annotated[str, typer.Option("--input-range", help="Model input range 'LO,HI' (PAODING bounds, synthetic data).")] = "0,1",
     seed: Annotated[int, typer.Option(help="Seed (random criterion).")] = 0,
+    input_shape: Annotated[Optional[str], typer.Option("--input-shape", help="Fix a variable-length input: the full input shape, batch first (batch 1), e.g. 1,5000,4.")] = None,
     host: _Host = None,
     user: _User = None,
     port: _Port = None,
@@ -518,11 +532,16 @@ def run(
     config = RunConfig(model=model, device=device, host=host, user=user, port=port, devices_dir=devices_dir,
                        trust_new_host=trust_new_host, budget=budget, ram_budget=ram_budget,
                        latency_budget=latency_budget, min_fidelity=min_fidelity, max_accuracy_drop=max_accuracy_drop,
-                       data=data, quantize=quantize.value, criterion=criterion.value, step=step, max_rate=max_rate, out=out_dir,
+                       data=data, quantize=quantize.value, criterion=criterion.value if criterion else "auto", compensate=compensate,
+                       step=step, max_rate=max_rate, out=out_dir,
                        resume=resume, force=force, runs=runs, warmup=warmup, measure_all=measure_all,
                        threads=threads, min_secs=min_secs, max_secs=max_secs, warmup_min_secs=warmup_min_secs,
                        latency_stat=latency_stat.value, round_to=round_to, predict=predict,
                        input_range=(lo, hi), seed=seed)
+    if input_shape is not None:
+        from edgeprune.pipeline.loading import parse_input_shape
+
+        config.input_shape = parse_input_shape(input_shape)
     with RunProgress(err) as progress:
         result = run_search(config, progress=progress)
     if as_json:

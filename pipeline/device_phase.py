@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from typing import Optional
 
+from edgeprune.errors import BadInput
 from edgeprune.pipeline.run_config import NOISE_TOLERANCE, _now
 from edgeprune.pipeline.run_dir import write_json_atomic
 
@@ -59,7 +60,7 @@ class DevicePhase:
             "load_ms": m.load_ms, "first_inference_ms": m.first_inference_ms,
             "runs": m.runs, "warmup": m.warmup, "threads": m.threads,
             "runtime": m.runtime, "runtime_version": m.runtime_version, "arch": m.arch,
-            "python_version": m.python_version, "measured": m.measured, "estimates": m.estimates,
+            "emulated": m.extra.get("emulated"), "python_version": m.python_version, "measured": m.measured, "estimates": m.estimates,
             "wall_s": round(m.wall_s or 0.0, 3), "measured_at": _now(),
         }
         if m.kind == "mcu":
@@ -121,7 +122,15 @@ class DevicePhase:
                 r["not_measured"] = skip
                 continue
             t0 = time.perf_counter()
-            m, cached = self.measure_noise_aware(r)
+            try:
+                m, cached = self.measure_noise_aware(r)
+            except BadInput as exc:  # the board's runtime cannot load THIS candidate: record it, go on
+                self.device_seconds += time.perf_counter() - t0
+                r["not_measured"] = f"the device runtime cannot load it: {exc.message[:300]}"
+                r["checks"]["load"] = {"ok": False, "value": exc.message[:300], "limit": None}
+                self.notes.append(f"candidate {r['name']} could not be loaded on the device ({exc.message[:160]}); "
+                                  "recorded as failed, the search went on")
+                continue
             spent = time.perf_counter() - t0
             self.device_seconds += spent
             self.device_cached += int(cached)

@@ -58,8 +58,11 @@ def _prepare_dir(path: Path) -> None:
 
 
 # --------------------------------------------------------------------------- the run dir
-_OUR_FILES = re.compile(r"^(cand-\d+-rate[0-9.]+\.(keras|tflite|json|plan\.json)|best\.tflite|report\.(json|md|png)"
+_OUR_FILES = re.compile(r"^(cand-\d+-rate[0-9.]+\.(keras|tflite|json|plan\.json|failed\.json)|best\.tflite|report\.(json|md|png)"
                         r"|measurements\.json|run\.json|\..*\.tmp.*|\.write-probe-.*)$")
+
+
+_TMP_FILES = re.compile(r"^(\..*\.tmp.*|\.write-probe-.*)$")
 
 
 def _clear_run_dir(path: Path) -> None:
@@ -80,8 +83,10 @@ class RunDirStage:
 
     def fingerprint(self) -> dict:
         c = self.c
-        fp = {"model_sha256": self.model_sha, "data": self.data_id, "quantize": c.quantize, "criterion": c.criterion,
-              "step": round(float(c.step), 6), "seed": c.seed, "input_range": [float(v) for v in c.input_range]}
+        fp = {"model_sha256": self.model_sha, "data": self.data_id, "quantize": c.quantize, "criterion": self.criterion,
+              "compensate": self.compensate,
+              "step": round(float(c.step), 6), "seed": c.seed, "input_range": [float(v) for v in c.input_range],
+              **({"input_shape": list(c.input_shape)} if c.input_shape else {})}
         if getattr(self, "round_to", None) is not None:  # only then: older run dirs keep their fingerprint
             fp["round_to"] = int(self.round_to)
         return fp
@@ -116,7 +121,9 @@ class RunDirStage:
                 self.notes.append(f"--force: discarded the run of a different configuration in {d}")
                 _clear_run_dir(d)
         else:
-            others = [f.name for f in d.iterdir() if not _OUR_FILES.match(f.name)]
+            # No run.json: nothing here is edgeprune's (run.json is written before any output), so
+            # even files NAMED like ours (report.md, best.tflite, ...) are the user's: never overwritten.
+            others = [f.name for f in d.iterdir() if not _TMP_FILES.match(f.name)]
             if others:
                 raise BadInput(f"--out {d} is not empty and is not an edgeprune run directory "
                                f"(holds {', '.join(sorted(others)[:3])}{'...' if len(others) > 3 else ''})",
@@ -138,10 +145,11 @@ class RunDirStage:
         c = self.c
         return {
             "model": str(self.model_path), "example": self.is_example, "device": self.profile.name,
-            "data": str(self.data_path) if self.data_path else None, "quantize": c.quantize, "criterion": c.criterion,
-            "step": c.step, "max_rate": c.max_rate, "budgets": {k: v["value"] for k, v in self.budgets.items()},
+            "data": str(self.data_path) if self.data_path else None, "quantize": c.quantize, "criterion": self.criterion,
+            "compensate": self.compensate, "step": c.step, "max_rate": c.max_rate, "budgets": {k: v["value"] for k, v in self.budgets.items()},
             "min_fidelity": self.min_fidelity, "max_accuracy_drop": self.max_drop, "runs": c.runs, "warmup": c.warmup,
             "measure_all": c.measure_all, "input_range": list(c.input_range), "seed": c.seed,
+            "input_shape": list(c.input_shape) if c.input_shape else None,
             "threads": c.threads, "min_secs": c.min_secs, "max_secs": c.max_secs, "warmup_min_secs": c.warmup_min_secs,
             "latency_stat": c.latency_stat, "round_to": getattr(self, "round_to", None), "predict": c.predict,
         }

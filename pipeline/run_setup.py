@@ -15,6 +15,9 @@ from edgeprune.pipeline.run_dir import _prepare_dir
 
 
 # --------------------------------------------------------------------------- validation
+MAX_CANDIDATES = 200  # rate 0 + at most this many pruned candidates (--step 0.005 up to 0.9 is 181)
+
+
 def bench_config(config: RunConfig):
     """The device measurement settings of a run (time-based, as benchmark_model)."""
     from edgeprune.devices.base import BenchConfig
@@ -29,6 +32,15 @@ def _validate(config: RunConfig) -> None:
         raise BadInput(f"--step {config.step:g} must be in (0, 1]", "e.g. --step 0.05 (5% of the channels per step)")
     if not (0.0 <= float(config.max_rate) < 1.0):
         raise BadInput(f"--max-rate {config.max_rate:g} must be in [0, 1)", "e.g. --max-rate 0.9")
+    n_candidates = int(float(config.max_rate) / float(config.step) + 1e-9) + 2
+    if n_candidates > MAX_CANDIDATES + 1:
+        smallest = float(config.max_rate) / MAX_CANDIDATES
+        raise BadInput(f"--step {config.step:g} up to --max-rate {config.max_rate:g} makes {n_candidates - 1:,} "
+                       f"candidates; a run takes at most {MAX_CANDIDATES}",
+                       f"use --step {smallest:.3g} or larger (e.g. 0.05), or a lower --max-rate")
+    for value, what in ((config.budget, "--budget"), (config.ram_budget, "--ram-budget")):
+        if value is not None and _parse_budget(value, what) == 0:
+            raise BadInput(f"{what} {value!r} is zero bytes: no model fits", f"give the real limit, e.g. {what} 2MB")
     if config.quantize not in QUANTIZE_CHOICES:
         raise BadInput(f"unknown --quantize {config.quantize!r}", f"use one of: {', '.join(QUANTIZE_CHOICES)}")
     if config.latency_budget is not None and not float(config.latency_budget) > 0:
@@ -39,9 +51,9 @@ def _validate(config: RunConfig) -> None:
     if config.max_accuracy_drop is not None and not (0.0 <= float(config.max_accuracy_drop) <= 100.0):
         raise BadInput(f"--max-accuracy-drop {config.max_accuracy_drop:g} must be in [0, 100] points", "e.g. 1.0")
     if config.runs < 1:
-        raise BadInput(f"--runs must be at least 1, got {config.runs}")
+        raise BadInput(f"--runs must be at least 1, got {config.runs}", "e.g. --runs 50")
     if config.warmup < 0:
-        raise BadInput(f"--warmup must be 0 or more, got {config.warmup}")
+        raise BadInput(f"--warmup must be 0 or more, got {config.warmup}", "e.g. --warmup 5")
     bench_config(config)  # --min-secs / --max-secs / --warmup-min-secs / --num-threads (BadInput)
     from edgeprune.pipeline.noise import LATENCY_STATS
 
@@ -68,6 +80,32 @@ def _validate(config: RunConfig) -> None:
 class SetupStage:
     """Mixin of :class:`edgeprune.pipeline.run._Run`: ``setup`` (no TensorFlow) and ``load``."""
 
+    def resolve_stages(self) -> None:
+        """Which criterion and compensation make the candidates. With real data (the example's
+        or --data, 50 samples or more) the default is the data-aware combination measured best
+        in bench/results/fidelity_engine.md (flow + compensation); without data PAODING
+        (data-free), uncompensated. Data-aware stages only ever read the calibration split."""
+        from edgeprune.pipeline.criteria import DATA_AWARE
+
+        c = self.c
+        held_out = self.data_path is not None and self.data.source != "synthetic" and \
+            getattr(self, "calibration_held_out", False)
+        self.criterion = c.criterion if c.criterion != "auto" else ("flow" if held_out else "paoding")
+        self.compensate = bool(c.compensate) if c.compensate is not None else held_out
+        self.stage_calibration = self.calibration if held_out else None
+        needs = self.compensate or self.criterion in DATA_AWARE
+        if needs and self.stage_calibration is None:
+            from edgeprune.pipeline.data import synthetic_data
+
+            self.stage_calibration = synthetic_data(self.model, 64, tuple(c.input_range), seed=2).x
+            self.notes.append(f"{self.criterion}{' + compensation' if self.compensate else ''}: calibrated on 64 "
+                              f"SYNTHETIC inputs uniform in {list(c.input_range)} (no held-out calibration data)")
+        self.stages_label = {"criterion": self.criterion,
+                             "compensation": "ridge least-squares refit" if self.compensate else "none",
+                             "allocation": "uniform per-layer steps",
+                             "calibration": ("held-out calibration split" if held_out else
+                                             "synthetic inputs" if needs else "none")}
+
     def setup(self) -> None:
         c = self.c
         _validate(c)
@@ -77,7 +115,8 @@ class SetupStage:
                                     host=c.host, user=c.user, port=c.port)
         if c.trust_new_host:
             if self.profile.connection is None:
-                raise BadInput(f"--trust-new-host applies to SSH devices; {self.profile.name!r} is kind {self.profile.kind!r}")
+                raise BadInput(f"--trust-new-host applies to SSH devices; {self.profile.name!r} is kind {self.profile.kind!r}",
+                               "drop --trust-new-host, or pick an SSH device (edgeprune devices list)")
             self.profile = self.profile.model_copy(update={"connection": self.profile.connection.model_copy(
                 update={"trust_new_host": True})})
         self.round_to = c.round_to if c.round_to is not None else self.profile.round_to
@@ -123,10 +162,17 @@ class SetupStage:
         from edgeprune.pipeline.loading import load_model
 
         c = self.c
-        if c.criterion not in CRITERIA:
+        if c.criterion not in CRITERIA and c.criterion != "auto":
             raise BadInput(f"unknown --criterion {c.criterion!r}", f"use one of: {', '.join(CRITERIA)}")
         self.emit("status", text=f"loading {self.model_path.name}")
         self.model = load_model(self.model_path)
+        if c.input_shape:
+            from edgeprune.pipeline.loading import with_input_shape
+
+            if c.input_shape[0] != 1:
+                raise BadInput(f"--input-shape {','.join(map(str, c.input_shape))}: run measures one sample per inference",
+                               "give batch 1, e.g. --input-shape 1," + ",".join(map(str, c.input_shape[1:])))
+            self.model = with_input_shape(self.model, tuple(c.input_shape))
         self.model_sha = file_sha256(self.model_path)
         if self.data_path is not None:
             data = load_eval_data(self.data_path, self.model)
@@ -142,6 +188,7 @@ class SetupStage:
                 if data.y is not None:
                     data.y = data.y[rest]
                 cal_note = f"{len(cal)} samples of the data (every 5th), held out from the evaluation"
+                self.calibration_held_out = True
             else:
                 self.calibration = data.x
                 cal_note = f"all {n} samples (fewer than 50: the evaluation samples themselves)"
@@ -158,5 +205,6 @@ class SetupStage:
         if self.max_drop is not None and self.data.y is None:
             raise BadInput("--max-accuracy-drop needs labelled data", "pass --data with labels (an .npz with x and y), "
                            "or use --min-fidelity")
+        self.resolve_stages()
         self.reference = fid.keras_outputs(self.model, self.data.x)
         self.fid_config = fid.FidelityConfig()

@@ -14,6 +14,7 @@ import pytest
 
 from edgeprune.cli import run_cli
 
+PAODING = ["--criterion", "paoding", "--no-compensate"]
 FAST = ["--step", "0.1", "--runs", "3", "--warmup", "1"]
 
 
@@ -87,10 +88,11 @@ def test_budget_forces_pruning_and_picks_the_largest_rate_that_meets_it(tmp_path
 # --------------------------------------------------------------------------- no candidate
 def test_budget_nobody_meets_exits_3_with_the_reason(tmp_path, capsys):
     out = tmp_path / "run"
+    # the data-free engine (paoding, no compensation) falls below 0.95 before rate 0.5 on the example;
     # --no-predict: every candidate is converted, so the fidelity stop is known (with prediction,
     # all are skipped as over 100 kB: tests/test_predict.py)
     code, rep, err = run_json(capsys, ["--out", str(out), *FAST, "--max-rate", "0.5", "--budget", "100kB",
-                                       "--min-fidelity", "0.95", "--no-predict"])
+                                       "--min-fidelity", "0.95", *PAODING, "--no-predict"])
     assert code == 3, err
     assert rep["status"] == "no_candidate" and rep["chosen"] is None
     text = " ".join(rep["reasons"])
@@ -101,7 +103,7 @@ def test_budget_nobody_meets_exits_3_with_the_reason(tmp_path, capsys):
     assert "over the 100 kB budget" in (out / "report.md").read_text()
     # the human output says it too
     code = run_cli(["run", "--out", str(out), *FAST, "--max-rate", "0.5", "--budget", "100kB", "--min-fidelity",
-                    "0.95", "--resume", "--no-predict"])
+                    "0.95", "--resume", *PAODING, "--no-predict"])
     cap = capsys.readouterr()
     assert code == 3
     assert "no candidate meets every limit" in cap.out and "over the 100 kB budget" in cap.out
