@@ -197,13 +197,22 @@ def _check_name_length(path: Path, what: str) -> None:
                              "choose a shorter file or folder name")
 
 
+DATA_HELP = ("Samples: a .npz (x[, y]) or .npy; a folder of images (PNG/JPEG/BMP, one sub-folder per class for "
+             "labels); a .csv (one row per sample, optional 'label' column); or my_prep.py:load (your function "
+             "returning x or (x, y)). 1/5 (at most 200) is held out for int8 calibration, never evaluated on.")
+_Classes = Annotated[Optional[str], typer.Option("--classes", help="Class names in label order, 'a,b,c': for a folder "
+                                                  "of images (sub-folder names) or CSV labels given as names. Default: "
+                                                  "folder names that are numbers are the labels, else sorted names.")]
+
+
 # --------------------------------------------------------------------------- convert
 @app.command()
 def convert(
     model: Annotated[Path, typer.Argument(help="Keras model: .keras, or a Keras 2/3 .h5 file.")],
     quantize: Annotated[Quantize, typer.Option(help="float32, float16, dynamic (int8 weights) or int8 (full integer, int8 in/out).")] = Quantize.int8,
-    data: Annotated[Optional[Path], typer.Option("--data", help="Evaluation (and int8 calibration) data: .npz with x[, y], or .npy. Without it: synthetic (data-free).")] = None,
+    data: Annotated[Optional[Path], typer.Option("--data", help=DATA_HELP + " Without it: synthetic (data-free).")] = None,
     input_range: Annotated[str, typer.Option("--input-range", help="Input range 'LO,HI' for synthetic calibration/evaluation data.")] = "0,1",
+    classes: _Classes = None,
     out_path: Annotated[Path, typer.Option("--out", "-o", help="Where to write the .tflite.")] = Path("model.tflite"),
     samples: Annotated[int, typer.Option("--samples", help="Synthetic samples for calibration and evaluation when no --data.")] = 100,
     metric: Annotated[Metric, typer.Option(help="Fidelity metric: auto, top1 (classifier) or regression.")] = Metric.auto,
@@ -212,7 +221,7 @@ def convert(
     """Convert MODEL to TFLite and print its size, ops, quantisation and fidelity (measured on the .tflite)."""
     from edgeprune.pipeline import convert as conv
     from edgeprune.pipeline import fidelity as fid
-    from edgeprune.pipeline.data import load_eval_data, synthetic_data
+    from edgeprune.pipeline.data import synthetic_data
     from edgeprune.pipeline.loading import load_model
 
     lo, hi = _parse_range(input_range)
@@ -225,14 +234,15 @@ def convert(
     _check_out_suffix(out_path, (".tflite",), "the converted model")
     _check_writable(out_path)
     keras_model = load_model(model)
-    if data is not None:
-        eval_data = load_eval_data(data, keras_model)
-        config.calibration = eval_data.x
-        if quantize is Quantize.int8:
-            eval_data.notes.append(
-                f"int8 was calibrated on {min(eval_data.n, samples)} of the same samples it is evaluated on "
-                "(fidelity may be slightly optimistic)"
-            )
+    if data is not None:  # any form of --data; calibration and evaluation never share a sample
+        from edgeprune.pipeline.datasources import load_data
+        from edgeprune.pipeline.split import split
+
+        sp = split(load_data(data, keras_model, input_range=(lo, hi), classes=classes))
+        eval_data, config.calibration = sp.evaluation, sp.calibration
+        if quantize is Quantize.int8 and sp.calibration is not None:
+            eval_data.notes.append(f"int8 calibrated on {sp.info['calibration']} of the {sp.info['n_samples']} samples, "
+                                   f"evaluated on the other {sp.info['evaluation']} ({sp.info['shared']} shared)")
     else:  # seed 1: evaluation samples differ from the synthetic calibration samples (seed 0)
         eval_data = synthetic_data(keras_model, samples, (lo, hi), seed=1)
     result = conv.convert(keras_model, config)
@@ -458,7 +468,8 @@ def run(
     latency_budget: Annotated[Optional[float], typer.Option("--latency-budget", help="Latency budget in ms (median). Default: the profile's, if any.")] = None,
     min_fidelity: Annotated[Optional[float], typer.Option("--min-fidelity", help="Minimum fidelity score vs the original model: top-1 agreement (classifiers) or cosine similarity. Default 0.95 unless --max-accuracy-drop is given.")] = None,
     max_accuracy_drop: Annotated[Optional[float], typer.Option("--max-accuracy-drop", help="Maximum accuracy drop in points (needs labelled --data).")] = None,
-    data: Annotated[Optional[Path], typer.Option("--data", help="Evaluation/calibration data (.npz with x[, y], or .npy). Default: the example's 1000 labelled images for the example model, else synthetic (labelled as such).")] = None,
+    data: Annotated[Optional[Path], typer.Option("--data", help=DATA_HELP + " Default: the example's 1000 labelled images for the example model, else synthetic (labelled as such).")] = None,
+    classes: _Classes = None,
     quantize: Annotated[Quantize, typer.Option("--quantize", "-q", help="int8 (default), float16, float32 (or dynamic).")] = Quantize.int8,
     criterion: Annotated[Criterion, typer.Option(help="Importance criterion: paoding (data-free, default), l1, random.")] = Criterion.paoding,
     step: Annotated[float, typer.Option(help="Prune-rate step between candidates (each builds on the last).")] = 0.05,
@@ -494,10 +505,13 @@ def run(
                        latency_budget=latency_budget, min_fidelity=min_fidelity, max_accuracy_drop=max_accuracy_drop,
                        data=data, quantize=quantize.value, criterion=criterion.value, step=step, max_rate=max_rate, out=out_dir,
                        resume=resume, force=force, runs=runs, warmup=warmup, measure_all=measure_all,
-                       input_range=(lo, hi), seed=seed)
+                       input_range=(lo, hi), seed=seed, classes=classes)
     with RunProgress(err) as progress:
         result = run_search(config, progress=progress)
     if as_json:
+        from edgeprune.pipeline.verdict import print_verdict
+
+        print_verdict(err, result.report, warnings_only=True)  # warnings reach the screen with --json too
         sys.stdout.write(result.to_json() + "\n")
         sys.stdout.flush()
     else:
@@ -526,6 +540,8 @@ def run_cli(argv: list[str] | None = None) -> int:
         return _usage_error(exc, args)
     except EdgepruneError as exc:
         err.print(f"[bold red]error:[/bold red] {exc.message}", highlight=False, soft_wrap=True, markup=True)
+        if getattr(exc, "detail", None):  # the traceback of the user's own code (a --data function)
+            err.print(exc.detail, highlight=False, soft_wrap=True, markup=False)
         if exc.hint:
             err.print(f"  [bold]fix:[/bold] {exc.hint}", highlight=False, soft_wrap=True)
         return exc.exit_code
