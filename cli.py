@@ -540,10 +540,10 @@ def run_cli(argv: list[str] | None = None) -> int:
         return _usage_error(exc, args)
     except EdgepruneError as exc:
         err.print(f"[bold red]error:[/bold red] {exc.message}", highlight=False, soft_wrap=True, markup=True)
-        if getattr(exc, "detail", None):  # the traceback of the user's own code (a --data function)
-            err.print(exc.detail, highlight=False, soft_wrap=True, markup=False)
         if exc.hint:
             err.print(f"  [bold]fix:[/bold] {exc.hint}", highlight=False, soft_wrap=True)
+        if getattr(exc, "detail", None):  # the traceback of the user's own code (a --data function)
+            err.print(exc.detail, highlight=False, soft_wrap=True, markup=False)
         return exc.exit_code
     except KeyboardInterrupt:
         err.print("interrupted")

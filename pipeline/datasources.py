@@ -307,7 +307,7 @@ def _user_traceback(exc: BaseException, user_file: Path) -> str:
         traceback.format_exception_only(type(exc), exc)
     text = "".join(lines).rstrip()
     if tb is not None:
-        text = text.replace("Traceback (most recent call last):", "Traceback of your code (most recent call last):", 1)
+        text = text.replace("Traceback (most recent call last):", "your code's traceback (most recent call last):", 1)
     return text
 
 
