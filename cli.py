@@ -239,12 +239,15 @@ def convert(
         from edgeprune.pipeline.split import split
 
         sp = split(load_data(data, keras_model, input_range=(lo, hi), classes=classes))
-        eval_data, config.calibration = sp.evaluation, sp.calibration
+        eval_data, config.calibration, split_info = sp.evaluation, sp.calibration, sp.info
+        if sp.calibration is not None:  # --samples is for synthetic data: calibrate on the whole held-out part
+            config.num_calibration = len(sp.calibration)
         if quantize is Quantize.int8 and sp.calibration is not None:
             eval_data.notes.append(f"int8 calibrated on {sp.info['calibration']} of the {sp.info['n_samples']} samples, "
                                    f"evaluated on the other {sp.info['evaluation']} ({sp.info['shared']} shared)")
     else:  # seed 1: evaluation samples differ from the synthetic calibration samples (seed 0)
         eval_data = synthetic_data(keras_model, samples, (lo, hi), seed=1)
+        split_info = None
     result = conv.convert(keras_model, config)
     result.save(out_path)
     reference = fid.keras_outputs(keras_model, eval_data.x)
@@ -258,7 +261,7 @@ def convert(
             "model": str(model),
             "out": str(out_path),
             "conversion": result.to_dict(),
-            "data": eval_data.to_dict(),
+            "data": dict(eval_data.to_dict(), split=split_info),
             "fidelity": fidelity.to_dict(),
             "arena": arena,
         }
