@@ -247,3 +247,17 @@ def test_wilson_interval_and_class_coverage():
     ref[7:, 3] = 1
     assert class_coverage(ref) == {"classes": 4, "classes_reached": 2, "largest_class": 1, "largest_class_share": 0.7}
     assert class_coverage(np.zeros((5, 1))) is None
+
+
+def test_data_spec_errors_name_the_four_forms(tmp_path):
+    (tmp_path / "samples.txt").write_text("1 2 3")
+    with pytest.raises(BadInput, match=r"samples.txt: unsupported data format .txt") as ei:
+        parse_spec(tmp_path / "samples.txt")
+    assert "folder of images" in ei.value.hint and ".csv" in ei.value.hint and "my_prep.py:load" in ei.value.hint
+    with pytest.raises(BadInput, match="data function file .*missing.py does not exist"):
+        parse_spec(f"{tmp_path / 'missing.py'}:load")
+    np.save(tmp_path / "x.npy", np.zeros((3, 4), np.float32))
+    with pytest.raises(BadInput, match="--classes applies to a folder of images or a CSV"):
+        load_data(tmp_path / "x.npy", (4,), classes="a,b")
+    with pytest.raises(BadInput, match="names b more than once"):
+        load_data(tmp_path / "x.npy", (4,), classes="a,b,b")
