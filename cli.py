@@ -42,6 +42,8 @@ class Criterion(str, Enum):
     paoding = "paoding"
     l1 = "l1"
     random = "random"
+    flow = "flow"
+    taylor = "taylor"
 
 
 class Metric(str, Enum):
@@ -474,7 +476,8 @@ def run(
     data: Annotated[Optional[Path], typer.Option("--data", help=DATA_HELP + " Default: the example's 1000 labelled images for the example model, else synthetic (labelled as such).")] = None,
     classes: _Classes = None,
     quantize: Annotated[Quantize, typer.Option("--quantize", "-q", help="int8 (default), float16, float32 (or dynamic).")] = Quantize.int8,
-    criterion: Annotated[Criterion, typer.Option(help="Importance criterion: paoding (data-free, default), l1, random.")] = Criterion.paoding,
+    criterion: Annotated[Optional[Criterion], typer.Option(help="Importance criterion: flow (one forward pass on the calibration split; the default with data), taylor, paoding (data-free; the default without data), l1, random.")] = None,
+    compensate: Annotated[Optional[bool], typer.Option("--compensate/--no-compensate", help="Refit the pruned layers' consumers by least squares on the calibration split (default: on with data).")] = None,
     step: Annotated[float, typer.Option(help="Prune-rate step between candidates (each builds on the last).")] = 0.05,
     max_rate: Annotated[float, typer.Option("--max-rate", help="Largest prune rate tried.")] = 0.9,
     out_dir: Annotated[Optional[Path], typer.Option("--out", "-o", help="Run directory. Default ./edgeprune-runs/<model>-<device>-<quantize>.")] = None,
@@ -506,7 +509,8 @@ def run(
     config = RunConfig(model=model, device=device, host=host, user=user, port=port, devices_dir=devices_dir,
                        trust_new_host=trust_new_host, budget=budget, ram_budget=ram_budget,
                        latency_budget=latency_budget, min_fidelity=min_fidelity, max_accuracy_drop=max_accuracy_drop,
-                       data=data, quantize=quantize.value, criterion=criterion.value, step=step, max_rate=max_rate, out=out_dir,
+                       data=data, quantize=quantize.value, criterion=criterion.value if criterion else "auto", compensate=compensate,
+                       step=step, max_rate=max_rate, out=out_dir,
                        resume=resume, force=force, runs=runs, warmup=warmup, measure_all=measure_all,
                        input_range=(lo, hi), seed=seed, classes=classes)
     with RunProgress(err) as progress:

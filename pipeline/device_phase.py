@@ -51,7 +51,7 @@ class DevicePhase:
             "load_ms": m.load_ms, "first_inference_ms": m.first_inference_ms,
             "runs": m.runs, "warmup": m.warmup, "threads": m.threads,
             "runtime": m.runtime, "runtime_version": m.runtime_version, "arch": m.arch,
-            "python_version": m.python_version, "measured": m.measured, "estimates": m.estimates,
+            "emulated": m.extra.get("emulated"), "python_version": m.python_version, "measured": m.measured, "estimates": m.estimates,
             "wall_s": round(m.wall_s or 0.0, 3), "measured_at": _now(),
         }
         if m.kind == "mcu":

@@ -85,8 +85,9 @@ class HostPhase:
                 self.candidates.append(rec)
                 self.emit("candidate", record=rec, total=len(self.rates), reused=True)
             self.reused = len(self.candidates)
-        pconf = PruneConfig(rate=max(self.rates), criterion=c.criterion, step=float(c.step),
-                            input_range=tuple(float(v) for v in c.input_range), seed=c.seed)
+        pconf = PruneConfig(rate=max(self.rates), criterion=self.criterion, step=float(c.step),
+                            input_range=tuple(float(v) for v in c.input_range), seed=c.seed,
+                            calibration=self.stage_calibration, compensate=self.compensate)
         if self.candidates:
             last = self.candidates[-1]
             pruner = Pruner(self.model, pconf, plan=Plan.load(d / last["files"]["plan"]))
@@ -152,6 +153,7 @@ class HostPhase:
             "conversion": {k: v for k, v in res.to_dict().items() if k not in ("inputs", "outputs")},
             "fidelity": fr.to_dict(),
             "widths": plan.widths,
+            "made_by": dict(self.stages_label),
             "timings": {"prune_s": round(t1 - t0, 4), "convert_s": round(t2 - t1, 4), "fidelity_s": round(t3 - t2, 4),
                         "save_s": round(t4 - t3, 4)},
             "created_at": _now(),

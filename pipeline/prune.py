@@ -36,6 +36,12 @@ class PruneConfig:
     # Optional final widths per producer layer (overrides ``rate`` for those layers);
     # each step moves every such layer the same fraction of the way there.
     widths: dict[str, int] | None = None
+    # data-aware stages: calibration samples (never the evaluation samples), compensation
+    # (ridge refit of the pruned groups' consumers, pipeline/compensate.py) and allocation
+    calibration: object = None
+    compensate: bool = False
+    ridge: float = 1e-2
+    allocation: object = None  # an Allocation (pipeline/allocation.py): per-group widths per rate
 
     def validate(self) -> None:
         if not (0.0 <= self.rate < 1.0):
@@ -114,13 +120,21 @@ class Pruner:
         self.rate = plan.rate if plan is not None else 0.0
         self.params_before = count_params(self.graph, PruneState(self.graph)) if plan is not None else count_params(self.graph, self.state)
         self.methods: dict[int, str] = {}
-        self.ctx = Context(self.graph, self.state, tuple(self.config.input_range), np.random.default_rng(self.config.seed))
+        self.ctx = Context(self.graph, self.state, tuple(self.config.input_range), np.random.default_rng(self.config.seed),
+                           calibration=self.config.calibration, build=self.build)
+        self.compensator = None
+        if self.config.compensate and self.config.calibration is not None:
+            from edgeprune.pipeline.compensate import Compensator
+
+            self.compensator = Compensator(self.graph, self.config.calibration, self.config.ridge)
 
     @property
     def groups(self):
         return self.graph.prunable_groups
 
     def _target(self, g, rate: float) -> int:
+        if self.config.allocation is not None:
+            return self.config.allocation.width(g, rate)
         widths = self.config.widths or {}
         final = next((widths[p] for p in g.producers if p in widths), None)
         if final is None:
@@ -146,6 +160,8 @@ class Pruner:
                 self.state.merge(g.id, removed, into, scale)
             self.state.remove(g.id, sel.remove)
             self.methods[g.id] = sel.method
+        if self.compensator is not None and rate > 0:
+            self.compensator.refit(self.state, self.build)
         self.rate = rate
 
     def schedule(self, rate: float, step: float | None = None) -> list[float]:
@@ -160,7 +176,8 @@ class Pruner:
 
     def plan(self) -> Plan:
         return Plan.from_state(self.state, model=self.model.name, criterion=self.criterion.name, rate=self.rate,
-                               params_before=self.params_before, params_after=count_params(self.graph, self.state))
+                               params_before=self.params_before, params_after=count_params(self.graph, self.state),
+                               compensation=f"ridge least squares, ridge={self.config.ridge:g}" if self.compensator else "")
 
     def build(self):
         return build_model(self.graph, self.state)
@@ -181,7 +198,8 @@ class Pruner:
 
 def prune(model, rate: float = 0.5, criterion: str = "paoding", *, step: float = 0.05,
           round_to: int | None = None, input_range=(0.0, 1.0), seed: int = 0,
-          alpha: float = 0.5, beta: float = 0.5, widths: dict[str, int] | None = None) -> PruneResult:
+          alpha: float = 0.5, beta: float = 0.5, widths: dict[str, int] | None = None,
+          calibration=None, compensate: bool = False, ridge: float = 1e-2, allocation=None) -> PruneResult:
     """Prune ``model`` structurally to ``rate`` of each prunable layer's channels.
 
     Returns a :class:`PruneResult` with the smaller Keras model and the plan (``.save()``
@@ -189,7 +207,8 @@ def prune(model, rate: float = 0.5, criterion: str = "paoding", *, step: float =
     t0 = time.perf_counter()
     config = PruneConfig(rate=rate, criterion=criterion, step=step, round_to=round_to,
                          input_range=tuple(input_range), seed=seed, alpha=alpha, beta=beta,
-                         widths=widths)
+                         widths=widths, calibration=calibration, compensate=compensate, ridge=ridge,
+                         allocation=allocation)
     if widths:
         unknown = sorted(set(widths) - {p for g in DependencyGraph(model).groups.values() for p in g.producers})
         if unknown:

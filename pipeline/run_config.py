@@ -50,7 +50,8 @@ class RunConfig:
     data: Optional[Path] = None  # any form of --data (see pipeline/datasources.py)
     classes: Optional[str] = None  # --classes a,b,c: label order of image class folders / CSV label names
     quantize: str = "int8"
-    criterion: str = "paoding"
+    criterion: str = "auto"  # auto: flow with data (the example's or --data), paoding without
+    compensate: Optional[bool] = None  # None: on when there is data (ridge refit, pipeline/compensate.py)
     step: float = DEFAULT_STEP
     max_rate: float = DEFAULT_MAX_RATE
     out: Optional[Path] = None
