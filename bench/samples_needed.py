@@ -42,8 +42,10 @@ TRUTH = slice(5000, 10000)
 def one_run(model_path: Path, data_path: Path, out: Path, max_rate: float) -> dict:
     from edgeprune.pipeline.run import RunConfig, run
 
+    # paoding, uncompensated: the pruning does not depend on the samples, so the picks differ only by the verdict
+    # (and the int8 calibration); the data-aware default (flow + compensation, 50+ samples) would mix both effects
     cfg = RunConfig(model=model_path, data=data_path, step=0.05, max_rate=max_rate, out=out, runs=3, warmup=1,
-                    min_fidelity=THRESHOLD)
+                    min_fidelity=THRESHOLD, criterion="paoding", compensate=False)
     t0 = time.perf_counter()
     res = run(cfg)
     return {"report": res.report, "seconds": time.perf_counter() - t0}
@@ -135,7 +137,16 @@ def main(argv=None) -> int:
     ap.add_argument("--draws", type=int, default=5)
     ap.add_argument("--max-rate", type=float, default=0.6)
     ap.add_argument("--example-only", action="store_true")
+    ap.add_argument("--render", action="store_true", help="only re-render the .md from bench/results/samples_needed.json")
     args = ap.parse_args(argv)
+    if args.render:
+        import json
+
+        from _common import RESULTS
+
+        payload = json.loads((RESULTS / "samples_needed.json").read_text())
+        (RESULTS / "samples_needed.md").write_text(render(payload))
+        return 0
 
     from edgeprune.pipeline.example import example_data_path, example_model_path
 
@@ -158,25 +169,57 @@ def main(argv=None) -> int:
                 results[f"Fashion-MNIST {kind} (bench/prune_quality.py)"] = bench_model(
                     kind, mp, xte[:1000], yte[:1000], None, x_truth, max(2, args.draws - 2), args.max_rate, tmp)
     total = time.perf_counter() - t0
+    payload = {"machine": machine(), "threshold": THRESHOLD, "sizes": SIZES, "draws": args.draws,
+               "max_rate": args.max_rate, "criterion": "paoding", "compensate": False, "results": results,
+               "total_s": round(total, 1)}
+    md = render(payload)
+    write("samples_needed", payload, md)
+    print(md)
+    return 0
+
+
+def render(payload: dict) -> str:
+    max_rate, results = payload["max_rate"], payload["results"]
     md = ["# How many real samples does the fidelity verdict need?", "",
-          f"Machine: {machine()}. Total {total / 60:.1f} min.", "",
-          "`edgeprune run` (int8, paoding, step 0.05, max rate "
-          f"{args.max_rate:g}, threshold top-1 agreement >= {THRESHOLD}, local device, no binding budget) given N "
+          f"Machine: {payload['machine']}. Total {payload['total_s'] / 60:.1f} min for "
+          f"{sum(len(r['rows']) for r in results.values())} runs.", "",
+          "`edgeprune run` (int8, `--criterion paoding`, no compensation, step 0.05, max rate "
+          f"{max_rate:g}, threshold top-1 agreement >= {THRESHOLD}, local device, no binding budget) given N "
           "labelled samples drawn from 1,000 Fashion-MNIST test images (seeded draws without replacement). 1/5 of "
           "the N (at least 1, at most 200) calibrates int8, the rest judges: 'judged on' is that count. "
           "Real agreement: the picked .tflite against the float Keras model on 5,000 other test images "
           "(indices 5000-9999) never given to `run`. `run` warned: the threshold lay inside the 95% Wilson "
-          "interval of the chosen candidate's agreement.", ""]
+          "interval of the chosen candidate's agreement (`threshold_within_uncertainty`).", ""]
     for name, res in results.items():
-        md += summarize(name, res, args.max_rate)
-    md += ["## Reading", "", *READING, ""]
-    write("samples_needed", {"machine": machine(), "threshold": THRESHOLD, "sizes": SIZES, "draws": args.draws,
-                             "max_rate": args.max_rate, "results": results, "total_s": round(total, 1)}, "\n".join(md))
-    print("\n".join(md))
-    return 0
+        md += summarize(name, res, max_rate)
+    md += ["## Reading", "", *reading(results), ""]
+    return "\n".join(md)
 
 
-READING: list[str] = []  # filled in from the measured numbers (see the results file)
+def reading(results: dict) -> list[str]:
+    rows = [r for res in results.values() for r in res["rows"]]
+    miss = [r for r in rows if r["real"] is not None and r["real"] < THRESHOLD]
+    unwarned = [r for r in miss if not r["warned"]]
+    width = {n: np.median([r["interval"][1] - r["interval"][0] for r in rows if r["samples"] == n and r["interval"]])
+             for n in (*SIZES, 1000)}
+    return [
+        f"- Over all {len(rows)} runs, {len(miss)} picks really agree below {THRESHOLD} on the 5,000 unseen images; "
+        f"`run` warned on {len(miss) - len(unwarned)} of them ({len(unwarned)} real misses without the warning). "
+        f"It warned on {sum(r['warned'] for r in rows)} runs in all: on these models the agreement curve runs close "
+        "to the threshold for several steps, so most picks ARE within noise.",
+        "- Median width of the 95% interval of the chosen candidate's agreement: "
+        + ", ".join(f"{n if n != 1000 else 'all 1,000'} samples: {width[n]:.3f}" for n in width)
+        + ". A 0.05-step of pruning changes the agreement by about 0.005-0.03 here, so with 16-64 samples the "
+        "verdict cannot tell neighbouring rates apart: the picks scatter from 0.00 to 0.45 (0.60 once).",
+        "- With 256 samples the picks of the MLP match the all-samples pick 3 of 3 times; the example's and the "
+        "CNN's still scatter by one to three steps; with 1,000 (800 judging) the interval is about +-0.015, and the "
+        "CNN's all-samples pick (0.25, reported 0.960) really agrees 0.948: even 800 samples are not enough when "
+        "the real curve crosses the threshold by less than the interval. The warning said so.",
+        "- So: give as many samples as you have (hundreds, not dozens), keep a margin above the threshold "
+        "when `run` warns, and treat a pick made on fewer than ~100 samples as a guess (the warning is then "
+        "always on).",
+    ]
+
 
 if __name__ == "__main__":
     sys.exit(main())
