@@ -19,7 +19,7 @@ import math
 import numpy as np
 
 Z95 = 1.959963984540054
-HOW_TO = ("give a few real samples with --data: a .npz/.npy, a folder of images (one sub-folder per class), "
+HOW_TO = ("give real samples (a few hundred if you can) with --data: a .npz/.npy, a folder of images (one sub-folder per class), "
           "a .csv (one row per sample), or my_prep.py:load (see README, 'Bring your own samples')")
 
 
@@ -120,7 +120,8 @@ def judged_on_text(report: dict) -> str:
         s += f"; {sp['calibration']} other samples held out for calibration, {sp['shared']} shared"
     unc = (v.get("uncertainty") or {}).get("chosen")
     if unc:
-        s += f"; chosen rate: {unc['score']:.4f}, 95% interval [{unc['low']:.3f}, {unc['high']:.3f}]"
+        s += (f"; chosen rate {unc['rate']:.2f}: agreement {unc['score']:.4f}, 95% interval "
+              f"[{unc['low']:.3f}, {unc['high']:.3f}]")
     return s
 
 
