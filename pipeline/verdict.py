@@ -19,6 +19,7 @@ import math
 import numpy as np
 
 Z95 = 1.959963984540054
+AGREEMENT_METRICS = ("top1", "binary")  # scores that are a proportion of agreeing samples
 HOW_TO = ("give real samples (a few hundred if you can) with --data: a .npz/.npy, a folder of images (one sub-folder per class), "
           "a .csv (one row per sample), or my_prep.py:load (see README, 'Bring your own samples')")
 
@@ -43,11 +44,14 @@ def samples_for(p: float, half_width: float = 0.01, z: float = Z95) -> int:
 def class_coverage(reference: np.ndarray) -> dict | None:
     """Which of the model's classes ``reference`` (its outputs, N x C) falls in; None if not a classifier."""
     ref = np.asarray(reference)
-    if ref.ndim != 2 or ref.shape[1] < 2 or len(ref) == 0:
+    if ref.ndim != 2 or len(ref) == 0:
         return None
-    counts = np.bincount(ref.argmax(axis=1), minlength=ref.shape[1])
+    if ref.shape[1] == 1:  # one sigmoid unit: two classes, split at 0.5
+        counts = np.bincount((ref[:, 0] > 0.5).astype(int), minlength=2)
+    else:
+        counts = np.bincount(ref.argmax(axis=1), minlength=ref.shape[1])
     top = int(counts.argmax())
-    return {"classes": int(ref.shape[1]), "classes_reached": int((counts > 0).sum()), "largest_class": top,
+    return {"classes": int(len(counts)), "classes_reached": int((counts > 0).sum()), "largest_class": top,
             "largest_class_share": round(float(counts[top] / counts.sum()), 4)}
 
 
@@ -69,7 +73,8 @@ def build(run, report: dict) -> dict:
     quantize = report["settings"]["quantize"]
     if synthetic:
         lo, hi = report["settings"]["input_range"]
-        cov = class_coverage(run.reference)
+        # classes only mean something for a classifier's verdict (not for an autoencoder's outputs)
+        cov = class_coverage(run.reference) if ft.get("metric") in AGREEMENT_METRICS else None
         syn = {"n_samples": data["n_samples"], "distribution": f"uniform in [{lo:g}, {hi:g}] (seed 1)",
                "unpruned_score": cands[0]["fidelity"]["score"], "unpruned_quantize": quantize,
                "score_name": ft["score_name"], "informative": None}
@@ -84,7 +89,7 @@ def build(run, report: dict) -> dict:
                     f"scores {syn['unpruned_score']:.4f}; {HOW_TO}")})
         out["synthetic"] = syn
     thr = ft.get("min_fidelity")
-    if ft.get("metric") == "top1" and thr is not None:
+    if ft.get("metric") in AGREEMENT_METRICS and thr is not None:
         unc = {"method": "Wilson score interval, 95%", "threshold": thr, "chosen": None, "first_failing": None}
         ch = report.get("chosen")
         if ch is not None:
@@ -100,8 +105,8 @@ def build(run, report: dict) -> dict:
         if report["stop"]["reason"] == "fidelity":
             unc["first_failing"] = _interval_row(cands[-1], thr)
         out["uncertainty"] = unc
-    elif ft.get("metric") != "top1":
-        out["uncertainty"] = {"method": None, "note": "no interval for the cosine-similarity score (not a proportion)"}
+    elif ft.get("metric") not in AGREEMENT_METRICS:
+        out["uncertainty"] = {"method": None, "note": f"no interval for the {ft.get('score_name')} score (not a proportion)"}
     return out
 
 

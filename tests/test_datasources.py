@@ -246,7 +246,9 @@ def test_wilson_interval_and_class_coverage():
     ref[:7, 1] = 1
     ref[7:, 3] = 1
     assert class_coverage(ref) == {"classes": 4, "classes_reached": 2, "largest_class": 1, "largest_class_share": 0.7}
-    assert class_coverage(np.zeros((5, 1))) is None
+    assert class_coverage(np.array([[0.9], [0.8], [0.1]])) == {"classes": 2, "classes_reached": 2, "largest_class": 1,
+                                                               "largest_class_share": 0.6667}
+    assert class_coverage(np.zeros((5,))) is None
 
 
 def test_data_spec_errors_name_the_four_forms(tmp_path):
