@@ -207,13 +207,22 @@ def _check_name_length(path: Path, what: str) -> None:
                              "choose a shorter file or folder name")
 
 
+DATA_HELP = ("Samples: a .npz (x[, y]) or .npy; a folder of images (PNG/JPEG/BMP, one sub-folder per class for "
+             "labels); a .csv (one row per sample, optional 'label' column); or my_prep.py:load (your function "
+             "returning x or (x, y)). 1/5 (at most 200) is held out for int8 calibration, never evaluated on.")
+_Classes = Annotated[Optional[str], typer.Option("--classes", help="Class names in label order, 'a,b,c': for a folder "
+                                                  "of images (sub-folder names) or CSV labels given as names. Default: "
+                                                  "folder names that are numbers are the labels, else sorted names.")]
+
+
 # --------------------------------------------------------------------------- convert
 @app.command()
 def convert(
     model: Annotated[Path, typer.Argument(help="Keras model: .keras, or a Keras 2/3 .h5 file.")],
     quantize: Annotated[Quantize, typer.Option(help="float32, float16, dynamic (int8 weights) or int8 (full integer, int8 in/out).")] = Quantize.int8,
-    data: Annotated[Optional[Path], typer.Option("--data", help="Evaluation (and int8 calibration) data: .npz with x[, y], or .npy. Without it: synthetic (data-free).")] = None,
+    data: Annotated[Optional[Path], typer.Option("--data", help=DATA_HELP + " Without it: synthetic (data-free).")] = None,
     input_range: Annotated[str, typer.Option("--input-range", help="Input range 'LO,HI' for synthetic calibration/evaluation data.")] = "0,1",
+    classes: _Classes = None,
     out_path: Annotated[Path, typer.Option("--out", "-o", help="Where to write the .tflite.")] = Path("model.tflite"),
     samples: Annotated[int, typer.Option("--samples", help="Synthetic samples for calibration and evaluation when no --data.")] = 100,
     input_shape: Annotated[Optional[str], typer.Option("--input-shape", help="Fix a variable-length input: the full input shape, batch first, e.g. 1,5000,4.")] = None,
@@ -223,7 +232,7 @@ def convert(
     """Convert MODEL to TFLite and print its size, ops, quantisation and fidelity (measured on the .tflite)."""
     from edgeprune.pipeline import convert as conv
     from edgeprune.pipeline import fidelity as fid
-    from edgeprune.pipeline.data import load_eval_data, synthetic_data
+    from edgeprune.pipeline.data import synthetic_data
     from edgeprune.pipeline.loading import load_model
 
     lo, hi = _parse_range(input_range)
@@ -242,16 +251,20 @@ def convert(
         shape = parse_input_shape(input_shape)
         keras_model = with_input_shape(keras_model, shape)
         config.batch_size = shape[0]
-    if data is not None:
-        eval_data = load_eval_data(data, keras_model)
-        config.calibration = eval_data.x
-        if quantize is Quantize.int8:
-            eval_data.notes.append(
-                f"int8 was calibrated on {min(eval_data.n, samples)} of the same samples it is evaluated on "
-                "(fidelity may be slightly optimistic)"
-            )
+    if data is not None:  # any form of --data; calibration and evaluation never share a sample
+        from edgeprune.pipeline.datasources import load_data
+        from edgeprune.pipeline.split import split
+
+        sp = split(load_data(data, keras_model, input_range=(lo, hi), classes=classes))
+        eval_data, config.calibration, split_info = sp.evaluation, sp.calibration, sp.info
+        if sp.calibration is not None:  # --samples is for synthetic data: calibrate on the whole held-out part
+            config.num_calibration = len(sp.calibration)
+        if quantize is Quantize.int8 and sp.calibration is not None:
+            eval_data.notes.append(f"int8 calibrated on {sp.info['calibration']} of the {sp.info['n_samples']} samples, "
+                                   f"evaluated on the other {sp.info['evaluation']} ({sp.info['shared']} shared)")
     else:  # seed 1: evaluation samples differ from the synthetic calibration samples (seed 0)
         eval_data = synthetic_data(keras_model, samples, (lo, hi), seed=1)
+        split_info = None
     result = conv.convert(keras_model, config)
     result.save(out_path)
     reference = fid.keras_outputs(keras_model, eval_data.x)
@@ -265,7 +278,7 @@ def convert(
             "model": str(model),
             "out": str(out_path),
             "conversion": result.to_dict(),
-            "data": eval_data.to_dict(),
+            "data": dict(eval_data.to_dict(), split=split_info),
             "fidelity": fidelity.to_dict(),
             "arena": arena,
         }
@@ -489,7 +502,8 @@ def run(
     latency_budget: Annotated[Optional[float], typer.Option("--latency-budget", help="Latency budget in ms, checked on --latency-stat (p50 by default). Default: the profile's, if any.")] = None,
     min_fidelity: Annotated[Optional[float], typer.Option("--min-fidelity", help="Minimum fidelity score vs the original model: top-1 agreement (classifiers) or cosine similarity. Default 0.95 unless --max-accuracy-drop is given.")] = None,
     max_accuracy_drop: Annotated[Optional[float], typer.Option("--max-accuracy-drop", help="Maximum accuracy drop in points (needs labelled --data).")] = None,
-    data: Annotated[Optional[Path], typer.Option("--data", help="Evaluation/calibration data (.npz with x[, y], or .npy). Default: the example's 1000 labelled images for the example model, else synthetic (labelled as such).")] = None,
+    data: Annotated[Optional[Path], typer.Option("--data", help=DATA_HELP + " Default: the example's 1000 labelled images for the example model, else synthetic (labelled as such).")] = None,
+    classes: _Classes = None,
     quantize: Annotated[Quantize, typer.Option("--quantize", "-q", help="int8 (default), float16, float32 (or dynamic).")] = Quantize.int8,
     criterion: Annotated[Optional[Criterion], typer.Option(help="Importance criterion: flow (one forward pass on the calibration split; the default with data), taylor, paoding (data-free; the default without data), l1, random.")] = None,
     compensate: Annotated[Optional[bool], typer.Option("--compensate/--no-compensate", help="Refit the pruned layers' consumers by least squares on the calibration split (default: on with data).")] = None,
@@ -537,7 +551,7 @@ def run(
                        resume=resume, force=force, runs=runs, warmup=warmup, measure_all=measure_all,
                        threads=threads, min_secs=min_secs, max_secs=max_secs, warmup_min_secs=warmup_min_secs,
                        latency_stat=latency_stat.value, round_to=round_to, predict=predict,
-                       input_range=(lo, hi), seed=seed)
+                       input_range=(lo, hi), seed=seed, classes=classes)
     if input_shape is not None:
         from edgeprune.pipeline.loading import parse_input_shape
 
@@ -545,6 +559,9 @@ def run(
     with RunProgress(err) as progress:
         result = run_search(config, progress=progress)
     if as_json:
+        from edgeprune.pipeline.verdict import print_verdict
+
+        print_verdict(err, result.report, warnings_only=True)  # warnings reach the screen with --json too
         sys.stdout.write(result.to_json() + "\n")
         sys.stdout.flush()
     else:
@@ -577,6 +594,8 @@ def run_cli(argv: list[str] | None = None) -> int:
         err.print(f"[bold red]error:[/bold red] {exc.message}", highlight=False, soft_wrap=True, markup=True)
         if exc.hint:
             err.print(f"  [bold]fix:[/bold] {exc.hint}", highlight=False, soft_wrap=True)
+        if getattr(exc, "detail", None):  # the traceback of the user's own code (a --data function)
+            err.print(exc.detail, highlight=False, soft_wrap=True, markup=False)
         return exc.exit_code
     except KeyboardInterrupt:
         err.print("interrupted")

@@ -33,6 +33,12 @@
   ``ram``, ``latency``: each ``{"ok", "value", "limit", ...}``), ``meets_all``,
   ``measurement`` (null if not measured: then ``not_measured`` says why), ``measurement_cached``,
   ``reused`` (from an earlier, interrupted invocation), ``timings``, ``created_at``
+- ``verdict``: what the fidelity verdict means (see ``pipeline/verdict.py``): ``judged_on``
+  (``real``/``synthetic``), ``split`` (calibration/evaluation sizes, ``shared`` samples: 0),
+  ``synthetic`` (classes reached, largest class share, the unpruned model's score on them,
+  ``informative``), ``uncertainty`` (95 % Wilson interval of the chosen and first failing
+  candidates' agreement), ``warnings`` (``[{"code", "message"}]``: ``synthetic_uninformative``,
+  ``threshold_within_uncertainty``)
 - ``notes``, ``files``
 """
 from __future__ import annotations
@@ -169,7 +175,10 @@ def markdown(report: dict) -> str:
     if nm:
         lines += ["", "Not measured on the device:", ""]
         lines += [f"- rate {c['rate']:.2f}: {c['not_measured']}" for c in nm]
-    lines += ["", "## Strategy", "", report["strategy"], ""]
+    from edgeprune.pipeline.verdict import markdown_lines
+
+    lines += [""] + markdown_lines(report)
+    lines += ["## Strategy", "", report["strategy"], ""]
     if report.get("notes"):
         lines += ["## Notes", ""] + [f"- {n}" for n in report["notes"]] + [""]
     lines += ["![size, latency and fidelity against prune rate](report.png)", ""]
@@ -395,6 +404,9 @@ def print_outcome(console, report: dict) -> None:
                   highlight=False)
     for n in report.get("notes") or []:
         console.print(f"[yellow]note:[/yellow] {n}", highlight=False)
+    from edgeprune.pipeline.verdict import print_verdict
+
+    print_verdict(console, report)  # what the fidelity was judged on; warnings
     if report.get("chosen"):
         console.print(f"[bold green]{summary_line(report)}[/bold green]", highlight=False)
         console.print(f"wrote {Path(report['run_dir']) / 'best.tflite'} and report.json/.md/.png in {report['run_dir']}",

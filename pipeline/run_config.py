@@ -47,7 +47,8 @@ class RunConfig:
     latency_budget: Optional[float] = None  # ms
     min_fidelity: Optional[float] = None  # default DEFAULT_MIN_FIDELITY unless max_accuracy_drop is given
     max_accuracy_drop: Optional[float] = None  # points
-    data: Optional[Path] = None
+    data: Optional[Path] = None  # any form of --data (see pipeline/datasources.py)
+    classes: Optional[str] = None  # --classes a,b,c: label order of image class folders / CSV label names
     quantize: str = "int8"
     criterion: str = "auto"  # auto: flow with data (the example's or --data), paoding without
     compensate: Optional[bool] = None  # None: on when there is data (ridge refit, pipeline/compensate.py)

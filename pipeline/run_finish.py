@@ -151,7 +151,7 @@ class FinishStage:
                          "round_to": self.round_to, "predict": self.c.predict},
             "prediction": self.prediction_summary(),
             "data": dict(self.data.to_dict(), calibration=self.calibration_note,
-                         synthetic=self.data.source == "synthetic"),
+                         synthetic=self.data.source == "synthetic", split=getattr(self, "split", None)),
             "budgets": self.budgets,
             "fidelity_threshold": {"min_fidelity": self.min_fidelity, "max_accuracy_drop": self.max_drop,
                                    "score_name": fr0["score_name"], "metric": fr0["metric"]},
@@ -183,5 +183,8 @@ class FinishStage:
                 "latency_is_estimate": bool(m.get("latency_is_estimate")),
                 "ram_bytes": m.get("ram_bytes"), "sha256": chosen["sha256"],
             }
+        from edgeprune.pipeline import verdict
+
+        report["verdict"] = verdict.build(self, report)  # what the fidelity verdict means (issue 14)
         files = rep.write_reports(d, report)
         return RunResult(report=report, exit_code=exit_code, run_dir=d, files=files)

@@ -233,7 +233,9 @@ def test_cli_convert_example_int8_with_data_json(tmp_path, capsys):
     assert payload["conversion"]["calibration_source"] == "user"
     assert payload["data"]["source"] == "user" and payload["data"]["input_scale"] == pytest.approx(1 / 255)
     fid = payload["fidelity"]
-    assert fid["metric"] == "top1" and fid["n_samples"] == 1000
+    assert fid["metric"] == "top1" and fid["n_samples"] == 800  # 200 held out for calibration, never evaluated
+    assert payload["data"]["split"]["calibration"] == payload["conversion"]["calibration_samples"] == 200
+    assert payload["data"]["split"]["shared"] == 0
     assert fid["accuracy_drop"] < 1.0 and fid["agreement"] > 0.98
     assert payload["conversion"]["inputs"][0]["dtype"] == "int8"
     assert "Traceback" not in err
