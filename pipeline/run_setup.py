@@ -9,7 +9,7 @@ from typing import Optional
 
 from edgeprune.devices.base import file_sha256
 from edgeprune.errors import BadInput
-from edgeprune.pipeline.run_config import (CALIBRATION_MAX, DEFAULT_MIN_FIDELITY, QUANTIZE_CHOICES,
+from edgeprune.pipeline.run_config import (DEFAULT_MIN_FIDELITY, QUANTIZE_CHOICES,
                                            SYNTHETIC_SAMPLES, RunConfig, _parse_budget)
 from edgeprune.pipeline.run_dir import _prepare_dir
 
