@@ -268,7 +268,8 @@ def figures_of_report(report: dict) -> dict:
     return {"size": ch.get("flash_bytes", ch.get("size_bytes")), "ram": ch.get("ram_bytes"),
             "latency": ch.get("latency_ms"), "fidelity": ch.get("fidelity"),
             "latency_is_estimate": ch.get("latency_is_estimate"), "score_name": ch.get("score_name"),
-            "measurement": chosen_measurement(report), "sha256": ch.get("sha256")}
+            "latency_stat": ch.get("latency_stat"), "measurement": chosen_measurement(report),
+            "sha256": ch.get("sha256")}
 
 
 def compare(baseline: dict, new: Optional[dict], tolerances: dict[str, Tolerance]) -> GateResult:
@@ -300,6 +301,10 @@ def compare(baseline: dict, new: Optional[dict], tolerances: dict[str, Tolerance
             if bool(old.get("latency_is_estimate")) != bool(new.get("latency_is_estimate")):
                 check.compared = False
                 check.note = "one latency is measured and the other estimated"
+            elif (old.get("latency_stat") or "p50") != (new.get("latency_stat") or "p50"):
+                check.compared = False
+                check.note = (f"different latency statistics ({old.get('latency_stat') or 'p50'} vs "
+                              f"{new.get('latency_stat') or 'p50'}): use the same --latency-stat")
             else:
                 s_old, how_old = median_noise(old.get("measurement"))
                 s_new, how_new = median_noise(new.get("measurement"))
