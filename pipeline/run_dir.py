@@ -85,6 +85,7 @@ class RunDirStage:
         c = self.c
         return {"model_sha256": self.model_sha, "data": self.data_id, "quantize": c.quantize, "criterion": self.criterion,
                 "compensate": self.compensate,
+                **({"allocation": self.allocation} if getattr(self, "allocation", "uniform") != "uniform" else {}),
                 "step": round(float(c.step), 6), "seed": c.seed, "input_range": [float(v) for v in c.input_range]}
 
     def open_run_dir(self) -> None:

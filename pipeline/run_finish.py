@@ -120,7 +120,7 @@ class FinishStage:
                        "emulated": p.emulated, "arch": next((r["measurement"]["arch"] for r in cand_out
                                                              if r["measurement"] and r["measurement"].get("arch")), None)},
             "settings": {"quantize": self.c.quantize, "criterion": self.criterion, "step": self.c.step,
-                         "compensate": self.compensate, "stages": self.stages_label,
+                         "compensate": self.compensate, "allocation": self.allocation, "stages": self.stages_label,
                          "max_rate": self.c.max_rate, "runs": self.c.runs, "warmup": self.c.warmup,
                          "measure_all": self.c.measure_all, "seed": self.c.seed,
                          "input_range": list(self.c.input_range)},
