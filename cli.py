@@ -54,6 +54,8 @@ class Allocation(str, Enum):
 class Metric(str, Enum):
     auto = "auto"
     top1 = "top1"
+    binary = "binary"
+    relerr = "relerr"
     regression = "regression"
 
 
@@ -213,7 +215,8 @@ def convert(
     input_range: Annotated[str, typer.Option("--input-range", help="Input range 'LO,HI' for synthetic calibration/evaluation data.")] = "0,1",
     out_path: Annotated[Path, typer.Option("--out", "-o", help="Where to write the .tflite.")] = Path("model.tflite"),
     samples: Annotated[int, typer.Option("--samples", help="Synthetic samples for calibration and evaluation when no --data.")] = 100,
-    metric: Annotated[Metric, typer.Option(help="Fidelity metric: auto, top1 (classifier) or regression.")] = Metric.auto,
+    input_shape: Annotated[Optional[str], typer.Option("--input-shape", help="Fix a variable-length input: the full input shape, batch first, e.g. 1,5000,4.")] = None,
+    metric: Annotated[Metric, typer.Option(help="Fidelity metric: auto, top1 (classifier), binary (one sigmoid output: agreement of output > 0.5), relerr (1 - relative L2 error) or regression (cosine).")] = Metric.auto,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Convert MODEL to TFLite and print its size, ops, quantisation and fidelity (measured on the .tflite)."""
@@ -232,6 +235,12 @@ def convert(
     _check_out_suffix(out_path, (".tflite",), "the converted model")
     _check_writable(out_path)
     keras_model = load_model(model)
+    if input_shape is not None:
+        from edgeprune.pipeline.loading import parse_input_shape, with_input_shape
+
+        shape = parse_input_shape(input_shape)
+        keras_model = with_input_shape(keras_model, shape)
+        config.batch_size = shape[0]
     if data is not None:
         eval_data = load_eval_data(data, keras_model)
         config.calibration = eval_data.x
@@ -320,7 +329,7 @@ def _print_conversion(result, out_path: Path, eval_data, fidelity, arena: dict |
     out.print(table)
     fr = fidelity
     line = f"fidelity on {fr.n_samples} samples, {eval_data.label}: {fr.score_name} {fr.score:.4f}"
-    if fr.metric == "top1" and fr.accuracy is not None:
+    if fr.metric in ("top1", "binary") and fr.accuracy is not None:
         line += (f"; accuracy {100 * fr.accuracy:.2f}% vs Keras {100 * fr.reference_accuracy:.2f}% "
                  f"(drop {fr.accuracy_drop:+.2f} points)")
     line += f"; rel. L2 error {fr.rel_l2:.3g}, max abs diff {fr.max_abs_diff:.3g}"
@@ -480,6 +489,7 @@ def run(
     measure_all: Annotated[bool, typer.Option("--measure-all", help="Measure every candidate that passes the host checks (for the latency curve), not just the fewest needed.")] = False,
     input_range: Annotated[str, typer.Option("--input-range", help="Model input range 'LO,HI' (PAODING bounds, synthetic data).")] = "0,1",
     seed: Annotated[int, typer.Option(help="Seed (random criterion).")] = 0,
+    input_shape: Annotated[Optional[str], typer.Option("--input-shape", help="Fix a variable-length input: the full input shape, batch first (batch 1), e.g. 1,5000,4.")] = None,
     host: _Host = None,
     user: _User = None,
     port: _Port = None,
@@ -506,6 +516,10 @@ def run(
                        step=step, max_rate=max_rate, out=out_dir,
                        resume=resume, force=force, runs=runs, warmup=warmup, measure_all=measure_all,
                        input_range=(lo, hi), seed=seed)
+    if input_shape is not None:
+        from edgeprune.pipeline.loading import parse_input_shape
+
+        config.input_shape = parse_input_shape(input_shape)
     with RunProgress(err) as progress:
         result = run_search(config, progress=progress)
     if as_json:

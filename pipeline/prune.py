@@ -29,6 +29,7 @@ class PruneConfig:
     criterion: str = "paoding"
     step: float = 0.05
     round_to: int | None = None
+    min_width: int = 1  # no group is pruned below this width (nor below its handlers' minimum)
     input_range: tuple[float, float] = (0.0, 1.0)
     seed: int = 0
     alpha: float = 0.5  # PAODING: weight of the L1 norm of the impact
@@ -50,6 +51,8 @@ class PruneConfig:
             raise BadInput(f"step {self.step} must be in (0, 1]", "e.g. --step 0.05 (5% of the channels per step)")
         if self.round_to is not None and self.round_to < 1:
             raise BadInput(f"round_to {self.round_to} must be a positive integer")
+        if self.min_width < 1:
+            raise BadInput(f"min_width {self.min_width} must be a positive integer", "e.g. 2")
         lo, hi = self.input_range
         if not lo < hi:
             raise BadInput(f"input range {self.input_range} is empty", "give LO < HI")
@@ -137,10 +140,15 @@ class Pruner:
         return self.graph.prunable_groups
 
     def _target(self, g, rate: float) -> int:
+        """Never zero, never below the group's minimum width (the config's and its handlers')."""
+        floor = min(g.size, max(self.config.min_width, g.min_width))
         if self.config.allocation is not None:
             w = self.config.allocation.width(g, rate)
             if w is not None:
-                return w
+                return max(floor, w)
+        return max(floor, self._raw_target(g, rate))
+
+    def _raw_target(self, g, rate: float) -> int:
         widths = self.config.widths or {}
         final = next((widths[p] for p in g.producers if p in widths), None)
         if final is None:
@@ -211,7 +219,8 @@ class Pruner:
 def prune(model, rate: float = 0.5, criterion: str = "paoding", *, step: float = 0.05,
           round_to: int | None = None, input_range=(0.0, 1.0), seed: int = 0,
           alpha: float = 0.5, beta: float = 0.5, widths: dict[str, int] | None = None,
-          calibration=None, compensate: bool = False, ridge: float = 1e-2, allocation=None) -> PruneResult:
+          calibration=None, compensate: bool = False, ridge: float = 1e-2, allocation=None,
+          min_width: int = 1) -> PruneResult:
     """Prune ``model`` structurally to ``rate`` of each prunable layer's channels.
 
     Returns a :class:`PruneResult` with the smaller Keras model and the plan (``.save()``
@@ -220,7 +229,7 @@ def prune(model, rate: float = 0.5, criterion: str = "paoding", *, step: float =
     config = PruneConfig(rate=rate, criterion=criterion, step=step, round_to=round_to,
                          input_range=tuple(input_range), seed=seed, alpha=alpha, beta=beta,
                          widths=widths, calibration=calibration, compensate=compensate, ridge=ridge,
-                         allocation=allocation)
+                         allocation=allocation, min_width=min_width)
     if widths:
         unknown = sorted(set(widths) - {p for g in DependencyGraph(model).groups.values() for p in g.producers})
         if unknown:
@@ -232,7 +241,7 @@ def prune(model, rate: float = 0.5, criterion: str = "paoding", *, step: float =
     plan = pruner.plan()
     notes = pruner.graph.frozen_notes()
     if not pruner.groups:
-        notes.append("no prunable channel group found: every group is frozen (see the table)")
+        notes.append(pruner.graph.nothing_prunable_note())
     return PruneResult(model=pruned, plan=plan, rate=rate, layers=pruner.layer_widths(),
                        params_before=plan.params_before, params_after=trainable_param_count(pruned),
                        seconds=time.perf_counter() - t0, notes=notes, frozen=pruner.frozen())

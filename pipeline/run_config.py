@@ -62,6 +62,7 @@ class RunConfig:
     measure_all: bool = False
     input_range: tuple[float, float] = (0.0, 1.0)
     seed: int = 0
+    input_shape: Optional[tuple[int, ...]] = None  # fixes a variable-length input (batch first, batch 1)
 
 
 @dataclass

@@ -139,6 +139,7 @@ class FinishStage:
                        "candidates_computed": len(self.candidates) - self.reused},
             "timings": tot,
             "candidates": cand_out,
+            "failed_candidates": list(getattr(self, "failed_candidates", [])),
             "notes": self.notes,
             "files": {"run": "run.json", "measurements": "measurements.json", "best": "best.tflite" if chosen else None,
                       "report_json": "report.json", "report_md": "report.md", "report_png": "report.png"},

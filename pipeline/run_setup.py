@@ -156,6 +156,13 @@ class SetupStage:
             raise BadInput(f"unknown --criterion {c.criterion!r}", f"use one of: {', '.join(CRITERIA)}")
         self.emit("status", text=f"loading {self.model_path.name}")
         self.model = load_model(self.model_path)
+        if c.input_shape:
+            from edgeprune.pipeline.loading import with_input_shape
+
+            if c.input_shape[0] != 1:
+                raise BadInput(f"--input-shape {','.join(map(str, c.input_shape))}: run measures one sample per inference",
+                               "give batch 1, e.g. --input-shape 1," + ",".join(map(str, c.input_shape[1:])))
+            self.model = with_input_shape(self.model, tuple(c.input_shape))
         self.model_sha = file_sha256(self.model_path)
         if self.data_path is not None:
             data = load_eval_data(self.data_path, self.model)

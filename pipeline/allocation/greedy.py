@@ -151,7 +151,8 @@ class GlobalGreedy(Allocation):
             best = None
             for g in pruner.groups:
                 size = state.sizes[g.id]
-                room = size - min_width(g.size, self.min_keep)
+                floor = max(min_width(g.size, self.min_keep), pruner.config.min_width, getattr(g, "min_width", 1))
+                room = size - min(g.size, floor)
                 if room <= 0:
                     continue
                 n = min(room, max(1, int(round(self.chunk * (size if self.relative else g.size)))))

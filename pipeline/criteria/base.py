@@ -65,7 +65,10 @@ def _channel_l1(ctx: Context, group: Group, fold_bn: bool) -> np.ndarray:
         w = state.weights[ref.layer][ref.weight]
         if w.ndim < 2:  # bias
             continue
-        l1 = np.abs(np.moveaxis(w, ref.axis, -1)).reshape(-1, w.shape[ref.axis]).sum(0)
+        a = np.abs(np.moveaxis(w, ref.axis, -1))
+        n = state.sizes[group.id]
+        # the axis may hold the group several times (a recurrent layer's gate blocks)
+        l1 = sum(a[..., s:s + n].reshape(-1, n).sum(0) for s in state.block_slices(ref, group.id))
         if fold_bn:
             bn = _following_bn(ctx.graph, ref.layer, group.id)
             if bn is not None:
