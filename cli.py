@@ -46,16 +46,15 @@ class Criterion(str, Enum):
     taylor = "taylor"
 
 
-<<<<<<< HEAD
 class Allocation(str, Enum):
     uniform = "uniform"
     global_ = "global"
-=======
+
+
 class LatencyStat(str, Enum):
     p50 = "p50"
     p90 = "p90"
     p99 = "p99"
->>>>>>> main
 
 
 class Metric(str, Enum):

@@ -83,21 +83,14 @@ class RunDirStage:
 
     def fingerprint(self) -> dict:
         c = self.c
-<<<<<<< HEAD
-        return {"model_sha256": self.model_sha, "data": self.data_id, "quantize": c.quantize, "criterion": self.criterion,
-                "compensate": self.compensate,
-                **({"allocation": self.allocation} if getattr(self, "allocation", "uniform") != "uniform" else {}),
-                "step": round(float(c.step), 6), "seed": c.seed, "input_range": [float(v) for v in c.input_range],
-                **({"input_shape": list(c.input_shape)} if c.input_shape else {})}
-=======
         fp = {"model_sha256": self.model_sha, "data": self.data_id, "quantize": c.quantize, "criterion": self.criterion,
               "compensate": self.compensate,
+              **({"allocation": self.allocation} if getattr(self, "allocation", "uniform") != "uniform" else {}),
               "step": round(float(c.step), 6), "seed": c.seed, "input_range": [float(v) for v in c.input_range],
               **({"input_shape": list(c.input_shape)} if c.input_shape else {})}
         if getattr(self, "round_to", None) is not None:  # only then: older run dirs keep their fingerprint
             fp["round_to"] = int(self.round_to)
         return fp
->>>>>>> main
 
     def open_run_dir(self) -> None:
         c, d = self.c, self.run_dir
