@@ -47,6 +47,11 @@ class Criterion(str, Enum):
     taylor = "taylor"
 
 
+class Allocation(str, Enum):
+    uniform = "uniform"
+    global_ = "global"
+
+
 class LatencyStat(str, Enum):
     p50 = "p50"
     p90 = "p90"
@@ -571,6 +576,7 @@ def run(
     quantize: Annotated[Quantize, typer.Option("--quantize", "-q", help="int8 (default), float16, float32 (or dynamic).")] = Quantize.int8,
     criterion: Annotated[Optional[Criterion], typer.Option(help="Importance criterion: flow (one forward pass on the calibration split; the default with data), taylor, paoding (data-free; the default without data), l1, random.")] = None,
     compensate: Annotated[Optional[bool], typer.Option("--compensate/--no-compensate", help="Refit the pruned layers' consumers by least squares on the calibration split (default: on with data).")] = None,
+    allocation: Annotated[Optional[Allocation], typer.Option(help="How widths are chosen: global (greedy on the calibration split, least fidelity loss per parameter saved; the rate is the fraction of prunable parameters removed; the default with data) or uniform (every layer loses the rate of its channels; the default without data).")] = None,
     step: Annotated[float, typer.Option(help="Prune-rate step between candidates (each builds on the last).")] = 0.05,
     max_rate: Annotated[float, typer.Option("--max-rate", help="Largest prune rate tried.")] = 0.9,
     out_dir: Annotated[Optional[Path], typer.Option("--out", "-o", help="Run directory. Default ./edgeprune-runs/<model>-<device>-<quantize>.")] = None,
@@ -621,6 +627,7 @@ def run(
                        trust_new_host=trust_new_host, budget=budget, ram_budget=ram_budget,
                        latency_budget=latency_budget, min_fidelity=min_fidelity, max_accuracy_drop=max_accuracy_drop,
                        data=data, quantize=quantize.value, criterion=criterion.value if criterion else "auto", compensate=compensate,
+                       allocation=allocation.value if allocation else "auto",
                        step=step, max_rate=max_rate, out=out_dir,
                        resume=resume, force=force, runs=runs, warmup=warmup, measure_all=measure_all,
                        threads=threads, min_secs=min_secs, max_secs=max_secs, warmup_min_secs=warmup_min_secs,
