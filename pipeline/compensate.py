@@ -83,13 +83,16 @@ class Compensator:
         return {n: self._orig_inputs[n] for n in names}
 
     def layers_to_refit(self, state) -> list[str]:
+        from edgeprune.pipeline.branches import removed_layers, touched_consumers
+
         g = self.graph
         pruned = {gid for gid, grp in g.groups.items() if state.sizes[gid] < grp.size}
-        names = set()
+        names = {n for n in touched_consumers(state) if refittable(g, n)}  # behind a removed branch
         for gid in pruned:
             for ref in g.groups[gid].refs:
                 if ref.role == "consumer" and refittable(g, ref.layer):
                     names.add(ref.layer)
+        names -= removed_layers(state)
         return [n for n in g.order if n in names]
 
     def fit_layer(self, name: str, state, x_p: np.ndarray) -> list[np.ndarray]:
@@ -221,8 +224,11 @@ def decode(d: dict) -> np.ndarray:
 
 def refits_of(state) -> dict:
     """The plan's record of the refitted weights: layer -> {weight index: encoded array}."""
+    from edgeprune.pipeline.branches import removed_layers
+
     out = {}
-    for name in sorted(getattr(state, "refitted", ()) or ()):
+    gone = removed_layers(state)
+    for name in sorted(set(getattr(state, "refitted", ()) or ()) - gone):
         out[name] = {str(i): encode(w) for i, w in enumerate(state.weights[name][:2])}
     return out
 

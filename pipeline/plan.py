@@ -35,6 +35,7 @@ class Plan:
     refits: dict = field(default_factory=dict)
     compensation: str = ""
     allocation: str = ""  # how the widths were chosen ("uniform", "global"); "" = uniform
+    branches: list = field(default_factory=list)  # removed residual branches: [add layer, input index]
 
     @classmethod
     def from_state(cls, state, *, model: str = "", criterion: str = "", rate: float = 0.0,
@@ -49,13 +50,15 @@ class Plan:
                 widths[p] = [g.size, int(state.sizes[gid])]
         return cls(layers=layers, merges=[m.to_dict() for m in state.merges], widths=widths, model=model,
                    criterion=criterion, rate=float(rate), params_before=params_before, params_after=params_after,
-                   refits=refits_of(state), compensation=compensation, allocation=allocation)
+                   refits=refits_of(state), compensation=compensation, allocation=allocation,
+                   branches=[[a, int(i)] for a, i in (getattr(state, "branches", None) or [])])
 
     def to_dict(self) -> dict:
         return {"format": FORMAT, "model": self.model, "criterion": self.criterion, "rate": self.rate,
                 "params_before": self.params_before, "params_after": self.params_after,
                 "widths": self.widths, "layers": self.layers, "merges": self.merges,
                 **({"allocation": self.allocation} if self.allocation else {}),
+                **({"branches": self.branches} if self.branches else {}),
                 **({"compensation": self.compensation, "refits": self.refits} if self.refits else {})}
 
     @classmethod
@@ -66,7 +69,8 @@ class Plan:
                    widths=d.get("widths", {}), model=d.get("model", ""), criterion=d.get("criterion", ""),
                    rate=float(d.get("rate", 0.0)), params_before=int(d.get("params_before", 0)),
                    params_after=int(d.get("params_after", 0)), refits=dict(d.get("refits") or {}),
-                   compensation=d.get("compensation", ""), allocation=d.get("allocation", ""))
+                   compensation=d.get("compensation", ""), allocation=d.get("allocation", ""),
+                   branches=[list(b) for b in d.get("branches", [])])
 
     def save(self, path) -> None:
         write_json_atomic(path, self.to_dict())
@@ -107,6 +111,15 @@ class Plan:
                     raise BadInput(f"plan prunes layer {layer!r}, whose channels are frozen")
                 state.remove(gid, np.setdiff1d(np.arange(size), kept))
             done.add(gid)
+        if self.branches:
+            from edgeprune.pipeline.branches import find_branches, remove_branch
+
+            by_key = {b.key: b for b in find_branches(graph)}
+            for add, i in self.branches:
+                if (add, int(i)) not in by_key:
+                    raise BadInput(f"plan removes input {i} of {add!r}, which is not a removable residual branch "
+                                   "of this model", "replay a plan on the model it was made for")
+                remove_branch(state, by_key[(add, int(i))])
         if self.refits:
             from edgeprune.pipeline.compensate import decode
 

@@ -98,7 +98,10 @@ def target_width(size: int, rate: float, round_to: int | None) -> int:
 
 
 def count_params(graph: DependencyGraph, state: PruneState) -> int:
-    return int(sum(w.size for ws in state.weights.values() for w in ws))
+    from edgeprune.pipeline.branches import removed_layers
+
+    gone = removed_layers(state)
+    return int(sum(w.size for name, ws in state.weights.items() if name not in gone for w in ws))
 
 
 def trainable_param_count(model) -> int:

@@ -53,6 +53,8 @@ class PruneState:
         new.merges = list(self.merges)
         if getattr(self, "refitted", None) is not None:  # compensation: layers whose weights were refitted
             new.refitted = set(self.refitted)
+        if getattr(self, "branches", None):  # residual branches removed (pipeline/branches.py)
+            new.branches = list(self.branches)
         return new
 
     # ----------------------------------------------------------------- channel access
@@ -116,6 +118,10 @@ def build_model(graph: DependencyGraph, state: PruneState):
         weights = state.weights.get(layer.name)
         if weights:
             layer.set_weights(weights)
+    if getattr(state, "branches", None):
+        from edgeprune.pipeline.branches import rewire
+
+        new = rewire(graph, new, state)
     return new
 
 

@@ -36,10 +36,13 @@ def _weight_groups(graph) -> dict[tuple[str, int], set[int]]:
 def prunable_params(graph, state) -> int:
     """Parameters of ``state`` held in weights that a prunable group indexes: what pruning can
     shrink (the rest, e.g. the classifier's bias, stays whatever the widths)."""
+    from edgeprune.pipeline.branches import removed_layers
+
     prunable = {g.id for g in graph.prunable_groups}
+    gone = removed_layers(state)
     total = 0
     for (layer, w), gids in _weight_groups(graph).items():
-        if gids & prunable:
+        if gids & prunable and layer not in gone:
             total += int(state.weights[layer][w].size)
     return total
 

@@ -33,15 +33,18 @@ class GlobalGreedy(Allocation):
     rate_unit = "params"
 
     def __init__(self, chunk: float = DEFAULT_CHUNK, min_keep: float = DEFAULT_MIN_KEEP, score: str = "holdout",
-                 relative: bool = False):
+                 relative: bool = False, branches: bool = False):
         self.score = score
+        self.branches = bool(branches)  # also propose removing whole residual branches (off by default)
         self.relative = bool(relative)  # chunk of the CURRENT width (finer as groups shrink)
         if not (0.0 < chunk <= 1.0):
             raise ValueError(f"chunk {chunk} must be in (0, 1]")
         self.chunk = float(chunk)
         self.min_keep = float(min_keep)
         self.label = (f"global greedy: least calibration-output loss per parameter saved, chunks of "
-                      f"{self.chunk:.3g} of a group's width")
+                      f"{self.chunk:.3g} of a group's width"
+                      + ("; whole residual branches (least flow energy at their Add) as candidate moves"
+                         if self.branches else ""))
         self._ref = None  # (id(model), outputs of the ORIGINAL model on the calibration samples)
         self._total = None
         self.trials = 0
@@ -113,9 +116,12 @@ class GlobalGreedy(Allocation):
 
     def _masked_weights(self, graph, state, trial, g, keep_local) -> dict[str, list[np.ndarray]]:
         """The trial's consumer weights at the CURRENT widths: removed channels' rows zero."""
+        from edgeprune.pipeline.branches import removed_layers
+
         out = {}
+        gone = removed_layers(state)
         for ref in g.refs:
-            if ref.role != "consumer":
+            if ref.role != "consumer" or ref.layer in gone:
                 continue
             ws = out.setdefault(ref.layer, [w.copy() for w in trial.weights[ref.layer]])
             full = np.zeros(state.weights[ref.layer][ref.weight].shape, dtype=np.float32)
@@ -141,7 +147,10 @@ class GlobalGreedy(Allocation):
             pruner.ctx.state = state
             pruner.ctx.build = lambda: model
             pruner.criterion.begin_step(pruner.ctx)
-            names = sorted({r.layer for g in pruner.groups for r in g.refs if r.role == "consumer"},
+            from edgeprune.pipeline.branches import removed_layers
+
+            gone = removed_layers(state)
+            names = sorted({r.layer for g in pruner.groups for r in g.refs if r.role == "consumer"} - gone,
                            key=graph.order.index)
             fit = self._fit_rows(len(x)) if self._comp is not None else np.arange(len(x))
             self._acts = layer_inputs(model, names, x[fit]) if pruner.compensator is not None else {}
@@ -150,6 +159,8 @@ class GlobalGreedy(Allocation):
             p_now = prunable_params(graph, state)
             best = None
             for g in pruner.groups:
+                if gone and all(p in gone for p in g.producers):  # inside a removed branch
+                    continue
                 size = state.sizes[g.id]
                 floor = max(min_width(g.size, self.min_keep), pruner.config.min_width, getattr(g, "min_width", 1))
                 room = size - min(g.size, floor)
@@ -173,6 +184,18 @@ class GlobalGreedy(Allocation):
                 cost = (loss - base) / saved
                 if best is None or cost < best[0] - 1e-15:
                     best = (cost, g, n, sel, trial, saved, loss)
+            if self.branches:
+                from edgeprune.pipeline.allocation.branch_moves import branch_trial
+
+                bt = branch_trial(self, pruner, state, model, x[fit], xs, refs, base, p_now)
+                if bt is not None and (best is None or bt[0] < best[0]):
+                    _, branch, trial, saved, loss, ratio = bt
+                    pruner.state = pruner.ctx.state = trial
+                    self.chunks += 1
+                    self.log.append({"branch": list(branch.key), "layers": list(branch.layers), "energy_ratio": ratio,
+                                     "params_saved": int(saved), "loss": float(loss)})
+                    model = pruner.build()
+                    continue
             if best is None:  # nothing can shrink any more
                 break
             _, g, n, sel, trial, saved, loss = best

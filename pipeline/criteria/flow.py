@@ -38,7 +38,10 @@ class Flow(Importance):
     def begin_step(self, ctx: Context) -> None:
         if ctx.build is None:
             raise BadInput("the flow criterion needs the model's current state (internal: no build function)")
-        names = consumer_layers(ctx.graph, {g.id for g in ctx.graph.prunable_groups})
+        from edgeprune.pipeline.branches import removed_layers
+
+        gone = removed_layers(ctx.state)
+        names = [n for n in consumer_layers(ctx.graph, {g.id for g in ctx.graph.prunable_groups}) if n not in gone]
         acts = layer_inputs(ctx.build(), names, calibration_or_synthetic(ctx))
         # second moment of every input channel, over samples and positions
         self.m2 = {n: np.mean(np.square(a.astype(np.float64)), axis=tuple(range(a.ndim - 1))) for n, a in acts.items()}
@@ -49,7 +52,7 @@ class Flow(Importance):
         n = state.sizes[group.id]
         total = np.zeros(n)
         for ref in group.refs:
-            if ref.role != "consumer":
+            if ref.role != "consumer" or ref.layer not in self.m2:  # e.g. in a removed branch
                 continue
             w = np.moveaxis(state.weights[ref.layer][ref.weight], ref.axis, 0)
             energy = np.square(w.astype(np.float64)).reshape(w.shape[0], -1).sum(1)
