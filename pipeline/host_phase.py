@@ -12,12 +12,20 @@ from edgeprune.pipeline.run_config import CANDIDATE_FORMAT, SYNTHETIC_SAMPLES, _
 from edgeprune.pipeline.run_dir import _save_keras_atomic, write_json_atomic
 
 
+FINE_FROM = 0.8  # above this rate the candidates are spaced step / 2
+
+
 def rate_schedule(step: float, max_rate: float) -> list[float]:
-    """0, step, 2*step, ... <= max_rate, and max_rate itself last (rounded, resume-stable)."""
+    """0, step, 2*step, ... <= max_rate, and max_rate itself last (rounded, resume-stable).
+    Above FINE_FROM the spacing halves: there a step of 0.05 removes a quarter or more of what
+    is left, and one size/fidelity point was the difference between meeting a budget or not
+    (bench/results/allocation.md)."""
     rates = [0.0]
     k = 1
     while True:
         r = round(k * step, 6)
+        if r > FINE_FROM + 1e-9 and rates[-1] >= FINE_FROM - 1e-9:
+            r = round(rates[-1] + step / 2, 6)
         if r > max_rate + 1e-9:
             break
         rates.append(r)

@@ -43,6 +43,7 @@ class PruneConfig:
     compensate: bool = False
     ridge: float = 1e-2
     allocation: object = None  # an Allocation (pipeline/allocation.py): per-group widths per rate
+    augment: int = 8  # compensation fits on the calibration samples + this many shifted copies (pipeline/augment.py)
 
     def validate(self) -> None:
         if not (0.0 <= self.rate < 1.0):
@@ -134,9 +135,13 @@ class Pruner:
                            calibration=self.config.calibration, build=self.build)
         self.compensator = None
         if self.config.compensate and self.config.calibration is not None:
+            from edgeprune.pipeline.augment import shifted_copies
             from edgeprune.pipeline.compensate import Compensator
 
-            self.compensator = Compensator(self.graph, self.config.calibration, self.config.ridge)
+            # refits fitted on the calibration samples + shifted copies (bench/results/allocation.md)
+            fit = shifted_copies(self.config.calibration, self.config.augment)
+            self.augmented = len(fit) > len(self.config.calibration)
+            self.compensator = Compensator(self.graph, fit, self.config.ridge)
 
     @property
     def groups(self):
@@ -200,7 +205,9 @@ class Pruner:
         return Plan.from_state(self.state, model=self.model.name, criterion=self.criterion.name, rate=self.rate,
                                allocation=getattr(alloc, "name", "") if alloc is not None else "",
                                params_before=self.params_before, params_after=count_params(self.graph, self.state),
-                               compensation=f"ridge least squares, ridge={self.config.ridge:g}" if self.compensator else "")
+                               compensation=(f"ridge least squares, ridge={self.config.ridge:g}"
+                                             + (f", calibration + {self.config.augment} shifted copies"
+                                                if getattr(self, "augmented", False) else "")) if self.compensator else "")
 
     def build(self):
         return build_model(self.graph, self.state)
