@@ -106,7 +106,7 @@ class SetupStage:
             self.notes.append(f"{self.criterion}{' + compensation' if self.compensate else ''}: calibrated on 64 "
                               f"SYNTHETIC inputs uniform in {list(c.input_range)} (no held-out calibration data)")
         self.stages_label = {"criterion": self.criterion,
-                             "compensation": "ridge least-squares refit" if self.compensate else "none",
+                             "compensation": "ridge least-squares refit on the calibration split + 8 shifted copies (inputs with spatial axes)" if self.compensate else "none",
                              "allocation": get_allocation(self.allocation).label,
                              "rate": ("fraction of the prunable parameters removed" if self.allocation == "global"
                                       else "fraction of each prunable layer's channels removed"),
