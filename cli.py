@@ -452,7 +452,7 @@ RUN_EXIT_HELP = (
 @app.command(epilog=RUN_EXIT_HELP)
 def run(
     model: Annotated[Optional[Path], typer.Option("--model", "-m", help="Keras model (.keras/.h5). Default: the bundled Fashion-MNIST example.")] = None,
-    device: Annotated[str, typer.Option("--device", "-d", help="Device profile name (edgeprune devices list) or a .yaml path.")] = "local",
+    device: Annotated[Optional[list[str]], typer.Option("--device", "-d", help="Device profile name (edgeprune devices list) or a .yaml path. Repeat it for several equal boards measured in parallel (a board farm). Default: local.")] = None,
     budget: Annotated[Optional[str], typer.Option("--budget", help="Flash / model-file budget: '2MB' (10^6), '512KiB' (2^10), bytes. Default: the profile's.")] = None,
     ram_budget: Annotated[Optional[str], typer.Option("--ram-budget", help="RAM budget, same units. Default: the profile's.")] = None,
     latency_budget: Annotated[Optional[float], typer.Option("--latency-budget", help="Latency budget in ms (median). Default: the profile's, if any.")] = None,
@@ -489,7 +489,8 @@ def run(
     from edgeprune.pipeline.report import RunProgress, candidates_table, print_outcome
 
     lo, hi = _parse_range(input_range)
-    config = RunConfig(model=model, device=device, host=host, user=user, port=port, devices_dir=devices_dir,
+    devices = list(device or ["local"])
+    config = RunConfig(model=model, device=devices[0], extra_devices=devices[1:], host=host, user=user, port=port, devices_dir=devices_dir,
                        trust_new_host=trust_new_host, budget=budget, ram_budget=ram_budget,
                        latency_budget=latency_budget, min_fidelity=min_fidelity, max_accuracy_drop=max_accuracy_drop,
                        data=data, quantize=quantize.value, criterion=criterion.value, step=step, max_rate=max_rate, out=out_dir,

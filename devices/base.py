@@ -309,7 +309,8 @@ def measurement_from_report(report: dict, profile: Profile, tflite_path: Path, c
 
 # --------------------------------------------------------------------------- registry
 _BACKENDS: dict[str, type] = {}
-_BACKEND_MODULES = {"local": "edgeprune.devices.local", "ssh": "edgeprune.devices.ssh", "mcu": "edgeprune.devices.mcu"}
+_BACKEND_MODULES = {"local": "edgeprune.devices.local", "ssh": "edgeprune.devices.ssh", "mcu": "edgeprune.devices.mcu",
+                    "labgrid": "edgeprune.devices.labgrid"}
 
 
 def register(kind: str) -> Callable[[type], type]:

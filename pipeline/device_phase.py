@@ -12,35 +12,70 @@ from edgeprune.pipeline.run_dir import write_json_atomic
 class DevicePhase:
     """Mixin of :class:`edgeprune.pipeline.run._Run`: reachability, measurement, device checks."""
 
-    def device_key(self, sha: str) -> str:
-        p = self.profile
+    def device_key(self, sha: str, board=None) -> str:
+        p = board if board is not None else self.profile
         conn = p.connection
-        where = f"{conn.host or conn.ssh_config_alias}:{conn.port or 22}" if conn is not None else p.kind
+        if p.kind == "labgrid":
+            from edgeprune.devices.farm import board_id
+
+            where = board_id(p)
+        else:
+            where = f"{conn.host or conn.ssh_config_alias}:{conn.port or 22}" if conn is not None else p.kind
         return f"{sha}|{p.name}|{where}|runs={self.c.runs}|warmup={self.c.warmup}|threads={p.threads}"
 
     def check_reachable(self) -> None:
-        """Fail fast (exit 4) when an SSH board cannot be reached, before the host phase."""
-        if self.profile.kind != "ssh":
-            return
-        from edgeprune.devices.base import open_device, with_retries
+        """Fail fast (exit 4) when a board cannot be reached, before the host phase: SSH boards
+        connect (and authenticate, host key checked; no lock taken), labgrid profiles ask their
+        coordinator for the place(s). Resolves ``self.boards``: one profile per board."""
+        from edgeprune.devices.farm import board_pool
 
-        self.emit("status", text=f"connecting to {self.profile.name}")
+        profiles = [self.profile] + list(getattr(self, "extra_profiles", []))
+        for p in profiles:
+            if p.kind == "labgrid":
+                from edgeprune.devices.labgrid import check_coordinator
 
-        def once():
-            with open_device(self.profile):
-                return True
+                self.emit("status", text=f"asking the labgrid coordinator {p.labgrid.coordinator} for {p.name}")
+                check_coordinator(p)
+        self.boards = board_pool(profiles)
+        for b in self.boards:
+            if b.kind != "ssh":
+                continue
+            from edgeprune.devices.base import with_retries
+            from edgeprune.devices.ssh import connect_client, resolve_settings
 
-        with_retries(self.profile, once)
+            self.emit("status", text=f"connecting to {b.name}")
+            with_retries(b, lambda b=b: connect_client(resolve_settings(b), name=b.name).close())
 
-    def measure(self, rec: dict) -> tuple[dict, bool]:
+    def strategy_text(self) -> str:
+        from edgeprune.pipeline.device_farm import PARALLEL_STRATEGY
+        from edgeprune.pipeline.run_config import STRATEGY
+
+        boards = getattr(self, "boards", None) or [self.profile]
+        if len(boards) < 2:
+            return STRATEGY
+        return STRATEGY + PARALLEL_STRATEGY.format(n=len(boards), names=", ".join(b.name for b in boards))
+
+    def cached_measurement(self, rec: dict) -> Optional[dict]:
+        """The cached measurement of this .tflite on any board of the run (one type of board)."""
+        for b in getattr(self, "boards", None) or [self.profile]:
+            key = self.device_key(rec["sha256"], b)
+            if key in self.cache:
+                return self.cache[key]
+        return None
+
+    def measure_on_board(self, board, rec: dict):
+        """One device measurement (a worker thread's job when boards run in parallel)."""
         from edgeprune.devices.base import BenchConfig, measure
+        from edgeprune.pipeline.device_farm import measure_on
 
-        key = self.device_key(rec["sha256"])
-        if key in self.cache:
-            return self.cache[key], True
-        self.emit("device_start", record=rec)
-        m = measure(self.profile, self.run_dir / rec["files"]["tflite"],
-                    BenchConfig(runs=self.c.runs, warmup=self.c.warmup))
+        path = self.run_dir / rec["files"]["tflite"]
+        config = BenchConfig(runs=self.c.runs, warmup=self.c.warmup)
+        if len(getattr(self, "boards", None) or [self.profile]) > 1:
+            return measure_on(board, path, config)
+        return measure(board, path, config)
+
+    def store_measurement(self, board, rec: dict, m) -> dict:
+        """The cache entry of a Measurement, written to measurements.json (main thread only)."""
         lat = m.latency_ms
         entry = {
             "device": m.device, "kind": m.kind, "sha256": m.model_sha256,
@@ -57,10 +92,19 @@ class DevicePhase:
         if m.kind == "mcu":
             entry["arena_bytes"] = (m.extra.get("arena") or {}).get("arena_bytes")
             entry["macs"] = m.extra.get("macs")
-        self.cache[key] = entry
+        if m.kind == "labgrid":
+            entry["labgrid"] = m.extra.get("labgrid")
+        self.cache[self.device_key(rec["sha256"], board)] = entry
         write_json_atomic(self.cache_path, self.cache)
         self.device_runs += 1
-        return entry, False
+        return entry
+
+    def measure(self, rec: dict) -> tuple[dict, bool]:
+        hit = self.cached_measurement(rec)
+        if hit is not None:
+            return hit, True
+        self.emit("device_start", record=rec)
+        return self.store_measurement(self.profile, rec, self.measure_on_board(self.profile, rec)), False
 
     def device_checks(self, m: dict) -> dict:
         rb, lb = self.budgets["ram_bytes"]["value"], self.budgets["latency_ms"]["value"]
@@ -86,16 +130,12 @@ class DevicePhase:
                 r["not_measured"] = "over the flash budget (host check)"
         order = sorted(host_pass, key=lambda r: -r["rate"])
         self.emit("device_phase", total=len(order))
-        skip: Optional[str] = None
-        chosen = None
-        for r in order:
-            if skip is not None:
-                r["not_measured"] = skip
-                continue
-            t0 = time.perf_counter()
-            m, cached = self.measure(r)
-            spent = time.perf_counter() - t0
-            self.device_seconds += spent
+        state: dict = {"skip": None, "chosen": None}
+        decided: set = set()
+
+        t_phase = time.perf_counter()
+
+        def apply(r, m, cached, spent) -> bool:
             self.device_cached += int(cached)
             r["measurement"] = m
             r["measurement_cached"] = cached
@@ -106,13 +146,19 @@ class DevicePhase:
             # keep the candidate's metrics file up to date with its measurement
             disk = {k: v for k, v in r.items() if k not in ("reused",)}
             write_json_atomic(self.run_dir / f"{r['name']}.json", dict(disk, device=m))
+            return ok
+
+        def decide(r, m, cached, spent) -> bool:
+            decided.add(id(r))
+            ok = apply(r, m, cached, spent)
             if ok:
-                chosen = chosen or r
+                state["chosen"] = state["chosen"] or r
                 if not self.c.measure_all:
-                    skip = f"not measured: rate {r['rate']:.2f} (a larger rate) already meets every budget"
-                continue
+                    state["skip"] = f"not measured: rate {r['rate']:.2f} (a larger rate) already meets every budget"
+                    return False
+                return True
             if self.c.measure_all:
-                continue
+                return True
             misses = []
             for lim in ("latency", "ram"):
                 ck = r["checks"][lim]
@@ -121,8 +167,26 @@ class DevicePhase:
             clear = [(lim, m_) for lim, m_ in misses if m_ > NOISE_TOLERANCE[lim]]
             if clear:
                 lim, m_ = clear[0]
-                skip = (f"not measured: rate {r['rate']:.2f} (a smaller model) already missed the {lim} budget by "
-                        f"{100 * m_:.0f}%; {lim} only grows as the rate falls")
+                state["skip"] = (f"not measured: rate {r['rate']:.2f} (a smaller model) already missed the {lim} budget "
+                                 f"by {100 * m_:.0f}%; {lim} only grows as the rate falls")
+                return False
+            return True
+
+        def keep(r, m, spent) -> None:  # measured on another board while the answer was found
+            apply(r, m, False, spent)
+            self.notes.append(f"rate {r['rate']:.2f} was measured on a parallel board while the search was "
+                              f"deciding; its measurement is kept but does not change the answer")
+
+        from edgeprune.pipeline.device_farm import run_in_rate_order
+
+        boards = getattr(self, "boards", None) or [self.profile]
+        run_in_rate_order(order, boards, lookup=self.cached_measurement, measure=self.measure_on_board,
+                          store=self.store_measurement, decide=decide, keep=keep, emit=self.emit)
+        self.device_seconds = time.perf_counter() - t_phase  # wall time (boards in parallel overlap)
+        for r in order:
+            if id(r) not in decided and r["measurement"] is None and state["skip"] is not None:
+                r["not_measured"] = state["skip"]
+        chosen = state["chosen"]
         self.emit("device_phase_done", made=self.device_runs, cached=self.device_cached)
         if self.c.measure_all and order:
             passing = [r for r in order if all(v["ok"] for v in r["checks"].values())]

@@ -60,6 +60,7 @@ class RunConfig:
     measure_all: bool = False
     input_range: tuple[float, float] = (0.0, 1.0)
     seed: int = 0
+    extra_devices: list = field(default_factory=list)  # more boards of the same type, measured in parallel
 
 
 @dataclass
