@@ -36,6 +36,13 @@ from edgeprune.devices.profile import Profile
 log = logging.getLogger("edgeprune.devices.labgrid")
 
 CONNECT_TIMEOUT_S = 15.0
+_CHANNEL_OPTIONS = [  # labgrid's client keepalive settings, plus a subchannel pool per session
+    ("grpc.keepalive_time_ms", 7500),
+    ("grpc.keepalive_timeout_ms", 10000),
+    ("grpc.http2.ping_timeout_ms", 10000),
+    ("grpc.http2.max_pings_without_data", 0),
+    ("grpc.use_local_subchannel_pool", 1),
+]
 
 
 def _labgrid():
@@ -64,6 +71,14 @@ class Coordinator:
         me = f"{getpass.getuser()}+edgeprune-{os.getpid()}"
 
         class Session(lg_client.ClientSession):
+            def __attrs_post_init__(self):
+                super().__attrs_post_init__()
+                # A connection of its own: gRPC shares one per target in a process by default, and
+                # the coordinator refuses a second client stream from the same peer (two boards'
+                # sessions at once in a parallel run).
+                self.channel = grpc.aio.insecure_channel(target=self.address, options=_CHANNEL_OPTIONS)
+                self.stub = type(self.stub)(self.channel)
+
             def getuser(self):  # a name per process: our release never frees another run's place
                 return me
 
@@ -205,7 +220,8 @@ def ssh_profile(profile: Profile, place: str, address: str, port: Optional[int],
     conn.update(host=address, port=port or 22)
     if user:
         conn["user"] = user
-    data.update(kind="ssh", name=f"{profile.name}@{place}", connection=conn)
+    name = profile.name if profile.name.endswith("@" + place) else f"{profile.name}@{place}"
+    data.update(kind="ssh", name=name, connection=conn)
     return Profile.model_validate(data)
 
 

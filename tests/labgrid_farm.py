@@ -127,6 +127,9 @@ class Farm:
             self.board_tmp(i).mkdir()
             with open(srv.root / "sshd_config", "a") as f:
                 f.write(f"SetEnv TMPDIR={self.board_tmp(i)}\n")
+            if self.boards:  # one user key logs in to every board (the profile has one key_file)
+                with open(srv.root / "authorized_keys", "a") as f:
+                    f.write(Path(str(self.boards[0].user_key) + ".pub").read_text())
             srv._launch()
             self.boards.append(srv)
             known.append(srv.known_hosts.read_text())
