@@ -54,6 +54,17 @@ def _labgrid():
     return lg_client, pb2
 
 
+class _QuietLabgrid(logging.Filter):
+    """labgrid's client logs connection trouble on the ROOT logger ("ERROR:root:coordinator is
+    unavailable ..."); edgeprune reports it as one DeviceError with the fix instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return f"{os.sep}labgrid{os.sep}" not in (record.pathname or "")
+
+
+_QUIET = _QuietLabgrid()
+
+
 class Coordinator:
     """One client session to labgrid-coordinator, with its own event loop.
 
@@ -61,6 +72,8 @@ class Coordinator:
 
     def __init__(self, address: str, *, name: str = "labgrid"):
         lg_client, self.pb2 = _labgrid()
+        if _QUIET not in logging.getLogger().filters:
+            logging.getLogger().addFilter(_QUIET)
         import grpc
 
         self.grpc = grpc

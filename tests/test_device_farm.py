@@ -105,3 +105,49 @@ def test_a_failing_board_stops_the_search_after_the_others_finish():
                           store=lambda b, r, m: m, decide=lambda *a: True, keep=lambda *a: None,
                           emit=lambda *a, **k: None)
     assert finished == [0]  # the running measurement on the good board was allowed to finish
+
+
+# --------------------------------------------------------------------------- labgrid profiles
+LABGRID_PROFILE = """kind: labgrid
+labgrid:
+  coordinator: 127.0.0.1:{port}
+{where}limits: {{flash_bytes: 1MB, ram_bytes: 1MB}}
+"""
+
+
+def _cli(capsys, *argv):
+    from edgeprune.cli import run_cli
+
+    code = run_cli(list(argv))
+    return code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("where, extra, message", [
+    ("  place: a\n  tags: {board: pi4}\n", "", "give exactly one of 'place'"),
+    ("", "", "give exactly one of 'place'"),
+    ("  place: a\n", "connection: {host: 10.0.0.9}\n", "takes the board's address and port from the place"),
+    ("  place: a\n  acquire_timeout_s: -1\n", "", "acquire_timeout_s"),
+])
+def test_bad_labgrid_profile_exits_2(tmp_path, capsys, where, extra, message):
+    prof = tmp_path / "lg.yaml"
+    prof.write_text(LABGRID_PROFILE.format(port=20408, where=where) + extra)
+    code, err = _cli(capsys, "devices", "check", str(prof))
+    assert code == 2, err
+    assert message in err and "fix:" in err and "Traceback" not in err
+
+
+def test_unreachable_coordinator_exits_4(tmp_path, capsys):
+    import sshd
+
+    prof = tmp_path / "lg.yaml"
+    prof.write_text(LABGRID_PROFILE.format(port=sshd.free_port(), where="  place: a\n"))
+    code, err = _cli(capsys, "devices", "check", str(prof))
+    assert code == 4, err
+    assert "cannot reach the labgrid coordinator at 127.0.0.1:" in err and "fix:" in err
+    assert "Traceback" not in err and "ERROR:root" not in err
+
+
+def test_host_options_with_several_devices_exit_2(tmp_path, capsys):
+    code, err = _cli(capsys, "run", "--device", "pi4", "--device", "pi5", "--host", "10.0.0.2", "--out", str(tmp_path / "r"))
+    assert code == 2, err
+    assert "several --device" in err
