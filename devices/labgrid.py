@@ -72,10 +72,9 @@ class Coordinator:
 
     def __init__(self, address: str, *, name: str = "labgrid"):
         lg_client, self.pb2 = _labgrid()
+        grpc = lg_client.grpc  # labgrid's own gRPC (a dependency of labgrid, not imported by edgeprune)
         if _QUIET not in logging.getLogger().filters:
             logging.getLogger().addFilter(_QUIET)
-        import grpc
-
         self.grpc = grpc
         self.address = address
         self.name = name
