@@ -263,6 +263,12 @@ def parse_runner_output(res: RunResult, profile: Profile, *, allow_error: bool =
     raise DeviceError(f"{name}: the board runner failed ({kind}): {message}", "see the message; `edgeprune devices check " + name + "` lists what the board has")
 
 
+def emulation_note(profile: Profile) -> str:
+    """What an emulated board's figures are (None-safe callers check ``profile.emulated`` first)."""
+    return (f"EMULATED ({profile.emulated}): latency is the emulator's, peak RSS includes the emulator, "
+            "CPU count, memory and disk are the host's")
+
+
 def _tail(text: str, n: int = 600) -> str:
     text = (text or "").strip()
     return text if len(text) <= n else "..." + text[-n:]
@@ -281,6 +287,8 @@ def measurement_from_report(report: dict, profile: Profile, tflite_path: Path, c
     model_bytes = tflite_path.stat().st_size
     rss = report.get("peak_rss_bytes")
     extra = {k: report[k] for k in ("vmhwm_bytes", "ru_maxrss_bytes", "inputs", "outputs", "runner_version", "cpu_count") if k in report}
+    if profile.emulated:
+        extra["emulated"] = emulation_note(profile)
     return Measurement(
         device=profile.name,
         kind=profile.kind,
@@ -385,6 +393,8 @@ def check_device(profile: Union[Profile, str]) -> dict:
         with open_device(profile) as dev:
             info = dev.check()
         info["wall_s"] = time.perf_counter() - t0
+        if profile.emulated:
+            info["emulated"] = emulation_note(profile)
         return info
 
     return with_retries(profile, once)

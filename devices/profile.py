@@ -153,6 +153,9 @@ class Profile(_Strict):
     limits: Limits
     mcu: Optional[McuSpec] = None
     labgrid: Optional[LabgridSpec] = None
+    # Set for an emulated board (e.g. qemu-user): what emulates it. Its figures are then labelled
+    # emulated: latency is the emulator's, peak RSS includes the emulator, CPU/memory/disk are the host's.
+    emulated: Optional[str] = None
     source: Optional[str] = Field(default=None, exclude=True)  # file it was loaded from (set by the loader)
 
     @model_validator(mode="after")

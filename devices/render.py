@@ -40,6 +40,8 @@ def devices_table(profiles) -> Table:
 def bench_table(m) -> Table:
     est = not m.measured.get("latency", False)
     title = f"{m.device} ({m.kind}): " + ("ESTIMATE, not measured on the board" if est else "measured on the device")
+    if m.extra.get("emulated"):
+        title += ", EMULATED"
     t = Table(title=title, title_justify="left")
     t.add_column("")
     t.add_column("value")
@@ -68,11 +70,13 @@ def bench_table(m) -> Table:
         t.add_row("output sha256", m.output_checksum[:32] + "…")
     if m.wall_s is not None:
         t.add_row("wall time", f"{m.wall_s:.2f} s")
+    if m.extra.get("emulated"):
+        t.add_row("emulated", m.extra["emulated"])
     return t
 
 
 def check_table(profile, info: dict) -> Table:
-    t = Table(title=f"{profile.name} ({profile.kind})", title_justify="left")
+    t = Table(title=f"{profile.name} ({profile.kind})" + (", EMULATED" if info.get("emulated") else ""), title_justify="left")
     t.add_column("")
     t.add_column("value")
     if info.get("kind") == "mcu":
@@ -92,4 +96,6 @@ def check_table(profile, info: dict) -> Table:
     t.add_row("disk free (work dir)", _size(info.get("disk_free_bytes")))
     if info.get("wall_s") is not None:
         t.add_row("check took", f"{info['wall_s']:.2f} s")
+    if info.get("emulated"):
+        t.add_row("emulated", info["emulated"])
     return t

@@ -5,8 +5,17 @@ from __future__ import annotations
 import time
 from typing import Optional
 
+from edgeprune.errors import BadInput
 from edgeprune.pipeline.run_config import NOISE_TOLERANCE, _now
 from edgeprune.pipeline.run_dir import write_json_atomic
+
+
+class LoadFailure:
+    """The board's runtime cannot load THIS candidate (a BadInput from the board runner): the
+    candidate is recorded as failed and the search goes on."""
+
+    def __init__(self, exc: BadInput):
+        self.exc = exc
 
 
 class DevicePhase:
@@ -70,12 +79,17 @@ class DevicePhase:
 
         path = self.run_dir / rec["files"]["tflite"]
         config = BenchConfig(runs=self.c.runs, warmup=self.c.warmup)
-        if len(getattr(self, "boards", None) or [self.profile]) > 1:
-            return measure_on(board, path, config)
-        return measure(board, path, config)
+        try:
+            if len(getattr(self, "boards", None) or [self.profile]) > 1:
+                return measure_on(board, path, config)
+            return measure(board, path, config)
+        except BadInput as exc:
+            return LoadFailure(exc)
 
     def store_measurement(self, board, rec: dict, m) -> dict:
         """The cache entry of a Measurement, written to measurements.json (main thread only)."""
+        if isinstance(m, LoadFailure):
+            return m
         lat = m.latency_ms
         entry = {
             "device": m.device, "kind": m.kind, "sha256": m.model_sha256,
@@ -86,7 +100,7 @@ class DevicePhase:
             "load_ms": m.load_ms, "first_inference_ms": m.first_inference_ms,
             "runs": m.runs, "warmup": m.warmup, "threads": m.threads,
             "runtime": m.runtime, "runtime_version": m.runtime_version, "arch": m.arch,
-            "python_version": m.python_version, "measured": m.measured, "estimates": m.estimates,
+            "emulated": m.extra.get("emulated"), "python_version": m.python_version, "measured": m.measured, "estimates": m.estimates,
             "wall_s": round(m.wall_s or 0.0, 3), "measured_at": _now(),
         }
         if m.kind == "mcu":
@@ -104,7 +118,10 @@ class DevicePhase:
         if hit is not None:
             return hit, True
         self.emit("device_start", record=rec)
-        return self.store_measurement(self.profile, rec, self.measure_on_board(self.profile, rec)), False
+        m = self.measure_on_board(self.profile, rec)
+        if isinstance(m, LoadFailure):
+            raise m.exc
+        return self.store_measurement(self.profile, rec, m), False
 
     def device_checks(self, m: dict) -> dict:
         rb, lb = self.budgets["ram_bytes"]["value"], self.budgets["latency_ms"]["value"]
@@ -136,6 +153,13 @@ class DevicePhase:
         t_phase = time.perf_counter()
 
         def apply(r, m, cached, spent) -> bool:
+            if isinstance(m, LoadFailure):  # the board's runtime cannot load THIS candidate: record it, go on
+                msg = m.exc.message
+                r["not_measured"] = f"the device runtime cannot load it: {msg[:300]}"
+                r["checks"]["load"] = {"ok": False, "value": msg[:300], "limit": None}
+                self.notes.append(f"candidate {r['name']} could not be loaded on the device ({msg[:160]}); "
+                                  "recorded as failed, the search went on")
+                return False
             self.device_cached += int(cached)
             r["measurement"] = m
             r["measurement_cached"] = cached
@@ -151,6 +175,8 @@ class DevicePhase:
         def decide(r, m, cached, spent) -> bool:
             decided.add(id(r))
             ok = apply(r, m, cached, spent)
+            if isinstance(m, LoadFailure):
+                return True
             if ok:
                 state["chosen"] = state["chosen"] or r
                 if not self.c.measure_all:

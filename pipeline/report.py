@@ -7,7 +7,8 @@
 - ``model``: ``path``, ``name``, ``example`` (the bundled one?), ``sha256``, ``params``
 - ``device``: ``name``, ``kind`` (local/ssh/mcu), ``description``, ``host``, ``profile`` (file),
   ``threads``, and ``latency`` / ``ram`` / ``flash``: how each figure was obtained (measured on
-  the device, or estimated on the host for a microcontroller)
+  the device, or estimated on the host for a microcontroller); ``arch`` (the board's, from its
+  measurements) and ``emulated`` (null, or what emulates the board: its figures are emulated)
 - ``settings``: ``quantize``, ``criterion``, ``step``, ``max_rate``, ``runs``, ``warmup``,
   ``measure_all``, ``seed``, ``input_range``
 - ``data``: ``source`` (user/synthetic), ``label``, ``synthetic`` (bool), ``path``,
@@ -128,6 +129,9 @@ def markdown(report: dict) -> str:
                  + (" (the bundled example)" if report["model"]["example"] else ""))
     lines.append(f"- device: {dev['name']} ({dev['kind']}" + (f", {dev['host']}" if dev.get("host") else "")
                  + f"): latency {dev['latency']}; RAM: {dev['ram']}; flash: {dev['flash']}")
+    if dev.get("arch"):
+        lines.append(f"- board architecture: {dev['arch']}" + (f", EMULATED with {dev['emulated']}: latency is the "
+                     "emulator's, peak RSS includes the emulator" if dev.get("emulated") else ""))
     data = report["data"]
     lines.append(f"- data: {data['label']}, {data['n_samples']} evaluation samples"
                  + (", labelled" if data["labelled"] else "") + (f"; int8 calibration: {data['calibration']}"
@@ -388,7 +392,9 @@ def print_outcome(console, report: dict) -> None:
                   + (" [yellow](synthetic data)[/yellow]" if report["data"].get("synthetic") else ""), highlight=False)
     dr = report["device_runs"]
     console.print(f"device runs: {dr['made']} made, {dr['cached']} cached, {dr['not_measured']} candidates not measured"
-                  + (" [yellow](latency is an ESTIMATE)[/yellow]" if report["device"]["kind"] == "mcu" else ""),
+                  + (" [yellow](latency is an ESTIMATE)[/yellow]" if report["device"]["kind"] == "mcu" else "")
+                  + (f" [yellow]on an EMULATED {report['device'].get('arch') or ''} board ({report['device']['emulated']})[/yellow]"
+                     if report["device"].get("emulated") else ""),
                   highlight=False)
     for n in report.get("notes") or []:
         console.print(f"[yellow]note:[/yellow] {n}", highlight=False)

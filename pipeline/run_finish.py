@@ -98,6 +98,7 @@ class FinishStage:
                 "measurement": m, "measurement_cached": bool(r.get("measurement_cached")),
                 "not_measured": r.get("not_measured") if m is None else None,
                 "reused": bool(r.get("reused")), "timings": r["timings"], "created_at": r.get("created_at"),
+                "made_by": r.get("made_by"),
             })
         report = {
             "format": rep.REPORT_FORMAT,
@@ -116,8 +117,11 @@ class FinishStage:
                        "ram": ("TFLite-Micro arena measured on the host + the profile's runtime overhead"
                                if kind == "mcu" else "peak RSS of the benchmark process, measured on the device"),
                        "flash": ("model file + the profile's runtime overhead" if kind == "mcu"
-                                 else "the .tflite file size")},
-            "settings": {"quantize": self.c.quantize, "criterion": self.c.criterion, "step": self.c.step,
+                                 else "the .tflite file size"),
+                       "emulated": p.emulated, "arch": next((r["measurement"]["arch"] for r in cand_out
+                                                             if r["measurement"] and r["measurement"].get("arch")), None)},
+            "settings": {"quantize": self.c.quantize, "criterion": self.criterion, "step": self.c.step,
+                         "compensate": self.compensate, "stages": self.stages_label,
                          "max_rate": self.c.max_rate, "runs": self.c.runs, "warmup": self.c.warmup,
                          "measure_all": self.c.measure_all, "seed": self.c.seed,
                          "input_range": list(self.c.input_range)},
@@ -136,6 +140,7 @@ class FinishStage:
                        "candidates_computed": len(self.candidates) - self.reused},
             "timings": tot,
             "candidates": cand_out,
+            "failed_candidates": list(getattr(self, "failed_candidates", [])),
             "notes": self.notes,
             "files": {"run": "run.json", "measurements": "measurements.json", "best": "best.tflite" if chosen else None,
                       "report_json": "report.json", "report_md": "report.md", "report_png": "report.png"},

@@ -49,6 +49,8 @@ class SshServer:
     port: int = 0
     user: str = field(default_factory=getpass.getuser)
     proc: Optional[subprocess.Popen] = None
+    listen: str = "127.0.0.1"  # ListenAddress (tests/boards/lossy.py: an address inside a network namespace)
+    prefix: list = field(default_factory=list)  # prepended to the sshd command (e.g. ip netns exec NS)
 
     @property
     def host_key(self) -> Path:
@@ -80,8 +82,8 @@ class SshServer:
         return self.root / "remote-tmp"
 
     @classmethod
-    def start(cls, root: Path) -> "SshServer":
-        srv = cls(Path(root))
+    def start(cls, root: Path, **kw) -> "SshServer":
+        srv = cls(Path(root), **kw)
         srv._setup()
         srv._launch()
         return srv
@@ -105,7 +107,7 @@ class SshServer:
             "\n".join(
                 [
                     f"Port {self.port}",
-                    "ListenAddress 127.0.0.1",
+                    f"ListenAddress {self.listen}",
                     f"HostKey {self.host_key}",
                     f"PidFile {self.root / 'sshd.pid'}",
                     f"AuthorizedKeysFile {self.root / 'authorized_keys'}",
@@ -132,7 +134,7 @@ class SshServer:
 
     def _launch(self) -> None:
         logf = open(self.log, "ab")
-        self.proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(self.root / "sshd_config")],
+        self.proc = subprocess.Popen([*self.prefix, SSHD, "-D", "-e", "-f", str(self.root / "sshd_config")],
                                      stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         logf.close()
         deadline = time.monotonic() + 15
@@ -140,13 +142,17 @@ class SshServer:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"sshd exited with {self.proc.returncode}: {self.log.read_text()[-2000:]}")
             try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
+                with socket.create_connection(self.probe_address(), timeout=1) as s:
                     if s.recv(64).startswith(b"SSH-"):
                         return
             except OSError:
                 time.sleep(0.1)
         self.stop()
         raise RuntimeError(f"sshd did not answer on port {self.port}: {self.log.read_text()[-2000:]}")
+
+    def probe_address(self) -> tuple:
+        """Where the launch check connects to see the SSH banner."""
+        return ("127.0.0.1", self.port)
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -161,7 +167,7 @@ class SshServer:
     def profile_yaml(self, path: Path, *, name: str = "testboard", python: Optional[str] = None,
                      key_file: Optional[Path] = None, known_hosts: Optional[Path] = None,
                      trust_new_host: bool = False, threads: int = 1, retries: int = 2,
-                     extra_runtime: str = "") -> Path:
+                     extra_runtime: str = "", port: Optional[int] = None, extra: str = "") -> Path:
         """Write a kind: ssh profile pointing at this server."""
         import sys
 
@@ -172,7 +178,7 @@ kind: ssh
 description: loopback OpenSSH for tests
 connection:
   host: 127.0.0.1
-  port: {self.port}
+  port: {port or self.port}
   user: {self.user}
   key_file: {key_file or self.user_key}
   known_hosts: {known_hosts or self.known_hosts}
@@ -188,6 +194,6 @@ runtime:
 limits:
   flash_bytes: 100MB
   ram_bytes: 2GiB
-"""
+{extra}"""
         )
         return path
