@@ -6,7 +6,9 @@ search of :mod:`edgeprune.pipeline.device_phase`.
 Several boards (``--device a --device b``, or a labgrid profile whose tags match several
 places): the next candidates in rate order are handed out, one per free board, so the top-k
 host-passing candidates (k boards) are measured at once; a board that finishes takes the next
-candidate in rate order. Results are JUDGED strictly in rate order, exactly as one board would
+candidate in rate order, but only among the k candidates from the first undecided one (no
+measurement far ahead of the decision, which would usually be wasted; with ``--measure-all``
+nothing is wasted, so any next candidate). Results are JUDGED strictly in rate order, exactly as one board would
 judge them: a result is decided only once every larger rate is decided; the first candidate
 that meets every budget is the answer and a clear miss stops the search, whatever finished
 first. A measurement still running when the search stops is allowed to finish (a board is not
@@ -30,7 +32,8 @@ from edgeprune.errors import DeviceError
 
 PARALLEL_STRATEGY = (
     " Boards measured in parallel ({n}: {names}): the next {n} host-passing candidates in rate order are "
-    "measured at once, one per board, and a board that finishes takes the next; results are judged strictly "
+    "measured at once, one per board, and a board that finishes takes the next (always among the {n} "
+    "candidates from the first undecided one); results are judged strictly "
     "in rate order as with one board (the first that meets every budget is the answer, a clear miss stops), "
     "so the answer is the one a single board would give; a measurement already running when the answer was "
     "found is kept but changes nothing."
@@ -81,13 +84,15 @@ def _abort_all() -> None:
 
 
 def run_in_rate_order(order: list, boards: list, *, lookup: Callable, measure: Callable, store: Callable,
-                      decide: Callable, keep: Callable, emit: Callable) -> None:
+                      decide: Callable, keep: Callable, emit: Callable, look_ahead: Optional[int] = None) -> None:
     """Measure ``order`` (largest rate first) on ``boards``.
 
     lookup(r) -> cached entry or None; measure(board, r) -> Measurement (in a worker thread
     when there are several boards); store(board, r, m) -> entry (main thread: cache + files);
     decide(r, entry, cached, seconds) -> False to stop; keep(r, entry, seconds): a measurement
-    that finished after the search stopped."""
+    that finished after the search stopped; look_ahead: how many candidates from the first
+    undecided one may be measured (default: one per board; ``measure_all`` never stops early,
+    so there it is every candidate)."""
     if len(boards) == 1:
         for r in order:
             t0 = time.perf_counter()
@@ -104,7 +109,7 @@ def run_in_rate_order(order: list, boards: list, *, lookup: Callable, measure: C
 
     farm.reset()
     results: dict[int, tuple] = {}
-    pending = deque(order)
+    pending = deque(enumerate(order))  # (position in rate order, record)
     free = deque(boards)
     running: dict = {}
     pos = 0
@@ -122,13 +127,13 @@ def run_in_rate_order(order: list, boards: list, *, lookup: Callable, measure: C
             if stopped or pos == len(order):
                 break
             while pending:
-                r = pending[0]
+                i, r = pending[0]
                 entry = lookup(r)
                 if entry is not None:  # cached: needs no board
                     pending.popleft()
                     results[id(r)] = (entry, True, 0.0)
                     continue
-                if not free:
+                if not free or i >= pos + (look_ahead or len(boards)):  # look ahead at most k candidates past the decision
                     break
                 pending.popleft()
                 b = free.popleft()

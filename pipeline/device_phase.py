@@ -207,7 +207,8 @@ class DevicePhase:
 
         boards = getattr(self, "boards", None) or [self.profile]
         run_in_rate_order(order, boards, lookup=self.cached_measurement, measure=self.measure_on_board,
-                          store=self.store_measurement, decide=decide, keep=keep, emit=self.emit)
+                          store=self.store_measurement, decide=decide, keep=keep, emit=self.emit,
+                          look_ahead=len(order) if self.c.measure_all else None)
         self.device_seconds = time.perf_counter() - t_phase  # wall time (boards in parallel overlap)
         for r in order:
             if id(r) not in decided and r["measurement"] is None and state["skip"] is not None:

@@ -151,3 +151,16 @@ def test_host_options_with_several_devices_exit_2(tmp_path, capsys):
     code, err = _cli(capsys, "run", "--device", "pi4", "--device", "pi5", "--host", "10.0.0.2", "--out", str(tmp_path / "r"))
     assert code == 2, err
     assert "several --device" in err
+
+
+def test_look_ahead_is_at_most_k_past_the_decision():
+    # the top candidate is slow and meets every budget; the others are quick: with 2 boards only
+    # the top two are ever measured (the quick board waits instead of racing ahead)
+    outcomes = {0: "ok", 1: "near", 2: "near", 3: "near", 4: "near"}
+    durations = {0: 0.4, 1: 0.01, 2: 0.01, 3: 0.01, 4: 0.01}
+    decided, kept, st = _search(2, outcomes, durations, set())
+    assert [d[0] for d in decided] == [0]
+    assert sorted(st["measured"]) == [0, 1] and kept == [1]
+    # 3 boards: the top three
+    decided, kept, st = _search(3, outcomes, durations, set())
+    assert sorted(st["measured"]) == [0, 1, 2] and sorted(kept) == [1, 2]

@@ -221,3 +221,50 @@ def test_run_with_two_ssh_profiles_rejects_different_boards(clean, board, tmp_pa
     code, out, err = _finish(edgeprune("run", "--device", str(a), "--device", str(b), "--out", str(tmp_path / "r")))
     assert code == 2, err
     assert "differ in limits" in err and "Traceback" not in err
+
+
+def test_run_with_two_ssh_profiles_stops_like_one_board(clean, tmp_path):
+    """`--device a --device b`: the top two candidates are measured at once; the largest rate
+    meets every budget, so it is the answer, and the second measurement changes nothing."""
+    farm = clean
+    a = _ssh_profile(farm, farm.boards[0], tmp_path / "pi-a.yaml")
+    b = _ssh_profile(farm, farm.boards[1], tmp_path / "pi-b.yaml")
+    b.write_text(b.read_text().replace(str(farm.boards[1].user_key), str(farm.boards[0].user_key)))
+    out = tmp_path / "run"
+    code, stdout, err = _finish(edgeprune(
+        "run", "--device", str(a), "--device", str(b), "--out", str(out), "--step", "0.1", "--max-rate", "0.3",
+        "--min-fidelity", "0.9", "--runs", "5", "--warmup", "1", "--json"), timeout=900)
+    assert code == 0, err
+    rep = json.loads(stdout)
+    assert rep["device"]["boards"] == ["pi-a", "pi-b"]
+    host_pass = sorted((c for c in rep["candidates"] if c["checks"]["fidelity"]["ok"] and c["checks"]["flash"]["ok"]),
+                       key=lambda c: -c["rate"])
+    assert rep["chosen"]["rate"] == host_pass[0]["rate"]  # the answer one board gives
+    measured = sorted((c for c in rep["candidates"] if c["measurement"]), key=lambda c: -c["rate"])
+    assert [c["index"] for c in measured] == [c["index"] for c in host_pass[:2]]  # top-2 at once, no more
+    assert {c["measurement"]["device"] for c in measured} == {"pi-a", "pi-b"}
+    assert rep["device_runs"]["made"] == 2
+    assert any("measured on a parallel board" in n for n in rep["notes"])
+    for c in host_pass[2:]:
+        assert c["not_measured"].startswith(f"not measured: rate {host_pass[0]['rate']:.2f} (a larger rate) already meets")
+    runs = read_runs(farm.runs_log)
+    assert len(runs) == 2 and overlaps(runs) and len({r[0] for r in runs}) == 2
+
+
+def test_ctrl_c_in_a_parallel_run_releases_both_places(clean, tmp_path):
+    farm = clean
+    prof = farm.profile_yaml(tmp_path / "farm.yaml", tags=True)
+    p = edgeprune("run", "--device", str(prof), "--out", str(tmp_path / "run"), "--step", "0.1", "--max-rate", "0.3",
+                  "--min-fidelity", "0.9", "--runs", "5", "--measure-all")
+    deadline = time.monotonic() + 600
+    while (farm.runs_log.read_text() if farm.runs_log.exists() else "").count("start") < 2:
+        assert time.monotonic() < deadline and p.poll() is None, p.communicate()
+        time.sleep(0.05)
+    assert farm.holder("ep-a") and farm.holder("ep-b")  # both boards busy for this run
+    p.send_signal(signal.SIGINT)
+    code, out, err = _finish(p, timeout=180)
+    assert code == 130, err
+    assert farm.holder("ep-a") is None and farm.holder("ep-b") is None
+    for i in range(2):
+        assert not list(farm.board_tmp(i).glob("edgeprune.*"))  # work dirs removed
+        assert not (farm.board_tmp(i) / "edgeprune-board.lock").exists()
