@@ -32,8 +32,8 @@ from edgeprune.errors import DeviceError
 
 PARALLEL_STRATEGY = (
     " Boards measured in parallel ({n}: {names}): the next {n} host-passing candidates in rate order are "
-    "measured at once, one per board, and a board that finishes takes the next (always among the {n} "
-    "candidates from the first undecided one); results are judged strictly "
+    "measured at once, one per board, and a board that finishes takes the next (without --measure-all, only "
+    "among the {n} candidates from the first undecided one); results are judged strictly "
     "in rate order as with one board (the first that meets every budget is the answer, a clear miss stops), "
     "so the answer is the one a single board would give; a measurement already running when the answer was "
     "found is kept but changes nothing."
