@@ -111,7 +111,9 @@ def main() -> None:
         lines.append(f"- {r['name']}: {per}")
     lines += ["", "Both boards are this machine's loopback sshds: two runners at once share its cores (and other jobs "
               "ran on it), so the latency measured in the parallel rows is not that of two real boards and the "
-              "speed-up is bounded by the machine; on real boards each runner has its board to itself."]
+              "speed-up is bounded by the machine; on real boards each runner has its board to itself. Each row is ONE run "
+              "while other jobs used the same two cores: repeats differ by tens of percent per row, so a speed-up "
+              "above 2x on two boards is noise in the serial row, not a gain beyond two boards."]
     (RESULTS / "farm.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
