@@ -2,6 +2,7 @@
 down, through the sha256-keyed measurement cache; stop at the first that meets every budget."""
 from __future__ import annotations
 
+import threading
 import time
 from typing import Optional
 
@@ -19,9 +20,15 @@ class LoadFailure:
 
 
 class DevicePhase:
-    """Mixin of :class:`edgeprune.pipeline.run._Run`: reachability, measurement, device checks."""
+    """Mixin of :class:`edgeprune.pipeline.run._Run`: reachability, measurement, device checks.
+
+    With several boards (``self.boards``) :mod:`edgeprune.pipeline.device_farm` runs
+    ``measure_noise_aware`` for different candidates in worker threads, one per board: the
+    cache, the counters and the progress events are then guarded by ``self._device_lock``."""
 
     def device_key(self, sha: str, board=None) -> str:
+        from edgeprune.pipeline.run_setup import bench_config
+
         p = board if board is not None else self.profile
         conn = p.connection
         if p.kind == "labgrid":
@@ -30,7 +37,9 @@ class DevicePhase:
             where = board_id(p)
         else:
             where = f"{conn.host or conn.ssh_config_alias}:{conn.port or 22}" if conn is not None else p.kind
-        return f"{sha}|{p.name}|{where}|runs={self.c.runs}|warmup={self.c.warmup}|threads={p.threads}"
+        cfg = bench_config(self.c)
+        threads = cfg.threads if cfg.threads is not None else p.threads
+        return f"{sha}|{p.name}|{where}|{cfg.key()}|threads={threads}"
 
     def check_reachable(self) -> None:
         """Fail fast (exit 4) when a board cannot be reached, before the host phase: SSH boards
@@ -64,37 +73,54 @@ class DevicePhase:
             return STRATEGY
         return STRATEGY + PARALLEL_STRATEGY.format(n=len(boards), names=", ".join(b.name for b in boards))
 
-    def cached_measurement(self, rec: dict) -> Optional[dict]:
+    def _cached(self, sha: str, suffix: str = "") -> Optional[dict]:
         """The cached measurement of this .tflite on any board of the run (one type of board)."""
         for b in getattr(self, "boards", None) or [self.profile]:
-            key = self.device_key(rec["sha256"], b)
+            key = self.device_key(sha, b) + suffix
             if key in self.cache:
                 return self.cache[key]
         return None
 
-    def measure_on_board(self, board, rec: dict):
-        """One device measurement (a worker thread's job when boards run in parallel)."""
-        from edgeprune.devices.base import BenchConfig, measure
-        from edgeprune.pipeline.device_farm import measure_on
+    def cached_noise_aware(self, r: dict):
+        """``measure_noise_aware`` when everything it needs is cached (no board needed), else None."""
+        from edgeprune.pipeline.noise import straddles
 
-        path = self.run_dir / rec["files"]["tflite"]
-        config = BenchConfig(runs=self.c.runs, warmup=self.c.warmup)
-        try:
-            if len(getattr(self, "boards", None) or [self.profile]) > 1:
-                return measure_on(board, path, config)
-            return measure(board, path, config)
-        except BadInput as exc:
-            return LoadFailure(exc)
+        m = self._cached(r["sha256"])
+        if m is None:
+            return None
+        if straddles(m, self.c.latency_stat, self.budgets["latency_ms"]["value"]) and \
+                self._cached(r["sha256"], "|again") is None:
+            return None
+        return self.measure_noise_aware(r)
 
-    def store_measurement(self, board, rec: dict, m) -> dict:
-        """The cache entry of a Measurement, written to measurements.json (main thread only)."""
-        if isinstance(m, LoadFailure):
-            return m
-        lat = m.latency_ms
+    def measure(self, rec: dict, *, again: bool = False, board=None) -> tuple[dict, bool]:
+        """Measure (or take from the cache) one candidate; ``again``: the re-measurement of a
+        candidate whose first measurement put the budget within its noise band."""
+        import dataclasses
+
+        from edgeprune.devices.base import measure
+        from edgeprune.pipeline.run_setup import bench_config
+
+        board = board if board is not None else self.profile
+        lock = getattr(self, "_device_lock", None) or threading.RLock()
+        suffix = "|again" if again else ""
+        with lock:
+            hit = self._cached(rec["sha256"], suffix)
+            if hit is not None:
+                return hit, True
+            self.emit("device_start", record=rec, board=board.name)
+        path, config = self.run_dir / rec["files"]["tflite"], bench_config(self.c)
+        if len(getattr(self, "boards", None) or [self.profile]) > 1:
+            from edgeprune.pipeline.device_farm import measure_on
+
+            m = measure_on(board, path, config)  # abortable from the main thread (Ctrl-C)
+        else:
+            m = measure(board, path, config)
         entry = {
             "device": m.device, "kind": m.kind, "sha256": m.model_sha256,
-            "latency_ms": {"median": lat.median, "p90": lat.p90, "mean": lat.mean, "std": lat.std,
-                           "min": lat.min, "max": lat.max},
+            "latency_ms": dataclasses.asdict(m.latency_ms),
+            "timed_s": m.timed_s, "warmup_s": m.warmup_s, "capped": m.capped, "settings": m.settings,
+            "load_per_core": m.load_per_core, "loadavg_1m": m.loadavg_1m,
             "latency_is_estimate": m.is_estimate,
             "ram_bytes": m.ram_bytes, "peak_rss_bytes": m.peak_rss_bytes, "flash_bytes": m.flash_bytes,
             "load_ms": m.load_ms, "first_inference_ms": m.first_inference_ms,
@@ -108,40 +134,59 @@ class DevicePhase:
             entry["macs"] = m.extra.get("macs")
         if m.kind == "labgrid":
             entry["labgrid"] = m.extra.get("labgrid")
-        self.cache[self.device_key(rec["sha256"], board)] = entry
-        write_json_atomic(self.cache_path, self.cache)
-        self.device_runs += 1
-        return entry
+        with lock:
+            self.cache[self.device_key(rec["sha256"], board) + suffix] = entry
+            write_json_atomic(self.cache_path, self.cache)
+            self.device_runs += 1
+        return entry, False
 
-    def measure(self, rec: dict) -> tuple[dict, bool]:
-        hit = self.cached_measurement(rec)
-        if hit is not None:
-            return hit, True
-        self.emit("device_start", record=rec)
-        m = self.measure_on_board(self.profile, rec)
-        if isinstance(m, LoadFailure):
-            raise m.exc
-        return self.store_measurement(self.profile, rec, m), False
+    def device_checks(self, m: dict, *, remeasured: bool = False) -> dict:
+        from edgeprune.pipeline.noise import latency_check
 
-    def device_checks(self, m: dict) -> dict:
         rb, lb = self.budgets["ram_bytes"]["value"], self.budgets["latency_ms"]["value"]
         ram = m.get("ram_bytes")
-        lat = m["latency_ms"]["median"]
         return {
             "ram": {"ok": True if (rb is None or ram is None) else ram <= rb, "value": ram, "limit": rb,
                     "estimate": not m["measured"].get("ram", False)},
-            "latency": {"ok": True if lb is None else lat <= lb, "value": lat, "limit": lb,
-                        "estimate": bool(m.get("latency_is_estimate"))},
+            "latency": latency_check(m, self.c.latency_stat, lb, remeasured=remeasured),
         }
+
+    def measure_noise_aware(self, r: dict, board=None) -> tuple[dict, bool]:
+        """Measure; when the budget lies within the noise band, measure once more and decide on that."""
+        from edgeprune.pipeline.noise import load_warning, straddles
+
+        m, cached = self.measure(r, board=board)
+        remeasured = False
+        if straddles(m, self.c.latency_stat, self.budgets["latency_ms"]["value"]):
+            r["first_measurement"] = m
+            m, cached2 = self.measure(r, again=True, board=board)
+            cached = cached and cached2
+            remeasured = True
+        r["checks"].update(self.device_checks(m, remeasured=remeasured))
+        warning = load_warning(m, self.profile.max_load_per_core, r["rate"])
+        if warning and not getattr(self, "load_warning", None):
+            self.load_warning = warning
+        return m, cached
+
+    def measure_on_board(self, board, r: dict):
+        """One candidate's (noise-aware) measurement on ``board``; a worker thread's job when
+        boards run in parallel. A candidate the board's runtime cannot load: LoadFailure."""
+        try:
+            return self.measure_noise_aware(r, board)
+        except BadInput as exc:
+            return LoadFailure(exc)
 
     def device_phase(self) -> None:
         self.device_runs = 0
         self.device_cached = 0
         self.device_seconds = 0.0
+        self.load_warning = None
         host_pass = [r for r in self.candidates if all(v["ok"] for v in r["checks"].values())]
         for r in self.candidates:
             r["measurement"] = None
-            if not r["checks"]["fidelity"]["ok"]:
+            if r.get("skipped"):
+                r["not_measured"] = "not converted: " + r["skipped"]
+            elif not r["checks"]["fidelity"]["ok"]:
                 r["not_measured"] = "fails the fidelity threshold (host check)"
             elif not r["checks"]["flash"]["ok"]:
                 r["not_measured"] = "over the flash budget (host check)"
@@ -149,33 +194,33 @@ class DevicePhase:
         self.emit("device_phase", total=len(order))
         state: dict = {"skip": None, "chosen": None}
         decided: set = set()
-
+        self._device_lock = threading.RLock()
         t_phase = time.perf_counter()
 
-        def apply(r, m, cached, spent) -> bool:
-            if isinstance(m, LoadFailure):  # the board's runtime cannot load THIS candidate: record it, go on
-                msg = m.exc.message
+        def apply(r, res, spent) -> bool:
+            if isinstance(res, LoadFailure):  # the board's runtime cannot load THIS candidate: record it, go on
+                msg = res.exc.message
                 r["not_measured"] = f"the device runtime cannot load it: {msg[:300]}"
                 r["checks"]["load"] = {"ok": False, "value": msg[:300], "limit": None}
                 self.notes.append(f"candidate {r['name']} could not be loaded on the device ({msg[:160]}); "
                                   "recorded as failed, the search went on")
                 return False
+            m, cached = res
             self.device_cached += int(cached)
             r["measurement"] = m
             r["measurement_cached"] = cached
             r["timings"]["device_s"] = round(spent, 4) if not cached else 0.0
-            r["checks"].update(self.device_checks(m))
             ok = all(v["ok"] for v in r["checks"].values())
-            self.emit("device_done", record=r, cached=cached, ok=ok)
+            self.emit("device_done", record=r, cached=cached, ok=ok, latency_stat=self.c.latency_stat)
             # keep the candidate's metrics file up to date with its measurement
             disk = {k: v for k, v in r.items() if k not in ("reused",)}
             write_json_atomic(self.run_dir / f"{r['name']}.json", dict(disk, device=m))
             return ok
 
-        def decide(r, m, cached, spent) -> bool:
+        def decide(r, res, _cached, spent) -> bool:
             decided.add(id(r))
-            ok = apply(r, m, cached, spent)
-            if isinstance(m, LoadFailure):
+            ok = apply(r, res, spent)
+            if isinstance(res, LoadFailure):
                 return True
             if ok:
                 state["chosen"] = state["chosen"] or r
@@ -198,16 +243,16 @@ class DevicePhase:
                 return False
             return True
 
-        def keep(r, m, spent) -> None:  # measured on another board while the answer was found
-            apply(r, m, False, spent)
+        def keep(r, res, spent) -> None:  # measured on another board while the answer was found
+            apply(r, res, spent)
             self.notes.append(f"rate {r['rate']:.2f} was measured on a parallel board while the search was "
                               f"deciding; its measurement is kept but does not change the answer")
 
         from edgeprune.pipeline.device_farm import run_in_rate_order
 
         boards = getattr(self, "boards", None) or [self.profile]
-        run_in_rate_order(order, boards, lookup=self.cached_measurement, measure=self.measure_on_board,
-                          store=self.store_measurement, decide=decide, keep=keep, emit=self.emit,
+        run_in_rate_order(order, boards, lookup=self.cached_noise_aware, measure=self.measure_on_board,
+                          store=lambda board, r, res: res, decide=decide, keep=keep, emit=lambda *a, **k: None,
                           look_ahead=len(order) if self.c.measure_all else None)
         self.device_seconds = time.perf_counter() - t_phase  # wall time (boards in parallel overlap)
         for r in order:
