@@ -39,7 +39,8 @@ import sshd  # noqa: E402
 
 def one(name: str, devices: list[Path], out: Path, runs: int) -> dict:
     argv = [sys.executable, "-m", "edgeprune", "run", "--json", "--out", str(out), "--step", "0.1", "--max-rate", "0.3",
-            "--min-fidelity", "0.9", "--runs", str(runs), "--warmup", "10", "--measure-all"]
+            "--min-fidelity", "0.9", "--runs", str(runs), "--warmup", "10", "--min-secs", "0", "--warmup-min-secs", "0",
+            "--measure-all"]
     for d in devices:
         argv += ["--device", str(d)]
     t0 = time.perf_counter()
@@ -91,7 +92,8 @@ def main() -> None:
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "farm.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
     lines = ["# Board farm: serial vs parallel device phase", "",
-             f"`python bench/farm.py --runs {args.runs}`, run once. {meta['command']}, `--runs {args.runs} --warmup 10`; "
+             f"`python bench/farm.py --runs {args.runs}`, run once. {meta['command']}, `--runs {args.runs} --warmup 10 "
+             "--min-secs 0 --warmup-min-secs 0` (a fixed number of inferences); "
              f"every row in a fresh run dir (no cached measurement). Boards: loopback OpenSSH sshds on this machine "
              f"({meta['machine']}); labgrid rows go through a real labgrid-coordinator + exporter on 127.0.0.1 and "
              "acquire/release a place per measurement.", "",

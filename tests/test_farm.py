@@ -58,7 +58,7 @@ def test_two_benches_on_one_place_serialize(clean, device_models, tmp_path):
     farm = clean
     prof = farm.profile_yaml(tmp_path / "pa.yaml", place="ep-a")
     model = str(device_models["small"])
-    procs = [edgeprune("bench", model, "--device", str(prof), "--runs", "20", "--warmup", "1", "--json")
+    procs = [edgeprune("bench", model, "--device", str(prof), "--runs", "20", "--min-secs", "0", "--warmup-min-secs", "0", "--warmup", "1", "--json")
              for _ in range(2)]
     results = [_finish(p) for p in procs]
     for code, out, err in results:
@@ -83,7 +83,7 @@ def test_place_held_by_someone_else_waits_then_exit_4(clean, device_models, tmp_
     assert holder
     prof = farm.profile_yaml(tmp_path / "pb.yaml", place="ep-b", acquire_timeout_s=2)
     t0 = time.monotonic()
-    code, out, err = _finish(edgeprune("bench", str(device_models["small"]), "--device", str(prof), "--runs", "3"))
+    code, out, err = _finish(edgeprune("bench", str(device_models["small"]), "--device", str(prof), "--runs", "3", "--min-secs", "0", "--warmup-min-secs", "0"))
     took = time.monotonic() - t0
     assert code == 4, err
     assert f"ep-b by {holder}" in err and "waiting up to 2 s" in err  # the visible wait message
@@ -98,7 +98,7 @@ def test_place_host_key_is_verified(clean, device_models, tmp_path):
     farm = clean
     prof = farm.profile_yaml(tmp_path / "pa.yaml", place="ep-a")
     prof.write_text(prof.read_text().replace(str(farm.known_hosts), str(farm.boards[0].wrong_known_hosts)))
-    code, out, err = _finish(edgeprune("bench", str(device_models["small"]), "--device", str(prof), "--runs", "3"))
+    code, out, err = _finish(edgeprune("bench", str(device_models["small"]), "--device", str(prof), "--runs", "3", "--min-secs", "0", "--warmup-min-secs", "0"))
     assert code == 4, err
     assert "host key" in err and "CHANGED" in err
     assert farm.holder("ep-a") is None  # released after the failure
@@ -107,7 +107,7 @@ def test_place_host_key_is_verified(clean, device_models, tmp_path):
 def test_ctrl_c_releases_the_place(clean, device_models, tmp_path):
     farm = clean
     prof = farm.profile_yaml(tmp_path / "pa.yaml", place="ep-a")
-    p = edgeprune("bench", str(device_models["small"]), "--device", str(prof), "--runs", "5")
+    p = edgeprune("bench", str(device_models["small"]), "--device", str(prof), "--runs", "5", "--min-secs", "0", "--warmup-min-secs", "0")
     deadline = time.monotonic() + 120
     while "start" not in (farm.runs_log.read_text() if farm.runs_log.exists() else ""):
         assert time.monotonic() < deadline and p.poll() is None, p.communicate()
@@ -126,7 +126,7 @@ def test_run_with_two_places_measures_in_parallel(clean, tmp_path):
     out = tmp_path / "run"
     code, stdout, err = _finish(edgeprune(
         "run", "--device", str(prof), "--out", str(out), "--step", "0.1", "--max-rate", "0.3", "--min-fidelity", "0.9",
-        "--runs", "5", "--warmup", "1", "--measure-all", "--json"), timeout=900)
+        "--runs", "5", "--min-secs", "0", "--warmup-min-secs", "0", "--warmup", "1", "--measure-all", "--json"), timeout=900)
     assert code == 0, err
     rep = json.loads(stdout)
     assert rep["device"]["kind"] == "labgrid"
@@ -150,7 +150,7 @@ def test_run_with_two_places_measures_in_parallel(clean, tmp_path):
     # resumed without --measure-all: the answer comes from the cache, whichever board measured it
     code, stdout, err = _finish(edgeprune(
         "run", "--device", str(prof), "--out", str(out), "--step", "0.1", "--max-rate", "0.3", "--min-fidelity", "0.9",
-        "--runs", "5", "--warmup", "1", "--resume", "--json"), timeout=900)
+        "--runs", "5", "--min-secs", "0", "--warmup-min-secs", "0", "--warmup", "1", "--resume", "--json"), timeout=900)
     assert code == 0, err
     rep2 = json.loads(stdout)
     assert rep2["device_runs"]["made"] == 0 and rep2["device_runs"]["cached"] == 1
@@ -172,7 +172,7 @@ def _ssh_profile(farm, srv, path, *, wait=120):
 def test_ssh_lock_two_benches_serialize(clean, board, device_models, tmp_path):
     farm = clean
     prof = _ssh_profile(farm, board, tmp_path / "b.yaml")
-    procs = [edgeprune("bench", str(device_models["small"]), "--device", str(prof), "--runs", "20", "--json")
+    procs = [edgeprune("bench", str(device_models["small"]), "--device", str(prof), "--runs", "20", "--min-secs", "0", "--warmup-min-secs", "0", "--json")
              for _ in range(2)]
     results = [_finish(p) for p in procs]
     assert all(code == 0 for code, _, _ in results), results
@@ -189,7 +189,7 @@ def test_ssh_lock_busy_times_out_exit_4(clean, board, device_models, tmp_path):
     lock.write_text("ci@other-host pid 4242 token 0123456789abcdef\n")
     try:
         prof = _ssh_profile(farm, board, tmp_path / "b.yaml", wait=2)
-        code, out, err = _finish(edgeprune("bench", str(device_models["small"]), "--device", str(prof), "--runs", "3"))
+        code, out, err = _finish(edgeprune("bench", str(device_models["small"]), "--device", str(prof), "--runs", "3", "--min-secs", "0", "--warmup-min-secs", "0"))
         assert code == 4, err
         assert "lock held by ci@other-host pid 4242" in err and "waiting up to 2 s" in err
         assert "still locked by ci@other-host" in err and "Traceback" not in err
@@ -206,7 +206,7 @@ def test_ssh_stale_lock_is_broken(clean, board, device_models, tmp_path):
     old = time.time() - 7200  # older than the default stale age (2 x run_timeout_s + 300 = 900 s)
     os.utime(lock, (old, old))
     prof = _ssh_profile(farm, board, tmp_path / "b.yaml", wait=5)
-    code, out, err = _finish(edgeprune("bench", str(device_models["small"]), "--device", str(prof), "--runs", "3"))
+    code, out, err = _finish(edgeprune("bench", str(device_models["small"]), "--device", str(prof), "--runs", "3", "--min-secs", "0", "--warmup-min-secs", "0"))
     assert code == 0, err
     assert "broke a stale board lock" in err and "ci@gone-host pid 99" in err
     assert len(read_runs(farm.runs_log)) == 1
@@ -233,7 +233,7 @@ def test_run_with_two_ssh_profiles_stops_like_one_board(clean, tmp_path):
     out = tmp_path / "run"
     code, stdout, err = _finish(edgeprune(
         "run", "--device", str(a), "--device", str(b), "--out", str(out), "--step", "0.1", "--max-rate", "0.3",
-        "--min-fidelity", "0.9", "--runs", "5", "--warmup", "1", "--json"), timeout=900)
+        "--min-fidelity", "0.9", "--runs", "5", "--min-secs", "0", "--warmup-min-secs", "0", "--warmup", "1", "--json"), timeout=900)
     assert code == 0, err
     rep = json.loads(stdout)
     assert rep["device"]["boards"] == ["pi-a", "pi-b"]
@@ -255,7 +255,7 @@ def test_ctrl_c_in_a_parallel_run_releases_both_places(clean, tmp_path):
     farm = clean
     prof = farm.profile_yaml(tmp_path / "farm.yaml", tags=True)
     p = edgeprune("run", "--device", str(prof), "--out", str(tmp_path / "run"), "--step", "0.1", "--max-rate", "0.3",
-                  "--min-fidelity", "0.9", "--runs", "5", "--measure-all")
+                  "--min-fidelity", "0.9", "--runs", "5", "--min-secs", "0", "--warmup-min-secs", "0", "--measure-all")
     deadline = time.monotonic() + 600
     while (farm.runs_log.read_text() if farm.runs_log.exists() else "").count("start") < 2:
         assert time.monotonic() < deadline and p.poll() is None, p.communicate()
