@@ -6,6 +6,8 @@ samples), or synthetic inputs in the declared input range when there is no data 
 """
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 
 BATCH = 256
@@ -24,6 +26,17 @@ def consumer_layers(graph, gids=None) -> list[str]:
     return [n for n in graph.order if n in names]
 
 
+@contextlib.contextmanager
+def _quiet():
+    """Keras warns that a single array does not match a functional model's one-element input
+    list; the call is right, the warning is noise on the run's stderr."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The structure of `inputs` doesn't match", category=UserWarning)
+        yield
+
+
 def _batches(x: np.ndarray):
     for a in range(0, len(x), BATCH):
         yield x[a:a + BATCH]
@@ -38,7 +51,8 @@ def layer_inputs(model, names: list[str], x: np.ndarray) -> dict[str, np.ndarray
     feats = keras.Model(model.inputs, [model.get_layer(n).input for n in names])
     parts: list[list[np.ndarray]] = [[] for _ in names]
     for xb in _batches(x):
-        outs = feats(xb, training=False)
+        with _quiet():
+            outs = feats(xb, training=False)
         outs = outs if isinstance(outs, (list, tuple)) else [outs]
         for i, o in enumerate(outs):
             parts[i].append(np.asarray(o, dtype=np.float32))
@@ -49,7 +63,8 @@ def outputs(model, x: np.ndarray) -> np.ndarray:
     """The model's (first) output on ``x`` as float64 numpy, flattened per sample."""
     parts = []
     for xb in _batches(x):
-        o = model(xb, training=False)
+        with _quiet():
+            o = model(xb, training=False)
         o = o[0] if isinstance(o, (list, tuple)) else o
         parts.append(np.asarray(o, dtype=np.float64).reshape(len(xb), -1))
     return np.concatenate(parts)
