@@ -565,7 +565,7 @@ RUN_EXIT_HELP = (
 @app.command(epilog=RUN_EXIT_HELP)
 def run(
     model: Annotated[Optional[Path], typer.Option("--model", "-m", help="Keras model (.keras/.h5). Default: the bundled Fashion-MNIST example.")] = None,
-    device: Annotated[str, typer.Option("--device", "-d", help="Device profile name (edgeprune devices list) or a .yaml path.")] = "local",
+    device: Annotated[Optional[list[str]], typer.Option("--device", "-d", help="Device profile name (edgeprune devices list) or a .yaml path. Repeat it for several equal boards measured in parallel (a board farm). Default: local.")] = None,
     budget: Annotated[Optional[str], typer.Option("--budget", help="Flash / model-file budget: '2MB' (10^6), '512KiB' (2^10), bytes. Default: the profile's.")] = None,
     ram_budget: Annotated[Optional[str], typer.Option("--ram-budget", help="RAM budget, same units. Default: the profile's.")] = None,
     latency_budget: Annotated[Optional[float], typer.Option("--latency-budget", help="Latency budget in ms, checked on --latency-stat (p50 by default). Default: the profile's, if any.")] = None,
@@ -617,13 +617,14 @@ def run(
     from edgeprune.pipeline.report import RunProgress, candidates_table, print_outcome
 
     lo, hi = _parse_range(input_range)
+    devices = list(device or ["local"])
     gate_base, tolerances = _gate_setup(baseline, max_regression, junit, metrics)
     if gate_base is not None:  # refuse another device / quantization before the search, not after
         from edgeprune.pipeline.gate import check_same_target
 
-        prof = _device_profile(device, devices_dir, host, user, port, False)
+        prof = _device_profile(devices[0], devices_dir, host, user, port, False)
         check_same_target(gate_base, prof.name, prof.kind, quantize.value)
-    config = RunConfig(model=model, device=device, host=host, user=user, port=port, devices_dir=devices_dir,
+    config = RunConfig(model=model, device=devices[0], extra_devices=devices[1:], host=host, user=user, port=port, devices_dir=devices_dir,
                        trust_new_host=trust_new_host, budget=budget, ram_budget=ram_budget,
                        latency_budget=latency_budget, min_fidelity=min_fidelity, max_accuracy_drop=max_accuracy_drop,
                        data=data, quantize=quantize.value, criterion=criterion.value if criterion else "auto", compensate=compensate,

@@ -72,6 +72,7 @@ class RunConfig:
     latency_stat: str = "p50"  # the statistic the latency budget is checked on: p50, p90, p99
     round_to: Optional[int] = None  # None: the profile's round_to (if any)
     predict: bool = True  # skip converting candidates predicted over the flash budget
+    extra_devices: list = field(default_factory=list)  # more boards of the same type, measured in parallel
 
 
 @dataclass

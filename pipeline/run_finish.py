@@ -132,6 +132,7 @@ class FinishStage:
                       "sha256": self.model_sha, "params": int(self.model.count_params())},
             "device": {"name": p.name, "kind": kind, "description": p.description, "host": p.host,
                        "profile": p.source, "threads": p.threads,
+                       "boards": [b.name for b in getattr(self, "boards", None) or [p]],
                        "latency": "estimated on the host (not measured on a board)" if kind == "mcu"
                        else "measured on the device",
                        "ram": ("TFLite-Micro arena measured on the host + the profile's runtime overhead"
@@ -155,7 +156,7 @@ class FinishStage:
             "budgets": self.budgets,
             "fidelity_threshold": {"min_fidelity": self.min_fidelity, "max_accuracy_drop": self.max_drop,
                                    "score_name": fr0["score_name"], "metric": fr0["metric"]},
-            "strategy": STRATEGY,
+            "strategy": self.strategy_text() if hasattr(self, "strategy_text") else STRATEGY,
             "stop": self.stop,
             "chosen": None,
             "reasons": [] if chosen is not None else self.reasons(),

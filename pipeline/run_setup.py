@@ -128,6 +128,15 @@ class SetupStage:
                 update={"trust_new_host": True})})
         self.round_to = c.round_to if c.round_to is not None else self.profile.round_to
         self.latency_stat = c.latency_stat
+        self.extra_profiles = []
+        if c.extra_devices and any(v is not None for v in (c.host, c.user, c.port)):
+            raise BadInput("--host/--user/--port apply to one device; several --device were given",
+                           "put each board's connection in its profile")
+        for name in c.extra_devices:
+            extra = load_profile(name, search_dirs=[c.devices_dir] if c.devices_dir else None)
+            if c.trust_new_host and extra.connection is not None:
+                extra = extra.model_copy(update={"connection": extra.connection.model_copy(update={"trust_new_host": True})})
+            self.extra_profiles.append(extra)
         lim = self.profile.limits
         self.budgets = {
             "flash_bytes": self._budget(_parse_budget(c.budget, "--budget"), lim.flash_bytes),
