@@ -14,7 +14,7 @@ import pytest
 
 from edgeprune.cli import run_cli
 
-PAODING = ["--criterion", "paoding", "--no-compensate"]
+PAODING = ["--criterion", "paoding", "--no-compensate", "--allocation", "uniform"]  # the data-free engine
 FAST = ["--step", "0.1", "--runs", "3", "--warmup", "1"]
 
 
