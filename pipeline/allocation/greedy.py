@@ -158,18 +158,26 @@ class GlobalGreedy(Allocation):
             base = output_loss(outputs(model, xs), refs)
             p_now = prunable_params(graph, state)
             best = None
+            round_to = int(pruner.config.round_to or 1)
             for g in pruner.groups:
                 if gone and all(p in gone for p in g.producers):  # inside a removed branch
                     continue
                 size = state.sizes[g.id]
-                floor = max(min_width(g.size, self.min_keep), pruner.config.min_width, getattr(g, "min_width", 1))
-                room = size - min(g.size, floor)
+                floor = min(g.size, max(min_width(g.size, self.min_keep), pruner.config.min_width,
+                                        getattr(g, "min_width", 1)))
+                if round_to > 1:  # widths stay multiples of --round-to (at least one multiple)
+                    floor = max(round_to, -(-floor // round_to) * round_to)
+                room = size - floor
                 if room <= 0:
                     continue
                 n = min(room, max(1, int(round(self.chunk * (size if self.relative else g.size)))))
                 per_channel = self._per_channel(graph, state, g)
                 if per_channel > 0:  # do not overshoot the rate by more than a channel
                     n = min(n, max(1, math.ceil(remaining / per_channel - EPS)))
+                if round_to > 1:
+                    n = size - max(floor, ((size - n) // round_to) * round_to)
+                    if n <= 0:
+                        continue
                 sel, trial, keep_local, refit = self._propose(pruner, state, g, n)
                 saved = p_now - prunable_params(graph, trial)
                 if saved <= 0:
