@@ -133,8 +133,8 @@ class SetupStage:
                 idx = np.arange(n)
                 cal = idx[::5][:CALIBRATION_MAX]
                 rest = np.setdiff1d(idx, cal)
-                self.calibration = data.x[cal]
-                data.x = data.x[rest]
+                self.calibration = data.x.take(cal)  # lazy subsets: no sample is copied here
+                data.x = data.x.take(rest)
                 if data.y is not None:
                     data.y = data.y[rest]
                 cal_note = f"{len(cal)} samples of the data (every 5th), held out from the evaluation"

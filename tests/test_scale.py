@@ -1,0 +1,114 @@
+"""Memory flat in the data (issue 17): batch sizes from the model's shapes, streamed passes equal
+to unbatched ones, lazy / memory-mapped samples."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from edgeprune.pipeline.batching import (SyntheticSamples, Samples, activation_bytes_per_sample, batch_size_for,
+                                         is_lazy)
+
+
+def _small_cnn():
+    import keras
+
+    inp = keras.Input((8, 8, 3))
+    h = keras.layers.Conv2D(4, 3, padding="same", activation="relu", name="conv")(inp)  # 8*8*4
+    h = keras.layers.Flatten(name="flat")(h)  # 256
+    out = keras.layers.Dense(10, activation="softmax", name="dense")(h)  # 10
+    return keras.Model(inp, out)
+
+
+# --------------------------------------------------------------------------- batch sizing
+def test_activation_bytes_from_the_layer_output_shapes():
+    model = _small_cnn()
+    per_sample = (8 * 8 * 3 + 8 * 8 * 4 + 256 + 10) * 4  # input + every layer's output, float32
+    assert activation_bytes_per_sample(model) == per_sample == 2856
+
+
+def test_batch_size_follows_the_budget():
+    model = _small_cnn()
+    assert batch_size_for(model, budget_bytes=2856 * 5) == 5
+    assert batch_size_for(model, budget_bytes=2856 * 5 + 2855) == 5
+    assert batch_size_for(model, budget_bytes=100) == 1  # never zero
+    assert batch_size_for(model, budget_bytes=2856 * 10_000, max_batch=256) == 256
+
+
+def test_imagenet_size_model_gets_a_small_batch():
+    import keras
+
+    model = keras.applications.MobileNetV2(weights=None, input_shape=(224, 224, 3))
+    per_sample = activation_bytes_per_sample(model)
+    # MobileNetV2-224: ~83 MiB of activations per sample (float32), so 3 samples in 256 MiB
+    assert 70 * 2**20 < per_sample < 100 * 2**20
+    assert batch_size_for(model) == 256 * 2**20 // per_sample == 3
+
+
+# --------------------------------------------------------------------------- streamed passes
+def test_streamed_reference_outputs_equal_unbatched(tmp_path):
+    from edgeprune.pipeline.example import example_data_path, example_model_path
+    from edgeprune.pipeline.data import load_eval_data
+    from edgeprune.pipeline.fidelity import keras_outputs
+    from edgeprune.pipeline.loading import load_model
+
+    model = load_model(example_model_path())
+    data = load_eval_data(example_data_path(), model)
+    x = np.asarray(data.x[:300])
+    whole = np.asarray(model(x, training=False), dtype=np.float32)  # one unbatched call
+    per_sample = activation_bytes_per_sample(model)
+    b = batch_size_for(model, budget_bytes=per_sample * 7)
+    assert b == 7
+    streamed = keras_outputs(model, data.x.take(np.arange(300)), batch_size=b)  # lazy, 43 batches
+    assert streamed.shape == whole.shape == (300, 10)
+    np.testing.assert_allclose(streamed, whole, atol=1e-6, rtol=0)
+    default = keras_outputs(model, data.x[:300])  # batch size from the 256 MB budget
+    np.testing.assert_allclose(default, whole, atol=1e-6, rtol=0)
+
+
+def test_npy_data_is_memory_mapped_and_read_in_batches(tmp_path):
+    from edgeprune.pipeline.data import load_eval_data
+
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 1, (130, 28, 28)).astype(np.float32)
+    path = tmp_path / "x.npy"
+    np.save(path, x)
+    data = load_eval_data(path, (28, 28, 1))
+    assert is_lazy(data.x) and isinstance(data.x.base, np.memmap)
+    assert data.x.shape == (130, 28, 28, 1) and data.x.dtype == np.float32
+    np.testing.assert_array_equal(data.x[70:75], x[70:75, ..., None])
+    sub = data.x.take([129, 3, 64])
+    np.testing.assert_array_equal(np.asarray(sub), x[[129, 3, 64], ..., None])
+    assert float(data.x.max()) == float(x.max()) and float(data.x.min()) == float(x.min())
+    got = data.x[5:7]
+    got[:] = -1  # a batch is a copy: the mapped file is never written
+    assert np.array_equal(np.load(path)[5:7], x[5:7])
+
+
+def test_scaled_uint8_samples_are_converted_per_batch():
+    raw = (np.arange(4 * 5 * 5) % 256).astype(np.uint8).reshape(4, 5, 5)
+    s = Samples(raw, scale=1 / 255, add_channel=True)
+    assert s.shape == (4, 5, 5, 1) and s.dtype == np.float32
+    np.testing.assert_allclose(s[1:3], raw[1:3, ..., None].astype(np.float32) * np.float32(1 / 255))
+
+
+def test_synthetic_samples_reproducible_per_index():
+    a = SyntheticSamples(10, (3, 2), -1.0, 1.0, seed=4)
+    whole = np.asarray(a)
+    assert whole.shape == (10, 3, 2) and -1.0 <= whole.min() and whole.max() < 1.0
+    np.testing.assert_array_equal(a[6:9], whole[6:9])  # any batch without the others
+    np.testing.assert_array_equal(a.take([9, 0])[0], whole[9])
+    assert not np.array_equal(whole, np.asarray(SyntheticSamples(10, (3, 2), -1.0, 1.0, seed=5)))
+
+
+def test_int8_calibration_from_lazy_samples_same_bytes_as_from_array():
+    from edgeprune.pipeline.convert import ConvertConfig, convert
+
+    model = _small_cnn()
+    x = np.random.default_rng(1).uniform(0, 1, (40, 8, 8, 3)).astype(np.float32)
+    a = convert(model, ConvertConfig(quantize="int8", calibration=x, num_calibration=30))
+    b = convert(model, ConvertConfig(quantize="int8", calibration=Samples(x), num_calibration=30))
+    assert a.tflite == b.tflite and a.calibration_samples == b.calibration_samples == 30
+    with pytest.raises(Exception, match="NaN"):
+        bad = x.copy()
+        bad[3, 0, 0, 0] = np.nan
+        convert(model, ConvertConfig(quantize="int8", calibration=Samples(bad), num_calibration=50))
