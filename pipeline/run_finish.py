@@ -85,6 +85,7 @@ class FinishStage:
                for k in ("prune_s", "convert_s", "fidelity_s", "save_s")}
         tot["device_s"] = round(self.device_seconds, 3)
         tot["load_s"] = round(getattr(self, "load_seconds", 0.0), 3)  # TF import, model, data, reference outputs
+        tot["load"] = dict(getattr(self, "load_timings", {}))  # model_s, data_s, reference_s, reference_cached
         tot["total_s"] = round(time.perf_counter() - self.t_start, 3)
         fr0 = self.candidates[0]["fidelity"]
         cand_out = []

@@ -110,9 +110,13 @@ class SetupStage:
 
     # ---------------------------------------------------------------- load (TF)
     def load(self) -> None:
+        import time
+
         from edgeprune.pipeline import convert as conv
 
+        t_import = time.perf_counter()
         conv.quiet_import_tensorflow()
+        t_import = time.perf_counter() - t_import
         from edgeprune.pipeline import fidelity as fid
         from edgeprune.pipeline.data import load_eval_data, synthetic_data
         from edgeprune.pipeline.importance import CRITERIA
@@ -121,9 +125,11 @@ class SetupStage:
         c = self.c
         if c.criterion not in CRITERIA:
             raise BadInput(f"unknown --criterion {c.criterion!r}", f"use one of: {', '.join(CRITERIA)}")
+        t0 = time.perf_counter()
         self.emit("status", text=f"loading {self.model_path.name}")
         self.model = load_model(self.model_path)
         self.model_sha = file_sha256(self.model_path)
+        t1 = time.perf_counter()
         if self.data_path is not None:
             data = load_eval_data(self.data_path, self.model)
             n = data.n
@@ -154,5 +160,6 @@ class SetupStage:
         if self.max_drop is not None and self.data.y is None:
             raise BadInput("--max-accuracy-drop needs labelled data", "pass --data with labels (an .npz with x and y), "
                            "or use --min-fidelity")
-        self.reference = fid.keras_outputs(self.model, self.data.x)
         self.fid_config = fid.FidelityConfig()
+        # the reference outputs come after the run directory is open (reference_cache: cached for --resume)
+        self.load_timings = {"tensorflow_import_s": round(t_import, 3), "model_s": round(t1 - t0, 3), "data_s": round(time.perf_counter() - t1, 3)}

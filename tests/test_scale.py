@@ -112,3 +112,44 @@ def test_int8_calibration_from_lazy_samples_same_bytes_as_from_array():
         bad = x.copy()
         bad[3, 0, 0, 0] = np.nan
         convert(model, ConvertConfig(quantize="int8", calibration=Samples(bad), num_calibration=50))
+
+
+# --------------------------------------------------------------------------- reference cache
+def test_resume_reuses_the_cached_reference_outputs(tmp_path, capsys):
+    import json
+
+    from edgeprune.cli import run_cli
+    from edgeprune.pipeline.data import load_eval_data
+    from edgeprune.pipeline.example import example_data_path, example_model_path
+    from edgeprune.pipeline.fidelity import keras_outputs
+    from edgeprune.pipeline.loading import load_model
+
+    out = tmp_path / "run"
+    base = ["run", "--out", str(out), "--step", "0.1", "--runs", "2", "--warmup", "0", "--json"]
+    assert run_cli([*base, "--max-rate", "0.1"]) == 0
+    first = json.loads(capsys.readouterr().out)
+    load = first["timings"]["load"]
+    assert load["reference_cached"] is False and load["reference_s"] > 0
+    assert set(load) >= {"tensorflow_import_s", "model_s", "data_s", "reference_s"}
+    cache = out / "reference.npz"
+    stamp = cache.stat().st_mtime_ns
+    with np.load(cache) as z:
+        cached = z["outputs"]
+    # the cached outputs are the original model's on the evaluation split (every 5th sample held out)
+    model = load_model(example_model_path())
+    data = load_eval_data(example_data_path(), model)
+    rest = np.setdiff1d(np.arange(data.n), np.arange(data.n)[::5][:200])
+    assert cached.shape == (800, 10)
+    np.testing.assert_allclose(cached, keras_outputs(model, data.x.take(rest)), atol=1e-6, rtol=0)
+
+    assert run_cli([*base, "--max-rate", "0.2", "--resume"]) == 0
+    second = json.loads(capsys.readouterr().out)
+    assert second["resume"]["candidates_reused"] == 2
+    assert second["timings"]["load"]["reference_cached"] is True
+    assert cache.stat().st_mtime_ns == stamp  # read, not rewritten
+    # the new candidate was compared against the cached outputs: its agreement is consistent with them
+    assert second["candidates"][0]["fidelity"] == first["candidates"][0]["fidelity"]
+
+    assert run_cli([*base, "--max-rate", "0.1"]) == 0  # same configuration without --resume: started over
+    third = json.loads(capsys.readouterr().out)
+    assert third["timings"]["load"]["reference_cached"] is False
