@@ -42,11 +42,15 @@ class Criterion(str, Enum):
     paoding = "paoding"
     l1 = "l1"
     random = "random"
+    flow = "flow"
+    taylor = "taylor"
 
 
 class Metric(str, Enum):
     auto = "auto"
     top1 = "top1"
+    binary = "binary"
+    relerr = "relerr"
     regression = "regression"
 
 
@@ -206,7 +210,8 @@ def convert(
     input_range: Annotated[str, typer.Option("--input-range", help="Input range 'LO,HI' for synthetic calibration/evaluation data.")] = "0,1",
     out_path: Annotated[Path, typer.Option("--out", "-o", help="Where to write the .tflite.")] = Path("model.tflite"),
     samples: Annotated[int, typer.Option("--samples", help="Synthetic samples for calibration and evaluation when no --data.")] = 100,
-    metric: Annotated[Metric, typer.Option(help="Fidelity metric: auto, top1 (classifier) or regression.")] = Metric.auto,
+    input_shape: Annotated[Optional[str], typer.Option("--input-shape", help="Fix a variable-length input: the full input shape, batch first, e.g. 1,5000,4.")] = None,
+    metric: Annotated[Metric, typer.Option(help="Fidelity metric: auto, top1 (classifier), binary (one sigmoid output: agreement of output > 0.5), relerr (1 - relative L2 error) or regression (cosine).")] = Metric.auto,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Convert MODEL to TFLite and print its size, ops, quantisation and fidelity (measured on the .tflite)."""
@@ -225,6 +230,12 @@ def convert(
     _check_out_suffix(out_path, (".tflite",), "the converted model")
     _check_writable(out_path)
     keras_model = load_model(model)
+    if input_shape is not None:
+        from edgeprune.pipeline.loading import parse_input_shape, with_input_shape
+
+        shape = parse_input_shape(input_shape)
+        keras_model = with_input_shape(keras_model, shape)
+        config.batch_size = shape[0]
     if data is not None:
         eval_data = load_eval_data(data, keras_model)
         config.calibration = eval_data.x
@@ -313,7 +324,7 @@ def _print_conversion(result, out_path: Path, eval_data, fidelity, arena: dict |
     out.print(table)
     fr = fidelity
     line = f"fidelity on {fr.n_samples} samples, {eval_data.label}: {fr.score_name} {fr.score:.4f}"
-    if fr.metric == "top1" and fr.accuracy is not None:
+    if fr.metric in ("top1", "binary") and fr.accuracy is not None:
         line += (f"; accuracy {100 * fr.accuracy:.2f}% vs Keras {100 * fr.reference_accuracy:.2f}% "
                  f"(drop {fr.accuracy_drop:+.2f} points)")
     line += f"; rel. L2 error {fr.rel_l2:.3g}, max abs diff {fr.max_abs_diff:.3g}"
@@ -460,7 +471,8 @@ def run(
     max_accuracy_drop: Annotated[Optional[float], typer.Option("--max-accuracy-drop", help="Maximum accuracy drop in points (needs labelled --data).")] = None,
     data: Annotated[Optional[Path], typer.Option("--data", help="Evaluation/calibration data (.npz with x[, y], or .npy). Default: the example's 1000 labelled images for the example model, else synthetic (labelled as such).")] = None,
     quantize: Annotated[Quantize, typer.Option("--quantize", "-q", help="int8 (default), float16, float32 (or dynamic).")] = Quantize.int8,
-    criterion: Annotated[Criterion, typer.Option(help="Importance criterion: paoding (data-free, default), l1, random.")] = Criterion.paoding,
+    criterion: Annotated[Optional[Criterion], typer.Option(help="Importance criterion: flow (one forward pass on the calibration split; the default with data), taylor, paoding (data-free; the default without data), l1, random.")] = None,
+    compensate: Annotated[Optional[bool], typer.Option("--compensate/--no-compensate", help="Refit the pruned layers' consumers by least squares on the calibration split (default: on with data).")] = None,
     step: Annotated[float, typer.Option(help="Prune-rate step between candidates (each builds on the last).")] = 0.05,
     max_rate: Annotated[float, typer.Option("--max-rate", help="Largest prune rate tried.")] = 0.9,
     out_dir: Annotated[Optional[Path], typer.Option("--out", "-o", help="Run directory. Default ./edgeprune-runs/<model>-<device>-<quantize>.")] = None,
@@ -471,6 +483,7 @@ def run(
     measure_all: Annotated[bool, typer.Option("--measure-all", help="Measure every candidate that passes the host checks (for the latency curve), not just the fewest needed.")] = False,
     input_range: Annotated[str, typer.Option("--input-range", help="Model input range 'LO,HI' (PAODING bounds, synthetic data).")] = "0,1",
     seed: Annotated[int, typer.Option(help="Seed (random criterion).")] = 0,
+    input_shape: Annotated[Optional[str], typer.Option("--input-shape", help="Fix a variable-length input: the full input shape, batch first (batch 1), e.g. 1,5000,4.")] = None,
     host: _Host = None,
     user: _User = None,
     port: _Port = None,
@@ -492,9 +505,14 @@ def run(
     config = RunConfig(model=model, device=device, host=host, user=user, port=port, devices_dir=devices_dir,
                        trust_new_host=trust_new_host, budget=budget, ram_budget=ram_budget,
                        latency_budget=latency_budget, min_fidelity=min_fidelity, max_accuracy_drop=max_accuracy_drop,
-                       data=data, quantize=quantize.value, criterion=criterion.value, step=step, max_rate=max_rate, out=out_dir,
+                       data=data, quantize=quantize.value, criterion=criterion.value if criterion else "auto", compensate=compensate,
+                       step=step, max_rate=max_rate, out=out_dir,
                        resume=resume, force=force, runs=runs, warmup=warmup, measure_all=measure_all,
                        input_range=(lo, hi), seed=seed)
+    if input_shape is not None:
+        from edgeprune.pipeline.loading import parse_input_shape
+
+        config.input_shape = parse_input_shape(input_shape)
     with RunProgress(err) as progress:
         result = run_search(config, progress=progress)
     if as_json:

@@ -3,6 +3,7 @@
 Used by the PAODING criterion to bound how much a neuron pair's activations can differ
 without any data. Affine layers use centre/radius form (``c' = f(c)``, ``r' = |A| r``),
 monotone layers (activations, pooling, padding, flatten) map the lower and upper bounds.
+Each layer kind's rule is its handler's ``bounds`` (:mod:`edgeprune.pipeline.handlers`).
 Computed from a :class:`~edgeprune.pipeline.surgery.PruneState`'s CURRENT weights, so it
 is valid at every progressive step. A layer it cannot bound gives ``None`` downstream.
 """
@@ -18,15 +19,7 @@ MONOTONE_ACTIVATIONS = {
 LIPSCHITZ = {"linear": 1.0, None: 1.0, "relu": 1.0, "relu6": 1.0, "sigmoid": 0.25, "tanh": 1.0, "elu": 1.0,
              "selu": 1.7581, "softplus": 1.0, "hard_sigmoid": 1 / 6, "leaky_relu": 1.0, "hard_tanh": 1.0,
              "softsign": 1.0}
-MONOTONE_LAYERS = {
-    "Dropout", "SpatialDropout1D", "SpatialDropout2D", "SpatialDropout3D", "GaussianNoise", "GaussianDropout",
-    "AlphaDropout", "ActivityRegularization", "Identity",
-    "ZeroPadding1D", "ZeroPadding2D", "ZeroPadding3D", "Cropping1D", "Cropping2D", "Cropping3D",
-    "UpSampling1D", "UpSampling2D", "UpSampling3D",
-    "MaxPooling1D", "MaxPooling2D", "MaxPooling3D", "AveragePooling1D", "AveragePooling2D", "AveragePooling3D",
-    "GlobalAveragePooling1D", "GlobalAveragePooling2D", "GlobalAveragePooling3D",
-    "GlobalMaxPooling1D", "GlobalMaxPooling2D", "GlobalMaxPooling3D", "Flatten", "Reshape",
-}
+NOMINAL_LENGTH = 32  # stands for a None (variable) input dimension in the bounds
 
 
 def activation_name(layer) -> str | None:
@@ -93,7 +86,10 @@ def interval_bounds(graph, state, input_range=(0.0, 1.0)) -> dict[tuple[str, int
     for name in graph.order:
         info = graph.layers[name]
         if info.cls == "InputLayer":
-            shape = (1,) + tuple(graph._input_shape(info)[1:])
+            # a variable dimension (None) is bounded on a nominal size: every position of
+            # a variable-length input lies in the same box, so the bounds of layers that
+            # pool over it do not depend on the length chosen
+            shape = (1,) + tuple(d if d is not None else NOMINAL_LENGTH for d in graph._input_shape(info)[1:])
             bounds[(name, 0)] = (np.full(shape, lo_in, np.float64), np.full(shape, hi_in, np.float64))
             continue
         ins = [bounds.get(ref) for ref in info.inputs]
@@ -104,75 +100,26 @@ def interval_bounds(graph, state, input_range=(0.0, 1.0)) -> dict[tuple[str, int
             bounds[(name, 0)] = _layer_bounds(info, ins, state.weights.get(name, []))
         except NotImplementedError:
             bounds[(name, 0)] = None
+        except _shape_errors() as exc:  # e.g. a conv that does not fit the nominal length
+            bounds[(name, 0)] = None
+            notes = getattr(graph, "bound_notes", None)
+            if notes is not None:
+                notes.append(f"{name}: no interval bounds ({type(exc).__name__}: {str(exc)[:120]})")
     del model
     return bounds
 
 
+def _shape_errors() -> tuple[type, ...]:
+    import tensorflow as tf
+
+    return (ValueError, TypeError, tf.errors.OpError)
+
+
 def _layer_bounds(info, ins, weights):
-    layer, cls = info.layer, info.cls
-    cfg = layer.get_config()
-    if cls in ("Dense", "Conv1D", "Conv2D", "DepthwiseConv2D", "SeparableConv2D"):
-        lo, hi = ins[0]
-        c, r = (lo + hi) / 2, (hi - lo) / 2
-        if cls == "Dense":
-            k = weights[0]
-            c2, r2 = c @ k, r @ np.abs(k)
-            bias = weights[1] if cfg.get("use_bias", True) else 0.0
-        elif cls == "SeparableConv2D":
-            dk, pk = weights[0], weights[1]
-            c1, r1 = _conv(c, dk, cfg, depthwise=True), _conv(r, np.abs(dk), cfg, depthwise=True)
-            one = {"strides": (1, 1), "padding": "valid"}
-            c2, r2 = _conv(c1, pk, one), _conv(r1, np.abs(pk), one)
-            bias = weights[2] if cfg.get("use_bias", True) else 0.0
-        else:
-            dw = cls == "DepthwiseConv2D"
-            if dw and cfg.get("depth_multiplier", 1) != 1:
-                raise NotImplementedError
-            k = weights[0]
-            c2, r2 = _conv(c, k, cfg, dw), _conv(r, np.abs(k), cfg, dw)
-            bias = weights[1] if cfg.get("use_bias", True) else 0.0
-        c2 = c2 + bias
-        act = activation_name(layer)
-        if act not in MONOTONE_ACTIVATIONS:
-            raise NotImplementedError
-        return apply_activation(act, c2 - r2), apply_activation(act, c2 + r2)
-    if cls == "BatchNormalization":
-        lo, hi = ins[0]
-        s, t = bn_affine(weights, cfg)
-        a, b = lo * s + t, hi * s + t
-        return np.minimum(a, b), np.maximum(a, b)
-    if cls in ("Activation", "ReLU", "LeakyReLU", "ELU"):
-        act = activation_name(layer)
-        if act not in MONOTONE_ACTIVATIONS:
-            raise NotImplementedError
-        lo, hi = ins[0]
-        return apply_activation(act, lo, layer), apply_activation(act, hi, layer)
-    if cls in MONOTONE_LAYERS:
-        lo, hi = ins[0]
-        if cls == "Reshape":
-            shape = (1,) + tuple(cfg["target_shape"])
-            return lo.reshape(shape), hi.reshape(shape)
-        if cls == "Flatten":
-            return lo.reshape(1, -1), hi.reshape(1, -1)
-        return np.asarray(layer(lo, training=False)), np.asarray(layer(hi, training=False))
-    if cls == "Add":
-        return sum(b[0] for b in ins), sum(b[1] for b in ins)
-    if cls == "Average":
-        n = len(ins)
-        return sum(b[0] for b in ins) / n, sum(b[1] for b in ins) / n
-    if cls == "Subtract":
-        return ins[0][0] - ins[1][1], ins[0][1] - ins[1][0]
-    if cls == "Maximum":
-        return np.maximum.reduce([b[0] for b in ins]), np.maximum.reduce([b[1] for b in ins])
-    if cls == "Minimum":
-        return np.minimum.reduce([b[0] for b in ins]), np.minimum.reduce([b[1] for b in ins])
-    if cls == "Concatenate":
-        axis = cfg.get("axis", -1)
-        return np.concatenate([b[0] for b in ins], axis=axis), np.concatenate([b[1] for b in ins], axis=axis)
-    if cls == "Multiply":
-        lo, hi = ins[0]
-        for l2, h2 in ins[1:]:
-            cands = np.stack([lo * l2, lo * h2, hi * l2, hi * h2])
-            lo, hi = cands.min(0), cands.max(0)
-        return lo, hi
-    raise NotImplementedError
+    """The layer's handler's bound rule (NotImplementedError: no bound)."""
+    from edgeprune.pipeline.handlers import handler_for
+
+    handler = handler_for(info.layer, info.cls)
+    if handler is None:
+        raise NotImplementedError
+    return handler.bounds(info, ins, weights, info.layer.get_config())

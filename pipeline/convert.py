@@ -228,7 +228,8 @@ def _check_static(model) -> None:
         if any(d is None for d in shape):
             raise UnsupportedModel(
                 f"input {name!r} has a dynamic dimension {('batch',) + shape}",
-                "give the model a fully known input shape (keras.Input(shape=(...)) without None)",
+                "fix the variable dimensions with --input-shape (batch first, e.g. --input-shape 1,5000,4), "
+                "or give the model a fully known input shape (keras.Input(shape=(...)) without None)",
             )
 
 
@@ -430,6 +431,51 @@ def tensor_details(tflite: bytes) -> tuple[list[TensorInfo], list[TensorInfo]]:
 
 
 # --------------------------------------------------------------------------- convert
+MAX_UNROLL_STEPS = 512  # int8 recurrent layers are unrolled up to this many time steps
+
+
+def _recurrent_steps(model) -> list[tuple[str, int | None]]:
+    """(layer name, time steps) of the recurrent layers (RNN/GRU/LSTM, Bidirectional)."""
+    out = []
+    for layer in model.layers:
+        cfg = layer.get_config()
+        if "unroll" in cfg or type(layer).__name__ == "Bidirectional":
+            inp = layer.input[0] if isinstance(layer.input, (list, tuple)) else layer.input
+            out.append((layer.name, inp.shape[1] if len(inp.shape) > 2 else None))
+    return out
+
+
+def _unrolled(model):
+    """``model`` with every recurrent layer unrolled (same weights, same computation).
+
+    The TF converter crashes the process (segmentation fault, TF 2.21) when it quantizes the
+    WHILE loop of a recurrent layer to full int8; unrolled, the loop becomes plain ops."""
+    import keras
+
+    steps = _recurrent_steps(model)
+    long = [(n, t) for n, t in steps if t is None or t > MAX_UNROLL_STEPS]
+    if long:
+        name, t = long[0]
+        raise UnsupportedModel(
+            f"full-int8 conversion of recurrent layer {name!r} over {t or 'a variable number of'} time steps: "
+            f"the TF converter cannot quantize its loop, and unrolling is limited to {MAX_UNROLL_STEPS} steps",
+            "use --quantize dynamic or float16 (float activations), or a shorter --input-shape",
+        )
+
+    def clone(layer):
+        cfg = layer.get_config()
+        if "unroll" in cfg:
+            cfg["unroll"] = True
+        for key in ("layer", "backward_layer"):
+            if isinstance(cfg.get(key), dict):
+                cfg[key] = {**cfg[key], "config": {**cfg[key]["config"], "unroll": True}}
+        return layer.__class__.from_config(cfg)
+
+    new = keras.models.clone_model(model, clone_function=clone)
+    new.set_weights(model.get_weights())
+    return new
+
+
 def convert(model, config: ConvertConfig | None = None) -> ConvertResult:
     """Convert a Keras model to TFLite as ``config`` says; raises UnsupportedModel naming the
     op/layer when TFLite builtins cannot express the model."""
@@ -442,6 +488,8 @@ def convert(model, config: ConvertConfig | None = None) -> ConvertResult:
     source: str | None = None
     if config.quantize == "int8":
         calibration, source = _calibration_set(model, config)
+        if _recurrent_steps(model):
+            model = _unrolled(model)
 
     with captured_output() as box:
         try:

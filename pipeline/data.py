@@ -79,7 +79,8 @@ def _model_input_shape(model) -> tuple[int, ...]:
         )
     shape = tuple(inputs[0].shape[1:])
     if any(d is None for d in shape):
-        raise UnsupportedModel(f"the model's input shape {shape} is not fully known", "give the Input layer a full shape")
+        raise UnsupportedModel(f"the model's input shape {shape} is not fully known",
+                               "fix the variable dimensions with --input-shape, batch first (e.g. --input-shape 1,5000,4)")
     return tuple(int(d) for d in shape)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from typing import Optional
 
+from edgeprune.errors import BadInput
 from edgeprune.pipeline.run_config import NOISE_TOLERANCE, _now
 from edgeprune.pipeline.run_dir import write_json_atomic
 
@@ -93,7 +94,15 @@ class DevicePhase:
                 r["not_measured"] = skip
                 continue
             t0 = time.perf_counter()
-            m, cached = self.measure(r)
+            try:
+                m, cached = self.measure(r)
+            except BadInput as exc:  # the board's runtime cannot load THIS candidate: record it, go on
+                self.device_seconds += time.perf_counter() - t0
+                r["not_measured"] = f"the device runtime cannot load it: {exc.message[:300]}"
+                r["checks"]["load"] = {"ok": False, "value": exc.message[:300], "limit": None}
+                self.notes.append(f"candidate {r['name']} could not be loaded on the device ({exc.message[:160]}); "
+                                  "recorded as failed, the search went on")
+                continue
             spent = time.perf_counter() - t0
             self.device_seconds += spent
             self.device_cached += int(cached)

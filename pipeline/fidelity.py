@@ -9,12 +9,22 @@ every candidate).
 
 Metrics: top-1 agreement for classifiers; accuracy and accuracy drop (points, against
 the Keras model's accuracy on the same data) when labels are given; relative L2 error,
-mean per-sample cosine similarity and max abs difference for every output. ``score`` is
-the agreement for classifiers and the cosine similarity otherwise; ``metric`` names it.
+mean per-sample cosine similarity and max abs difference for every output. ``score``
+(named by ``metric``) is what the threshold applies to, and every metric can fail:
 
-metric="auto" picks "top1" when each output sample is a vector of more than one value
-that is a probability distribution (non-negative, sums to 1), or when labels are given;
-otherwise "regression". A classifier that outputs logits should set metric="top1".
+- ``top1``: agreement of the arg-max with the Keras model's (a vector of class scores);
+- ``binary``: agreement of the decision ``output > 0.5`` with the Keras model's (a
+  one-value sigmoid output; with 0/1 labels also the accuracy);
+- ``relerr``: ``1 - relative L2 error`` (clipped at 0): a threshold of 0.95 allows a 5 %
+  error. For outputs of few values (a regressor's one number);
+- ``regression``: mean per-sample cosine similarity (outputs of 8 values or more).
+
+metric="auto" picks ``top1`` for a vector of more than one value that is a probability
+distribution (non-negative, sums to 1), or when labels are given; ``binary`` for one value
+in [0, 1] (a sigmoid); ``relerr`` for other outputs of fewer than
+8 values; ``regression`` otherwise. It never picks the cosine of a 1-value output, which is
+1 whenever the signs agree and so cannot fail. A classifier that outputs logits should set
+metric="top1".
 """
 from __future__ import annotations
 
@@ -29,7 +39,10 @@ from edgeprune.errors import BadInput
 
 READ_BATCH = 64  # samples read from the data and quantised at a time by run_tflite
 
-METRICS = ("auto", "top1", "regression")
+METRICS = ("auto", "top1", "binary", "relerr", "regression")
+FEW_VALUES = 8  # outputs with fewer values per sample are compared by relative error, not cosine
+SCORE_NAMES = {"top1": "top-1 agreement", "binary": "decision agreement (> 0.5)",
+               "relerr": "1 - relative L2 error", "regression": "cosine similarity"}
 
 
 @dataclass
@@ -44,8 +57,8 @@ class FidelityConfig:
 
 @dataclass
 class FidelityResult:
-    metric: str  # "top1" or "regression"
-    score: float  # agreement (top1) or cosine similarity (regression)
+    metric: str  # "top1", "binary", "relerr" or "regression"
+    score: float  # agreement (top1, binary), 1 - rel. L2 error (relerr) or cosine (regression)
     n_samples: int
     data_source: str  # "user" or "synthetic"
     data_label: str  # e.g. "synthetic (data-free)"
@@ -62,7 +75,7 @@ class FidelityResult:
 
     @property
     def score_name(self) -> str:
-        return "top-1 agreement" if self.metric == "top1" else "cosine similarity"
+        return SCORE_NAMES[self.metric]
 
     def to_dict(self) -> dict[str, Any]:
         def r(v):
@@ -209,12 +222,19 @@ def _looks_like_probabilities(ref: np.ndarray) -> bool:
 
 
 def choose_metric(reference: np.ndarray, labels: np.ndarray | None, requested: str = "auto") -> str:
+    """The metric for ``reference`` outputs (see the module doc); never one that cannot fail."""
     if requested != "auto":
         return requested
     per_sample = reference.shape[1:]
+    n_values = int(np.prod(per_sample)) if per_sample else 1
     vector = len(per_sample) == 1 and per_sample[0] > 1
     if vector and (labels is not None or _looks_like_probabilities(reference)):
         return "top1"
+    if n_values == 1:
+        in_unit = bool(reference.size) and float(reference.min()) >= 0.0 and float(reference.max()) <= 1.0
+        return "binary" if in_unit else "relerr"  # a logit or a regressed value: its error
+    if n_values < FEW_VALUES:
+        return "relerr"
     return "regression"
 
 
@@ -270,6 +290,24 @@ def evaluate(tflite: bytes | str | Path, reference: np.ndarray, data, config: Fi
             res.accuracy = float((pred == y).mean())
             res.reference_accuracy = float((ref_pred == y).mean())
             res.accuracy_drop = 100.0 * (res.reference_accuracy - res.accuracy)
+    elif metric == "binary":
+        if int(np.prod(reference.shape[1:])) != 1:
+            raise BadInput(f"metric binary needs one output value per sample, got output shape {reference.shape[1:]}",
+                           "use --metric top1 or regression")
+        pred, ref_pred = out.reshape(-1) > 0.5, reference.reshape(-1) > 0.5
+        res.agreement = float((pred == ref_pred).mean())
+        res.score = res.agreement
+        if data.y is not None:
+            y = np.asarray(data.y).reshape(-1)
+            if y.min(initial=0) < 0 or y.max(initial=0) > 1 or not np.all(np.isin(y, (0, 1))):
+                res.notes.append("labels are not 0/1: the accuracy of a one-output model needs binary labels")
+            else:
+                y = y.astype(bool)
+                res.accuracy = float((pred == y).mean())
+                res.reference_accuracy = float((ref_pred == y).mean())
+                res.accuracy_drop = 100.0 * (res.reference_accuracy - res.accuracy)
+    elif metric == "relerr":
+        res.score = max(0.0, 1.0 - stats["rel_l2"])
     else:
         res.score = stats["cosine"]
     res.seconds = time.perf_counter() - t0

@@ -9,6 +9,10 @@ Flatten repeats the layout once per spatial position (channel ``c`` at position 
 feature ``s * C + c``). Each layer's weights that index channels are recorded as
 ``(weight_index, axis, layout)``, so surgery can slice any weight from the plan alone.
 
+The rule of each layer kind lives in its handler (:mod:`edgeprune.pipeline.handlers`,
+registered by Keras class); this module holds the union-find of groups, the traversal
+and the small builder API the handlers call.
+
 A group is *frozen* (never pruned) when it reaches a model input or output, or a layer
 whose per-channel semantics the graph does not know (the class is reported), or a layer
 that mixes channels (softmax, LayerNormalization). Unknown layers are never passed
@@ -24,24 +28,14 @@ import numpy as np
 from edgeprune.errors import UnsupportedModel
 from edgeprune.pipeline import _keras_compat as compat
 
-# Layers whose output channel c depends only on input channel c and that have no
-# channel-indexed weights.
-PASS_THROUGH = {
-    "Activation", "ReLU", "LeakyReLU", "ELU", "ThresholdedReLU",
-    "Dropout", "SpatialDropout1D", "SpatialDropout2D", "SpatialDropout3D",
-    "GaussianNoise", "GaussianDropout", "AlphaDropout", "ActivityRegularization", "Identity",
-    "ZeroPadding1D", "ZeroPadding2D", "ZeroPadding3D",
-    "Cropping1D", "Cropping2D", "Cropping3D",
-    "UpSampling1D", "UpSampling2D", "UpSampling3D",
-    "MaxPooling1D", "MaxPooling2D", "MaxPooling3D",
-    "AveragePooling1D", "AveragePooling2D", "AveragePooling3D",
-    "GlobalAveragePooling1D", "GlobalAveragePooling2D", "GlobalAveragePooling3D",
-    "GlobalMaxPooling1D", "GlobalMaxPooling2D", "GlobalMaxPooling3D",
-}
-ELEMENTWISE_MERGE = {"Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum"}
-# Activations that mix channels: removing one changes the others.
-CHANNEL_MIXING_ACTIVATIONS = {"softmax", "log_softmax"}
-PRODUCERS = {"Dense", "Conv1D", "Conv2D", "Conv3D", "SeparableConv1D", "SeparableConv2D", "Embedding"}
+# Names kept for the modules that match layers by class name; the rules live in the
+# layer handlers (edgeprune.pipeline.handlers), one per layer kind.
+from edgeprune.pipeline.handlers.base import CHANNEL_MIXING_ACTIVATIONS, handler_for  # noqa: E402
+from edgeprune.pipeline.handlers.channelwise import PASS_THROUGH  # noqa: E402
+from edgeprune.pipeline.handlers.structure import ELEMENTWISE_MERGE  # noqa: E402
+
+__all__ = ["DependencyGraph", "Group", "WeightRef", "LayerInfo", "offsets", "layout_indices",
+           "PASS_THROUGH", "ELEMENTWISE_MERGE", "CHANNEL_MIXING_ACTIVATIONS"]
 
 
 @dataclass(frozen=True)
@@ -63,6 +57,7 @@ class Group:
     members: list[str] = field(default_factory=list)  # every layer with a weight indexed by the group
     refs: list[WeightRef] = field(default_factory=list)
     frozen_reasons: list[str] = field(default_factory=list)
+    min_width: int = 1  # the smallest width the group may be pruned to (see the handlers)
 
     @property
     def frozen(self) -> bool:
@@ -70,7 +65,7 @@ class Group:
 
     @property
     def prunable(self) -> bool:
-        return not self.frozen and self.size > 1 and bool(self.producers)
+        return not self.frozen and self.size > max(1, self.min_width) and bool(self.producers)
 
     @property
     def name(self) -> str:
@@ -83,6 +78,8 @@ class LayerInfo:
     cls: str
     inputs: list[tuple[str, int]]  # (layer, tensor index) per input tensor
     layer: object
+    masks: list[tuple[str, int]] = field(default_factory=list)  # Keras masks passed to the call
+    mask_only: bool = False  # an op that only computes a mask (Masking's NotEqual/Any)
 
 
 class DependencyGraph:
@@ -100,6 +97,9 @@ class DependencyGraph:
         self.order: list[str] = []
         self.unknown: dict[str, str] = {}  # layer name -> class, for layers the graph does not know
         self.consumers: dict[str, list[str]] = {}
+        self.shapes: dict[tuple[str, int], tuple] = {}
+        self._handlers: dict = {}  # layer name -> its handler
+        self._min_width: list[tuple[tuple[int, ...], int]] = []
         self._build()
         self._finalise()
 
@@ -160,9 +160,21 @@ class DependencyGraph:
                     "shared layers cannot be pruned structurally",
                     "give each call its own layer",
                 )
-            inputs = [(n, t) for n, _, t in compat.iter_history(nodes)] if nodes else []
+            data, masks = compat.split_node_inputs(nodes)
             layer = by_name.get(name)
-            infos.append(LayerInfo(name, type(layer).__name__ if layer is not None else entry["class_name"], inputs, layer))
+            infos.append(LayerInfo(name, type(layer).__name__ if layer is not None else entry["class_name"],
+                                   data, layer, masks))
+        # ops (no layer object) whose outputs only feed masks: part of a mask computation
+        feeds_data = {src for info in infos for src, _ in info.inputs}
+        mask_src = {src for info in infos for src, _ in info.masks}
+        by_info = {i.name: i for i in infos}
+        stack = [n for n in mask_src if n not in feeds_data]
+        while stack:
+            info = by_info.get(stack.pop())
+            if info is None or info.layer is not None or info.mask_only:
+                continue
+            info.mask_only = True
+            stack += [src for src, _ in info.inputs if src not in feeds_data or by_info[src].layer is None]
         self.input_refs = [(n, t) for n, _, t in compat.iter_history(cfg["input_layers"])]
         self.output_refs = [(n, t) for n, _, t in compat.iter_history(cfg["output_layers"])]
         return infos
@@ -186,161 +198,85 @@ class DependencyGraph:
     def _layout_size(self, layout: tuple[int, ...]) -> int:
         return sum(self._size[self._find(g)] for g in layout)
 
-    def _visit(self, info: LayerInfo) -> None:  # noqa: C901 - one branch per layer family
-        name, cls, layer = info.name, info.cls, info.layer
-        if cls == "InputLayer":
-            shape = self._input_shape(info)
-            g = self._new_group(shape[-1] if shape and shape[-1] else 1)
-            self._freeze([g], "model input")
-            self.layouts[(name, 0)] = (g,)
-            return
+    def _visit(self, info: LayerInfo) -> None:
+        """Dispatch to the layer's handler; a class without one is frozen, naming the class."""
+        self._record_shapes(info)
         ins = self._in_layouts(info)
-        cfg = layer.get_config() if layer is not None else {}
+        if info.mask_only:  # a mask reads every channel of its input: freeze them, no note
+            for x in ins:
+                self._freeze(x, f"{info.name} ({info.cls}) computes a mask across channels")
+            g = self._new_group(1)
+            self._freeze([g], "a mask")
+            self.layouts[(info.name, 0)] = (g,)
+            return
+        handler = handler_for(info.layer, info.cls)
+        if handler is None:
+            return self.unknown_layer(info, ins, None)
+        cfg = info.layer.get_config() if info.layer is not None else {}
         if cfg.get("data_format") == "channels_first":
-            return self._unknown(info, ins, f"{cls} with data_format=channels_first")
-        act = cfg.get("activation")
-        if cls in PRODUCERS and len(ins) == 1:
-            x = ins[0]
-            weights = layer.get_weights()
-            if cls == "Dense":
-                g = self._new_group(cfg["units"], name)
-                self._ref(name, 0, 0, x, "consumer")
-                self._ref(name, 0, 1, (g,), "producer")
-                if cfg.get("use_bias", True):
-                    self._ref(name, 1, 0, (g,), "producer")
-            elif cls in ("Conv1D", "Conv2D", "Conv3D"):
-                if cfg.get("groups", 1) != 1:
-                    return self._unknown(info, ins, f"{cls} with groups={cfg['groups']}")
-                g = self._new_group(cfg["filters"], name)
-                nd = weights[0].ndim
-                self._ref(name, 0, nd - 2, x, "consumer")
-                self._ref(name, 0, nd - 1, (g,), "producer")
-                if cfg.get("use_bias", True):
-                    self._ref(name, 1, 0, (g,), "producer")
-            elif cls in ("SeparableConv1D", "SeparableConv2D"):
-                if cfg.get("depth_multiplier", 1) != 1:
-                    return self._unknown(info, ins, f"{cls} with depth_multiplier={cfg['depth_multiplier']}")
-                g = self._new_group(cfg["filters"], name)
-                nd = weights[0].ndim
-                self._ref(name, 0, nd - 2, x, "channelwise")  # depthwise kernel (.., C, 1)
-                self._ref(name, 1, nd - 2, x, "consumer")  # pointwise kernel (.., C, F)
-                self._ref(name, 1, nd - 1, (g,), "producer")
-                if cfg.get("use_bias", True):
-                    self._ref(name, 2, 0, (g,), "producer")
-            else:  # Embedding: integer ids in, vectors out
-                g = self._new_group(cfg["output_dim"], name)
-                self._freeze(x, f"{name} (Embedding) reads integer ids")
-                self._ref(name, 0, 1, (g,), "producer")
-            if act in CHANNEL_MIXING_ACTIVATIONS:
-                self._freeze((g,), f"{name} applies {act} across channels")
-            self.layouts[(name, 0)] = (g,)
+            return self.unknown_layer(info, ins, f"{info.cls} with data_format=channels_first")
+        if handler.single_input and len(ins) != 1:
+            return self.unknown_layer(info, ins, f"{info.cls} called on {len(ins)} inputs")
+        self._handlers[info.name] = handler
+        handler.visit(self, info, ins, cfg)
+        if handler.min_width > 1:
+            self._min_width.append((ins[0] if ins else (), handler.min_width))
+
+    # ------------------------------------------------------------------ builder API (for handlers)
+    def new_group(self, size: int, producer: str | None = None) -> int:
+        return self._new_group(size, producer)
+
+    def add_ref(self, layer: str, weight: int, axis: int, layout, role: str) -> None:
+        self._ref(layer, weight, axis, tuple(layout), role)
+
+    def freeze(self, layout: Iterable[int], reason: str) -> None:
+        self._freeze(layout, reason)
+
+    def tie(self, a: tuple[int, ...], b: tuple[int, ...]) -> None:
+        """Channel i of layout ``a`` is channel i of layout ``b`` (group by group)."""
+        for x, y in zip(a, b):
+            self._union(x, y)
+
+    def set_layout(self, layer: str, layout, index: int = 0) -> None:
+        self.layouts[(layer, index)] = tuple(layout)
+
+    def group_size(self, g: int) -> int:
+        return self._size[self._find(g)]
+
+    def layout_size(self, layout) -> int:
+        return self._layout_size(tuple(layout))
+
+    def in_shapes(self, info: LayerInfo) -> list[tuple | None]:
+        """Shapes of the layer's input tensors (from their producers' outputs; a Masking
+        layer's mask, which Keras lists among a layer's inputs, is not one of them)."""
+        return [self.shapes.get(ref) for ref in info.inputs]
+
+    def out_shapes(self, info: LayerInfo) -> list[tuple]:
+        return [self.shapes[(info.name, i)] for i in range(len(compat.output_shapes(info.layer)))]
+
+
+    def _record_shapes(self, info: LayerInfo) -> None:
+        if info.layer is None:  # Sequential pseudo-input, or an op of the functional graph
+            if info.cls == "InputLayer" and not info.inputs:
+                self.shapes[(info.name, 0)] = tuple(self.model.inputs[0].shape)
             return
-        if cls in ("DepthwiseConv1D", "DepthwiseConv2D") and len(ins) == 1:
-            if cfg.get("depth_multiplier", 1) != 1:
-                return self._unknown(info, ins, f"{cls} with depth_multiplier={cfg['depth_multiplier']}")
-            nd = layer.get_weights()[0].ndim
-            self._ref(name, 0, nd - 2, ins[0], "channelwise")
-            if cfg.get("use_bias", True):
-                self._ref(name, 1, 0, ins[0], "channelwise")
-            if act in CHANNEL_MIXING_ACTIVATIONS:
-                self._freeze(ins[0], f"{name} applies {act} across channels")
-            self.layouts[(name, 0)] = ins[0]
-            return
-        if cls == "BatchNormalization" and len(ins) == 1:
-            axis = cfg.get("axis", -1)
-            axis = axis[0] if isinstance(axis, (list, tuple)) and len(axis) == 1 else axis
-            rank = len(layer.input.shape) if hasattr(layer, "input") else None
-            if axis != -1 and rank is not None and axis != rank - 1:
-                return self._unknown(info, ins, f"BatchNormalization over axis {axis}")
-            for i in range(len(layer.get_weights())):
-                self._ref(name, i, 0, ins[0], "channelwise")
-            self.layouts[(name, 0)] = ins[0]
-            return
-        if cls == "PReLU" and len(ins) == 1:
-            w = layer.get_weights()[0]
-            if w.shape[-1] == self._layout_size(ins[0]) and w.shape[-1] > 1:
-                self._ref(name, 0, w.ndim - 1, ins[0], "channelwise")
-            self.layouts[(name, 0)] = ins[0]
-            return
-        if cls in PASS_THROUGH and len(ins) == 1:
-            if cls == "Activation" and act in CHANNEL_MIXING_ACTIVATIONS:
-                self._freeze(ins[0], f"{name} applies {act} across channels")
-            self.layouts[(name, 0)] = ins[0]
-            return
-        if cls == "Softmax":
-            self._freeze(ins[0], f"{name} (Softmax) mixes channels")
-            self.layouts[(name, 0)] = ins[0]
-            return
-        if cls in ("LayerNormalization", "UnitNormalization", "GroupNormalization") and len(ins) == 1:
-            self._freeze(ins[0], f"{name} ({cls}) normalises across channels")
-            self.layouts[(name, 0)] = ins[0]
-            return
-        if cls == "Rescaling" and len(ins) == 1:
-            if np.ndim(cfg.get("scale", 1.0)) == 0 and np.ndim(cfg.get("offset", 0.0)) == 0:
-                self.layouts[(name, 0)] = ins[0]
-                return
-            return self._unknown(info, ins, "Rescaling with per-channel scale")
-        if cls == "Flatten" and len(ins) == 1:
-            in_shape = layer.input.shape
-            reps = int(np.prod([d for d in in_shape[1:-1]])) if len(in_shape) > 2 else 1
-            self.layouts[(name, 0)] = tuple(ins[0]) * reps
-            return
-        if cls == "Reshape" and len(ins) == 1:
-            in_shape, out_shape = tuple(layer.input.shape), tuple(layer.output.shape)
-            if in_shape[-1] == out_shape[-1]:
-                in_sp = int(np.prod(in_shape[1:-1])) if len(in_shape) > 2 else 1
-                out_sp = int(np.prod(out_shape[1:-1])) if len(out_shape) > 2 else 1
-                if in_sp == out_sp:
-                    self.layouts[(name, 0)] = ins[0]
-                    return
-            if len(out_shape) == 2 and len(in_shape) > 2:  # a flatten written as Reshape
-                reps = int(np.prod(in_shape[1:-1]))
-                self.layouts[(name, 0)] = tuple(ins[0]) * reps
-                return
-            return self._unknown(info, ins, f"Reshape {in_shape[1:]} -> {out_shape[1:]} moves channels")
-        if cls in ELEMENTWISE_MERGE and len(ins) >= 2:
-            first = ins[0]
-            same = all(len(x) == len(first) for x in ins) and all(
-                self._size[self._find(a)] == self._size[self._find(b)] for x in ins for a, b in zip(x, first)
-            )
-            if not same:
-                return self._unknown(info, ins, f"{cls} of differently laid-out or broadcast inputs")
-            for x in ins[1:]:
-                for a, b in zip(first, x):
-                    self._union(a, b)
-            self.layouts[(name, 0)] = first
-            return
-        if cls == "Concatenate" and len(ins) >= 2:
-            rank = len(layer.output.shape)
-            axis = cfg.get("axis", -1)
-            if axis in (-1, rank - 1):
-                self.layouts[(name, 0)] = tuple(g for x in ins for g in x)
-                return
-            first = ins[0]
-            if all(len(x) == len(first) for x in ins):
-                for x in ins[1:]:
-                    for a, b in zip(first, x):
-                        self._union(a, b)
-                self.layouts[(name, 0)] = first
-                return
-            return self._unknown(info, ins, f"Concatenate over axis {axis}")
-        return self._unknown(info, ins, None)
+        for i, shape in enumerate(compat.output_shapes(info.layer)):
+            self.shapes[(info.name, i)] = shape
 
     def _input_shape(self, info: LayerInfo) -> tuple:
         if info.layer is None:  # Sequential pseudo-input
             return tuple(self.model.inputs[0].shape)
         return tuple(info.layer.output.shape)
 
-    def _unknown(self, info: LayerInfo, ins, why: str | None) -> None:
+    def unknown_layer(self, info: LayerInfo, ins, why: str | None) -> None:
+        """Freeze the layer's input and output channels, naming its class and ``why``."""
         label = why or f"layer class {info.cls} is not known to the pruning graph"
         self.unknown[info.name] = info.cls
         for x in ins:
             self._freeze(x, f"{info.name}: {label}")
-        layer = info.layer
-        outputs = layer.output if layer is not None else None
-        outs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
-        for i, t in enumerate(outs):
-            size = t.shape[-1] if t is not None and len(t.shape) and t.shape[-1] else 1
+        shapes = compat.output_shapes(info.layer) if info.layer is not None else [None]
+        for i, shape in enumerate(shapes):
+            size = shape[-1] if shape and shape[-1] else 1
             g = self._new_group(size)
             self._freeze([g], f"{info.name}: output of {label}")
             self.layouts[(info.name, i)] = (g,)
@@ -354,6 +290,10 @@ class DependencyGraph:
             if r not in roots:
                 roots[r] = Group(id=r, size=self._size[r], producers=list(dict.fromkeys(self._producers.get(r, []))),
                                  frozen_reasons=list(self._reasons.get(r, [])))
+        for layout, width in self._min_width:
+            for g in layout:
+                grp = roots[self._find(g)]
+                grp.min_width = max(grp.min_width, width)
         # canonical layouts (root ids) and refs
         self.layouts = {k: tuple(self._find(g) for g in v) for k, v in self.layouts.items()}
         self.refs = [WeightRef(r.layer, r.weight, r.axis, tuple(self._find(g) for g in r.layout), r.role) for r in self._refs]
@@ -371,6 +311,10 @@ class DependencyGraph:
             self.refs_by_layer.setdefault(ref.layer, []).append(ref)
         self.group_of_producer = {p: grp.id for grp in ordered for p in grp.producers}
 
+    def handler(self, layer: str):
+        """The handler that described ``layer`` (None for a layer frozen as unknown)."""
+        return self._handlers.get(layer)
+
     @property
     def prunable_groups(self) -> list[Group]:
         return [g for g in self.groups.values() if g.prunable]
@@ -380,6 +324,27 @@ class DependencyGraph:
         for cls_layer, cls in self.unknown.items():
             notes.append(f"layer {cls_layer!r} (class {cls}) is not known to the pruning graph: its channels are frozen")
         return notes
+
+    def nothing_prunable_note(self) -> str:
+        """Why no group can be pruned: frozen groups (with their reasons) and groups already
+        at their minimum width are named separately (a model of one-channel layers is not
+        'frozen', it has nothing to remove)."""
+        with_producers = [g for g in self.groups.values() if g.producers]
+        if not with_producers:
+            return "no prunable channel group: the model has no layer with prunable output channels"
+        frozen = [g for g in with_producers if g.frozen]
+        narrow = [g for g in with_producers if not g.frozen and g.size <= max(1, g.min_width)]
+        parts = []
+        if frozen:
+            shown = "; ".join(f"{g.name} ({g.frozen_reasons[0]})" for g in frozen[:4])
+            more = f" and {len(frozen) - 4} more" if len(frozen) > 4 else ""
+            parts.append(f"{len(frozen)} frozen: {shown}{more}")
+        if narrow:
+            shown = ", ".join(f"{g.name} ({g.size} channel{'s' if g.size != 1 else ''}, minimum {max(1, g.min_width)})"
+                              for g in narrow[:4])
+            more = f" and {len(narrow) - 4} more" if len(narrow) > 4 else ""
+            parts.append(f"{len(narrow)} already at their minimum width, nothing to remove: {shown}{more}")
+        return "no prunable channel group: " + "; ".join(parts)
 
     def describe(self) -> list[dict]:
         return [

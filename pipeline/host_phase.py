@@ -85,8 +85,9 @@ class HostPhase:
                 self.candidates.append(rec)
                 self.emit("candidate", record=rec, total=len(self.rates), reused=True)
             self.reused = len(self.candidates)
-        pconf = PruneConfig(rate=max(self.rates), criterion=c.criterion, step=float(c.step),
-                            input_range=tuple(float(v) for v in c.input_range), seed=c.seed)
+        pconf = PruneConfig(rate=max(self.rates), criterion=self.criterion, step=float(c.step),
+                            input_range=tuple(float(v) for v in c.input_range), seed=c.seed,
+                            calibration=self.stage_calibration, compensate=self.compensate)
         if self.candidates:
             last = self.candidates[-1]
             pruner = Pruner(self.model, pconf, plan=Plan.load(d / last["files"]["plan"]))
@@ -94,14 +95,17 @@ class HostPhase:
             pruner = Pruner(self.model, pconf)
         self.prunable = bool(pruner.groups)
         if not self.prunable:
-            self.notes.append("no prunable channel group in the model: only the unpruned candidate is evaluated")
+            self.notes.append(f"{pruner.graph.nothing_prunable_note()}: only the unpruned candidate is evaluated")
+        self.failed_candidates: list[dict] = []
         self.stop = None
         for i in range(len(self.candidates), len(self.rates)):
             if self.candidates and not self.candidates[-1]["checks"]["fidelity"]["ok"]:
                 break
             if i > 0 and not self.prunable:
                 break
-            rec = self.make_candidate(pruner, i, self.rates[i])
+            rec = self.try_candidate(pruner, i, self.rates[i])
+            if rec is None:  # failed (recorded with its reason): the search goes on
+                continue
             self.candidates.append(rec)
             self.emit("candidate", record=rec, total=len(self.rates), reused=False)
         last = self.candidates[-1]
@@ -111,6 +115,29 @@ class HostPhase:
             self.stop = {"reason": "nothing to prune", "rate": 0.0}
         else:
             self.stop = {"reason": "max_rate", "rate": last["rate"]}
+
+    def try_candidate(self, pruner, i: int, rate: float) -> dict | None:
+        """:meth:`make_candidate`, except that a PRUNED candidate that cannot be built,
+        converted or loaded by the runtime is recorded as failed (``failed_candidates`` in
+        the report, ``<name>.failed.json`` in the run dir) and None returned, so one bad
+        candidate (e.g. a one-channel depthwise conv that XNNPACK refuses) does not lose the
+        run. The unpruned candidate failing is the model's problem and is raised."""
+        self.stage = "prune"
+        try:
+            return self.make_candidate(pruner, i, rate)
+        except Exception as exc:  # noqa: BLE001 - recorded with its reason, never silent
+            if i == 0:
+                raise
+            reason = getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"
+            name = candidate_name(i, rate)
+            failed = {"index": i, "rate": rate, "name": name, "stage": self.stage,
+                      "reason": str(reason).strip()[:500], "created_at": _now()}
+            write_json_atomic(self.run_dir / f"{name}.failed.json", failed)
+            self.failed_candidates.append(failed)
+            self.notes.append(f"candidate {name} failed at the {self.stage} stage: {failed['reason'].splitlines()[0][:200]}; "
+                              "recorded as failed, the search went on")
+            self.emit("status", text=f"rate {rate:.2f}: failed at {self.stage} ({failed['reason'].splitlines()[0][:120]})")
+            return None
 
     def make_candidate(self, pruner, i: int, rate: float) -> dict:
         from edgeprune.pipeline import convert as conv
@@ -125,12 +152,15 @@ class HostPhase:
         with conv.captured_output():
             km = pruner.build()
         t1 = time.perf_counter()
+        self.stage = "convert"
         cc = conv.ConvertConfig(quantize=c.quantize, calibration=self.calibration,
                                 input_range=tuple(float(v) for v in c.input_range), num_calibration=SYNTHETIC_SAMPLES)
         res = conv.convert(km, cc)
         t2 = time.perf_counter()
+        self.stage = "load and fidelity (LiteRT on the host)"
         fr = fid.evaluate(res.tflite, self.reference, self.data, self.fid_config)
         t3 = time.perf_counter()
+        self.stage = "save"
         files = {"keras": f"{name}.keras", "tflite": f"{name}.tflite", "plan": f"{name}.plan.json"}
         with conv.captured_output():
             _save_keras_atomic(km, d / files["keras"])
@@ -152,6 +182,7 @@ class HostPhase:
             "conversion": {k: v for k, v in res.to_dict().items() if k not in ("inputs", "outputs")},
             "fidelity": fr.to_dict(),
             "widths": plan.widths,
+            "made_by": dict(self.stages_label),
             "timings": {"prune_s": round(t1 - t0, 4), "convert_s": round(t2 - t1, 4), "fidelity_s": round(t3 - t2, 4),
                         "save_s": round(t4 - t3, 4)},
             "created_at": _now(),

@@ -30,22 +30,30 @@ class Plan:
     rate: float = 0.0
     params_before: int = 0
     params_after: int = 0
+    # compensation: layer -> {weight index: encoded float32 array}, the refitted weights at
+    # the pruned widths (pipeline/compensate.py); replayed after the removals
+    refits: dict = field(default_factory=dict)
+    compensation: str = ""
 
     @classmethod
     def from_state(cls, state, *, model: str = "", criterion: str = "", rate: float = 0.0,
-                   params_before: int = 0, params_after: int = 0) -> "Plan":
+                   params_before: int = 0, params_after: int = 0, compensation: str = "") -> "Plan":
+        from edgeprune.pipeline.compensate import refits_of
+
         layers, widths = {}, {}
         for gid, g in state.graph.groups.items():
             for p in g.producers:
                 layers[p] = [int(i) for i in state.kept[gid]]
                 widths[p] = [g.size, int(state.sizes[gid])]
         return cls(layers=layers, merges=[m.to_dict() for m in state.merges], widths=widths, model=model,
-                   criterion=criterion, rate=float(rate), params_before=params_before, params_after=params_after)
+                   criterion=criterion, rate=float(rate), params_before=params_before, params_after=params_after,
+                   refits=refits_of(state), compensation=compensation)
 
     def to_dict(self) -> dict:
         return {"format": FORMAT, "model": self.model, "criterion": self.criterion, "rate": self.rate,
                 "params_before": self.params_before, "params_after": self.params_after,
-                "widths": self.widths, "layers": self.layers, "merges": self.merges}
+                "widths": self.widths, "layers": self.layers, "merges": self.merges,
+                **({"compensation": self.compensation, "refits": self.refits} if self.refits else {})}
 
     @classmethod
     def from_dict(cls, d: dict) -> "Plan":
@@ -54,7 +62,8 @@ class Plan:
         return cls(layers={k: list(map(int, v)) for k, v in d["layers"].items()}, merges=list(d.get("merges", [])),
                    widths=d.get("widths", {}), model=d.get("model", ""), criterion=d.get("criterion", ""),
                    rate=float(d.get("rate", 0.0)), params_before=int(d.get("params_before", 0)),
-                   params_after=int(d.get("params_after", 0)))
+                   params_after=int(d.get("params_after", 0)), refits=dict(d.get("refits") or {}),
+                   compensation=d.get("compensation", ""))
 
     def save(self, path) -> None:
         write_json_atomic(path, self.to_dict())
@@ -95,6 +104,19 @@ class Plan:
                     raise BadInput(f"plan prunes layer {layer!r}, whose channels are frozen")
                 state.remove(gid, np.setdiff1d(np.arange(size), kept))
             done.add(gid)
+        if self.refits:
+            from edgeprune.pipeline.compensate import decode
+
+            for name, ws in self.refits.items():
+                if name not in state.weights:
+                    raise BadInput(f"plan refits layer {name!r}, which is not in this model")
+                for i, enc in ws.items():
+                    w = decode(enc)
+                    if int(i) >= len(state.weights[name]) or state.weights[name][int(i)].shape != w.shape:
+                        raise BadInput(f"plan refit of layer {name!r} weight {i} has shape {tuple(w.shape)}, "
+                                       "which does not match the pruned model", "replay a plan on the model it was made for")
+                    state.weights[name][int(i)] = w
+            state.refitted = set(self.refits)
         return state
 
     def apply(self, model):

@@ -29,6 +29,7 @@ class PruneConfig:
     criterion: str = "paoding"
     step: float = 0.05
     round_to: int | None = None
+    min_width: int = 1  # no group is pruned below this width (nor below its handlers' minimum)
     input_range: tuple[float, float] = (0.0, 1.0)
     seed: int = 0
     alpha: float = 0.5  # PAODING: weight of the L1 norm of the impact
@@ -36,6 +37,12 @@ class PruneConfig:
     # Optional final widths per producer layer (overrides ``rate`` for those layers);
     # each step moves every such layer the same fraction of the way there.
     widths: dict[str, int] | None = None
+    # data-aware stages: calibration samples (never the evaluation samples), compensation
+    # (ridge refit of the pruned groups' consumers, pipeline/compensate.py) and allocation
+    calibration: object = None
+    compensate: bool = False
+    ridge: float = 1e-2
+    allocation: object = None  # an Allocation (pipeline/allocation.py): per-group widths per rate
 
     def validate(self) -> None:
         if not (0.0 <= self.rate < 1.0):
@@ -44,6 +51,8 @@ class PruneConfig:
             raise BadInput(f"step {self.step} must be in (0, 1]", "e.g. --step 0.05 (5% of the channels per step)")
         if self.round_to is not None and self.round_to < 1:
             raise BadInput(f"round_to {self.round_to} must be a positive integer")
+        if self.min_width < 1:
+            raise BadInput(f"min_width {self.min_width} must be a positive integer", "e.g. 2")
         lo, hi = self.input_range
         if not lo < hi:
             raise BadInput(f"input range {self.input_range} is empty", "give LO < HI")
@@ -114,13 +123,26 @@ class Pruner:
         self.rate = plan.rate if plan is not None else 0.0
         self.params_before = count_params(self.graph, PruneState(self.graph)) if plan is not None else count_params(self.graph, self.state)
         self.methods: dict[int, str] = {}
-        self.ctx = Context(self.graph, self.state, tuple(self.config.input_range), np.random.default_rng(self.config.seed))
+        self.ctx = Context(self.graph, self.state, tuple(self.config.input_range), np.random.default_rng(self.config.seed),
+                           calibration=self.config.calibration, build=self.build)
+        self.compensator = None
+        if self.config.compensate and self.config.calibration is not None:
+            from edgeprune.pipeline.compensate import Compensator
+
+            self.compensator = Compensator(self.graph, self.config.calibration, self.config.ridge)
 
     @property
     def groups(self):
         return self.graph.prunable_groups
 
     def _target(self, g, rate: float) -> int:
+        """Never zero, never below the group's minimum width (the config's and its handlers')."""
+        floor = min(g.size, max(self.config.min_width, g.min_width))
+        if self.config.allocation is not None:
+            return max(floor, self.config.allocation.width(g, rate))
+        return max(floor, self._raw_target(g, rate))
+
+    def _raw_target(self, g, rate: float) -> int:
         widths = self.config.widths or {}
         final = next((widths[p] for p in g.producers if p in widths), None)
         if final is None:
@@ -146,6 +168,8 @@ class Pruner:
                 self.state.merge(g.id, removed, into, scale)
             self.state.remove(g.id, sel.remove)
             self.methods[g.id] = sel.method
+        if self.compensator is not None and rate > 0:
+            self.compensator.refit(self.state, self.build)
         self.rate = rate
 
     def schedule(self, rate: float, step: float | None = None) -> list[float]:
@@ -160,7 +184,8 @@ class Pruner:
 
     def plan(self) -> Plan:
         return Plan.from_state(self.state, model=self.model.name, criterion=self.criterion.name, rate=self.rate,
-                               params_before=self.params_before, params_after=count_params(self.graph, self.state))
+                               params_before=self.params_before, params_after=count_params(self.graph, self.state),
+                               compensation=f"ridge least squares, ridge={self.config.ridge:g}" if self.compensator else "")
 
     def build(self):
         return build_model(self.graph, self.state)
@@ -181,7 +206,9 @@ class Pruner:
 
 def prune(model, rate: float = 0.5, criterion: str = "paoding", *, step: float = 0.05,
           round_to: int | None = None, input_range=(0.0, 1.0), seed: int = 0,
-          alpha: float = 0.5, beta: float = 0.5, widths: dict[str, int] | None = None) -> PruneResult:
+          alpha: float = 0.5, beta: float = 0.5, widths: dict[str, int] | None = None,
+          calibration=None, compensate: bool = False, ridge: float = 1e-2, allocation=None,
+          min_width: int = 1) -> PruneResult:
     """Prune ``model`` structurally to ``rate`` of each prunable layer's channels.
 
     Returns a :class:`PruneResult` with the smaller Keras model and the plan (``.save()``
@@ -189,7 +216,8 @@ def prune(model, rate: float = 0.5, criterion: str = "paoding", *, step: float =
     t0 = time.perf_counter()
     config = PruneConfig(rate=rate, criterion=criterion, step=step, round_to=round_to,
                          input_range=tuple(input_range), seed=seed, alpha=alpha, beta=beta,
-                         widths=widths)
+                         widths=widths, calibration=calibration, compensate=compensate, ridge=ridge,
+                         allocation=allocation, min_width=min_width)
     if widths:
         unknown = sorted(set(widths) - {p for g in DependencyGraph(model).groups.values() for p in g.producers})
         if unknown:
@@ -201,7 +229,7 @@ def prune(model, rate: float = 0.5, criterion: str = "paoding", *, step: float =
     plan = pruner.plan()
     notes = pruner.graph.frozen_notes()
     if not pruner.groups:
-        notes.append("no prunable channel group found: every group is frozen (see the table)")
+        notes.append(pruner.graph.nothing_prunable_note())
     return PruneResult(model=pruned, plan=plan, rate=rate, layers=pruner.layer_widths(),
                        params_before=plan.params_before, params_after=trainable_param_count(pruned),
                        seconds=time.perf_counter() - t0, notes=notes, frozen=pruner.frozen())

@@ -49,7 +49,8 @@ class RunConfig:
     max_accuracy_drop: Optional[float] = None  # points
     data: Optional[Path] = None
     quantize: str = "int8"
-    criterion: str = "paoding"
+    criterion: str = "auto"  # auto: flow with data (the example's or --data), paoding without
+    compensate: Optional[bool] = None  # None: on when there is data (ridge refit, pipeline/compensate.py)
     step: float = DEFAULT_STEP
     max_rate: float = DEFAULT_MAX_RATE
     out: Optional[Path] = None
@@ -60,6 +61,7 @@ class RunConfig:
     measure_all: bool = False
     input_range: tuple[float, float] = (0.0, 1.0)
     seed: int = 0
+    input_shape: Optional[tuple[int, ...]] = None  # fixes a variable-length input (batch first, batch 1)
 
 
 @dataclass

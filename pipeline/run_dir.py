@@ -74,7 +74,7 @@ def _prepare_dir(path: Path) -> None:
 
 
 # --------------------------------------------------------------------------- the run dir
-_OUR_FILES = re.compile(r"^(cand-\d+-rate[0-9.]+\.(keras|tflite|json|plan\.json)|best\.tflite|report\.(json|md|png)"
+_OUR_FILES = re.compile(r"^(cand-\d+-rate[0-9.]+\.(keras|tflite|json|plan\.json|failed\.json)|best\.tflite|report\.(json|md|png)"
                         r"|measurements\.json|run\.json|reference\.npz|\..*\.tmp.*|\.write-probe-.*)$")
 
 
@@ -99,8 +99,10 @@ class RunDirStage:
 
     def fingerprint(self) -> dict:
         c = self.c
-        return {"model_sha256": self.model_sha, "data": self.data_id, "quantize": c.quantize, "criterion": c.criterion,
-                "step": round(float(c.step), 6), "seed": c.seed, "input_range": [float(v) for v in c.input_range]}
+        return {"model_sha256": self.model_sha, "data": self.data_id, "quantize": c.quantize, "criterion": self.criterion,
+                "compensate": self.compensate,
+                "step": round(float(c.step), 6), "seed": c.seed, "input_range": [float(v) for v in c.input_range],
+                **({"input_shape": list(c.input_shape)} if c.input_shape else {})}
 
     def open_run_dir(self) -> None:
         c, d = self.c, self.run_dir
@@ -156,8 +158,9 @@ class RunDirStage:
         c = self.c
         return {
             "model": str(self.model_path), "example": self.is_example, "device": self.profile.name,
-            "data": str(self.data_path) if self.data_path else None, "quantize": c.quantize, "criterion": c.criterion,
-            "step": c.step, "max_rate": c.max_rate, "budgets": {k: v["value"] for k, v in self.budgets.items()},
+            "data": str(self.data_path) if self.data_path else None, "quantize": c.quantize, "criterion": self.criterion,
+            "compensate": self.compensate, "step": c.step, "max_rate": c.max_rate, "budgets": {k: v["value"] for k, v in self.budgets.items()},
             "min_fidelity": self.min_fidelity, "max_accuracy_drop": self.max_drop, "runs": c.runs, "warmup": c.warmup,
             "measure_all": c.measure_all, "input_range": list(c.input_range), "seed": c.seed,
+            "input_shape": list(c.input_shape) if c.input_shape else None,
         }

@@ -99,6 +99,7 @@ class FinishStage:
                 "measurement": m, "measurement_cached": bool(r.get("measurement_cached")),
                 "not_measured": r.get("not_measured") if m is None else None,
                 "reused": bool(r.get("reused")), "timings": r["timings"], "created_at": r.get("created_at"),
+                "made_by": r.get("made_by"),
             })
         report = {
             "format": rep.REPORT_FORMAT,
@@ -119,7 +120,8 @@ class FinishStage:
                                  else "the .tflite file size"),
                        "emulated": p.emulated, "arch": next((r["measurement"]["arch"] for r in cand_out
                                                              if r["measurement"] and r["measurement"].get("arch")), None)},
-            "settings": {"quantize": self.c.quantize, "criterion": self.c.criterion, "step": self.c.step,
+            "settings": {"quantize": self.c.quantize, "criterion": self.criterion, "step": self.c.step,
+                         "compensate": self.compensate, "stages": self.stages_label,
                          "max_rate": self.c.max_rate, "runs": self.c.runs, "warmup": self.c.warmup,
                          "measure_all": self.c.measure_all, "seed": self.c.seed,
                          "input_range": list(self.c.input_range)},
@@ -138,6 +140,7 @@ class FinishStage:
                        "candidates_computed": len(self.candidates) - self.reused},
             "timings": tot,
             "candidates": cand_out,
+            "failed_candidates": list(getattr(self, "failed_candidates", [])),
             "notes": self.notes,
             "files": {"run": "run.json", "measurements": "measurements.json", "best": "best.tflite" if chosen else None,
                       "report_json": "report.json", "report_md": "report.md", "report_png": "report.png"},

@@ -65,6 +65,32 @@ def _validate(config: RunConfig) -> None:
 class SetupStage:
     """Mixin of :class:`edgeprune.pipeline.run._Run`: ``setup`` (no TensorFlow) and ``load``."""
 
+    def resolve_stages(self) -> None:
+        """Which criterion and compensation make the candidates. With real data (the example's
+        or --data, 50 samples or more) the default is the data-aware combination measured best
+        in bench/results/fidelity_engine.md (flow + compensation); without data PAODING
+        (data-free), uncompensated. Data-aware stages only ever read the calibration split."""
+        from edgeprune.pipeline.criteria import DATA_AWARE
+
+        c = self.c
+        held_out = self.data_path is not None and self.data.source != "synthetic" and \
+            getattr(self, "calibration_held_out", False)
+        self.criterion = c.criterion if c.criterion != "auto" else ("flow" if held_out else "paoding")
+        self.compensate = bool(c.compensate) if c.compensate is not None else held_out
+        self.stage_calibration = self.calibration if held_out else None
+        needs = self.compensate or self.criterion in DATA_AWARE
+        if needs and self.stage_calibration is None:
+            from edgeprune.pipeline.data import synthetic_data
+
+            self.stage_calibration = synthetic_data(self.model, 64, tuple(c.input_range), seed=2).x
+            self.notes.append(f"{self.criterion}{' + compensation' if self.compensate else ''}: calibrated on 64 "
+                              f"SYNTHETIC inputs uniform in {list(c.input_range)} (no held-out calibration data)")
+        self.stages_label = {"criterion": self.criterion,
+                             "compensation": "ridge least-squares refit" if self.compensate else "none",
+                             "allocation": "uniform per-layer steps",
+                             "calibration": ("held-out calibration split" if held_out else
+                                             "synthetic inputs" if needs else "none")}
+
     def setup(self) -> None:
         c = self.c
         _validate(c)
@@ -123,11 +149,18 @@ class SetupStage:
         from edgeprune.pipeline.loading import load_model
 
         c = self.c
-        if c.criterion not in CRITERIA:
+        if c.criterion not in CRITERIA and c.criterion != "auto":
             raise BadInput(f"unknown --criterion {c.criterion!r}", f"use one of: {', '.join(CRITERIA)}")
         t0 = time.perf_counter()
         self.emit("status", text=f"loading {self.model_path.name}")
         self.model = load_model(self.model_path)
+        if c.input_shape:
+            from edgeprune.pipeline.loading import with_input_shape
+
+            if c.input_shape[0] != 1:
+                raise BadInput(f"--input-shape {','.join(map(str, c.input_shape))}: run measures one sample per inference",
+                               "give batch 1, e.g. --input-shape 1," + ",".join(map(str, c.input_shape[1:])))
+            self.model = with_input_shape(self.model, tuple(c.input_shape))
         self.model_sha = file_sha256(self.model_path)
         t1 = time.perf_counter()
         if self.data_path is not None:
@@ -144,6 +177,7 @@ class SetupStage:
                 if data.y is not None:
                     data.y = data.y[rest]
                 cal_note = f"{len(cal)} samples of the data (every 5th), held out from the evaluation"
+                self.calibration_held_out = True
             else:
                 self.calibration = data.x
                 cal_note = f"all {n} samples (fewer than 50: the evaluation samples themselves)"
@@ -160,6 +194,7 @@ class SetupStage:
         if self.max_drop is not None and self.data.y is None:
             raise BadInput("--max-accuracy-drop needs labelled data", "pass --data with labels (an .npz with x and y), "
                            "or use --min-fidelity")
+        self.resolve_stages()
         self.fid_config = fid.FidelityConfig()
         # the reference outputs come after the run directory is open (reference_cache: cached for --resume)
         self.load_timings = {"tensorflow_import_s": round(t_import, 3), "model_s": round(t1 - t0, 3), "data_s": round(time.perf_counter() - t1, 3)}

@@ -6,7 +6,8 @@ slices every weight that the dependency graph says is indexed by that group (the
 producers' kernels and biases, BatchNorm/depthwise parameters, the consumers' input
 weights). Merges (PAODING) add a removed channel's outgoing weights into its partner's
 before the removal. :func:`build_model` rebuilds through public Keras API:
-``keras.models.clone_model(clone_function=...)`` with new widths, then ``set_weights``.
+``keras.models.clone_model(clone_function=...)`` with new widths (each layer's handler
+says which config keys carry its width), then ``set_weights``.
 """
 from __future__ import annotations
 
@@ -16,9 +17,6 @@ import numpy as np
 
 from edgeprune.errors import EdgepruneError, UnsupportedModel
 from edgeprune.pipeline.graph import DependencyGraph, layout_indices, offsets
-
-WIDTH_KEYS = {"Dense": "units", "Conv1D": "filters", "Conv2D": "filters", "Conv3D": "filters",
-              "SeparableConv1D": "filters", "SeparableConv2D": "filters", "Embedding": "output_dim"}
 
 
 @dataclass
@@ -104,14 +102,12 @@ def build_model(graph: DependencyGraph, state: PruneState):
     import keras
 
     model = graph.model
-    new_width = {}
-    for gid, g in graph.groups.items():
-        for p in g.producers:
-            new_width[p] = state.sizes[gid]
 
     def clone(layer):
-        key = WIDTH_KEYS.get(type(layer).__name__)
-        return _rebuild(layer, {key: new_width[layer.name]} if key and layer.name in new_width else {})
+        handler = graph.handler(layer.name)
+        if handler is None:
+            return _rebuild(layer, {})
+        return _rebuild(layer, handler.rebuild_config(layer, graph, state.sizes))
 
     new = keras.models.clone_model(model, clone_function=clone)
     for layer in new.layers:

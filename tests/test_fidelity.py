@@ -53,9 +53,12 @@ def test_choose_metric():
     probs = np.array([[0.1, 0.9], [0.7, 0.3]])
     logits = np.array([[-2.0, 5.0], [1.0, 0.5]])
     assert choose_metric(probs, None) == "top1"
-    assert choose_metric(logits, None) == "regression"  # logits: ambiguous, set metric="top1"
+    assert choose_metric(logits, None) == "relerr"  # 2 logits: ambiguous, set metric="top1"; few values: rel. error
     assert choose_metric(logits, np.array([1, 0])) == "top1"  # labels say it is a classifier
-    assert choose_metric(np.array([[0.4], [0.6]]), None) == "regression"  # one output value
+    assert choose_metric(np.array([[0.4], [0.6]]), None) == "binary"  # one sigmoid value: its decision
+    assert choose_metric(np.array([[-3.0], [2.5]]), None) == "relerr"  # one regression value
+    assert choose_metric(np.array([[-3.0], [2.5]]), np.array([0, 1])) == "relerr"  # one logit: no 0.5 threshold
+    assert choose_metric(np.random.default_rng(0).normal(size=(4, 8)), None) == "regression"
     assert choose_metric(probs, None, "regression") == "regression"
     with pytest.raises(BadInput, match="unknown fidelity metric"):
         FidelityConfig(metric="f1")
