@@ -71,9 +71,11 @@ def activation_bytes_per_sample(model) -> int:
     return max(int(total), 1)
 
 
-def batch_size_for(model, budget_bytes: int = BATCH_BUDGET_BYTES, max_batch: int = MAX_BATCH) -> int:
-    """Samples per batch so that one batch's activations (all layers) stay within ``budget_bytes``."""
+def batch_size_for(model, budget_bytes: int | None = None, max_batch: int = MAX_BATCH) -> int:
+    """Samples per batch so that one batch's activations (all layers) stay within ``budget_bytes``
+    (default :data:`BATCH_BUDGET_BYTES`, read at call time)."""
     per_sample = activation_bytes_per_sample(model)
+    budget_bytes = BATCH_BUDGET_BYTES if budget_bytes is None else budget_bytes
     return int(max(1, min(int(max_batch), int(budget_bytes) // per_sample)))
 
 

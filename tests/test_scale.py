@@ -153,3 +153,41 @@ def test_resume_reuses_the_cached_reference_outputs(tmp_path, capsys):
     assert run_cli([*base, "--max-rate", "0.1"]) == 0  # same configuration without --resume: started over
     third = json.loads(capsys.readouterr().out)
     assert third["timings"]["load"]["reference_cached"] is False
+
+
+# --------------------------------------------------------------------------- data-aware stages, streamed
+def test_flow_moments_and_taylor_gradients_streamed_equal_one_batch(monkeypatch):
+    import tensorflow as tf
+
+    from edgeprune.pipeline import batching
+    from edgeprune.pipeline.calib import layer_input_moments, layer_inputs
+    from edgeprune.pipeline.criteria.taylor import _gradients
+
+    model = _small_cnn()
+    x = np.random.default_rng(3).uniform(0, 1, (50, 8, 8, 3)).astype(np.float32)
+    whole_acts = layer_inputs(model, ["conv", "dense"], x)  # budget 256 MB: one batch of 50
+    direct = {n: np.mean(np.square(a.astype(np.float64)), axis=tuple(range(a.ndim - 1))) for n, a in whole_acts.items()}
+    ref = np.asarray(model(x, training=False), dtype=np.float64)
+    whole_grads = _gradients(model, x, ref)
+
+    monkeypatch.setattr(batching, "BATCH_BUDGET_BYTES", 2856 * 6)  # 6 samples a batch: 9 batches
+    assert batching.batch_size_for(model) == 6
+    streamed = layer_input_moments(model, ["conv", "dense"], Samples(x))
+    for n in ("conv", "dense"):
+        assert streamed[n].shape == direct[n].shape
+        np.testing.assert_allclose(streamed[n], direct[n], rtol=1e-9, atol=0)
+    grads = _gradients(model, Samples(x), ref)
+    for name, gs in whole_grads.items():
+        for a, b in zip(gs, grads[name]):
+            np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
+
+
+def test_compensation_sample_cap_from_layer_shapes():
+    from edgeprune.pipeline.compensate import MIN_SAMPLES, Compensator
+    from edgeprune.pipeline.graph import DependencyGraph
+
+    graph = DependencyGraph(_small_cnn())
+    # the refit layers: conv (input 8*8*3 floats, 3x3 patches -> 1 + 9 copies), dense (input 256)
+    per_sample = max(8 * 8 * 3 * 4 * (1 + 9), 256 * 4 * 2)
+    assert Compensator.max_samples(graph, budget_bytes=per_sample * 40) == 40
+    assert Compensator.max_samples(graph, budget_bytes=10) == MIN_SAMPLES
