@@ -34,6 +34,14 @@ def _batches(x, model=None):
         yield np.asarray(x[a:a + b], dtype=np.float32)
 
 
+def _call(model, xb):
+    import warnings
+
+    with warnings.catch_warnings():  # Keras warns when a 1-input model gets a bare tensor
+        warnings.simplefilter("ignore")
+        return model(xb, training=False)
+
+
 def layer_inputs(model, names: list[str], x: np.ndarray) -> dict[str, np.ndarray]:
     """The input tensor of each layer ``names`` of ``model`` on ``x`` (float32 numpy)."""
     import keras
@@ -43,7 +51,7 @@ def layer_inputs(model, names: list[str], x: np.ndarray) -> dict[str, np.ndarray
     feats = keras.Model(model.inputs, [model.get_layer(n).input for n in names])
     parts: list[list[np.ndarray]] = [[] for _ in names]
     for xb in _batches(x, model):
-        outs = feats(xb, training=False)
+        outs = _call(feats, xb)
         outs = outs if isinstance(outs, (list, tuple)) else [outs]
         for i, o in enumerate(outs):
             parts[i].append(np.asarray(o, dtype=np.float32))
@@ -61,7 +69,7 @@ def layer_input_moments(model, names: list[str], x) -> dict[str, np.ndarray]:
     sums: list[np.ndarray | None] = [None] * len(names)
     counts = [0] * len(names)
     for xb in _batches(x, model):
-        outs = feats(xb, training=False)
+        outs = _call(feats, xb)
         outs = outs if isinstance(outs, (list, tuple)) else [outs]
         for i, o in enumerate(outs):
             a = np.asarray(o, dtype=np.float64)
@@ -75,7 +83,7 @@ def outputs(model, x: np.ndarray) -> np.ndarray:
     """The model's (first) output on ``x`` as float64 numpy, flattened per sample."""
     parts = []
     for xb in _batches(x, model):
-        o = model(xb, training=False)
+        o = _call(model, xb)
         o = o[0] if isinstance(o, (list, tuple)) else o
         parts.append(np.asarray(o, dtype=np.float64).reshape(len(xb), -1))
     return np.concatenate(parts)

@@ -98,16 +98,21 @@ class HostPhase:
             self.notes.append(f"{pruner.graph.nothing_prunable_note()}: only the unpruned candidate is evaluated")
         self.failed_candidates: list[dict] = []
         self.stop = None
+        self.lookahead = self.start_pool(pruner)  # --jobs > 1: candidates converted in worker processes
         for i in range(len(self.candidates), len(self.rates)):
             if self.candidates and not self.candidates[-1]["checks"]["fidelity"]["ok"]:
                 break
             if i > 0 and not self.prunable:
                 break
+            if self.lookahead is not None:
+                self.lookahead.fill(i)
             rec = self.try_candidate(pruner, i, self.rates[i])
             if rec is None:  # failed (recorded with its reason): the search goes on
                 continue
             self.candidates.append(rec)
             self.emit("candidate", record=rec, total=len(self.rates), reused=False)
+        if self.lookahead is not None:
+            self.lookahead.close()  # what a worker converted past the stop is discarded
         last = self.candidates[-1]
         if not last["checks"]["fidelity"]["ok"]:
             self.stop = {"reason": "fidelity", "rate": last["rate"]}
@@ -139,6 +144,25 @@ class HostPhase:
             self.emit("status", text=f"rate {rate:.2f}: failed at {self.stage} ({failed['reason'].splitlines()[0][:120]})")
             return None
 
+    def convert_config(self):
+        from edgeprune.pipeline import convert as conv
+
+        c = self.c
+        return conv.ConvertConfig(quantize=c.quantize, calibration=self.calibration,
+                                  input_range=tuple(float(v) for v in c.input_range), num_calibration=SYNTHETIC_SAMPLES)
+
+    def start_pool(self, pruner):
+        """A :class:`~edgeprune.pipeline.convert_pool.Lookahead` when ``--jobs`` > 1 and there is
+        more than one candidate to make; else None (serial)."""
+        from edgeprune.pipeline.convert_pool import Lookahead, default_jobs
+
+        jobs = self.c.jobs if getattr(self.c, "jobs", None) is not None else default_jobs()
+        self.jobs = int(jobs)
+        todo = len(self.rates) - len(self.candidates)
+        if self.jobs <= 1 or todo <= 1 or not self.prunable:
+            return None
+        return Lookahead(self, pruner, min(self.jobs, todo), self.convert_config())
+
     def make_candidate(self, pruner, i: int, rate: float) -> dict:
         from edgeprune.pipeline import convert as conv
         from edgeprune.pipeline import fidelity as fid
@@ -147,25 +171,29 @@ class HostPhase:
         name = candidate_name(i, rate)
         self.emit("candidate_start", index=i, rate=rate, total=len(self.rates))
         t0 = time.perf_counter()
-        if rate > 0:
-            pruner.step_to(rate)
-        with conv.captured_output():
-            km = pruner.build()
+        ahead = self.lookahead.take(i) if getattr(self, "lookahead", None) is not None else None
+        if ahead is not None:  # pruned ahead and converting in a worker (convert_pool)
+            km = ahead.km
+        else:
+            if rate > 0:
+                pruner.step_to(rate)
+            with conv.captured_output():
+                km = pruner.build()
         t1 = time.perf_counter()
         self.stage = "convert"
-        cc = conv.ConvertConfig(quantize=c.quantize, calibration=self.calibration,
-                                input_range=tuple(float(v) for v in c.input_range), num_calibration=SYNTHETIC_SAMPLES)
-        res = conv.convert(km, cc)
+        cc = self.convert_config()
+        res = ahead.result() if ahead is not None else conv.convert(km, cc)
         t2 = time.perf_counter()
         self.stage = "load and fidelity (LiteRT on the host)"
         fr = fid.evaluate(res.tflite, self.reference, self.data, self.fid_config)
         t3 = time.perf_counter()
         self.stage = "save"
         files = {"keras": f"{name}.keras", "tflite": f"{name}.tflite", "plan": f"{name}.plan.json"}
-        with conv.captured_output():
-            _save_keras_atomic(km, d / files["keras"])
+        if ahead is None:  # (the lookahead wrote it for its worker)
+            with conv.captured_output():
+                _save_keras_atomic(km, d / files["keras"])
         res.save(d / files["tflite"])
-        plan = pruner.plan()
+        plan = pruner.plan() if ahead is None else ahead.plan
         plan.save(d / files["plan"])
         t4 = time.perf_counter()
         size = res.size_bytes
@@ -183,7 +211,8 @@ class HostPhase:
             "fidelity": fr.to_dict(),
             "widths": plan.widths,
             "made_by": dict(self.stages_label),
-            "timings": {"prune_s": round(t1 - t0, 4), "convert_s": round(t2 - t1, 4), "fidelity_s": round(t3 - t2, 4),
+            "timings": {"prune_s": round(t1 - t0 if ahead is None else ahead.prune_s, 4),
+                        "convert_s": round(t2 - t1 if ahead is None else res.seconds, 4), "fidelity_s": round(t3 - t2, 4),
                         "save_s": round(t4 - t3, 4)},
             "created_at": _now(),
             "pid": os.getpid(),

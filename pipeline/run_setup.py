@@ -42,6 +42,8 @@ def _validate(config: RunConfig) -> None:
                        "it is the top-1 agreement (classifiers) or cosine similarity, e.g. 0.95")
     if config.max_accuracy_drop is not None and not (0.0 <= float(config.max_accuracy_drop) <= 100.0):
         raise BadInput(f"--max-accuracy-drop {config.max_accuracy_drop:g} must be in [0, 100] points", "e.g. 1.0")
+    if getattr(config, "jobs", None) is not None and int(config.jobs) < 1:
+        raise BadInput(f"--jobs must be at least 1, got {config.jobs}", "e.g. --jobs 2 (or leave it out: one per core)")
     if config.runs < 1:
         raise BadInput(f"--runs must be at least 1, got {config.runs}", "e.g. --runs 50")
     if config.warmup < 0:

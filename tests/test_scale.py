@@ -191,3 +191,48 @@ def test_compensation_sample_cap_from_layer_shapes():
     per_sample = max(8 * 8 * 3 * 4 * (1 + 9), 256 * 4 * 2)
     assert Compensator.max_samples(graph, budget_bytes=per_sample * 40) == 40
     assert Compensator.max_samples(graph, budget_bytes=10) == MIN_SAMPLES
+
+
+# --------------------------------------------------------------------------- conversion pool
+def test_pool_conversion_same_bytes_and_decisions_as_serial(tmp_path, capsys):
+    """--jobs 2 against --jobs 1 on the example, with a threshold that stops the search at rate
+    0.3: the same candidates, .tflite bytes, fidelity and stop; the candidate the lookahead
+    converted past the stop (rate 0.4) is discarded, its files gone."""
+    import json
+
+    from edgeprune.cli import run_cli
+
+    reports = {}
+    for jobs in (1, 2):
+        out = tmp_path / f"jobs{jobs}"
+        code = run_cli(["run", "--out", str(out), "--step", "0.1", "--max-rate", "0.5", "--min-fidelity", "0.98",
+                        "--runs", "2", "--warmup", "0", "--jobs", str(jobs), "--json"])
+        reports[jobs] = json.loads(capsys.readouterr().out)
+        assert code == 0
+    serial, pooled = reports[1], reports[2]
+    assert serial["stop"] == pooled["stop"] == {"reason": "fidelity", "rate": 0.3}
+    keys = ("index", "rate", "name", "sha256", "size_bytes", "fidelity")
+
+    def strip(c):  # the decision-relevant host figures (not the timings, not the device measurements)
+        d = {k: (dict(c[k], seconds=None, ms_per_sample=None) if k == "fidelity" else c[k]) for k in keys}
+        d["host_checks"] = {k: c["checks"][k] for k in ("fidelity", "flash")}
+        return d
+
+    assert [strip(c) for c in serial["candidates"]] == [strip(c) for c in pooled["candidates"]]
+    assert [c["rate"] for c in pooled["candidates"]] == [0.0, 0.1, 0.2, 0.3]
+    assert serial["chosen"]["sha256"] == pooled["chosen"]["sha256"]
+    for c in serial["candidates"]:
+        a = (tmp_path / "jobs1" / c["files"]["tflite"]).read_bytes()
+        b = (tmp_path / "jobs2" / c["files"]["tflite"]).read_bytes()
+        assert a == b and len(a) == c["size_bytes"]
+    names1 = sorted(p.name for p in (tmp_path / "jobs1").iterdir())
+    names2 = sorted(p.name for p in (tmp_path / "jobs2").iterdir())
+    assert names1 == names2 and not any(n.startswith("cand-04") for n in names2)  # past the stop: discarded
+
+
+def test_jobs_below_one_is_bad_input(tmp_path, capsys):
+    from edgeprune.cli import run_cli
+
+    assert run_cli(["run", "--out", str(tmp_path / "r"), "--jobs", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "--jobs must be at least 1, got 0" in err and "fix:" in err

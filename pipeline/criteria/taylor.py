@@ -21,7 +21,7 @@ def _gradients(model, x, ref: np.ndarray) -> dict[str, list]:
     model's activation memory: a tape keeps one batch's activations)."""
     import tensorflow as tf
 
-    from edgeprune.pipeline.calib import _batches
+    from edgeprune.pipeline.calib import _batches, _call
 
     variables = {layer.name: list(layer.weights) for layer in model.layers if layer.weights}
     flat = [v for vs in variables.values() for v in vs]
@@ -33,7 +33,7 @@ def _gradients(model, x, ref: np.ndarray) -> dict[str, list]:
         with tf.GradientTape() as tape:
             for v in flat:
                 tape.watch(v.value)
-            out = model(xb, training=False)
+            out = _call(model, xb)
             out = out[0] if isinstance(out, (list, tuple)) else out
             out = tf.reshape(out, (tf.shape(out)[0], -1))
             if is_probability(ref):
