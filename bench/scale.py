@@ -242,7 +242,8 @@ def render(res: dict) -> str:
              "(the `run` process or one conversion worker); tree = the peak of the sum over the process tree "
              "(main + workers), sampled every 0.2 s. Fidelity figures are meaningless here (random weights / "
              "random inputs except for the example): `--min-fidelity 0.01` keeps every candidate.", "",
-             f"Started {res['started']}, finished {res.get('finished', '(still running)')}.", ""]
+             f"Started {res['started']}, finished {res.get('finished', '(still running)')}"
+             + (f" ({res['parts']} parts of the benchmark ran side by side)" if res.get("parts", 1) > 1 else "") + ".", ""]
     runs = [r for r in rows if r["kind"] == "run"]
     if runs:
         lines += ["## `edgeprune run`", "",
@@ -299,10 +300,16 @@ def render(res: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def save(res: dict) -> None:
+def save(res: dict, name: str = "scale") -> None:
+    """Write ``<name>.json``; scale.md is rendered from every ``scale*.json`` (parts run in parallel)."""
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "scale.json").write_text(json.dumps(res, indent=1) + "\n")
-    (RESULTS / "scale.md").write_text(render(res))
+    (RESULTS / f"{name}.json").write_text(json.dumps(res, indent=1) + "\n")
+    parts = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("scale*.json"))]
+    merged = dict(parts[0], rows=[r for p in parts for r in p["rows"]])
+    merged["started"] = min(p["started"] for p in parts)
+    merged["finished"] = max((p.get("finished") or "(still running)") for p in parts)
+    merged["parts"] = len(parts)
+    (RESULTS / "scale.md").write_text(render(merged))
 
 
 # --------------------------------------------------------------------------- main
@@ -338,13 +345,14 @@ def plan(args) -> list[tuple]:
         todo.append(("run", "MobileNetV2-224", mnv2, img[100], 100, 1, 0.1, 0.3, []))
     if args.only:
         keep = [s.strip().lower() for s in args.only.split(",")]
-        todo = [t for t in todo if any(k in t[1].lower() for k in keep)]
+        todo = [t for t in todo if any(k in t[1].lower() or k == t[0] for k in keep)]
     return todo
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", help="comma-separated model name parts (e.g. mobilenet,resnet)")
+    ap.add_argument("--part", default="scale", help="results file name (scale_<x>.json for a part run in parallel)")
     ap.add_argument("--default-engine", action="store_true", help="add a MobileNetV2-224 run with flow + compensation")
     args = ap.parse_args()
     res = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, "
@@ -361,9 +369,9 @@ def main() -> None:
             row = run_row(*item[1:])
         print("   ", {k: v for k, v in row.items() if k not in ("sha256", "error")}, file=sys.stderr, flush=True)
         res["rows"].append(row)
-        save(res)
+        save(res, args.part)
     res["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
-    save(res)
+    save(res, args.part)
 
 
 if __name__ == "__main__":
