@@ -343,6 +343,8 @@ def plan(args) -> list[tuple]:
              ("keras_outputs", "MobileNetV2-224", mnv2, "keras_outputs", 64)]
     if args.default_engine:
         todo.append(("run", "MobileNetV2-224", mnv2, img[100], 100, 1, 0.1, 0.3, []))
+    if args.samples:
+        todo = [t for t in todo if t[0] == "run" and t[4] == args.samples]
     if args.only:
         keep = [s.strip().lower() for s in args.only.split(",")]
         todo = [t for t in todo if any(k in t[1].lower() or k == t[0] for k in keep)]
@@ -352,6 +354,7 @@ def plan(args) -> list[tuple]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", help="comma-separated model name parts (e.g. mobilenet,resnet)")
+    ap.add_argument("--samples", type=int, help="only the runs with this many samples")
     ap.add_argument("--part", default="scale", help="results file name (scale_<x>.json for a part run in parallel)")
     ap.add_argument("--default-engine", action="store_true", help="add a MobileNetV2-224 run with flow + compensation")
     args = ap.parse_args()
