@@ -176,7 +176,9 @@ def run_row(name: str, model: Path | None, data: Path, n: int, jobs: int, step: 
     t = rep["timings"]
     row.update({"timings": {k: t.get(k) for k in ("load_s", *STAGES, "total_s")}, "load": t.get("load", {}),
                 "candidates": len(rep["candidates"]), "rates": [c["rate"] for c in rep["candidates"]],
-                "sha256": [c["sha256"] for c in rep["candidates"]], "eval_samples": rep["data"]["n_samples"]})
+                "sha256": [c["sha256"] for c in rep["candidates"]], "eval_samples": rep["data"]["n_samples"],
+                "stop": rep.get("stop"), "reasons": rep.get("reasons"),
+                "scores": [c["fidelity"]["score"] for c in rep["candidates"]]})
     return row
 
 
@@ -241,9 +243,10 @@ def render(res: dict) -> str:
              "wall times carry that noise; each row is ONE run. Peak RSS: `wait4` (GNU time's) = the largest single process "
              "(the `run` process or one conversion worker); tree = the peak of the sum over the process tree "
              "(main + workers), sampled every 0.2 s. Fidelity figures are meaningless here (random weights / "
-             "random inputs except for the example): `--min-fidelity 0.01` keeps every candidate.", "",
+             "random inputs except for the example): `--min-fidelity 0.01` so that the search does not stop at the first candidates (see the notes for where it still did).", "",
              f"Started {res['started']}, finished {res.get('finished', '(still running)')}"
              + (f" ({res['parts']} parts of the benchmark ran side by side)" if res.get("parts", 1) > 1 else "") + ".", ""]
+    lines += [f"{n}" for n in res.get("notes", [])] + ([""] if res.get("notes") else [])
     runs = [r for r in rows if r["kind"] == "run"]
     if runs:
         lines += ["## `edgeprune run`", "",
@@ -297,7 +300,41 @@ def render(res: dict) -> str:
             lines.append(f"| {r['model']} | {r['how']} | {r['samples']} | {r.get('batch', '-')} | {r.get('seconds', '-')} | "
                          f"{gb(r.get('rss_before_bytes'))} | {gb(r.get('peak_rss_bytes'))} |")
         lines += [""]
+    lines += checks(rows)
     return "\n".join(lines) + "\n"
+
+
+def checks(rows: list[dict]) -> list[str]:
+    """The issue's targets, read from the rows above."""
+    out = ["## Targets (issue 17)", ""]
+    ok = lambda r: r.get("exit_code") in (0, 3) and "error" not in r  # noqa: E731
+    m = [r for r in rows if r["kind"] == "run" and r["model"] == "MobileNetV2-224" and r["samples"] == 1000 and ok(r)]
+    for r in m:
+        out.append(f"- `run` MobileNetV2-224, 1,000 samples, `--jobs {r['jobs']}`: peak RSS {gb(r['peak_rss_bytes'])} GB "
+                   f"(largest process), {gb(r['peak_tree_rss_bytes'])} GB (whole tree): "
+                   + ("under 4 GB" if r["peak_rss_bytes"] < 4e9 else "NOT under 4 GB") + ".")
+    if not m:
+        out.append("- `run` MobileNetV2-224 with 1,000 samples: not measured.")
+    rn = [r for r in rows if r["kind"] == "run" and r["model"] == "ResNet-50-224" and r["samples"] == 1000]
+    for r in rn:
+        out.append(f"- `run` ResNet-50-224, 1,000 samples, `--jobs {r['jobs']}`: "
+                   + (f"completed (exit {r['exit_code']}) in {r['wall_s']:.0f} s, peak RSS {gb(r['peak_rss_bytes'])} GB."
+                      if ok(r) else f"FAILED (exit {r['exit_code']})."))
+    if not rn:
+        out.append("- `run` ResNet-50-224 with 1,000 samples: not measured.")
+    by = {r["samples"]: r["peak_rss_bytes"] for r in rows if r["kind"] == "convert" and r["model"] == "MobileNetV2-224" and ok(r)}
+    if 20 in by and 500 in by:
+        d = by[500] / by[20] - 1
+        out.append(f"- `convert` MobileNetV2-224 peak RSS, `--samples 500` against `--samples 20`: {100 * d:+.1f} % "
+                   + ("(within 25 %)." if abs(d) <= 0.25 else "(NOT within 25 %)."))
+    for r in rows:
+        if r["kind"] == "run" and r["model"] == "MobileNetV2-224" and r["jobs"] == 2 and ok(r):
+            s = next((q for q in rows if q["kind"] == "run" and q["model"] == r["model"] and q["samples"] == r["samples"]
+                      and q["jobs"] == 1 and q["engine"] == r["engine"] and ok(q)), None)
+            if s:
+                out.append(f"- `--jobs 2` / serial wall time, MobileNetV2-224 with {r['samples']} samples: "
+                           f"{r['wall_s'] / s['wall_s']:.2f}.")
+    return out + [""]
 
 
 def save(res: dict, name: str = "scale") -> None:
@@ -309,6 +346,7 @@ def save(res: dict, name: str = "scale") -> None:
     merged["started"] = min(p["started"] for p in parts)
     merged["finished"] = max((p.get("finished") or "(still running)") for p in parts)
     merged["parts"] = len(parts)
+    merged["notes"] = [n for p in parts for n in p.get("notes", [])]
     (RESULTS / "scale.md").write_text(render(merged))
 
 
