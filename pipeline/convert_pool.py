@@ -69,7 +69,7 @@ class Prepared:
 
     index: int
     km: Any = None
-    plan: Any = None
+    saved_plan: Any = None
     prune_s: float = 0.0
     error: BaseException | None = None  # pruning/building failed: raised when the search reaches it
     pending: Any = None  # multiprocessing AsyncResult
@@ -79,6 +79,17 @@ class Prepared:
     def result(self):
         result, self.worker = self.pending.get()
         return result
+
+    def plan(self):
+        """The pruning plan at this candidate (the pruner itself is ahead)."""
+        return self.saved_plan
+
+    def discard(self) -> None:
+        """Not converted after all (predicted over the flash budget): its .keras is removed and
+        the worker's result, if any, ignored."""
+        if self.keras_path is not None:
+            self.keras_path.unlink(missing_ok=True)
+        self.pending = None
 
 
 class Lookahead:
@@ -126,15 +137,29 @@ class Lookahead:
                     self.pruner.step_to(rate)
                 with conv.captured_output():
                     p.km = self.pruner.build()
-                p.plan = self.pruner.plan()
+                p.saved_plan = self.pruner.plan()
                 p.prune_s = time.perf_counter() - t0
-                p.keras_path = r.run_dir / f"{candidate_name(k, rate)}.keras"
-                with conv.captured_output():
-                    _save_keras_atomic(p.km, p.keras_path)
-                p.pending = self.pool.apply_async(_convert_job, (str(p.keras_path), self.config, self.calibration_path))
+                if not self._predicted_skip(p.km):  # else the search will skip it: no conversion
+                    p.keras_path = r.run_dir / f"{candidate_name(k, rate)}.keras"
+                    with conv.captured_output():
+                        _save_keras_atomic(p.km, p.keras_path)
+                    p.pending = self.pool.apply_async(_convert_job, (str(p.keras_path), self.config,
+                                                                     self.calibration_path))
             except Exception as exc:  # noqa: BLE001 - raised in order, when the search reaches candidate k
                 p.error = exc
             self.ready[k] = p
+
+    def _predicted_skip(self, km) -> bool:
+        """The flash predictor (issue 15), once calibrated, already says the search will skip
+        this candidate. The search decides again when it reaches it; if it converts after all,
+        it converts in the main process."""
+        r = self.run
+        predictor = getattr(r, "predictor", None)
+        if not getattr(r.c, "predict", False) or predictor is None or not predictor.ready:
+            return False
+        from edgeprune.pipeline.predict import predict
+
+        return predictor.skip_reason(predict(km, r.c.quantize)) is not None
 
     def take(self, i: int) -> Prepared:
         p = self.ready.pop(i)

@@ -135,12 +135,13 @@ def test_resume_reuses_the_cached_reference_outputs(tmp_path, capsys):
     stamp = cache.stat().st_mtime_ns
     with np.load(cache) as z:
         cached = z["outputs"]
-    # the cached outputs are the original model's on the evaluation split (every 5th sample held out)
+    # the cached outputs are the original model's on the evaluation split (200 samples held out)
+    from edgeprune.pipeline.split import split
+
     model = load_model(example_model_path())
-    data = load_eval_data(example_data_path(), model)
-    rest = np.setdiff1d(np.arange(data.n), np.arange(data.n)[::5][:200])
-    assert cached.shape == (800, 10)
-    np.testing.assert_allclose(cached, keras_outputs(model, data.x.take(rest)), atol=1e-6, rtol=0)
+    evaluation = split(load_eval_data(example_data_path(), model)).evaluation
+    assert cached.shape == (800, 10) and len(evaluation.x) == 800
+    np.testing.assert_allclose(cached, keras_outputs(model, evaluation.x), atol=1e-6, rtol=0)
 
     assert run_cli([*base, "--max-rate", "0.2", "--resume"]) == 0
     second = json.loads(capsys.readouterr().out)
