@@ -1,7 +1,9 @@
 """Candidates converted in a small pool of worker processes (``edgeprune run --jobs N``).
 
 TFLite conversion dominates the host phase (MobileNetV2-224: ~8 s a candidate). With ``--jobs``
-above 1, :class:`Lookahead` prunes the next candidates ahead of the search in the main process
+above 1 (without ``--jobs``: one per core, once a candidate's conversion took
+:data:`AUTO_MIN_CONVERT_S` or more; a small model converts in a second or two and a worker's
+TensorFlow import would cost more than it saves, measured in bench/results/scale.md), :class:`Lookahead` prunes the next candidates ahead of the search in the main process
 (pruning is progressive, so it stays sequential there), writes each one's ``.keras`` and hands
 it to a worker, which loads it and converts it; the main process meanwhile checks fidelity of
 the candidate before. Every worker is a separate process (``spawn``) that imports TensorFlow
@@ -29,12 +31,26 @@ from typing import Any
 import numpy as np
 
 
+AUTO_MIN_CONVERT_S = 5.0  # without --jobs, the pool starts once a conversion took this long
+
+
 def default_jobs() -> int:
     """One worker per core this process may run on."""
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # not Linux
         return max(1, os.cpu_count() or 1)
+
+
+def pool_size(requested: int | None, cores: int, todo: int, prunable: bool, convert_seconds: list[float]) -> int:
+    """Workers to start now (0 or 1: stay serial). ``requested``: ``--jobs`` (None: one per core,
+    once a conversion so far took :data:`AUTO_MIN_CONVERT_S` or more); ``todo``: candidates left."""
+    jobs = int(requested) if requested is not None else int(cores)
+    if jobs <= 1 or todo <= 1 or not prunable:
+        return 0
+    if requested is None and max(convert_seconds, default=0.0) < AUTO_MIN_CONVERT_S:
+        return 0
+    return min(jobs, todo)
 
 
 # --------------------------------------------------------------------------- worker side

@@ -107,13 +107,14 @@ class HostPhase:
             self.notes.append(f"{pruner.graph.nothing_prunable_note()}: only the unpruned candidate is evaluated")
         self.failed_candidates: list[dict] = []
         self.stop = None
-        self.lookahead = self.start_pool(pruner)  # --jobs > 1: candidates converted in worker processes
+        self.lookahead = None  # --jobs > 1: candidates converted in worker processes (convert_pool)
         for i in range(len(self.candidates), len(self.rates)):
             if self.candidates and not self.candidates[-1].get("skipped") \
                     and not self.candidates[-1]["checks"]["fidelity"]["ok"]:
                 break
             if i > 0 and not self.prunable:
                 break
+            self.lookahead = self.lookahead or self.start_pool(pruner)
             if self.lookahead is not None:
                 self.lookahead.fill(i)
             rec = self.try_candidate(pruner, i, self.rates[i])
@@ -162,16 +163,17 @@ class HostPhase:
                                   input_range=tuple(float(v) for v in c.input_range), num_calibration=SYNTHETIC_SAMPLES)
 
     def start_pool(self, pruner):
-        """A :class:`~edgeprune.pipeline.convert_pool.Lookahead` when ``--jobs`` > 1 and there is
-        more than one candidate to make; else None (serial)."""
-        from edgeprune.pipeline.convert_pool import Lookahead, default_jobs
+        """A :class:`~edgeprune.pipeline.convert_pool.Lookahead` when more than one job and more than
+        one candidate to make; else None (serial). Without ``--jobs``: one job per core, once a
+        candidate's conversion took :data:`~edgeprune.pipeline.convert_pool.AUTO_MIN_CONVERT_S` or
+        more (a worker costs a TensorFlow import: small models convert faster serially)."""
+        from edgeprune.pipeline.convert_pool import Lookahead, default_jobs, pool_size
 
-        jobs = self.c.jobs if getattr(self.c, "jobs", None) is not None else default_jobs()
-        self.jobs = int(jobs)
-        todo = len(self.rates) - len(self.candidates)
-        if self.jobs <= 1 or todo <= 1 or not self.prunable:
-            return None
-        return Lookahead(self, pruner, min(self.jobs, todo), self.convert_config())
+        self.jobs = int(self.c.jobs) if getattr(self.c, "jobs", None) is not None else default_jobs()
+        times = [r["timings"]["convert_s"] for r in self.candidates if "convert_s" in r.get("timings", {})]
+        n = pool_size(getattr(self.c, "jobs", None), self.jobs, len(self.rates) - len(self.candidates),
+                      self.prunable, times)
+        return Lookahead(self, pruner, n, self.convert_config()) if n > 1 else None
 
     def make_candidate(self, pruner, i: int, rate: float) -> dict:
         from edgeprune.pipeline import convert as conv

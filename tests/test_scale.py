@@ -237,3 +237,19 @@ def test_jobs_below_one_is_bad_input(tmp_path, capsys):
     assert run_cli(["run", "--out", str(tmp_path / "r"), "--jobs", "0"]) == 2
     err = capsys.readouterr().err
     assert "--jobs must be at least 1, got 0" in err and "fix:" in err
+
+
+def test_pool_size_rule():
+    from edgeprune.pipeline.convert_pool import AUTO_MIN_CONVERT_S, pool_size
+
+    assert AUTO_MIN_CONVERT_S == 5.0
+    assert pool_size(2, 2, todo=5, prunable=True, convert_seconds=[]) == 2  # --jobs 2: always
+    assert pool_size(3, 2, todo=2, prunable=True, convert_seconds=[]) == 2  # never more than left to make
+    assert pool_size(1, 8, todo=5, prunable=True, convert_seconds=[30.0]) == 0  # --jobs 1: serial
+    assert pool_size(4, 4, todo=1, prunable=True, convert_seconds=[]) == 0  # one candidate: nothing to overlap
+    assert pool_size(4, 4, todo=5, prunable=False, convert_seconds=[]) == 0
+    # no --jobs: one per core, once a conversion took 5 s or more
+    assert pool_size(None, 2, todo=5, prunable=True, convert_seconds=[]) == 0
+    assert pool_size(None, 2, todo=5, prunable=True, convert_seconds=[1.2, 4.99]) == 0
+    assert pool_size(None, 2, todo=5, prunable=True, convert_seconds=[8.4]) == 2
+    assert pool_size(None, 1, todo=5, prunable=True, convert_seconds=[8.4]) == 0
