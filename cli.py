@@ -46,6 +46,12 @@ class Criterion(str, Enum):
     taylor = "taylor"
 
 
+class LatencyStat(str, Enum):
+    p50 = "p50"
+    p90 = "p90"
+    p99 = "p99"
+
+
 class Metric(str, Enum):
     auto = "auto"
     top1 = "top1"
@@ -201,13 +207,22 @@ def _check_name_length(path: Path, what: str) -> None:
                              "choose a shorter file or folder name")
 
 
+DATA_HELP = ("Samples: a .npz (x[, y]) or .npy; a folder of images (PNG/JPEG/BMP, one sub-folder per class for "
+             "labels); a .csv (one row per sample, optional 'label' column); or my_prep.py:load (your function "
+             "returning x or (x, y)). 1/5 (at most 200) is held out for int8 calibration, never evaluated on.")
+_Classes = Annotated[Optional[str], typer.Option("--classes", help="Class names in label order, 'a,b,c': for a folder "
+                                                  "of images (sub-folder names) or CSV labels given as names. Default: "
+                                                  "folder names that are numbers are the labels, else sorted names.")]
+
+
 # --------------------------------------------------------------------------- convert
 @app.command()
 def convert(
     model: Annotated[Path, typer.Argument(help="Keras model: .keras, or a Keras 2/3 .h5 file.")],
     quantize: Annotated[Quantize, typer.Option(help="float32, float16, dynamic (int8 weights) or int8 (full integer, int8 in/out).")] = Quantize.int8,
-    data: Annotated[Optional[Path], typer.Option("--data", help="Evaluation (and int8 calibration) data: .npz with x[, y], or .npy. Without it: synthetic (data-free).")] = None,
+    data: Annotated[Optional[Path], typer.Option("--data", help=DATA_HELP + " Without it: synthetic (data-free).")] = None,
     input_range: Annotated[str, typer.Option("--input-range", help="Input range 'LO,HI' for synthetic calibration/evaluation data.")] = "0,1",
+    classes: _Classes = None,
     out_path: Annotated[Path, typer.Option("--out", "-o", help="Where to write the .tflite.")] = Path("model.tflite"),
     samples: Annotated[int, typer.Option("--samples", help="Synthetic samples for calibration and evaluation when no --data.")] = 100,
     input_shape: Annotated[Optional[str], typer.Option("--input-shape", help="Fix a variable-length input: the full input shape, batch first, e.g. 1,5000,4.")] = None,
@@ -217,7 +232,7 @@ def convert(
     """Convert MODEL to TFLite and print its size, ops, quantisation and fidelity (measured on the .tflite)."""
     from edgeprune.pipeline import convert as conv
     from edgeprune.pipeline import fidelity as fid
-    from edgeprune.pipeline.data import load_eval_data, synthetic_data
+    from edgeprune.pipeline.data import synthetic_data
     from edgeprune.pipeline.loading import load_model
 
     lo, hi = _parse_range(input_range)
@@ -236,16 +251,20 @@ def convert(
         shape = parse_input_shape(input_shape)
         keras_model = with_input_shape(keras_model, shape)
         config.batch_size = shape[0]
-    if data is not None:
-        eval_data = load_eval_data(data, keras_model)
-        config.calibration = eval_data.x
-        if quantize is Quantize.int8:
-            eval_data.notes.append(
-                f"int8 was calibrated on {min(eval_data.n, samples)} of the same samples it is evaluated on "
-                "(fidelity may be slightly optimistic)"
-            )
+    if data is not None:  # any form of --data; calibration and evaluation never share a sample
+        from edgeprune.pipeline.datasources import load_data
+        from edgeprune.pipeline.split import split
+
+        sp = split(load_data(data, keras_model, input_range=(lo, hi), classes=classes))
+        eval_data, config.calibration, split_info = sp.evaluation, sp.calibration, sp.info
+        if sp.calibration is not None:  # --samples is for synthetic data: calibrate on the whole held-out part
+            config.num_calibration = len(sp.calibration)
+        if quantize is Quantize.int8 and sp.calibration is not None:
+            eval_data.notes.append(f"int8 calibrated on {sp.info['calibration']} of the {sp.info['n_samples']} samples, "
+                                   f"evaluated on the other {sp.info['evaluation']} ({sp.info['shared']} shared)")
     else:  # seed 1: evaluation samples differ from the synthetic calibration samples (seed 0)
         eval_data = synthetic_data(keras_model, samples, (lo, hi), seed=1)
+        split_info = None
     result = conv.convert(keras_model, config)
     result.save(out_path)
     reference = fid.keras_outputs(keras_model, eval_data.x)
@@ -259,7 +278,7 @@ def convert(
             "model": str(model),
             "out": str(out_path),
             "conversion": result.to_dict(),
-            "data": eval_data.to_dict(),
+            "data": dict(eval_data.to_dict(), split=split_info),
             "fidelity": fidelity.to_dict(),
             "arena": arena,
         }
@@ -304,9 +323,11 @@ def _measure_arena(tflite_path: Path) -> dict | None:
 def _print_conversion(result, out_path: Path, eval_data, fidelity, arena: dict | None) -> None:
     from rich.table import Table
 
+    from edgeprune.devices.sizes import format_size
+
     out.print(
-        f"[bold]{out_path}[/bold]: {result.quantize}, {result.size_bytes:,} bytes "
-        f"({result.size_bytes / 1024:.1f} KiB), converted in {result.seconds:.2f} s",
+        f"[bold]{out_path}[/bold]: {result.quantize}, {format_size(result.size_bytes)} "
+        f"(SI: 1 kB = 1000 B), converted in {result.seconds:.2f} s",
         highlight=False,
     )
     out.print("ops: " + ", ".join(f"{op} x{n}" for op, n in result.op_counts.items()), highlight=False)
@@ -331,7 +352,7 @@ def _print_conversion(result, out_path: Path, eval_data, fidelity, arena: dict |
     out.print(line, highlight=False)
     if arena is not None:
         if arena.get("arena_bytes") is not None:
-            out.print(f"TFLite-Micro arena: {int(arena['arena_bytes']):,} bytes", highlight=False)
+            out.print(f"TFLite-Micro arena: {format_size(int(arena['arena_bytes']))}", highlight=False)
         else:
             out.print(f"TFLite-Micro arena: not measured ({arena.get('error') or arena.get('detail')})", highlight=False)
 
@@ -411,13 +432,24 @@ def devices_check(
 
 
 # --------------------------------------------------------------------------- bench
+# Measurement options: TFLite benchmark_model's names (kebab-case); --runs/--warmup/--threads are aliases.
+_NumRuns = Annotated[int, typer.Option("--num-runs", "--runs", help="Timed inferences: at least this many (and at least --min-secs).")]
+_WarmupRuns = Annotated[int, typer.Option("--warmup-runs", "--warmup", help="Untimed inferences before timing: at least this many (and at least --warmup-min-secs).")]
+_MinSecs = Annotated[float, typer.Option("--min-secs", help="Time inferences for at least this many seconds (0: a fixed --num-runs).")]
+_MaxSecs = Annotated[float, typer.Option("--max-secs", help="Stop warm-up and timing after this many seconds each, even short of --num-runs / --min-secs.")]
+_WarmupMinSecs = Annotated[float, typer.Option("--warmup-min-secs", help="Warm up for at least this many seconds (0: --warmup-runs only).")]
+
+
 @app.command()
 def bench(
     model: Annotated[Path, typer.Argument(help="The .tflite to measure.")],
     device: Annotated[str, typer.Option("--device", "-d", help="Device name (edgeprune devices list) or path to a .yaml profile.")],
-    runs: Annotated[int, typer.Option(help="Timed inferences after warm-up.")] = 50,
-    warmup: Annotated[int, typer.Option(help="Untimed inferences before timing.")] = 5,
-    threads: Annotated[Optional[int], typer.Option(help="Interpreter threads (default: the profile's).")] = None,
+    runs: _NumRuns = 50,
+    warmup: _WarmupRuns = 5,
+    threads: Annotated[Optional[int], typer.Option("--num-threads", "--threads", help="Interpreter threads (default: the profile's).")] = None,
+    min_secs: _MinSecs = 1.0,
+    max_secs: _MaxSecs = 150.0,
+    warmup_min_secs: _WarmupMinSecs = 0.5,
     inputs: Annotated[Optional[Path], typer.Option("--inputs", help="Inputs (.npy) for the output checksum; default a seeded pattern.")] = None,
     timeout: Annotated[Optional[float], typer.Option(help="Seconds the run may take on the device (default: the profile's).")] = None,
     host: _Host = None,
@@ -441,7 +473,8 @@ def bench(
             raise EdgepruneError(f"cannot read --inputs {inputs}: {exc}", "pass a .npy file") from None
         if hasattr(arr, "files"):
             arr = [arr[k] for k in arr.files]
-    config = BenchConfig(runs=runs, warmup=warmup, threads=threads, inputs=arr, timeout=timeout)
+    config = BenchConfig(runs=runs, warmup=warmup, threads=threads, inputs=arr, timeout=timeout, min_secs=min_secs,
+                         max_secs=max_secs, warmup_min_secs=warmup_min_secs)
     m = measure(prof, model, config)
     if as_json:
         out.print_json(m.to_json())
@@ -466,10 +499,11 @@ def run(
     device: Annotated[str, typer.Option("--device", "-d", help="Device profile name (edgeprune devices list) or a .yaml path.")] = "local",
     budget: Annotated[Optional[str], typer.Option("--budget", help="Flash / model-file budget: '2MB' (10^6), '512KiB' (2^10), bytes. Default: the profile's.")] = None,
     ram_budget: Annotated[Optional[str], typer.Option("--ram-budget", help="RAM budget, same units. Default: the profile's.")] = None,
-    latency_budget: Annotated[Optional[float], typer.Option("--latency-budget", help="Latency budget in ms (median). Default: the profile's, if any.")] = None,
+    latency_budget: Annotated[Optional[float], typer.Option("--latency-budget", help="Latency budget in ms, checked on --latency-stat (p50 by default). Default: the profile's, if any.")] = None,
     min_fidelity: Annotated[Optional[float], typer.Option("--min-fidelity", help="Minimum fidelity score vs the original model: top-1 agreement (classifiers) or cosine similarity. Default 0.95 unless --max-accuracy-drop is given.")] = None,
     max_accuracy_drop: Annotated[Optional[float], typer.Option("--max-accuracy-drop", help="Maximum accuracy drop in points (needs labelled --data).")] = None,
-    data: Annotated[Optional[Path], typer.Option("--data", help="Evaluation/calibration data (.npz with x[, y], or .npy). Default: the example's 1000 labelled images for the example model, else synthetic (labelled as such).")] = None,
+    data: Annotated[Optional[Path], typer.Option("--data", help=DATA_HELP + " Default: the example's 1000 labelled images for the example model, else synthetic (labelled as such).")] = None,
+    classes: _Classes = None,
     quantize: Annotated[Quantize, typer.Option("--quantize", "-q", help="int8 (default), float16, float32 (or dynamic).")] = Quantize.int8,
     criterion: Annotated[Optional[Criterion], typer.Option(help="Importance criterion: flow (one forward pass on the calibration split; the default with data), taylor, paoding (data-free; the default without data), l1, random.")] = None,
     compensate: Annotated[Optional[bool], typer.Option("--compensate/--no-compensate", help="Refit the pruned layers' consumers by least squares on the calibration split (default: on with data).")] = None,
@@ -478,13 +512,20 @@ def run(
     out_dir: Annotated[Optional[Path], typer.Option("--out", "-o", help="Run directory. Default ./edgeprune-runs/<model>-<device>-<quantize>.")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run in --out without redoing finished candidates.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Discard a run of a DIFFERENT configuration in --out and start over.")] = False,
-    runs: Annotated[int, typer.Option(help="Timed inferences per device measurement.")] = 50,
-    warmup: Annotated[int, typer.Option(help="Untimed inferences before timing.")] = 5,
+    runs: _NumRuns = 50,
+    warmup: _WarmupRuns = 5,
+    threads: Annotated[Optional[int], typer.Option("--num-threads", "--threads", help="Interpreter threads on the device (default: the profile's).")] = None,
+    min_secs: _MinSecs = 1.0,
+    max_secs: _MaxSecs = 150.0,
+    warmup_min_secs: _WarmupMinSecs = 0.5,
+    latency_stat: Annotated[LatencyStat, typer.Option("--latency-stat", help="Statistic of the timed runs the latency budget is checked on.")] = LatencyStat.p50,
+    round_to: Annotated[Optional[int], typer.Option("--round-to", help="Keep every pruned width a multiple of N (SIMD width). Default: the profile's round_to, if any.")] = None,
+    predict: Annotated[bool, typer.Option("--predict/--no-predict", help="Skip converting candidates whose predicted size cannot fit the flash budget.")] = True,
     measure_all: Annotated[bool, typer.Option("--measure-all", help="Measure every candidate that passes the host checks (for the latency curve), not just the fewest needed.")] = False,
     input_range: Annotated[str, typer.Option("--input-range", help="Model input range 'LO,HI' (PAODING bounds, synthetic data).")] = "0,1",
     seed: Annotated[int, typer.Option(help="Seed (random criterion).")] = 0,
     input_shape: Annotated[Optional[str], typer.Option("--input-shape", help="Fix a variable-length input: the full input shape, batch first (batch 1), e.g. 1,5000,4.")] = None,
-    jobs: Annotated[Optional[int], typer.Option("--jobs", "-j", help="Worker processes converting candidates ahead of the search (same results as 1). Default: one per core.")] = None,
+    jobs: Annotated[Optional[int], typer.Option("--jobs", "-j", help="Worker processes converting candidates ahead of the search (same results as 1). Default: one per core once a conversion takes 5 s or more.")] = None,
     host: _Host = None,
     user: _User = None,
     port: _Port = None,
@@ -509,7 +550,9 @@ def run(
                        data=data, quantize=quantize.value, criterion=criterion.value if criterion else "auto", compensate=compensate,
                        step=step, max_rate=max_rate, out=out_dir,
                        resume=resume, force=force, runs=runs, warmup=warmup, measure_all=measure_all,
-                       input_range=(lo, hi), seed=seed)
+                       threads=threads, min_secs=min_secs, max_secs=max_secs, warmup_min_secs=warmup_min_secs,
+                       latency_stat=latency_stat.value, round_to=round_to, predict=predict,
+                       input_range=(lo, hi), seed=seed, classes=classes)
     if input_shape is not None:
         from edgeprune.pipeline.loading import parse_input_shape
 
@@ -518,10 +561,15 @@ def run(
     with RunProgress(err) as progress:
         result = run_search(config, progress=progress)
     if as_json:
+        from edgeprune.pipeline.verdict import print_verdict
+
+        print_verdict(err, result.report, warnings_only=True)  # warnings reach the screen with --json too
         sys.stdout.write(result.to_json() + "\n")
         sys.stdout.flush()
     else:
-        out.print(candidates_table(result.report))
+        from edgeprune.pipeline.run_table import print_kept
+
+        print_kept(out, candidates_table(result.report, out.width))
         print_outcome(out, result.report)
     raise typer.Exit(result.exit_code)
 
@@ -548,6 +596,8 @@ def run_cli(argv: list[str] | None = None) -> int:
         err.print(f"[bold red]error:[/bold red] {exc.message}", highlight=False, soft_wrap=True, markup=True)
         if exc.hint:
             err.print(f"  [bold]fix:[/bold] {exc.hint}", highlight=False, soft_wrap=True)
+        if getattr(exc, "detail", None):  # the traceback of the user's own code (a --data function)
+            err.print(exc.detail, highlight=False, soft_wrap=True, markup=False)
         return exc.exit_code
     except KeyboardInterrupt:
         err.print("interrupted")

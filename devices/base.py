@@ -68,34 +68,87 @@ class RunResult:
 
 @dataclass
 class BenchConfig:
-    """How to benchmark: ``threads=None`` takes the profile's; ``inputs`` feed the checksum."""
+    """How to benchmark, as TFLite's benchmark_model does it (its flag names in brackets).
+
+    Warm up for at least ``warmup`` inferences [warmup_runs] AND ``warmup_min_secs`` seconds,
+    then time inferences until at least ``runs`` [num_runs] AND ``min_secs`` seconds; both
+    phases stop at ``max_secs``. ``min_secs=0, warmup_min_secs=0`` is a fixed count.
+    ``threads=None`` [num_threads] takes the profile's; ``inputs`` feed the checksum.
+    """
 
     runs: int = 50
     warmup: int = 5
     threads: Optional[int] = None
     inputs: Any = None  # optional np.ndarray (or list of arrays, one per model input)
-    timeout: Optional[float] = None  # seconds for the run on the device; None: the profile's
+    timeout: Optional[float] = None  # seconds for the run on the device; None: the profile's (raised to fit max_secs)
     seed: int = 0  # seeded input pattern when no inputs are given
+    min_secs: float = 1.0
+    max_secs: float = 150.0
+    warmup_min_secs: float = 0.5
 
     def __post_init__(self) -> None:
         if self.runs < 1:
-            raise BadInput(f"runs must be at least 1, got {self.runs}", "pass --runs 1 or more")
+            raise BadInput(f"num-runs must be at least 1, got {self.runs}", "pass --num-runs 1 or more")
         if self.warmup < 0:
-            raise BadInput(f"warmup must be 0 or more, got {self.warmup}", "pass --warmup 0 or more")
+            raise BadInput(f"warmup-runs must be 0 or more, got {self.warmup}", "pass --warmup-runs 0 or more")
         if self.threads is not None and self.threads < 1:
-            raise BadInput(f"threads must be at least 1, got {self.threads}", "pass --threads 1 or more")
+            raise BadInput(f"num-threads must be at least 1, got {self.threads}", "pass --num-threads 1 or more")
         if self.timeout is not None and self.timeout <= 0:
             raise BadInput(f"timeout must be positive, got {self.timeout}", "pass a timeout in seconds")
+        if self.min_secs < 0 or self.warmup_min_secs < 0:
+            raise BadInput(f"min-secs and warmup-min-secs must be 0 or more, got {self.min_secs:g} / "
+                           f"{self.warmup_min_secs:g}", "e.g. --min-secs 1 --warmup-min-secs 0.5 (0: a fixed count)")
+        if not self.max_secs > 0 or self.max_secs < self.min_secs:
+            raise BadInput(f"max-secs must be positive and at least min-secs, got {self.max_secs:g} "
+                           f"(min-secs {self.min_secs:g})", "e.g. --max-secs 150")
+
+    @property
+    def time_based(self) -> bool:
+        return self.min_secs > 0 or self.warmup_min_secs > 0
+
+    def runner_args(self) -> list:
+        """The board runner's options (benchmark_model's names, kebab-case)."""
+        return ["--num-runs", str(self.runs), "--warmup-runs", str(self.warmup), "--min-secs", f"{self.min_secs:g}",
+                "--max-secs", f"{self.max_secs:g}", "--warmup-min-secs", f"{self.warmup_min_secs:g}"]
+
+    def key(self) -> str:
+        """What makes two measurements comparable (for caches)."""
+        return (f"runs={self.runs}|warmup={self.warmup}|min_secs={self.min_secs:g}|max_secs={self.max_secs:g}"
+                f"|warmup_min_secs={self.warmup_min_secs:g}")
 
 
 @dataclass
 class LatencyStats:
+    """Latency in ms. ``median`` is ``p50``; the spread is ``iqr`` (p75 - p25) and ``mad``."""
+
     median: float
     p90: float
     mean: float
     std: float
     min: float
     max: float
+    p50: Optional[float] = None
+    p25: Optional[float] = None
+    p75: Optional[float] = None
+    p99: Optional[float] = None
+    iqr: float = 0.0
+    mad: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.p50 is None:
+            self.p50 = self.median
+        for k in ("p25", "p75", "p99"):
+            if getattr(self, k) is None:
+                setattr(self, k, self.median if k != "p99" else self.max)
+
+    def stat(self, name: str) -> float:
+        """``p50`` / ``p90`` / ``p99`` / ``median`` / ``mean`` / ``min``."""
+        return float(getattr(self, "median" if name == "p50" else name))
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "LatencyStats":
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: float(v) for k, v in d.items() if k in names and v is not None})
 
 
 @dataclass
@@ -131,6 +184,12 @@ class Measurement:
     estimates: dict = field(default_factory=dict)
     extra: dict = field(default_factory=dict)  # backend-specific details (arena, MACs, VmHWM, ...)
     wall_s: Optional[float] = None  # host time for the whole measurement
+    timed_s: Optional[float] = None  # seconds of timed inferences (the samples behind latency_ms)
+    warmup_s: Optional[float] = None  # seconds of warm-up
+    capped: bool = False  # max_secs ended timing before num_runs / min_secs were reached
+    load_per_core: Optional[float] = None  # 1-minute load average / CPUs on the device, before measuring
+    loadavg_1m: Optional[float] = None
+    settings: dict = field(default_factory=dict)  # the requested BenchConfig (num_runs, min_secs, ...)
 
     @property
     def is_estimate(self) -> bool:
@@ -183,10 +242,9 @@ class Device:
         runner = self.put(RUNNER_PATH, "board_runner.py")
         model = self.put(tflite_path, "model.tflite")
         threads = config.threads if config.threads is not None else self.profile.threads
-        argv = [self.python(), runner, model, "--runs", str(config.runs), "--warmup", str(config.warmup),
-                "--seed", str(config.seed)]
+        argv = [self.python(), runner, model, *config.runner_args(), "--seed", str(config.seed)]
         if threads is not None:
-            argv += ["--threads", str(threads)]
+            argv += ["--num-threads", str(threads)]
         argv += ["--accept", ",".join(self.profile.runtime.accept)]
         if config.inputs is not None:
             tmp = _inputs_file(config.inputs)
@@ -194,8 +252,7 @@ class Device:
                 argv += ["--inputs", self.put(tmp, "inputs.npz")]
             finally:
                 os.unlink(tmp)
-        timeout = config.timeout or self.profile.runtime.run_timeout_s
-        res = self.run(argv, timeout=timeout)
+        res = self.run(argv, timeout=run_timeout(config, self.profile))
         report = parse_runner_output(res, self.profile)
         return measurement_from_report(report, self.profile, tflite_path, config, threads)
 
@@ -204,6 +261,14 @@ class Device:
         runner = self.put(RUNNER_PATH, "board_runner.py")
         res = self.run([self.python(), runner, "--check", "--accept", ",".join(self.profile.runtime.accept)], timeout=120)
         return parse_runner_output(res, self.profile, allow_error=True)
+
+
+def run_timeout(config: BenchConfig, profile: Profile) -> float:
+    """The explicit ``config.timeout``, else the profile's, raised to fit warm-up and timing
+    (each at most ``max_secs``) plus a minute for start-up and loading."""
+    if config.timeout:
+        return float(config.timeout)
+    return max(float(profile.runtime.run_timeout_s), 2 * float(config.max_secs) + 60.0)
 
 
 def _inputs_file(inputs) -> Path:
@@ -292,7 +357,7 @@ def measurement_from_report(report: dict, profile: Profile, tflite_path: Path, c
     return Measurement(
         device=profile.name,
         kind=profile.kind,
-        latency_ms=LatencyStats(**{k: float(lat[k]) for k in ("median", "p90", "mean", "std", "min", "max")}),
+        latency_ms=LatencyStats.from_dict(lat),
         runs=int(report["runs"]),
         warmup=int(report["warmup"]),
         threads=threads,
@@ -312,7 +377,18 @@ def measurement_from_report(report: dict, profile: Profile, tflite_path: Path, c
                   "flash": True, "output": True},
         estimates={},
         extra=extra,
+        timed_s=report.get("timed_s"),
+        warmup_s=report.get("warmup_s"),
+        capped=bool(report.get("capped", False)),
+        load_per_core=report.get("load_per_core"),
+        loadavg_1m=report.get("loadavg_1m"),
+        settings=bench_settings(config),
     )
+
+
+def bench_settings(config: BenchConfig) -> dict:
+    return {"num_runs": config.runs, "warmup_runs": config.warmup, "min_secs": config.min_secs,
+            "max_secs": config.max_secs, "warmup_min_secs": config.warmup_min_secs}
 
 
 # --------------------------------------------------------------------------- registry

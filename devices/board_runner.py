@@ -6,9 +6,16 @@ Python (3.7 or newer), so it needs only the standard library, numpy and ONE of
 ai_edge_litert, tflite_runtime or tensorflow (tried in that order; ``--accept`` narrows or
 reorders the list). Nothing from edgeprune is imported.
 
-  python3 board_runner.py MODEL.tflite [--runs 50] [--warmup 5] [--threads N]
+  python3 board_runner.py MODEL.tflite [--num-runs 50] [--warmup-runs 5] [--num-threads N]
+                          [--min-secs 1] [--max-secs 150] [--warmup-min-secs 0.5]
                           [--inputs inputs.npz|inputs.npy] [--seed 0]
   python3 board_runner.py --check        # what this board has (Python, runtimes, memory, disk)
+
+Timing follows TFLite's benchmark_model: warm up for at least ``--warmup-runs`` inferences AND
+``--warmup-min-secs`` seconds, then time inferences until at least ``--num-runs`` have run AND
+``--min-secs`` seconds have passed; both phases stop at ``--max-secs`` (at least one timed
+run). ``--min-secs 0 --warmup-min-secs 0`` gives a fixed count. ``--runs``, ``--warmup`` and
+``--threads`` are accepted as aliases. The system load average is read before warming up.
 
 The last line of stdout is one JSON object: {"ok": true, ...} or
 {"ok": false, "error": {"kind": ..., "message": ...}} (exit code 3 on error).
@@ -23,7 +30,7 @@ import platform
 import sys
 import time
 
-RUNNER_VERSION = 1
+RUNNER_VERSION = 2
 RUNTIMES = ("ai_edge_litert", "tflite_runtime", "tensorflow")
 
 
@@ -128,16 +135,60 @@ def disk_free(path):
 
 
 def stats(samples):
+    """Order statistics of the timed samples (ms): p50 (= median), p90, p99, min, max, mean,
+    std, and the spread: IQR (p75 - p25) and MAD (median absolute deviation from p50)."""
     import numpy as np
     a = np.asarray(samples, dtype=np.float64)
+    p25, p50, p75, p90, p99 = (float(v) for v in np.percentile(a, [25, 50, 75, 90, 99]))
     return {
-        "median": float(np.median(a)),
-        "p90": float(np.percentile(a, 90)),
+        "median": p50,
+        "p50": p50,
+        "p25": p25,
+        "p75": p75,
+        "p90": p90,
+        "p99": p99,
         "mean": float(a.mean()),
         "std": float(a.std()),
         "min": float(a.min()),
         "max": float(a.max()),
+        "iqr": p75 - p25,
+        "mad": float(np.median(np.abs(a - p50))),
+        "n": int(a.size),
     }
+
+
+def load_average():
+    """(1-minute load average, CPU count, load per core); None where the OS does not say."""
+    cpus = os.cpu_count()
+    try:
+        load1 = float(os.getloadavg()[0])
+    except (AttributeError, OSError):
+        return None, cpus, None
+    return load1, cpus, (load1 / cpus if cpus else None)
+
+
+def timed_loop(invoke, min_runs, min_secs, max_secs, record):
+    """Call ``invoke`` until ``min_runs`` calls AND ``min_secs`` seconds, stopping at ``max_secs``
+    (always at least one call). With ``record`` returns the per-call ms; returns (samples, calls, s)."""
+    perf = time.perf_counter
+    samples = []
+    append = samples.append
+    calls = 0
+    start = perf()
+    elapsed = 0.0
+    while True:
+        if calls >= min_runs and elapsed >= min_secs:
+            break
+        if calls >= 1 and elapsed >= max_secs:
+            break
+        t0 = perf()
+        invoke()
+        t1 = perf()
+        if record:
+            append((t1 - t0) * 1000.0)
+        calls += 1
+        elapsed = t1 - start
+    return samples, calls, perf() - start
 
 
 def _quantize(x, detail, np):
@@ -213,6 +264,8 @@ def check(args):
         "arch": platform.machine(),
         "system": platform.system(),
         "cpu_count": os.cpu_count(),
+        "loadavg_1m": load_average()[0],
+        "load_per_core": load_average()[2],
         "memory": meminfo(),
         "disk_free_bytes": disk_free(os.getcwd()),
         "cwd": os.getcwd(),
@@ -290,14 +343,9 @@ def bench(args):
     outputs = [interp.get_tensor(d["index"]) for d in out_details]
     digest = checksum(outputs, np)
 
-    for _ in range(args.warmup):
-        invoke()
-    samples = []
-    perf = time.perf_counter
-    for _ in range(args.runs):
-        t0 = perf()
-        interp.invoke()
-        samples.append((perf() - t0) * 1000.0)
+    load1, cpus, per_core = load_average()
+    _, warm_calls, warm_s = timed_loop(invoke, args.warmup, args.warmup_min_secs, args.max_secs, False)
+    samples, calls, timed_s = timed_loop(interp.invoke, args.runs, args.min_secs, args.max_secs, True)
 
     rss, ru, hwm = peak_rss()
     return {
@@ -311,8 +359,15 @@ def bench(args):
         "numpy_version": np.__version__,
         "cpu_count": os.cpu_count(),
         "threads": args.threads,
-        "runs": args.runs,
-        "warmup": args.warmup,
+        "runs": calls,
+        "warmup": warm_calls,
+        "requested": {"num_runs": args.runs, "warmup_runs": args.warmup, "min_secs": args.min_secs,
+                      "max_secs": args.max_secs, "warmup_min_secs": args.warmup_min_secs},
+        "timed_s": timed_s,
+        "warmup_s": warm_s,
+        "capped": calls < args.runs or timed_s < args.min_secs,
+        "loadavg_1m": load1,
+        "load_per_core": per_core,
         "latency_ms": stats(samples),
         "load_ms": load_ms,
         "first_inference_ms": first_ms,
@@ -328,9 +383,12 @@ def bench(args):
 def parse_args(argv):
     p = argparse.ArgumentParser(description="edgeprune board runner")
     p.add_argument("model", nargs="?")
-    p.add_argument("--runs", type=int, default=50)
-    p.add_argument("--warmup", type=int, default=5)
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--num-runs", "--runs", dest="runs", type=int, default=50)
+    p.add_argument("--warmup-runs", "--warmup", dest="warmup", type=int, default=5)
+    p.add_argument("--num-threads", "--threads", dest="threads", type=int, default=None)
+    p.add_argument("--min-secs", dest="min_secs", type=float, default=1.0)
+    p.add_argument("--max-secs", dest="max_secs", type=float, default=150.0)
+    p.add_argument("--warmup-min-secs", dest="warmup_min_secs", type=float, default=0.5)
     p.add_argument("--inputs", default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--accept", default=",".join(RUNTIMES))
@@ -344,7 +402,9 @@ def parse_args(argv):
         if not args.model:
             raise RunnerError("bad_args", "no model path given")
         if args.runs < 1 or args.warmup < 0 or (args.threads is not None and args.threads < 1):
-            raise RunnerError("bad_args", "runs must be >= 1, warmup >= 0, threads >= 1")
+            raise RunnerError("bad_args", "num-runs must be >= 1, warmup-runs >= 0, num-threads >= 1")
+        if args.min_secs < 0 or args.warmup_min_secs < 0 or not args.max_secs > 0:
+            raise RunnerError("bad_args", "min-secs and warmup-min-secs must be >= 0, max-secs > 0")
     return args
 
 

@@ -52,7 +52,7 @@ class LocalDevice(Device):
                                   timeout=timeout, env=env)
         except subprocess.TimeoutExpired:
             raise DeviceError(f"local: the benchmark did not finish within {timeout:g} s",
-                              "raise the timeout (--timeout / runtime.run_timeout_s) or lower --runs") from None
+                              "raise the timeout (--timeout / runtime.run_timeout_s) or lower --num-runs / --max-secs") from None
         except FileNotFoundError:
             raise DeviceError(f"local: Python {argv[0]!r} not found", "set the profile's runtime.python to an existing interpreter") from None
         return RunResult(proc.returncode, proc.stdout, proc.stderr)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from edgeprune.errors import BadInput
 from edgeprune.devices.base import BenchConfig, Device, LatencyStats, Measurement, file_sha256, register
+from edgeprune.devices.sizes import format_size
 
 LATENCY_METHOD = "ESTIMATE: MACs x cycles_per_mac / clock_hz (profile figures), not measured on the board"
 
@@ -150,9 +151,10 @@ class McuDevice(Device):
                       "output": False, "arena": True},
             estimates={
                 "latency": f"{LATENCY_METHOD}: {macs.total:,} MACs x {mcu.cycles_per_mac:g} / {mcu.clock_hz:,} Hz",
-                "ram": f"TFLite-Micro arena measured on the host ({arena.arena_bytes:,} B) + profile runtime_ram_bytes "
-                       f"({mcu.runtime_ram_bytes:,} B)",
-                "flash": f"model file ({model_bytes:,} B) + profile runtime_flash_bytes ({mcu.runtime_flash_bytes:,} B)",
+                "ram": f"TFLite-Micro arena measured on the host ({format_size(arena.arena_bytes)}) + profile "
+                       f"runtime_ram_bytes ({format_size(mcu.runtime_ram_bytes)})",
+                "flash": f"model file ({format_size(model_bytes)}) + profile runtime_flash_bytes "
+                         f"({format_size(mcu.runtime_flash_bytes)})",
             },
             extra={"arena": arena.to_dict(), "macs": macs.total, "macs_by_op": macs.by_op, "ops": macs.ops,
                    "clock_hz": mcu.clock_hz, "cycles_per_mac": mcu.cycles_per_mac, "estimate": True},

@@ -121,6 +121,8 @@ class Profile(_Strict):
     connection: Optional[Connection] = None
     runtime: RuntimeSpec = Field(default_factory=RuntimeSpec)
     threads: Optional[int] = Field(default=None, ge=1)  # None: the runtime's default
+    round_to: Optional[int] = Field(default=None, ge=1)  # keep pruned widths multiples of this (SIMD width)
+    max_load_per_core: float = Field(default=0.5, gt=0)  # warn when the 1-min load per CPU is above this
     limits: Limits
     mcu: Optional[McuSpec] = None
     # Set for an emulated board (e.g. qemu-user): what emulates it. Its figures are then labelled

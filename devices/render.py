@@ -3,21 +3,23 @@ from __future__ import annotations
 
 from rich.table import Table
 
-from edgeprune.devices.sizes import format_size
+from edgeprune.devices.sizes import SIZE_UNITS_NOTE, format_size
 
 
-def _size(n) -> str:
-    return "-" if n is None else f"{_short(n)} ({n:,} B)"
+def _kind(name: str, kind: str) -> str:
+    """'pi4 (ssh)', but just 'local' for the local profile: never the same word twice."""
+    return name if name == kind else f"{name} ({kind})"
 
 
-def _short(n) -> str:
-    """2 MiB for 2097152, 2 MB for 2000000: binary units when the figure is a multiple of 1 KiB."""
-    binary = bool(n) and (n % 2**20 == 0 or (n < 2**20 and n % 1024 == 0))
-    return format_size(n, binary=binary)
+def latency_cell(lat, stat: str = "p50") -> str:
+    """'0.082 ms ±0.0002': the statistic and half the interquartile range (the spread)."""
+    v = lat.stat(stat) if hasattr(lat, "stat") else lat[("median" if stat == "p50" else stat)]
+    iqr = lat.iqr if hasattr(lat, "iqr") else (lat.get("iqr") or 0.0)
+    return f"{v:.3f} ms ±{iqr / 2:.3g}"
 
 
 def devices_table(profiles) -> Table:
-    t = Table(title="device profiles", title_justify="left")
+    t = Table(title=f"device profiles ({SIZE_UNITS_NOTE})", title_justify="left")
     for col in ("name", "kind", "host", "threads", "flash", "RAM", "latency limit"):
         t.add_column(col)
     for p in profiles:
@@ -29,17 +31,17 @@ def devices_table(profiles) -> Table:
                 host = f"{c.user}@{host}"
         elif p.kind == "local":
             host = "this machine"
-        t.add_row(p.name, p.kind, host, str(p.threads or "-"), _short(p.limits.flash_bytes), _short(p.limits.ram_bytes),
+        t.add_row(p.name, p.kind, host, str(p.threads or "-"), format_size(p.limits.flash_bytes), format_size(p.limits.ram_bytes),
                   f"{p.limits.latency_ms:g} ms" if p.limits.latency_ms else "-")
     return t
 
 
 def bench_table(m) -> Table:
     est = not m.measured.get("latency", False)
-    title = f"{m.device} ({m.kind}): " + ("ESTIMATE, not measured on the board" if est else "measured on the device")
+    title = f"{_kind(m.device, m.kind)}: " + ("ESTIMATE, not measured on the board" if est else "measured on the device")
     if m.extra.get("emulated"):
         title += ", EMULATED"
-    t = Table(title=title, title_justify="left")
+    t = Table(title=title + f"; {SIZE_UNITS_NOTE}", title_justify="left")
     t.add_column("")
     t.add_column("value")
     lat = m.latency_ms
@@ -47,19 +49,28 @@ def bench_table(m) -> Table:
         t.add_row("latency (estimate)", f"{lat.median:.3f} ms")
         t.add_row("method", m.estimates.get("latency", ""))
     else:
-        t.add_row("latency median", f"{lat.median:.3f} ms")
-        t.add_row("latency p90 / mean ± std", f"{lat.p90:.3f} / {lat.mean:.3f} ± {lat.std:.3f} ms")
-        t.add_row("latency min / max", f"{lat.min:.3f} / {lat.max:.3f} ms")
-        t.add_row("runs (after warm-up)", f"{m.runs} (warm-up {m.warmup}), threads {m.threads or 'default'}")
+        t.add_row("latency p50 / p90 / p99", f"{lat.p50:.3f} / {lat.p90:.3f} / {lat.p99:.3f} ms")
+        t.add_row("spread: IQR / MAD", f"{lat.iqr:.4f} / {lat.mad:.4f} ms (p25 {lat.p25:.3f}, p75 {lat.p75:.3f})")
+        t.add_row("latency min / max, mean ± std", f"{lat.min:.3f} / {lat.max:.3f} ms, {lat.mean:.3f} ± {lat.std:.3f} ms")
+        timed = f" in {m.timed_s:.2f} s" if m.timed_s is not None else ""
+        warm = f"{m.warmup} in {m.warmup_s:.2f} s" if m.warmup_s is not None else f"{m.warmup}"
+        t.add_row("timed runs", f"{m.runs}{timed} (warm-up {warm}), threads {m.threads or 'default'}")
+        st = m.settings or {}
+        if st:
+            t.add_row("asked for", f"at least {st['num_runs']} runs and {st['min_secs']:g} s (warm-up {st['warmup_runs']} "
+                      f"runs and {st['warmup_min_secs']:g} s), at most {st['max_secs']:g} s"
+                      + ("; CAPPED by max-secs" if m.capped else ""))
+        if m.load_per_core is not None:
+            t.add_row("load before measuring", f"{m.loadavg_1m:.2f} (1-min average), {m.load_per_core:.2f} per core")
         t.add_row("load / first inference", f"{m.load_ms:.1f} ms / {m.first_inference_ms:.2f} ms")
-        t.add_row("peak RSS", _size(m.peak_rss_bytes))
+        t.add_row("peak RSS", format_size(m.peak_rss_bytes))
     if m.kind == "mcu":
         arena = m.extra.get("arena", {})
         t.add_row("MACs", f"{m.extra.get('macs', 0):,}")
-        t.add_row("TFLM arena (measured on host)", _size(arena.get("arena_bytes")))
-        t.add_row("RAM (arena + runtime)", _size(m.ram_bytes))
-        t.add_row("flash (model + runtime)", _size(m.flash_bytes))
-    t.add_row("model", f"{_size(m.model_bytes)} sha256 {m.model_sha256[:16]}…")
+        t.add_row("TFLM arena (measured on host)", format_size(arena.get("arena_bytes")))
+        t.add_row("RAM (arena + runtime)", format_size(m.ram_bytes))
+        t.add_row("flash (model + runtime)", format_size(m.flash_bytes))
+    t.add_row("model", f"{format_size(m.model_bytes)} sha256 {m.model_sha256[:16]}…")
     t.add_row("runtime", f"{m.runtime} {m.runtime_version or ''}".strip())
     if m.arch or m.python_version:
         t.add_row("arch / Python", f"{m.arch or '-'} / {m.python_version or '-'}")
@@ -73,7 +84,8 @@ def bench_table(m) -> Table:
 
 
 def check_table(profile, info: dict) -> Table:
-    t = Table(title=f"{profile.name} ({profile.kind})" + (", EMULATED" if info.get("emulated") else ""), title_justify="left")
+    t = Table(title=f"{_kind(profile.name, profile.kind)}" + (", EMULATED" if info.get("emulated") else "")
+              + f" ({SIZE_UNITS_NOTE})", title_justify="left")
     t.add_column("")
     t.add_column("value")
     if info.get("kind") == "mcu":
@@ -87,10 +99,12 @@ def check_table(profile, info: dict) -> Table:
     for name, r in (info.get("runtimes") or {}).items():
         t.add_row(f"  {name}", r.get("version") if r.get("ok") else f"no ({r.get('error')})")
     t.add_row("architecture", f"{info.get('arch')} ({info.get('system')}, {info.get('cpu_count')} CPUs)")
+    if info.get("load_per_core") is not None:
+        t.add_row("load (1-min average)", f"{info['loadavg_1m']:.2f}, {info['load_per_core']:.2f} per core")
     mem = info.get("memory") or {}
     if mem:
-        t.add_row("memory available / total", f"{_size(mem.get('MemAvailable'))} / {_size(mem.get('MemTotal'))}")
-    t.add_row("disk free (work dir)", _size(info.get("disk_free_bytes")))
+        t.add_row("memory available / total", f"{format_size(mem.get('MemAvailable'))} / {format_size(mem.get('MemTotal'))}")
+    t.add_row("disk free (work dir)", format_size(info.get("disk_free_bytes")))
     if info.get("wall_s") is not None:
         t.add_row("check took", f"{info['wall_s']:.2f} s")
     if info.get("emulated"):

@@ -12,7 +12,7 @@ import re
 
 from edgeprune.errors import BadInput
 
-__all__ = ["parse_size", "format_size", "SIZE_HINT"]
+__all__ = ["parse_size", "format_size", "SIZE_HINT", "SIZE_UNITS_NOTE"]
 
 SIZE_HINT = (
     "write bytes as a number (2000000) or with a unit: '2MB' / '300kB' (SI, 10^6 / 10^3) or "
@@ -68,10 +68,32 @@ def parse_size(text: str | int, *, what: str = "size") -> int:
     return int(value)
 
 
-def format_size(n: int | None, *, binary: bool = False) -> str:
-    """Human-readable size (``format_size(2_000_000) == '2 MB'``); ``-`` for None."""
+def format_size(n: int | float | None, *, signed: bool = False) -> str:
+    """THE size formatter of edgeprune: SI units (B, kB, MB, GB, TB; powers of 10, as the
+    budgets are written), three significant figures, trailing zeros dropped.
+
+    ``format_size(2_000_000) == '2 MB'``, ``format_size(837_984) == '838 kB'``,
+    ``format_size(51_720_192) == '51.7 MB'``, ``format_size(None) == '-'``; ``signed=True``
+    writes ``+`` before positive figures (differences). Every size on the screen and in the
+    reports goes through here, so one screen never mixes unit families.
+    """
     if n is None:
         return "-"
-    import humanfriendly
+    n = int(round(n))
+    sign = "-" if n < 0 else ("+" if signed and n > 0 else "")
+    a = abs(n)
+    if a < 1000:
+        return f"{sign}{a} B"
+    for unit, scale in (("kB", 10**3), ("MB", 10**6), ("GB", 10**9), ("TB", 10**12)):
+        v = a / scale
+        if v < 1000 or unit == "TB":
+            text = f"{v:.{2 if v < 10 else 1 if v < 100 else 0}f}"
+            if float(text) >= 1000 and unit != "TB":  # 999.6 kB rounds to 1000: say 1 MB
+                continue
+            if "." in text:
+                text = text.rstrip("0").rstrip(".")
+            return f"{sign}{text} {unit}"
+    raise AssertionError("unreachable")
 
-    return humanfriendly.format_size(n, binary=binary)
+
+SIZE_UNITS_NOTE = "sizes in SI units: 1 kB = 1000 B, 1 MB = 10^6 B"

@@ -294,7 +294,7 @@ class SshDevice(Device):
                         self._kill_remote(out)
                     raise DeviceError(
                         f"{self.profile.name}: the run on the board did not finish within {timeout:g} s",
-                        "raise the timeout (--timeout or runtime.run_timeout_s), or lower --runs",
+                        "raise the timeout (--timeout or runtime.run_timeout_s), or lower --max-secs / --num-runs",
                     )
                 if not transport.is_active():
                     self._note_orphan(out)

@@ -135,6 +135,9 @@ class _Lazy:
     def max(self) -> np.float32:
         return np.float32(max((float(b.max()) for b in self.batches() if b.size), default=-np.inf))
 
+    def reshape(self, *shape) -> np.ndarray:
+        return np.asarray(self).reshape(*shape)
+
     def astype(self, dtype, copy: bool = True) -> np.ndarray:
         return np.asarray(self).astype(dtype)
 

@@ -1,7 +1,9 @@
 """Candidates converted in a small pool of worker processes (``edgeprune run --jobs N``).
 
 TFLite conversion dominates the host phase (MobileNetV2-224: ~8 s a candidate). With ``--jobs``
-above 1, :class:`Lookahead` prunes the next candidates ahead of the search in the main process
+above 1 (without ``--jobs``: one per core, once a candidate's conversion took
+:data:`AUTO_MIN_CONVERT_S` or more; a small model converts in a second or two and a worker's
+TensorFlow import would cost more than it saves, measured in bench/results/scale.md), :class:`Lookahead` prunes the next candidates ahead of the search in the main process
 (pruning is progressive, so it stays sequential there), writes each one's ``.keras`` and hands
 it to a worker, which loads it and converts it; the main process meanwhile checks fidelity of
 the candidate before. Every worker is a separate process (``spawn``) that imports TensorFlow
@@ -29,12 +31,26 @@ from typing import Any
 import numpy as np
 
 
+AUTO_MIN_CONVERT_S = 5.0  # without --jobs, the pool starts once a conversion took this long
+
+
 def default_jobs() -> int:
     """One worker per core this process may run on."""
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # not Linux
         return max(1, os.cpu_count() or 1)
+
+
+def pool_size(requested: int | None, cores: int, todo: int, prunable: bool, convert_seconds: list[float]) -> int:
+    """Workers to start now (0 or 1: stay serial). ``requested``: ``--jobs`` (None: one per core,
+    once a conversion so far took :data:`AUTO_MIN_CONVERT_S` or more); ``todo``: candidates left."""
+    jobs = int(requested) if requested is not None else int(cores)
+    if jobs <= 1 or todo <= 1 or not prunable:
+        return 0
+    if requested is None and max(convert_seconds, default=0.0) < AUTO_MIN_CONVERT_S:
+        return 0
+    return min(jobs, todo)
 
 
 # --------------------------------------------------------------------------- worker side
@@ -69,7 +85,7 @@ class Prepared:
 
     index: int
     km: Any = None
-    plan: Any = None
+    saved_plan: Any = None
     prune_s: float = 0.0
     error: BaseException | None = None  # pruning/building failed: raised when the search reaches it
     pending: Any = None  # multiprocessing AsyncResult
@@ -79,6 +95,17 @@ class Prepared:
     def result(self):
         result, self.worker = self.pending.get()
         return result
+
+    def plan(self):
+        """The pruning plan at this candidate (the pruner itself is ahead)."""
+        return self.saved_plan
+
+    def discard(self) -> None:
+        """Not converted after all (predicted over the flash budget): its .keras is removed and
+        the worker's result, if any, ignored."""
+        if self.keras_path is not None:
+            self.keras_path.unlink(missing_ok=True)
+        self.pending = None
 
 
 class Lookahead:
@@ -126,15 +153,29 @@ class Lookahead:
                     self.pruner.step_to(rate)
                 with conv.captured_output():
                     p.km = self.pruner.build()
-                p.plan = self.pruner.plan()
+                p.saved_plan = self.pruner.plan()
                 p.prune_s = time.perf_counter() - t0
-                p.keras_path = r.run_dir / f"{candidate_name(k, rate)}.keras"
-                with conv.captured_output():
-                    _save_keras_atomic(p.km, p.keras_path)
-                p.pending = self.pool.apply_async(_convert_job, (str(p.keras_path), self.config, self.calibration_path))
+                if not self._predicted_skip(p.km):  # else the search will skip it: no conversion
+                    p.keras_path = r.run_dir / f"{candidate_name(k, rate)}.keras"
+                    with conv.captured_output():
+                        _save_keras_atomic(p.km, p.keras_path)
+                    p.pending = self.pool.apply_async(_convert_job, (str(p.keras_path), self.config,
+                                                                     self.calibration_path))
             except Exception as exc:  # noqa: BLE001 - raised in order, when the search reaches candidate k
                 p.error = exc
             self.ready[k] = p
+
+    def _predicted_skip(self, km) -> bool:
+        """The flash predictor (issue 15), once calibrated, already says the search will skip
+        this candidate. The search decides again when it reaches it; if it converts after all,
+        it converts in the main process."""
+        r = self.run
+        predictor = getattr(r, "predictor", None)
+        if not getattr(r.c, "predict", False) or predictor is None or not predictor.ready:
+            return False
+        from edgeprune.pipeline.predict import predict
+
+        return predictor.skip_reason(predict(km, r.c.quantize)) is not None
 
     def take(self, i: int) -> Prepared:
         p = self.ready.pop(i)

@@ -41,6 +41,8 @@ class EvalData:
     input_scale: float | None = None
     input_range: tuple[float, float] | None = None  # for synthetic data
     notes: list[str] = field(default_factory=list)
+    form: str | None = None  # npz, npy, images, csv, function (see datasources)
+    spec: str | None = None  # the --data value as given, when it is not just a path
 
     @property
     def n(self) -> int:
@@ -51,6 +53,8 @@ class EvalData:
         """How to name the data wherever it is shown."""
         if self.source == "synthetic":
             return SYNTHETIC_LABEL
+        if self.spec is not None:
+            return f"user data {self.spec}"
         return f"user data {self.path.name}" if self.path is not None else "user data"
 
     def to_dict(self) -> dict[str, Any]:
@@ -62,6 +66,7 @@ class EvalData:
             "labelled": self.y is not None,
             "input_scale": self.input_scale,
             "input_range": list(self.input_range) if self.input_range else None,
+            "form": self.form or (self.path.suffix.lower().lstrip(".") if self.path is not None else None),
             "notes": list(self.notes),
         }
 
@@ -137,7 +142,7 @@ def load_eval_data(path: str | Path, model) -> EvalData:
     shape). Raises BadInput with what is wrong: missing/empty/corrupt file, non-numeric
     data, wrong shape (expected vs got), NaN, labels that do not match."""
     path = Path(path)
-    shape = _model_input_shape(model)
+    _model_input_shape(model)
     arrays = _open(path)
     xkey, x = _pick(arrays, X_KEYS)
     if x is None:
@@ -148,48 +153,65 @@ def load_eval_data(path: str | Path, model) -> EvalData:
                 f"{path.name} has arrays {sorted(arrays)} but no inputs named {' or '.join(X_KEYS[:2])}",
                 "name the inputs x (and the labels y): numpy.savez(path, x=..., y=...)",
             )
-    _check_numeric(path.name, x, f"array {xkey!r}")
+    ykey, y = _pick(arrays, Y_KEYS)
+    return check_arrays(path.name, x, y, model, xkey=xkey, ykey=ykey or "y", input_scale=arrays.get("input_scale"),
+                        path=path, lazy=True)
+
+
+def check_arrays(name: str, x, y, model, *, xkey: str = "x", ykey: str = "y", input_scale=None,
+                 path: Path | None = None, notes: list[str] | None = None, form: str | None = None,
+                 spec: str | None = None, lazy: bool = False) -> EvalData:
+    """The checks every form of ``--data`` goes through (the single place they live): numeric
+    inputs, at least one sample, the model's per-sample shape, an optional declared
+    ``input_scale``, no NaN/infinity, labels (whole numbers, one per sample, within the model's
+    classes). ``name`` names the data in the messages. ``lazy``: keep the samples as stored (an
+    ``.npz``/``.npy``, possibly memory-mapped) and read them batch by batch
+    (:class:`~edgeprune.pipeline.batching.Samples`); else a float32 array."""
+    shape = _model_input_shape(model)
+    x = x if isinstance(x, np.ndarray) else np.asarray(x)  # a memory-mapped .npy stays a np.memmap (nothing read)
+    _check_numeric(name, x, f"array {xkey!r}")
     if x.ndim == 0 or len(x) == 0:
-        raise BadInput(f"data file {path.name} is empty: array {xkey!r} has shape {x.shape}", "give at least one sample")
+        raise BadInput(f"data file {name} is empty: array {xkey!r} has shape {x.shape}", "give at least one sample")
     from edgeprune.pipeline.batching import READ_BATCH, Samples
     from edgeprune.pipeline.convert import fit_to_input
 
-    fit_to_input(x[:1], shape, f"{path.name} ({xkey!r})")  # the shape check (and its message)
+    fit_to_input(x[:1], shape, f"{name} ({xkey!r})")  # the shape check (and its message)
     add_channel = tuple(x.shape[1:]) != tuple(shape)
-    notes: list[str] = []
+    notes = list(notes or [])
     scale = None
-    if "input_scale" in arrays:
-        s = np.asarray(arrays["input_scale"])
+    if input_scale is not None:
+        s = np.asarray(input_scale)
         if s.size != 1 or s.dtype.kind not in "iuf" or not np.isfinite(s).all() or float(s) <= 0:
-            raise BadInput(f"{path.name}: input_scale must be one positive number, got {s!r}")
+            raise BadInput(f"{name}: input_scale must be one positive number, got {s!r}")
         scale = float(s.reshape(()))
-        notes.append(f"inputs scaled by input_scale={scale:.6g} declared in {path.name}")
+        notes.append(f"inputs scaled by input_scale={scale:.6g} declared in {name}")
     # The samples stay as stored (a .npy memory-mapped, uint8 images as uint8) and are read,
     # converted to float32 and scaled batch by batch (edgeprune.pipeline.batching.Samples).
     top = None
     for start in range(0, len(x), READ_BATCH):
         chunk = np.asarray(x[start : start + READ_BATCH])
         if chunk.dtype.kind == "f" and not np.isfinite(chunk if scale is None else chunk * np.float32(scale)).all():
-            raise BadInput(f"{path.name}: the inputs contain NaN or infinity", "clean the data")
+            raise BadInput(f"{name}: the inputs contain NaN or infinity", "clean the data")
         if scale is None and x.dtype == np.uint8 and chunk.size:
             top = max(top or 0, int(chunk.max()))
     if scale is None and top is not None and top > 1:
         notes.append(
-            f"{path.name} holds uint8 values up to {top}, used as-is (not rescaled); if the model "
+            f"{name} holds uint8 values up to {top}, used as-is (not rescaled); if the model "
             "expects [0, 1], store input_scale=1/255 in the .npz"
         )
     x = Samples(x, scale=scale, add_channel=add_channel)
+    if not lazy:  # already in memory (images, CSV, a function's arrays): float32 now, as before
+        x = np.asarray(x)
 
-    ykey, y = _pick(arrays, Y_KEYS)
     if y is not None:
-        y = _check_labels(path.name, ykey, y, len(x), notes)
+        y = _check_labels(name, ykey, np.asarray(y), len(x), notes)
         classes = _model_classes(model)
         if classes and len(y) and int(y.max()) >= classes:
             bad = int((y >= classes).sum())
-            raise BadInput(f"{path.name}: labels {ykey!r} go up to {int(y.max())} ({bad} of {len(y)} samples), but the "
+            raise BadInput(f"{name}: labels {ykey!r} go up to {int(y.max())} ({bad} of {len(y)} samples), but the "
                            f"model has {classes} output classes (labels 0..{classes - 1})",
                            "check that the labels belong to this model (class indices, 0-based)")
-    return EvalData(x=x, y=y, source="user", path=path, input_scale=scale, notes=notes)
+    return EvalData(x=x, y=y, source="user", path=path, input_scale=scale, notes=notes, form=form, spec=spec)
 
 
 def _model_classes(model) -> int | None:

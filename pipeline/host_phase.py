@@ -53,6 +53,9 @@ class HostPhase:
         fr = rec["fidelity"]
         flash = rec["flash_bytes"]
         fb = self.budgets["flash_bytes"]["value"]
+        if rec.get("skipped"):  # never converted: fidelity unknown, flash predicted over the budget
+            return {"fidelity": {"ok": None, "value": None, "skipped": True},
+                    "flash": {"ok": False, "value": flash, "limit": fb, "predicted": True}}
         return {
             "fidelity": {"ok": self.fidelity_ok(fr), "value": fr["score"], "accuracy_drop": fr.get("accuracy_drop"),
                          "min": self.min_fidelity, "max_accuracy_drop": self.max_drop},
@@ -68,11 +71,11 @@ class HostPhase:
         self.rates = rate_schedule(float(c.step), float(c.max_rate))
         self.candidates: list[dict] = []
         self.reused = 0
+        self.predictor = self.make_predictor()
         if self.resumed:
             for i, r in enumerate(self.rates):
                 path = d / f"{candidate_name(i, r)}.json"
-                files_ok = all((d / f"{candidate_name(i, r)}{s}").is_file() for s in (".keras", ".tflite", ".plan.json"))
-                if not (path.is_file() and files_ok):
+                if not path.is_file():
                     break
                 try:
                     rec = json.loads(path.read_text())
@@ -80,12 +83,18 @@ class HostPhase:
                     break
                 if rec.get("format") != CANDIDATE_FORMAT or abs(rec.get("rate", -1) - r) > 1e-9:
                     break
+                if not all((d / f).is_file() for f in (rec.get("files") or {}).values()):
+                    break
+                if rec.get("skipped") and rec.get("skip_budget") != self.predictor.key():
+                    break  # skipped under another flash budget: build and convert it now
                 rec["reused"] = True
+                if i == 0 and rec.get("prediction"):
+                    self.predictor.calibrate(self._prediction(rec["prediction"]), rec["size_bytes"])
                 rec["checks"] = self.host_checks(rec)
                 self.candidates.append(rec)
                 self.emit("candidate", record=rec, total=len(self.rates), reused=True)
             self.reused = len(self.candidates)
-        pconf = PruneConfig(rate=max(self.rates), criterion=self.criterion, step=float(c.step),
+        pconf = PruneConfig(rate=max(self.rates), criterion=self.criterion, step=float(c.step), round_to=self.round_to,
                             input_range=tuple(float(v) for v in c.input_range), seed=c.seed,
                             calibration=self.stage_calibration, compensate=self.compensate)
         if self.candidates:
@@ -98,12 +107,14 @@ class HostPhase:
             self.notes.append(f"{pruner.graph.nothing_prunable_note()}: only the unpruned candidate is evaluated")
         self.failed_candidates: list[dict] = []
         self.stop = None
-        self.lookahead = self.start_pool(pruner)  # --jobs > 1: candidates converted in worker processes
+        self.lookahead = None  # --jobs > 1: candidates converted in worker processes (convert_pool)
         for i in range(len(self.candidates), len(self.rates)):
-            if self.candidates and not self.candidates[-1]["checks"]["fidelity"]["ok"]:
+            if self.candidates and not self.candidates[-1].get("skipped") \
+                    and not self.candidates[-1]["checks"]["fidelity"]["ok"]:
                 break
             if i > 0 and not self.prunable:
                 break
+            self.lookahead = self.lookahead or self.start_pool(pruner)
             if self.lookahead is not None:
                 self.lookahead.fill(i)
             rec = self.try_candidate(pruner, i, self.rates[i])
@@ -114,7 +125,7 @@ class HostPhase:
         if self.lookahead is not None:
             self.lookahead.close()  # what a worker converted past the stop is discarded
         last = self.candidates[-1]
-        if not last["checks"]["fidelity"]["ok"]:
+        if not last.get("skipped") and not last["checks"]["fidelity"]["ok"]:
             self.stop = {"reason": "fidelity", "rate": last["rate"]}
         elif not self.prunable:
             self.stop = {"reason": "nothing to prune", "rate": 0.0}
@@ -152,20 +163,22 @@ class HostPhase:
                                   input_range=tuple(float(v) for v in c.input_range), num_calibration=SYNTHETIC_SAMPLES)
 
     def start_pool(self, pruner):
-        """A :class:`~edgeprune.pipeline.convert_pool.Lookahead` when ``--jobs`` > 1 and there is
-        more than one candidate to make; else None (serial)."""
-        from edgeprune.pipeline.convert_pool import Lookahead, default_jobs
+        """A :class:`~edgeprune.pipeline.convert_pool.Lookahead` when more than one job and more than
+        one candidate to make; else None (serial). Without ``--jobs``: one job per core, once a
+        candidate's conversion took :data:`~edgeprune.pipeline.convert_pool.AUTO_MIN_CONVERT_S` or
+        more (a worker costs a TensorFlow import: small models convert faster serially)."""
+        from edgeprune.pipeline.convert_pool import Lookahead, default_jobs, pool_size
 
-        jobs = self.c.jobs if getattr(self.c, "jobs", None) is not None else default_jobs()
-        self.jobs = int(jobs)
-        todo = len(self.rates) - len(self.candidates)
-        if self.jobs <= 1 or todo <= 1 or not self.prunable:
-            return None
-        return Lookahead(self, pruner, min(self.jobs, todo), self.convert_config())
+        self.jobs = int(self.c.jobs) if getattr(self.c, "jobs", None) is not None else default_jobs()
+        times = [r["timings"]["convert_s"] for r in self.candidates if "convert_s" in r.get("timings", {})]
+        n = pool_size(getattr(self.c, "jobs", None), self.jobs, len(self.rates) - len(self.candidates),
+                      self.prunable, times)
+        return Lookahead(self, pruner, n, self.convert_config()) if n > 1 else None
 
     def make_candidate(self, pruner, i: int, rate: float) -> dict:
         from edgeprune.pipeline import convert as conv
         from edgeprune.pipeline import fidelity as fid
+        from edgeprune.pipeline.predict import predict
 
         c, d = self.c, self.run_dir
         name = candidate_name(i, rate)
@@ -179,10 +192,16 @@ class HostPhase:
                 pruner.step_to(rate)
             with conv.captured_output():
                 km = pruner.build()
+        pred = predict(km, c.quantize)
+        reason = self.predictor.skip_reason(pred) if c.predict else None
+        if reason is not None:
+            if ahead is not None:
+                ahead.discard()  # as serially: no conversion, no .keras
+            return self.skipped_candidate(pruner if ahead is None else ahead, i, rate, name, km, pred, reason, t0)
         t1 = time.perf_counter()
         self.stage = "convert"
         cc = self.convert_config()
-        res = ahead.result() if ahead is not None else conv.convert(km, cc)
+        res = ahead.result() if ahead is not None and ahead.pending is not None else conv.convert(km, cc)
         t2 = time.perf_counter()
         self.stage = "load and fidelity (LiteRT on the host)"
         fr = fid.evaluate(res.tflite, self.reference, self.data, self.fid_config)
@@ -193,7 +212,7 @@ class HostPhase:
             with conv.captured_output():
                 _save_keras_atomic(km, d / files["keras"])
         res.save(d / files["tflite"])
-        plan = pruner.plan() if ahead is None else ahead.plan
+        plan = (pruner if ahead is None else ahead).plan()
         plan.save(d / files["plan"])
         t4 = time.perf_counter()
         size = res.size_bytes
@@ -210,6 +229,7 @@ class HostPhase:
             "conversion": {k: v for k, v in res.to_dict().items() if k not in ("inputs", "outputs")},
             "fidelity": fr.to_dict(),
             "widths": plan.widths,
+            "prediction": self.predicted(pred, size),
             "made_by": dict(self.stages_label),
             "timings": {"prune_s": round(t1 - t0 if ahead is None else ahead.prune_s, 4),
                         "convert_s": round(t2 - t1 if ahead is None else res.seconds, 4), "fidelity_s": round(t3 - t2, 4),
@@ -222,3 +242,54 @@ class HostPhase:
         write_json_atomic(d / f"{name}.json", rec)  # last: marks the candidate done
         rec["reused"] = False
         return rec
+
+    # ---------------------------------------------------------------- prediction
+    def make_predictor(self):
+        from edgeprune.pipeline.predict import FlashPredictor
+
+        runtime = int(self.profile.mcu.runtime_flash_bytes) if self.profile.kind == "mcu" else 0
+        return FlashPredictor(self.budgets["flash_bytes"]["value"], runtime)
+
+    @staticmethod
+    def _prediction(d: dict):
+        from edgeprune.pipeline.predict import Prediction
+
+        return Prediction(params=d["params"], weight_bytes=d["weight_bytes"], macs=d["macs"])
+
+    def predicted(self, pred, real_size: int) -> dict:
+        """The prediction of a converted candidate; the first one calibrates the predictor."""
+        if not self.predictor.ready:
+            self.predictor.calibrate(pred, real_size)
+        if self.predictor.ready:
+            self.predictor.size(pred)
+        out = pred.to_dict()
+        out["real_size_bytes"] = real_size
+        if self.predictor.check is not None:
+            out["calibration"] = self.predictor.check
+        return out
+
+    def skipped_candidate(self, pruner, i: int, rate: float, name: str, km, pred, reason: str, t0: float) -> dict:
+        """A candidate predicted over the flash budget: its plan is kept (so pruning can go on and
+        --resume can continue from it) but it is neither converted nor evaluated."""
+        d = self.run_dir
+        files = {"plan": f"{name}.plan.json"}
+        plan = pruner.plan()
+        plan.save(d / files["plan"])
+        flash = self.predictor.size(pred) + self.predictor.runtime_bytes
+        rec = {
+            "format": CANDIDATE_FORMAT, "index": i, "rate": rate, "name": name, "files": files,
+            "params": int(km.count_params()), "size_bytes": pred.size_bytes, "flash_bytes": flash, "sha256": None,
+            "skipped": reason, "skip_budget": self.predictor.key(),
+            "prediction": pred.to_dict(),
+            "fidelity": {"score": None, "score_name": None, "accuracy": None, "accuracy_drop": None, "metric": None,
+                         "skipped": True},
+            "widths": plan.widths,
+            "timings": {"prune_s": round(time.perf_counter() - t0, 4), "convert_s": 0.0, "fidelity_s": 0.0,
+                        "save_s": 0.0},
+            "created_at": _now(), "pid": os.getpid(), "device": None,
+        }
+        rec["checks"] = self.host_checks(rec)
+        write_json_atomic(d / f"{name}.json", rec)
+        rec["reused"] = False
+        return rec
+

@@ -33,6 +33,12 @@
   ``ram``, ``latency``: each ``{"ok", "value", "limit", ...}``), ``meets_all``,
   ``measurement`` (null if not measured: then ``not_measured`` says why), ``measurement_cached``,
   ``reused`` (from an earlier, interrupted invocation), ``timings``, ``created_at``
+- ``verdict``: what the fidelity verdict means (see ``pipeline/verdict.py``): ``judged_on``
+  (``real``/``synthetic``), ``split`` (calibration/evaluation sizes, ``shared`` samples: 0),
+  ``synthetic`` (classes reached, largest class share, the unpruned model's score on them,
+  ``informative``), ``uncertainty`` (95 % Wilson interval of the chosen and first failing
+  candidates' agreement), ``warnings`` (``[{"code", "message"}]``: ``synthetic_uninformative``,
+  ``threshold_within_uncertainty``)
 - ``notes``, ``files``
 """
 from __future__ import annotations
@@ -42,19 +48,20 @@ import os
 import tempfile
 from pathlib import Path
 
+from edgeprune.devices.sizes import SIZE_UNITS_NOTE, format_size
 from edgeprune.pipeline.plan import write_json_atomic
+from edgeprune.pipeline.run_table import (  # cell texts shared with the terminal table
+    accuracy_change_text,
+    keep_units,
+    latency_stat,
+    print_kept,
+    latency_text,
+    ram_text,
+    spread_text,
+    verdict,
+)
 
 REPORT_FORMAT = "edgeprune-report/1"
-
-
-def _size(n) -> str:
-    """'2 MiB' for 2097152, '600 KB' for 600000: binary units when the figure is a whole number of KiB."""
-    if n is None:
-        return "-"
-    from edgeprune.devices.sizes import format_size
-
-    n = int(n)
-    return format_size(n, binary=n >= 1024 and n % 1024 == 0)
 
 
 def _write_text_atomic(path: Path, text: str) -> None:
@@ -80,40 +87,17 @@ def write_reports(run_dir: Path, report: dict) -> dict:
 
 
 # --------------------------------------------------------------------------- text
-def latency_text(c: dict) -> str:
-    m = c.get("measurement")
-    if not m:
-        return "-"
-    est = " (est.)" if m.get("latency_is_estimate") else ""
-    return f"{m['latency_ms']['median']:.3f} ms{est}"
-
-
-def ram_text(c: dict) -> str:
-    m = c.get("measurement")
-    if not m or m.get("ram_bytes") is None:
-        return "-"
-    return _size(m["ram_bytes"])
-
-
-def verdict(c: dict, chosen_index) -> str:
-    if c["index"] == chosen_index:
-        return "CHOSEN"
-    failed = [k for k, v in c["checks"].items() if not v["ok"]]
-    if failed:
-        return "fails " + ", ".join(failed)
-    if c.get("measurement") is None:
-        nm = c.get("not_measured") or ""
-        return "host ok; not measured" if "already meets" in nm else "host ok; not measured: " + nm
-    return "meets all"
-
-
 def summary_line(report: dict) -> str:
     ch = report.get("chosen")
     if ch:
+        stat = latency_stat(report)
         lat = f"{ch['latency_ms']:.3f} ms" + (" (estimate)" if ch["latency_is_estimate"] else "")
-        drop = "" if ch.get("accuracy_drop") is None else f" (accuracy drop {ch['accuracy_drop']:+.1f} pt)"
-        return (f"chosen: rate {ch['rate']:.2f}, {_size(ch['size_bytes'])} ({ch['size_bytes']:,} B), "
-                f"{ch['score_name']} {ch['fidelity']:.4f}{drop}, latency {lat}, RAM {_size(ch['ram_bytes'])}")
+        if not ch["latency_is_estimate"] and ch.get("latency_spread_ms") is not None:
+            lat += " " + spread_text({"latency_ms": {"iqr": ch["latency_spread_ms"]}})
+        drop = ("" if ch.get("accuracy_drop") is None
+                else f" (accuracy change {accuracy_change_text({'accuracy_drop': ch['accuracy_drop']})} pt)")
+        return (f"chosen: rate {ch['rate']:.2f}, {format_size(ch['size_bytes'])}, "
+                f"{ch['score_name']} {ch['fidelity']:.4f}{drop}, latency {stat} {lat}, RAM {format_size(ch['ram_bytes'])}")
     return "no candidate meets every limit: " + "; ".join(report.get("reasons") or [])
 
 
@@ -122,6 +106,8 @@ def markdown(report: dict) -> str:
     ch = report.get("chosen")
     chosen_index = ch["index"] if ch else None
     lines = [f"# edgeprune run: {report['model']['name']} on {dev['name']}", ""]
+    if dev.get("load_warning"):
+        lines += [f"> **warning:** {dev['load_warning']}", ""]
     lines.append(("**" + summary_line(report) + "**") if ch else ("**" + summary_line(report) + "**"))
     lines.append("")
     lines.append(f"- exit code: {report['exit_code']} ({report['status']})")
@@ -137,16 +123,19 @@ def markdown(report: dict) -> str:
                  + (", labelled" if data["labelled"] else "") + (f"; int8 calibration: {data['calibration']}"
                                                                   if data.get("calibration") else ""))
     s = report["settings"]
-    lines.append(f"- quantize {s['quantize']}, criterion {s['criterion']}, step {s['step']:g}, max rate {s['max_rate']:g}, "
-                 f"device runs of {s['runs']} timed inferences after {s['warmup']} warm-up")
+    timing = (f"at least {s['runs']} timed inferences and {s.get('min_secs', 0):g} s after at least {s['warmup']} "
+              f"warm-up and {s.get('warmup_min_secs', 0):g} s, at most {s.get('max_secs', 150):g} s each"
+              if "min_secs" in s else f"{s['runs']} timed inferences after {s['warmup']} warm-up")
+    lines.append(f"- quantize {s['quantize']}, criterion {s['criterion']}, step {s['step']:g}, max rate {s['max_rate']:g}"
+                 + (f", round to {s['round_to']}" if s.get("round_to") else "") + f"; device runs: {timing}")
 
     def bud(key, fmt):
         v = b[key]
         return "none" if v["value"] is None else f"{fmt(v['value'])} (from {v['source']})"
 
-    lines.append(f"- budgets: flash {bud('flash_bytes', lambda v: f'{_size(v)} ({v:,} B)')}, "
-                 f"RAM {bud('ram_bytes', lambda v: f'{_size(v)} ({v:,} B)')}, "
-                 f"latency {bud('latency_ms', lambda v: f'{v:g} ms')}")
+    lines.append(f"- budgets ({SIZE_UNITS_NOTE}): flash {bud('flash_bytes', format_size)}, "
+                 f"RAM {bud('ram_bytes', format_size)}, "
+                 f"latency {bud('latency_ms', lambda v: f'{v:g} ms')} ({latency_stat(report)})")
     thr = []
     if ft.get("min_fidelity") is not None:
         thr.append(f"{ft['score_name']} >= {ft['min_fidelity']:g}")
@@ -155,6 +144,10 @@ def markdown(report: dict) -> str:
     lines.append(f"- fidelity threshold: {' and '.join(thr)} (against the original float Keras model)")
     stop = report["stop"]
     lines.append(f"- pruning stopped: {stop['reason']} at rate {stop['rate']:.2f}")
+    pr = report.get("prediction") or {}
+    if pr.get("skipped"):
+        lines.append(f"- prediction: {len(pr['skipped'])} candidates predicted over the flash budget were not "
+                     f"converted ({pr.get('conversions_saved', 0)} conversions saved this invocation)")
     dr = report["device_runs"]
     lines.append(f"- device runs: {dr['made']} made, {dr['cached']} from the cache, "
                  f"{dr['not_measured']} candidates not measured")
@@ -166,19 +159,26 @@ def markdown(report: dict) -> str:
                  f"fidelity {t['fidelity_s']:.1f}, save {t['save_s']:.1f}, device {t['device_s']:.1f})")
     if report.get("reasons"):
         lines += ["", "## Why no candidate", ""] + [f"- {r}" for r in report["reasons"]]
+    stat = latency_stat(report)
     lines += ["", "## Candidates", "",
-              "| # | rate | params | .tflite | flash | fidelity | acc. drop | latency | RAM | verdict |",
+              f"Sizes in SI units (1 kB = 1000 B). Accuracy change: points against the original model "
+              f"(negative = lost). Latency: {stat} ± half the interquartile range of the timed runs.", "",
+              f"| # | rate | params | .tflite | flash | fidelity | accuracy change | latency {stat} | RAM | verdict |",
               "|---|---|---|---|---|---|---|---|---|---|"]
     for c in report["candidates"]:
         fr = c["fidelity"]
-        drop = "-" if fr.get("accuracy_drop") is None else f"{fr['accuracy_drop']:+.1f}"
-        lines.append(f"| {c['index']} | {c['rate']:.2f} | {c['params']:,} | {c['size_bytes']:,} B | {_size(c['flash_bytes'])} "
-                     f"| {fr['score']:.4f} | {drop} | {latency_text(c)} | {ram_text(c)} | {verdict(c, chosen_index)} |")
+        score = "-" if fr.get("score") is None else f"{fr['score']:.4f}"
+        lines.append(f"| {c['index']} | {c['rate']:.2f} | {c['params']:,} | {format_size(c['size_bytes'])} | {format_size(c['flash_bytes'])} "
+                     f"| {score} | {accuracy_change_text(fr)} | {latency_text(c, stat)} | {ram_text(c)} "
+                     f"| {verdict(c, chosen_index)} |")
     nm = [c for c in report["candidates"] if c.get("not_measured")]
     if nm:
         lines += ["", "Not measured on the device:", ""]
         lines += [f"- rate {c['rate']:.2f}: {c['not_measured']}" for c in nm]
-    lines += ["", "## Strategy", "", report["strategy"], ""]
+    from edgeprune.pipeline.verdict import markdown_lines
+
+    lines += [""] + markdown_lines(report)
+    lines += ["## Strategy", "", report["strategy"], ""]
     if report.get("notes"):
         lines += ["## Notes", ""] + [f"- {n}" for n in report["notes"]] + [""]
     lines += ["![size, latency and fidelity against prune rate](report.png)", ""]
@@ -207,9 +207,9 @@ def plot(report: dict, path: Path) -> Path:
     ax_s.plot(rates, sizes, "o-", color="tab:blue", label="model + runtime (host)" if mcu else ".tflite size")
     if b["flash_bytes"]["value"] is not None and b["flash_bytes"]["value"] <= 4 * max(sizes) * 1e3:
         ax_s.axhline(b["flash_bytes"]["value"] / 1e3, color="tab:red", ls="--",
-                     label=f"flash budget {_size(b['flash_bytes']['value'])}")
+                     label=f"flash budget {format_size(b['flash_bytes']['value'])}")
     elif b["flash_bytes"]["value"] is not None:
-        ax_s.text(0.99, 0.95, f"flash budget {_size(b['flash_bytes']['value'])} (off the scale)", ha="right", va="top",
+        ax_s.text(0.99, 0.95, f"flash budget {format_size(b['flash_bytes']['value'])} (off the scale)", ha="right", va="top",
                   transform=ax_s.transAxes, fontsize=8, color="tab:red")
     ax_s.set_ylabel("kB")
     ax_s.set_ylim(bottom=0)
@@ -236,14 +236,15 @@ def plot(report: dict, path: Path) -> Path:
 
     # fidelity
     ft = report["fidelity_threshold"]
-    scores = [c["fidelity"]["score"] for c in cands]
+    scores = [c["fidelity"]["score"] if c["fidelity"].get("score") is not None else float("nan") for c in cands]
     ax_f.plot(rates, scores, "o-", color="tab:purple", label=ft["score_name"])
     if ft.get("min_fidelity") is not None:
         ax_f.axhline(ft["min_fidelity"], color="tab:red", ls="--", label=f"threshold {ft['min_fidelity']:g}")
     if ft.get("max_accuracy_drop") is not None:
-        accs = [c["fidelity"].get("accuracy") for c in cands]
+        accs = [c["fidelity"].get("accuracy") for c in cands if not c.get("skipped")]
+        rates_acc = [c["rate"] for c in cands if not c.get("skipped")]
         if all(a is not None for a in accs):
-            ax_f.plot(rates, accs, "^-", color="tab:orange", label="accuracy")
+            ax_f.plot(rates_acc, accs, "^-", color="tab:orange", label="accuracy")
             ref = cands[0]["fidelity"].get("reference_accuracy")
             if ref is not None:
                 ax_f.axhline(ref - ft["max_accuracy_drop"] / 100, color="tab:orange", ls=":",
@@ -260,7 +261,8 @@ def plot(report: dict, path: Path) -> Path:
         ax_l.plot([ch["rate"]], [ch["latency_ms"]], "*", ms=16, color="gold", mec="k", label="chosen")
     for ax in axes:
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, loc="best")
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp.png")
     os.close(fd)
@@ -326,10 +328,13 @@ class RunProgress:
             ck = rec["checks"]
             t = rec["timings"]
             tag = "reused" if info.get("reused") else (f"{t['prune_s'] + t['convert_s'] + t['fidelity_s'] + t['save_s']:.1f} s")
+            if rec.get("skipped"):
+                print_kept(p.console, f"  rate {rec['rate']:.2f}: not converted: {rec['skipped']}")
+                return
             fails = [k for k in ("fidelity", "flash") if not ck[k]["ok"]]
-            p.console.print(f"  rate {rec['rate']:.2f}: {rec['size_bytes']:,} B, {rec['fidelity']['score_name']} "
-                            f"{rec['fidelity']['score']:.4f}" + (f"  [red]fails {', '.join(fails)}[/red]" if fails else "")
-                            + f"  [dim]({tag})[/dim]", highlight=False)
+            print_kept(p.console, f"  rate {rec['rate']:.2f}: {format_size(rec['size_bytes'])}, "
+                       f"{rec['fidelity']['score_name']} {rec['fidelity']['score']:.4f}"
+                       + (f"  [red]fails {', '.join(fails)}[/red]" if fails else "") + f"  [dim]({tag})[/dim]")
         elif event == "device_phase":
             if self.host is not None:
                 p.update(self.host, description="prune + convert + fidelity: done",
@@ -345,36 +350,35 @@ class RunProgress:
         elif event == "device_done" and self.dev is not None:
             p.advance(self.dev)
             rec = info["record"]
-            lat = latency_text(rec)
-            p.console.print(f"  device {'cached' if info['cached'] else 'run'}: rate {rec['rate']:.2f}: {lat}, "
-                            f"RAM {ram_text(rec)}" + ("  [green]meets all[/green]" if info["ok"] else
-                                                     "  [red]fails " + ", ".join(k for k, v in rec["checks"].items()
-                                                                                 if not v["ok"]) + "[/red]"),
-                            highlight=False)
+            lat = latency_text(rec, latency_stat(info))
+            ck = rec["checks"].get("latency") or {}
+            tail = "  [green]meets all[/green]" if info["ok"] else (
+                "  [yellow]within noise[/yellow]" if ck.get("within_noise") else
+                "  [red]fails " + ", ".join(k for k, v in rec["checks"].items() if not v["ok"]) + "[/red]")
+            again = " (measured twice: budget within the spread)" if ck.get("remeasured") else ""
+            print_kept(p.console, f"  device {'cached' if info['cached'] else 'run'}: rate {rec['rate']:.2f}: {lat}, "
+                       f"RAM {ram_text(rec)}{again}" + tail)
 
 
-def candidates_table(report: dict):
-    from rich.table import Table
+def candidates_table(report: dict, width=None):
+    """The terminal table (see :mod:`edgeprune.pipeline.run_table`), laid out for ``width``."""
+    from edgeprune.pipeline.run_table import candidates_table as table
 
-    ch = report.get("chosen")
-    chosen_index = ch["index"] if ch else None
-    dev = report["device"]
-    t = Table(title=f"{report['model']['name']} on {dev['name']} ({dev['kind']}), {report['settings']['quantize']}",
-              title_justify="left")
-    for col, j in (("#", "right"), ("rate", "right"), ("params", "right"), (".tflite", "right"), ("fidelity", "right"),
-                   ("acc. drop", "right"), ("latency", "right"), ("RAM", "right"), ("verdict", "left")):
-        t.add_column(col, justify=j)
-    for c in report["candidates"]:
-        fr = c["fidelity"]
-        drop = "-" if fr.get("accuracy_drop") is None else f"{fr['accuracy_drop']:+.1f}"
-        v = verdict(c, chosen_index)
-        style = "bold green" if v == "CHOSEN" else ("red" if v.startswith("fails") else None)
-        t.add_row(str(c["index"]), f"{c['rate']:.2f}", f"{c['params']:,}", _size(c["size_bytes"]), f"{fr['score']:.4f}",
-                  drop, latency_text(c), ram_text(c), v, style=style)
-    return t
+    return table(report, width)
+
+
+class _UnitConsole:
+    """Prints through ``console`` with numbers kept on the line of their units (print_kept)."""
+
+    def __init__(self, console):
+        self._c = console
+
+    def print(self, text="", **kw):
+        print_kept(self._c, text)
 
 
 def print_outcome(console, report: dict) -> None:
+    console = _UnitConsole(console)
     b = report["budgets"]
     ft = report["fidelity_threshold"]
 
@@ -387,8 +391,10 @@ def print_outcome(console, report: dict) -> None:
         thr.append(f"{ft['score_name']} >= {ft['min_fidelity']:g}")
     if ft.get("max_accuracy_drop") is not None:
         thr.append(f"accuracy drop <= {ft['max_accuracy_drop']:g} pt")
-    console.print(f"budgets: flash {bud('flash_bytes', _size)}, RAM {bud('ram_bytes', _size)}, "
-                  f"latency {bud('latency_ms', lambda v: f'{v:g} ms')}; fidelity: {' and '.join(thr)}"
+    if report["device"].get("load_warning"):
+        console.print(f"[yellow]warning:[/yellow] {report['device']['load_warning']}", highlight=False)
+    console.print(f"budgets: flash {bud('flash_bytes', format_size)}, RAM {bud('ram_bytes', format_size)}, "
+                  f"latency {bud('latency_ms', lambda v: f'{latency_stat(report)} {v:g} ms')}; fidelity: {' and '.join(thr)}"
                   + (" [yellow](synthetic data)[/yellow]" if report["data"].get("synthetic") else ""), highlight=False)
     dr = report["device_runs"]
     console.print(f"device runs: {dr['made']} made, {dr['cached']} cached, {dr['not_measured']} candidates not measured"
@@ -398,6 +404,9 @@ def print_outcome(console, report: dict) -> None:
                   highlight=False)
     for n in report.get("notes") or []:
         console.print(f"[yellow]note:[/yellow] {n}", highlight=False)
+    from edgeprune.pipeline.verdict import print_verdict
+
+    print_verdict(console, report)  # what the fidelity was judged on; warnings
     if report.get("chosen"):
         console.print(f"[bold green]{summary_line(report)}[/bold green]", highlight=False)
         console.print(f"wrote {Path(report['run_dir']) / 'best.tflite'} and report.json/.md/.png in {report['run_dir']}",

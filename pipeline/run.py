@@ -53,7 +53,7 @@ from edgeprune.pipeline.device_phase import DevicePhase
 from edgeprune.pipeline.host_phase import HostPhase, candidate_name, rate_schedule  # noqa: F401
 from edgeprune.pipeline.run_config import (  # noqa: F401  (the public names live here)
     CALIBRATION_MAX, CANDIDATE_FORMAT, DEFAULT_MAX_RATE, DEFAULT_MIN_FIDELITY, DEFAULT_STEP, NOISE_TOLERANCE,
-    QUANTIZE_CHOICES, RUN_FORMAT, STRATEGY, SYNTHETIC_SAMPLES, Progress, RunConfig, RunResult, fmt_bytes,
+    QUANTIZE_CHOICES, RUN_FORMAT, STRATEGY, SYNTHETIC_SAMPLES, Progress, RunConfig, RunResult,
     _now, _parse_budget)
 from edgeprune.pipeline.run_dir import (  # noqa: F401
     _OUR_FILES, RunDirStage, _clean_tmp, _clear_run_dir, _copy_atomic, _prepare_dir, _save_keras_atomic,

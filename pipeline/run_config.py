@@ -47,7 +47,8 @@ class RunConfig:
     latency_budget: Optional[float] = None  # ms
     min_fidelity: Optional[float] = None  # default DEFAULT_MIN_FIDELITY unless max_accuracy_drop is given
     max_accuracy_drop: Optional[float] = None  # points
-    data: Optional[Path] = None
+    data: Optional[Path] = None  # any form of --data (see pipeline/datasources.py)
+    classes: Optional[str] = None  # --classes a,b,c: label order of image class folders / CSV label names
     quantize: str = "int8"
     criterion: str = "auto"  # auto: flow with data (the example's or --data), paoding without
     compensate: Optional[bool] = None  # None: on when there is data (ridge refit, pipeline/compensate.py)
@@ -63,6 +64,14 @@ class RunConfig:
     seed: int = 0
     input_shape: Optional[tuple[int, ...]] = None  # fixes a variable-length input (batch first, batch 1)
     jobs: Optional[int] = None  # conversion worker processes; None: one per core (pipeline/convert_pool.py)
+    # time-based measurement (TFLite benchmark_model's rules; see devices.base.BenchConfig)
+    threads: Optional[int] = None  # None: the profile's
+    min_secs: float = 1.0
+    max_secs: float = 150.0
+    warmup_min_secs: float = 0.5
+    latency_stat: str = "p50"  # the statistic the latency budget is checked on: p50, p90, p99
+    round_to: Optional[int] = None  # None: the profile's round_to (if any)
+    predict: bool = True  # skip converting candidates predicted over the flash budget
 
 
 @dataclass
@@ -84,14 +93,6 @@ class RunResult:
 # --------------------------------------------------------------------------- small helpers
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
-
-
-def fmt_bytes(n: Optional[float]) -> str:
-    if n is None:
-        return "-"
-    from edgeprune.pipeline.report import _size
-
-    return _size(n)
 
 
 def _parse_budget(value, what: str) -> Optional[int]:

@@ -99,10 +99,13 @@ class RunDirStage:
 
     def fingerprint(self) -> dict:
         c = self.c
-        return {"model_sha256": self.model_sha, "data": self.data_id, "quantize": c.quantize, "criterion": self.criterion,
-                "compensate": self.compensate,
-                "step": round(float(c.step), 6), "seed": c.seed, "input_range": [float(v) for v in c.input_range],
-                **({"input_shape": list(c.input_shape)} if c.input_shape else {})}
+        fp = {"model_sha256": self.model_sha, "data": self.data_id, "quantize": c.quantize, "criterion": self.criterion,
+              "compensate": self.compensate,
+              "step": round(float(c.step), 6), "seed": c.seed, "input_range": [float(v) for v in c.input_range],
+              **({"input_shape": list(c.input_shape)} if c.input_shape else {})}
+        if getattr(self, "round_to", None) is not None:  # only then: older run dirs keep their fingerprint
+            fp["round_to"] = int(self.round_to)
+        return fp
 
     def open_run_dir(self) -> None:
         c, d = self.c, self.run_dir
@@ -163,4 +166,6 @@ class RunDirStage:
             "min_fidelity": self.min_fidelity, "max_accuracy_drop": self.max_drop, "runs": c.runs, "warmup": c.warmup,
             "measure_all": c.measure_all, "input_range": list(c.input_range), "seed": c.seed,
             "input_shape": list(c.input_shape) if c.input_shape else None,
+            "threads": c.threads, "min_secs": c.min_secs, "max_secs": c.max_secs, "warmup_min_secs": c.warmup_min_secs,
+            "latency_stat": c.latency_stat, "round_to": getattr(self, "round_to", None), "predict": c.predict,
         }

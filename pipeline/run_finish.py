@@ -4,7 +4,8 @@ from __future__ import annotations
 import time
 
 from edgeprune.errors import EXIT_NO_CANDIDATE, EXIT_OK
-from edgeprune.pipeline.run_config import STRATEGY, RunResult, _now, fmt_bytes
+from edgeprune.devices.sizes import format_size
+from edgeprune.pipeline.run_config import STRATEGY, RunResult, _now
 from edgeprune.pipeline.run_dir import _copy_atomic
 
 
@@ -39,10 +40,15 @@ class FinishStage:
             return out
         flash_ok = [r for r in fid_ok if r["checks"]["flash"]["ok"]]
         if not flash_ok:
-            s = min(fid_ok, key=lambda r: r["flash_bytes"])
+            s = min(fid_ok + [r for r in cands if r.get("skipped")], key=lambda r: r["flash_bytes"])
             what = "model" if self.profile.kind != "mcu" else "model + runtime"
-            out.append(f"smallest {what} within the fidelity threshold, {fmt_bytes(s['flash_bytes'])} at rate "
-                       f"{s['rate']:.2f}, is still over the {fmt_bytes(fb)} budget (by {fmt_bytes(s['flash_bytes'] - fb)})")
+            if s.get("skipped"):
+                out.append(f"smallest {what}, ~{format_size(s['flash_bytes'])} at rate {s['rate']:.2f} (predicted, not "
+                           f"converted), is still over the {format_size(fb)} budget (by ~{format_size(s['flash_bytes'] - fb)})")
+            else:
+                out.append(f"smallest {what} within the fidelity threshold, {format_size(s['flash_bytes'])} at rate "
+                           f"{s['rate']:.2f}, is still over the {format_size(fb)} budget "
+                           f"(by {format_size(s['flash_bytes'] - fb)})")
         else:
             measured = [r for r in flash_ok if r.get("measurement")]
             for lim, unit in (("latency", "ms"), ("ram", "B")):
@@ -55,16 +61,29 @@ class FinishStage:
                         out.append(f"fastest candidate measured {ck['value']:.2f} ms{est} at rate {best['rate']:.2f}, "
                                    f"over the {ck['limit']:g} ms latency budget by {ck['value'] - ck['limit']:.2f} ms")
                     else:
-                        out.append(f"smallest RAM measured {fmt_bytes(ck['value'])}{est} at rate {best['rate']:.2f}, "
-                                   f"over the {fmt_bytes(ck['limit'])} RAM budget by {fmt_bytes(ck['value'] - ck['limit'])}")
+                        out.append(f"smallest RAM measured {format_size(ck['value'])}{est} at rate {best['rate']:.2f}, "
+                                   f"over the {format_size(ck['limit'])} RAM budget by {format_size(ck['value'] - ck['limit'])}")
             if not out:
                 out.append("no host-passing candidate met the device budgets")
+        skipped = [r for r in cands if r.get("skipped")]
+        if skipped:
+            out.append(f"{len(skipped)} candidate(s) (rates {skipped[0]['rate']:.2f} to {skipped[-1]['rate']:.2f}) were "
+                       f"predicted over the flash budget and not converted")
         if self.stop["reason"] == "fidelity":
             last = cands[-1]
             out.append(f"fidelity fell below {self.threshold_text()} at rate {last['rate']:.2f} ({self.score_text(last)})")
         elif self.stop["reason"] == "max_rate":
             out.append(f"pruning stopped at --max-rate {self.c.max_rate:g} (a higher --max-rate may find a smaller model)")
         return out
+
+    def prediction_summary(self) -> dict:
+        skipped = [r for r in self.candidates if r.get("skipped")]
+        pr = getattr(self, "predictor", None)
+        return {"enabled": bool(self.c.predict), "method": "weight bytes of the pruned Keras model + the overhead of "
+                "the first candidate's real conversion; skipped when still over the flash budget after the margin",
+                "calibration": pr.check if pr is not None else None,
+                "skipped": [{"index": r["index"], "rate": r["rate"], "reason": r["skipped"]} for r in skipped],
+                "conversions_saved": len([r for r in skipped if not r.get("reused")])}
 
     # ---------------------------------------------------------------- report
     def finish(self) -> RunResult:
@@ -100,6 +119,8 @@ class FinishStage:
                 "not_measured": r.get("not_measured") if m is None else None,
                 "reused": bool(r.get("reused")), "timings": r["timings"], "created_at": r.get("created_at"),
                 "made_by": r.get("made_by"),
+                "skipped": r.get("skipped"), "prediction": r.get("prediction"),
+                "first_measurement": r.get("first_measurement"),
             })
         report = {
             "format": rep.REPORT_FORMAT,
@@ -119,15 +140,20 @@ class FinishStage:
                        "flash": ("model file + the profile's runtime overhead" if kind == "mcu"
                                  else "the .tflite file size"),
                        "emulated": p.emulated, "arch": next((r["measurement"]["arch"] for r in cand_out
-                                                             if r["measurement"] and r["measurement"].get("arch")), None)},
+                                                             if r["measurement"] and r["measurement"].get("arch")), None),
+                       "max_load_per_core": p.max_load_per_core, "load_warning": getattr(self, "load_warning", None)},
             "settings": {"quantize": self.c.quantize, "criterion": self.criterion, "step": self.c.step,
                          "compensate": self.compensate, "stages": self.stages_label,
                          "max_rate": self.c.max_rate, "runs": self.c.runs, "warmup": self.c.warmup,
                          "measure_all": self.c.measure_all, "seed": self.c.seed,
-                         "input_range": list(self.c.input_range),
+                         "input_range": list(self.c.input_range), "threads": self.c.threads,
+                         "min_secs": self.c.min_secs, "max_secs": self.c.max_secs,
+                         "warmup_min_secs": self.c.warmup_min_secs, "latency_stat": self.c.latency_stat,
+                         "round_to": self.round_to, "predict": self.c.predict,
                          "jobs": getattr(self, "jobs", 1), "pool": getattr(self, "lookahead", None) is not None},
+            "prediction": self.prediction_summary(),
             "data": dict(self.data.to_dict(), calibration=self.calibration_note,
-                         synthetic=self.data.source == "synthetic"),
+                         synthetic=self.data.source == "synthetic", split=getattr(self, "split", None)),
             "budgets": self.budgets,
             "fidelity_threshold": {"min_fidelity": self.min_fidelity, "max_accuracy_drop": self.max_drop,
                                    "score_name": fr0["score_name"], "metric": fr0["metric"]},
@@ -154,8 +180,13 @@ class FinishStage:
                 "size_bytes": chosen["size_bytes"], "flash_bytes": chosen["flash_bytes"], "params": chosen["params"],
                 "fidelity": chosen["fidelity"]["score"], "score_name": chosen["fidelity"]["score_name"],
                 "accuracy": chosen["fidelity"].get("accuracy"), "accuracy_drop": chosen["fidelity"].get("accuracy_drop"),
-                "latency_ms": m["latency_ms"]["median"], "latency_is_estimate": bool(m.get("latency_is_estimate")),
+                "latency_ms": chosen["checks"]["latency"]["value"], "latency_stat": self.c.latency_stat,
+                "latency_spread_ms": m["latency_ms"].get("iqr"),
+                "latency_is_estimate": bool(m.get("latency_is_estimate")),
                 "ram_bytes": m.get("ram_bytes"), "sha256": chosen["sha256"],
             }
+        from edgeprune.pipeline import verdict
+
+        report["verdict"] = verdict.build(self, report)  # what the fidelity verdict means (issue 14)
         files = rep.write_reports(d, report)
         return RunResult(report=report, exit_code=exit_code, run_dir=d, files=files)

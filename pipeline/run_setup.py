@@ -9,13 +9,21 @@ from typing import Optional
 
 from edgeprune.devices.base import file_sha256
 from edgeprune.errors import BadInput
-from edgeprune.pipeline.run_config import (CALIBRATION_MAX, DEFAULT_MIN_FIDELITY, QUANTIZE_CHOICES,
+from edgeprune.pipeline.run_config import (DEFAULT_MIN_FIDELITY, QUANTIZE_CHOICES,
                                            SYNTHETIC_SAMPLES, RunConfig, _parse_budget)
 from edgeprune.pipeline.run_dir import _prepare_dir
 
 
 # --------------------------------------------------------------------------- validation
 MAX_CANDIDATES = 200  # rate 0 + at most this many pruned candidates (--step 0.005 up to 0.9 is 181)
+
+
+def bench_config(config: RunConfig):
+    """The device measurement settings of a run (time-based, as benchmark_model)."""
+    from edgeprune.devices.base import BenchConfig
+
+    return BenchConfig(runs=config.runs, warmup=config.warmup, threads=config.threads, min_secs=config.min_secs,
+                       max_secs=config.max_secs, warmup_min_secs=config.warmup_min_secs)
 
 
 def _validate(config: RunConfig) -> None:
@@ -48,6 +56,13 @@ def _validate(config: RunConfig) -> None:
         raise BadInput(f"--runs must be at least 1, got {config.runs}", "e.g. --runs 50")
     if config.warmup < 0:
         raise BadInput(f"--warmup must be 0 or more, got {config.warmup}", "e.g. --warmup 5")
+    bench_config(config)  # --min-secs / --max-secs / --warmup-min-secs / --num-threads (BadInput)
+    from edgeprune.pipeline.noise import LATENCY_STATS
+
+    if config.latency_stat not in LATENCY_STATS:
+        raise BadInput(f"unknown --latency-stat {config.latency_stat!r}", f"use one of: {', '.join(LATENCY_STATS)}")
+    if config.round_to is not None and config.round_to < 1:
+        raise BadInput(f"--round-to {config.round_to} must be a positive integer", "e.g. --round-to 4 (SIMD width)")
     lo, hi = config.input_range
     if not float(lo) < float(hi):
         raise BadInput(f"input range {config.input_range} is empty", "give LO < HI, e.g. 0,1")
@@ -57,11 +72,11 @@ def _validate(config: RunConfig) -> None:
             raise BadInput(f"model file {p} does not exist", "check the path (a .keras or .h5 Keras model), or leave "
                            "--model out to use the bundled example")
     if config.data is not None:
-        p = Path(config.data)
-        if not p.exists():
-            raise BadInput(f"data file {p} does not exist", "check the path (.npz with x[, y], or .npy)")
-        if p.is_file() and not os.access(p, os.R_OK):
-            raise BadInput(f"data file {p} is not readable", "check its permissions")
+        from edgeprune.pipeline.datasources import parse_spec
+
+        ds = parse_spec(config.data)  # any of the four forms; BadInput when it is none
+        if ds.path.is_file() and not os.access(ds.path, os.R_OK):
+            raise BadInput(f"data file {ds.path} is not readable", "check its permissions")
 
 
 class SetupStage:
@@ -106,6 +121,8 @@ class SetupStage:
                                "drop --trust-new-host, or pick an SSH device (edgeprune devices list)")
             self.profile = self.profile.model_copy(update={"connection": self.profile.connection.model_copy(
                 update={"trust_new_host": True})})
+        self.round_to = c.round_to if c.round_to is not None else self.profile.round_to
+        self.latency_stat = c.latency_stat
         lim = self.profile.limits
         self.budgets = {
             "flash_bytes": self._budget(_parse_budget(c.budget, "--budget"), lim.flash_bytes),
@@ -146,7 +163,7 @@ class SetupStage:
         conv.quiet_import_tensorflow()
         t_import = time.perf_counter() - t_import
         from edgeprune.pipeline import fidelity as fid
-        from edgeprune.pipeline.data import load_eval_data, synthetic_data
+        from edgeprune.pipeline.data import synthetic_data
         from edgeprune.pipeline.importance import CRITERIA
         from edgeprune.pipeline.loading import load_model
 
@@ -166,29 +183,29 @@ class SetupStage:
         self.model_sha = file_sha256(self.model_path)
         t1 = time.perf_counter()
         if self.data_path is not None:
-            data = load_eval_data(self.data_path, self.model)
-            n = data.n
-            if n >= 50:  # hold out a calibration subset: int8 is never calibrated on the evaluation samples
-                import numpy as np
+            from edgeprune.pipeline.datasources import content_id, load_data
+            from edgeprune.pipeline.split import split
 
-                idx = np.arange(n)
-                cal = idx[::5][:CALIBRATION_MAX]
-                rest = np.setdiff1d(idx, cal)
-                self.calibration = data.x.take(cal)  # lazy subsets: no sample is copied here
-                data.x = data.x.take(rest)
-                if data.y is not None:
-                    data.y = data.y[rest]
-                cal_note = f"{len(cal)} samples of the data (every 5th), held out from the evaluation"
-                self.calibration_held_out = True
+            data = load_data(self.data_path, self.model, input_range=tuple(c.input_range),
+                             classes=getattr(c, "classes", None))
+            sp = split(data)  # calibration and evaluation never share a sample
+            self.calibration = sp.calibration  # the held-out part (int8 calibration; compensation/flow may use it)
+            self.split = sp.info
+            self.data = sp.evaluation
+            # data-aware stages (flow, compensation) by default only with 50 samples or more, as before
+            self.calibration_held_out = sp.calibration is not None and data.n >= 50
+            if sp.calibration is not None:
+                cal_note = f"{sp.info['calibration']} of the {data.n} samples, held out from the evaluation"
             else:
-                self.calibration = data.x
-                cal_note = f"all {n} samples (fewer than 50: the evaluation samples themselves)"
-                self.notes.append(f"int8 calibrated on the evaluation data itself ({n} samples, fewer than 50)")
-            self.data = data
-            self.data_id = "file:" + file_sha256(self.data_path)
+                cal_note = "synthetic inputs in the input range (too few distinct samples to hold any out)"
+            self.data_id = ("file:" + file_sha256(self.data_path) if data.form in ("npz", "npy")
+                            else content_id(data))
         else:
             self.data = synthetic_data(self.model, SYNTHETIC_SAMPLES, tuple(c.input_range), seed=1)
             self.calibration = None
+            self.split = {"method": "no --data: synthetic inputs", "n_samples": SYNTHETIC_SAMPLES,
+                          "calibration": SYNTHETIC_SAMPLES, "evaluation": SYNTHETIC_SAMPLES, "shared": 0,
+                          "calibration_source": "synthetic"}
             cal_note = f"{SYNTHETIC_SAMPLES} synthetic samples uniform in {list(c.input_range)} (seed 0)"
             self.data_id = f"synthetic:{SYNTHETIC_SAMPLES}:seed1:{list(c.input_range)}"
             self.notes.append("no --data: fidelity is measured on SYNTHETIC (data-free) inputs, not on real samples")

@@ -9,7 +9,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED_MODELS = ROOT.parent / "shared" / "models" / "mlperf-tiny"
+SHARED_MODELS = Path(os.environ.get("EDGEPRUNE_MLPERF_DIR") or ROOT.parent / "shared" / "models" / "mlperf-tiny")
 
 MLPERF = {
     "resnet8": "pretrainedResnet.h5",

@@ -233,7 +233,9 @@ def test_cli_convert_example_int8_with_data_json(tmp_path, capsys):
     assert payload["conversion"]["calibration_source"] == "user"
     assert payload["data"]["source"] == "user" and payload["data"]["input_scale"] == pytest.approx(1 / 255)
     fid = payload["fidelity"]
-    assert fid["metric"] == "top1" and fid["n_samples"] == 1000
+    assert fid["metric"] == "top1" and fid["n_samples"] == 800  # 200 held out for calibration, never evaluated
+    assert payload["data"]["split"]["calibration"] == payload["conversion"]["calibration_samples"] == 200
+    assert payload["data"]["split"]["shared"] == 0
     assert fid["accuracy_drop"] < 1.0 and fid["agreement"] > 0.98
     assert payload["conversion"]["inputs"][0]["dtype"] == "int8"
     assert "Traceback" not in err
@@ -246,7 +248,9 @@ def test_cli_convert_without_data_is_labelled_synthetic(tmp_path, capsys):
     text = _flat(out)
     assert "int8 calibration: 20 samples, synthetic (data-free)" in text
     assert "fidelity on 20 samples, synthetic (data-free): top-1 agreement" in text
-    assert f"{target.stat().st_size:,} bytes" in text
+    from edgeprune.devices.sizes import format_size
+
+    assert format_size(target.stat().st_size) in text  # SI units, the one size formatter
     assert "CONV_2D x" in text and "DEPTHWISE_CONV_2D x" in text
     assert re.search(r"input\W+input_1\W+1x30x1x40\W+int8\W+0\.0039\d*\W+-128\b", text), text
     assert "Traceback" not in out + err and "I0000" not in out + err
@@ -304,8 +308,8 @@ def test_cli_convert_reports_the_tflm_arena_and_survives_its_failure(tmp_path, c
     argv = ["convert", mlperf_path("kws"), "--quantize", "int8", "--samples", "10", "--out", target]
     code, out, err = _run(argv, capsys)
     assert code == 0, err
-    found = re.search(r"TFLite-Micro arena: ([\d,]+) bytes", out)
-    assert found and 1_000 < int(found.group(1).replace(",", "")) < 1_000_000
+    found = re.search(r"TFLite-Micro arena: ([\d.]+) (B|kB|MB)\b", out)  # SI units, the one size formatter
+    assert found and 1_000 < float(found.group(1)) * {"B": 1, "kB": 1e3, "MB": 1e6}[found.group(2)] < 1_000_000
 
     def crash(path, *a, **k):
         raise RuntimeError("child process died")

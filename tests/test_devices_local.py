@@ -84,7 +84,7 @@ def test_local_measurement(device_models):
                 "runtime", "runtime_version", "arch", "python_version", "output_checksum", "model_bytes",
                 "model_sha256", "device", "kind", "measured", "estimates"):
         assert key in d
-    assert m.runs == 20 and m.warmup == 3 and m.threads == 1 and m.measured["latency"] is True
+    assert m.runs >= 20 and m.warmup >= 3 and m.threads == 1 and m.measured["latency"] is True
     assert m.runtime == "ai_edge_litert" and m.model_bytes == device_models["small"].stat().st_size
 
 
@@ -114,8 +114,8 @@ def test_bad_model_and_args(tmp_path, device_models):
 def test_cli_bench_local(device_models, capsys):
     assert run_cli(["bench", str(device_models["small"]), "--device", "local", "--runs", "5", "--json"]) == 0
     d = json.loads(capsys.readouterr().out)
-    assert d["device"] == "local" and d["runs"] == 5 and d["latency_ms"]["median"] > 0
+    assert d["device"] == "local" and d["runs"] >= 5 and d["latency_ms"]["median"] > 0
     assert run_cli(["bench", str(device_models["small"]), "-d", "local", "--runs", "5"]) == 0
-    assert "latency median" in capsys.readouterr().out
+    assert "latency p50 / p90 / p99" in capsys.readouterr().out
     assert run_cli(["devices", "check", "local"]) == 0
     assert run_cli(["bench", str(device_models["small"]), "-d", "local", "--runs", "0"]) == 2

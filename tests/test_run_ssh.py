@@ -50,7 +50,7 @@ def test_run_over_ssh_counts_device_runs(server, tmp_path, capsys):
     measured = [c for c in rep["candidates"] if c["measurement"]]
     assert [c["rate"] for c in measured] == [max(c["rate"] for c in host_pass)] == [rep["chosen"]["rate"]]
     m = measured[0]["measurement"]
-    assert m["runs"] == 3 and m["latency_ms"]["median"] > 0 and m["sha256"] == measured[0]["sha256"]
+    assert m["runs"] >= 3 and m["latency_ms"]["median"] > 0 and m["sha256"] == measured[0]["sha256"]
     assert m["device"] == "board"
     text = (out / "report.json").read_text() + (out / "report.md").read_text()
     assert str(server.user_key) not in text and "PRIVATE KEY" not in text  # no key material or key paths

@@ -135,12 +135,13 @@ def test_resume_reuses_the_cached_reference_outputs(tmp_path, capsys):
     stamp = cache.stat().st_mtime_ns
     with np.load(cache) as z:
         cached = z["outputs"]
-    # the cached outputs are the original model's on the evaluation split (every 5th sample held out)
+    # the cached outputs are the original model's on the evaluation split (200 samples held out)
+    from edgeprune.pipeline.split import split
+
     model = load_model(example_model_path())
-    data = load_eval_data(example_data_path(), model)
-    rest = np.setdiff1d(np.arange(data.n), np.arange(data.n)[::5][:200])
-    assert cached.shape == (800, 10)
-    np.testing.assert_allclose(cached, keras_outputs(model, data.x.take(rest)), atol=1e-6, rtol=0)
+    evaluation = split(load_eval_data(example_data_path(), model)).evaluation
+    assert cached.shape == (800, 10) and len(evaluation.x) == 800
+    np.testing.assert_allclose(cached, keras_outputs(model, evaluation.x), atol=1e-6, rtol=0)
 
     assert run_cli([*base, "--max-rate", "0.2", "--resume"]) == 0
     second = json.loads(capsys.readouterr().out)
@@ -236,3 +237,19 @@ def test_jobs_below_one_is_bad_input(tmp_path, capsys):
     assert run_cli(["run", "--out", str(tmp_path / "r"), "--jobs", "0"]) == 2
     err = capsys.readouterr().err
     assert "--jobs must be at least 1, got 0" in err and "fix:" in err
+
+
+def test_pool_size_rule():
+    from edgeprune.pipeline.convert_pool import AUTO_MIN_CONVERT_S, pool_size
+
+    assert AUTO_MIN_CONVERT_S == 5.0
+    assert pool_size(2, 2, todo=5, prunable=True, convert_seconds=[]) == 2  # --jobs 2: always
+    assert pool_size(3, 2, todo=2, prunable=True, convert_seconds=[]) == 2  # never more than left to make
+    assert pool_size(1, 8, todo=5, prunable=True, convert_seconds=[30.0]) == 0  # --jobs 1: serial
+    assert pool_size(4, 4, todo=1, prunable=True, convert_seconds=[]) == 0  # one candidate: nothing to overlap
+    assert pool_size(4, 4, todo=5, prunable=False, convert_seconds=[]) == 0
+    # no --jobs: one per core, once a conversion took 5 s or more
+    assert pool_size(None, 2, todo=5, prunable=True, convert_seconds=[]) == 0
+    assert pool_size(None, 2, todo=5, prunable=True, convert_seconds=[1.2, 4.99]) == 0
+    assert pool_size(None, 2, todo=5, prunable=True, convert_seconds=[8.4]) == 2
+    assert pool_size(None, 1, todo=5, prunable=True, convert_seconds=[8.4]) == 0

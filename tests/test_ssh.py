@@ -50,7 +50,7 @@ def test_bench_over_ssh(server, board, device_models):
     m = measure(load_profile(board), device_models["small"], BenchConfig(runs=20, warmup=3))
     took = time.perf_counter() - t0
     assert m.kind == "ssh" and m.runtime == "ai_edge_litert" and m.measured["latency"]
-    assert m.latency_ms.median > 0 and m.peak_rss_bytes > 0 and m.runs == 20
+    assert m.latency_ms.median > 0 and m.peak_rss_bytes > 0 and m.runs >= 20
     assert _leftovers(server) == []  # work dir removed
     print(f"SSH measurement took {took:.2f} s")
 
@@ -58,7 +58,7 @@ def test_bench_over_ssh(server, board, device_models):
 def test_cli_bench_and_check_over_ssh(server, board, device_models, capsys):
     assert run_cli(["bench", str(device_models["small"]), "--device", str(board), "--runs", "5", "--json"]) == 0
     d = json.loads(capsys.readouterr().out)
-    assert d["kind"] == "ssh" and d["runs"] == 5
+    assert d["kind"] == "ssh" and d["runs"] >= 5
     assert run_cli(["devices", "check", str(board)]) == 0
     out = capsys.readouterr().out
     assert "ai_edge_litert" in out and "disk free" in out
@@ -90,7 +90,7 @@ def test_unknown_host_refused_unless_trusted(server, tmp_path, device_models):
     assert run_cli(["bench", str(device_models["small"]), "-d", str(prof), "--runs", "2", "--trust-new-host"]) == 0
     assert str(server.port) in kh.read_text()  # recorded
     m = measure(load_profile(prof), device_models["small"], BenchConfig(runs=2))  # now known: works without opt-in
-    assert m.runs == 2
+    assert m.runs >= 2
 
 
 def test_failed_login_reported(server, tmp_path, device_models, capsys):
@@ -132,7 +132,7 @@ def test_weird_model_path(server, board, device_models, tmp_path):
     weird = weird_dir / "we ird $(x) ;&'\".tflite"
     shutil.copy(device_models["small"], weird)
     m = measure(load_profile(board), weird, BenchConfig(runs=3))
-    assert m.runs == 3 and m.model_bytes == weird.stat().st_size
+    assert m.runs >= 3 and m.model_bytes == weird.stat().st_size
     assert not Path("PWNED").exists() and not (server.remote_tmp / "PWNED").exists()
     assert _leftovers(server) == []
 
@@ -143,7 +143,7 @@ def test_remote_tmp_with_metacharacters(server, tmp_path, device_models):
     prof = server.profile_yaml(tmp_path / "b.yaml")
     prof.write_text(prof.read_text().replace(f"remote_tmp: {server.remote_tmp}", f"remote_tmp: '{odd}'"))
     m = measure(load_profile(prof), device_models["small"], BenchConfig(runs=2))
-    assert m.runs == 2 and list(odd.iterdir()) == [] and not (server.root / "PWNED2").exists()
+    assert m.runs >= 2 and list(odd.iterdir()) == [] and not (server.root / "PWNED2").exists()
 
 
 @pytest.mark.parametrize("venv,runtime", [("tflite-runtime", "tflite_runtime"), ("litert", "ai_edge_litert")])
@@ -196,7 +196,7 @@ def test_ssh_config_alias(server, tmp_path, device_models):
                     f"look_for_keys: false}}\nruntime: {{python: {sys.executable}, remote_tmp: {server.remote_tmp}}}\n"
                     "threads: 1\nlimits: {flash_bytes: 1MB, ram_bytes: 1GB}\n")
     m = measure(load_profile(prof), device_models["small"], BenchConfig(runs=2))
-    assert m.runs == 2 and _leftovers(server) == []
+    assert m.runs >= 2 and _leftovers(server) == []
 
 
 def test_cli_inputs_npy_checksum(server, board, device_models, tmp_path, capsys):
