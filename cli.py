@@ -7,6 +7,7 @@ exit code; see ``errors.py`` for the codes.
 """
 from __future__ import annotations
 
+import os
 import sys
 from enum import Enum
 from pathlib import Path
@@ -20,7 +21,7 @@ from edgeprune.errors import EXIT_BAD_INPUT, EdgepruneError
 
 EXIT_CODES_HELP = (
     "Exit codes: 0 success; 2 bad input; 3 (run) no candidate meets every limit; "
-    "4 device unreachable or unusable."
+    "4 device unreachable or unusable; 5 (run/bench with --baseline) a figure regressed against the baseline."
 )
 
 # typer's usage errors (bad option, missing argument, value not a number, ...) share one
@@ -44,6 +45,11 @@ class Criterion(str, Enum):
     random = "random"
     flow = "flow"
     taylor = "taylor"
+
+
+class Allocation(str, Enum):
+    uniform = "uniform"
+    global_ = "global"
 
 
 class LatencyStat(str, Enum):
@@ -367,6 +373,10 @@ _Host = Annotated[Optional[str], typer.Option("--host", help="Override the SSH h
 _User = Annotated[Optional[str], typer.Option("--user", help="Override the SSH user (also $EDGEPRUNE_DEVICE_USER).")]
 _Port = Annotated[Optional[int], typer.Option("--port", min=1, max=65535, help="Override the SSH port, 1-65535 (also $EDGEPRUNE_DEVICE_PORT).")]
 _TrustNew = Annotated[bool, typer.Option("--trust-new-host", help="Accept and record an UNKNOWN host key (a changed key is always refused).")]
+_Baseline = Annotated[Optional[Path], typer.Option("--baseline", help="Regression gate: compare with this report.json (e.g. main's): size, RAM, latency (beyond its measured spread), fidelity. Exit 5 on a regression.")]
+_MaxRegression = Annotated[Optional[str], typer.Option("--max-regression", help="Tolerances of the --baseline gate, FIGURE=VALUE[,...]: relative '10%' or absolute (bytes, ms, score). Default: size=0,ram=5%,latency=10%,fidelity=0.005.")]
+_Junit = Annotated[Optional[Path], typer.Option("--junit", help="Write JUnit XML here: one test case per check (each budget, fidelity, each regression figure).")]
+_Metrics = Annotated[Optional[Path], typer.Option("--metrics", help="Write a GitLab metrics report here ('name value' lines: size, RAM, latency, fidelity, changes).")]
 
 
 def _device_profile(device: str, devices_dir, host, user, port, trust_new_host: bool):
@@ -458,11 +468,20 @@ def bench(
     trust_new_host: _TrustNew = False,
     devices_dir: _DevicesDir = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the measurement as JSON.")] = False,
+    baseline: _Baseline = None,
+    max_regression: _MaxRegression = None,
+    junit: _Junit = None,
+    metrics: _Metrics = None,
 ) -> None:
     """Measure MODEL on DEVICE: latency, load time, peak memory (or, on a microcontroller, arena, flash and an estimate)."""
     from edgeprune.devices.base import BenchConfig, measure
 
     prof = _device_profile(device, devices_dir, host, user, port, trust_new_host)
+    gate_base, tolerances = _gate_setup(baseline, max_regression, junit, metrics)
+    if gate_base is not None:
+        from edgeprune.pipeline.gate import check_same_target, tflite_quantization
+
+        check_same_target(gate_base, prof.name, prof.kind, tflite_quantization(model))
     arr = None
     if inputs is not None:
         import numpy as np
@@ -482,6 +501,55 @@ def bench(
         from edgeprune.devices.render import bench_table
 
         out.print(bench_table(m))
+    if gate_base is not None or junit is not None or metrics is not None:
+        _bench_gate(model, prof, m, gate_base, tolerances, junit, metrics, as_json)
+
+
+def _gate_setup(baseline, max_regression, junit, metrics):
+    """Read --baseline and --max-regression, check --junit/--metrics can be written: before any work."""
+    for path, what in ((junit, "--junit"), (metrics, "--metrics")):
+        if path is not None:
+            _check_name_length(Path(path), what)
+            parent = Path(path).resolve().parent
+            if not parent.is_dir():
+                raise EdgepruneError(f"{what} {path}: folder {parent} does not exist", f"create it or choose another {what}")
+    if baseline is None:
+        if max_regression is not None:
+            raise EdgepruneError("--max-regression needs --baseline (the report to compare with)",
+                                 "add --baseline PATH/report.json, or drop --max-regression")
+        return None, None
+    from edgeprune.pipeline.gate import load_baseline, parse_max_regression
+
+    tolerances = parse_max_regression(max_regression)
+    return load_baseline(baseline), tolerances
+
+
+def _print_gate(gate, to_stdout: bool) -> None:
+    if to_stdout:
+        head = ("[bold red]REGRESSION[/bold red] in " + ", ".join(c.figure for c in gate.regressions)
+                if gate.regressions else "[green]no regression[/green]")
+        out.print(f"gate against {gate.baseline}: {head}" if gate.compared else f"gate: {gate.note}", highlight=False)
+        for c in gate.checks:
+            out.print(f"  {c.line()}", highlight=False, markup=False)
+    for line in gate.lines():
+        err.print(f"regression: {line}", highlight=False, markup=False, soft_wrap=True)
+
+
+def _bench_gate(model, prof, m, gate_base, tolerances, junit, metrics, as_json) -> None:
+    from edgeprune.errors import EXIT_REGRESSION
+    from edgeprune.pipeline import ci_outputs
+    from edgeprune.pipeline.gate import bench_figures, compare
+
+    md = m.to_dict()
+    gate = None
+    if gate_base is not None:
+        gate_base = dict(gate_base)
+        gate = compare(gate_base, bench_figures(md, model), tolerances)
+        _print_gate(gate, to_stdout=not as_json)
+    ci_outputs.write_bench_outputs(f"edgeprune bench {Path(model).name} on {prof.name}", prof.name,
+                                   gate.to_dict() if gate else None, md, junit, metrics)
+    if gate is not None and gate.regressions:
+        raise typer.Exit(EXIT_REGRESSION)
 
 
 # --------------------------------------------------------------------------- run
@@ -489,14 +557,15 @@ RUN_EXIT_HELP = (
     "Exit codes: 0 a candidate meets every budget and the fidelity threshold (best.tflite written); "
     "2 bad input (unknown device, unreadable budget, bad step, missing model or data, output dir not writable, "
     "a run dir of another configuration); 3 no candidate meets every limit (report says which and by how much); "
-    "4 the device could not be reached or used."
+    "4 the device could not be reached or used; "
+    "5 with --baseline: a figure (size, RAM, latency, fidelity) regressed beyond its tolerance (one line per figure)."
 )
 
 
 @app.command(epilog=RUN_EXIT_HELP)
 def run(
     model: Annotated[Optional[Path], typer.Option("--model", "-m", help="Keras model (.keras/.h5). Default: the bundled Fashion-MNIST example.")] = None,
-    device: Annotated[str, typer.Option("--device", "-d", help="Device profile name (edgeprune devices list) or a .yaml path.")] = "local",
+    device: Annotated[Optional[list[str]], typer.Option("--device", "-d", help="Device profile name (edgeprune devices list) or a .yaml path. Repeat it for several equal boards measured in parallel (a board farm). Default: local.")] = None,
     budget: Annotated[Optional[str], typer.Option("--budget", help="Flash / model-file budget: '2MB' (10^6), '512KiB' (2^10), bytes. Default: the profile's.")] = None,
     ram_budget: Annotated[Optional[str], typer.Option("--ram-budget", help="RAM budget, same units. Default: the profile's.")] = None,
     latency_budget: Annotated[Optional[float], typer.Option("--latency-budget", help="Latency budget in ms, checked on --latency-stat (p50 by default). Default: the profile's, if any.")] = None,
@@ -507,6 +576,7 @@ def run(
     quantize: Annotated[Quantize, typer.Option("--quantize", "-q", help="int8 (default), float16, float32 (or dynamic).")] = Quantize.int8,
     criterion: Annotated[Optional[Criterion], typer.Option(help="Importance criterion: flow (one forward pass on the calibration split; the default with data), taylor, paoding (data-free; the default without data), l1, random.")] = None,
     compensate: Annotated[Optional[bool], typer.Option("--compensate/--no-compensate", help="Refit the pruned layers' consumers by least squares on the calibration split (default: on with data).")] = None,
+    allocation: Annotated[Optional[Allocation], typer.Option(help="How widths are chosen: global (greedy on the calibration split, least fidelity loss per parameter saved; the rate is the fraction of prunable parameters removed; the default with data) or uniform (every layer loses the rate of its channels; the default without data).")] = None,
     step: Annotated[float, typer.Option(help="Prune-rate step between candidates (each builds on the last).")] = 0.05,
     max_rate: Annotated[float, typer.Option("--max-rate", help="Largest prune rate tried.")] = 0.9,
     out_dir: Annotated[Optional[Path], typer.Option("--out", "-o", help="Run directory. Default ./edgeprune-runs/<model>-<device>-<quantize>.")] = None,
@@ -532,6 +602,10 @@ def run(
     trust_new_host: _TrustNew = False,
     devices_dir: _DevicesDir = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print report.json to stdout instead of the table.")] = False,
+    baseline: _Baseline = None,
+    max_regression: _MaxRegression = None,
+    junit: _Junit = None,
+    metrics: _Metrics = None,
 ) -> None:
     """Find the largest prune rate whose converted model meets every budget and the fidelity threshold.
 
@@ -544,10 +618,18 @@ def run(
     from edgeprune.pipeline.report import RunProgress, candidates_table, print_outcome
 
     lo, hi = _parse_range(input_range)
-    config = RunConfig(model=model, device=device, host=host, user=user, port=port, devices_dir=devices_dir,
+    devices = list(device or ["local"])
+    gate_base, tolerances = _gate_setup(baseline, max_regression, junit, metrics)
+    if gate_base is not None:  # refuse another device / quantization before the search, not after
+        from edgeprune.pipeline.gate import check_same_target
+
+        prof = _device_profile(devices[0], devices_dir, host, user, port, False)
+        check_same_target(gate_base, prof.name, prof.kind, quantize.value)
+    config = RunConfig(model=model, device=devices[0], extra_devices=devices[1:], host=host, user=user, port=port, devices_dir=devices_dir,
                        trust_new_host=trust_new_host, budget=budget, ram_budget=ram_budget,
                        latency_budget=latency_budget, min_fidelity=min_fidelity, max_accuracy_drop=max_accuracy_drop,
                        data=data, quantize=quantize.value, criterion=criterion.value if criterion else "auto", compensate=compensate,
+                       allocation=allocation.value if allocation else "auto",
                        step=step, max_rate=max_rate, out=out_dir,
                        resume=resume, force=force, runs=runs, warmup=warmup, measure_all=measure_all,
                        threads=threads, min_secs=min_secs, max_secs=max_secs, warmup_min_secs=warmup_min_secs,
@@ -560,6 +642,15 @@ def run(
     config.jobs = jobs
     with RunProgress(err) as progress:
         result = run_search(config, progress=progress)
+    gate = None
+    if gate_base is not None:
+        from edgeprune.pipeline.gate import gate_run
+
+        gate = gate_run(result, gate_base, tolerances)  # report.json gets "gate"; exit 5 on a regression
+    if junit is not None or metrics is not None or os.environ.get("GITHUB_STEP_SUMMARY"):
+        from edgeprune.pipeline.ci_outputs import write_run_outputs
+
+        write_run_outputs(result.report, junit, metrics)
     if as_json:
         from edgeprune.pipeline.verdict import print_verdict
 
@@ -571,7 +662,22 @@ def run(
 
         print_kept(out, candidates_table(result.report, out.width))
         print_outcome(out, result.report)
+    if gate is not None:
+        _print_gate(gate, to_stdout=not as_json)
     raise typer.Exit(result.exit_code)
+
+
+# --------------------------------------------------------------------------- schema
+@app.command()
+def schema(
+    path_only: Annotated[bool, typer.Option("--path", help="Print the schema file's path instead of the schema.")] = False,
+) -> None:
+    """Print the JSON Schema of report.json (the current format, edgeprune-report/N)."""
+    from edgeprune.pipeline.schema import schema_path
+
+    p = schema_path()
+    sys.stdout.write(f"{p}\n" if path_only else p.read_text())
+    sys.stdout.flush()
 
 
 # --------------------------------------------------------------------------- entry

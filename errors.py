@@ -5,6 +5,7 @@ Exit codes (stable, documented in the README and ``--help``):
   2  bad input (unknown device, unparsable budget, missing/corrupt model or data, ...)
   3  ``run`` only: no candidate meets every limit (the report says which and by how much)
   4  the device could not be reached or used (connection, auth, host key, no runtime)
+  5  ``run`` / ``bench`` with ``--baseline``: a figure regressed against the baseline beyond its tolerance
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ EXIT_OK = 0
 EXIT_BAD_INPUT = 2
 EXIT_NO_CANDIDATE = 3
 EXIT_DEVICE = 4
+EXIT_REGRESSION = 5
 
 
 class EdgepruneError(Exception):

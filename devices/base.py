@@ -393,7 +393,8 @@ def bench_settings(config: BenchConfig) -> dict:
 
 # --------------------------------------------------------------------------- registry
 _BACKENDS: dict[str, type] = {}
-_BACKEND_MODULES = {"local": "edgeprune.devices.local", "ssh": "edgeprune.devices.ssh", "mcu": "edgeprune.devices.mcu"}
+_BACKEND_MODULES = {"local": "edgeprune.devices.local", "ssh": "edgeprune.devices.ssh", "mcu": "edgeprune.devices.mcu",
+                    "labgrid": "edgeprune.devices.labgrid"}
 
 
 def register(kind: str) -> Callable[[type], type]:

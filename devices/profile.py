@@ -32,6 +32,7 @@ __all__ = [
     "RuntimeSpec",
     "Limits",
     "McuSpec",
+    "LabgridSpec",
     "load_profile",
     "list_profiles",
     "shipped_dir",
@@ -80,6 +81,12 @@ class Connection(_Strict):
     look_for_keys: bool = True
     connect_timeout_s: float = Field(default=10.0, gt=0)
     retries: int = Field(default=3, ge=1, le=10)  # attempts on a dropped connection / transient error
+    # Board lock (devices/board_lock.py): a lock file in the board's temp dir, so two runs never
+    # measure on one board at once. Wait up to lock_wait_s for a busy board (then exit 4); a lock
+    # older than lock_stale_s is left by a killed run and broken (default 2 x run_timeout_s + 300 s).
+    lock: bool = True
+    lock_wait_s: float = Field(default=600.0, ge=0)
+    lock_stale_s: Optional[float] = Field(default=None, gt=0)
 
 
 class RuntimeSpec(_Strict):
@@ -114,9 +121,31 @@ class McuSpec(_Strict):
     core: Optional[str] = None
 
 
+class LabgridSpec(_Strict):
+    """A board of a labgrid farm (kind: labgrid): the coordinator and the place(s) to acquire.
+
+    ``place`` names one place; ``tags`` (``{board: pi4}``) match every place carrying all of
+    them (a farm of equal boards: ``edgeprune run`` measures on all of them at once). The SSH
+    endpoint comes from the place's NetworkService resource; ``connection`` gives the rest
+    (key_file, known_hosts: host keys are verified as for kind ssh).
+    """
+
+    coordinator: str = "127.0.0.1:20408"  # HOST[:PORT] of labgrid-coordinator
+    place: Optional[str] = None
+    tags: dict[str, str] = Field(default_factory=dict)
+    acquire_timeout_s: float = Field(default=600.0, ge=0)  # wait this long for a busy place, then exit 4
+    poll_s: float = Field(default=2.0, gt=0)
+
+    @model_validator(mode="after")
+    def _place_or_tags(self) -> "LabgridSpec":
+        if bool(self.place) == bool(self.tags):
+            raise ValueError("give exactly one of 'place' (one place) or 'tags' (every place carrying them)")
+        return self
+
+
 class Profile(_Strict):
     name: str
-    kind: Literal["local", "ssh", "mcu"]
+    kind: Literal["local", "ssh", "mcu", "labgrid"]
     description: str = ""
     connection: Optional[Connection] = None
     runtime: RuntimeSpec = Field(default_factory=RuntimeSpec)
@@ -125,6 +154,7 @@ class Profile(_Strict):
     max_load_per_core: float = Field(default=0.5, gt=0)  # warn when the 1-min load per CPU is above this
     limits: Limits
     mcu: Optional[McuSpec] = None
+    labgrid: Optional[LabgridSpec] = None
     # Set for an emulated board (e.g. qemu-user): what emulates it. Its figures are then labelled
     # emulated: latency is the emulator's, peak RSS includes the emulator, CPU/memory/disk are the host's.
     emulated: Optional[str] = None
@@ -140,8 +170,14 @@ class Profile(_Strict):
             raise ValueError("kind 'mcu' needs an 'mcu' section (clock_hz, cycles_per_mac, runtime_flash_bytes, runtime_ram_bytes)")
         if self.kind != "mcu" and self.mcu is not None:
             raise ValueError(f"an 'mcu' section only applies to kind 'mcu', not {self.kind!r}")
-        if self.kind != "ssh" and self.connection is not None:
-            raise ValueError(f"a 'connection' section only applies to kind 'ssh', not {self.kind!r}")
+        if self.kind not in ("ssh", "labgrid") and self.connection is not None:
+            raise ValueError(f"a 'connection' section only applies to kind 'ssh' or 'labgrid', not {self.kind!r}")
+        if (self.kind == "labgrid") != (self.labgrid is not None):
+            raise ValueError("kind 'labgrid' needs a 'labgrid' section (coordinator, place or tags), and only it has one")
+        if self.kind == "labgrid" and self.connection is not None and (self.connection.host or self.connection.port
+                                                                      or self.connection.ssh_config_alias):
+            raise ValueError("kind 'labgrid' takes the board's address and port from the place's NetworkService: "
+                             "remove connection.host/port/ssh_config_alias")
         return self
 
     @property

@@ -24,7 +24,10 @@ def devices_table(profiles) -> Table:
         t.add_column(col)
     for p in profiles:
         host = "-"
-        if p.connection is not None:
+        if p.kind == "labgrid":
+            spec = p.labgrid
+            host = f"labgrid {spec.coordinator} " + (spec.place or ",".join(f"{k}={v}" for k, v in spec.tags.items()))
+        elif p.connection is not None:
             c = p.connection
             host = (c.host or f"(ssh_config {c.ssh_config_alias})") + (f":{c.port}" if c.port and c.port != 22 else "")
             if c.user:

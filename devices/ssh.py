@@ -250,9 +250,13 @@ class SshDevice(Device):
         self._closed = False
         self._free: Optional[int] = None
         self._orphans: list[str] = []  # PIDs (= process groups) of runners whose connection dropped
+        self._lock = None  # the board lock (devices/board_lock.py), held for the session
         self.client = connect_client(self.settings, name=profile.name)
         try:
             self._clean_pending()
+            from edgeprune.devices import board_lock, farm
+
+            self._lock = board_lock.acquire(self, aborted=farm.aborting)  # waits while another run measures
             self.workdir = self._make_workdir()
         except BaseException:
             self.close()
@@ -456,6 +460,14 @@ class SshDevice(Device):
             pass
         if self.workdir or self._orphans:
             self._remove_workdir()
+        if self._lock is not None:
+            self._lock.release()
+        if self.client is not None:
+            self.client.close()
+
+    def abort(self) -> None:
+        """From another thread (Ctrl-C in a parallel run): drop the connection, so the running
+        command ends as a dropped connection; close() then cleans up over a fresh one."""
         if self.client is not None:
             self.client.close()
 

@@ -6,6 +6,8 @@ samples), or synthetic inputs in the declared input range when there is no data 
 """
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 
 BATCH = 256
@@ -22,6 +24,17 @@ def consumer_layers(graph, gids=None) -> list[str]:
             if ref.role == "consumer":
                 names.add(ref.layer)
     return [n for n in graph.order if n in names]
+
+
+@contextlib.contextmanager
+def _quiet():
+    """Keras warns that a single array does not match a functional model's one-element input
+    list; the call is right, the warning is noise on the run's stderr."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The structure of `inputs` doesn't match", category=UserWarning)
+        yield
 
 
 def _batches(x, model=None):

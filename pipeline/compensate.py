@@ -58,6 +58,15 @@ def refittable(graph, layer: str) -> bool:
     return True
 
 
+def single_thread_blas():
+    """NumPy's BLAS on one thread while fitting: the fits are small matrices, and on a shared
+    2-core machine OpenBLAS' spinning worker threads made them ~10x slower (measured in
+    bench/results/fidelity_speed.md)."""
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=1, user_api="blas")
+
+
 class Compensator:
     """Refits the consumers of pruned groups of one model on fixed calibration samples."""
 
@@ -98,9 +107,19 @@ class Compensator:
                     names.add(ref.layer)
         return [n for n in g.order if n in names]
 
+    def fit_layer(self, name: str, state, x_p: np.ndarray) -> list[np.ndarray]:
+        """The ridge refit of layer ``name`` at ``state``'s widths from its input ``x_p`` on the
+        calibration samples (``[kernel, bias]``; ``state`` is not changed)."""
+        with single_thread_blas():
+            return self._fit(name, state, x_p, self._original_inputs([name])[name])
+
     def refit(self, state, build) -> list[str]:
         """Refit every consumer of a pruned group of ``state`` in place (topological order);
         ``build()`` gives the Keras model of the current state. Returns the refitted layers."""
+        with single_thread_blas():
+            return self._refit(state, build)
+
+    def _refit(self, state, build) -> list[str]:
         t0 = time.perf_counter()
         names = self.layers_to_refit(state)
         if not names:

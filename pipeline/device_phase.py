@@ -2,6 +2,7 @@
 down, through the sha256-keyed measurement cache; stop at the first that meets every budget."""
 from __future__ import annotations
 
+import threading
 import time
 from typing import Optional
 
@@ -10,34 +11,89 @@ from edgeprune.pipeline.run_config import NOISE_TOLERANCE, _now
 from edgeprune.pipeline.run_dir import write_json_atomic
 
 
-class DevicePhase:
-    """Mixin of :class:`edgeprune.pipeline.run._Run`: reachability, measurement, device checks."""
+class LoadFailure:
+    """The board's runtime cannot load THIS candidate (a BadInput from the board runner): the
+    candidate is recorded as failed and the search goes on."""
 
-    def device_key(self, sha: str) -> str:
+    def __init__(self, exc: BadInput):
+        self.exc = exc
+
+
+class DevicePhase:
+    """Mixin of :class:`edgeprune.pipeline.run._Run`: reachability, measurement, device checks.
+
+    With several boards (``self.boards``) :mod:`edgeprune.pipeline.device_farm` runs
+    ``measure_noise_aware`` for different candidates in worker threads, one per board: the
+    cache, the counters and the progress events are then guarded by ``self._device_lock``."""
+
+    def device_key(self, sha: str, board=None) -> str:
         from edgeprune.pipeline.run_setup import bench_config
 
-        p = self.profile
+        p = board if board is not None else self.profile
         conn = p.connection
-        where = f"{conn.host or conn.ssh_config_alias}:{conn.port or 22}" if conn is not None else p.kind
+        if p.kind == "labgrid":
+            from edgeprune.devices.farm import board_id
+
+            where = board_id(p)
+        else:
+            where = f"{conn.host or conn.ssh_config_alias}:{conn.port or 22}" if conn is not None else p.kind
         cfg = bench_config(self.c)
         threads = cfg.threads if cfg.threads is not None else p.threads
         return f"{sha}|{p.name}|{where}|{cfg.key()}|threads={threads}"
 
     def check_reachable(self) -> None:
-        """Fail fast (exit 4) when an SSH board cannot be reached, before the host phase."""
-        if self.profile.kind != "ssh":
-            return
-        from edgeprune.devices.base import open_device, with_retries
+        """Fail fast (exit 4) when a board cannot be reached, before the host phase: SSH boards
+        connect (and authenticate, host key checked; no lock taken), labgrid profiles ask their
+        coordinator for the place(s). Resolves ``self.boards``: one profile per board."""
+        from edgeprune.devices.farm import board_pool
 
-        self.emit("status", text=f"connecting to {self.profile.name}")
+        profiles = [self.profile] + list(getattr(self, "extra_profiles", []))
+        for p in profiles:
+            if p.kind == "labgrid":
+                from edgeprune.devices.labgrid import check_coordinator
 
-        def once():
-            with open_device(self.profile):
-                return True
+                self.emit("status", text=f"asking the labgrid coordinator {p.labgrid.coordinator} for {p.name}")
+                check_coordinator(p)
+        self.boards = board_pool(profiles)
+        for b in self.boards:
+            if b.kind != "ssh":
+                continue
+            from edgeprune.devices.base import with_retries
+            from edgeprune.devices.ssh import connect_client, resolve_settings
 
-        with_retries(self.profile, once)
+            self.emit("status", text=f"connecting to {b.name}")
+            with_retries(b, lambda b=b: connect_client(resolve_settings(b), name=b.name).close())
 
-    def measure(self, rec: dict, *, again: bool = False) -> tuple[dict, bool]:
+    def strategy_text(self) -> str:
+        from edgeprune.pipeline.device_farm import PARALLEL_STRATEGY
+        from edgeprune.pipeline.run_config import STRATEGY
+
+        boards = getattr(self, "boards", None) or [self.profile]
+        if len(boards) < 2:
+            return STRATEGY
+        return STRATEGY + PARALLEL_STRATEGY.format(n=len(boards), names=", ".join(b.name for b in boards))
+
+    def _cached(self, sha: str, suffix: str = "") -> Optional[dict]:
+        """The cached measurement of this .tflite on any board of the run (one type of board)."""
+        for b in getattr(self, "boards", None) or [self.profile]:
+            key = self.device_key(sha, b) + suffix
+            if key in self.cache:
+                return self.cache[key]
+        return None
+
+    def cached_noise_aware(self, r: dict):
+        """``measure_noise_aware`` when everything it needs is cached (no board needed), else None."""
+        from edgeprune.pipeline.noise import straddles
+
+        m = self._cached(r["sha256"])
+        if m is None:
+            return None
+        if straddles(m, self.c.latency_stat, self.budgets["latency_ms"]["value"]) and \
+                self._cached(r["sha256"], "|again") is None:
+            return None
+        return self.measure_noise_aware(r)
+
+    def measure(self, rec: dict, *, again: bool = False, board=None) -> tuple[dict, bool]:
         """Measure (or take from the cache) one candidate; ``again``: the re-measurement of a
         candidate whose first measurement put the budget within its noise band."""
         import dataclasses
@@ -45,11 +101,21 @@ class DevicePhase:
         from edgeprune.devices.base import measure
         from edgeprune.pipeline.run_setup import bench_config
 
-        key = self.device_key(rec["sha256"]) + ("|again" if again else "")
-        if key in self.cache:
-            return self.cache[key], True
-        self.emit("device_start", record=rec)
-        m = measure(self.profile, self.run_dir / rec["files"]["tflite"], bench_config(self.c))
+        board = board if board is not None else self.profile
+        lock = getattr(self, "_device_lock", None) or threading.RLock()
+        suffix = "|again" if again else ""
+        with lock:
+            hit = self._cached(rec["sha256"], suffix)
+            if hit is not None:
+                return hit, True
+            self.emit("device_start", record=rec, board=board.name)
+        path, config = self.run_dir / rec["files"]["tflite"], bench_config(self.c)
+        if len(getattr(self, "boards", None) or [self.profile]) > 1:
+            from edgeprune.pipeline.device_farm import measure_on
+
+            m = measure_on(board, path, config)  # abortable from the main thread (Ctrl-C)
+        else:
+            m = measure(board, path, config)
         entry = {
             "device": m.device, "kind": m.kind, "sha256": m.model_sha256,
             "latency_ms": dataclasses.asdict(m.latency_ms),
@@ -66,9 +132,12 @@ class DevicePhase:
         if m.kind == "mcu":
             entry["arena_bytes"] = (m.extra.get("arena") or {}).get("arena_bytes")
             entry["macs"] = m.extra.get("macs")
-        self.cache[key] = entry
-        write_json_atomic(self.cache_path, self.cache)
-        self.device_runs += 1
+        if m.kind == "labgrid":
+            entry["labgrid"] = m.extra.get("labgrid")
+        with lock:
+            self.cache[self.device_key(rec["sha256"], board) + suffix] = entry
+            write_json_atomic(self.cache_path, self.cache)
+            self.device_runs += 1
         return entry, False
 
     def device_checks(self, m: dict, *, remeasured: bool = False) -> dict:
@@ -82,15 +151,15 @@ class DevicePhase:
             "latency": latency_check(m, self.c.latency_stat, lb, remeasured=remeasured),
         }
 
-    def measure_noise_aware(self, r: dict) -> tuple[dict, bool]:
+    def measure_noise_aware(self, r: dict, board=None) -> tuple[dict, bool]:
         """Measure; when the budget lies within the noise band, measure once more and decide on that."""
         from edgeprune.pipeline.noise import load_warning, straddles
 
-        m, cached = self.measure(r)
+        m, cached = self.measure(r, board=board)
         remeasured = False
         if straddles(m, self.c.latency_stat, self.budgets["latency_ms"]["value"]):
             r["first_measurement"] = m
-            m, cached2 = self.measure(r, again=True)
+            m, cached2 = self.measure(r, again=True, board=board)
             cached = cached and cached2
             remeasured = True
         r["checks"].update(self.device_checks(m, remeasured=remeasured))
@@ -98,6 +167,14 @@ class DevicePhase:
         if warning and not getattr(self, "load_warning", None):
             self.load_warning = warning
         return m, cached
+
+    def measure_on_board(self, board, r: dict):
+        """One candidate's (noise-aware) measurement on ``board``; a worker thread's job when
+        boards run in parallel. A candidate the board's runtime cannot load: LoadFailure."""
+        try:
+            return self.measure_noise_aware(r, board)
+        except BadInput as exc:
+            return LoadFailure(exc)
 
     def device_phase(self) -> None:
         self.device_runs = 0
@@ -115,24 +192,20 @@ class DevicePhase:
                 r["not_measured"] = "over the flash budget (host check)"
         order = sorted(host_pass, key=lambda r: -r["rate"])
         self.emit("device_phase", total=len(order))
-        skip: Optional[str] = None
-        chosen = None
-        for r in order:
-            if skip is not None:
-                r["not_measured"] = skip
-                continue
-            t0 = time.perf_counter()
-            try:
-                m, cached = self.measure_noise_aware(r)
-            except BadInput as exc:  # the board's runtime cannot load THIS candidate: record it, go on
-                self.device_seconds += time.perf_counter() - t0
-                r["not_measured"] = f"the device runtime cannot load it: {exc.message[:300]}"
-                r["checks"]["load"] = {"ok": False, "value": exc.message[:300], "limit": None}
-                self.notes.append(f"candidate {r['name']} could not be loaded on the device ({exc.message[:160]}); "
+        state: dict = {"skip": None, "chosen": None}
+        decided: set = set()
+        self._device_lock = threading.RLock()
+        t_phase = time.perf_counter()
+
+        def apply(r, res, spent) -> bool:
+            if isinstance(res, LoadFailure):  # the board's runtime cannot load THIS candidate: record it, go on
+                msg = res.exc.message
+                r["not_measured"] = f"the device runtime cannot load it: {msg[:300]}"
+                r["checks"]["load"] = {"ok": False, "value": msg[:300], "limit": None}
+                self.notes.append(f"candidate {r['name']} could not be loaded on the device ({msg[:160]}); "
                                   "recorded as failed, the search went on")
-                continue
-            spent = time.perf_counter() - t0
-            self.device_seconds += spent
+                return False
+            m, cached = res
             self.device_cached += int(cached)
             r["measurement"] = m
             r["measurement_cached"] = cached
@@ -142,13 +215,21 @@ class DevicePhase:
             # keep the candidate's metrics file up to date with its measurement
             disk = {k: v for k, v in r.items() if k not in ("reused",)}
             write_json_atomic(self.run_dir / f"{r['name']}.json", dict(disk, device=m))
+            return ok
+
+        def decide(r, res, _cached, spent) -> bool:
+            decided.add(id(r))
+            ok = apply(r, res, spent)
+            if isinstance(res, LoadFailure):
+                return True
             if ok:
-                chosen = chosen or r
+                state["chosen"] = state["chosen"] or r
                 if not self.c.measure_all:
-                    skip = f"not measured: rate {r['rate']:.2f} (a larger rate) already meets every budget"
-                continue
+                    state["skip"] = f"not measured: rate {r['rate']:.2f} (a larger rate) already meets every budget"
+                    return False
+                return True
             if self.c.measure_all:
-                continue
+                return True
             misses = []
             for lim in ("latency", "ram"):
                 ck = r["checks"][lim]
@@ -157,8 +238,27 @@ class DevicePhase:
             clear = [(lim, m_) for lim, m_ in misses if m_ > NOISE_TOLERANCE[lim]]
             if clear:
                 lim, m_ = clear[0]
-                skip = (f"not measured: rate {r['rate']:.2f} (a smaller model) already missed the {lim} budget by "
-                        f"{100 * m_:.0f}%; {lim} only grows as the rate falls")
+                state["skip"] = (f"not measured: rate {r['rate']:.2f} (a smaller model) already missed the {lim} budget "
+                                 f"by {100 * m_:.0f}%; {lim} only grows as the rate falls")
+                return False
+            return True
+
+        def keep(r, res, spent) -> None:  # measured on another board while the answer was found
+            apply(r, res, spent)
+            self.notes.append(f"rate {r['rate']:.2f} was measured on a parallel board while the search was "
+                              f"deciding; its measurement is kept but does not change the answer")
+
+        from edgeprune.pipeline.device_farm import run_in_rate_order
+
+        boards = getattr(self, "boards", None) or [self.profile]
+        run_in_rate_order(order, boards, lookup=self.cached_noise_aware, measure=self.measure_on_board,
+                          store=lambda board, r, res: res, decide=decide, keep=keep, emit=lambda *a, **k: None,
+                          look_ahead=len(order) if self.c.measure_all else None)
+        self.device_seconds = time.perf_counter() - t_phase  # wall time (boards in parallel overlap)
+        for r in order:
+            if id(r) not in decided and r["measurement"] is None and state["skip"] is not None:
+                r["not_measured"] = state["skip"]
+        chosen = state["chosen"]
         self.emit("device_phase_done", made=self.device_runs, cached=self.device_cached)
         if self.c.measure_all and order:
             passing = [r for r in order if all(v["ok"] for v in r["checks"].values())]

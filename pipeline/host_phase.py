@@ -96,7 +96,8 @@ class HostPhase:
             self.reused = len(self.candidates)
         pconf = PruneConfig(rate=max(self.rates), criterion=self.criterion, step=float(c.step), round_to=self.round_to,
                             input_range=tuple(float(v) for v in c.input_range), seed=c.seed,
-                            calibration=self.stage_calibration, compensate=self.compensate)
+                            calibration=self.stage_calibration, compensate=self.compensate,
+                            allocation=self.allocation)
         if self.candidates:
             last = self.candidates[-1]
             pruner = Pruner(self.model, pconf, plan=Plan.load(d / last["files"]["plan"]))

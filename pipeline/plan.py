@@ -34,10 +34,12 @@ class Plan:
     # the pruned widths (pipeline/compensate.py); replayed after the removals
     refits: dict = field(default_factory=dict)
     compensation: str = ""
+    allocation: str = ""  # how the widths were chosen ("uniform", "global"); "" = uniform
 
     @classmethod
     def from_state(cls, state, *, model: str = "", criterion: str = "", rate: float = 0.0,
-                   params_before: int = 0, params_after: int = 0, compensation: str = "") -> "Plan":
+                   params_before: int = 0, params_after: int = 0, compensation: str = "",
+                   allocation: str = "") -> "Plan":
         from edgeprune.pipeline.compensate import refits_of
 
         layers, widths = {}, {}
@@ -47,12 +49,13 @@ class Plan:
                 widths[p] = [g.size, int(state.sizes[gid])]
         return cls(layers=layers, merges=[m.to_dict() for m in state.merges], widths=widths, model=model,
                    criterion=criterion, rate=float(rate), params_before=params_before, params_after=params_after,
-                   refits=refits_of(state), compensation=compensation)
+                   refits=refits_of(state), compensation=compensation, allocation=allocation)
 
     def to_dict(self) -> dict:
         return {"format": FORMAT, "model": self.model, "criterion": self.criterion, "rate": self.rate,
                 "params_before": self.params_before, "params_after": self.params_after,
                 "widths": self.widths, "layers": self.layers, "merges": self.merges,
+                **({"allocation": self.allocation} if self.allocation else {}),
                 **({"compensation": self.compensation, "refits": self.refits} if self.refits else {})}
 
     @classmethod
@@ -63,7 +66,7 @@ class Plan:
                    widths=d.get("widths", {}), model=d.get("model", ""), criterion=d.get("criterion", ""),
                    rate=float(d.get("rate", 0.0)), params_before=int(d.get("params_before", 0)),
                    params_after=int(d.get("params_after", 0)), refits=dict(d.get("refits") or {}),
-                   compensation=d.get("compensation", ""))
+                   compensation=d.get("compensation", ""), allocation=d.get("allocation", ""))
 
     def save(self, path) -> None:
         write_json_atomic(path, self.to_dict())

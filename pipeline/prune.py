@@ -113,6 +113,10 @@ class Pruner:
 
         self.config = config or PruneConfig()
         self.config.validate()
+        if isinstance(self.config.allocation, str):
+            from edgeprune.pipeline.allocation import get_allocation
+
+            self.config.allocation = get_allocation(self.config.allocation)
         check_supported(model)
         self.model = model
         self.graph = DependencyGraph(model)
@@ -139,7 +143,9 @@ class Pruner:
         """Never zero, never below the group's minimum width (the config's and its handlers')."""
         floor = min(g.size, max(self.config.min_width, g.min_width))
         if self.config.allocation is not None:
-            return max(floor, self.config.allocation.width(g, rate))
+            w = self.config.allocation.width(g, rate)
+            if w is not None:
+                return max(floor, w)
         return max(floor, self._raw_target(g, rate))
 
     def _raw_target(self, g, rate: float) -> int:
@@ -152,8 +158,12 @@ class Pruner:
         return max(final, g.size - int(round((g.size - final) * frac)))
 
     def step_to(self, rate: float) -> None:
-        """Prune every prunable group down to ``target_width(size, rate)`` in one step."""
+        """Prune every prunable group down to ``target_width(size, rate)`` in one step (or let
+        the allocation strategy do the step, e.g. the global greedy)."""
         self.ctx.state = self.state
+        if self.config.allocation is not None and self.config.allocation.step(self, rate):
+            self.rate = rate
+            return
         self.criterion.begin_step(self.ctx)
         # downstream groups first: an upstream removal then never invalidates the input
         # bounds a downstream group's criterion uses within the same step
@@ -183,7 +193,9 @@ class Pruner:
             yield r
 
     def plan(self) -> Plan:
+        alloc = self.config.allocation
         return Plan.from_state(self.state, model=self.model.name, criterion=self.criterion.name, rate=self.rate,
+                               allocation=getattr(alloc, "name", "") if alloc is not None else "",
                                params_before=self.params_before, params_after=count_params(self.graph, self.state),
                                compensation=f"ridge least squares, ridge={self.config.ridge:g}" if self.compensator else "")
 

@@ -40,6 +40,14 @@
   candidates' agreement), ``warnings`` (``[{"code", "message"}]``: ``synthetic_uninformative``,
   ``threshold_within_uncertainty``)
 - ``notes``, ``files``
+- ``gate`` (with ``--baseline`` only; :mod:`edgeprune.pipeline.gate`): ``baseline``,
+  ``baseline_created_at``, ``baseline_sha256``, ``tolerances``, ``compared``, ``regressed``,
+  ``regressions``, ``checks`` (per figure: ``figure``, ``old``, ``new``, ``change``,
+  ``tolerance``, ``allowance``, ``noise``, ``regressed``, ``compared``, ``note``, ``line``);
+  ``exit_code`` is then 5 when a figure regressed
+
+The JSON Schema of this format is ``configs/schema/report-1.json`` (``edgeprune schema``;
+:mod:`edgeprune.pipeline.schema`).
 """
 from __future__ import annotations
 

@@ -52,6 +52,7 @@ class RunConfig:
     quantize: str = "int8"
     criterion: str = "auto"  # auto: flow with data (the example's or --data), paoding without
     compensate: Optional[bool] = None  # None: on when there is data (ridge refit, pipeline/compensate.py)
+    allocation: str = "auto"  # auto: global with data, uniform without (pipeline/allocation/)
     step: float = DEFAULT_STEP
     max_rate: float = DEFAULT_MAX_RATE
     out: Optional[Path] = None
@@ -72,6 +73,7 @@ class RunConfig:
     latency_stat: str = "p50"  # the statistic the latency budget is checked on: p50, p90, p99
     round_to: Optional[int] = None  # None: the profile's round_to (if any)
     predict: bool = True  # skip converting candidates predicted over the flash budget
+    extra_devices: list = field(default_factory=list)  # more boards of the same type, measured in parallel
 
 
 @dataclass

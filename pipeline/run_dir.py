@@ -101,6 +101,7 @@ class RunDirStage:
         c = self.c
         fp = {"model_sha256": self.model_sha, "data": self.data_id, "quantize": c.quantize, "criterion": self.criterion,
               "compensate": self.compensate,
+              **({"allocation": self.allocation} if getattr(self, "allocation", "uniform") != "uniform" else {}),
               "step": round(float(c.step), 6), "seed": c.seed, "input_range": [float(v) for v in c.input_range],
               **({"input_shape": list(c.input_shape)} if c.input_shape else {})}
         if getattr(self, "round_to", None) is not None:  # only then: older run dirs keep their fingerprint

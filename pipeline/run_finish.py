@@ -133,6 +133,7 @@ class FinishStage:
                       "sha256": self.model_sha, "params": int(self.model.count_params())},
             "device": {"name": p.name, "kind": kind, "description": p.description, "host": p.host,
                        "profile": p.source, "threads": p.threads,
+                       "boards": [b.name for b in getattr(self, "boards", None) or [p]],
                        "latency": "estimated on the host (not measured on a board)" if kind == "mcu"
                        else "measured on the device",
                        "ram": ("TFLite-Micro arena measured on the host + the profile's runtime overhead"
@@ -143,7 +144,7 @@ class FinishStage:
                                                              if r["measurement"] and r["measurement"].get("arch")), None),
                        "max_load_per_core": p.max_load_per_core, "load_warning": getattr(self, "load_warning", None)},
             "settings": {"quantize": self.c.quantize, "criterion": self.criterion, "step": self.c.step,
-                         "compensate": self.compensate, "stages": self.stages_label,
+                         "compensate": self.compensate, "allocation": self.allocation, "stages": self.stages_label,
                          "max_rate": self.c.max_rate, "runs": self.c.runs, "warmup": self.c.warmup,
                          "measure_all": self.c.measure_all, "seed": self.c.seed,
                          "input_range": list(self.c.input_range), "threads": self.c.threads,
@@ -157,7 +158,7 @@ class FinishStage:
             "budgets": self.budgets,
             "fidelity_threshold": {"min_fidelity": self.min_fidelity, "max_accuracy_drop": self.max_drop,
                                    "score_name": fr0["score_name"], "metric": fr0["metric"]},
-            "strategy": STRATEGY,
+            "strategy": self.strategy_text() if hasattr(self, "strategy_text") else STRATEGY,
             "stop": self.stop,
             "chosen": None,
             "reasons": [] if chosen is not None else self.reasons(),

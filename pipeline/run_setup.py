@@ -87,15 +87,20 @@ class SetupStage:
         or --data, 50 samples or more) the default is the data-aware combination measured best
         in bench/results/fidelity_engine.md (flow + compensation); without data PAODING
         (data-free), uncompensated. Data-aware stages only ever read the calibration split."""
+        from edgeprune.pipeline.allocation import ALLOCATIONS, get_allocation
         from edgeprune.pipeline.criteria import DATA_AWARE
 
         c = self.c
+        if c.allocation != "auto" and c.allocation not in ALLOCATIONS:
+            raise BadInput(f"unknown --allocation {c.allocation!r}", f"use one of: {', '.join(ALLOCATIONS)}")
         held_out = self.data_path is not None and self.data.source != "synthetic" and \
             getattr(self, "calibration_held_out", False)
         self.criterion = c.criterion if c.criterion != "auto" else ("flow" if held_out else "paoding")
         self.compensate = bool(c.compensate) if c.compensate is not None else held_out
         self.stage_calibration = self.calibration if held_out else None
-        needs = self.compensate or self.criterion in DATA_AWARE
+        # widths: the global greedy with real data (bench/results/fidelity_engine.md), else uniform
+        self.allocation = c.allocation if c.allocation != "auto" else ("global" if held_out else "uniform")
+        needs = self.compensate or self.criterion in DATA_AWARE or self.allocation == "global"
         if needs and self.stage_calibration is None:
             from edgeprune.pipeline.data import synthetic_data
 
@@ -104,7 +109,9 @@ class SetupStage:
                               f"SYNTHETIC inputs uniform in {list(c.input_range)} (no held-out calibration data)")
         self.stages_label = {"criterion": self.criterion,
                              "compensation": "ridge least-squares refit" if self.compensate else "none",
-                             "allocation": "uniform per-layer steps",
+                             "allocation": get_allocation(self.allocation).label,
+                             "rate": ("fraction of the prunable parameters removed" if self.allocation == "global"
+                                      else "fraction of each prunable layer's channels removed"),
                              "calibration": ("held-out calibration split" if held_out else
                                              "synthetic inputs" if needs else "none")}
 
@@ -123,6 +130,15 @@ class SetupStage:
                 update={"trust_new_host": True})})
         self.round_to = c.round_to if c.round_to is not None else self.profile.round_to
         self.latency_stat = c.latency_stat
+        self.extra_profiles = []
+        if c.extra_devices and any(v is not None for v in (c.host, c.user, c.port)):
+            raise BadInput("--host/--user/--port apply to one device; several --device were given",
+                           "put each board's connection in its profile")
+        for name in c.extra_devices:
+            extra = load_profile(name, search_dirs=[c.devices_dir] if c.devices_dir else None)
+            if c.trust_new_host and extra.connection is not None:
+                extra = extra.model_copy(update={"connection": extra.connection.model_copy(update={"trust_new_host": True})})
+            self.extra_profiles.append(extra)
         lim = self.profile.limits
         self.budgets = {
             "flash_bytes": self._budget(_parse_budget(c.budget, "--budget"), lim.flash_bytes),

@@ -51,6 +51,8 @@ class PruneState:
         new.sizes = dict(self.sizes)
         new.kept = {k: v.copy() for k, v in self.kept.items()}
         new.merges = list(self.merges)
+        if getattr(self, "refitted", None) is not None:  # compensation: layers whose weights were refitted
+            new.refitted = set(self.refitted)
         return new
 
     # ----------------------------------------------------------------- channel access

@@ -49,3 +49,69 @@ def device_models(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("device-models")
     return {"small": build("small", root / "small.tflite"), "big": build("big", root / "big.tflite")}
+
+
+# --------------------------------------------------------------------------- report schema (issue 16)
+# Every report.json the suite writes is validated against the published schema
+# (configs/schema/report-N.json): after each test, the reports under its tmp_path (the test
+# errors if one is invalid); at the end of the session, every report.json under pytest's base
+# temporary folder (reports written by session fixtures and subprocesses too). Tests that plant
+# a deliberately broken report name it otherwise (bad-report.json).
+_REPORTS_SEEN: dict = {}
+
+
+def _invalid_reports(root: Path) -> dict:
+    import json
+
+    from edgeprune.pipeline.schema import validation_errors
+
+    bad = {}
+    for path in sorted(Path(root).rglob("report.json")):
+        if path in _REPORTS_SEEN:
+            errors = _REPORTS_SEEN[path]
+        else:
+            try:
+                report = json.loads(path.read_text())
+            except (OSError, ValueError):
+                continue  # not ours: a test's planted file named like ours (our writes are atomic)
+            if not (isinstance(report, dict) and str(report.get("format", "")).startswith("edgeprune-report/")):
+                continue  # not ours (a test's own fixture file)
+            errors = validation_errors(report)
+            _REPORTS_SEEN[path] = errors
+        if errors:
+            bad[path] = errors
+    return bad
+
+
+@pytest.fixture(autouse=True)
+def _reports_match_the_schema(request):
+    # tmp_path is requested before the test runs so that it is torn down after this check
+    root = request.getfixturevalue("tmp_path") if "tmp_path" in request.fixturenames else None
+    yield
+    if root is None:
+        return
+    bad = _invalid_reports(root)
+    assert not bad, "report.json not matching the published schema: " + "; ".join(
+        f"{p}: {e[:3]}" for p, e in bad.items())
+
+
+def pytest_sessionfinish(session, exitstatus):
+    factory = getattr(session.config, "_tmp_path_factory", None)
+    if factory is None:
+        return
+    try:
+        base = factory.getbasetemp()
+    except Exception:
+        return
+    bad = _invalid_reports(base)
+    session.config._edgeprune_reports = (len(_REPORTS_SEEN), bad)
+    if bad and session.exitstatus == 0:
+        session.exitstatus = 1
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    seen, bad = getattr(config, "_edgeprune_reports", (0, {}))
+    if seen:
+        terminalreporter.write_line(f"report.json schema: {seen} reports validated, {len(bad)} invalid")
+    for path, errors in bad.items():
+        terminalreporter.write_line(f"INVALID {path}: {errors[:5]}", red=True)

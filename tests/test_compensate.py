@@ -130,7 +130,7 @@ def test_mlperf_flow_compensation_exact_against_masked_refit_reference(key, rate
 
 
 def test_run_default_engine_on_the_example_is_flow_with_compensation_and_replays(tmp_path, capsys):
-    """`edgeprune run` with data picks flow + compensation, says so per candidate, and the
+    """`edgeprune run` with data picks flow + compensation + global widths, says so per candidate, and the
     candidate's plan (with its refits) replays to the candidate's model."""
     import json
 
@@ -150,6 +150,18 @@ def test_run_default_engine_on_the_example_is_flow_with_compensation_and_replays
     plan = Plan.load(out / c["files"]["plan"])
     assert plan.refits
     original = load_model(example_model_path())
+    # widths by the global greedy: the rate is the fraction of the prunable parameters removed
+    from edgeprune.pipeline.allocation import GlobalGreedy, prunable_params, removed_params
+    from edgeprune.pipeline.graph import DependencyGraph
+    from edgeprune.pipeline.surgery import PruneState
+
+    assert rep["settings"]["allocation"] == "global" and plan.allocation == "global"
+    assert c["made_by"]["allocation"].startswith("global greedy")
+    graph = DependencyGraph(original)
+    full = PruneState(graph)
+    total = prunable_params(graph, full)
+    slack = max(GlobalGreedy._per_channel(graph, full, g) for g in graph.prunable_groups) / total
+    assert 0.3 <= removed_params(graph, plan.to_state(graph), total) <= 0.3 + slack
     x = np.random.default_rng(0).uniform(0, 1, (8, 28, 28, 1)).astype(np.float32)
     saved = keras.models.load_model(out / c["files"]["keras"], compile=False)
     close(outputs(plan.apply(original), x), outputs(saved, x), 1e-6, "plan replay vs saved candidate")

@@ -78,6 +78,20 @@ def test_constraints_pin_every_declared_dependency():
         assert dep.replace("_", "-") in pins, f"{dep} is declared but not pinned in constraints.txt"
 
 
+def test_every_subpackage_is_installed():
+    """A new folder with an __init__.py that pyproject does not list is missing from the wheel."""
+    meta = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    listed = set(meta["packages"])
+    skip = {"tests", "bench", "build", "examples", ".venv", ".git"}
+    found = set()
+    for init in ROOT.rglob("__init__.py"):
+        rel = init.parent.relative_to(ROOT)
+        if rel.parts and (rel.parts[0] in skip or rel.parts[0].startswith(".")):
+            continue
+        found.add(".".join(("edgeprune",) + rel.parts))
+    assert found - listed == set(), f"packages missing from pyproject [tool.setuptools] packages: {found - listed}"
+
+
 def _console_script() -> Path:
     script = Path(sys.executable).parent / "edgeprune"
     if not script.exists():

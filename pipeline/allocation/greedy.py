@@ -1,0 +1,198 @@
+"""``global``: budget-aware widths by a sensitivity-guided greedy on the calibration samples.
+
+The rate is the fraction of the model's prunable parameters removed (what the flash budget and,
+through the MACs, the latency budget pay for). A step to ``rate`` removes chunks until that
+fraction is reached. For each chunk, every group that can still shrink proposes its chunk
+(``chunk`` of its original width; the criterion picks which channels) and the proposal is
+tried on the calibration samples: the channels are masked in the current model (their
+consumers' input weights zeroed, exactly what removing them computes), with compensation on
+the directly consuming layers refitted by ridge least squares first, and the model's output
+is compared with the ORIGINAL model's (KL divergence for probabilities, relative squared error
+otherwise). The chunk with the least loss increase per parameter saved is removed, its refit
+kept. At the end of the step the run's full compensation (every consumer, in topological
+order) is applied, as for uniform steps. Deterministic: the same model, calibration samples,
+criterion and seed give the same widths.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from edgeprune.pipeline.allocation.base import Allocation, min_width, prunable_params
+from edgeprune.pipeline.calib import layer_inputs, output_loss, outputs
+from edgeprune.pipeline.graph import layout_indices
+
+DEFAULT_CHUNK = 1 / 32
+DEFAULT_MIN_KEEP = 0.0
+EPS = 1e-9
+
+
+class GlobalGreedy(Allocation):
+    name = "global"
+    rate_unit = "params"
+
+    def __init__(self, chunk: float = DEFAULT_CHUNK, min_keep: float = DEFAULT_MIN_KEEP, score: str = "holdout",
+                 relative: bool = False):
+        self.score = score
+        self.relative = bool(relative)  # chunk of the CURRENT width (finer as groups shrink)
+        if not (0.0 < chunk <= 1.0):
+            raise ValueError(f"chunk {chunk} must be in (0, 1]")
+        self.chunk = float(chunk)
+        self.min_keep = float(min_keep)
+        self.label = (f"global greedy: least calibration-output loss per parameter saved, chunks of "
+                      f"{self.chunk:.3g} of a group's width")
+        self._ref = None  # (id(model), outputs of the ORIGINAL model on the calibration samples)
+        self._total = None
+        self.trials = 0
+        self.chunks = 0
+        self.log: list[dict] = []  # one row per removed chunk: group, n, params saved, loss
+
+    # ----------------------------------------------------------------- helpers
+    def _calibration(self, pruner) -> np.ndarray:
+        from edgeprune.pipeline.criteria.flow import calibration_or_synthetic
+
+        return calibration_or_synthetic(pruner.ctx)
+
+    def _reference(self, pruner, x) -> np.ndarray:
+        if self._ref is None or self._ref[0] != id(pruner.model):
+            self._ref = (id(pruner.model), outputs(pruner.model, x))
+            self._comp = None
+            if pruner.compensator is not None and self.score == "holdout":
+                from edgeprune.pipeline.compensate import Compensator
+
+                self._comp = Compensator(pruner.graph, x[self._fit_rows(len(x))], pruner.compensator.ridge)
+            from edgeprune.pipeline.surgery import PruneState
+
+            self._total = prunable_params(pruner.graph, PruneState(pruner.graph))
+        return self._ref[1]
+
+    def _fit_rows(self, n: int) -> np.ndarray:
+        """Samples the trial refits are fitted on; with ``score="holdout"`` the trial is
+        scored on the others (a refit scored on its own samples looks better than it is)."""
+        idx = np.arange(n)
+        return idx[idx % 2 == 0] if self.score == "holdout" and n >= 8 else idx
+
+    def _score_rows(self, n: int) -> np.ndarray:
+        idx = np.arange(n)
+        return idx[idx % 2 == 1] if self.score == "holdout" and n >= 8 else idx
+
+    def _propose(self, pruner, state, g, n: int):
+        """The state after removing ``n`` channels of group ``g`` (criterion's choice), with
+        the directly consuming layers refitted when compensation is on."""
+        sel = pruner.criterion.select(pruner.ctx, g, n)
+        trial = state.copy()
+        for removed, into, scale in sel.merges:
+            trial.merge(g.id, removed, into, scale)
+        trial.remove(g.id, sel.remove)
+        keep_local = np.setdiff1d(np.arange(state.sizes[g.id]), np.asarray(sel.remove, dtype=np.int64))
+        refit = []
+        comp = self._comp if self._comp is not None else pruner.compensator
+        if comp is not None and self.score != "mask":
+            from edgeprune.pipeline.compensate import refittable
+
+            for name in self._consumers(pruner.graph, g):
+                if not refittable(pruner.graph, name) or name not in self._acts:
+                    continue
+                ref = next(r for r in g.refs if r.role == "consumer" and r.layer == name)
+                idx = layout_indices(ref.layout, state.sizes, {g.id: keep_local})
+                new = comp.fit_layer(name, trial, np.take(self._acts[name], idx, axis=-1))
+                trial.weights[name][0] = new[0]
+                if len(new) > 1:
+                    trial.weights[name][1] = new[1]
+                if getattr(trial, "refitted", None) is None:
+                    trial.refitted = set()
+                trial.refitted.add(name)
+                refit.append(name)
+        return sel, trial, keep_local, refit
+
+    @staticmethod
+    def _consumers(graph, g) -> list[str]:
+        names = {r.layer for r in g.refs if r.role == "consumer"}
+        return [n for n in graph.order if n in names]
+
+    def _masked_weights(self, graph, state, trial, g, keep_local) -> dict[str, list[np.ndarray]]:
+        """The trial's consumer weights at the CURRENT widths: removed channels' rows zero."""
+        out = {}
+        for ref in g.refs:
+            if ref.role != "consumer":
+                continue
+            ws = out.setdefault(ref.layer, [w.copy() for w in trial.weights[ref.layer]])
+            full = np.zeros(state.weights[ref.layer][ref.weight].shape, dtype=np.float32)
+            idx = layout_indices(ref.layout, state.sizes, {g.id: keep_local})
+            sl = [slice(None)] * full.ndim
+            sl[ref.axis] = idx
+            full[tuple(sl)] = trial.weights[ref.layer][ref.weight]
+            ws[ref.weight] = full
+        return out
+
+    # ----------------------------------------------------------------- the step
+    def step(self, pruner, rate: float) -> bool:
+        graph = pruner.graph
+        x = self._calibration(pruner)
+        ref = self._reference(pruner, x)
+        target = rate * self._total
+        model = pruner.build()
+        while True:
+            state = pruner.state
+            remaining = prunable_params(graph, state) - (self._total - target)
+            if remaining <= EPS * self._total:
+                break
+            pruner.ctx.state = state
+            pruner.ctx.build = lambda: model
+            pruner.criterion.begin_step(pruner.ctx)
+            names = sorted({r.layer for g in pruner.groups for r in g.refs if r.role == "consumer"},
+                           key=graph.order.index)
+            fit = self._fit_rows(len(x)) if self._comp is not None else np.arange(len(x))
+            self._acts = layer_inputs(model, names, x[fit]) if pruner.compensator is not None else {}
+            xs, refs = x[self._score_rows(len(x))], ref[self._score_rows(len(x))]
+            base = output_loss(outputs(model, xs), refs)
+            p_now = prunable_params(graph, state)
+            best = None
+            for g in pruner.groups:
+                size = state.sizes[g.id]
+                floor = max(min_width(g.size, self.min_keep), pruner.config.min_width, getattr(g, "min_width", 1))
+                room = size - min(g.size, floor)
+                if room <= 0:
+                    continue
+                n = min(room, max(1, int(round(self.chunk * (size if self.relative else g.size)))))
+                per_channel = self._per_channel(graph, state, g)
+                if per_channel > 0:  # do not overshoot the rate by more than a channel
+                    n = min(n, max(1, math.ceil(remaining / per_channel - EPS)))
+                sel, trial, keep_local, refit = self._propose(pruner, state, g, n)
+                saved = p_now - prunable_params(graph, trial)
+                if saved <= 0:
+                    continue
+                masked = self._masked_weights(graph, state, trial, g, keep_local)
+                for name, ws in masked.items():
+                    model.get_layer(name).set_weights(ws)
+                loss = output_loss(outputs(model, xs), refs)
+                for name in masked:
+                    model.get_layer(name).set_weights(state.weights[name])
+                self.trials += 1
+                cost = (loss - base) / saved
+                if best is None or cost < best[0] - 1e-15:
+                    best = (cost, g, n, sel, trial, saved, loss)
+            if best is None:  # nothing can shrink any more
+                break
+            _, g, n, sel, trial, saved, loss = best
+            pruner.state = pruner.ctx.state = trial
+            pruner.methods[g.id] = f"{sel.method} (global)"
+            self.chunks += 1
+            self.log.append({"group": g.name, "removed": n, "params_saved": int(saved), "loss": float(loss)})
+            model = pruner.build()
+        pruner.ctx.build = pruner.build
+        self._acts = {}
+        if pruner.compensator is not None and rate > 0:
+            pruner.compensator.refit(pruner.state, pruner.build)
+        return True
+
+    @staticmethod
+    def _per_channel(graph, state, g) -> int:
+        """Parameters one channel of ``g`` holds at the current widths."""
+        total = 0
+        for ref in g.refs:
+            w = state.weights[ref.layer][ref.weight]
+            blocks = sum(1 for gid in ref.layout if gid == g.id)
+            total += blocks * (w.size // max(1, w.shape[ref.axis]))
+        return total

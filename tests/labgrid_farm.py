@@ -1,0 +1,221 @@
+"""A real labgrid farm on 127.0.0.1 for the farm tests: labgrid-coordinator, labgrid-exporter
+and two loopback OpenSSH "boards" (tests/sshd.py), each exported as a NetworkService and put in
+its own place (``<prefix>-a``, ``<prefix>-b``, both tagged ``farm=<prefix>``).
+
+Each board's sshd sets ``TMPDIR`` for its sessions (``SetEnv``), so the two boards have their
+own temp dirs, as two real boards do (the board lock lives there). The boards' Python is a
+wrapper (``runner.sh``) that logs ``start``/``end`` with a timestamp and the board's TMPDIR to
+``runs.log`` around the real board runner, and sleeps ``hold_s`` first (a slower board): the
+tests read from it which runs overlapped. ``stop()`` ends every process it started, each by
+its own PID.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import sshd
+
+
+def _bin(name: str) -> str:
+    here = Path(sys.executable).parent / name
+    return str(here) if here.exists() else (shutil.which(name) or name)
+
+
+def available() -> Optional[str]:
+    why = sshd.available()
+    if why:
+        return why
+    try:
+        import labgrid  # noqa: F401
+    except ImportError:
+        return "labgrid is not installed (pip install 'labgrid>=26,<27'; pyproject declares it)"
+    if not Path(_bin("labgrid-coordinator")).exists():
+        return "labgrid-coordinator not found next to the Python running the tests"
+    return None
+
+
+def _wait_for(predicate, what: str, timeout: float = 30.0, proc: Optional[subprocess.Popen] = None, log: Optional[Path] = None):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{what}: process exited with {proc.returncode}: {log.read_text()[-2000:] if log else ''}")
+        time.sleep(0.2)
+    raise RuntimeError(f"{what} did not happen within {timeout:g} s: {log.read_text()[-2000:] if log else ''}")
+
+
+def read_runs(log: Path) -> list[tuple[str, float, float]]:
+    """(board TMPDIR, start, end) of every finished board run in runs.log."""
+    starts: dict[str, list[float]] = {}
+    out = []
+    for line in log.read_text().splitlines() if log.exists() else []:
+        word, ts, board = line.split(" ", 2)
+        if word == "start":
+            starts.setdefault(board, []).append(float(ts))
+        elif word == "end":
+            out.append((board, starts[board].pop(0), float(ts)))
+    return sorted(out, key=lambda r: r[1])
+
+
+def overlaps(runs) -> bool:
+    return any(a[2] > b[1] for a, b in zip(runs, runs[1:]))
+
+
+@dataclass
+class Farm:
+    root: Path
+    prefix: str = "farm"
+    hold_s: float = 0.0
+    boards: list = field(default_factory=list)  # SshServer
+    port: int = 0
+    procs: list = field(default_factory=list)
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def runs_log(self) -> Path:
+        return self.root / "runs.log"
+
+    @property
+    def runner(self) -> Path:
+        return self.root / "runner.sh"
+
+    @property
+    def known_hosts(self) -> Path:
+        return self.root / "known_hosts"
+
+    def places(self) -> list[str]:
+        return [f"{self.prefix}-a", f"{self.prefix}-b"]
+
+    def board_tmp(self, i: int) -> Path:
+        return self.root / f"board{i}-tmp"
+
+    @classmethod
+    def start(cls, root: Path, *, prefix: str = "farm", hold_s: float = 0.0) -> "Farm":
+        farm = cls(Path(root), prefix=prefix, hold_s=hold_s)
+        try:
+            farm._start()
+        except BaseException:
+            farm.stop()
+            raise
+        return farm
+
+    def _start(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.runner.write_text(
+            "#!/bin/sh\n"
+            f"echo \"start $(date +%s.%N) $TMPDIR\" >> {self.runs_log}\n"
+            f"sleep {self.hold_s}\n"
+            f"{sys.executable} \"$@\"\nrc=$?\n"
+            f"echo \"end $(date +%s.%N) $TMPDIR\" >> {self.runs_log}\n"
+            "exit $rc\n")
+        self.runner.chmod(0o755)
+        known = []
+        for i in range(2):
+            srv = sshd.SshServer(self.root / f"board{i}")
+            srv._setup()
+            self.board_tmp(i).mkdir()
+            with open(srv.root / "sshd_config", "a") as f:
+                f.write(f"SetEnv TMPDIR={self.board_tmp(i)}\n")
+            if self.boards:  # one user key logs in to every board (the profile has one key_file)
+                with open(srv.root / "authorized_keys", "a") as f:
+                    f.write(Path(str(self.boards[0].user_key) + ".pub").read_text())
+            srv._launch()
+            self.boards.append(srv)
+            known.append(srv.known_hosts.read_text())
+        self.known_hosts.write_text("".join(known))
+        # coordinator
+        self.port = sshd.free_port()
+        clog = self.root / "coordinator.log"
+        with open(clog, "ab") as f:
+            p = subprocess.Popen([_bin("labgrid-coordinator"), "-l", self.address], cwd=self.root, stdout=f,
+                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        self.procs.append(p)
+        _wait_for(lambda: "Coordinator ready" in clog.read_text(), "labgrid-coordinator ready", proc=p, log=clog)
+        # exporter: one NetworkService per board
+        exp = self.root / "exporter.yaml"
+        exp.write_text("".join(
+            f"board{i}:\n  NetworkService:\n    address: 127.0.0.1\n    username: {srv.user}\n    port: {srv.port}\n"
+            for i, srv in enumerate(self.boards)))
+        elog = self.root / "exporter.log"
+        with open(elog, "ab") as f:
+            p = subprocess.Popen([_bin("labgrid-exporter"), "-c", self.address, "--hostname", "127.0.0.1",
+                                  "-n", f"{self.prefix}-exp", str(exp)], cwd=self.root, stdout=f,
+                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        self.procs.append(p)
+        _wait_for(lambda: "Exporter ready" in elog.read_text(), "labgrid-exporter ready", proc=p, log=elog)
+        for i, place in enumerate(self.places()):
+            self.client("-p", place, "create")
+            self.client("-p", place, "add-match", f"{self.prefix}-exp/board{i}/NetworkService")
+            self.client("-p", place, "set-tags", f"farm={self.prefix}")
+
+    def client(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        return subprocess.run([_bin("labgrid-client"), "-x", self.address, *args], capture_output=True, text=True,
+                              timeout=60, check=check, stdin=subprocess.DEVNULL)
+
+    def holder(self, place: str) -> Optional[str]:
+        out = self.client("-p", place, "show").stdout
+        for line in out.splitlines():
+            if line.strip().startswith("acquired:"):
+                v = line.split(":", 1)[1].strip()
+                return None if v == "None" else v
+        return None
+
+    def profile_yaml(self, path: Path, *, place: Optional[str] = None, tags: bool = False,
+                     acquire_timeout_s: float = 120, name: Optional[str] = None) -> Path:
+        srv = self.boards[0]
+        where = f"  place: {place}\n" if place else f"  tags:\n    farm: {self.prefix}\n"
+        assert place or tags
+        path.write_text(
+            f"""# a board of the test farm (labgrid places on 127.0.0.1)
+kind: labgrid
+description: loopback labgrid farm for tests
+labgrid:
+  coordinator: {self.address}
+{where}  acquire_timeout_s: {acquire_timeout_s}
+  poll_s: 0.3
+connection:
+  key_file: {srv.user_key}
+  known_hosts: {self.known_hosts}
+  allow_agent: false
+  look_for_keys: false
+  retries: 2
+runtime:
+  python: {self.runner}
+threads: 1
+limits:
+  flash_bytes: 100MB
+  ram_bytes: 2GiB
+"""
+        )
+        return path
+
+    def stop(self) -> None:
+        for p in reversed(self.procs):
+            if p.poll() is None:
+                p.terminate()
+                try:
+                    p.wait(10)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait(5)
+        self.procs = []
+        for srv in self.boards:
+            srv.stop()
+
+
+def edgeprune(*args: str, timeout: float = 600) -> subprocess.Popen:
+    """Start ``python -m edgeprune ARGS`` (stdout, stderr piped)."""
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    return subprocess.Popen([sys.executable, "-m", "edgeprune", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env, stdin=subprocess.DEVNULL)

@@ -1,0 +1,154 @@
+"""Budget-aware allocation (pipeline/allocation/): the global greedy's numbers. It removes the
+stated fraction of the prunable parameters (to within one channel), keeps every group at or
+above its minimum width (never zero), picks the channels that cost nothing first, replays
+exactly from its plan (refits included), is deterministic, and resumes from a saved plan to the
+same widths."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import keras  # noqa: E402  (a hard dependency: a missing keras must fail, not skip)
+
+from edgeprune.pipeline.allocation import GlobalGreedy, get_allocation, prunable_params, removed_params
+from edgeprune.pipeline.allocation.base import min_width
+from edgeprune.pipeline.calib import outputs
+from edgeprune.pipeline.graph import DependencyGraph
+from edgeprune.pipeline.plan import Plan
+from edgeprune.pipeline.prune import PruneConfig, Pruner, prune
+from edgeprune.pipeline.surgery import PruneState
+
+
+def small_cnn():
+    keras.utils.set_random_seed(5)
+    L = keras.layers
+    x = keras.Input((10, 10, 2))
+    h = L.Conv2D(8, 3, activation="relu", name="c1")(x)
+    h = L.Conv2D(12, 3, strides=2, activation="relu", name="c2")(h)
+    h = L.Flatten(name="f")(h)
+    h = L.Dense(24, activation="relu", name="d1")(h)
+    out = L.Dense(5, activation="softmax", name="out")(h)
+    return keras.Model(x, out)
+
+
+@pytest.fixture(scope="module")
+def cnn():
+    rng = np.random.default_rng(2)
+    return small_cnn(), rng.uniform(0, 1, (48, 10, 10, 2)).astype(np.float32), \
+        rng.uniform(0, 1, (16, 10, 10, 2)).astype(np.float32)
+
+
+def widths(plan):
+    return {k: v[1] for k, v in plan.widths.items()}
+
+
+def per_channel_max(graph, state):
+    return max(GlobalGreedy._per_channel(graph, state, g) for g in graph.prunable_groups)
+
+
+@pytest.mark.parametrize("compensate", [False, True])
+def test_global_removes_the_stated_fraction_of_prunable_parameters(cnn, compensate):
+    model, cal, _ = cnn
+    graph = DependencyGraph(model)
+    total = prunable_params(graph, PruneState(graph))
+    assert total == 8 * 18 + 8 + 8 * 9 * 12 + 12 + 108 * 24 + 24 + 24 * 5  # c1, c2 (k+b), d1 (3x3x12 in), out k
+    p = Pruner(model, PruneConfig(rate=0.6, criterion="flow", step=0.2, calibration=cal, compensate=compensate,
+                                  allocation="global"))
+    slack = per_channel_max(graph, PruneState(graph)) / total
+    for rate in (0.2, 0.4, 0.6):
+        p.step_to(rate)
+        got = removed_params(graph, p.state, total)
+        assert rate - 1e-9 <= got <= rate + slack, (rate, got, slack)
+        built = p.build()
+        frozen = 5  # the classifier's bias: no prunable group indexes it
+        assert built.count_params() == total - round(got * total) + frozen
+    assert p.plan().allocation == "global"
+
+
+def test_global_respects_min_widths_and_never_empties_a_group(cnn):
+    model, cal, _ = cnn
+    for min_keep in (0.0, 0.5):
+        alloc = GlobalGreedy(chunk=0.25, min_keep=min_keep)
+        r = prune(model, rate=0.99, criterion="l1", step=0.99, calibration=cal, allocation=alloc)
+        w = widths(r.plan)
+        sizes = {"c1": 8, "c2": 12, "d1": 24}
+        for layer, size in sizes.items():
+            assert w[layer] >= min_width(size, min_keep) >= 1, (min_keep, w)
+        # the target was out of reach: every group stopped exactly at its minimum
+        assert all(w[layer] == min_width(size, min_keep) for layer, size in sizes.items()), (min_keep, w)
+        assert w["out"] == 5  # the classifier's units are frozen
+
+
+def test_global_removes_dead_channels_first():
+    """Units of d1 whose outgoing weights are zero (or that are never active on the calibration
+    samples) carry nothing: flow scores them 0, and the
+    greedy takes d1's chunks before any chunk that changes the output (loss increase 0 per
+    parameter saved), although a c2 channel saves more parameters."""
+    model = small_cnn()
+    out = model.get_layer("out")
+    k, b = out.get_weights()
+    dead = np.arange(0, 24, 2)  # 12 of the 24 units
+    k[dead] = 0.0
+    out.set_weights([k, b])
+    rng = np.random.default_rng(4)
+    cal = rng.uniform(0, 1, (40, 10, 10, 2)).astype(np.float32)
+    graph = DependencyGraph(model)
+    total = prunable_params(graph, PruneState(graph))
+    d1_unit = 108 + 1 + 5
+    rate = 8 * d1_unit / total  # exactly 8 units of d1
+    r = prune(model, rate=rate, criterion="flow", step=rate, calibration=cal, allocation=GlobalGreedy(chunk=0.1))
+    kept = np.asarray(r.plan.layers["d1"])
+    removed = np.setdiff1d(np.arange(24), kept)
+    from edgeprune.pipeline.calib import layer_inputs
+
+    silent = np.flatnonzero(layer_inputs(model, ["out"], cal)["out"].max(0) <= 0)  # ReLU never on here
+    assert len(removed) == 8 and set(removed) <= set(dead) | set(silent), (removed, silent)
+    assert widths(r.plan)["c1"] == 8 and widths(r.plan)["c2"] == 12
+    ref = outputs(model, cal)
+    np.testing.assert_allclose(outputs(r.model, cal), ref, atol=1e-6)
+
+
+def test_global_plan_replays_the_candidate_exactly_and_is_deterministic(cnn, tmp_path):
+    model, cal, x = cnn
+    runs = []
+    for _ in range(2):
+        r = prune(model, rate=0.5, criterion="flow", step=0.25, calibration=cal, compensate=True, allocation="global")
+        runs.append(r)
+    a, b = runs
+    assert a.plan.layers == b.plan.layers and a.plan.refits == b.plan.refits
+    assert a.plan.refits  # compensation was recorded
+    a.plan.save(tmp_path / "p.json")
+    replay = Plan.load(tmp_path / "p.json").apply(model)
+    np.testing.assert_array_equal(outputs(replay, x), outputs(a.model, x))
+    assert replay.count_params() == a.model.count_params() == a.params_after
+
+
+def test_global_resumes_from_a_saved_plan_to_the_same_widths(cnn):
+    model, cal, _ = cnn
+    conf = dict(rate=0.6, criterion="flow", step=0.3, calibration=cal, compensate=True)
+    straight = Pruner(model, PruneConfig(**conf, allocation="global"))
+    straight.step_to(0.3)
+    half = straight.plan()
+    straight.step_to(0.6)
+    resumed = Pruner(model, PruneConfig(**conf, allocation="global"), plan=Plan.from_dict(half.to_dict()))
+    resumed.step_to(0.6)
+    assert resumed.plan().layers == straight.plan().layers
+    np.testing.assert_allclose(outputs(resumed.build(), cal), outputs(straight.build(), cal), atol=1e-5)
+
+
+def test_uniform_allocation_is_the_per_layer_schedule(cnn):
+    model, cal, _ = cnn
+    a = prune(model, rate=0.5, criterion="l1", step=0.25)
+    b = prune(model, rate=0.5, criterion="l1", step=0.25, allocation=get_allocation("uniform"))
+    assert a.plan.layers == b.plan.layers
+    assert widths(b.plan) == {"c1": 4, "c2": 6, "d1": 12, "out": 5}
+
+
+def test_prune_state_copy_keeps_the_refitted_layers(cnn):
+    model, cal, _ = cnn
+    p = Pruner(model, PruneConfig(rate=0.5, criterion="flow", step=0.5, calibration=cal, compensate=True))
+    p.step_to(0.5)
+    assert p.state.refitted
+    c = p.state.copy()
+    assert c.refitted == p.state.refitted and c.refitted is not p.state.refitted
+    assert Plan.from_state(c).refits == Plan.from_state(p.state).refits

@@ -1,0 +1,270 @@
+"""Board farms: labgrid places as devices (a real labgrid-coordinator + exporter on 127.0.0.1
+and two loopback OpenSSH boards, tests/labgrid_farm.py), parallel device phase, board locks.
+
+Which board runs overlapped is read from the boards' own log (the runtime.python wrapper logs
+start/end around the real board runner), not inferred from edgeprune's output."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+
+import pytest
+
+import labgrid_farm
+import sshd
+from labgrid_farm import edgeprune, overlaps, read_runs
+
+pytestmark = pytest.mark.ssh
+
+why_not = labgrid_farm.available()
+
+
+def _need():
+    if why_not:
+        if os.environ.get("CI"):
+            pytest.fail(why_not)  # .ci/setup installs sshd and labgrid: missing in CI is a defect
+        pytest.skip(why_not)
+
+
+@pytest.fixture(scope="module")
+def farm(tmp_path_factory):
+    _need()
+    f = labgrid_farm.Farm.start(tmp_path_factory.mktemp("farm"), prefix="ep", hold_s=1.0)
+    try:
+        yield f
+    finally:
+        f.stop()
+
+
+@pytest.fixture
+def clean(farm):
+    """Every test starts with an empty run log and both places free."""
+    farm.runs_log.write_text("")
+    for place in farm.places():
+        if farm.holder(place):
+            farm.client("-p", place, "release", "--kick")
+    yield farm
+
+
+def _finish(proc, timeout=300):
+    out, err = proc.communicate(timeout=timeout)
+    return proc.returncode, out, err
+
+
+# --------------------------------------------------------------------------- labgrid places
+def test_two_benches_on_one_place_serialize(clean, device_models, tmp_path):
+    farm = clean
+    prof = farm.profile_yaml(tmp_path / "pa.yaml", place="ep-a")
+    model = str(device_models["small"])
+    procs = [edgeprune("bench", model, "--device", str(prof), "--runs", "20", "--min-secs", "0", "--warmup-min-secs", "0", "--warmup", "1", "--json")
+             for _ in range(2)]
+    results = [_finish(p) for p in procs]
+    for code, out, err in results:
+        assert code == 0, err
+        m = json.loads(out)
+        assert m["kind"] == "labgrid" and m["device"] == "pa@ep-a"
+        assert m["extra"]["labgrid"]["place"] == "ep-a"
+        assert m["extra"]["labgrid"]["port"] == farm.boards[0].port  # the endpoint came from the NetworkService
+        assert m["runs"] == 20 and m["latency_ms"]["median"] > 0
+    runs = read_runs(farm.runs_log)
+    assert len(runs) == 2 and {r[0] for r in runs} == {str(farm.board_tmp(0))}  # both on board 0 (place ep-a)
+    assert not overlaps(runs), runs  # never at once on one board
+    waited = [err for _, _, err in results if "busy" in err]
+    assert len(waited) == 1 and "waiting up to 120 s" in waited[0] and "ep-a by " in waited[0]
+    assert farm.holder("ep-a") is None  # released
+
+
+def test_place_held_by_someone_else_waits_then_exit_4(clean, device_models, tmp_path):
+    farm = clean
+    farm.client("-p", "ep-b", "acquire")
+    holder = farm.holder("ep-b")
+    assert holder
+    prof = farm.profile_yaml(tmp_path / "pb.yaml", place="ep-b", acquire_timeout_s=2)
+    t0 = time.monotonic()
+    code, out, err = _finish(edgeprune("bench", str(device_models["small"]), "--device", str(prof), "--runs", "3", "--min-secs", "0", "--warmup-min-secs", "0"))
+    took = time.monotonic() - t0
+    assert code == 4, err
+    assert f"ep-b by {holder}" in err and "waiting up to 2 s" in err  # the visible wait message
+    assert "still busy after waiting" in err and "release --kick" in err and "Traceback" not in err
+    assert took >= 2.0
+    assert read_runs(farm.runs_log) == []  # nothing ran on the board
+    assert farm.holder("ep-b") == holder  # someone else's place is left alone
+    farm.client("-p", "ep-b", "release")
+
+
+def test_place_host_key_is_verified(clean, device_models, tmp_path):
+    farm = clean
+    prof = farm.profile_yaml(tmp_path / "pa.yaml", place="ep-a")
+    prof.write_text(prof.read_text().replace(str(farm.known_hosts), str(farm.boards[0].wrong_known_hosts)))
+    code, out, err = _finish(edgeprune("bench", str(device_models["small"]), "--device", str(prof), "--runs", "3", "--min-secs", "0", "--warmup-min-secs", "0"))
+    assert code == 4, err
+    assert "host key" in err and "CHANGED" in err
+    assert farm.holder("ep-a") is None  # released after the failure
+
+
+def test_ctrl_c_releases_the_place(clean, device_models, tmp_path):
+    farm = clean
+    prof = farm.profile_yaml(tmp_path / "pa.yaml", place="ep-a")
+    p = edgeprune("bench", str(device_models["small"]), "--device", str(prof), "--runs", "5", "--min-secs", "0", "--warmup-min-secs", "0")
+    deadline = time.monotonic() + 120
+    while "start" not in (farm.runs_log.read_text() if farm.runs_log.exists() else ""):
+        assert time.monotonic() < deadline and p.poll() is None, p.communicate()
+        time.sleep(0.05)
+    assert farm.holder("ep-a")  # held while measuring
+    p.send_signal(signal.SIGINT)
+    code, out, err = _finish(p, timeout=120)
+    assert code == 130, err
+    assert farm.holder("ep-a") is None
+    assert not list(farm.board_tmp(0).glob("edgeprune.*")) and not (farm.board_tmp(0) / "edgeprune-board.lock").exists()
+
+
+def test_run_with_two_places_measures_in_parallel(clean, tmp_path):
+    farm = clean
+    prof = farm.profile_yaml(tmp_path / "farm.yaml", tags=True, name="farm")
+    out = tmp_path / "run"
+    code, stdout, err = _finish(edgeprune(
+        "run", "--device", str(prof), "--out", str(out), "--step", "0.1", "--max-rate", "0.3", "--min-fidelity", "0.9",
+        "--runs", "5", "--min-secs", "0", "--warmup-min-secs", "0", "--warmup", "1", "--measure-all", "--json"), timeout=900)
+    assert code == 0, err
+    rep = json.loads(stdout)
+    assert rep["device"]["kind"] == "labgrid"
+    assert sorted(rep["device"]["boards"]) == ["farm@ep-a", "farm@ep-b"]
+    assert "in parallel (2: " in rep["strategy"]
+    host_pass = [c for c in rep["candidates"] if c["checks"]["fidelity"]["ok"] and c["checks"]["flash"]["ok"]]
+    assert len(host_pass) >= 3
+    measured = [c for c in rep["candidates"] if c["measurement"]]
+    assert {c["index"] for c in measured} == {c["index"] for c in host_pass}
+    assert rep["device_runs"]["made"] == len(host_pass)
+    by_board = {c["measurement"]["labgrid"]["place"] for c in measured}
+    assert by_board == {"ep-a", "ep-b"}  # both boards measured
+    runs = read_runs(farm.runs_log)
+    assert len(runs) == len(host_pass)
+    assert overlaps(runs) and len({r[0] for r in runs}) == 2  # runs on the two boards overlapped in time
+    cache = json.loads((out / "measurements.json").read_text())
+    assert len(cache) == len(host_pass) and {e["sha256"] for e in cache.values()} == {c["sha256"] for c in host_pass}
+    assert rep["chosen"]["rate"] == max(c["rate"] for c in host_pass)
+    assert farm.holder("ep-a") is None and farm.holder("ep-b") is None
+
+    # resumed without --measure-all: the answer comes from the cache, whichever board measured it
+    code, stdout, err = _finish(edgeprune(
+        "run", "--device", str(prof), "--out", str(out), "--step", "0.1", "--max-rate", "0.3", "--min-fidelity", "0.9",
+        "--runs", "5", "--min-secs", "0", "--warmup-min-secs", "0", "--warmup", "1", "--resume", "--json"), timeout=900)
+    assert code == 0, err
+    rep2 = json.loads(stdout)
+    assert rep2["device_runs"]["made"] == 0 and rep2["device_runs"]["cached"] == 1
+    assert rep2["chosen"]["rate"] == rep["chosen"]["rate"]
+
+
+# --------------------------------------------------------------------------- plain SSH board lock
+@pytest.fixture(scope="module")
+def board(farm):
+    return farm.boards[1]
+
+
+def _ssh_profile(farm, srv, path, *, wait=120):
+    prof = srv.profile_yaml(path, name="lockboard", python=str(farm.runner))
+    prof.write_text(prof.read_text().replace("  retries: 2\n", f"  retries: 2\n  lock_wait_s: {wait}\n"))
+    return prof
+
+
+def test_ssh_lock_two_benches_serialize(clean, board, device_models, tmp_path):
+    farm = clean
+    prof = _ssh_profile(farm, board, tmp_path / "b.yaml")
+    procs = [edgeprune("bench", str(device_models["small"]), "--device", str(prof), "--runs", "20", "--min-secs", "0", "--warmup-min-secs", "0", "--json")
+             for _ in range(2)]
+    results = [_finish(p) for p in procs]
+    assert all(code == 0 for code, _, _ in results), results
+    runs = read_runs(farm.runs_log)
+    assert len(runs) == 2 and not overlaps(runs), runs
+    waited = [err for _, _, err in results if "the board is busy" in err]
+    assert len(waited) == 1 and "lock held by" in waited[0] and "waiting up to 120 s" in waited[0]
+    assert not (board.remote_tmp / "edgeprune-board.lock").exists()
+
+
+def test_ssh_lock_busy_times_out_exit_4(clean, board, device_models, tmp_path):
+    farm = clean
+    lock = board.remote_tmp / "edgeprune-board.lock"
+    lock.write_text("ci@other-host pid 4242 token 0123456789abcdef\n")
+    try:
+        prof = _ssh_profile(farm, board, tmp_path / "b.yaml", wait=2)
+        code, out, err = _finish(edgeprune("bench", str(device_models["small"]), "--device", str(prof), "--runs", "3", "--min-secs", "0", "--warmup-min-secs", "0"))
+        assert code == 4, err
+        assert "lock held by ci@other-host pid 4242" in err and "waiting up to 2 s" in err
+        assert "still locked by ci@other-host" in err and "Traceback" not in err
+        assert lock.read_text().startswith("ci@other-host")  # a fresh lock of another run is never broken
+        assert read_runs(farm.runs_log) == []
+    finally:
+        lock.unlink()
+
+
+def test_ssh_stale_lock_is_broken(clean, board, device_models, tmp_path):
+    farm = clean
+    lock = board.remote_tmp / "edgeprune-board.lock"
+    lock.write_text("ci@gone-host pid 99 token feedfacefeedface\n")
+    old = time.time() - 7200  # older than the default stale age (2 x run_timeout_s + 300 = 900 s)
+    os.utime(lock, (old, old))
+    prof = _ssh_profile(farm, board, tmp_path / "b.yaml", wait=5)
+    code, out, err = _finish(edgeprune("bench", str(device_models["small"]), "--device", str(prof), "--runs", "3", "--min-secs", "0", "--warmup-min-secs", "0"))
+    assert code == 0, err
+    assert "broke a stale board lock" in err and "ci@gone-host pid 99" in err
+    assert len(read_runs(farm.runs_log)) == 1
+    assert not lock.exists()  # ours removed afterwards
+
+
+def test_run_with_two_ssh_profiles_rejects_different_boards(clean, board, tmp_path):
+    farm = clean
+    a = _ssh_profile(farm, farm.boards[0], tmp_path / "a.yaml")
+    b = _ssh_profile(farm, board, tmp_path / "b.yaml")
+    b.write_text(b.read_text().replace("ram_bytes: 2GiB", "ram_bytes: 1GiB"))
+    code, out, err = _finish(edgeprune("run", "--device", str(a), "--device", str(b), "--out", str(tmp_path / "r")))
+    assert code == 2, err
+    assert "differ in limits" in err and "Traceback" not in err
+
+
+def test_run_with_two_ssh_profiles_stops_like_one_board(clean, tmp_path):
+    """`--device a --device b`: the top two candidates are measured at once; the largest rate
+    meets every budget, so it is the answer, and the second measurement changes nothing."""
+    farm = clean
+    a = _ssh_profile(farm, farm.boards[0], tmp_path / "pi-a.yaml")
+    b = _ssh_profile(farm, farm.boards[1], tmp_path / "pi-b.yaml")
+    b.write_text(b.read_text().replace(str(farm.boards[1].user_key), str(farm.boards[0].user_key)))
+    out = tmp_path / "run"
+    code, stdout, err = _finish(edgeprune(
+        "run", "--device", str(a), "--device", str(b), "--out", str(out), "--step", "0.1", "--max-rate", "0.3",
+        "--min-fidelity", "0.9", "--runs", "5", "--min-secs", "0", "--warmup-min-secs", "0", "--warmup", "1", "--json"), timeout=900)
+    assert code == 0, err
+    rep = json.loads(stdout)
+    assert rep["device"]["boards"] == ["pi-a", "pi-b"]
+    host_pass = sorted((c for c in rep["candidates"] if c["checks"]["fidelity"]["ok"] and c["checks"]["flash"]["ok"]),
+                       key=lambda c: -c["rate"])
+    assert rep["chosen"]["rate"] == host_pass[0]["rate"]  # the answer one board gives
+    measured = sorted((c for c in rep["candidates"] if c["measurement"]), key=lambda c: -c["rate"])
+    assert [c["index"] for c in measured] == [c["index"] for c in host_pass[:2]]  # top-2 at once, no more
+    assert {c["measurement"]["device"] for c in measured} == {"pi-a", "pi-b"}
+    assert rep["device_runs"]["made"] == 2
+    assert any("measured on a parallel board" in n for n in rep["notes"])
+    for c in host_pass[2:]:
+        assert c["not_measured"].startswith(f"not measured: rate {host_pass[0]['rate']:.2f} (a larger rate) already meets")
+    runs = read_runs(farm.runs_log)
+    assert len(runs) == 2 and overlaps(runs) and len({r[0] for r in runs}) == 2
+
+
+def test_ctrl_c_in_a_parallel_run_releases_both_places(clean, tmp_path):
+    farm = clean
+    prof = farm.profile_yaml(tmp_path / "farm.yaml", tags=True)
+    p = edgeprune("run", "--device", str(prof), "--out", str(tmp_path / "run"), "--step", "0.1", "--max-rate", "0.3",
+                  "--min-fidelity", "0.9", "--runs", "5", "--min-secs", "0", "--warmup-min-secs", "0", "--measure-all")
+    deadline = time.monotonic() + 600
+    while (farm.runs_log.read_text() if farm.runs_log.exists() else "").count("start") < 2:
+        assert time.monotonic() < deadline and p.poll() is None, p.communicate()
+        time.sleep(0.05)
+    assert farm.holder("ep-a") and farm.holder("ep-b")  # both boards busy for this run
+    p.send_signal(signal.SIGINT)
+    code, out, err = _finish(p, timeout=180)
+    assert code == 130, err
+    assert farm.holder("ep-a") is None and farm.holder("ep-b") is None
+    for i in range(2):
+        assert not list(farm.board_tmp(i).glob("edgeprune.*"))  # work dirs removed
+        assert not (farm.board_tmp(i) / "edgeprune-board.lock").exists()
