@@ -97,6 +97,11 @@ class Compensator:
             per_sample = max(per_sample, size * (1 + taps))
         return max(MIN_SAMPLES, int(budget_bytes) // per_sample)
 
+    def _original_input(self, name: str):
+        """The ORIGINAL model's input of layer ``name`` on the samples, or None once its fit target is
+        cached (only the target is kept: one layer's inputs at a time, issue 17)."""
+        return None if name in self._targets else layer_inputs(self.graph.model, [name], self.x)[name]
+
     def layers_to_refit(self, state) -> list[str]:
         g = self.graph
         pruned = {gid for gid, grp in g.groups.items() if state.sizes[gid] < grp.size}
@@ -111,7 +116,7 @@ class Compensator:
         """The ridge refit of layer ``name`` at ``state``'s widths from its input ``x_p`` on the
         calibration samples (``[kernel, bias]``; ``state`` is not changed)."""
         with single_thread_blas():
-            return self._fit(name, state, x_p, self._original_inputs([name])[name])
+            return self._fit(name, state, x_p, self._original_input(name))
 
     def refit(self, state, build) -> list[str]:
         """Refit every consumer of a pruned group of ``state`` in place (topological order);
@@ -129,7 +134,7 @@ class Compensator:
         if refitted is None:
             refitted = state.refitted = set()
         for name in names:  # one layer's inputs at a time; the original's only until its target is cached
-            x_o = None if name in self._targets else layer_inputs(self.graph.model, [name], self.x)[name]
+            x_o = self._original_input(name)
             x_p = layer_inputs(model, [name], self.x)[name]
             new = self._fit(name, state, x_p, x_o)
             del x_o, x_p

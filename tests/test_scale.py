@@ -143,7 +143,7 @@ def test_resume_reuses_the_cached_reference_outputs(tmp_path, capsys):
     assert cached.shape == (800, 10) and len(evaluation.x) == 800
     np.testing.assert_allclose(cached, keras_outputs(model, evaluation.x), atol=1e-6, rtol=0)
 
-    assert run_cli([*base, "--max-rate", "0.2", "--resume"]) == 0
+    assert run_cli([*base, "--max-rate", "0.1", "--resume"]) == 0
     second = json.loads(capsys.readouterr().out)
     assert second["resume"]["candidates_reused"] == 2
     assert second["timings"]["load"]["reference_cached"] is True
@@ -196,22 +196,29 @@ def test_compensation_sample_cap_from_layer_shapes():
 
 # --------------------------------------------------------------------------- conversion pool
 def test_pool_conversion_same_bytes_and_decisions_as_serial(tmp_path, capsys):
-    """--jobs 2 against --jobs 1 on the example, with a threshold that stops the search at rate
-    0.3: the same candidates, .tflite bytes, fidelity and stop; the candidate the lookahead
-    converted past the stop (rate 0.4) is discarded, its files gone."""
+    """--jobs 2 against --jobs 1 on the example, with a threshold that stops the search before
+    the last rate (chosen from a first run's scores): the same candidates, .tflite bytes,
+    fidelity and stop; the candidate the lookahead converted past the stop is discarded, its
+    files gone."""
     import json
 
     from edgeprune.cli import run_cli
 
-    reports = {}
-    for jobs in (1, 2):
-        out = tmp_path / f"jobs{jobs}"
-        code = run_cli(["run", "--out", str(out), "--step", "0.1", "--max-rate", "0.5", "--min-fidelity", "0.98",
-                        "--runs", "2", "--warmup", "0", "--jobs", str(jobs), "--json"])
-        reports[jobs] = json.loads(capsys.readouterr().out)
-        assert code == 0
-    serial, pooled = reports[1], reports[2]
-    assert serial["stop"] == pooled["stop"] == {"reason": "fidelity", "rate": 0.3}
+    def run(jobs, min_fidelity, name):
+        code = run_cli(["run", "--out", str(tmp_path / name), "--step", "0.1", "--max-rate", "0.5", "--min-fidelity",
+                        repr(min_fidelity), "--runs", "2", "--warmup", "0", "--jobs", str(jobs), "--json"])
+        assert code in (0, 3)
+        return json.loads(capsys.readouterr().out)
+
+    scores = [c["fidelity"]["score"] for c in run(1, 0.01, "scores")["candidates"]]
+    assert len(scores) == 6
+    k = min(range(1, 5), key=lambda j: scores[j])  # the lowest score before the last rate
+    threshold = scores[k] + 1e-9  # the search stops at the first candidate scoring <= scores[k]
+    stop_at = next(j for j in range(6) if scores[j] < threshold)
+    assert stop_at <= 4
+    serial, pooled = run(1, threshold, "jobs1"), run(2, threshold, "jobs2")
+    assert serial["stop"] == pooled["stop"] == {"reason": "fidelity", "rate": round(0.1 * stop_at, 6)}
+    assert pooled["settings"]["pool"] is True and serial["settings"]["pool"] is False
     keys = ("index", "rate", "name", "sha256", "size_bytes", "fidelity")
 
     def strip(c):  # the decision-relevant host figures (not the timings, not the device measurements)
@@ -220,15 +227,16 @@ def test_pool_conversion_same_bytes_and_decisions_as_serial(tmp_path, capsys):
         return d
 
     assert [strip(c) for c in serial["candidates"]] == [strip(c) for c in pooled["candidates"]]
-    assert [c["rate"] for c in pooled["candidates"]] == [0.0, 0.1, 0.2, 0.3]
-    assert serial["chosen"]["sha256"] == pooled["chosen"]["sha256"]
+    assert [c["rate"] for c in pooled["candidates"]] == [round(0.1 * j, 6) for j in range(stop_at + 1)]
+    assert serial.get("chosen", {}) and serial["chosen"]["sha256"] == pooled["chosen"]["sha256"]
     for c in serial["candidates"]:
         a = (tmp_path / "jobs1" / c["files"]["tflite"]).read_bytes()
         b = (tmp_path / "jobs2" / c["files"]["tflite"]).read_bytes()
         assert a == b and len(a) == c["size_bytes"]
     names1 = sorted(p.name for p in (tmp_path / "jobs1").iterdir())
     names2 = sorted(p.name for p in (tmp_path / "jobs2").iterdir())
-    assert names1 == names2 and not any(n.startswith("cand-04") for n in names2)  # past the stop: discarded
+    past = f"cand-{stop_at + 1:02d}"
+    assert names1 == names2 and not any(n.startswith(past) for n in names2)  # past the stop: discarded
 
 
 def test_jobs_below_one_is_bad_input(tmp_path, capsys):
