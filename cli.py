@@ -595,6 +595,7 @@ def run(
     input_range: Annotated[str, typer.Option("--input-range", help="Model input range 'LO,HI' (PAODING bounds, synthetic data).")] = "0,1",
     seed: Annotated[int, typer.Option(help="Seed (random criterion).")] = 0,
     input_shape: Annotated[Optional[str], typer.Option("--input-shape", help="Fix a variable-length input: the full input shape, batch first (batch 1), e.g. 1,5000,4.")] = None,
+    jobs: Annotated[Optional[int], typer.Option("--jobs", "-j", help="Worker processes converting candidates ahead of the search (same results as 1). Default: one per core once a conversion takes 5 s or more.")] = None,
     host: _Host = None,
     user: _User = None,
     port: _Port = None,
@@ -638,6 +639,7 @@ def run(
         from edgeprune.pipeline.loading import parse_input_shape
 
         config.input_shape = parse_input_shape(input_shape)
+    config.jobs = jobs
     with RunProgress(err) as progress:
         result = run_search(config, progress=progress)
     gate = None

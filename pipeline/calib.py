@@ -37,9 +37,22 @@ def _quiet():
         yield
 
 
-def _batches(x: np.ndarray):
-    for a in range(0, len(x), BATCH):
-        yield x[a:a + BATCH]
+def _batches(x, model=None):
+    """Float32 batches of ``x`` (an array or a lazy sample array), sized by ``model``'s activation
+    memory (edgeprune.pipeline.batching.batch_size_for; at most BATCH)."""
+    from edgeprune.pipeline.batching import batch_size_for
+
+    b = batch_size_for(model, max_batch=BATCH) if model is not None else BATCH
+    for a in range(0, len(x), b):
+        yield np.asarray(x[a:a + b], dtype=np.float32)
+
+
+def _call(model, xb):
+    import warnings
+
+    with warnings.catch_warnings():  # Keras warns when a 1-input model gets a bare tensor
+        warnings.simplefilter("ignore")
+        return model(xb, training=False)
 
 
 def layer_inputs(model, names: list[str], x: np.ndarray) -> dict[str, np.ndarray]:
@@ -50,21 +63,40 @@ def layer_inputs(model, names: list[str], x: np.ndarray) -> dict[str, np.ndarray
         return {}
     feats = keras.Model(model.inputs, [model.get_layer(n).input for n in names])
     parts: list[list[np.ndarray]] = [[] for _ in names]
-    for xb in _batches(x):
-        with _quiet():
-            outs = feats(xb, training=False)
+    for xb in _batches(x, model):
+        outs = _call(feats, xb)
         outs = outs if isinstance(outs, (list, tuple)) else [outs]
         for i, o in enumerate(outs):
             parts[i].append(np.asarray(o, dtype=np.float32))
     return {n: np.concatenate(p) for n, p in zip(names, parts)}
 
 
+def layer_input_moments(model, names: list[str], x) -> dict[str, np.ndarray]:
+    """Per input channel of each layer ``names``: the mean of the squared input over samples and
+    positions (float64), accumulated batch by batch (only the running sums are kept)."""
+    import keras
+
+    if not names:
+        return {}
+    feats = keras.Model(model.inputs, [model.get_layer(n).input for n in names])
+    sums: list[np.ndarray | None] = [None] * len(names)
+    counts = [0] * len(names)
+    for xb in _batches(x, model):
+        outs = _call(feats, xb)
+        outs = outs if isinstance(outs, (list, tuple)) else [outs]
+        for i, o in enumerate(outs):
+            a = np.asarray(o, dtype=np.float64)
+            part = np.square(a).reshape(-1, a.shape[-1]).sum(0)
+            sums[i] = part if sums[i] is None else sums[i] + part
+            counts[i] += int(np.prod(a.shape[:-1]))
+    return {n: s / max(c, 1) for n, s, c in zip(names, sums, counts)}
+
+
 def outputs(model, x: np.ndarray) -> np.ndarray:
     """The model's (first) output on ``x`` as float64 numpy, flattened per sample."""
     parts = []
-    for xb in _batches(x):
-        with _quiet():
-            o = model(xb, training=False)
+    for xb in _batches(x, model):
+        o = _call(model, xb)
         o = o[0] if isinstance(o, (list, tuple)) else o
         parts.append(np.asarray(o, dtype=np.float64).reshape(len(xb), -1))
     return np.concatenate(parts)

@@ -24,6 +24,8 @@ from edgeprune.pipeline.calib import layer_inputs
 
 DEFAULT_RIDGE = 1e-2
 REFIT_CLASSES = {"Dense", "Conv1D", "Conv2D"}
+COMPENSATION_BUDGET_BYTES = 512 * 2**20  # one layer's inputs + patches on the refit samples
+MIN_SAMPLES = 16
 MAX_ROWS = 8192  # Conv: patch rows used for the fit (a seeded subset of samples x positions)
 
 
@@ -70,17 +72,35 @@ class Compensator:
 
     def __init__(self, graph, calibration: np.ndarray, ridge: float = DEFAULT_RIDGE):
         self.graph = graph
-        self.x = np.asarray(calibration, dtype=np.float32)
+        n = min(len(calibration), self.max_samples(graph))  # memory flat in the data (issue 17)
+        self.x = np.asarray(calibration[:n], dtype=np.float32)
         self.ridge = float(ridge)
-        self._orig_inputs: dict[str, np.ndarray] = {}
         self._targets: dict[str, tuple] = {}
         self.seconds = 0.0
 
-    def _original_inputs(self, names: list[str]) -> dict[str, np.ndarray]:
-        missing = [n for n in names if n not in self._orig_inputs]
-        if missing:
-            self._orig_inputs.update(layer_inputs(self.graph.model, missing, self.x))
-        return {n: self._orig_inputs[n] for n in names}
+    @staticmethod
+    def max_samples(graph, budget_bytes: int = COMPENSATION_BUDGET_BYTES) -> int:
+        """Calibration samples a refit may hold: one layer's input on every sample, and its im2col
+        patches (kh*kw times that for a Conv), within ``budget_bytes`` for the largest layer.
+        Small models keep all of them; an ImageNet-size model a few dozen."""
+        per_sample = 1
+        for name, info in graph.layers.items():
+            if info.cls not in REFIT_CLASSES:
+                continue
+            try:
+                shape = tuple(info.layer.input.shape[1:])
+                kernel = tuple(info.layer.get_weights()[0].shape)
+            except (AttributeError, ValueError, IndexError):
+                continue
+            size = int(np.prod([int(d or 1) for d in shape])) * 4
+            taps = int(np.prod(kernel[:-2])) if info.cls != "Dense" else 1
+            per_sample = max(per_sample, size * (1 + taps))
+        return max(MIN_SAMPLES, int(budget_bytes) // per_sample)
+
+    def _original_input(self, name: str):
+        """The ORIGINAL model's input of layer ``name`` on the samples, or None once its fit target is
+        cached (only the target is kept: one layer's inputs at a time, issue 17)."""
+        return None if name in self._targets else layer_inputs(self.graph.model, [name], self.x)[name]
 
     def layers_to_refit(self, state) -> list[str]:
         from edgeprune.pipeline.branches import removed_layers, touched_consumers
@@ -99,7 +119,7 @@ class Compensator:
         """The ridge refit of layer ``name`` at ``state``'s widths from its input ``x_p`` on the
         calibration samples (``[kernel, bias]``; ``state`` is not changed)."""
         with single_thread_blas():
-            return self._fit(name, state, x_p, self._original_inputs([name])[name])
+            return self._fit(name, state, x_p, self._original_input(name))
 
     def refit(self, state, build) -> list[str]:
         """Refit every consumer of a pruned group of ``state`` in place (topological order);
@@ -112,14 +132,15 @@ class Compensator:
         names = self.layers_to_refit(state)
         if not names:
             return []
-        orig = self._original_inputs(names)
         model = build()
         refitted = getattr(state, "refitted", None)
         if refitted is None:
             refitted = state.refitted = set()
-        for name in names:
+        for name in names:  # one layer's inputs at a time; the original's only until its target is cached
+            x_o = self._original_input(name)
             x_p = layer_inputs(model, [name], self.x)[name]
-            new = self._fit(name, state, x_p, orig[name])
+            new = self._fit(name, state, x_p, x_o)
+            del x_o, x_p
             state.weights[name][0] = new[0]
             if len(new) > 1:
                 state.weights[name][1] = new[1]

@@ -247,20 +247,24 @@ def fit_to_input(x: np.ndarray, shape: tuple[int, ...], what: str = "data") -> n
     )
 
 
-def synthetic_inputs(model, n: int, input_range: tuple[float, float], seed: int = 0) -> list[np.ndarray]:
-    """``n`` samples per model input, uniform in ``input_range`` (integers for int inputs)."""
-    rng = np.random.default_rng(seed)
+def synthetic_inputs(model, n: int, input_range: tuple[float, float], seed: int = 0) -> list:
+    """``n`` samples per model input, uniform in ``input_range`` (integers for int inputs), as lazy
+    arrays (:class:`~edgeprune.pipeline.batching.SyntheticSamples`): drawn when read."""
+    from edgeprune.pipeline.batching import SyntheticSamples
+
     lo, hi = input_range
     out = []
-    for _, shape, dtype in input_specs(model):
-        if np.issubdtype(np.dtype(dtype), np.integer):
-            out.append(rng.integers(int(np.ceil(lo)), int(np.floor(hi)) + 1, size=(n, *shape)).astype(dtype))
-        else:
-            out.append(rng.uniform(lo, hi, size=(n, *shape)).astype(np.float32))
+    for k, (_, shape, dtype) in enumerate(input_specs(model)):
+        kind = np.dtype(dtype) if np.issubdtype(np.dtype(dtype), np.integer) else np.float32
+        out.append(SyntheticSamples(n, shape, lo, hi, seed=seed * 1000 + k, dtype=kind))
     return out
 
 
-def _calibration_set(model, config: ConvertConfig) -> tuple[list[np.ndarray], str]:
+def _calibration_set(model, config: ConvertConfig) -> tuple[list, str]:
+    """The calibration samples, lazily: a subset of the user's (read batch by batch by the
+    representative dataset) or synthetic ones."""
+    from edgeprune.pipeline.batching import READ_BATCH, Samples, is_lazy
+
     specs = input_specs(model)
     if config.calibration is None:
         return synthetic_inputs(model, config.num_calibration, config.input_range, config.seed), "synthetic"
@@ -269,18 +273,42 @@ def _calibration_set(model, config: ConvertConfig) -> tuple[list[np.ndarray], st
             f"user calibration data given for a model with {len(specs)} inputs",
             "calibration arrays are supported for single-input models; omit them for synthetic calibration",
         )
-    x = np.asarray(config.calibration)
-    if x.dtype.kind not in "biuf" or x.ndim < 1:
+    x = config.calibration if is_lazy(config.calibration) or hasattr(config.calibration, "shape") \
+        else np.asarray(config.calibration)
+    if np.dtype(x.dtype).kind not in "biuf" or x.ndim < 1:
         raise BadInput(f"calibration data must be a numeric array, got dtype {x.dtype}")
     if len(x) == 0:
         raise BadInput("calibration data is empty", "give at least one sample")
-    x = fit_to_input(x, specs[0][1], "calibration data")
-    if not np.all(np.isfinite(x.astype(np.float64, copy=False))):
-        raise BadInput("calibration data contains NaN or infinity", "clean the data")
+    fit_to_input(x[:1], specs[0][1], "calibration data")  # the shape check (and its message)
+    if not is_lazy(x):
+        x = Samples(x, add_channel=tuple(x.shape[1:]) != tuple(specs[0][1]))
+    elif tuple(x.shape[1:]) != tuple(specs[0][1]):
+        x = _AddChannel(x)
     if len(x) > config.num_calibration:
         idx = np.random.default_rng(config.seed).choice(len(x), config.num_calibration, replace=False)
-        x = x[np.sort(idx)]
-    return [x.astype(np.float32)], "user"
+        x = x.take(np.sort(idx))
+    for start in range(0, len(x), READ_BATCH):
+        if not np.all(np.isfinite(x[start : start + READ_BATCH])):
+            raise BadInput("calibration data contains NaN or infinity", "clean the data")
+    return [x], "user"
+
+
+class _AddChannel:
+    """A lazy array with a trailing channel axis of 1 appended when read."""
+
+    def __init__(self, x):
+        self.x = x
+        self.shape = (*x.shape, 1)
+        self.dtype = np.dtype(np.float32)
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, key):
+        return np.asarray(self.x[key], dtype=np.float32)[..., None]
+
+    def take(self, idx):
+        return _AddChannel(self.x.take(idx))
 
 
 def _concrete_function(model, batch_size: int):
@@ -489,12 +517,12 @@ def convert(model, config: ConvertConfig | None = None) -> ConvertResult:
         n = len(calibration[0])
         b = config.batch_size
 
-        def representative():
+        def representative():  # one batch read at a time: the calibration set is never held whole
             for start in range(0, n - b + 1, b) if n >= b else []:
-                yield [arr[start : start + b] for arr in calibration]
+                yield [np.asarray(arr[start : start + b]) for arr in calibration]
             if n < b:  # fewer samples than one batch: tile them
                 reps = -(-b // n)
-                yield [np.concatenate([arr] * reps)[:b] for arr in calibration]
+                yield [np.concatenate([np.asarray(arr[:n])] * reps)[:b] for arr in calibration]
 
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.representative_dataset = representative

@@ -34,7 +34,7 @@ class EvalData:
     """Inputs (already preprocessed to what the model takes), optional labels, and where
     they came from: ``source`` is "user" or "synthetic"."""
 
-    x: np.ndarray
+    x: Any  # np.ndarray, or a lazy sample array (edgeprune.pipeline.batching)
     y: np.ndarray | None
     source: str
     path: Path | None = None
@@ -108,7 +108,7 @@ def _open(path: Path) -> dict[str, np.ndarray]:
             if not arrays:
                 raise BadInput(f"data file {path} is empty (the .npz holds no arrays)", "save the inputs as x (and labels as y)")
             return arrays
-        return {"x": np.load(path, allow_pickle=False)}
+        return {"x": np.load(path, allow_pickle=False, mmap_mode="r")}  # read in batches, never whole
     except BadInput:
         raise
     except ValueError as exc:
@@ -155,24 +155,28 @@ def load_eval_data(path: str | Path, model) -> EvalData:
             )
     ykey, y = _pick(arrays, Y_KEYS)
     return check_arrays(path.name, x, y, model, xkey=xkey, ykey=ykey or "y", input_scale=arrays.get("input_scale"),
-                        path=path)
+                        path=path, lazy=True)
 
 
 def check_arrays(name: str, x, y, model, *, xkey: str = "x", ykey: str = "y", input_scale=None,
                  path: Path | None = None, notes: list[str] | None = None, form: str | None = None,
-                 spec: str | None = None) -> EvalData:
+                 spec: str | None = None, lazy: bool = False) -> EvalData:
     """The checks every form of ``--data`` goes through (the single place they live): numeric
     inputs, at least one sample, the model's per-sample shape, an optional declared
     ``input_scale``, no NaN/infinity, labels (whole numbers, one per sample, within the model's
-    classes). ``name`` names the data in the messages."""
+    classes). ``name`` names the data in the messages. ``lazy``: keep the samples as stored (an
+    ``.npz``/``.npy``, possibly memory-mapped) and read them batch by batch
+    (:class:`~edgeprune.pipeline.batching.Samples`); else a float32 array."""
     shape = _model_input_shape(model)
-    x = np.asarray(x)
+    x = x if isinstance(x, np.ndarray) else np.asarray(x)  # a memory-mapped .npy stays a np.memmap (nothing read)
     _check_numeric(name, x, f"array {xkey!r}")
     if x.ndim == 0 or len(x) == 0:
         raise BadInput(f"data file {name} is empty: array {xkey!r} has shape {x.shape}", "give at least one sample")
+    from edgeprune.pipeline.batching import READ_BATCH, Samples
     from edgeprune.pipeline.convert import fit_to_input
 
-    x = fit_to_input(x, shape, f"{name} ({xkey!r})")
+    fit_to_input(x[:1], shape, f"{name} ({xkey!r})")  # the shape check (and its message)
+    add_channel = tuple(x.shape[1:]) != tuple(shape)
     notes = list(notes or [])
     scale = None
     if input_scale is not None:
@@ -180,17 +184,24 @@ def check_arrays(name: str, x, y, model, *, xkey: str = "x", ykey: str = "y", in
         if s.size != 1 or s.dtype.kind not in "iuf" or not np.isfinite(s).all() or float(s) <= 0:
             raise BadInput(f"{name}: input_scale must be one positive number, got {s!r}")
         scale = float(s.reshape(()))
-        x = x.astype(np.float32) * np.float32(scale)
         notes.append(f"inputs scaled by input_scale={scale:.6g} declared in {name}")
-    else:
-        if x.dtype == np.uint8 and x.size and int(x.max()) > 1:
-            notes.append(
-                f"{name} holds uint8 values up to {int(x.max())}, used as-is (not rescaled); if the model "
-                "expects [0, 1], store input_scale=1/255 in the .npz"
-            )
-        x = x.astype(np.float32)
-    if not np.isfinite(x).all():
-        raise BadInput(f"{name}: the inputs contain NaN or infinity", "clean the data")
+    # The samples stay as stored (a .npy memory-mapped, uint8 images as uint8) and are read,
+    # converted to float32 and scaled batch by batch (edgeprune.pipeline.batching.Samples).
+    top = None
+    for start in range(0, len(x), READ_BATCH):
+        chunk = np.asarray(x[start : start + READ_BATCH])
+        if chunk.dtype.kind == "f" and not np.isfinite(chunk if scale is None else chunk * np.float32(scale)).all():
+            raise BadInput(f"{name}: the inputs contain NaN or infinity", "clean the data")
+        if scale is None and x.dtype == np.uint8 and chunk.size:
+            top = max(top or 0, int(chunk.max()))
+    if scale is None and top is not None and top > 1:
+        notes.append(
+            f"{name} holds uint8 values up to {top}, used as-is (not rescaled); if the model "
+            "expects [0, 1], store input_scale=1/255 in the .npz"
+        )
+    x = Samples(x, scale=scale, add_channel=add_channel)
+    if not lazy:  # already in memory (images, CSV, a function's arrays): float32 now, as before
+        x = np.asarray(x)
 
     if y is not None:
         y = _check_labels(name, ykey, np.asarray(y), len(x), notes)
@@ -242,5 +253,7 @@ def synthetic_data(model, n: int = 100, input_range: tuple[float, float] = (0.0,
         raise BadInput(f"input range {input_range!r}: LO must be below HI")
     if n < 1:
         raise BadInput(f"number of synthetic samples must be >= 1, got {n}")
-    x = np.random.default_rng(seed).uniform(lo, hi, size=(n, *shape)).astype(np.float32)
+    from edgeprune.pipeline.batching import SyntheticSamples
+
+    x = SyntheticSamples(n, shape, lo, hi, seed=seed)  # drawn batch by batch, never held whole
     return EvalData(x=x, y=None, source="synthetic", path=None, input_range=(lo, hi))

@@ -110,7 +110,9 @@ def load_data(spec, model, *, input_range=(0.0, 1.0), classes: list[str] | str |
 
 def content_id(data: EvalData) -> str:
     """A fingerprint of the data as the model sees it (inputs and labels), for run.json."""
-    h = hashlib.sha256(np.ascontiguousarray(data.x, dtype=np.float32).tobytes())
+    h = hashlib.sha256()
+    for start in range(0, len(data.x), 64):  # batch by batch: the same bytes as the whole array
+        h.update(np.ascontiguousarray(data.x[start:start + 64], dtype=np.float32).tobytes())
     if data.y is not None:
         h.update(np.ascontiguousarray(data.y, dtype=np.int64).tobytes())
     return f"{data.form}:{h.hexdigest()}"

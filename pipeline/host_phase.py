@@ -116,17 +116,23 @@ class HostPhase:
             self.notes.append(f"{pruner.graph.nothing_prunable_note()}: only the unpruned candidate is evaluated")
         self.failed_candidates: list[dict] = []
         self.stop = None
+        self.lookahead = None  # --jobs > 1: candidates converted in worker processes (convert_pool)
         for i in range(len(self.candidates), len(self.rates)):
             if self.candidates and not self.candidates[-1].get("skipped") \
                     and not self.candidates[-1]["checks"]["fidelity"]["ok"]:
                 break
             if i > 0 and not self.prunable:
                 break
+            self.lookahead = self.lookahead or self.start_pool(pruner)
+            if self.lookahead is not None:
+                self.lookahead.fill(i)
             rec = self.try_candidate(pruner, i, self.rates[i])
             if rec is None:  # failed (recorded with its reason): the search goes on
                 continue
             self.candidates.append(rec)
             self.emit("candidate", record=rec, total=len(self.rates), reused=False)
+        if self.lookahead is not None:
+            self.lookahead.close()  # what a worker converted past the stop is discarded
         last = self.candidates[-1]
         if not last.get("skipped") and not last["checks"]["fidelity"]["ok"]:
             self.stop = {"reason": "fidelity", "rate": last["rate"]}
@@ -158,6 +164,26 @@ class HostPhase:
             self.emit("status", text=f"rate {rate:.2f}: failed at {self.stage} ({failed['reason'].splitlines()[0][:120]})")
             return None
 
+    def convert_config(self):
+        from edgeprune.pipeline import convert as conv
+
+        c = self.c
+        return conv.ConvertConfig(quantize=c.quantize, calibration=self.calibration,
+                                  input_range=tuple(float(v) for v in c.input_range), num_calibration=SYNTHETIC_SAMPLES)
+
+    def start_pool(self, pruner):
+        """A :class:`~edgeprune.pipeline.convert_pool.Lookahead` when more than one job and more than
+        one candidate to make; else None (serial). Without ``--jobs``: one job per core, once a
+        candidate's conversion took :data:`~edgeprune.pipeline.convert_pool.AUTO_MIN_CONVERT_S` or
+        more (a worker costs a TensorFlow import: small models convert faster serially)."""
+        from edgeprune.pipeline.convert_pool import Lookahead, default_jobs, pool_size
+
+        self.jobs = int(self.c.jobs) if getattr(self.c, "jobs", None) is not None else default_jobs()
+        times = [r["timings"]["convert_s"] for r in self.candidates if "convert_s" in r.get("timings", {})]
+        n = pool_size(getattr(self.c, "jobs", None), self.jobs, len(self.rates) - len(self.candidates),
+                      self.prunable, times)
+        return Lookahead(self, pruner, n, self.convert_config()) if n > 1 else None
+
     def make_candidate(self, pruner, i: int, rate: float) -> dict:
         from edgeprune.pipeline import convert as conv
         from edgeprune.pipeline import fidelity as fid
@@ -167,29 +193,35 @@ class HostPhase:
         name = candidate_name(i, rate)
         self.emit("candidate_start", index=i, rate=rate, total=len(self.rates))
         t0 = time.perf_counter()
-        if rate > 0:
-            pruner.step_to(rate)
-        with conv.captured_output():
-            km = pruner.build()
+        ahead = self.lookahead.take(i) if getattr(self, "lookahead", None) is not None else None
+        if ahead is not None:  # pruned ahead and converting in a worker (convert_pool)
+            km = ahead.km
+        else:
+            if rate > 0:
+                pruner.step_to(rate)
+            with conv.captured_output():
+                km = pruner.build()
         pred = predict(km, c.quantize)
         reason = self.predictor.skip_reason(pred) if c.predict else None
         if reason is not None:
-            return self.skipped_candidate(pruner, i, rate, name, km, pred, reason, t0)
+            if ahead is not None:
+                ahead.discard()  # as serially: no conversion, no .keras
+            return self.skipped_candidate(pruner if ahead is None else ahead, i, rate, name, km, pred, reason, t0)
         t1 = time.perf_counter()
         self.stage = "convert"
-        cc = conv.ConvertConfig(quantize=c.quantize, calibration=self.calibration,
-                                input_range=tuple(float(v) for v in c.input_range), num_calibration=SYNTHETIC_SAMPLES)
-        res = conv.convert(km, cc)
+        cc = self.convert_config()
+        res = ahead.result() if ahead is not None and ahead.pending is not None else conv.convert(km, cc)
         t2 = time.perf_counter()
         self.stage = "load and fidelity (LiteRT on the host)"
         fr = fid.evaluate(res.tflite, self.reference, self.data, self.fid_config)
         t3 = time.perf_counter()
         self.stage = "save"
         files = {"keras": f"{name}.keras", "tflite": f"{name}.tflite", "plan": f"{name}.plan.json"}
-        with conv.captured_output():
-            _save_keras_atomic(km, d / files["keras"])
+        if ahead is None:  # (the lookahead wrote it for its worker)
+            with conv.captured_output():
+                _save_keras_atomic(km, d / files["keras"])
         res.save(d / files["tflite"])
-        plan = pruner.plan()
+        plan = (pruner if ahead is None else ahead).plan()
         plan.save(d / files["plan"])
         t4 = time.perf_counter()
         size = res.size_bytes
@@ -208,7 +240,8 @@ class HostPhase:
             "widths": plan.widths,
             "prediction": self.predicted(pred, size),
             "made_by": dict(self.stages_label),
-            "timings": {"prune_s": round(t1 - t0, 4), "convert_s": round(t2 - t1, 4), "fidelity_s": round(t3 - t2, 4),
+            "timings": {"prune_s": round(t1 - t0 if ahead is None else ahead.prune_s, 4),
+                        "convert_s": round(t2 - t1 if ahead is None else res.seconds, 4), "fidelity_s": round(t3 - t2, 4),
                         "save_s": round(t4 - t3, 4)},
             "created_at": _now(),
             "pid": os.getpid(),

@@ -58,12 +58,13 @@ from edgeprune.pipeline.run_config import (  # noqa: F401  (the public names liv
 from edgeprune.pipeline.run_dir import (  # noqa: F401
     _OUR_FILES, RunDirStage, _clean_tmp, _clear_run_dir, _copy_atomic, _prepare_dir, _save_keras_atomic,
     write_json_atomic)
+from edgeprune.pipeline.reference_cache import ReferenceStage
 from edgeprune.pipeline.run_finish import FinishStage
 from edgeprune.pipeline.run_setup import SetupStage, _validate  # noqa: F401
 
 
 # --------------------------------------------------------------------------- the run
-class _Run(SetupStage, RunDirStage, HostPhase, DevicePhase, FinishStage):
+class _Run(SetupStage, RunDirStage, ReferenceStage, HostPhase, DevicePhase, FinishStage):
     """The state of one run; its stages live in their own modules (run_setup: setup + load,
     run_dir: the directory and --resume, host_phase: candidates + host checks, device_phase:
     measurement, run_finish: reasons + report)."""
@@ -83,8 +84,9 @@ def run(config: RunConfig, progress: Optional[Progress] = None) -> RunResult:
     r.check_reachable()
     t0 = time.perf_counter()
     r.load()
-    r.load_seconds = time.perf_counter() - t0
     r.open_run_dir()
+    r.reference_outputs()
+    r.load_seconds = time.perf_counter() - t0
     r.emit("host_phase", total=len(rate_schedule(float(config.step), float(config.max_rate))))
     r.host_phase()
     r.device_phase()

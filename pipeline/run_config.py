@@ -64,6 +64,7 @@ class RunConfig:
     input_range: tuple[float, float] = (0.0, 1.0)
     seed: int = 0
     input_shape: Optional[tuple[int, ...]] = None  # fixes a variable-length input (batch first, batch 1)
+    jobs: Optional[int] = None  # conversion worker processes; None: one per core (pipeline/convert_pool.py)
     # time-based measurement (TFLite benchmark_model's rules; see devices.base.BenchConfig)
     threads: Optional[int] = None  # None: the profile's
     min_secs: float = 1.0

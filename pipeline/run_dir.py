@@ -23,6 +23,22 @@ def write_json_atomic(path: Path, data) -> None:
     _w(path, data)
 
 
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """``data`` to ``path`` atomically (temporary file in the same folder, fsync, rename)."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
 def _copy_atomic(src: Path, dst: Path) -> None:
     fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".tmp")
     os.close(fd)
@@ -59,7 +75,7 @@ def _prepare_dir(path: Path) -> None:
 
 # --------------------------------------------------------------------------- the run dir
 _OUR_FILES = re.compile(r"^(cand-\d+-rate[0-9.]+\.(keras|tflite|json|plan\.json|failed\.json)|best\.tflite|report\.(json|md|png)"
-                        r"|measurements\.json|run\.json|\..*\.tmp.*|\.write-probe-.*)$")
+                        r"|measurements\.json|run\.json|reference\.npz|\..*\.tmp.*|\.write-probe-.*)$")
 
 
 _TMP_FILES = re.compile(r"^(\..*\.tmp.*|\.write-probe-.*)$")

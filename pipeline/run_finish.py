@@ -104,6 +104,7 @@ class FinishStage:
                for k in ("prune_s", "convert_s", "fidelity_s", "save_s")}
         tot["device_s"] = round(self.device_seconds, 3)
         tot["load_s"] = round(getattr(self, "load_seconds", 0.0), 3)  # TF import, model, data, reference outputs
+        tot["load"] = dict(getattr(self, "load_timings", {}))  # model_s, data_s, reference_s, reference_cached
         tot["total_s"] = round(time.perf_counter() - self.t_start, 3)
         fr0 = self.candidates[0]["fidelity"]
         cand_out = []
@@ -149,7 +150,8 @@ class FinishStage:
                          "input_range": list(self.c.input_range), "threads": self.c.threads,
                          "min_secs": self.c.min_secs, "max_secs": self.c.max_secs,
                          "warmup_min_secs": self.c.warmup_min_secs, "latency_stat": self.c.latency_stat,
-                         "round_to": self.round_to, "predict": self.c.predict},
+                         "round_to": self.round_to, "predict": self.c.predict,
+                         "jobs": getattr(self, "jobs", 1), "pool": getattr(self, "lookahead", None) is not None},
             "prediction": self.prediction_summary(),
             "data": dict(self.data.to_dict(), calibration=self.calibration_note,
                          synthetic=self.data.source == "synthetic", split=getattr(self, "split", None)),

@@ -50,6 +50,8 @@ def _validate(config: RunConfig) -> None:
                        "it is the top-1 agreement (classifiers) or cosine similarity, e.g. 0.95")
     if config.max_accuracy_drop is not None and not (0.0 <= float(config.max_accuracy_drop) <= 100.0):
         raise BadInput(f"--max-accuracy-drop {config.max_accuracy_drop:g} must be in [0, 100] points", "e.g. 1.0")
+    if getattr(config, "jobs", None) is not None and int(config.jobs) < 1:
+        raise BadInput(f"--jobs must be at least 1, got {config.jobs}", "e.g. --jobs 2 (or leave it out: one per core)")
     if config.runs < 1:
         raise BadInput(f"--runs must be at least 1, got {config.runs}", "e.g. --runs 50")
     if config.warmup < 0:
@@ -169,9 +171,13 @@ class SetupStage:
 
     # ---------------------------------------------------------------- load (TF)
     def load(self) -> None:
+        import time
+
         from edgeprune.pipeline import convert as conv
 
+        t_import = time.perf_counter()
         conv.quiet_import_tensorflow()
+        t_import = time.perf_counter() - t_import
         from edgeprune.pipeline import fidelity as fid
         from edgeprune.pipeline.data import synthetic_data
         from edgeprune.pipeline.importance import CRITERIA
@@ -180,6 +186,7 @@ class SetupStage:
         c = self.c
         if c.criterion not in CRITERIA and c.criterion != "auto":
             raise BadInput(f"unknown --criterion {c.criterion!r}", f"use one of: {', '.join(CRITERIA)}")
+        t0 = time.perf_counter()
         self.emit("status", text=f"loading {self.model_path.name}")
         self.model = load_model(self.model_path)
         if c.input_shape:
@@ -190,6 +197,7 @@ class SetupStage:
                                "give batch 1, e.g. --input-shape 1," + ",".join(map(str, c.input_shape[1:])))
             self.model = with_input_shape(self.model, tuple(c.input_shape))
         self.model_sha = file_sha256(self.model_path)
+        t1 = time.perf_counter()
         if self.data_path is not None:
             from edgeprune.pipeline.datasources import content_id, load_data
             from edgeprune.pipeline.split import split
@@ -222,5 +230,6 @@ class SetupStage:
             raise BadInput("--max-accuracy-drop needs labelled data", "pass --data with labels (an .npz with x and y), "
                            "or use --min-fidelity")
         self.resolve_stages()
-        self.reference = fid.keras_outputs(self.model, self.data.x)
         self.fid_config = fid.FidelityConfig()
+        # the reference outputs come after the run directory is open (reference_cache: cached for --resume)
+        self.load_timings = {"tensorflow_import_s": round(t_import, 3), "model_s": round(t1 - t0, 3), "data_s": round(time.perf_counter() - t1, 3)}

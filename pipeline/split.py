@@ -33,11 +33,24 @@ class Split:
     info: dict = field(default_factory=dict)
 
 
-def sample_keys(x: np.ndarray) -> np.ndarray:
-    """A 64-bit hash of each sample's float32 bytes."""
-    x = np.ascontiguousarray(x, dtype=np.float32).reshape(len(x), -1)
-    return np.array([int.from_bytes(hashlib.blake2b(row.tobytes(), digest_size=8).digest(), "little") for row in x],
-                    dtype=np.uint64)
+def sample_keys(x) -> np.ndarray:
+    """A 64-bit hash of each sample's float32 bytes (read batch by batch: ``x`` may be a lazy or
+    memory-mapped sample array)."""
+    from edgeprune.pipeline.batching import READ_BATCH
+
+    keys = np.empty(len(x), dtype=np.uint64)
+    for start in range(0, len(x), READ_BATCH):
+        rows = np.ascontiguousarray(x[start:start + READ_BATCH], dtype=np.float32).reshape(-1, int(np.prod(x.shape[1:])))
+        for j, row in enumerate(rows):
+            keys[start + j] = int.from_bytes(hashlib.blake2b(row.tobytes(), digest_size=8).digest(), "little")
+    return keys
+
+
+def _subset(x, idx: np.ndarray):
+    """Rows ``idx`` of ``x``: a lazy subset for a lazy sample array (nothing read), else a copy."""
+    from edgeprune.pipeline.batching import is_lazy
+
+    return x.take(idx) if is_lazy(x) else x[idx]
 
 
 def calibration_size(n: int, max_cal: int = CALIBRATION_MAX) -> int:
@@ -56,7 +69,7 @@ def split(data: EvalData, max_cal: int = CALIBRATION_MAX) -> Split:
         if cal.all():
             cal = keys < kth
     ev = ~cal
-    evaluation = EvalData(x=data.x[ev], y=None if data.y is None else data.y[ev], source=data.source, path=data.path,
+    evaluation = EvalData(x=_subset(data.x, np.flatnonzero(ev)), y=None if data.y is None else data.y[ev], source=data.source, path=data.path,
                           input_scale=data.input_scale, input_range=data.input_range, notes=list(data.notes),
                           form=data.form, spec=data.spec)
     shared = int(np.isin(keys[ev], keys[cal]).sum())  # 0 by construction; counted, not assumed
@@ -66,4 +79,5 @@ def split(data: EvalData, max_cal: int = CALIBRATION_MAX) -> Split:
         evaluation.notes.append("int8 calibrated on synthetic inputs in the input range: too few distinct samples "
                                 "to hold any out of the evaluation")
     order = np.argsort(keys[cal], kind="stable")  # calibration in hash order: the same whatever the input order
-    return Split(calibration=data.x[cal][order] if cal.any() else None, evaluation=evaluation, info=info)
+    return Split(calibration=_subset(data.x, np.flatnonzero(cal)[order]) if cal.any() else None, evaluation=evaluation,
+                 info=info)

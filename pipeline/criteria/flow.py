@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from edgeprune.errors import BadInput
-from edgeprune.pipeline.calib import consumer_layers, layer_inputs
+from edgeprune.pipeline.calib import consumer_layers, layer_input_moments
 from edgeprune.pipeline.criteria.base import Context, Importance
 from edgeprune.pipeline.graph import offsets
 
@@ -42,9 +42,8 @@ class Flow(Importance):
 
         gone = removed_layers(ctx.state)
         names = [n for n in consumer_layers(ctx.graph, {g.id for g in ctx.graph.prunable_groups}) if n not in gone]
-        acts = layer_inputs(ctx.build(), names, calibration_or_synthetic(ctx))
-        # second moment of every input channel, over samples and positions
-        self.m2 = {n: np.mean(np.square(a.astype(np.float64)), axis=tuple(range(a.ndim - 1))) for n, a in acts.items()}
+        # second moment of every input channel, over samples and positions (accumulated batch by batch)
+        self.m2 = layer_input_moments(ctx.build(), names, calibration_or_synthetic(ctx))
         self.sizes0 = dict(ctx.state.sizes)  # layouts of the measured activations
 
     def scores(self, ctx: Context, group) -> np.ndarray:

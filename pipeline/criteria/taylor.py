@@ -16,26 +16,39 @@ from edgeprune.pipeline.criteria.flow import calibration_or_synthetic
 from edgeprune.pipeline.graph import offsets
 
 
-def _gradients(model, x: np.ndarray, ref: np.ndarray) -> dict[str, list]:
+def _gradients(model, x, ref: np.ndarray) -> dict[str, list]:
+    """Gradients of the summed loss over ``x``, accumulated batch by batch (batches sized by the
+    model's activation memory: a tape keeps one batch's activations)."""
     import tensorflow as tf
+
+    from edgeprune.pipeline.calib import _batches, _call
 
     variables = {layer.name: list(layer.weights) for layer in model.layers if layer.weights}
     flat = [v for vs in variables.values() for v in vs]
-    with tf.GradientTape() as tape:
-        for v in flat:
-            tape.watch(v.value)
-        out = model(x, training=False)
-        out = out[0] if isinstance(out, (list, tuple)) else out
-        out = tf.reshape(out, (tf.shape(out)[0], -1))
-        if is_probability(ref):
-            labels = tf.constant(ref.argmax(1))
-            loss = tf.reduce_sum(tf.keras.losses.sparse_categorical_crossentropy(labels, out))
-        else:
-            loss = 0.5 * tf.reduce_sum(tf.square(out - tf.constant(ref, dtype=out.dtype)))
-    grads = tape.gradient(loss, [v.value for v in flat])
+    total: list = [None] * len(flat)
+    start = 0
+    for xb in _batches(x, model):
+        rb = ref[start:start + len(xb)]
+        start += len(xb)
+        with tf.GradientTape() as tape:
+            for v in flat:
+                tape.watch(v.value)
+            out = _call(model, xb)
+            out = out[0] if isinstance(out, (list, tuple)) else out
+            out = tf.reshape(out, (tf.shape(out)[0], -1))
+            if is_probability(ref):
+                labels = tf.constant(rb.argmax(1))
+                loss = tf.reduce_sum(tf.keras.losses.sparse_categorical_crossentropy(labels, out))
+            else:
+                loss = 0.5 * tf.reduce_sum(tf.square(out - tf.constant(rb, dtype=out.dtype)))
+        grads = tape.gradient(loss, [v.value for v in flat])
+        for k, g in enumerate(grads):
+            if g is not None:
+                g = np.asarray(g, dtype=np.float64)
+                total[k] = g if total[k] is None else total[k] + g
     out, i = {}, 0
     for name, vs in variables.items():
-        out[name] = [None if g is None else np.asarray(g, dtype=np.float64) for g in grads[i:i + len(vs)]]
+        out[name] = total[i:i + len(vs)]
         i += len(vs)
     return out
 
