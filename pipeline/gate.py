@@ -342,7 +342,7 @@ def gate_run(result, baseline: dict, tolerances: dict[str, Tolerance]) -> GateRe
     """Gate a finished ``edgeprune run``: compare, record ``gate`` in report.json / report.md, and
     make exit code 5 when a figure regressed (a run without a chosen model keeps its exit 3)."""
     from edgeprune.pipeline import report as rep
-    from edgeprune.pipeline.plan import write_json_atomic
+    from edgeprune.pipeline.atomic import write_json_atomic
 
     report = result.report
     check_same_target(baseline, report["device"]["name"], report["device"].get("kind"), report["settings"]["quantize"])

@@ -8,14 +8,13 @@ made it.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from edgeprune.errors import BadInput
+from edgeprune.pipeline.atomic import write_json_atomic  # noqa: F401  (plan.save and older imports)
 
 FORMAT = "edgeprune-plan/1"
 
@@ -143,18 +142,3 @@ class Plan:
         return build_model(graph, self.to_state(graph))
 
 
-def write_json_atomic(path, data) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh, indent=1, sort_keys=False)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeprune.pipeline.run_dir import write_bytes_atomic
+from edgeprune.pipeline.atomic import write_bytes_atomic
 
 REFERENCE_FILE = "reference.npz"
 

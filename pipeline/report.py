@@ -57,7 +57,7 @@ import tempfile
 from pathlib import Path
 
 from edgeprune.devices.sizes import SIZE_UNITS_NOTE, format_size
-from edgeprune.pipeline.plan import write_json_atomic
+from edgeprune.pipeline.atomic import write_json_atomic
 from edgeprune.pipeline.run_table import (  # cell texts shared with the terminal table
     accuracy_change_text,
     keep_units,

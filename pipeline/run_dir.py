@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import tempfile
 from pathlib import Path
 
@@ -17,38 +16,8 @@ from edgeprune.errors import BadInput
 from edgeprune.pipeline.run_config import RUN_FORMAT, _now
 
 
-def write_json_atomic(path: Path, data) -> None:
-    from edgeprune.pipeline.plan import write_json_atomic as _w
-
-    _w(path, data)
-
-
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-    """``data`` to ``path`` atomically (temporary file in the same folder, fsync, rename)."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def _copy_atomic(src: Path, dst: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        shutil.copyfile(src, tmp)
-        os.replace(tmp, dst)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+from edgeprune.pipeline.atomic import copy_atomic as _copy_atomic  # noqa: E402,F401
+from edgeprune.pipeline.atomic import write_bytes_atomic, write_json_atomic  # noqa: E402,F401
 
 
 def _save_keras_atomic(model, path: Path) -> None:

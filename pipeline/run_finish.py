@@ -6,7 +6,7 @@ import time
 from edgeprune.errors import EXIT_NO_CANDIDATE, EXIT_OK
 from edgeprune.devices.sizes import format_size
 from edgeprune.pipeline.run_config import STRATEGY, RunResult, _now
-from edgeprune.pipeline.run_dir import _copy_atomic
+from edgeprune.pipeline.atomic import copy_atomic as _copy_atomic
 
 
 class FinishStage:
