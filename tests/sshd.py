@@ -32,6 +32,23 @@ def available() -> Optional[str]:
     return None
 
 
+def serve(tmp_path_factory, name: str = "sshd"):
+    """Body of a module-scoped ``server`` fixture: a started SshServer, stopped afterwards.
+    Without sshd the tests skip on a developer machine and FAIL under CI (.ci/setup installs it)."""
+    import pytest
+
+    why = available()
+    if why:
+        if os.environ.get("CI"):
+            pytest.fail(why)
+        pytest.skip(why)
+    srv = SshServer.start(tmp_path_factory.mktemp(name))
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

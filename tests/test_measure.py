@@ -119,14 +119,7 @@ def test_cli_bench_new_names_and_aliases(device_models, capsys):
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    why = sshd_helper.available()
-    if why:
-        if os.environ.get("CI"):
-            pytest.fail(why)
-        pytest.skip(why)
-    srv = sshd_helper.SshServer.start(tmp_path_factory.mktemp("sshd"))
-    yield srv
-    srv.stop()
+    yield from sshd_helper.serve(tmp_path_factory, "sshd")
 
 
 @pytest.mark.ssh

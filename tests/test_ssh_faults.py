@@ -31,14 +31,7 @@ pytestmark = pytest.mark.ssh
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    why = sshd_helper.available()
-    if why:
-        if os.environ.get("CI"):
-            pytest.fail(why)
-        pytest.skip(why)
-    srv = sshd_helper.SshServer.start(tmp_path_factory.mktemp("sshd-faults"))
-    yield srv
-    srv.stop()
+    yield from sshd_helper.serve(tmp_path_factory, "sshd-faults")
 
 
 @pytest.fixture(autouse=True)
