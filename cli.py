@@ -689,13 +689,19 @@ def run_cli(argv: list[str] | None = None) -> int:
     """
     command = typer.main.get_command(app)
     args = list(sys.argv[1:] if argv is None else argv)
+    from edgeprune.devices import interrupt
+    from edgeprune.errors import Terminated
+
     try:
-        rv = command.main(args=args, prog_name="edgeprune", standalone_mode=False)
+        with interrupt.sigterm_as_interrupt():  # SIGTERM (a cancelled CI job) unwinds like Ctrl-C: boards cleaned up
+            rv = command.main(args=args, prog_name="edgeprune", standalone_mode=False)
     except typer.Exit as exc:
-        return exc.exit_code
+        return _interrupted(exc.exit_code)
     except typer.Abort:
         err.print("aborted")
-        return 130
+        return _interrupted(130)
+    except Terminated:
+        return _interrupted(130)
     except _UsageErrorBase as exc:
         return _usage_error(exc, args)
     except EdgepruneError as exc:
@@ -721,7 +727,17 @@ def run_cli(argv: list[str] | None = None) -> int:
         err.print(f"error: {exc.strerror or exc}{where}", highlight=False, markup=False, soft_wrap=True)
         err.print(f"  fix: {fixes[exc.errno]}", highlight=False, markup=False, soft_wrap=True)
         return EXIT_BAD_INPUT
-    return rv if isinstance(rv, int) else 0
+    return _interrupted(rv) if isinstance(rv, int) else 0
+
+
+def _interrupted(code: int) -> int:
+    """typer turns Ctrl-C into exit 130; a SIGTERM (a cancelled CI job) is 143 (128 + 15)."""
+    from edgeprune.devices import interrupt
+
+    if code == 130:
+        err.print("terminated (SIGTERM)" if interrupt.terminated() else "interrupted", highlight=False)
+        return 143 if interrupt.terminated() else 130
+    return code
 
 
 def _usage_error(exc: Exception, args: list[str]) -> int:

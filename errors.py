@@ -44,3 +44,8 @@ class DeviceError(EdgepruneError):
 
 class UnsupportedModel(BadInput):
     """The model (or one of its layers) cannot be handled."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a CI runner cancelling the job): unwinds like Ctrl-C, so every board is cleaned
+    up and released on the way out; the CLI exits 143 (128 + SIGTERM) instead of 130."""

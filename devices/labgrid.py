@@ -321,11 +321,16 @@ class LabgridDevice(Device):
         if self._closed:
             return
         self._closed = True
-        try:
-            if self.inner is not None:
-                self.inner.close()
-        finally:
-            if self.coord is not None:
-                for place in sorted(self.coord.attempted):  # ours only (fromuser): also after Ctrl-C mid-request
-                    self.coord.release(place)
-                self.coord.close()
+        from edgeprune.devices.interrupt import shielded
+
+        # The SSH session first (it ends the board's runner and waits until it is gone), then the
+        # place: never released while anything of ours still runs on the board.
+        with shielded(self.profile.name):
+            try:
+                if self.inner is not None:
+                    self.inner.close()
+            finally:
+                if self.coord is not None:
+                    for place in sorted(self.coord.attempted):  # ours only (fromuser): also after Ctrl-C mid-request
+                        self.coord.release(place)
+                    self.coord.close()

@@ -226,6 +226,37 @@ def kill_group_command(pid: str) -> str:
             f"kill -KILL -- -{p} {p} 2>/dev/null; true")
 
 
+def stop_command(workdir: Optional[str], pids=(), wait_s: float = 5.0) -> str:
+    """Shell line that ends everything a session started on the board, and WAITS until it is gone.
+
+    What runs: the process groups (and processes) of ``pids`` (the runner PIDs read from the
+    command's first output line), of the PID the run wrote to ``WORKDIR/runner.pid`` (for an
+    interrupt that came before that line arrived), and every process whose working directory
+    is inside the work dir (a wrapper's children that left the group). TERM, up to ``wait_s``
+    for them to end, then KILL, up to ``wait_s`` again. Prints ``stopped PIDS left PIDS``
+    (``left`` empty when everything ended). Never fails."""
+    w = shlex.quote(workdir) if workdir else "''"
+    ids = " ".join(str(p) for p in pids if str(p).isdigit())
+    n = max(1, int(wait_s * 10))
+    wait = (f'i=0; while [ -n "$(live)" ] && [ $i -lt {n} ]; do sleep 0.1 2>/dev/null || sleep 1; '
+            'i=$((i+1)); done; ')
+    return (
+        f'w={w}; pids="{ids}"; '
+        'if [ -n "$w" ]; then '
+        '[ -r "$w/runner.pid" ] && pids="$pids $(cat "$w/runner.pid" 2>/dev/null)"; '
+        'for d in /proc/[0-9]*; do c=$(readlink "$d/cwd" 2>/dev/null) || continue; '
+        'case "$c" in "$w"|"$w"/*) pids="$pids ${d#/proc/}";; esac; done; '
+        'fi; '
+        'live() { l=""; for p in $pids; do case "$p" in *[!0-9]*|"") continue;; esac; '
+        'if kill -0 -- "-$p" 2>/dev/null || kill -0 "$p" 2>/dev/null; then l="$l $p"; fi; done; echo $l; }; '
+        'for p in $pids; do kill -TERM -- "-$p" 2>/dev/null; kill -TERM "$p" 2>/dev/null; done; '
+        + wait +
+        'for p in $(live); do kill -KILL -- "-$p" 2>/dev/null; kill -KILL "$p" 2>/dev/null; done; '
+        + wait +
+        'echo "stopped $(echo $pids) left $(live)"; true'
+    )
+
+
 def sweep_command(remote_tmp: Optional[str], older_than_s: float) -> str:
     """Shell line that removes edgeprune's own stale work dirs (by name and age, owned by us)
     in the remote tmp, printing ``swept PATH`` for each. Never fails."""
@@ -251,6 +282,7 @@ class SshDevice(Device):
         self._free: Optional[int] = None
         self._orphans: list[str] = []  # PIDs (= process groups) of runners whose connection dropped
         self._lock = None  # the board lock (devices/board_lock.py), held for the session
+        self._inflight = False  # a run() that did not return: its runner may still run on the board
         self.client = connect_client(self.settings, name=profile.name)
         try:
             self._clean_pending()
@@ -441,29 +473,53 @@ class SshDevice(Device):
 
     def run(self, argv, timeout: float) -> RunResult:
         line = " ".join(shlex.quote(str(a)) for a in argv)
-        # `echo $$` then exec: the first stdout line is the PID, so a timeout can kill exactly it.
-        cmd = f"cd {shlex.quote(self.workdir)} && echo $$ && TF_CPP_MIN_LOG_LEVEL=3 exec {line}"
+        # `echo $$` then exec: the first stdout line is the PID, so a timeout can kill exactly it;
+        # runner.pid holds it too, for an interrupt that comes before that line arrives.
+        cmd = (f"cd {shlex.quote(self.workdir)} && echo $$ > runner.pid && echo $$ && "
+               f"TF_CPP_MIN_LOG_LEVEL=3 exec {line}")
+        self._inflight = True  # until it returns: close() ends the runner (Ctrl-C, SIGTERM, drop, timeout)
         res = self._exec(cmd, timeout=timeout, kill_on_timeout=True)
+        self._inflight = False
         first, _, rest = res.stdout.partition("\n")
         if first.strip().isdigit():
             res.stdout = rest
         return res
 
     def close(self) -> None:
+        """End whatever this session still runs on the board and wait until it is gone, then
+        remove the work dir, then release the board lock: in that order, on every exit path
+        (a second Ctrl-C or SIGTERM meanwhile is held back until it is done)."""
         if self._closed:
             return
         self._closed = True
-        try:
-            if self.sftp is not None:
-                self.sftp.close()
-        except Exception:
-            pass
-        if self.workdir or self._orphans:
-            self._remove_workdir()
-        if self._lock is not None:
-            self._lock.release()
-        if self.client is not None:
-            self.client.close()
+        from edgeprune.devices.interrupt import shielded
+
+        with shielded(self.profile.name):
+            try:
+                if self.sftp is not None:
+                    self.sftp.close()
+            except Exception:
+                pass
+            try:
+                if self.workdir or self._orphans:
+                    self._remove_workdir()
+            finally:
+                if self._lock is not None:
+                    self._lock.release()
+                if self.client is not None:
+                    self.client.close()
+
+    def _log_stopped(self, out: str, stopping: bool) -> None:
+        line = next((ln for ln in out.splitlines() if ln.startswith("stopped ")), "")
+        if not stopping or not line:
+            return
+        pids, _, left = line[len("stopped "):].partition(" left")
+        if left.strip():
+            log.warning("%s: processes of the interrupted run still alive on the board after TERM and KILL: %s",
+                        self.profile.name, left.strip())
+        elif pids.strip():
+            log.info("%s: ended the interrupted board run (pid %s) before releasing the board",
+                     self.profile.name, pids.strip())
 
     def abort(self) -> None:
         """From another thread (Ctrl-C in a parallel run): drop the connection, so the running
@@ -472,7 +528,10 @@ class SshDevice(Device):
             self.client.close()
 
     def _remove_workdir(self) -> None:
-        parts = [kill_group_command(pid) for pid in self._orphans]
+        parts = []
+        stopping = self._inflight or bool(self._orphans)
+        if stopping:  # end the runner (and its children) and wait until they are gone: then rm
+            parts.append(stop_command(self.workdir, self._orphans))
         if self._orphans:
             log.warning("%s: killing the board runner left behind by the dropped connection (pid %s)",
                         self.profile.name, ", ".join(self._orphans))
@@ -483,8 +542,10 @@ class SshDevice(Device):
             if self._orphans:
                 raise DeviceError("the old session is gone")  # leftovers: always over a fresh connection
             res = self._exec(rm, timeout=60)
+            self._log_stopped(res.stdout, stopping)
             if res.exit == 0:
                 self.workdir = None
+                self._inflight = False
                 return
             log.warning("%s: could not remove the work dir %s: %s", self.profile.name, self.workdir, res.stderr.strip())
             return
@@ -496,8 +557,10 @@ class SshDevice(Device):
             try:
                 stdin, stdout, stderr = client.exec_command(rm, timeout=60)
                 stdout.channel.recv_exit_status()
+                self._log_stopped(stdout.read().decode("utf-8", "replace"), stopping)
                 self.workdir = None
                 self._orphans = []
+                self._inflight = False
             finally:
                 client.close()
         except Exception as exc:

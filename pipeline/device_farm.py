@@ -151,17 +151,43 @@ def run_in_rate_order(order: list, boards: list, *, lookup: Callable, measure: C
         _abort_all()
         raise
     finally:
-        # measurements still running: a board is not interrupted mid-run (unless aborting)
-        for f, (b, r, t0) in list(running.items()):
-            try:
-                m = f.result()
-            except BaseException:
-                continue
-            if error is None:
-                keep(r, store(b, r, m), time.perf_counter() - t0)
-        for key, (entry, cached, spent) in list(results.items()):
-            if error is None and not cached:
-                r = next(x for x in order if id(x) == key)
-                keep(r, entry, spent)
-        pool.shutdown(wait=True)
-        farm.reset()
+        from edgeprune.devices.interrupt import shielded
+
+        try:
+            if error is not None:  # aborting: every board ends its runner and is released, uninterrupted
+                with shielded("the boards"):
+                    _finish(running, results, order, error, store, keep, pool)
+            else:
+                _finish(running, results, order, error, store, keep, pool)
+        except KeyboardInterrupt:  # Ctrl-C while waiting for boards still measuring after the answer
+            _abort_all()
+            with shielded("the boards"):
+                _finish(running, results, order, True, store, keep, pool)
+            raise
+        finally:
+            farm.reset()
+
+
+def _finish(running: dict, results: dict, order: list, error, store: Callable, keep: Callable, pool) -> None:
+    """After the search: wait for the measurements still running (a board is not interrupted
+    mid-run unless aborting; an aborted one ends its runner and releases its board first), keep
+    the finished ones the decision did not need (not when aborting), and shut the pool down."""
+    while running:
+        f = next(iter(running))
+        b, r, t0 = running[f]
+        try:
+            m = f.result()
+        except BaseException as exc:
+            if isinstance(exc, KeyboardInterrupt) and not f.done():
+                raise  # Ctrl-C in the main thread while waiting: the caller aborts, then waits again
+            running.pop(f)
+            continue
+        running.pop(f)
+        if error is None:
+            keep(r, store(b, r, m), time.perf_counter() - t0)
+    for key, (entry, cached, spent) in list(results.items()):
+        if error is None and not cached:
+            r = next(x for x in order if id(x) == key)
+            keep(r, entry, spent)
+    results.clear()
+    pool.shutdown(wait=True)

@@ -6,8 +6,12 @@ Each board's sshd sets ``TMPDIR`` for its sessions (``SetEnv``), so the two boar
 own temp dirs, as two real boards do (the board lock lives there). The boards' Python is a
 wrapper (``runner.sh``) that logs ``start``/``end`` with a timestamp and the board's TMPDIR to
 ``runs.log`` around the real board runner, and sleeps ``hold_s`` first (a slower board): the
-tests read from it which runs overlapped. ``stop()`` ends every process it started, each by
-its own PID.
+tests read from it which runs overlapped. Sent TERM (edgeprune ending an interrupted run),
+the wrapper logs ``term``, takes ``term_s`` to die (a runner that cleans up), then logs
+``dead ... lock=yes|no``: whether the board lock was still held when it was gone (it must
+be: edgeprune releases a board only after everything it started there has ended).
+``board_processes()`` lists whatever of a run still lives on the boards (from /proc).
+``stop()`` ends every process it started, each by its own PID.
 """
 from __future__ import annotations
 
@@ -52,17 +56,68 @@ def _wait_for(predicate, what: str, timeout: float = 30.0, proc: Optional[subpro
     raise RuntimeError(f"{what} did not happen within {timeout:g} s: {log.read_text()[-2000:] if log else ''}")
 
 
-def read_runs(log: Path) -> list[tuple[str, float, float]]:
-    """(board TMPDIR, start, end) of every finished board run in runs.log."""
+LOG_WORDS = ("start", "end", "term", "dead")
+
+
+def read_log(log: Path) -> list[tuple[str, float, str, str]]:
+    """Every line of runs.log as (word, time, board TMPDIR, rest); anything else fails the test."""
+    events = []
+    for n, line in enumerate(log.read_text().splitlines() if log.exists() else [], 1):
+        parts = line.split(" ", 3)
+        assert len(parts) >= 3 and parts[0] in LOG_WORDS, f"runs.log line {n} is not a board-runner event: {line!r}"
+        events.append((parts[0], float(parts[1]), parts[2], parts[3] if len(parts) > 3 else ""))
+    return events
+
+
+def read_runs(log: Path, *, interrupted: int = 0) -> list[tuple[str, float, float]]:
+    """(board TMPDIR, start, end) of every finished board run in runs.log, strictly: every
+    ``end`` has its ``start`` on the same board, and every ``start`` ends (``end``, or ``dead``
+    after ``term`` for exactly ``interrupted`` runs that edgeprune ended). A run that is still
+    going, or an ``end`` of a run this log never saw start (a leftover of an earlier test),
+    fails the test instead of being skipped."""
     starts: dict[str, list[float]] = {}
-    out = []
-    for line in log.read_text().splitlines() if log.exists() else []:
-        word, ts, board = line.split(" ", 2)
+    out, killed = [], 0
+    for word, ts, board, rest in read_log(log):
         if word == "start":
-            starts.setdefault(board, []).append(float(ts))
-        elif word == "end":
-            out.append((board, starts[board].pop(0), float(ts)))
+            starts.setdefault(board, []).append(ts)
+        elif word == "term":
+            continue
+        else:
+            assert starts.get(board), f"runs.log: {word} at {ts} on {board} without a start: {log.read_text()}"
+            t0 = starts[board].pop(0)
+            if word == "end":
+                out.append((board, t0, ts))
+            else:
+                killed += 1
+    left = {b: v for b, v in starts.items() if v}
+    assert not left, f"runs.log: runs started and never ended: {left}: {log.read_text()}"
+    assert killed == interrupted, f"runs.log: {killed} run(s) ended by TERM, expected {interrupted}: {log.read_text()}"
     return sorted(out, key=lambda r: r[1])
+
+
+def board_processes(roots) -> list[str]:
+    """``pid cmdline`` of every live process (zombies aside) whose command line or working
+    directory lies under one of ``roots`` (the farm's and boards' folders): what a run left."""
+    roots = [str(Path(r)) for r in roots]
+    me = os.getpid()
+    found = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit() or int(d.name) == me:
+            continue
+        try:
+            cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode("utf-8", "replace").strip()
+            state = next((ln.split()[1] for ln in (d / "status").read_text().splitlines() if ln.startswith("State:")), "")
+            try:
+                cwd = os.readlink(d / "cwd")
+            except OSError:
+                cwd = ""
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            continue
+        if state == "Z" or not cmd or "sshd" in cmd.split(" ")[0]:
+            continue
+        if any(r in cmd or cwd == r or cwd.startswith(r + "/") for r in roots):
+            found.append(f"{d.name} {cmd}")
+    return found
 
 
 def overlaps(runs) -> bool:
@@ -74,6 +129,7 @@ class Farm:
     root: Path
     prefix: str = "farm"
     hold_s: float = 0.0
+    term_s: float = 1.5
     boards: list = field(default_factory=list)  # SshServer
     port: int = 0
     procs: list = field(default_factory=list)
@@ -100,6 +156,42 @@ class Farm:
     def board_tmp(self, i: int) -> Path:
         return self.root / f"board{i}-tmp"
 
+    def board_dirs(self) -> list[Path]:
+        """Where runs put work dirs and locks: each board's TMPDIR and its sshd's remote_tmp."""
+        return [self.board_tmp(i) for i in range(len(self.boards))] + [b.remote_tmp for b in self.boards]
+
+    def scrub(self) -> list[str]:
+        """Make the farm clean again (kill leftover runner processes, remove work dirs and locks,
+        release held places) and say what was there: a test that left anything fails with it."""
+        import signal as _signal
+
+        found = self.leftovers()
+        for line in board_processes([self.runner, *self.board_dirs()]):
+            try:
+                os.kill(int(line.split(" ", 1)[0]), _signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        for d in self.board_dirs():
+            for w in d.glob("edgeprune.*"):
+                shutil.rmtree(w, ignore_errors=True)
+            (d / "edgeprune-board.lock").unlink(missing_ok=True)
+        for place in self.places():
+            holder = self.holder(place)
+            if holder:
+                found.append(f"place {place} held by {holder}")
+                self.client("-p", place, "release", "--kick", check=False)
+        return found
+
+    def leftovers(self) -> list[str]:
+        """What runs left on the boards: live processes of the runner (wrapper or board runner),
+        work dirs, board locks. Empty on a clean farm."""
+        left = board_processes([self.runner, *self.board_dirs()])
+        for d in self.board_dirs():
+            left += [f"work dir {p}" for p in d.glob("edgeprune.*")]
+            if (d / "edgeprune-board.lock").exists():
+                left.append(f"board lock {d / 'edgeprune-board.lock'}")
+        return left
+
     @classmethod
     def start(cls, root: Path, *, prefix: str = "farm", hold_s: float = 0.0) -> "Farm":
         farm = cls(Path(root), prefix=prefix, hold_s=hold_s)
@@ -112,12 +204,19 @@ class Farm:
 
     def _start(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
+        log = self.runs_log
+        # Children run in the background and are waited for, so a TERM is handled at once (the
+        # trap), not only after the child has ended; the trap takes term_s to die, like a runner
+        # that cleans up, and says whether the board lock (beside the work dir) was still held.
         self.runner.write_text(
             "#!/bin/sh\n"
-            f"echo \"start $(date +%s.%N) $TMPDIR\" >> {self.runs_log}\n"
-            f"sleep {self.hold_s}\n"
-            f"{sys.executable} \"$@\"\nrc=$?\n"
-            f"echo \"end $(date +%s.%N) $TMPDIR\" >> {self.runs_log}\n"
+            f"echo \"start $(date +%s.%N) $TMPDIR\" >> {log}\n"
+            f"trap 'echo \"term $(date +%s.%N) $TMPDIR\" >> {log}; sleep {self.term_s}; l=no; "
+            f"[ -e ../edgeprune-board.lock ] && l=yes; echo \"dead $(date +%s.%N) $TMPDIR lock=$l\" >> {log}; "
+            "exit 143' TERM\n"
+            f"sleep {self.hold_s} &\nwait $!\n"
+            f"{sys.executable} \"$@\" &\nwait $!\nrc=$?\n"
+            f"echo \"end $(date +%s.%N) $TMPDIR\" >> {log}\n"
             "exit $rc\n")
         self.runner.chmod(0o755)
         known = []

@@ -40,12 +40,16 @@ def farm(tmp_path_factory):
 
 @pytest.fixture
 def clean(farm):
-    """Every test starts with an empty run log and both places free."""
+    """Every test starts on a farm it has checked is clean (no runner process, work dir or board
+    lock on either board, both places free) with an empty run log, and must leave it so: what a
+    test leaves fails that test (and is cleaned up, so the next one is not blamed)."""
+    before = farm.scrub()
     farm.runs_log.write_text("")
-    for place in farm.places():
-        if farm.holder(place):
-            farm.client("-p", place, "release", "--kick")
+    if before:
+        pytest.fail(f"the farm was not clean before this test (left by an earlier one): {before}")
     yield farm
+    after = farm.scrub()
+    assert not after, f"this test left on the boards: {after}"
 
 
 def _finish(proc, timeout=300):
@@ -104,20 +108,108 @@ def test_place_host_key_is_verified(clean, device_models, tmp_path):
     assert farm.holder("ep-a") is None  # released after the failure
 
 
-def test_ctrl_c_releases_the_place(clean, device_models, tmp_path):
+# --------------------------------------------------------------------------- interrupts (issue 20)
+LONG = ["--runs", "100000", "--min-secs", "30", "--max-secs", "60", "--warmup", "1", "--warmup-min-secs", "0"]
+FAST_ENGINE = ["--criterion", "paoding", "--no-compensate", "--allocation", "uniform"]
+
+
+def _log(farm) -> str:
+    return farm.runs_log.read_text() if farm.runs_log.exists() else ""
+
+
+def _runners(farm) -> list[str]:
+    return [p for p in labgrid_farm.board_processes(farm.board_dirs()) if "board_runner.py" in p and " --check" not in p]
+
+
+def _wait(proc, what, pred, timeout=600):
+    deadline = time.monotonic() + timeout
+    while not pred():
+        assert proc.poll() is None, f"edgeprune ended before {what}: {proc.communicate()}"
+        assert time.monotonic() < deadline, f"{what} did not happen within {timeout} s"
+        time.sleep(0.05)
+
+
+def _at_moment(farm, proc, moment: str, boards: int = 1) -> None:
+    """Wait for the moment to interrupt at: ``workdir`` (a session made its work dir; the runner
+    may not have started), ``hold`` (the board's wrapper started, the board runner not yet),
+    ``runner`` (the Python board runner has run for 1.5 s: importing or timing inferences)."""
+    if moment == "workdir":
+        _wait(proc, "a work dir on the board", lambda: any(list(d.glob("edgeprune.*")) for d in farm.board_dirs()))
+    elif moment == "hold":
+        _wait(proc, "the wrapper's start", lambda: _log(farm).count("start") >= boards)
+    else:
+        _wait(proc, "the board runner", lambda: len(_runners(farm)) >= boards)
+        time.sleep(1.5)
+        assert len(_runners(farm)) >= boards
+
+
+def _assert_ended_before_release(farm, code, err, sig, started_max=None):
+    """Right at edgeprune's exit: nothing of the run is left on any board; every wrapper that
+    started was ended by TERM (no ``end``) and was gone while the board lock was still held."""
+    assert code == (143 if sig == signal.SIGTERM else 130), err
+    assert "Traceback" not in err, err
+    left = farm.leftovers()
+    assert not left, f"left on the boards at exit: {left}"
+    events = labgrid_farm.read_log(farm.runs_log)
+    starts = [e for e in events if e[0] == "start"]
+    deads = [e for e in events if e[0] == "dead"]
+    assert not [e for e in events if e[0] == "end"], events  # no interrupted run went on to its end
+    assert len(deads) == len(starts), events  # every started wrapper was ended, and waited for
+    assert all(e[3] == "lock=yes" for e in deads), events  # ... before the board lock was released
+    if started_max is not None:
+        assert len(starts) <= started_max
+    for place in farm.places():
+        assert farm.holder(place) is None  # released (after the above, by construction of close())
+    time.sleep(2.0)  # nothing comes back to life: no late start, no late end
+    assert labgrid_farm.read_log(farm.runs_log) == events
+    assert not farm.leftovers()
+    labgrid_farm.read_runs(farm.runs_log, interrupted=len(deads))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("moment,sig", [("workdir", signal.SIGINT), ("hold", signal.SIGINT),
+                                        ("runner", signal.SIGINT), ("runner", signal.SIGTERM)])
+def test_interrupt_bench_on_a_place(clean, device_models, tmp_path, moment, sig):
+    """Ctrl-C (or a CI runner's SIGTERM) of `bench` on a labgrid place at several moments: the
+    board's wrapper and runner are ended and waited for BEFORE the lock and place go."""
     farm = clean
     prof = farm.profile_yaml(tmp_path / "pa.yaml", place="ep-a")
-    p = edgeprune("bench", str(device_models["small"]), "--device", str(prof), "--runs", "5", "--min-secs", "0", "--warmup-min-secs", "0")
-    deadline = time.monotonic() + 120
-    while "start" not in (farm.runs_log.read_text() if farm.runs_log.exists() else ""):
-        assert time.monotonic() < deadline and p.poll() is None, p.communicate()
-        time.sleep(0.05)
+    p = edgeprune("bench", str(device_models["small"]), "--device", str(prof), *LONG)
+    _at_moment(farm, p, moment)
     assert farm.holder("ep-a")  # held while measuring
+    p.send_signal(sig)
+    code, out, err = _finish(p, timeout=120)
+    _assert_ended_before_release(farm, code, err, sig, started_max=1)
+    if moment in ("hold", "runner"):
+        assert _log(farm).count("dead") == 1
+
+
+@pytest.mark.slow
+def test_interrupt_bench_on_an_ssh_board(clean, board, device_models, tmp_path):
+    """The same on a plain SSH board (board lock, no labgrid): the wrapper did not outlive exit 130."""
+    farm = clean
+    prof = _ssh_profile(farm, board, tmp_path / "b.yaml")
+    p = edgeprune("bench", str(device_models["small"]), "--device", str(prof), *LONG)
+    _at_moment(farm, p, "runner")
     p.send_signal(signal.SIGINT)
     code, out, err = _finish(p, timeout=120)
-    assert code == 130, err
-    assert farm.holder("ep-a") is None
-    assert not list(farm.board_tmp(0).glob("edgeprune.*")) and not (farm.board_tmp(0) / "edgeprune-board.lock").exists()
+    _assert_ended_before_release(farm, code, err, signal.SIGINT, started_max=1)
+    assert _log(farm).count("dead") == 1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_interrupt_run_on_one_place(clean, tmp_path, sig):
+    """`run`'s serial device phase interrupted while the board measures."""
+    farm = clean
+    prof = farm.profile_yaml(tmp_path / "pa.yaml", place="ep-a")
+    p = edgeprune("run", "--device", str(prof), "--out", str(tmp_path / "run"), "--step", "0.1", "--max-rate", "0.2",
+                  "--min-fidelity", "0.5", *FAST_ENGINE, *LONG)
+    _at_moment(farm, p, "runner")
+    p.send_signal(sig)
+    code, out, err = _finish(p, timeout=180)
+    _assert_ended_before_release(farm, code, err, sig, started_max=1)
+    assert _log(farm).count("dead") == 1
 
 
 def test_run_with_two_places_measures_in_parallel(clean, tmp_path):
@@ -251,20 +343,17 @@ def test_run_with_two_ssh_profiles_stops_like_one_board(clean, tmp_path):
     assert len(runs) == 2 and overlaps(runs) and len({r[0] for r in runs}) == 2
 
 
+@pytest.mark.slow
 def test_ctrl_c_in_a_parallel_run_releases_both_places(clean, tmp_path):
+    """Ctrl-C while both places measure (parallel device phase): both boards' runners are ended
+    and waited for, then both work dirs, locks and places go."""
     farm = clean
     prof = farm.profile_yaml(tmp_path / "farm.yaml", tags=True)
     p = edgeprune("run", "--device", str(prof), "--out", str(tmp_path / "run"), "--step", "0.1", "--max-rate", "0.3",
-                  "--min-fidelity", "0.9", "--runs", "5", "--min-secs", "0", "--warmup-min-secs", "0", "--measure-all")
-    deadline = time.monotonic() + 600
-    while (farm.runs_log.read_text() if farm.runs_log.exists() else "").count("start") < 2:
-        assert time.monotonic() < deadline and p.poll() is None, p.communicate()
-        time.sleep(0.05)
+                  "--min-fidelity", "0.5", *FAST_ENGINE, *LONG, "--measure-all")
+    _at_moment(farm, p, "runner", boards=2)
     assert farm.holder("ep-a") and farm.holder("ep-b")  # both boards busy for this run
     p.send_signal(signal.SIGINT)
     code, out, err = _finish(p, timeout=180)
-    assert code == 130, err
-    assert farm.holder("ep-a") is None and farm.holder("ep-b") is None
-    for i in range(2):
-        assert not list(farm.board_tmp(i).glob("edgeprune.*"))  # work dirs removed
-        assert not (farm.board_tmp(i) / "edgeprune-board.lock").exists()
+    _assert_ended_before_release(farm, code, err, signal.SIGINT, started_max=2)
+    assert _log(farm).count("dead") == 2
