@@ -119,3 +119,56 @@ def test_cli_bench_local(device_models, capsys):
     assert "latency p50 / p90 / p99" in capsys.readouterr().out
     assert run_cli(["devices", "check", "local"]) == 0
     assert run_cli(["bench", str(device_models["small"]), "-d", "local", "--runs", "0"]) == 2
+
+
+@pytest.mark.parametrize("sig", ["INT", "TERM"])
+def test_interrupted_local_bench_leaves_no_process(tmp_path, device_models, sig):
+    """Ctrl-C / SIGTERM of `bench --device local` while the board runner runs under a
+    runtime.python wrapper (its child outlives a plain kill of the wrapper): the whole process
+    group is ended and waited for before edgeprune exits (issue 20)."""
+    import signal
+    import time
+
+    log = tmp_path / "runs.log"
+    wrapper = tmp_path / "py.sh"
+    wrapper.write_text("#!/bin/sh\n"
+                       f"echo start >> {log}\n"
+                       f"trap 'sleep 1; echo dead >> {log}; exit 143' TERM\n"
+                       f"{sys.executable} \"$@\" &\nwait $!\nrc=$?\n"
+                       f"echo end >> {log}\nexit $rc\n")
+    wrapper.chmod(0o755)
+    prof = tmp_path / "wrapped.yaml"
+    prof.write_text(f"kind: local\nruntime:\n  python: {wrapper}\nthreads: 1\n"
+                    "limits:\n  flash_bytes: 100MB\n  ram_bytes: 2GiB\n")
+
+    def runner_procs():
+        out = []
+        for d in Path("/proc").iterdir():
+            if d.name.isdigit():
+                try:
+                    cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode("utf-8", "replace")
+                    state = next(ln.split()[1] for ln in (d / "status").read_text().splitlines() if ln.startswith("State:"))
+                except (OSError, StopIteration):
+                    continue
+                if state != "Z" and (str(wrapper) in cmd or ("board_runner.py" in cmd and "edgeprune-local-" in cmd)):
+                    out.append(cmd)
+        return out
+
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    p = subprocess.Popen([sys.executable, "-m", "edgeprune", "bench", str(device_models["small"]), "--device", str(prof),
+                          "--runs", "100000", "--min-secs", "30", "--max-secs", "60", "--warmup", "1",
+                          "--warmup-min-secs", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                         stdin=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while not any("board_runner.py" in c and str(wrapper) not in c for c in runner_procs()):
+        assert p.poll() is None and time.monotonic() < deadline, p.communicate()
+        time.sleep(0.05)
+    time.sleep(1.5)
+    p.send_signal(getattr(signal, "SIG" + sig))
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == (130 if sig == "INT" else 143), err
+    assert "Traceback" not in err
+    assert runner_procs() == []  # nothing of the measurement outlives edgeprune
+    assert log.read_text().split() == ["start", "dead"]  # the wrapper was ended (TERM) and waited for
+    time.sleep(1.0)
+    assert log.read_text().split() == ["start", "dead"] and runner_procs() == []
