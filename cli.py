@@ -722,12 +722,24 @@ def run_cli(argv: list[str] | None = None) -> int:
                  errno.EACCES: "check the permissions, or choose another path",
                  errno.EROFS: "choose a writable --out"}
         if exc.errno not in fixes:
-            raise
+            return _crash(exc, args)
         where = f" ({exc.filename})" if exc.filename and len(str(exc.filename)) <= 200 else ""
         err.print(f"error: {exc.strerror or exc}{where}", highlight=False, markup=False, soft_wrap=True)
         err.print(f"  fix: {fixes[exc.errno]}", highlight=False, markup=False, soft_wrap=True)
         return EXIT_BAD_INPUT
+    except Exception as exc:  # a bug: one error line naming the stage, a crash report, exit 1; never a traceback
+        return _crash(exc, args)
     return _interrupted(rv) if isinstance(rv, int) else 0
+
+
+def _crash(exc: BaseException, args: list[str]) -> int:
+    from edgeprune import crash
+
+    path = crash.report_crash(exc, args)
+    error, fix = crash.crash_lines(exc, path)
+    err.print(f"error: {error}", highlight=False, markup=False, soft_wrap=True)
+    err.print(f"  fix: {fix}", highlight=False, markup=False, soft_wrap=True)
+    return crash.EXIT_CRASH
 
 
 def _interrupted(code: int) -> int:
@@ -755,4 +767,13 @@ def _usage_error(exc: Exception, args: list[str]) -> int:
 
 
 def main() -> None:
-    sys.exit(run_cli())
+    try:
+        code = run_cli()
+    except BaseException as exc:  # last resort (the error printing itself failed): still no traceback
+        if isinstance(exc, KeyboardInterrupt):
+            sys.exit(130)
+        if isinstance(exc, SystemExit):
+            raise
+        sys.stderr.write(f"error: internal error: {type(exc).__name__}: {exc}\n  fix: this is a bug in edgeprune; please report it\n")
+        sys.exit(1)
+    sys.exit(code)

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
+from edgeprune.crash import stage
 from edgeprune.errors import BadInput, DeviceError
 from edgeprune.devices.profile import Profile, load_profile
 
@@ -437,6 +438,7 @@ def _check_model(tflite_path) -> Path:
     return path
 
 
+@stage("device", what="profile")
 def measure(profile: Union[Profile, str], tflite_path, config: Optional[BenchConfig] = None) -> Measurement:
     """Measure ``tflite_path`` on the device ``profile`` describes. The single entry point.
 
@@ -459,6 +461,7 @@ def measure(profile: Union[Profile, str], tflite_path, config: Optional[BenchCon
     return with_retries(profile, once)
 
 
+@stage("device", what="profile")
 def check_device(profile: Union[Profile, str]) -> dict:
     """Connect and report what the board has (Python, runtime, arch, memory, disk, what is missing)."""
     if not isinstance(profile, Profile):

@@ -33,6 +33,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from edgeprune.crash import stage
 from edgeprune.errors import BadInput, UnsupportedModel
 
 QUANTIZE_MODES = ("float32", "float16", "dynamic", "int8")
@@ -476,6 +477,7 @@ def _unrolled(model):
     return new
 
 
+@stage("convert", what="model")
 def convert(model, config: ConvertConfig | None = None) -> ConvertResult:
     """Convert a Keras model to TFLite as ``config`` says; raises UnsupportedModel naming the
     op/layer when TFLite builtins cannot express the model."""

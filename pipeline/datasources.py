@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgeprune.crash import stage
 from edgeprune.errors import BadInput
 from edgeprune.pipeline.data import SUFFIXES, EvalData, _model_classes, _model_input_shape, check_arrays
 
@@ -85,6 +86,7 @@ def parse_spec(spec) -> DataSpec:
     raise BadInput(f"{path.name}: unsupported data format {suffix or '(no suffix)'}", f"--data takes {FORMS}")
 
 
+@stage("data", what="spec")
 def load_data(spec, model, *, input_range=(0.0, 1.0), classes: list[str] | str | None = None) -> EvalData:
     """Read ``--data`` in any of its forms and return checked :class:`EvalData`."""
     ds = spec if isinstance(spec, DataSpec) else parse_spec(spec)

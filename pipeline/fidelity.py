@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from edgeprune.crash import stage
 from edgeprune.errors import BadInput
 
 READ_BATCH = 64  # samples read from the data and quantised at a time by run_tflite
@@ -251,6 +252,7 @@ def compare(candidate: np.ndarray, reference: np.ndarray) -> dict[str, float]:
     return {"rel_l2": rel_l2, "cosine": float(cos.mean()), "max_abs_diff": float(np.abs(diff).max()) if diff.size else 0.0}
 
 
+@stage("fidelity", what="tflite")
 def evaluate(tflite: bytes | str | Path, reference: np.ndarray, data, config: FidelityConfig | None = None) -> FidelityResult:
     """Run ``tflite`` on ``data.x`` and compare with ``reference`` (the original Keras model's
     outputs on the same inputs, see :func:`keras_outputs`)."""

@@ -4,11 +4,13 @@ from __future__ import annotations
 import zipfile
 from pathlib import Path
 
+from edgeprune.crash import stage
 from edgeprune.errors import BadInput, UnsupportedModel
 
 SUFFIXES = (".keras", ".h5", ".hdf5")
 
 
+@stage("load", what="path")
 def load_model(path: str | Path):
     """Load a Sequential or functional Keras model for inference (``compile=False``).
 

@@ -16,6 +16,7 @@ from typing import Iterator
 
 import numpy as np
 
+from edgeprune.crash import stage
 from edgeprune.errors import BadInput
 from edgeprune.pipeline.graph import DependencyGraph
 from edgeprune.pipeline.importance import Context, get_criterion
@@ -165,6 +166,7 @@ class Pruner:
         frac = 1.0 if self.config.rate <= 0 else min(1.0, rate / self.config.rate)
         return max(final, g.size - int(round((g.size - final) * frac)))
 
+    @stage("prune")
     def step_to(self, rate: float) -> None:
         """Prune every prunable group down to ``target_width(size, rate)`` in one step (or let
         the allocation strategy do the step, e.g. the global greedy)."""

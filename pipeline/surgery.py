@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from edgeprune.crash import stage
 from edgeprune.errors import EdgepruneError, UnsupportedModel
 from edgeprune.pipeline.graph import DependencyGraph, layout_indices, offsets
 
@@ -108,16 +109,18 @@ def build_model(graph: DependencyGraph, state: PruneState):
     model = graph.model
 
     def clone(layer):
-        handler = graph.handler(layer.name)
-        if handler is None:
-            return _rebuild(layer, {})
-        return _rebuild(layer, handler.rebuild_config(layer, graph, state.sizes))
+        with stage("prune", f"layer {layer.name!r} ({type(layer).__name__})"):
+            handler = graph.handler(layer.name)
+            if handler is None:
+                return _rebuild(layer, {})
+            return _rebuild(layer, handler.rebuild_config(layer, graph, state.sizes))
 
     new = keras.models.clone_model(model, clone_function=clone)
     for layer in new.layers:
         weights = state.weights.get(layer.name)
         if weights:
-            layer.set_weights(weights)
+            with stage("prune", f"layer {layer.name!r} ({type(layer).__name__})"):
+                layer.set_weights(weights)
     if getattr(state, "branches", None):
         from edgeprune.pipeline.branches import rewire
 
