@@ -317,4 +317,14 @@ def edgeprune(*args: str, timeout: float = 600) -> subprocess.Popen:
     """Start ``python -m edgeprune ARGS`` (stdout, stderr piped)."""
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     return subprocess.Popen([sys.executable, "-m", "edgeprune", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env, stdin=subprocess.DEVNULL)
+                            stderr=subprocess.PIPE, text=True, env=env, stdin=subprocess.DEVNULL,
+                            preexec_fn=default_sigint)
+
+
+def default_sigint() -> None:
+    """In the child: SIGINT back to its default. A test run started in the background (nohup,
+    `cmd &` in a script, some CI launchers) inherits SIGINT IGNORED, and Python then installs no
+    KeyboardInterrupt handler, so the Ctrl-C the tests send would never arrive."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

@@ -158,7 +158,7 @@ def test_interrupted_local_bench_leaves_no_process(tmp_path, device_models, sig)
     p = subprocess.Popen([sys.executable, "-m", "edgeprune", "bench", str(device_models["small"]), "--device", str(prof),
                           "--runs", "100000", "--min-secs", "30", "--max-secs", "60", "--warmup", "1",
                           "--warmup-min-secs", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                         stdin=subprocess.DEVNULL)
+                         stdin=subprocess.DEVNULL, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 300
     while not any("board_runner.py" in c and str(wrapper) not in c for c in runner_procs()):
         assert p.poll() is None and time.monotonic() < deadline, p.communicate()
