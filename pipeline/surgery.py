@@ -129,8 +129,13 @@ def build_model(graph: DependencyGraph, state: PruneState):
 
 
 def _rebuild(layer, changes: dict):
-    """A new instance of ``layer`` from its config with ``changes`` applied."""
-    config = {**layer.get_config(), **changes}
+    """A new instance of ``layer`` from its config with ``changes`` applied.
+
+    Wrapped layers (Bidirectional's directions, TimeDistributed's layer) are serialized with
+    their ``build_config``, i.e. the ORIGINAL input shape: they would be rebuilt for the
+    unpruned input width, whatever the producer in front of them lost. Those are dropped, so
+    every wrapped layer is built from the (pruned) input it really gets."""
+    config = _without_build_configs({**layer.get_config(), **changes})
     try:
         return layer.__class__.from_config(config)
     except Exception as exc:  # e.g. a Lambda with Python code, refused in safe mode
@@ -140,6 +145,14 @@ def _rebuild(layer, changes: dict):
             f"layer {layer.name!r} (class {type(layer).__name__}) cannot be rebuilt from its config: {exc}",
             "register the class with keras.saving.register_keras_serializable or use standard layers",
         ) from None
+
+
+def _without_build_configs(obj):
+    if isinstance(obj, dict):
+        return {k: _without_build_configs(v) for k, v in obj.items() if k not in ("build_config", "compile_config")}
+    if isinstance(obj, list):
+        return [_without_build_configs(v) for v in obj]
+    return obj
 
 
 def masked_model(graph: DependencyGraph, removed: dict[int, np.ndarray]):

@@ -21,7 +21,7 @@ from edgeprune.pipeline.handlers import handler_for, registered_classes  # noqa:
 from edgeprune.pipeline.loading import load_model, parse_input_shape, with_input_shape  # noqa: E402
 from edgeprune.pipeline.prune import prune  # noqa: E402
 from edgeprune.pipeline.surgery import masked_reference  # noqa: E402
-from wild_models import CASES, VARIABLE, inputs, randomize  # noqa: E402
+from wild_models import CASES, RECURRENT, VARIABLE, inputs, randomize  # noqa: E402
 
 L = keras.layers
 
@@ -32,7 +32,7 @@ def out(model, x):
 
 def case_inputs(name, shape, n=8, seed=0):
     x = inputs(shape, n, seed)
-    if name == "masked_lstm":  # padded sequences: the last time steps of half the samples are masked
+    if name in ("masked_lstm", "sleep"):  # padded sequences: the last time steps of half the samples are masked
         x[::2, -6:, :] = 0.0
     return x
 
@@ -66,13 +66,35 @@ def test_case_converts_to_int8_after_pruning(name):
         with pytest.raises(UnsupportedModel, match="--input-shape"):
             conv.convert(pruned, conv.ConvertConfig(quantize="int8", num_calibration=8))
         pruned = with_input_shape(pruned, (1, *shape))
-    res = conv.convert(pruned, conv.ConvertConfig(quantize="int8", num_calibration=16))
-    assert res.inputs[0].dtype == "int8" and res.size_bytes > 0
+    if name in RECURRENT:  # unrolled full int8 is many times the float32 file: refused, dynamic instead
+        with pytest.raises(UnsupportedModel, match=r"times the float32 file .*Refused") as info:
+            conv.convert(pruned, conv.ConvertConfig(quantize="int8", num_calibration=16))
+        assert "--quantize dynamic" in info.value.hint
+        f32 = conv.convert(pruned, conv.ConvertConfig(quantize="float32"))
+        res = conv.convert(pruned, conv.ConvertConfig(quantize="dynamic"))
+        assert res.size_bytes <= f32.size_bytes
+    else:
+        res = conv.convert(pruned, conv.ConvertConfig(quantize="int8", num_calibration=16))
+        assert res.inputs[0].dtype == "int8" and res.size_bytes > 0
     x = case_inputs(name, shape, 16)
     y, _ = fid.run_tflite(res.tflite, x)
     ref = out(pruned, x)
     rel = np.linalg.norm(y.reshape(ref.shape) - ref) / np.linalg.norm(ref)
     assert rel < 0.25, f"{name}: int8 relative L2 error {rel:.3f}"
+
+
+def test_short_tensor_names_keep_outputs_and_io_names():
+    """The unrolled recurrent model's names shortened: the file shrinks, outputs are bit-identical,
+    input/output names kept (issue 24)."""
+    model, shape = CASES["masked_lstm"]()
+    m = conv._unrolled(with_input_shape(model, (1, *shape)))
+    res = conv.convert(m, conv.ConvertConfig(quantize="float32"))
+    short = conv.short_tensor_names(res.tflite)
+    assert len(short) < 0.8 * len(res.tflite)
+    x = case_inputs("masked_lstm", shape, 8)
+    assert np.array_equal(fid.run_tflite(short, x)[0], fid.run_tflite(res.tflite, x)[0])
+    names = lambda b: ([t.name for t in conv.tensor_details(b)[0]], [t.name for t in conv.tensor_details(b)[1]])
+    assert names(short) == names(res.tflite)
 
 
 # --------------------------------------------------------------------------- handler facts

@@ -19,7 +19,7 @@ from edgeprune.pipeline.prune import prune  # noqa: E402
 from edgeprune.pipeline.loading import load_model, with_input_shape  # noqa: E402
 from edgeprune.pipeline.plan import Plan  # noqa: E402
 from edgeprune.pipeline.surgery import masked_reference  # noqa: E402
-from wild_models import CASES, VARIABLE, inputs  # noqa: E402
+from wild_models import CASES, RECURRENT, VARIABLE, inputs  # noqa: E402
 
 FAST = ["--step", "0.3", "--max-rate", "0.5", "--min-fidelity", "0.01", "--runs", "2", "--warmup", "1", "--json"]
 
@@ -30,7 +30,7 @@ def _run(capsys, argv):
     return code, (json.loads(cap.out) if cap.out.strip().startswith("{") else None), cap.err
 
 
-def _check_run(code, rep, err, out_dir, original, sample_shape, stop_ok=False):
+def _check_run(code, rep, err, out_dir, original, sample_shape, stop_ok=False, dtype="int8"):
     assert code in (0, 3), err[-2000:]
     assert rep is not None and (out_dir / "report.json").is_file()
     assert rep["exit_code"] == code
@@ -49,7 +49,7 @@ def _check_run(code, rep, err, out_dir, original, sample_shape, stop_ok=False):
         assert np.abs(got - want).max() <= 2e-5 * max(1.0, float(np.abs(want).max())), cand["name"]
         tflite = (out_dir / cand["files"]["tflite"]).read_bytes()
         ins, _ = tensor_details(tflite)
-        assert ins[0].dtype == "int8" and len(tflite) == cand["size_bytes"]
+        assert ins[0].dtype == dtype and len(tflite) == cand["size_bytes"]
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
@@ -58,14 +58,28 @@ def test_run_on_case_model_ends_with_a_report(name, tmp_path, capsys):
     path = tmp_path / f"{name}.keras"
     model.save(path)
     extra = ["--input-shape", "1," + ",".join(map(str, shape))] if name in VARIABLE else []
+    if name in RECURRENT:  # full int8 of an unrolled recurrent model is refused (test below): dynamic-range int8
+        extra += ["--quantize", "dynamic"]
     out_dir = tmp_path / "run"
     code, rep, err = _run(capsys, ["--model", str(path), "--out", str(out_dir), *FAST, *extra])
     original = with_input_shape(load_model(path), (1, *shape)) if name in VARIABLE else load_model(path)
-    _check_run(code, rep, err, out_dir, original, shape)
+    _check_run(code, rep, err, out_dir, original, shape, dtype="float32" if name in RECURRENT else "int8")
     if name == "sigmoid":
         assert rep["fidelity_threshold"]["metric"] == "binary"
     if name == "varlen":
         assert rep["fidelity_threshold"]["metric"] == "relerr"
+
+
+def test_run_int8_on_a_recurrent_model_is_refused_with_the_way_out(tmp_path, capsys):
+    """Full int8 of the stacked-GRU sleep-staging shape unrolls to many times the float32 file:
+    `run` refuses it at the unpruned candidate (exit 2, one error line, --quantize dynamic)."""
+    model, shape = CASES["sleep"]()
+    path = tmp_path / "s.keras"
+    model.save(path)
+    code, rep, err = _run(capsys, ["--model", str(path), "--out", str(tmp_path / "run"), *FAST,
+                                   "--input-shape", "1," + ",".join(map(str, shape))])
+    assert code == 2, err[-2000:]
+    assert "Traceback" not in err and "times the float32 file" in err and "--quantize dynamic" in err
 
 
 def test_run_variable_length_without_input_shape_says_how(tmp_path, capsys):

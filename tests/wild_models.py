@@ -105,6 +105,19 @@ def depthwise_block():
     return randomize(keras.Model(inp, L.Dense(3, activation="softmax")(x), name="dw_block"), 7), (12, 12, 3)
 
 
+def sleep_staging():
+    """The shape of a public Keras 3 sleep-staging model (issue 24): a pruned Dense feeds two
+    stacked Bidirectional GRUs over a masked, variable-length, batch-normalised input."""
+    inp = keras.Input((None, 6))
+    x = L.Masking(mask_value=0.0)(inp)
+    x = L.BatchNormalization()(x)
+    x = L.Dense(64)(x)
+    x = L.ReLU()(x)
+    x = L.Bidirectional(L.GRU(8, return_sequences=True))(x)
+    x = L.Bidirectional(L.GRU(8, return_sequences=True))(x)
+    return randomize(keras.Model(inp, L.Dense(4, activation="softmax")(x), name="sleep_staging"), 8), (30, 6)
+
+
 CASES = {
     "sigmoid": sigmoid_classifier,
     "masked_lstm": masked_lstm,
@@ -113,8 +126,10 @@ CASES = {
     "varlen": varlen_regressor,
     "reshape": reshape_flatten,
     "depthwise": depthwise_block,
+    "sleep": sleep_staging,
 }
-VARIABLE = {"masked_lstm", "varlen"}  # variable-length inputs: need --input-shape to convert
+VARIABLE = {"masked_lstm", "varlen", "sleep"}
+RECURRENT = {"masked_lstm", "bi_rnn", "sleep"}  # full int8 is refused (unrolled file > 2x float32): dynamic instead  # variable-length inputs: need --input-shape to convert
 
 
 def inputs(shape, n: int = 8, seed: int = 0) -> np.ndarray:
