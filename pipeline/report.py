@@ -186,6 +186,9 @@ def markdown(report: dict) -> str:
     from edgeprune.pipeline.verdict import markdown_lines
 
     lines += [""] + markdown_lines(report)
+    from edgeprune.pipeline.ethos_u_stage import markdown_lines as ethos_u_lines
+
+    lines += ethos_u_lines(report)  # Vela's figures and per-layer cycles on an Ethos-U profile
     lines += ["## Strategy", "", report["strategy"], ""]
     if report.get("notes"):
         lines += ["## Notes", ""] + [f"- {n}" for n in report["notes"]] + [""]
@@ -204,7 +207,7 @@ def plot(report: dict, path: Path) -> Path:
     ch = report.get("chosen")
     rates = [c["rate"] for c in cands]
     b = report["budgets"]
-    mcu = report["device"]["kind"] == "mcu"
+    mcu = report["device"]["kind"] in ("mcu", "ethos-u")
     fig, axes = plt.subplots(3, 1, figsize=(7.5, 8.5), sharex=True)
     ax_s, ax_l, ax_f = axes
     title = f"{report['model']['name']} on {report['device']['name']} ({report['settings']['quantize']})"
@@ -406,7 +409,7 @@ def print_outcome(console, report: dict) -> None:
                   + (" [yellow](synthetic data)[/yellow]" if report["data"].get("synthetic") else ""), highlight=False)
     dr = report["device_runs"]
     console.print(f"device runs: {dr['made']} made, {dr['cached']} cached, {dr['not_measured']} candidates not measured"
-                  + (" [yellow](latency is an ESTIMATE)[/yellow]" if report["device"]["kind"] == "mcu" else "")
+                  + (" [yellow](latency is an ESTIMATE)[/yellow]" if report["device"]["kind"] in ("mcu", "ethos-u") else "")
                   + (f" [yellow]on an EMULATED {report['device'].get('arch') or ''} board ({report['device']['emulated']})[/yellow]"
                      if report["device"].get("emulated") else ""),
                   highlight=False)
@@ -415,6 +418,10 @@ def print_outcome(console, report: dict) -> None:
     from edgeprune.pipeline.verdict import print_verdict
 
     print_verdict(console, report)  # what the fidelity was judged on; warnings
+    from edgeprune.pipeline.ethos_u_stage import outcome_lines
+
+    for line in outcome_lines(report):  # Vela's figures on an Ethos-U profile
+        console.print(line, highlight=False, markup=False)
     if report.get("chosen"):
         console.print(f"[bold green]{summary_line(report)}[/bold green]", highlight=False)
         console.print(f"wrote {Path(report['run_dir']) / 'best.tflite'} and report.json/.md/.png in {report['run_dir']}",
