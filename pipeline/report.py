@@ -39,7 +39,13 @@
   ``informative``), ``uncertainty`` (95 % Wilson interval of the chosen and first failing
   candidates' agreement), ``warnings`` (``[{"code", "message"}]``: ``synthetic_uninformative``,
   ``threshold_within_uncertainty``)
-- ``notes``, ``files``
+- ``notes``, ``files`` (``best_vela``: ``best_vela.tflite`` on an Ethos-U profile)
+- ``ethos_u`` (device kind ``ethos-u`` only; :mod:`edgeprune.pipeline.ethos_u_stage`): Vela's
+  ``vela_version`` and ``config``, ``estimate`` (every figure is Vela's estimate), ``compiled``,
+  ``best_vela``, ``fidelity`` (judged on the int8 .tflite, and why), ``host_run`` (what LiteRT
+  said of Vela's output), ``npu_share_baseline`` / ``npu_share_drops``, ``curve`` (Vela latency,
+  SRAM, flash and NPU share per candidate), ``chosen`` (its Vela figures, ``cpu_operators`` and
+  ``per_layer`` cycles); candidates carry ``vela`` (that candidate's compilation)
 - ``gate`` (with ``--baseline`` only; :mod:`edgeprune.pipeline.gate`): ``baseline``,
   ``baseline_created_at``, ``baseline_sha256``, ``tolerances``, ``compared``, ``regressed``,
   ``regressions``, ``checks`` (per figure: ``figure``, ``old``, ``new``, ``change``,
