@@ -45,6 +45,9 @@ def compile_candidate(run, rec: dict) -> None:
     summary["npu_share_dropped"] = bool(base is not None and summary["npu_share"] < base["npu_share"] - 1e-9)
     rec["vela"] = summary
     rec["flash_bytes"] = summary["flash_bytes"]
+    if rec["index"] == 0 and summary["npu_ops"] == 0:
+        run.notes.append("Vela put no operator of the unpruned model on the NPU: Ethos-U runs int8 (and int16) "
+                         "operators only, so every figure is the CPU's; convert with --quantize int8")
     if summary["npu_share_dropped"]:
         names = ", ".join(f"{o['op']} ({o['name']})" for o in summary["cpu_operators"][:5])
         run.notes.append(f"rate {rec['rate']:.2f}: Vela put {summary['npu_ops']} of {summary['npu_ops'] + summary['cpu_ops']} "

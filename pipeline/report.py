@@ -221,7 +221,9 @@ def plot(report: dict, path: Path) -> Path:
 
     # size
     sizes = [c["flash_bytes"] / 1e3 for c in cands]
-    ax_s.plot(rates, sizes, "o-", color="tab:blue", label="model + runtime (host)" if mcu else ".tflite size")
+    size_label = {"mcu": "model + runtime (host)", "ethos-u": "Vela's flash figure (+ runtime)"}.get(
+        report["device"]["kind"], ".tflite size")
+    ax_s.plot(rates, sizes, "o-", color="tab:blue", label=size_label)
     if b["flash_bytes"]["value"] is not None and b["flash_bytes"]["value"] <= 4 * max(sizes) * 1e3:
         ax_s.axhline(b["flash_bytes"]["value"] / 1e3, color="tab:red", ls="--",
                      label=f"flash budget {format_size(b['flash_bytes']['value'])}")

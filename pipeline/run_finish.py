@@ -191,10 +191,12 @@ class FinishStage:
                 "latency_is_estimate": bool(m.get("latency_is_estimate")),
                 "ram_bytes": m.get("ram_bytes"), "sha256": chosen["sha256"],
             }
-        if kind == "ethos-u":
-            from edgeprune.pipeline.ethos_u_stage import report_section
+        from edgeprune.pipeline.ethos_u_stage import report_section, write_best
 
+        if kind == "ethos-u":
             report["ethos_u"] = report_section(self, report)  # and best_vela.tflite beside best.tflite
+        else:
+            write_best(self, None)  # no stale best_vela.tflite from an earlier Ethos-U run of this dir
         from edgeprune.pipeline import verdict
 
         report["verdict"] = verdict.build(self, report)  # what the fidelity verdict means (issue 14)

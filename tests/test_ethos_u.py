@@ -246,3 +246,22 @@ def test_run_on_the_example(tmp_path, capsys):
     assert best_vela.stat().st_size == vc["vela_tflite_bytes"]
     md = (out / "report.md").read_text()
     assert "## Ethos-U (Vela)" in md and "per-layer cycles" in md
+
+    # --resume on another Ethos-U system: the candidates are reused and only recompiled by Vela
+    args65 = [a if a != "ethos-u55-128" else "ethos-u65-256" for a in args] + ["--resume"]
+    assert run_cli(args65) == 0
+    rep65 = json.loads(capsys.readouterr().out)
+    assert rep65["resume"]["candidates_reused"] == 4 and rep65["ethos_u"]["compiled"] == 4
+    assert rep65["ethos_u"]["config"]["accelerator_config"] == "ethos-u65-256"
+    assert [c["sha256"] for c in rep65["candidates"]] == [c["sha256"] for c in cands]
+    assert all(c["vela"]["config"]["system_config"] == "Ethos_U65_Embedded" for c in rep65["candidates"])
+    assert rep65["ethos_u"]["curve"] != e["curve"]  # another system, other figures
+    # ... and on a device of another kind: the flash figure is the .tflite again, no Vela keys
+    at = args.index("--latency-budget")
+    args_local = [a if a != "ethos-u55-128" else "local" for a in args[:at] + args[at + 2:]]
+    assert run_cli(args_local + ["--resume", "--runs", "3", "--warmup", "1", "--min-secs", "0",
+                                 "--warmup-min-secs", "0"]) == 0
+    rep_local = json.loads(capsys.readouterr().out)
+    assert "ethos_u" not in rep_local and all("vela" not in c for c in rep_local["candidates"])
+    assert all(c["flash_bytes"] == c["size_bytes"] for c in rep_local["candidates"])
+    assert not (out / "best_vela.tflite").exists()
