@@ -68,8 +68,7 @@ def bench_model(name: str, profiles: list[str], work: Path) -> dict:
                 "--step", str(step), "--max-rate", str(max_rate), *engine]
         if model is not None:
             argv += ["--model", str(MLPERF_DIR / model)]
-        if i > 0:
-            argv.append("--resume")
+        argv.append("--resume")  # the first profile makes the candidates (or reuses --work's), the others reuse them
         rep, wall, err = run(argv)
         if rep is None:
             row["profiles"][prof] = {"error": err}
@@ -158,10 +157,11 @@ def markdown(payload: dict) -> str:
                 ops += " **NPU share dropped**"
             cells.append(ops)
             lines.append("| " + " | ".join(cells) + " |")
-        walls = ", ".join(f"{p} {row['profiles'][p]['wall_s']:.0f} s" for p in profs)
+        walls = ", ".join(f"{p} {row['profiles'][p]['wall_s']:.0f} s ({row['profiles'][p]['reused']} candidates reused)"
+                          for p in profs)
         vs = [c["vela_s"] for p in profs for c in row["profiles"][p]["candidates"] if c.get("vela_s")]
-        lines += ["", f"Wall time of each `edgeprune run`: {walls} (the first makes the candidates; the others reuse "
-                  f"them and only recompile)." + (f" One Vela compilation: {min(vs):.2f}-{max(vs):.2f} s." if vs else ""),
+        lines += ["", f"Wall time of each `edgeprune run`: {walls} (a run that reuses the candidates only recompiles "
+                  f"them with Vela)." + (f" One Vela compilation: {min(vs):.2f}-{max(vs):.2f} s." if vs else ""),
                   f"Host run of Vela's output: {base['host_run']['message'] if base.get('host_run') else '-'}", ""]
     return "\n".join(lines) + "\n"
 
@@ -171,20 +171,27 @@ def main() -> None:
     ap.add_argument("--models", default=",".join(MODELS))
     ap.add_argument("--profiles", default=",".join(PROFILES))
     ap.add_argument("--name", default="ethos_u")
+    ap.add_argument("--work", type=Path, help="keep the run directories here (a later call reuses their candidates)")
     args = ap.parse_args()
     started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
-    rows = []
+    rows: list = []
+    mach = machine()
+
+    def save() -> None:  # after every model: a bench stopped early keeps what it measured
+        versions = {r["vela_version"] for row in rows for r in row["profiles"].values() if "vela_version" in r}
+        payload = {"machine": mach, "started": started,
+                   "finished": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+                   "vela_version": ", ".join(sorted(versions)), "rows": rows}
+        write(args.name, payload, markdown(payload))
+
     with tempfile.TemporaryDirectory(prefix="edgeprune-ethos-u-bench-") as tmp:
+        work = args.work or Path(tmp)
         for name in args.models.split(","):
             if MODELS[name][0] is not None and not (MLPERF_DIR / MODELS[name][0]).exists():
                 print(f"{name}: {MLPERF_DIR / MODELS[name][0]} absent, skipped", file=sys.stderr)
                 continue
-            rows.append(bench_model(name, args.profiles.split(","), Path(tmp)))
-    versions = {r["vela_version"] for row in rows for r in row["profiles"].values() if "vela_version" in r}
-    payload = {"machine": machine(), "started": started,
-               "finished": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
-               "vela_version": ", ".join(sorted(versions)), "rows": rows}
-    write(args.name, payload, markdown(payload))
+            rows.append(bench_model(name, args.profiles.split(","), work))
+            save()
 
 
 if __name__ == "__main__":
