@@ -120,6 +120,8 @@ def markdown(payload: dict) -> str:
              "SRAM 4 GB/s, off-chip flash 0.5 GB/s), ethos-u65-256 = Ethos_U65_Embedded (NPU 500 MHz, SRAM 8 GB/s, "
              "off-chip flash 0.5 GB/s); memory mode Shared_Sram (weights in flash, arena in SRAM); Vela's shipped "
              "Arm/vela.ini.", ""]
+    ran = sorted({p for row in payload["rows"] for p in row["profiles"]})
+    lines += [f"Profiles run in this result: {', '.join(ran)}."] + [f"- {n}" for n in payload.get("notes", [])] + [""]
     summary = ["## Summary: unpruned against the largest rate", "",
                "| model | profile | rate | Vela latency ms | speed-up | SRAM kB | off-chip flash kB | NPU share |",
                "|---|---|---|---|---|---|---|---|"]
@@ -172,7 +174,17 @@ def main() -> None:
     ap.add_argument("--profiles", default=",".join(PROFILES))
     ap.add_argument("--name", default="ethos_u")
     ap.add_argument("--work", type=Path, help="keep the run directories here (a later call reuses their candidates)")
+    ap.add_argument("--note", action="append", default=[], help="a note for the results (with --merge)")
+    ap.add_argument("--merge", help="only merge the rows of these results (comma-separated names, e.g. two parts run "
+                                    "side by side) into --name")
     args = ap.parse_args()
+    if args.merge:
+        parts = [json.loads((ROOT / "bench" / "results" / f"{n}.json").read_text()) for n in args.merge.split(",")]
+        payload = dict(parts[0], rows=[r for p in parts for r in p["rows"]],
+                       started=min(p["started"] for p in parts), finished=max(p["finished"] for p in parts),
+                       parts=args.merge.split(","), notes=args.note)
+        write(args.name, payload, markdown(payload))
+        return
     started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
     rows: list = []
     mach = machine()
