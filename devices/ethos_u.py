@@ -263,7 +263,8 @@ def _per_layer(rows: list[dict]) -> list[dict]:
     return out
 
 
-_CACHE: dict = {}  # (input sha256, config key) -> VelaResult, for this process
+_CACHE: dict = {}  # (input sha256, config key) -> (VelaResult, Vela's .tflite bytes), for this process
+_CACHE_MAX = 64
 
 
 def compile_tflite(profile: Profile, tflite_path, vela_out: Optional[Path] = None, *, timeout: Optional[float] = None,
@@ -351,6 +352,8 @@ def compile_tflite(profile: Profile, tflite_path, vela_out: Optional[Path] = Non
             command=["vela", tflite_path.name] + [a if a != str(out_dir) else "OUT" for a in args[1:]],
         )
     _CACHE[(sha, key)] = (result, data)
+    while len(_CACHE) > _CACHE_MAX:  # a run compiles each candidate once; keep memory bounded
+        _CACHE.pop(next(iter(_CACHE)))
     if vela_out is not None:
         _write(Path(vela_out), data)
     return result
