@@ -97,6 +97,57 @@ def bench_model(name: str, profiles: list[str], work: Path) -> dict:
     return row
 
 
+def direct_model(name: str, profiles: list[str]) -> dict:
+    """The same engine (PAODING, uniform widths, no compensation) through edgeprune's Pruner and
+    converter in one process, every rate to --max-rate, each compiled by Vela: for a model whose
+    `edgeprune run` stops early on synthetic fidelity (ResNet-8: every synthetic input lands in one
+    class and the first pruned step flips it, agreement 0.0)."""
+    from edgeprune.devices.ethos_u import compile_tflite
+    from edgeprune.devices.profile import load_profile
+    from edgeprune.pipeline.convert import ConvertConfig, captured_output, convert
+    from edgeprune.pipeline.host_phase import rate_schedule
+    from edgeprune.pipeline.loading import load_model
+    from edgeprune.pipeline.prune import PruneConfig, Pruner
+
+    model_file, _engine, step, max_rate, note = MODELS[name]
+    model = load_model(MLPERF_DIR / model_file)
+    rates = rate_schedule(step, max_rate)
+    pruner = Pruner(model, PruneConfig(rate=max(rates), criterion="paoding", step=step))
+    row: dict = {"model": name, "note": note + "; made DIRECTLY (Pruner + converter in the bench process, the run's "
+                 "engine: paoding, uniform, no compensation), see direct_model()", "step": step, "max_rate": max_rate,
+                 "engine": "--criterion paoding --no-compensate --allocation uniform (direct)", "profiles": {}}
+    made = []
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="edgeprune-ethos-u-direct-") as tmp:
+        for r in rates:
+            if r > 0:
+                pruner.step_to(r)
+            with captured_output():
+                km = pruner.build()
+            res = convert(km, ConvertConfig(quantize="int8", num_calibration=200))
+            path = Path(tmp) / f"rate{r:.4f}.tflite"
+            res.save(path)
+            made.append((r, int(km.count_params()), res.size_bytes, path))
+        for prof in profiles:
+            p = load_profile(prof)
+            cands = []
+            for r, params, size, path in made:
+                v = compile_tflite(p, path)
+                cands.append({"rate": r, "params": params, "tflite_bytes": size, "fidelity": None,
+                              "latency_ms": v.inference_time_ms, "cycles_total": v.cycles_total,
+                              "cycles_npu": v.cycles_npu, "sram_bytes": v.sram_bytes,
+                              "off_chip_flash_bytes": v.off_chip_flash_bytes, "cpu_ops": v.cpu_ops,
+                              "npu_ops": v.npu_ops, "npu_share": v.npu_share,
+                              "cpu_operators": [o["op"] for o in v.cpu_operators],
+                              "npu_share_dropped": v.npu_share < cands[0]["npu_share"] - 1e-9 if cands else False,
+                              "vela_s": v.seconds})
+            row["profiles"][prof] = {"wall_s": round(time.perf_counter() - t0, 1), "vela_version": v.vela_version,
+                                     "config": v.config, "candidates": cands, "reused": 0, "synthetic": True,
+                                     "host_run": v.host_run}
+            print(f"{name} {prof} (direct): {len(cands)} candidates", file=sys.stderr)
+    return row
+
+
 def kb(b: int) -> str:
     return f"{b / 1000:.1f}"
 
@@ -173,6 +224,7 @@ def main() -> None:
     ap.add_argument("--models", default=",".join(MODELS))
     ap.add_argument("--profiles", default=",".join(PROFILES))
     ap.add_argument("--name", default="ethos_u")
+    ap.add_argument("--direct", default="", help="models made by direct_model() instead of `edgeprune run`")
     ap.add_argument("--work", type=Path, help="keep the run directories here (a later call reuses their candidates)")
     ap.add_argument("--note", action="append", default=[], help="a note for the results (with --merge)")
     ap.add_argument("--merge", help="only merge the rows of these results (comma-separated names, e.g. two parts run "
@@ -202,7 +254,10 @@ def main() -> None:
             if MODELS[name][0] is not None and not (MLPERF_DIR / MODELS[name][0]).exists():
                 print(f"{name}: {MLPERF_DIR / MODELS[name][0]} absent, skipped", file=sys.stderr)
                 continue
-            rows.append(bench_model(name, args.profiles.split(","), work))
+            if name in args.direct.split(","):
+                rows.append(direct_model(name, args.profiles.split(",")))
+            else:
+                rows.append(bench_model(name, args.profiles.split(","), work))
             save()
 
 
