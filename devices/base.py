@@ -395,7 +395,7 @@ def bench_settings(config: BenchConfig) -> dict:
 # --------------------------------------------------------------------------- registry
 _BACKENDS: dict[str, type] = {}
 _BACKEND_MODULES = {"local": "edgeprune.devices.local", "ssh": "edgeprune.devices.ssh", "mcu": "edgeprune.devices.mcu",
-                    "labgrid": "edgeprune.devices.labgrid"}
+                    "labgrid": "edgeprune.devices.labgrid", "ethos-u": "edgeprune.devices.ethos_u"}
 
 
 def register(kind: str) -> Callable[[type], type]:

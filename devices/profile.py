@@ -1,6 +1,6 @@
 """Device profiles: data only, loaded from YAML and validated strictly.
 
-A profile says what a board is (``kind``: ``local``, ``ssh`` or ``mcu``), how to reach it,
+A profile says what a board is (``kind``: ``local``, ``ssh``, ``mcu``, ``labgrid`` or ``ethos-u``), how to reach it,
 what runtime it is expected to have, and its limits. The backend that measures on it is
 picked by ``kind`` (see :mod:`edgeprune.devices.base`). Sizes may be written ``2MB`` or
 ``512KiB`` (:func:`edgeprune.devices.sizes.parse_size`). Unknown keys are errors.
@@ -32,6 +32,7 @@ __all__ = [
     "RuntimeSpec",
     "Limits",
     "McuSpec",
+    "EthosUSpec",
     "LabgridSpec",
     "load_profile",
     "list_profiles",
@@ -121,6 +122,34 @@ class McuSpec(_Strict):
     core: Optional[str] = None
 
 
+ETHOS_U_ACCELERATORS = ("ethos-u55-32", "ethos-u55-64", "ethos-u55-128", "ethos-u55-256", "ethos-u65-256",
+                        "ethos-u65-512")
+
+
+class EthosUSpec(_Strict):
+    """A microcontroller with an Arm Ethos-U NPU (kind: ethos-u): every model is compiled by Arm's
+    Vela compiler with these settings, and flash, SRAM and latency are Vela's estimates.
+
+    ``accelerator_config``, ``system_config``, ``memory_mode``, ``config_file``, ``optimise`` and
+    ``arena_cache_size`` are Vela's options of the same names (``vela --help``); ``config_file``
+    is a Vela .ini (default ``Arm/vela.ini``, the one Vela ships). ``vela`` is the Vela command
+    (default: the ``ethosu.vela`` module of the Python running edgeprune, i.e. the installed
+    ``ethos-u-vela``); the environment variable ``EDGEPRUNE_VELA`` overrides it.
+    """
+
+    accelerator_config: Literal[ETHOS_U_ACCELERATORS] = "ethos-u55-128"  # type: ignore[valid-type]
+    system_config: str = "Ethos_U55_High_End_Embedded"
+    memory_mode: str = "Shared_Sram"
+    config_file: str = "Arm/vela.ini"
+    optimise: Literal["Performance", "Size"] = "Performance"
+    arena_cache_size: Optional[Size] = None
+    vela: Optional[str] = None  # path of a vela executable; None: python -m ethosu.vela
+    runtime_flash_bytes: Size = 0  # firmware around the model (TFLite-Micro, the Ethos-U driver, application)
+    runtime_ram_bytes: Size = 0  # stacks, heap, interpreter objects outside Vela's SRAM figure
+    core: Optional[str] = None  # the host CPU (e.g. cortex-m55), for the report
+    timeout_s: float = Field(default=600.0, gt=0)  # one Vela compilation
+
+
 class LabgridSpec(_Strict):
     """A board of a labgrid farm (kind: labgrid): the coordinator and the place(s) to acquire.
 
@@ -145,7 +174,7 @@ class LabgridSpec(_Strict):
 
 class Profile(_Strict):
     name: str
-    kind: Literal["local", "ssh", "mcu", "labgrid"]
+    kind: Literal["local", "ssh", "mcu", "labgrid", "ethos-u"]
     description: str = ""
     connection: Optional[Connection] = None
     runtime: RuntimeSpec = Field(default_factory=RuntimeSpec)
@@ -155,6 +184,7 @@ class Profile(_Strict):
     limits: Limits
     mcu: Optional[McuSpec] = None
     labgrid: Optional[LabgridSpec] = None
+    ethos_u: Optional[EthosUSpec] = None
     # Set for an emulated board (e.g. qemu-user): what emulates it. Its figures are then labelled
     # emulated: latency is the emulator's, peak RSS includes the emulator, CPU/memory/disk are the host's.
     emulated: Optional[str] = None
@@ -172,6 +202,9 @@ class Profile(_Strict):
             raise ValueError(f"an 'mcu' section only applies to kind 'mcu', not {self.kind!r}")
         if self.kind not in ("ssh", "labgrid") and self.connection is not None:
             raise ValueError(f"a 'connection' section only applies to kind 'ssh' or 'labgrid', not {self.kind!r}")
+        if (self.kind == "ethos-u") != (self.ethos_u is not None):
+            raise ValueError("kind 'ethos-u' needs an 'ethos_u' section (accelerator_config, system_config, memory_mode), "
+                             "and only it has one")
         if (self.kind == "labgrid") != (self.labgrid is not None):
             raise ValueError("kind 'labgrid' needs a 'labgrid' section (coordinator, place or tags), and only it has one")
         if self.kind == "labgrid" and self.connection is not None and (self.connection.host or self.connection.port

@@ -34,6 +34,9 @@ def devices_table(profiles) -> Table:
                 host = f"{c.user}@{host}"
         elif p.kind == "local":
             host = "this machine"
+        elif p.kind == "ethos-u":
+            e = p.ethos_u
+            host = f"Vela {e.accelerator_config} {e.system_config} {e.memory_mode}"
         t.add_row(p.name, p.kind, host, str(p.threads or "-"), format_size(p.limits.flash_bytes), format_size(p.limits.ram_bytes),
                   f"{p.limits.latency_ms:g} ms" if p.limits.latency_ms else "-")
     return t
@@ -73,6 +76,28 @@ def bench_table(m) -> Table:
         t.add_row("TFLM arena (measured on host)", format_size(arena.get("arena_bytes")))
         t.add_row("RAM (arena + runtime)", format_size(m.ram_bytes))
         t.add_row("flash (model + runtime)", format_size(m.flash_bytes))
+    if m.kind == "ethos-u":
+        v = m.extra.get("vela", {})
+        c = v.get("config", {})
+        t.add_row("Vela", f"ethos-u-vela {v.get('vela_version')}: {c.get('accelerator_config')}, system "
+                  f"{c.get('system_config')}, memory mode {c.get('memory_mode')} ({c.get('config_file')})")
+        t.add_row("cycles (total / NPU)", f"{v.get('cycles_total', 0):,} / {v.get('cycles_npu', 0):,} at "
+                  f"{v.get('core_clock_hz', 0) / 1e6:g} MHz")
+        t.add_row("SRAM used (Vela)", format_size(v.get("sram_bytes")))
+        if v.get("dram_bytes"):
+            t.add_row("DRAM used (Vela)", format_size(v.get("dram_bytes")))
+        t.add_row("flash used (Vela)", f"off-chip {format_size(v.get('off_chip_flash_bytes'))}, on-chip "
+                  f"{format_size(v.get('on_chip_flash_bytes'))}")
+        t.add_row("RAM / flash (+ runtime)", f"{format_size(m.ram_bytes)} / {format_size(m.flash_bytes)}")
+        total = (v.get("cpu_ops") or 0) + (v.get("npu_ops") or 0)
+        t.add_row("operators on the NPU", f"{v.get('npu_ops')} of {total} ({100 * (v.get('npu_share') or 0):.1f} %)")
+        for op in v.get("cpu_operators") or []:
+            t.add_row("  on the CPU", f"{op['op']} {op['name']}" + (f" ({op['reason']})" if op.get("reason") else ""))
+        layers = sorted(v.get("per_layer") or [], key=lambda r: -r["cycles"])[:5]
+        for row in layers:
+            t.add_row(f"  {row['original_op']} / {row['op']}", f"{row['cycles']:,} cycles ({row['cycles_pct']:.1f} %) "
+                      f"{row['name'][:50]}")
+        t.add_row("Vela output", f"{format_size(v.get('vela_tflite_bytes'))} (ops: {', '.join(v.get('vela_ops') or [])})")
     t.add_row("model", f"{format_size(m.model_bytes)} sha256 {m.model_sha256[:16]}…")
     t.add_row("runtime", f"{m.runtime} {m.runtime_version or ''}".strip())
     if m.arch or m.python_version:
@@ -91,6 +116,15 @@ def check_table(profile, info: dict) -> Table:
               + f" ({SIZE_UNITS_NOTE})", title_justify="left")
     t.add_column("")
     t.add_column("value")
+    if info.get("kind") == "ethos-u":
+        t.add_row("Vela", f"ethos-u-vela {info.get('vela_version')} ({info.get('vela')}, {info.get('vela_source')})")
+        t.add_row("accelerator", str(info.get("accelerator_config")))
+        t.add_row("system config / memory mode", f"{info.get('system_config')} / {info.get('memory_mode')} "
+                  f"({info.get('config_file')})")
+        for m in info.get("missing") or []:
+            t.add_row("MISSING", f"{m['what']}: {m['fix']}")
+        t.add_row("note", info.get("note", ""))
+        return t
     if info.get("kind") == "mcu":
         t.add_row("tflite-micro (host)", str(info.get("tflite_micro_version") or "MISSING"))
         t.add_row("core / clock", f"{info.get('core') or '-'} / {info['clock_hz']:,} Hz, {info['cycles_per_mac']:g} cycles/MAC")

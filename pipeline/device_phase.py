@@ -54,6 +54,16 @@ class DevicePhase:
 
                 self.emit("status", text=f"asking the labgrid coordinator {p.labgrid.coordinator} for {p.name}")
                 check_coordinator(p)
+        for p in profiles:
+            if p.kind == "ethos-u":  # Vela missing, not starting, or without the profile's sections: exit 4 now
+                from edgeprune.devices.ethos_u import check_vela
+                from edgeprune.errors import DeviceError
+
+                self.emit("status", text=f"checking Vela for {p.name}")
+                info = check_vela(p)
+                if info["missing"]:
+                    raise DeviceError(f"{p.name}: Vela's config has no " + "; ".join(m["what"] for m in info["missing"]),
+                                      "; ".join(m["fix"] for m in info["missing"]))
         self.boards = board_pool(profiles)
         for b in self.boards:
             if b.kind != "ssh":
@@ -134,6 +144,10 @@ class DevicePhase:
             entry["macs"] = m.extra.get("macs")
         if m.kind == "labgrid":
             entry["labgrid"] = m.extra.get("labgrid")
+        if m.kind == "ethos-u":
+            from edgeprune.pipeline.ethos_u_stage import measurement_extra
+
+            entry["vela"] = measurement_extra(m)
         with lock:
             self.cache[self.device_key(rec["sha256"], board) + suffix] = entry
             write_json_atomic(self.cache_path, self.cache)

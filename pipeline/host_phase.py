@@ -98,6 +98,8 @@ class HostPhase:
                 rec["reused"] = True
                 if i == 0 and rec.get("prediction"):
                     self.predictor.calibrate(self._prediction(rec["prediction"]), rec["size_bytes"])
+                if not rec.get("skipped") and (rec.get("vela") or self.profile.kind == "ethos-u"):
+                    self.vela_reused(rec, path)  # flash is Vela's figure only on an Ethos-U profile
                 rec["checks"] = self.host_checks(rec)
                 self.candidates.append(rec)
                 self.emit("candidate", record=rec, total=len(self.rates), reused=True)
@@ -140,6 +142,23 @@ class HostPhase:
             self.stop = {"reason": "nothing to prune", "rate": 0.0}
         else:
             self.stop = {"reason": "max_rate", "rate": last["rate"]}
+
+    def vela_reused(self, rec: dict, path) -> None:
+        """A reused candidate: compiled with Vela (again) when the profile is an Ethos-U one whose
+        Vela configuration differs from the one it was compiled with; its flash figure follows the
+        profile kind of THIS run."""
+        from edgeprune.pipeline import ethos_u_stage
+
+        if self.profile.kind != "ethos-u":
+            rec.pop("vela", None)
+            for k in ethos_u_stage.vela_files(rec["name"]):
+                rec["files"].pop(k, None)
+            rec["flash_bytes"] = self.host_flash(rec["size_bytes"])
+        elif ethos_u_stage.needs_compile(self, rec):
+            ethos_u_stage.compile_candidate(self, rec)
+        else:
+            return
+        write_json_atomic(path, {k: v for k, v in rec.items() if k != "reused"})
 
     def try_candidate(self, pruner, i: int, rate: float) -> dict | None:
         """:meth:`make_candidate`, except that a PRUNED candidate that cannot be built,
@@ -247,6 +266,13 @@ class HostPhase:
             "pid": os.getpid(),
             "device": None,
         }
+        if self.profile.kind == "ethos-u":  # every candidate through Vela: its flash figure, NPU share
+            from edgeprune.pipeline import ethos_u_stage
+
+            self.stage = "compile with Vela"
+            t5 = time.perf_counter()
+            ethos_u_stage.compile_candidate(self, rec)
+            rec["timings"]["vela_s"] = round(time.perf_counter() - t5, 4)
         rec["checks"] = self.host_checks(rec)
         write_json_atomic(d / f"{name}.json", rec)  # last: marks the candidate done
         rec["reused"] = False
@@ -257,6 +283,8 @@ class HostPhase:
         from edgeprune.pipeline.predict import FlashPredictor
 
         runtime = int(self.profile.mcu.runtime_flash_bytes) if self.profile.kind == "mcu" else 0
+        if self.profile.kind == "ethos-u":  # flash is Vela's figure (compressed weights): known only once compiled
+            return FlashPredictor(None, 0)
         return FlashPredictor(self.budgets["flash_bytes"]["value"], runtime)
 
     @staticmethod

@@ -39,7 +39,13 @@
   ``informative``), ``uncertainty`` (95 % Wilson interval of the chosen and first failing
   candidates' agreement), ``warnings`` (``[{"code", "message"}]``: ``synthetic_uninformative``,
   ``threshold_within_uncertainty``)
-- ``notes``, ``files``
+- ``notes``, ``files`` (``best_vela``: ``best_vela.tflite`` on an Ethos-U profile)
+- ``ethos_u`` (device kind ``ethos-u`` only; :mod:`edgeprune.pipeline.ethos_u_stage`): Vela's
+  ``vela_version`` and ``config``, ``estimate`` (every figure is Vela's estimate), ``compiled``,
+  ``best_vela``, ``fidelity`` (judged on the int8 .tflite, and why), ``host_run`` (what LiteRT
+  said of Vela's output), ``npu_share_baseline`` / ``npu_share_drops``, ``curve`` (Vela latency,
+  SRAM, flash and NPU share per candidate), ``chosen`` (its Vela figures, ``cpu_operators`` and
+  ``per_layer`` cycles); candidates carry ``vela`` (that candidate's compilation)
 - ``gate`` (with ``--baseline`` only; :mod:`edgeprune.pipeline.gate`): ``baseline``,
   ``baseline_created_at``, ``baseline_sha256``, ``tolerances``, ``compared``, ``regressed``,
   ``regressions``, ``checks`` (per figure: ``figure``, ``old``, ``new``, ``change``,
@@ -186,6 +192,9 @@ def markdown(report: dict) -> str:
     from edgeprune.pipeline.verdict import markdown_lines
 
     lines += [""] + markdown_lines(report)
+    from edgeprune.pipeline.ethos_u_stage import markdown_lines as ethos_u_lines
+
+    lines += ethos_u_lines(report)  # Vela's figures and per-layer cycles on an Ethos-U profile
     lines += ["## Strategy", "", report["strategy"], ""]
     if report.get("notes"):
         lines += ["## Notes", ""] + [f"- {n}" for n in report["notes"]] + [""]
@@ -204,7 +213,7 @@ def plot(report: dict, path: Path) -> Path:
     ch = report.get("chosen")
     rates = [c["rate"] for c in cands]
     b = report["budgets"]
-    mcu = report["device"]["kind"] == "mcu"
+    mcu = report["device"]["kind"] in ("mcu", "ethos-u")
     fig, axes = plt.subplots(3, 1, figsize=(7.5, 8.5), sharex=True)
     ax_s, ax_l, ax_f = axes
     title = f"{report['model']['name']} on {report['device']['name']} ({report['settings']['quantize']})"
@@ -212,7 +221,9 @@ def plot(report: dict, path: Path) -> Path:
 
     # size
     sizes = [c["flash_bytes"] / 1e3 for c in cands]
-    ax_s.plot(rates, sizes, "o-", color="tab:blue", label="model + runtime (host)" if mcu else ".tflite size")
+    size_label = {"mcu": "model + runtime (host)", "ethos-u": "Vela's flash figure (+ runtime)"}.get(
+        report["device"]["kind"], ".tflite size")
+    ax_s.plot(rates, sizes, "o-", color="tab:blue", label=size_label)
     if b["flash_bytes"]["value"] is not None and b["flash_bytes"]["value"] <= 4 * max(sizes) * 1e3:
         ax_s.axhline(b["flash_bytes"]["value"] / 1e3, color="tab:red", ls="--",
                      label=f"flash budget {format_size(b['flash_bytes']['value'])}")
@@ -406,7 +417,7 @@ def print_outcome(console, report: dict) -> None:
                   + (" [yellow](synthetic data)[/yellow]" if report["data"].get("synthetic") else ""), highlight=False)
     dr = report["device_runs"]
     console.print(f"device runs: {dr['made']} made, {dr['cached']} cached, {dr['not_measured']} candidates not measured"
-                  + (" [yellow](latency is an ESTIMATE)[/yellow]" if report["device"]["kind"] == "mcu" else "")
+                  + (" [yellow](latency is an ESTIMATE)[/yellow]" if report["device"]["kind"] in ("mcu", "ethos-u") else "")
                   + (f" [yellow]on an EMULATED {report['device'].get('arch') or ''} board ({report['device']['emulated']})[/yellow]"
                      if report["device"].get("emulated") else ""),
                   highlight=False)
@@ -415,6 +426,10 @@ def print_outcome(console, report: dict) -> None:
     from edgeprune.pipeline.verdict import print_verdict
 
     print_verdict(console, report)  # what the fidelity was judged on; warnings
+    from edgeprune.pipeline.ethos_u_stage import outcome_lines
+
+    for line in outcome_lines(report):  # Vela's figures on an Ethos-U profile
+        console.print(line, highlight=False, markup=False)
     if report.get("chosen"):
         console.print(f"[bold green]{summary_line(report)}[/bold green]", highlight=False)
         console.print(f"wrote {Path(report['run_dir']) / 'best.tflite'} and report.json/.md/.png in {report['run_dir']}",

@@ -43,7 +43,8 @@ def _prepare_dir(path: Path) -> None:
 
 
 # --------------------------------------------------------------------------- the run dir
-_OUR_FILES = re.compile(r"^(cand-\d+-rate[0-9.]+\.(keras|tflite|json|plan\.json|failed\.json)|best\.tflite|report\.(json|md|png)"
+_OUR_FILES = re.compile(r"^(cand-\d+-rate[0-9.]+(_vela\.tflite|\.(keras|tflite|json|plan\.json|failed\.json|vela\.json))"
+                        r"|best\.tflite|best_vela\.tflite|report\.(json|md|png)"
                         r"|measurements\.json|run\.json|reference\.npz|\..*\.tmp.*|\.write-probe-.*)$")
 
 

@@ -41,7 +41,7 @@ class FinishStage:
         flash_ok = [r for r in fid_ok if r["checks"]["flash"]["ok"]]
         if not flash_ok:
             s = min(fid_ok + [r for r in cands if r.get("skipped")], key=lambda r: r["flash_bytes"])
-            what = "model" if self.profile.kind != "mcu" else "model + runtime"
+            what = {"mcu": "model + runtime", "ethos-u": "Vela flash figure"}.get(self.profile.kind, "model")
             if s.get("skipped"):
                 out.append(f"smallest {what}, ~{format_size(s['flash_bytes'])} at rate {s['rate']:.2f} (predicted, not "
                            f"converted), is still over the {format_size(fb)} budget (by ~{format_size(s['flash_bytes'] - fb)})")
@@ -121,6 +121,7 @@ class FinishStage:
                 "made_by": r.get("made_by"),
                 "skipped": r.get("skipped"), "prediction": r.get("prediction"),
                 "first_measurement": r.get("first_measurement"),
+                **({"vela": r["vela"]} if r.get("vela") else {}),
             })
         report = {
             "format": rep.REPORT_FORMAT,
@@ -134,11 +135,15 @@ class FinishStage:
             "device": {"name": p.name, "kind": kind, "description": p.description, "host": p.host,
                        "profile": p.source, "threads": p.threads,
                        "boards": [b.name for b in getattr(self, "boards", None) or [p]],
-                       "latency": "estimated on the host (not measured on a board)" if kind == "mcu"
-                       else "measured on the device",
+                       "latency": ("estimated on the host (not measured on a board)" if kind == "mcu"
+                                   else "Vela's estimate (its performance model; not measured on a board)"
+                                   if kind == "ethos-u" else "measured on the device"),
                        "ram": ("TFLite-Micro arena measured on the host + the profile's runtime overhead"
-                               if kind == "mcu" else "peak RSS of the benchmark process, measured on the device"),
+                               if kind == "mcu" else "Vela's SRAM (+ DRAM) used + the profile's runtime overhead"
+                               if kind == "ethos-u" else "peak RSS of the benchmark process, measured on the device"),
                        "flash": ("model file + the profile's runtime overhead" if kind == "mcu"
+                                 else "Vela's flash used (the compiled model's weights and command stream) + the "
+                                      "profile's runtime overhead" if kind == "ethos-u"
                                  else "the .tflite file size"),
                        "emulated": p.emulated, "arch": next((r["measurement"]["arch"] for r in cand_out
                                                              if r["measurement"] and r["measurement"].get("arch")), None),
@@ -186,6 +191,12 @@ class FinishStage:
                 "latency_is_estimate": bool(m.get("latency_is_estimate")),
                 "ram_bytes": m.get("ram_bytes"), "sha256": chosen["sha256"],
             }
+        from edgeprune.pipeline.ethos_u_stage import report_section, write_best
+
+        if kind == "ethos-u":
+            report["ethos_u"] = report_section(self, report)  # and best_vela.tflite beside best.tflite
+        else:
+            write_best(self, None)  # no stale best_vela.tflite from an earlier Ethos-U run of this dir
         from edgeprune.pipeline import verdict
 
         report["verdict"] = verdict.build(self, report)  # what the fidelity verdict means (issue 14)

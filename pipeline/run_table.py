@@ -149,7 +149,7 @@ def candidates_table(report: dict, width: Optional[int] = None):
     dev_name = dev["name"] if dev["name"] == dev["kind"] else f"{dev['name']} ({dev['kind']})"
     title = (f"{report['model']['name']} on {dev_name}, {report['settings']['quantize']}; "
              f"sizes in SI units (1 kB = 1000 B)")
-    mcu = dev["kind"] == "mcu"
+    mcu = dev["kind"] in ("mcu", "ethos-u")  # flash figure: model + runtime, or Vela's
     size_head = "flash" if mcu else ".tflite"
     cols = [("#", "right"), ("rate", "right")]
     if not compact:
