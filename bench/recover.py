@@ -114,7 +114,6 @@ def main(argv=None) -> int:
     xte, yte = data[2], data[3]
     x_truth = xte[TRUTH]
     rows = []
-    prev = json.loads((RESULTS / "recover.json").read_text()) if (RESULTS / "recover.json").exists() else None
     with tempfile.TemporaryDirectory(prefix="recover-bench-") as tmpd:
         tmp = Path(tmpd)
         xtr, ytr = load_fashion_mnist("train")
@@ -139,11 +138,24 @@ def main(argv=None) -> int:
                 row = summarize(name, res, ep, x_truth, ref_pred, out)
                 rows.append(row)
                 print(json.dumps({k: row[k] for k in ("model", "epochs", "wall_s", "pick", "best_both")}), flush=True)
-                payload = {"machine": machine(), "max_rate": args.max_rate, "threshold": THRESHOLD, "rows": rows,
-                           "unseen": "Fashion-MNIST test images 5000-9999", "total_s": round(time.perf_counter() - t0, 1)}
+                payload = merged(row, args.max_rate)
                 write("recover", payload, render(payload))
     print(render(payload))
     return 0
+
+
+ORDER = {"example": 0, "mlp": 1, "cnn": 2}
+
+
+def merged(row: dict, max_rate: float) -> dict:
+    """recover.json with ``row`` replacing the row of the same model and epochs (benches of
+    different models may run one after the other, or at once: each writes its rows)."""
+    path = RESULTS / "recover.json"
+    old = json.loads(path.read_text())["rows"] if path.exists() else []
+    rows = [r for r in old if (r["model"], r["epochs"]) != (row["model"], row["epochs"])] + [row]
+    key = lambda r: (next((v for k, v in ORDER.items() if k in r["model"]), 9), r["epochs"])  # noqa: E731
+    return {"machine": machine(), "max_rate": max_rate, "threshold": THRESHOLD, "rows": sorted(rows, key=key),
+            "unseen": "Fashion-MNIST test images 5000-9999"}
 
 
 def _pct(v):

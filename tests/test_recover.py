@@ -78,6 +78,7 @@ def _sha(p: Path) -> str:
     return hashlib.sha256(p.read_bytes()).hexdigest()
 
 
+@pytest.mark.slow
 def test_training_raises_agreement_at_the_same_widths(first):
     code, rep, out = first
     trained = [c for c in rep["candidates"] if c.get("recovery")]
@@ -99,6 +100,7 @@ def test_training_raises_agreement_at_the_same_widths(first):
         assert len(lp) == 3 and lp[2] < lp[0] and c["recovery"]["loss"] == lp[-1]
 
 
+@pytest.mark.slow
 def test_report_keys_and_schema(first):
     from edgeprune.pipeline.schema import validation_errors
 
@@ -126,6 +128,7 @@ def test_report_keys_and_schema(first):
         assert plan["trained"]["file"] == f.name and plan["trained"]["sha256"] == r["weights_sha256"]
 
 
+@pytest.mark.slow
 def test_two_runs_give_the_same_bytes(setup, first, tmp_path, capsys):
     _, rep_a, out_a = first
     code, rep_b, err = _run(capsys, _base(setup, tmp_path / "b"))
@@ -136,6 +139,7 @@ def test_two_runs_give_the_same_bytes(setup, first, tmp_path, capsys):
     assert any(w for _, _, w in a)
 
 
+@pytest.mark.slow
 def test_resume_and_plan_replay_give_the_same_bytes(setup, first, tmp_path, capsys):
     import keras
 
@@ -178,6 +182,7 @@ def test_resume_and_plan_replay_give_the_same_bytes(setup, first, tmp_path, caps
         Plan.load(bad / trained[0]["files"]["plan"]).apply(original)
 
 
+@pytest.mark.slow
 def test_training_samples_equal_to_evaluation_samples_are_removed(setup, tmp_path, capsys):
     code, rep, err = _run(capsys, _base(setup, tmp_path / "ov", train="train_overlap.npz", epochs="1"))
     assert code in (0, 3), err
@@ -235,6 +240,7 @@ def test_bad_train_data_exits_2_with_error_and_fix(setup, tmp_path, capsys):
     assert "also evaluation samples" in err
 
 
+@pytest.mark.slow
 def test_without_train_data_nothing_is_trained(setup, tmp_path, capsys):
     code, rep, err = _run(capsys, ["--model", str(setup / "tiny.keras"), "--data", str(setup / "eval.npz"),
                                    "--out", str(tmp_path / "plain"), *FAST, *STRICT])
