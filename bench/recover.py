@@ -99,7 +99,13 @@ def main(argv=None) -> int:
     ap.add_argument("--models", nargs="+", default=["example", "mlp", "cnn"])
     ap.add_argument("--max-rate", type=float, default=0.975)
     ap.add_argument("--render", action="store_true", help="only re-render the .md from the .json")
+    ap.add_argument("--merge", nargs="*", help="row-*.json files (RECOVER_ROW_DIR) to merge into recover.json")
     args = ap.parse_args(argv)
+    if args.merge:
+        for f in args.merge:
+            payload = merged(json.loads(Path(f).read_text()), args.max_rate)
+            write("recover", payload, render(payload))
+        return 0
     if args.render:
         payload = json.loads((RESULTS / "recover.json").read_text())
         (RESULTS / "recover.md").write_text(render(payload))
@@ -138,6 +144,8 @@ def main(argv=None) -> int:
                 row = summarize(name, res, ep, x_truth, ref_pred, out)
                 rows.append(row)
                 print(json.dumps({k: row[k] for k in ("model", "epochs", "wall_s", "pick", "best_both")}), flush=True)
+                if os.environ.get("RECOVER_ROW_DIR"):  # a copy of each row (concurrent benches: merge with --merge)
+                    Path(os.environ["RECOVER_ROW_DIR"], f"row-{kind}-{ep}.json").write_text(json.dumps(row))
                 payload = merged(row, args.max_rate)
                 write("recover", payload, render(payload))
     print(render(payload))
