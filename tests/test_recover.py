@@ -79,6 +79,7 @@ def _sha(p: Path) -> str:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(2400)  # a loaded shared machine: the module fixture runs the whole search inside the first test
 def test_training_raises_agreement_at_the_same_widths(first):
     code, rep, out = first
     trained = [c for c in rep["candidates"] if c.get("recovery")]
@@ -101,6 +102,7 @@ def test_training_raises_agreement_at_the_same_widths(first):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(2400)  # a loaded shared machine: the module fixture runs the whole search inside the first test
 def test_report_keys_and_schema(first):
     from edgeprune.pipeline.schema import validation_errors
 
@@ -129,6 +131,7 @@ def test_report_keys_and_schema(first):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(2400)  # a loaded shared machine: the module fixture runs the whole search inside the first test
 def test_two_runs_give_the_same_bytes(setup, first, tmp_path, capsys):
     _, rep_a, out_a = first
     code, rep_b, err = _run(capsys, _base(setup, tmp_path / "b"))
@@ -140,6 +143,7 @@ def test_two_runs_give_the_same_bytes(setup, first, tmp_path, capsys):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(2400)  # a loaded shared machine: the module fixture runs the whole search inside the first test
 def test_resume_and_plan_replay_give_the_same_bytes(setup, first, tmp_path, capsys):
     import keras
 
@@ -183,6 +187,7 @@ def test_resume_and_plan_replay_give_the_same_bytes(setup, first, tmp_path, caps
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(2400)  # a loaded shared machine: the module fixture runs the whole search inside the first test
 def test_training_samples_equal_to_evaluation_samples_are_removed(setup, tmp_path, capsys):
     code, rep, err = _run(capsys, _base(setup, tmp_path / "ov", train="train_overlap.npz", epochs="1"))
     assert code in (0, 3), err
@@ -241,6 +246,7 @@ def test_bad_train_data_exits_2_with_error_and_fix(setup, tmp_path, capsys):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(2400)  # a loaded shared machine: the module fixture runs the whole search inside the first test
 def test_without_train_data_nothing_is_trained(setup, tmp_path, capsys):
     code, rep, err = _run(capsys, ["--model", str(setup / "tiny.keras"), "--data", str(setup / "eval.npz"),
                                    "--out", str(tmp_path / "plain"), *FAST, *STRICT])
