@@ -152,6 +152,28 @@ def main(argv=None) -> int:
     return 0
 
 
+READING = [
+    "- Bundled example, 3 epochs: rate 0.975 = **97.5% of the parameters removed, 25.8 kB int8**, agreement 0.9550 "
+    "on the evaluation split and **0.9512 on the 5,000 unseen test images**: the issue's target (>= 96% at >= 0.95 "
+    "unseen) and aim (97%, under 30 kB) are met. With 1 epoch the eval split also accepts 0.975 (0.9513) but it "
+    "agrees 0.9464 on the unseen images; the largest rate holding on both is 0.95 (95.1%, 47.0 kB): one epoch is "
+    "NOT enough for the 96% target on unseen images.",
+    "- The untrained pick in the same run (rate 0.90, 90.4% removed) agrees 0.9513 on the eval split but 0.9492 on "
+    "the unseen images (within the sampling noise `run` warns about); the trained 0.925 and 0.95 candidates agree "
+    "0.958-0.970 on both.",
+    "- Policy (our choice): train only from the first candidate that fails untrained (here 0.925, untrained eval "
+    "0.9387); the 20 candidates before it pass untrained, so training after every step would add about 20 x the "
+    "per-candidate training time (ESTIMATE from the measured s / epoch, not a measured run) without changing the "
+    "answer, since the search keeps the largest passing rate.",
+    "- Time: the machine's 2 cores were shared with four other engineers' tests and benches (load average 10-24 "
+    "on 2 cores at the starts of the runs), so the wall times and s / epoch here are many times an idle machine's "
+    "(the issue's probe measured about 7 s per epoch of the 60,000 images on 2 idle cores for the rate-0.95 "
+    "candidate). Training was 45% (1 epoch) and 76% (3 epochs) of the example's wall time; the rest is the "
+    "untrained chain (pruning with the global allocation, conversions).",
+    "- MLP (bench/prune_quality.py, 1 epoch): training moves the pick from 0.50 (untrained) to 0.70 (70% removed, "
+    "unseen 0.9524); 0.75 fails even trained: this MLP has little slack (its first Dense holds most parameters). "
+    "Rows missing from the table were not run before the deadline (see the issue's closing note).",
+]
 ORDER = {"example": 0, "mlp": 1, "cnn": 2}
 
 
@@ -198,7 +220,8 @@ def render(payload: dict) -> str:
             f"{c['rate']:.3f}: {_pct(c['removed'])}, {c['eval']:.4f} / {c['unseen']:.4f}"
             + (f" (trained, untrained eval {c['untrained_eval']:.4f})" if c["trained"] and c["untrained_eval"] else
                " (trained)" if c["trained"] else "")
-            for c in r["candidates"] if c["rate"] >= 0.8))
+            for c in r["candidates"] if c["rate"] >= min(0.8, (r["untrained_pick"] or {"rate": 0})["rate"])))
+    L += ["", "## Reading", ""] + READING
     return "\n".join(L) + "\n"
 
 
