@@ -596,6 +596,10 @@ def run(
     seed: Annotated[int, typer.Option(help="Seed (random criterion).")] = 0,
     input_shape: Annotated[Optional[str], typer.Option("--input-shape", help="Fix a variable-length input: the full input shape, batch first (batch 1), e.g. 1,5000,4.")] = None,
     jobs: Annotated[Optional[int], typer.Option("--jobs", "-j", help="Worker processes converting candidates ahead of the search (same results as 1). Default: one per core once a conversion takes 5 s or more.")] = None,
+    train_data: Annotated[Optional[Path], typer.Option("--train-data", help="Training samples (any form --data takes; labels optional): from the first candidate that fails the fidelity check untrained on, every candidate is distilled from the original model before it is converted and judged. Samples equal to an evaluation sample are removed.")] = None,
+    recover: Annotated[Optional[int], typer.Option("--recover", help="Epochs of recovery training per trained candidate (needs --train-data; default 1 with it).")] = None,
+    temperature: Annotated[float, typer.Option("--temperature", help="Distillation temperature of --train-data training.")] = 4.0,
+    label_weight: Annotated[float, typer.Option("--label-weight", help="Weight of the label loss in --train-data training (labelled samples), 0 = distillation only.")] = 0.0,
     host: _Host = None,
     user: _User = None,
     port: _Port = None,
@@ -634,7 +638,8 @@ def run(
                        resume=resume, force=force, runs=runs, warmup=warmup, measure_all=measure_all,
                        threads=threads, min_secs=min_secs, max_secs=max_secs, warmup_min_secs=warmup_min_secs,
                        latency_stat=latency_stat.value, round_to=round_to, predict=predict,
-                       input_range=(lo, hi), seed=seed, classes=classes)
+                       input_range=(lo, hi), seed=seed, classes=classes, train_data=train_data, recover=recover,
+                       temperature=temperature, label_weight=label_weight)
     if input_shape is not None:
         from edgeprune.pipeline.loading import parse_input_shape
 

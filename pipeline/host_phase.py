@@ -117,6 +117,7 @@ class HostPhase:
         if not self.prunable:
             self.notes.append(f"{pruner.graph.nothing_prunable_note()}: only the unpruned candidate is evaluated")
         self.failed_candidates: list[dict] = []
+        self.prepare_recovery()
         self.stop = None
         self.lookahead = None  # --jobs > 1: candidates converted in worker processes (convert_pool)
         for i in range(len(self.candidates), len(self.rates)):
@@ -201,6 +202,8 @@ class HostPhase:
         times = [r["timings"]["convert_s"] for r in self.candidates if "convert_s" in r.get("timings", {})]
         n = pool_size(getattr(self.c, "jobs", None), self.jobs, len(self.rates) - len(self.candidates),
                       self.prunable, times)
+        if getattr(self, "trainset", None) is not None:
+            n = 1  # recovery training changes the weights before conversion: serial (a worker would convert untrained)
         return Lookahead(self, pruner, n, self.convert_config()) if n > 1 else None
 
     def make_candidate(self, pruner, i: int, rate: float) -> dict:
@@ -227,6 +230,11 @@ class HostPhase:
                 ahead.discard()  # as serially: no conversion, no .keras
             return self.skipped_candidate(pruner if ahead is None else ahead, i, rate, name, km, pred, reason, t0)
         t1 = time.perf_counter()
+        trained, untrained_fr, train_s = None, None, 0.0
+        if getattr(self, "trainset", None) is not None and i > 0 and self.recovering:
+            trained = self.train_candidate(km, i, rate)  # past the untrained stop: every candidate is trained
+            train_s = trained.seconds
+        t1b = time.perf_counter()
         self.stage = "convert"
         cc = self.convert_config()
         res = ahead.result() if ahead is not None and ahead.pending is not None else conv.convert(km, cc)
@@ -234,6 +242,23 @@ class HostPhase:
         self.stage = "load and fidelity (LiteRT on the host)"
         fr = fid.evaluate(res.tflite, self.reference, self.data, self.fid_config)
         t3 = time.perf_counter()
+        convert_s, fidelity_s = t2 - t1b, t3 - t2
+        if getattr(self, "trainset", None) is not None and i > 0 and trained is None and not self.fidelity_ok(fr.to_dict()):
+            # the first candidate that fails untrained: trained, converted and judged again; from here
+            # on every candidate is trained before it is converted (bench/results/recover.md)
+            self.recovering = True
+            untrained_fr = fr.to_dict()
+            trained = self.train_candidate(km, i, rate)
+            train_s = trained.seconds
+            self.stage = "convert"
+            ta = time.perf_counter()
+            res = conv.convert(km, cc)
+            tb = time.perf_counter()
+            self.stage = "load and fidelity (LiteRT on the host)"
+            fr = fid.evaluate(res.tflite, self.reference, self.data, self.fid_config)
+            t3 = time.perf_counter()
+            convert_s += tb - ta
+            fidelity_s += t3 - tb
         self.stage = "save"
         files = {"keras": f"{name}.keras", "tflite": f"{name}.tflite", "plan": f"{name}.plan.json"}
         if ahead is None:  # (the lookahead wrote it for its worker)
@@ -241,6 +266,19 @@ class HostPhase:
                 _save_keras_atomic(km, d / files["keras"])
         res.save(d / files["tflite"])
         plan = (pruner if ahead is None else ahead).plan()
+        recovery = None
+        if trained is not None:
+            from edgeprune.pipeline.atomic import write_bytes_atomic
+
+            files["trained"] = f"{name}.trained.bin"
+            write_bytes_atomic(d / files["trained"], trained.weights)
+            plan.trained = {"file": files["trained"], "sha256": trained.sha256, "epochs": trained.epochs,
+                            "samples": trained.samples, "loss": trained.loss_per_epoch[-1],
+                            "method": "distillation from the original model (pipeline/recover.py)",
+                            **{k: v for k, v in self.recover.to_dict().items() if k != "epochs"}}
+            recovery = dict(trained.to_dict(), file=files["trained"], untrained_fidelity=untrained_fr,
+                            targets=self.trainset.kind, **{k: v for k, v in self.recover.to_dict().items()
+                                                           if k not in ("epochs",)})
         plan.save(d / files["plan"])
         t4 = time.perf_counter()
         size = res.size_bytes
@@ -259,9 +297,11 @@ class HostPhase:
             "widths": plan.widths,
             "prediction": self.predicted(pred, size),
             "made_by": dict(self.stages_label),
+            **({"recovery": recovery} if getattr(self, "trainset", None) is not None else {}),
             "timings": {"prune_s": round(t1 - t0 if ahead is None else ahead.prune_s, 4),
-                        "convert_s": round(t2 - t1 if ahead is None else res.seconds, 4), "fidelity_s": round(t3 - t2, 4),
-                        "save_s": round(t4 - t3, 4)},
+                        "convert_s": round(convert_s if ahead is None else res.seconds, 4),
+                        "fidelity_s": round(fidelity_s, 4), "save_s": round(t4 - t3, 4),
+                        **({"train_s": round(train_s, 4)} if trained is not None else {})},
             "created_at": _now(),
             "pid": os.getpid(),
             "device": None,
@@ -277,6 +317,42 @@ class HostPhase:
         write_json_atomic(d / f"{name}.json", rec)  # last: marks the candidate done
         rec["reused"] = False
         return rec
+
+    # ---------------------------------------------------------------- recovery training
+    def prepare_recovery(self) -> None:
+        """--train-data: the training samples minus the evaluation samples, and the original
+        model's outputs on them (pipeline/recover.py). Training starts at the first candidate
+        that fails the fidelity check untrained (``recovering``; restored from reused candidates)."""
+        self.trainset = None
+        self.recovering = any(r.get("recovery") for r in self.candidates)
+        if getattr(self, "recover", None) is None:
+            return
+        from edgeprune.pipeline.recover import prepare
+
+        self.trainset = prepare(self.train_raw, self.data.x, self.model, self.run_dir, self.emit)
+        info = self.trainset.info
+        if info["overlap_removed"]:
+            self.notes.append(f"--train-data: {info['overlap_removed']:,} of the {info['n_given']:,} training samples "
+                              "are also evaluation samples (equal float32 bytes): removed from the training set, "
+                              f"{info['n_samples']:,} train")
+
+    def train_candidate(self, km, i: int, rate: float):
+        from edgeprune.pipeline.recover import train
+
+        self.stage = "recovery training"
+        t0 = time.perf_counter()
+        total = self.recover.epochs
+
+        def progress(epoch, epochs, step, steps, loss):
+            done = (epoch * steps + step) / (epochs * steps)
+            el = time.perf_counter() - t0
+            self.emit("train", index=i, rate=rate, epoch=epoch + 1, epochs=epochs, step=step, steps=steps,
+                      loss=loss, fraction=done, elapsed_s=el, left_s=el * (1 - done) / max(done, 1e-9))
+
+        self.emit("train_start", index=i, rate=rate, epochs=total, samples=self.trainset.n)
+        res = train(km, self.trainset, self.recover, i, progress)
+        self.emit("train_done", index=i, rate=rate, seconds=res.seconds, loss=res.loss_per_epoch[-1])
+        return res
 
     # ---------------------------------------------------------------- prediction
     def make_predictor(self):

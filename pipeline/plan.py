@@ -35,6 +35,10 @@ class Plan:
     compensation: str = ""
     allocation: str = ""  # how the widths were chosen ("uniform", "global"); "" = uniform
     branches: list = field(default_factory=list)  # removed residual branches: [add layer, input index]
+    # recovery training (pipeline/recover.py): {"file": "<name>.trained.bin", "sha256": ..., ...}; the
+    # file (next to the plan) holds every weight of the pruned model after training, applied by apply()
+    trained: dict = field(default_factory=dict)
+    folder: Path | None = field(default=None, repr=False, compare=False)  # where load() read the plan
 
     @classmethod
     def from_state(cls, state, *, model: str = "", criterion: str = "", rate: float = 0.0,
@@ -58,7 +62,8 @@ class Plan:
                 "widths": self.widths, "layers": self.layers, "merges": self.merges,
                 **({"allocation": self.allocation} if self.allocation else {}),
                 **({"branches": self.branches} if self.branches else {}),
-                **({"compensation": self.compensation, "refits": self.refits} if self.refits else {})}
+                **({"compensation": self.compensation, "refits": self.refits} if self.refits else {}),
+                **({"trained": self.trained} if self.trained else {})}
 
     @classmethod
     def from_dict(cls, d: dict) -> "Plan":
@@ -69,7 +74,7 @@ class Plan:
                    rate=float(d.get("rate", 0.0)), params_before=int(d.get("params_before", 0)),
                    params_after=int(d.get("params_after", 0)), refits=dict(d.get("refits") or {}),
                    compensation=d.get("compensation", ""), allocation=d.get("allocation", ""),
-                   branches=[list(b) for b in d.get("branches", [])])
+                   branches=[list(b) for b in d.get("branches", [])], trained=dict(d.get("trained") or {}))
 
     def save(self, path) -> None:
         write_json_atomic(path, self.to_dict())
@@ -77,9 +82,11 @@ class Plan:
     @classmethod
     def load(cls, path) -> "Plan":
         try:
-            return cls.from_dict(json.loads(Path(path).read_text()))
+            plan = cls.from_dict(json.loads(Path(path).read_text()))
         except (OSError, ValueError, KeyError) as exc:
             raise BadInput(f"cannot read plan {path}: {exc}") from None
+        plan.folder = Path(path).parent
+        return plan
 
     def to_state(self, graph):
         """Replay on the ORIGINAL model's graph: merges in order, then the kept indices."""
@@ -134,11 +141,38 @@ class Plan:
             state.refitted = set(self.refits)
         return state
 
-    def apply(self, model):
+    def apply(self, model, folder=None):
+        """The pruned model; with ``trained`` (recovery training) its weights are the trained ones,
+        read from the file the plan names (in ``folder``, default the plan's own folder) and checked
+        against the recorded sha256. The pruning state (``to_state``) never includes them: pruning
+        continues from the untrained, compensated state."""
         from edgeprune.pipeline.graph import DependencyGraph
         from edgeprune.pipeline.surgery import build_model
 
         graph = DependencyGraph(model)
-        return build_model(graph, self.to_state(graph))
+        built = build_model(graph, self.to_state(graph))
+        if self.trained:
+            self.apply_trained(built, folder)
+        return built
+
+    def trained_bytes(self, folder=None) -> bytes:
+        import hashlib
+
+        base = Path(folder) if folder is not None else (self.folder or Path("."))
+        path = base / self.trained["file"]
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise BadInput(f"plan names trained weights {path}, which cannot be read: {exc.strerror or exc}",
+                           "keep the .trained.bin next to its .plan.json (or pass its folder)") from None
+        if hashlib.sha256(data).hexdigest() != self.trained.get("sha256"):
+            raise BadInput(f"trained weights {path} do not match the sha256 the plan recorded",
+                           "the file was changed or belongs to another plan: use the run directory's files as written")
+        return data
+
+    def apply_trained(self, built, folder=None) -> None:
+        from edgeprune.pipeline.recover import set_weights_bytes
+
+        set_weights_bytes(built, self.trained_bytes(folder), what=f"trained weights {self.trained['file']}")
 
 

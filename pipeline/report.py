@@ -300,6 +300,11 @@ def load(path) -> dict:
 
 
 # --------------------------------------------------------------------------- terminal
+def _left(seconds: float) -> str:
+    s = int(round(seconds))
+    return f"{s // 60}:{s % 60:02d}" if s >= 60 else f"{s} s"
+
+
 class RunProgress:
     """A ``progress`` callback for :func:`edgeprune.pipeline.run.run` drawing rich progress bars
     (host steps, device runs) on ``console`` (stderr), plus one log line per finished step."""
@@ -338,6 +343,18 @@ class RunProgress:
             self.host = p.add_task("prune + convert + fidelity", total=info["total"])
         elif event == "candidate_start" and self.host is not None:
             p.update(self.host, description=f"candidate {info['index']} (rate {info['rate']:.2f})")
+        elif event == "train_start":
+            self._status_done()
+            self.train = p.add_task(f"training rate {info['rate']:.3g}: {info['samples']:,} samples, "
+                                    f"{info['epochs']} epoch(s)", total=1000)
+        elif event == "train" and getattr(self, "train", None) is not None:
+            p.update(self.train, completed=int(1000 * info["fraction"]),
+                     description=f"training rate {info['rate']:.3g}: epoch {info['epoch']}/{info['epochs']}, "
+                                 f"loss {info['loss']:.4f}, {_left(info['left_s'])} left")
+        elif event == "train_done" and getattr(self, "train", None) is not None:
+            p.remove_task(self.train)
+            self.train = None
+            print_kept(p.console, f"  rate {info['rate']:.3g}: trained in {info['seconds']:.1f} s, loss {info['loss']:.4f}")
         elif event == "candidate":
             rec = info["record"]
             if self.host is None:
@@ -347,6 +364,8 @@ class RunProgress:
             ck = rec["checks"]
             t = rec["timings"]
             tag = "reused" if info.get("reused") else (f"{t['prune_s'] + t['convert_s'] + t['fidelity_s'] + t['save_s']:.1f} s")
+            if rec.get("recovery"):
+                tag += f", trained {rec['recovery']['epochs']} epoch(s) on {rec['recovery']['samples']:,} samples"
             if rec.get("skipped"):
                 print_kept(p.console, f"  rate {rec['rate']:.2f}: not converted: {rec['skipped']}")
                 return

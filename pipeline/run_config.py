@@ -74,6 +74,11 @@ class RunConfig:
     round_to: Optional[int] = None  # None: the profile's round_to (if any)
     predict: bool = True  # skip converting candidates predicted over the flash budget
     extra_devices: list = field(default_factory=list)  # more boards of the same type, measured in parallel
+    # recovery training (pipeline/recover.py): distil candidates from the original on these samples
+    train_data: Optional[Path] = None  # any form of --data; None: no training (nothing changes)
+    recover: Optional[int] = None  # epochs per trained candidate (default 1 with train_data)
+    temperature: float = 4.0  # distillation temperature
+    label_weight: float = 0.0  # weight of the label loss (labelled train_data), 0 = distillation only
 
 
 @dataclass

@@ -43,9 +43,9 @@ def _prepare_dir(path: Path) -> None:
 
 
 # --------------------------------------------------------------------------- the run dir
-_OUR_FILES = re.compile(r"^(cand-\d+-rate[0-9.]+(_vela\.tflite|\.(keras|tflite|json|plan\.json|failed\.json|vela\.json))"
+_OUR_FILES = re.compile(r"^(cand-\d+-rate[0-9.]+(_vela\.tflite|\.(keras|tflite|json|plan\.json|failed\.json|vela\.json|trained\.bin))"
                         r"|best\.tflite|best_vela\.tflite|report\.(json|md|png)"
-                        r"|measurements\.json|run\.json|reference\.npz|\..*\.tmp.*|\.write-probe-.*)$")
+                        r"|measurements\.json|run\.json|reference\.npz|train-reference\.npy|\..*\.tmp.*|\.write-probe-.*)$")
 
 
 _TMP_FILES = re.compile(r"^(\..*\.tmp.*|\.write-probe-.*)$")
@@ -76,6 +76,8 @@ class RunDirStage:
               **({"input_shape": list(c.input_shape)} if c.input_shape else {})}
         if getattr(self, "round_to", None) is not None:  # only then: older run dirs keep their fingerprint
             fp["round_to"] = int(self.round_to)
+        if getattr(self, "recover", None) is not None:  # only with --train-data
+            fp["recover"] = dict(self.recover.to_dict(), train_data=self.train_id)
         return fp
 
     def open_run_dir(self) -> None:

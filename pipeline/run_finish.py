@@ -105,6 +105,9 @@ class FinishStage:
         tot["device_s"] = round(self.device_seconds, 3)
         tot["load_s"] = round(getattr(self, "load_seconds", 0.0), 3)  # TF import, model, data, reference outputs
         tot["load"] = dict(getattr(self, "load_timings", {}))  # model_s, data_s, reference_s, reference_cached
+        if getattr(self, "trainset", None) is not None:
+            tot["train_s"] = round(sum(r["timings"].get("train_s", 0.0) for r in self.candidates
+                                       if not r.get("reused")), 3)
         tot["total_s"] = round(time.perf_counter() - self.t_start, 3)
         fr0 = self.candidates[0]["fidelity"]
         cand_out = []
@@ -122,6 +125,7 @@ class FinishStage:
                 "skipped": r.get("skipped"), "prediction": r.get("prediction"),
                 "first_measurement": r.get("first_measurement"),
                 **({"vela": r["vela"]} if r.get("vela") else {}),
+                **({"recovery": r.get("recovery")} if "recovery" in r else {}),
             })
         report = {
             "format": rep.REPORT_FORMAT,
@@ -197,6 +201,11 @@ class FinishStage:
             report["ethos_u"] = report_section(self, report)  # and best_vela.tflite beside best.tflite
         else:
             write_best(self, None)  # no stale best_vela.tflite from an earlier Ethos-U run of this dir
+        if getattr(self, "trainset", None) is not None:
+            report["settings"]["recover"] = self.recover.to_dict()
+            trained = [r for r in self.candidates if r.get("recovery")]
+            report["data"]["train"] = dict(self.trainset.info, candidates_trained=len(trained),
+                                           trained_from_rate=min((r["rate"] for r in trained), default=None))
         from edgeprune.pipeline import verdict
 
         report["verdict"] = verdict.build(self, report)  # what the fidelity verdict means (issue 14)

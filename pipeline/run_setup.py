@@ -71,12 +71,42 @@ def _validate(config: RunConfig) -> None:
         if not p.exists():
             raise BadInput(f"model file {p} does not exist", "check the path (a .keras or .h5 Keras model), or leave "
                            "--model out to use the bundled example")
+    _validate_recover(config)
     if config.data is not None:
         from edgeprune.pipeline.datasources import parse_spec
 
         ds = parse_spec(config.data)  # any of the four forms; BadInput when it is none
         if ds.path.is_file() and not os.access(ds.path, os.R_OK):
             raise BadInput(f"data file {ds.path} is not readable", "check its permissions")
+
+
+def recover_config(config: RunConfig):
+    """The :class:`~edgeprune.pipeline.recover.RecoverConfig` of a run, or None without --train-data."""
+    if getattr(config, "train_data", None) is None:
+        return None
+    from edgeprune.pipeline.recover import RecoverConfig
+
+    return RecoverConfig(epochs=int(config.recover if config.recover is not None else 1),
+                         temperature=float(config.temperature), label_weight=float(config.label_weight),
+                         seed=int(config.seed))
+
+
+def _validate_recover(config: RunConfig) -> None:
+    if getattr(config, "train_data", None) is None:
+        if getattr(config, "recover", None) is not None:
+            raise BadInput("--recover needs --train-data (the samples the pruned candidates are trained on)",
+                           "add --train-data train.npz (any form --data takes; labels optional), or drop --recover")
+        return
+    recover_config(config).validate()
+    from edgeprune.pipeline.datasources import parse_spec
+
+    try:
+        ds = parse_spec(config.train_data)
+    except BadInput as exc:
+        raise BadInput(f"--train-data: {exc.message}", (exc.hint or "").replace("--data takes", "--train-data takes")
+                       or None) from None
+    if ds.path.is_file() and not os.access(ds.path, os.R_OK):
+        raise BadInput(f"--train-data file {ds.path} is not readable", "check its permissions")
 
 
 class SetupStage:
@@ -164,6 +194,35 @@ class SetupStage:
             raise BadInput(f"--out {self.run_dir} is a file, not a folder", "choose a folder for the run")
         _prepare_dir(self.run_dir)
 
+    def load_train_data(self) -> None:
+        """--train-data: read and check it as --data (any form); the overlap with the evaluation split
+        is removed later (recover.prepare, once the run directory is open)."""
+        c = self.c
+        self.recover = recover_config(c)
+        self.train_raw = None
+        self.train_id = None
+        if self.recover is None:
+            return
+        from edgeprune.pipeline.datasources import content_id, load_data
+
+        self.emit("status", text=f"loading --train-data {Path(c.train_data).name}")
+        try:
+            train = load_data(c.train_data, self.model, input_range=tuple(c.input_range),
+                              classes=getattr(c, "classes", None))
+        except BadInput as exc:  # the same checks and messages as --data, naming the option
+            exc.message = f"--train-data: {exc.message}"
+            if exc.hint:
+                exc.hint = exc.hint.replace("--data takes", "--train-data takes")
+            raise
+        if self.recover.label_weight > 0 and train.y is None:
+            raise BadInput(f"--label-weight {self.recover.label_weight:g} needs labelled --train-data, and "
+                           f"{Path(c.train_data).name} has no labels",
+                           "give labels with the training samples (an .npz with x and y, class folders, a label column), "
+                           "or --label-weight 0 (distillation only)")
+        self.train_raw = train
+        self.train_id = ("file:" + file_sha256(Path(c.train_data)) if train.form in ("npz", "npy")
+                         else content_id(train))
+
     def _budget(self, option, profile_value) -> dict:
         if option is not None:
             return {"value": option, "source": "option"}
@@ -230,6 +289,7 @@ class SetupStage:
             raise BadInput("--max-accuracy-drop needs labelled data", "pass --data with labels (an .npz with x and y), "
                            "or use --min-fidelity")
         self.resolve_stages()
+        self.load_train_data()
         self.fid_config = fid.FidelityConfig()
         # the reference outputs come after the run directory is open (reference_cache: cached for --resume)
         self.load_timings = {"tensorflow_import_s": round(t_import, 3), "model_s": round(t1 - t0, 3), "data_s": round(time.perf_counter() - t1, 3)}
