@@ -112,11 +112,11 @@ def test_dense_refit_is_the_ridge_solution():
 @pytest.mark.parametrize("key", ["resnet8", "kws"])
 @pytest.mark.parametrize("rate", [0.3, 0.5])
 def test_mlperf_flow_compensation_exact_against_masked_refit_reference(key, rate, mlperf_models):
-    from conftest import SHARED_MODELS
+    from conftest import mlperf_path
 
     model = mlperf_models(key)
     if key == "kws":
-        x = np.load(SHARED_MODELS / "calibration_samples.npz")["specs"][:24].astype(np.float32)
+        x = np.load(mlperf_path("calibration_samples.npz"))["specs"][:24].astype(np.float32)
     else:
         x = np.random.default_rng(0).uniform(0, 1, (24, *model.inputs[0].shape[1:])).astype(np.float32)
     cal, ev = x[:16], x[16:]
