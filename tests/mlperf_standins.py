@@ -47,13 +47,24 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 # facts of the real files (their README and model.summary()), checked by test_mlperf_standins.py
 FACTS = {
     "resnet8": {"file": "pretrainedResnet.h5", "params": 78_666, "non_trainable": 480, "input": (32, 32, 3),
-                "output": (10,), "keras_version": "2.4.0", "name": "model"},
+                "output": (10,), "keras_version": "2.4.0", "name": "model",
+                "layers": {"Activation": 7, "Add": 3, "AveragePooling2D": 1, "BatchNormalization": 7, "Conv2D": 9,
+                           "Dense": 1, "Flatten": 1, "InputLayer": 1},
+                "widths": [16, 16, 16, 32, 32, 32, 64, 64, 64, 10]},
     "kws": {"file": "str_ww_ref_model.h5", "params": 47_707, "non_trainable": 832, "input": (30, 1, 40),
-            "output": (3,), "keras_version": "2.14.0", "name": "model"},
-    "vww": {"file": "vww_96.h5", "params": 221_794, "non_trainable": 3_968, "input": (96, 96, 3), "output": (2,),
-            "keras_version": "2.4.0", "name": "model"},
+            "output": (3,), "keras_version": "2.14.0", "name": "model",
+            "layers": {"Activation": 4, "BatchNormalization": 4, "Conv2D": 4, "Dense": 1, "DepthwiseConv2D": 4,
+                       "Dropout": 4, "Flatten": 1, "InputLayer": 1},
+            "widths": [128, 128, 128, 32, 3]},
+    "vww": {"file": "vww_96.h5", "params": 221_794, "non_trainable": 5_472, "input": (96, 96, 3), "output": (2,),
+            "keras_version": "2.4.0", "name": "model",
+            "layers": {"Activation": 27, "AveragePooling2D": 1, "BatchNormalization": 27, "Conv2D": 14, "Dense": 1,
+                       "DepthwiseConv2D": 13, "Flatten": 1, "InputLayer": 1},
+            "widths": [8, 16, 32, 32, 64, 64, 128, 128, 128, 128, 128, 128, 256, 256, 2]},
     "ad01": {"file": "ad01.h5", "params": 269_992, "non_trainable": 2_064, "input": (640,), "output": (640,),
-             "keras_version": "2.4.0", "name": "functional_1"},
+             "keras_version": "2.4.0", "name": "functional_1",
+             "layers": {"Activation": 9, "BatchNormalization": 9, "Dense": 10, "InputLayer": 1},
+             "widths": [128, 128, 128, 128, 8, 128, 128, 128, 128, 640]},
 }
 # pretrainedResnet_quant.tflite as shipped by MLPerf Tiny: its size in bytes (a fact of the file)
 RESNET8_INT8_REFERENCE_BYTES = 98_496
