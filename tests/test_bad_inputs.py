@@ -128,6 +128,7 @@ def _checksums(root: Path) -> dict[str, str]:
             for p in sorted(root.rglob("*")) if p.is_file()}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case_id,argv,code,first", CASES, ids=[c[0] for c in CASES])
 def test_bad_input_is_clean(case_id, argv, code, first, tmp_path):
     files = _materials(tmp_path)

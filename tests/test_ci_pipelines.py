@@ -29,6 +29,8 @@ from junitparser import Failure, JUnitXml
 
 from ci_guard import skip_or_fail
 
+pytestmark = pytest.mark.slow  # the fast subset (-m 'not slow') skips this module
+
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples" / "ci"
 FAST = "--max-rate 0.1 --step 0.05 --runs 20 --warmup 2"

@@ -109,6 +109,7 @@ def test_dense_refit_is_the_ridge_solution():
     close(got[1], sol[d], 1e-4, "bias")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("key", ["resnet8", "kws"])
 @pytest.mark.parametrize("rate", [0.3, 0.5])
 def test_mlperf_flow_compensation_exact_against_masked_refit_reference(key, rate, mlperf_models):
@@ -129,6 +130,7 @@ def test_mlperf_flow_compensation_exact_against_masked_refit_reference(key, rate
     close(outputs(replay, ev), outputs(r.model, ev), 1e-6, f"{key} {rate} replay")
 
 
+@pytest.mark.slow
 def test_run_default_engine_on_the_example_is_flow_with_compensation_and_replays(tmp_path, capsys):
     """`edgeprune run` with data picks flow + compensation + global widths, says so per candidate, and the
     candidate's plan (with its refits) replays to the candidate's model."""

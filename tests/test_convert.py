@@ -37,6 +37,7 @@ def _tensor_dtypes(tflite: bytes) -> set[str]:
     return {np.dtype(d["dtype"]).name for d in interp.get_tensor_details()}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("key", MODELS)
 def test_mlperf_models_convert_in_every_mode(converted, mlperf_models, key, mode):
@@ -68,6 +69,7 @@ def test_mlperf_models_convert_in_every_mode(converted, mlperf_models, key, mode
         assert result.size_bytes < limit * f32, (result.size_bytes, f32)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("key", MODELS)
 def test_float32_agrees_with_keras_within_1e4(converted, mlperf_models, key):
     from edgeprune.pipeline.data import synthetic_data
@@ -225,6 +227,7 @@ def _flat(text: str) -> str:
     return re.sub(r"\s+", " ", text)
 
 
+@pytest.mark.slow
 def test_cli_convert_example_int8_with_data_json(tmp_path, capsys):
     from edgeprune.pipeline.example import example_data_path, example_model_path
 
@@ -305,6 +308,7 @@ def test_cli_convert_bad_quantize_exit_2(tmp_path, capsys):
     assert "Traceback" not in out + err
 
 
+@pytest.mark.slow
 def test_cli_convert_reports_the_tflm_arena_and_survives_its_failure(tmp_path, capsys, monkeypatch):
     import sys
 

@@ -43,6 +43,7 @@ def _run(capsys, argv):
 
 
 # --------------------------------------------------------------------------- must show: PNG folder == .npz
+@pytest.mark.slow
 def test_png_class_folders_give_the_same_pick_as_the_bundled_npz(tmp_path, capsys):
     z = np.load(example_data_path())
     x, y = z["x"], z["y"]  # uint8 images + input_scale 1/255
@@ -72,6 +73,7 @@ def test_png_class_folders_give_the_same_pick_as_the_bundled_npz(tmp_path, capsy
 
 
 # --------------------------------------------------------------------------- must show: no data, one class
+@pytest.mark.slow
 def test_run_without_data_on_a_one_class_model_warns_and_says_so_in_report_json(tmp_path, capsys):
     from conftest import mlperf_path
     from edgeprune.pipeline.loading import load_model

@@ -17,7 +17,7 @@ import sshd
 from ci_guard import skip_or_fail
 from labgrid_farm import edgeprune, overlaps, read_runs
 
-pytestmark = pytest.mark.ssh
+pytestmark = [pytest.mark.ssh, pytest.mark.slow]
 
 why_not = labgrid_farm.available()
 

@@ -123,6 +123,7 @@ def server(tmp_path_factory):
 
 
 @pytest.mark.ssh
+@pytest.mark.slow
 def test_ssh_backend_time_based(server, tmp_path, device_models):
     for p in server.remote_tmp.iterdir():
         shutil.rmtree(p, ignore_errors=True)

@@ -19,6 +19,8 @@ from edgeprune.pipeline.plan import Plan  # noqa: E402
 from edgeprune.pipeline.prune import prune  # noqa: E402
 from edgeprune.pipeline.surgery import masked_reference, PruneState, build_model, masked_model  # noqa: E402
 
+pytestmark = pytest.mark.slow  # the fast subset (-m 'not slow') skips this module
+
 MODELS = ["resnet8", "vww", "ad01", "kws"]
 CRITERIA = ["paoding", "l1", "random"]
 RATES = [0.1, 0.3, 0.5]

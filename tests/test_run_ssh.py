@@ -9,7 +9,7 @@ import pytest
 import sshd
 from edgeprune.cli import run_cli
 
-pytestmark = pytest.mark.ssh
+pytestmark = [pytest.mark.ssh, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")

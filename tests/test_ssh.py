@@ -18,7 +18,7 @@ from edgeprune.devices.base import BenchConfig, check_device, measure
 from edgeprune.devices.profile import load_profile
 from edgeprune.errors import BadInput, DeviceError
 
-pytestmark = pytest.mark.ssh
+pytestmark = [pytest.mark.ssh, pytest.mark.slow]
 VENVS = Path(os.environ.get("EDGEPRUNE_VENVS", "/opt/edgeprune-venvs"))
 
 
