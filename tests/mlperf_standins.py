@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import tempfile
 import threading
 from pathlib import Path
@@ -427,8 +426,3 @@ def session(root: Path | None = None) -> Standins:
             root = Path(tempfile.mkdtemp(prefix="mlperf-standins-"))
         _SESSION = Standins(root)
     return _SESSION
-
-
-def copy_to(key: str, dest: Path) -> Path:
-    """A copy of a stand-in file (for tests that modify or rename it)."""
-    return Path(shutil.copy(session().path(key), dest))

@@ -60,6 +60,7 @@ def test_resnet8_branches_found(resnet):
     }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("add,last_bn", [("add", "batch_normalization_2"), ("add_1", "batch_normalization_4"),
                                          ("add_2", "batch_normalization_6")])
 def test_removed_branch_equals_original_with_branch_output_zeroed(resnet, add, last_bn):

@@ -52,6 +52,7 @@ def cnn():
     return m, rng.uniform(0, 1, (64, 12, 12, 2)).astype(np.float32), rng.uniform(0, 1, (16, 12, 12, 2)).astype(np.float32)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("criterion", ["flow", "taylor", "paoding"])
 def test_pruned_and_compensated_equals_masked_original_with_the_refit(cnn, criterion, tmp_path):
     model, cal, x = cnn

@@ -26,6 +26,7 @@ def test_arena_of_mlperf_resnet():
     assert try_arena(_mlperf(), r.arena_bytes).ok  # the result really works
 
 
+@pytest.mark.slow
 def test_too_small_arena_is_survived():
     a = try_arena(_mlperf(), 2000)
     assert not a.ok and "allocate" in a.message.lower()
