@@ -1,4 +1,4 @@
-"""Shared fixtures: paths to the MLPerf Tiny models in ../shared, small helpers."""
+"""Shared fixtures: the MLPerf Tiny stand-ins (tests/mlperf_standins.py), small helpers."""
 from __future__ import annotations
 
 import os
@@ -8,37 +8,25 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED_MODELS = Path(os.environ.get("EDGEPRUNE_MLPERF_DIR") or ROOT.parent / "shared" / "models" / "mlperf-tiny")
+import mlperf_standins
 
-MLPERF = {
-    "resnet8": "pretrainedResnet.h5",
-    "vww": "vww_96.h5",
-    "ad01": "ad01.h5",
-    "kws": "str_ww_ref_model.h5",
-}
+
+@pytest.fixture(scope="session", autouse=True)
+def _mlperf_standins(tmp_path_factory):
+    """Where the stand-ins of the MLPerf Tiny files are built, on first use, once per session."""
+    return mlperf_standins.session(tmp_path_factory.mktemp("mlperf-standins"))
 
 
 def mlperf_path(key: str) -> Path:
-    path = SHARED_MODELS / MLPERF.get(key, key)
-    if not SHARED_MODELS.exists():
-        pytest.skip(f"../shared/models/mlperf-tiny is absent next to this checkout ({SHARED_MODELS})")
-    return path
+    """The seeded stand-in file for an MLPerf Tiny model key ('resnet8', 'kws', 'vww', 'ad01')
+    or file name ('calibration_samples.npz', 'pretrainedResnet_quant.tflite', ...)."""
+    return mlperf_standins.session().path(key)
 
 
 @pytest.fixture(scope="session")
-def mlperf_models():
-    """Loaded MLPerf Tiny models, once per session (loading takes seconds)."""
-    from edgeprune.pipeline.loading import load_model
-
-    cache: dict = {}
-
-    def get(key: str):
-        if key not in cache:
-            cache[key] = load_model(mlperf_path(key))
-        return cache[key]
-
-    return get
+def mlperf_models(_mlperf_standins):
+    """key -> the stand-in model loaded from its Keras 2 .h5 file, once per session."""
+    return _mlperf_standins.model
 
 
 # --------------------------------------------------------------------------- devices (issue 4)

@@ -6,8 +6,6 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-MLPERF_INT8 = Path(__file__).resolve().parents[1].parent / "shared" / "models" / "mlperf-tiny" / "pretrainedResnet_quant.tflite"
-
 
 def build(kind: str, path: Path) -> Path:
     """kind 'small' (~0.4 ms, 64x64x3 convs) or 'big' (~5-10 ms per inference on one x86 core)."""

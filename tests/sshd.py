@@ -35,13 +35,9 @@ def available() -> Optional[str]:
 def serve(tmp_path_factory, name: str = "sshd"):
     """Body of a module-scoped ``server`` fixture: a started SshServer, stopped afterwards.
     Without sshd the tests skip on a developer machine and FAIL under CI (.ci/setup installs it)."""
-    import pytest
+    from ci_guard import skip_or_fail
 
-    why = available()
-    if why:
-        if os.environ.get("CI"):
-            pytest.fail(why)
-        pytest.skip(why)
+    skip_or_fail(available())
     srv = SshServer.start(tmp_path_factory.mktemp(name))
     try:
         yield srv

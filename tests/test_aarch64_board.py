@@ -23,6 +23,7 @@ import pytest
 
 import sshd as sshd_helper
 from boards import emulated, lossy
+from ci_guard import skip_or_fail
 from conftest import mlperf_path
 from edgeprune.cli import run_cli
 from edgeprune.devices.base import BenchConfig, check_device, measure
@@ -30,13 +31,6 @@ from edgeprune.devices.profile import load_profile
 
 pytestmark = [pytest.mark.ssh, pytest.mark.slow]
 RUNTIMES = {"tflite_runtime": "2.14.0", "ai_edge_litert": None}  # None: the host's ai-edge-litert version
-
-
-def _unavailable(why):
-    if why:
-        if os.environ.get("CI"):
-            pytest.fail(why)
-        pytest.skip(why)
 
 
 def _host_litert_version() -> str:
@@ -47,7 +41,7 @@ def _host_litert_version() -> str:
 
 @pytest.fixture(scope="module")
 def board():
-    _unavailable(sshd_helper.available() or emulated.available())
+    skip_or_fail(sshd_helper.available() or emulated.available())
     return emulated.PYTHON
 
 
@@ -60,7 +54,7 @@ def server(board, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def link(board, tmp_path_factory):
-    _unavailable(lossy.available())
+    skip_or_fail(lossy.available())
     root = tmp_path_factory.mktemp("lossy-link")
     ln = lossy.LossyLink(root / "link").up()
     try:

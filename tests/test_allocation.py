@@ -46,6 +46,7 @@ def per_channel_max(graph, state):
     return max(GlobalGreedy._per_channel(graph, state, g) for g in graph.prunable_groups)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("compensate", [False, True])
 def test_global_removes_the_stated_fraction_of_prunable_parameters(cnn, compensate):
     model, cal, _ = cnn
@@ -65,6 +66,7 @@ def test_global_removes_the_stated_fraction_of_prunable_parameters(cnn, compensa
     assert p.plan().allocation == "global"
 
 
+@pytest.mark.slow
 def test_global_respects_min_widths_and_never_empties_a_group(cnn):
     model, cal, _ = cnn
     for min_keep in (0.0, 0.5):
@@ -108,6 +110,7 @@ def test_global_removes_dead_channels_first():
     np.testing.assert_allclose(outputs(r.model, cal), ref, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_global_plan_replays_the_candidate_exactly_and_is_deterministic(cnn, tmp_path):
     model, cal, x = cnn
     runs = []
@@ -123,6 +126,7 @@ def test_global_plan_replays_the_candidate_exactly_and_is_deterministic(cnn, tmp
     assert replay.count_params() == a.model.count_params() == a.params_after
 
 
+@pytest.mark.slow
 def test_global_resumes_from_a_saved_plan_to_the_same_widths(cnn):
     model, cal, _ = cnn
     conf = dict(rate=0.6, criterion="flow", step=0.3, calibration=cal, compensate=True)

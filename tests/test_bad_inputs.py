@@ -36,6 +36,8 @@ CASES = [
     ("runs-not-a-number", ["bench", "x.tflite", "-d", "local", "--runs", "many"], 2, "'--runs'"),
     ("unknown-command", ["frobnicate"], 2, "No such command 'frobnicate'"),
     ("devices-check-no-name", ["devices", "check"], 2, "Missing argument 'device'"),
+    ("devices-list-unknown-option", ["devices", "list", "--bogus"], 2, "No such option: --bogus"),
+    ("schema-unknown-option", ["schema", "--bogus"], 2, "No such option: --bogus"),
     ("latency-not-a-number", ["run", "--latency-budget", "fast"], 2, "'--latency-budget'"),
     # ---- run: options out of range (checked before TensorFlow starts)
     ("step-tiny", ["run", "--step", "1e-9", "--out", "{T}/o"], 2, "candidates; a run takes at most 200"),
@@ -126,6 +128,7 @@ def _checksums(root: Path) -> dict[str, str]:
             for p in sorted(root.rglob("*")) if p.is_file()}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case_id,argv,code,first", CASES, ids=[c[0] for c in CASES])
 def test_bad_input_is_clean(case_id, argv, code, first, tmp_path):
     files = _materials(tmp_path)
@@ -147,5 +150,30 @@ def test_bad_input_is_clean(case_id, argv, code, first, tmp_path):
     assert not (tmp_path / "o" / "report.json").exists()
 
 
-def test_the_table_is_big_enough():
-    assert len(CASES) >= 40 and len({c[0] for c in CASES}) == len(CASES)
+def _cli_commands() -> set[tuple[str, ...]]:
+    """Every command of the real CLI, sub-commands as (group, name): read from the typer app."""
+    import typer.main
+
+    from edgeprune.cli import app
+
+    found: set[tuple[str, ...]] = set()
+
+    def walk(cmd, prefix: tuple[str, ...]) -> None:
+        for name, sub in cmd.commands.items():
+            if hasattr(sub, "commands"):
+                walk(sub, prefix + (name,))
+            else:
+                found.add(prefix + (name,))
+
+    walk(typer.main.get_command(app), ())
+    return found
+
+
+def test_every_command_of_the_cli_has_a_case():
+    """A command added to the CLI without a bad-input row here fails this test (ids stay unique:
+    they name the cases in the report)."""
+    commands = _cli_commands()
+    assert {("run",), ("prune",), ("convert",), ("bench",), ("devices", "check")} <= commands
+    covered = {tuple(argv[:len(c)]) for _, argv, _, _ in CASES for c in commands}
+    assert sorted(commands - covered) == []
+    assert len({c[0] for c in CASES}) == len(CASES)

@@ -60,6 +60,7 @@ def test_resnet8_branches_found(resnet):
     }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("add,last_bn", [("add", "batch_normalization_2"), ("add_1", "batch_normalization_4"),
                                          ("add_2", "batch_normalization_6")])
 def test_removed_branch_equals_original_with_branch_output_zeroed(resnet, add, last_bn):
@@ -78,6 +79,7 @@ def test_removed_branch_equals_original_with_branch_output_zeroed(resnet, add, l
     close(outputs(plan.apply(model), x), outputs(pruned, x), 0.0, "replay")
 
 
+@pytest.mark.slow
 def test_branch_removal_with_compensation_refits_behind_the_add(resnet):
     from edgeprune.pipeline.compensate import Compensator
 
@@ -123,6 +125,7 @@ def dead_branch_model():
     return m
 
 
+@pytest.mark.slow
 def test_global_greedy_removes_a_branch_that_carries_nothing():
     from edgeprune.pipeline.allocation import GlobalGreedy
     from edgeprune.pipeline.prune import PruneConfig, Pruner

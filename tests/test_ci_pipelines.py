@@ -27,6 +27,10 @@ import pytest
 import yaml
 from junitparser import Failure, JUnitXml
 
+from ci_guard import skip_or_fail
+
+pytestmark = pytest.mark.slow  # the fast subset (-m 'not slow') skips this module
+
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples" / "ci"
 FAST = "--max-rate 0.1 --step 0.05 --runs 20 --warmup 2"
@@ -36,10 +40,7 @@ EDGEPRUNE = f"{sys.executable} -m edgeprune"
 def _need(path, what: str, fix: str):
     if path and Path(path).exists():
         return str(path)
-    message = f"{what} is not installed ({fix})"
-    if os.environ.get("CI"):
-        pytest.fail(message)
-    pytest.skip(message)
+    skip_or_fail(f"{what} is not installed ({fix})")
 
 
 def _gitlab_ci_local() -> str:

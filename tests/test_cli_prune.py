@@ -26,6 +26,7 @@ def _run(capsys, *argv):
     return code, cap.out, cap.err
 
 
+@pytest.mark.slow
 def test_prune_writes_smaller_model_and_prints_table(capsys, tmp_path, resnet):
     out = tmp_path / "pruned.keras"
     code, stdout, stderr = _run(capsys, resnet, "--rate", "0.5", "--out", out)
@@ -42,6 +43,7 @@ def test_prune_writes_smaller_model_and_prints_table(capsys, tmp_path, resnet):
     assert np.asarray(pruned(x)).shape == (2, 10)
 
 
+@pytest.mark.slow
 def test_prune_json_and_plan(capsys, tmp_path, resnet):
     out, plan_path = tmp_path / "p.keras", tmp_path / "plan.json"
     code, stdout, stderr = _run(capsys, resnet, "--rate", "0.5", "--out", out, "--json", "--plan", plan_path,
@@ -62,6 +64,7 @@ def test_prune_json_and_plan(capsys, tmp_path, resnet):
     np.testing.assert_allclose(np.asarray(replay(x)), np.asarray(pruned(x)), atol=1e-6, rtol=0)
 
 
+@pytest.mark.slow
 def test_prune_keras2_h5(capsys, tmp_path):
     out = tmp_path / "kws.keras"
     code, stdout, stderr = _run(capsys, mlperf_path("kws"), "--rate", "0.3", "--out", out, "--round-to", "8")

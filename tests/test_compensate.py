@@ -52,6 +52,7 @@ def cnn():
     return m, rng.uniform(0, 1, (64, 12, 12, 2)).astype(np.float32), rng.uniform(0, 1, (16, 12, 12, 2)).astype(np.float32)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("criterion", ["flow", "taylor", "paoding"])
 def test_pruned_and_compensated_equals_masked_original_with_the_refit(cnn, criterion, tmp_path):
     model, cal, x = cnn
@@ -109,14 +110,15 @@ def test_dense_refit_is_the_ridge_solution():
     close(got[1], sol[d], 1e-4, "bias")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("key", ["resnet8", "kws"])
 @pytest.mark.parametrize("rate", [0.3, 0.5])
 def test_mlperf_flow_compensation_exact_against_masked_refit_reference(key, rate, mlperf_models):
-    from conftest import SHARED_MODELS
+    from conftest import mlperf_path
 
     model = mlperf_models(key)
     if key == "kws":
-        x = np.load(SHARED_MODELS / "calibration_samples.npz")["specs"][:24].astype(np.float32)
+        x = np.load(mlperf_path("calibration_samples.npz"))["specs"][:24].astype(np.float32)
     else:
         x = np.random.default_rng(0).uniform(0, 1, (24, *model.inputs[0].shape[1:])).astype(np.float32)
     cal, ev = x[:16], x[16:]
@@ -129,6 +131,7 @@ def test_mlperf_flow_compensation_exact_against_masked_refit_reference(key, rate
     close(outputs(replay, ev), outputs(r.model, ev), 1e-6, f"{key} {rate} replay")
 
 
+@pytest.mark.slow
 def test_run_default_engine_on_the_example_is_flow_with_compensation_and_replays(tmp_path, capsys):
     """`edgeprune run` with data picks flow + compensation + global widths, says so per candidate, and the
     candidate's plan (with its refits) replays to the candidate's model."""

@@ -72,6 +72,7 @@ def test_parallel_decides_like_one_board(seed):
         assert st["peak"] <= k
 
 
+@pytest.mark.slow
 def test_k_boards_measure_k_at_once_and_wall_time_drops():
     outcomes = {i: "near" for i in range(4)}  # nothing stops the search: all 4 are measured
     durations = {i: 0.3 for i in range(4)}
@@ -87,6 +88,7 @@ def test_k_boards_measure_k_at_once_and_wall_time_drops():
     assert t_serial >= 1.2 and t_par < 0.8 * t_serial  # 4 x 0.3 s one after the other vs two at a time
 
 
+@pytest.mark.slow
 def test_a_failing_board_stops_the_search_after_the_others_finish():
     from edgeprune.errors import DeviceError
 

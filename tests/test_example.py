@@ -77,6 +77,7 @@ def test_float32_tflite_is_well_above_2mb_and_exact(bundle):
     assert res.agreement == 1.0 and res.max_abs_diff < 1e-4 and res.accuracy_drop == 0.0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("calibration", ["train-images", "synthetic"])
 def test_int8_accuracy_within_one_point_of_keras(bundle, calibration):
     from edgeprune.pipeline.convert import ConvertConfig, convert

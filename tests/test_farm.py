@@ -14,18 +14,16 @@ import pytest
 
 import labgrid_farm
 import sshd
+from ci_guard import skip_or_fail
 from labgrid_farm import edgeprune, overlaps, read_runs
 
-pytestmark = pytest.mark.ssh
+pytestmark = [pytest.mark.ssh, pytest.mark.slow]
 
 why_not = labgrid_farm.available()
 
 
 def _need():
-    if why_not:
-        if os.environ.get("CI"):
-            pytest.fail(why_not)  # .ci/setup installs sshd and labgrid: missing in CI is a defect
-        pytest.skip(why_not)
+    skip_or_fail(why_not)  # .ci/setup installs sshd and labgrid: missing in CI is a defect
 
 
 @pytest.fixture(scope="module")

@@ -101,6 +101,7 @@ def test_manual_int8_run_agrees_with_run_tflite(example, example_int8):
     np.testing.assert_allclose(ours, np.stack(manual), atol=1e-7)
 
 
+@pytest.mark.slow
 def test_regression_metric_for_the_autoencoder(mlperf_models):
     model = mlperf_models("ad01")
     x = np.fromfile(mlperf_path("ad01_sample_normal_id_01.bin"), dtype=np.float32).reshape(40, 640)

@@ -23,6 +23,8 @@ from edgeprune.pipeline import gate as gate_mod
 from edgeprune.pipeline.report import REPORT_FORMAT
 from edgeprune.pipeline.schema import load_schema, schema_path, validation_errors
 
+pytestmark = pytest.mark.slow  # the fast subset (-m 'not slow') skips this module
+
 RUN = ["--max-rate", "0.1", "--step", "0.05", "--runs", "20", "--warmup", "2"]
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -92,6 +92,7 @@ def test_resnet8_dense_output_is_frozen(mlperf_models):
     assert any(f["layer"] == "dense" for f in result.frozen)
 
 
+@pytest.mark.slow
 def test_depthwise_is_channelwise_member_of_its_producer_group(mlperf_models):
     for key in ("vww", "kws"):
         model = mlperf_models(key)

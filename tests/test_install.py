@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from ci_guard import skip_or_fail
+
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE_DIRS = ["", "pipeline", "pipeline/criteria", "pipeline/handlers", "devices", "configs"]
 # import name -> distribution name, where they differ
@@ -95,9 +97,8 @@ def test_every_subpackage_is_installed():
 def _console_script() -> Path:
     script = Path(sys.executable).parent / "edgeprune"
     if not script.exists():
-        if os.environ.get("CI"):
-            pytest.fail(f"no edgeprune console script next to {sys.executable}: .ci/setup installs the package")
-        pytest.skip("edgeprune is not installed into this Python (a development checkout)")
+        skip_or_fail(f"no edgeprune console script next to {sys.executable}: the package is not installed into "
+                     "this Python (a development checkout; .ci/setup installs it)")
     return script
 
 

@@ -17,7 +17,8 @@ from edgeprune.pipeline.prune import prune  # noqa: E402
 L = keras.layers
 
 
-@pytest.mark.parametrize("key,shape,classes", [("vww", (96, 96, 3), 2), ("kws", (30, 1, 40), 3)])
+@pytest.mark.parametrize("key,shape,classes", [pytest.param("vww", (96, 96, 3), 2, marks=pytest.mark.slow),
+                                                  ("kws", (30, 1, 40), 3)])
 def test_keras2_h5_loads_as_standard_classes(key, shape, classes, tmp_path):
     model = load_model(mlperf_path(key))
     assert tuple(model.inputs[0].shape[1:]) == shape

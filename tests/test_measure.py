@@ -92,7 +92,7 @@ def test_local_backend_time_based(device_models):
     assert m.load_per_core is not None and m.load_per_core >= 0
 
 
-def test_mcu_backend_estimate_has_no_timing(device_models, mlperf_models):
+def test_mcu_backend_estimate_has_no_timing(device_models):
     m = measure("stm32h7", device_models["small"], BenchConfig())
     assert m.runs == 0 and m.timed_s is None and m.latency_ms.iqr == 0.0
     assert m.latency_ms.p50 == m.latency_ms.p90 == m.latency_ms.p99 == m.latency_ms.median > 0
@@ -123,6 +123,7 @@ def server(tmp_path_factory):
 
 
 @pytest.mark.ssh
+@pytest.mark.slow
 def test_ssh_backend_time_based(server, tmp_path, device_models):
     for p in server.remote_tmp.iterdir():
         shutil.rmtree(p, ignore_errors=True)

@@ -39,6 +39,7 @@ def test_load_warning_threshold():
 FAST = ["--step", "0.1", "--max-rate", "0.3", "--num-runs", "20", "--min-secs", "0.3", "--warmup-min-secs", "0.1"]
 
 
+@pytest.mark.slow
 def test_budget_inside_the_spread_is_measured_twice(tmp_path, capsys):
     out = tmp_path / "run"
     assert run_cli(["run", "--out", str(out), *FAST, "--json"]) == 0

@@ -21,6 +21,7 @@ def _real(model, tmp_path, name, quantize="int8"):
     return res.size_bytes, path
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("quantize", ["int8", "float32"])
 def test_resnet8_prediction_within_2_percent_and_macs_exact(mlperf_models, tmp_path, quantize):
     """ResNet-8 (Conv + BatchNorm folded by the converter, residual Adds, Dense): calibrated on
@@ -59,6 +60,7 @@ def test_skip_only_beyond_the_margin():
     assert FlashPredictor(budget=None).skip_reason(far) is None  # no budget: nothing skipped
 
 
+@pytest.mark.slow
 def test_run_with_200kB_budget_skips_conversions(tmp_path, capsys):
     out = tmp_path / "run"
     code = run_cli(["run", "--out", str(out), "--budget", "200KB", "--num-runs", "5", "--min-secs", "0.1",
@@ -90,6 +92,7 @@ def test_run_with_200kB_budget_skips_conversions(tmp_path, capsys):
     assert [c["skipped"] is not None for c in rep2["candidates"]] == [c["skipped"] is not None for c in cands]
 
 
+@pytest.mark.slow
 def test_prediction_does_not_change_the_answer(tmp_path, capsys):
     common = ["--step", "0.1", "--max-rate", "0.4", "--budget", "600kB", "--num-runs", "5", "--min-secs", "0.1",
               "--warmup-min-secs", "0", "--json"]
@@ -106,6 +109,7 @@ def test_prediction_does_not_change_the_answer(tmp_path, capsys):
     assert b["prediction"]["conversions_saved"] == 0 and a["prediction"]["conversions_saved"] == len(skipped)
 
 
+@pytest.mark.slow
 def test_round_to_in_run_and_profile(tmp_path, capsys):
     assert run_cli(["run", "--out", str(tmp_path / "r"), "--step", "0.15", "--max-rate", "0.3", "--round-to", "8",
                     "--num-runs", "3", "--min-secs", "0", "--warmup-min-secs", "0", "--json"]) in (0, 3)

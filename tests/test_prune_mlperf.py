@@ -12,12 +12,14 @@ import pytest
 
 import keras  # noqa: E402  (a hard dependency: a missing keras must fail, not skip)
 
-from conftest import SHARED_MODELS  # noqa: E402
+from conftest import mlperf_path  # noqa: E402
 
 from edgeprune.pipeline.graph import DependencyGraph  # noqa: E402
 from edgeprune.pipeline.plan import Plan  # noqa: E402
 from edgeprune.pipeline.prune import prune  # noqa: E402
 from edgeprune.pipeline.surgery import masked_reference, PruneState, build_model, masked_model  # noqa: E402
+
+pytestmark = pytest.mark.slow  # the fast subset (-m 'not slow') skips this module
 
 MODELS = ["resnet8", "vww", "ad01", "kws"]
 CRITERIA = ["paoding", "l1", "random"]
@@ -40,17 +42,17 @@ def run(model, x):
 
 @pytest.fixture(scope="module")
 def inputs(mlperf_models):
-    """A few inputs per model: the real samples shipped with ad01 and str_ww, uniform
-    [0, 1] images for the image models."""
+    """A few inputs per model: the (stand-in) samples of ad01 and str_ww, uniform [0, 1]
+    images for the image models."""
     cache = {}
 
     def get(key):
         if key not in cache:
             model = mlperf_models(key)
             if key == "ad01":
-                x = np.fromfile(SHARED_MODELS / "ad01_sample_normal_id_01.bin", dtype=np.float32).reshape(40, 640)[::5]
+                x = np.fromfile(mlperf_path("ad01_sample_normal_id_01.bin"), dtype=np.float32).reshape(40, 640)[::5]
             elif key == "kws":
-                x = np.load(SHARED_MODELS / "calibration_samples.npz")["specs"][:8].astype(np.float32)
+                x = np.load(mlperf_path("calibration_samples.npz"))["specs"][:8].astype(np.float32)
             else:
                 shape = tuple(model.inputs[0].shape[1:])
                 x = np.random.default_rng(0).uniform(0, 1, (4, *shape)).astype(np.float32)

@@ -30,6 +30,7 @@ def meets(c: dict) -> bool:
 
 
 # --------------------------------------------------------------------------- budget forces pruning
+@pytest.mark.slow
 def test_budget_forces_pruning_and_picks_the_largest_rate_that_meets_it(tmp_path, capsys):
     out = tmp_path / "run"
     code, rep, err = run_json(capsys, ["--out", str(out), *FAST, "--max-rate", "0.5", "--budget", "600kB",
@@ -86,6 +87,7 @@ def test_budget_forces_pruning_and_picks_the_largest_rate_that_meets_it(tmp_path
 
 
 # --------------------------------------------------------------------------- no candidate
+@pytest.mark.slow
 def test_budget_nobody_meets_exits_3_with_the_reason(tmp_path, capsys):
     out = tmp_path / "run"
     # the data-free engine (paoding, no compensation) falls below 0.95 before rate 0.5 on the example;
@@ -110,6 +112,7 @@ def test_budget_nobody_meets_exits_3_with_the_reason(tmp_path, capsys):
 
 
 # --------------------------------------------------------------------------- kill + resume
+@pytest.mark.slow
 def test_killed_run_resumes_without_redoing_finished_candidates(tmp_path, capsys):
     out = tmp_path / "run"
     argv = ["run", "--out", str(out), *FAST, "--max-rate", "0.6", "--min-fidelity", "0.5"]
@@ -205,6 +208,7 @@ def test_help_documents_exit_codes():
 
 
 # --------------------------------------------------------------------------- device budget miss
+@pytest.mark.slow
 def test_clear_latency_miss_measures_only_the_largest_host_passing_rate(tmp_path, capsys):
     out = tmp_path / "run"
     code, rep, err = run_json(capsys, ["--out", str(out), *FAST, "--max-rate", "0.3", "--min-fidelity", "0.9",
@@ -222,6 +226,7 @@ def test_clear_latency_miss_measures_only_the_largest_host_passing_rate(tmp_path
     assert "over the 0.0001 ms latency budget" in text and "fastest candidate measured" in text
 
 
+@pytest.mark.slow
 def test_accuracy_drop_threshold(tmp_path, capsys):
     import numpy as np
 

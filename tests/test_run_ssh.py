@@ -3,29 +3,18 @@ runs are counted, cached by sha256 across invocations, and an unreachable board 
 from __future__ import annotations
 
 import json
-import os
 
 import pytest
 
 import sshd
 from edgeprune.cli import run_cli
 
-pytestmark = pytest.mark.ssh
-
-why_not = sshd.available()
+pytestmark = [pytest.mark.ssh, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    if why_not:
-        if os.environ.get("CI"):
-            pytest.fail(why_not)  # .ci/setup installs openssh-server: missing in CI is a defect
-        pytest.skip(why_not)
-    srv = sshd.SshServer.start(tmp_path_factory.mktemp("run-sshd"))
-    try:
-        yield srv
-    finally:
-        srv.stop()
+    yield from sshd.serve(tmp_path_factory, "run-sshd")
 
 
 def _run(capsys, argv):

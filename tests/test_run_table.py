@@ -16,6 +16,8 @@ from rich.console import Console
 from edgeprune.devices.sizes import format_size
 from edgeprune.pipeline.run_table import WIDE_MIN, candidates_table, print_kept
 
+pytestmark = pytest.mark.slow  # the fast subset (-m 'not slow') skips this module
+
 UNITS = re.compile(r"\b(KiB|MiB|GiB|KB|Kb)\b")
 FAST = ["--step", "0.1", "--max-rate", "0.3", "--num-runs", "5", "--min-secs", "0.2", "--warmup-min-secs", "0.05"]
 

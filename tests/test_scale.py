@@ -115,6 +115,7 @@ def test_int8_calibration_from_lazy_samples_same_bytes_as_from_array():
 
 
 # --------------------------------------------------------------------------- reference cache
+@pytest.mark.slow
 def test_resume_reuses_the_cached_reference_outputs(tmp_path, capsys):
     import json
 
@@ -197,6 +198,7 @@ def test_compensation_sample_cap_from_layer_shapes():
 
 
 # --------------------------------------------------------------------------- conversion pool
+@pytest.mark.slow
 def test_pool_conversion_same_bytes_and_decisions_as_serial(tmp_path, capsys):
     """--jobs 2 against --jobs 1 on the example, with a threshold that stops the search before
     the last rate (chosen from a first run's scores): the same candidates, .tflite bytes,

@@ -12,12 +12,13 @@ from pathlib import Path
 import pytest
 
 import sshd as sshd_helper
+from ci_guard import skip_or_fail
 from edgeprune.cli import run_cli
 from edgeprune.devices.base import BenchConfig, check_device, measure
 from edgeprune.devices.profile import load_profile
 from edgeprune.errors import BadInput, DeviceError
 
-pytestmark = pytest.mark.ssh
+pytestmark = [pytest.mark.ssh, pytest.mark.slow]
 VENVS = Path(os.environ.get("EDGEPRUNE_VENVS", "/opt/edgeprune-venvs"))
 
 
@@ -143,9 +144,7 @@ def test_remote_tmp_with_metacharacters(server, tmp_path, device_models):
 def test_ssh_board_runtimes(server, tmp_path, device_models, venv, runtime):
     py = VENVS / venv / "bin" / "python"
     if not py.exists():
-        if os.environ.get("CI"):
-            pytest.fail(f"{py} missing: .ci/setup runs .ci/board-venvs.sh")
-        pytest.skip(f"{py} missing (bash .ci/board-venvs.sh)")
+        skip_or_fail(f"{py} missing (bash .ci/board-venvs.sh; .ci/setup runs it)")
     prof = server.profile_yaml(tmp_path / "b.yaml", python=str(py))
     m = measure(load_profile(prof), device_models["small"], BenchConfig(runs=5))
     assert m.runtime == runtime and m.runtime_version
@@ -154,9 +153,7 @@ def test_ssh_board_runtimes(server, tmp_path, device_models, venv, runtime):
 def test_no_runtime_on_board(server, tmp_path, device_models, capsys):
     py = VENVS / "tflite-runtime" / "bin" / "python"
     if not py.exists():
-        if os.environ.get("CI"):
-            pytest.fail(f"{py} missing: .ci/setup runs .ci/board-venvs.sh")
-        pytest.skip(f"{py} missing (bash .ci/board-venvs.sh)")
+        skip_or_fail(f"{py} missing (bash .ci/board-venvs.sh; .ci/setup runs it)")
     prof = server.profile_yaml(tmp_path / "b.yaml", python=str(py), extra_runtime="  accept: [ai_edge_litert]\n")
     assert run_cli(["bench", str(device_models["small"]), "-d", str(prof), "--runs", "2"]) == 4
     err = capsys.readouterr().err

@@ -26,7 +26,7 @@ import pytest
 import sshd as sshd_helper
 from edgeprune.cli import run_cli
 
-pytestmark = pytest.mark.ssh
+pytestmark = [pytest.mark.ssh, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")

@@ -181,6 +181,7 @@ def random_removal(graph, seed: int) -> dict[int, np.ndarray]:
 
 
 # --------------------------------------------------------------------------- properties
+@pytest.mark.slow
 @settings(max_examples=40, **SETTINGS)
 @given(spec=model_specs(), seed=st.integers(0, 2**31 - 1))
 def test_removing_equals_masking_on_random_models(spec, seed):
@@ -206,6 +207,7 @@ def test_removing_equals_masking_on_random_models(spec, seed):
     np.testing.assert_array_equal(outputs(plan.apply(model), x), outputs(pruned, x))
 
 
+@pytest.mark.slow
 @settings(max_examples=25, **SETTINGS)
 @given(spec=model_specs(), criterion=st.sampled_from(["paoding", "l1", "random"]),
        rate=st.sampled_from([0.2, 0.5, 0.8]))

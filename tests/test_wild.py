@@ -58,6 +58,7 @@ def test_case_prunes_exactly_against_masked_original(name, rate, criterion):
         assert 1 <= row.after <= row.before
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_case_converts_to_int8_after_pruning(name):
     model, shape = CASES[name]()

@@ -21,6 +21,8 @@ from edgeprune.pipeline.plan import Plan  # noqa: E402
 from edgeprune.pipeline.surgery import masked_reference  # noqa: E402
 from wild_models import CASES, RECURRENT, VARIABLE, inputs  # noqa: E402
 
+pytestmark = pytest.mark.slow  # the fast subset (-m 'not slow') skips this module
+
 FAST = ["--step", "0.3", "--max-rate", "0.5", "--min-fidelity", "0.01", "--runs", "2", "--warmup", "1", "--json"]
 
 
