@@ -205,12 +205,15 @@ class Farm:
     def _start(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         log = self.runs_log
-        # Children run in the background and are waited for, so a TERM is handled at once (the
+        # HUP is ignored (sshd may hang up the session's group when edgeprune's channel closes; a
+        # runner under nohup, the case of the issue, would survive that), so what ends the run is
+        # edgeprune's own TERM (or KILL). Children run in the background and are waited for, so a TERM is handled at once (the
         # trap), not only after the child has ended; the trap takes term_s to die, like a runner
         # that cleans up, and says whether the board lock (beside the work dir) was still held.
         self.runner.write_text(
             "#!/bin/sh\n"
             f"echo \"start $(date +%s.%N) $TMPDIR\" >> {log}\n"
+            "trap '' HUP\n"  # like a runner started with nohup: only edgeprune's TERM/KILL may end it
             f"trap 'echo \"term $(date +%s.%N) $TMPDIR\" >> {log}; sleep {self.term_s}; l=no; "
             f"[ -e ../edgeprune-board.lock ] && l=yes; echo \"dead $(date +%s.%N) $TMPDIR lock=$l\" >> {log}; "
             "exit 143' TERM\n"
