@@ -105,7 +105,7 @@ class HostPhase:
         pconf = PruneConfig(rate=max(self.rates), criterion=self.criterion, step=float(c.step), round_to=self.round_to,
                             input_range=tuple(float(v) for v in c.input_range), seed=c.seed,
                             calibration=self.stage_calibration, compensate=self.compensate,
-                            allocation=self.allocation)
+                            allocation=self.allocation_obj or self.allocation)
         if self.candidates:
             last = self.candidates[-1]
             pruner = Pruner(self.model, pconf, plan=Plan.load(d / last["files"]["plan"]))

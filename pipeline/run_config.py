@@ -53,6 +53,7 @@ class RunConfig:
     criterion: str = "auto"  # auto: flow with data (the example's or --data), paoding without
     compensate: Optional[bool] = None  # None: on when there is data (ridge refit, pipeline/compensate.py)
     allocation: str = "auto"  # auto: global with data, uniform without (pipeline/allocation/)
+    objective: str = "auto"  # what the global allocation pays for (pipeline/allocation/objective.py)
     step: float = DEFAULT_STEP
     max_rate: float = DEFAULT_MAX_RATE
     out: Optional[Path] = None

@@ -73,6 +73,9 @@ class RunDirStage:
               **({"allocation": self.allocation} if getattr(self, "allocation", "uniform") != "uniform" else {}),
               "step": round(float(c.step), 6), "seed": c.seed, "input_range": [float(v) for v in c.input_range],
               **({"input_shape": list(c.input_shape)} if c.input_shape else {})}
+        obj = getattr(self, "objective", None)
+        if obj is not None and not obj.is_size:  # only then: size runs keep their fingerprint
+            fp["objective"] = {"name": obj.name, "weights": {k: round(v, 6) for k, v in obj.weights.items()}}
         if getattr(self, "round_to", None) is not None:  # only then: older run dirs keep their fingerprint
             fp["round_to"] = int(self.round_to)
         return fp

@@ -145,6 +145,7 @@ class FinishStage:
                        "max_load_per_core": p.max_load_per_core, "load_warning": getattr(self, "load_warning", None)},
             "settings": {"quantize": self.c.quantize, "criterion": self.criterion, "step": self.c.step,
                          "compensate": self.compensate, "allocation": self.allocation, "stages": self.stages_label,
+                         "objective": self.objective.to_dict() if getattr(self, "objective", None) is not None else None,
                          "max_rate": self.c.max_rate, "runs": self.c.runs, "warmup": self.c.warmup,
                          "measure_all": self.c.measure_all, "seed": self.c.seed,
                          "input_range": list(self.c.input_range), "threads": self.c.threads,
