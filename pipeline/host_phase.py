@@ -76,6 +76,11 @@ class HostPhase:
         from edgeprune.pipeline.prune import PruneConfig, Pruner
 
         c, d = self.c, self.run_dir
+        lat = getattr(getattr(self, "objective", None), "latency", None)
+        if lat is not None and lat.kind == "fit":  # the board's latency model, cached for the next runs
+            from edgeprune.pipeline.latency_model import save
+
+            save(lat, d)
         self.rates = rate_schedule(float(c.step), float(c.max_rate))
         self.candidates: list[dict] = []
         self.reused = 0

@@ -134,19 +134,23 @@ def build_or_load(run) -> LatencyModel:
                 return m
         except (OSError, ValueError, TypeError):
             pass
-    m = build(run, key)
+    return build(run, key)
+
+
+def save(model: LatencyModel, run_dir) -> None:
+    """Write the model to the run directory (after the run directory is opened: a fresh run
+    clears it), so the next run with the same key reuses it."""
     from edgeprune.pipeline.run_dir import write_json_atomic
 
-    write_json_atomic(path, dict(m.describe(), format=FORMAT))
-    return m
+    if model.kind == "fit":
+        write_json_atomic(Path(run_dir) / CACHE_FILE, dict(model.describe(), format=FORMAT))
 
 
 def build(run, key: dict) -> LatencyModel:
     """Measure uniform prunes of the run's model on the board and fit (see the module docstring)."""
     import tempfile
 
-    from edgeprune.devices import get_device
-    from edgeprune.devices.base import BenchConfig
+    from edgeprune.devices.base import BenchConfig, measure
     from edgeprune.pipeline import convert as conv
     from edgeprune.pipeline.graph import DependencyGraph
     from edgeprune.pipeline.prune import PruneConfig, Pruner
@@ -160,7 +164,6 @@ def build(run, key: dict) -> LatencyModel:
     bc = BenchConfig(runs=20, warmup=3, threads=threads, min_secs=0.3, warmup_min_secs=0.1, max_secs=30)
     points = []
     pruner = Pruner(run.model, PruneConfig(rate=max(FIT_RATES), criterion="l1", step=0.05, round_to=run.round_to))
-    device = get_device(run.profile)
     with tempfile.TemporaryDirectory(prefix="edgeprune-latmodel-") as tmp:
         for rate in FIT_RATES:
             if rate > 0:
@@ -171,10 +174,11 @@ def build(run, key: dict) -> LatencyModel:
             r = conv.convert(km, cc)
             p = Path(tmp) / f"latmodel-{rate:.2f}.tflite"
             r.save(p)
-            meas = device.bench(p, bc)
+            meas = measure(run.profile, p, bc)
+            lat = meas.latency_ms
             points.append({"rate": rate, "macs": int(res.macs),
                            "act_bytes": int(sum(l.activation_bytes for l in res.layers)),
-                           "measured_ms": float(meas.latency.p50)})
+                           "measured_ms": float(lat.p50 if lat.p50 is not None else lat.median)})
     m = fit(points)
     m.key = key
     m.build_s = round(time.perf_counter() - t0, 3)

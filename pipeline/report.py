@@ -404,6 +404,9 @@ def print_outcome(console, report: dict) -> None:
     console.print(f"budgets: flash {bud('flash_bytes', format_size)}, RAM {bud('ram_bytes', format_size)}, "
                   f"latency {bud('latency_ms', lambda v: f'{latency_stat(report)} {v:g} ms')}; fidelity: {' and '.join(thr)}"
                   + (" [yellow](synthetic data)[/yellow]" if report["data"].get("synthetic") else ""), highlight=False)
+    obj = (report.get("settings") or {}).get("objective")
+    if obj and obj.get("name") != "size":  # issue 22: say what the rate axis measures
+        console.print(f"objective {obj['name']} ({obj.get('reason')}): rate = {obj['rate_measures']}", highlight=False)
     dr = report["device_runs"]
     console.print(f"device runs: {dr['made']} made, {dr['cached']} cached, {dr['not_measured']} candidates not measured"
                   + (" [yellow](latency is an ESTIMATE)[/yellow]" if report["device"]["kind"] == "mcu" else "")

@@ -44,7 +44,7 @@ def _prepare_dir(path: Path) -> None:
 
 # --------------------------------------------------------------------------- the run dir
 _OUR_FILES = re.compile(r"^(cand-\d+-rate[0-9.]+\.(keras|tflite|json|plan\.json|failed\.json)|best\.tflite|report\.(json|md|png)"
-                        r"|measurements\.json|run\.json|reference\.npz|\..*\.tmp.*|\.write-probe-.*)$")
+                        r"|measurements\.json|run\.json|reference\.npz|latency-model\.json|\..*\.tmp.*|\.write-probe-.*)$")
 
 
 _TMP_FILES = re.compile(r"^(\..*\.tmp.*|\.write-probe-.*)$")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import time
+from typing import Optional
 
 from edgeprune.errors import EXIT_NO_CANDIDATE, EXIT_OK
 from edgeprune.devices.sizes import format_size
@@ -9,8 +10,38 @@ from edgeprune.pipeline.run_config import STRATEGY, RunResult, _now
 from edgeprune.pipeline.atomic import copy_atomic as _copy_atomic
 
 
+def _layer_rows(run, cand) -> Optional[list]:
+    """Per layer of the chosen model: width before/after, params, MACs, predicted latency share,
+    activation bytes (pipeline/resources.py, from the candidate's plan on the original graph)."""
+    from edgeprune.pipeline.graph import DependencyGraph
+    from edgeprune.pipeline.plan import Plan
+    from edgeprune.pipeline.resources import ResourceModel
+
+    rm = getattr(run, "resource_model", None) or ResourceModel(DependencyGraph(run.model), run.c.quantize)
+    plan_file = (cand.get("files") or {}).get("plan")
+    state = Plan.load(run.run_dir / plan_file).to_state(rm.graph) if plan_file else None
+    res = rm.evaluate(state, layers=True)
+    lat = getattr(getattr(run, "objective", None), "latency", None)
+    per = lat.ms_per_mac if lat is not None else 1.0
+    per_act = lat.ms_per_act_byte if lat is not None else 0.0
+    costs = [per * r.macs + per_act * r.activation_bytes for r in res.layers]
+    total = sum(costs) or 1.0
+    how = (lat.label() if lat is not None else "share of the MACs (no latency model of this board in this run)")
+    return [{"layer": r.name, "kind": r.kind, "width_before": r.width_before, "width": r.width, "params": r.params,
+             "macs": r.macs, "latency_share": round(c / total, 4), "latency_share_from": how,
+             "activation_bytes": r.activation_bytes} for r, c in zip(res.layers, costs)]
+
+
 class FinishStage:
     """Mixin of :class:`edgeprune.pipeline.run._Run`: reasons for exit 3 and the report."""
+
+    def layer_table(self, cand) -> Optional[list]:
+        try:
+            return _layer_rows(self, cand)
+        except Exception as exc:  # noqa: BLE001 - the table is an extra; never lose the report for it
+            self.notes.append(f"per-layer table not computed: {type(exc).__name__}: {exc}")
+            return None
+
 
     # ---------------------------------------------------------------- reasons
     def score_text(self, rec: dict) -> str:
@@ -187,6 +218,7 @@ class FinishStage:
                 "latency_is_estimate": bool(m.get("latency_is_estimate")),
                 "ram_bytes": m.get("ram_bytes"), "sha256": chosen["sha256"],
             }
+            report["chosen"]["layers"] = self.layer_table(chosen)
         from edgeprune.pipeline import verdict
 
         report["verdict"] = verdict.build(self, report)  # what the fidelity verdict means (issue 14)

@@ -57,8 +57,12 @@ class Objective:
     reason: str = ""
     quantize: str = "int8"
     latency: object = None  # a LatencyModel (pipeline/latency_model.py) for the latency resource
-    tie: float = TIE
+    tie_weight: Optional[float] = None  # None: TIE
     missed: dict = field(default_factory=dict)  # auto: resource -> {"predicted", "budget", "weight"}
+
+    @property
+    def tie(self) -> float:
+        return TIE if self.tie_weight is None else float(self.tie_weight)
 
     @property
     def is_size(self) -> bool:

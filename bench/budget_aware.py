@@ -1,0 +1,145 @@
+"""Budget-aware allocation (issue 22): prune for the budget that binds.
+
+One ``edgeprune run`` per row (default engine: flow + compensation + global allocation on the
+bundled example's calibration split), on the nRF52840 microcontroller profile (flash and RAM
+computed on the host with TFLite-Micro, latency a MAC-based estimate):
+
+- ``--ram-budget 35kB`` (the issue's headline) and a RAM budget at 50 % of the unpruned
+  model's TFLite-Micro arena plus the profile's runtime RAM;
+- per budget: ``--allocation uniform``, ``--objective size`` (the parameter-driven global
+  allocation, today's default), ``--objective auto`` (the new default: here the RAM budget is
+  the one the unpruned model misses, so the allocation pays per byte of peak activation memory).
+
+Per row: exit code, chosen rate (and what it measures), .tflite size, RAM (arena + runtime),
+agreement on the run's evaluation split (800 of the bundled 1,000 images) AND on 5,000
+Fashion-MNIST test images the run never saw (test images 5,000-9,999; the bundled 1,000 are
+test images 0-999), widths, wall time.
+
+    python bench/budget_aware.py [--rows ram35,ram50] [--objectives uniform,size,auto]
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import numpy as np  # noqa: E402
+
+from _common import fashion_mnist, machine, write  # noqa: E402
+
+UNSEEN = slice(5000, 10000)
+
+
+def unseen_agreement(tflite: Path, keras_model, x: np.ndarray) -> float:
+    from edgeprune.pipeline.fidelity import run_tflite
+
+    ref = keras_model.predict(x, batch_size=1000, verbose=0).argmax(1)
+    out, _ = run_tflite(tflite, x)
+    return float((out.argmax(1) == ref).mean())
+
+
+def one_row(label: str, ram_budget, variant: str, out: Path, x_unseen, keras_model) -> dict:
+    from edgeprune.pipeline.run import RunConfig, run
+
+    kw = {"allocation": "uniform"} if variant == "uniform" else {"objective": variant}
+    cfg = RunConfig(device="nrf52840", ram_budget=ram_budget, out=out, force=True, **kw)
+    t0 = time.perf_counter()
+    res = run(cfg)
+    secs = time.perf_counter() - t0
+    rep = res.report
+    ch = rep.get("chosen")
+    row = {"budget": label, "ram_budget": ram_budget, "variant": variant, "exit": res.exit_code,
+           "seconds": round(secs, 1), "objective": rep["settings"].get("objective"),
+           "rate_measures": rep["settings"]["stages"]["rate"], "reasons": rep.get("reasons")}
+    if ch:
+        cand = next(c for c in rep["candidates"] if c["index"] == ch["index"])
+        row.update(rate=ch["rate"], size_bytes=ch["size_bytes"], ram_bytes=ch["ram_bytes"],
+                   agreement_eval=ch["fidelity"]["score"] if isinstance(ch["fidelity"], dict) else ch["fidelity"],
+                   widths={k: v[1] for k, v in cand["widths"].items()},
+                   agreement_unseen=unseen_agreement(out / ch["tflite"], keras_model, x_unseen))
+    return row
+
+
+def arena0(out: Path) -> int:
+    """The unpruned example's measured TFLite-Micro arena (converted as a run converts it)."""
+    import json
+
+    from edgeprune.devices.tflm import measure_arena
+
+    rec = json.loads((out / "cand-00-rate0.00.json").read_text())
+    return measure_arena(out / rec["files"]["tflite"]).arena_bytes
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rows", default="ram35,ram50")
+    ap.add_argument("--variants", default="uniform,size,auto")
+    args = ap.parse_args(argv)
+    import keras
+
+    from edgeprune.pipeline.example import example_model_path
+
+    _, _, xte, _ = fashion_mnist()
+    x_unseen = xte[UNSEEN]
+    km = keras.models.load_model(example_model_path(), compile=False)
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="edgeprune-bench-budget-") as tmp:
+        tmp = Path(tmp)
+        budgets = {}
+        for name in args.rows.split(","):
+            for v in args.variants.split(","):
+                if name == "ram35":
+                    budget = "35kB"
+                else:
+                    if "ram50" not in budgets:
+                        a = arena0(tmp / rows[0]["budget"] / rows[0]["variant"]) if rows else None
+                        if a is None:
+                            raise SystemExit("ram50 needs a ram35 row first (it reads the unpruned arena)")
+                        budgets["ram50"] = (a, 16 * 1024 + a // 2)
+                    budget = budgets["ram50"][1]
+                out = tmp / name / v
+                print(f"row {name} {v} (RAM budget {budget})", flush=True)
+                rows.append(one_row(name, budget, v, out, x_unseen, km))
+                print("   ", {k: rows[-1].get(k) for k in ("exit", "rate", "size_bytes", "ram_bytes",
+                                                          "agreement_eval", "agreement_unseen")}, flush=True)
+    payload = {"machine": machine(), "rows": rows, "unseen": "Fashion-MNIST test images 5000-9999",
+               "budgets": {k: {"unpruned_arena_bytes": a, "ram_budget_bytes": b} for k, (a, b) in budgets.items()}}
+    write("budget_aware", payload, render(payload))
+    return 0
+
+
+def render(p: dict) -> str:
+    lines = ["# Budget-aware allocation: prune for the budget that binds (issue 22)", "",
+             "`python bench/budget_aware.py`: one `edgeprune run` per row on the bundled example (Fashion-MNIST CNN, "
+             "its 1,000 images: 800 evaluation, 200 calibration), `--device nrf52840` (TFLite-Micro arena measured on "
+             "the host + 16 KiB runtime RAM; latency is a MAC-based ESTIMATE), default engine (flow + compensation), "
+             "int8. `unseen` = top-1 agreement of the chosen .tflite with the original Keras model on "
+             f"{p['unseen']} (never seen by the run). Machine: {p['machine']}.", ""]
+    for k, v in p.get("budgets", {}).items():
+        lines.append(f"- `{k}`: unpruned arena {v['unpruned_arena_bytes']:,} B measured; RAM budget = 16,384 B runtime "
+                     f"+ 50 % of the arena = {v['ram_budget_bytes']:,} B")
+    lines += ["", "| RAM budget | allocation / objective | exit | rate (of what) | .tflite | RAM | agreement eval | agreement unseen | widths conv1/conv2/fc1 | time |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in p["rows"]:
+        what = "channels" if r["variant"] == "uniform" else ("params" if "parameters" in r["rate_measures"] else "peak act.")
+        var = "--allocation uniform" if r["variant"] == "uniform" else f"global, --objective {r['variant']}"
+        if r.get("rate") is None:
+            lines.append(f"| {r['ram_budget']} | {var} | {r['exit']} | - | - | - | - | - | - | {r['seconds']:.0f} s |")
+            continue
+        w = r["widths"]
+        lines.append(f"| {r['ram_budget']} | {var} | {r['exit']} | {r['rate']:.2f} ({what}) | {r['size_bytes']:,} B | "
+                     f"{r['ram_bytes']:,} B | {r['agreement_eval']:.4f} | {r['agreement_unseen']:.4f} | "
+                     f"{w.get('conv1')}/{w.get('conv2')}/{w.get('fc1')} | {r['seconds']:.0f} s |")
+    lines += ["", "Reasons of the rows that exit 3:", ""]
+    for r in p["rows"]:
+        if r["exit"] != 0:
+            lines.append(f"- {r['budget']} {r['variant']}: " + "; ".join(r.get("reasons") or []))
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

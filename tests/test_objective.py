@@ -1,0 +1,116 @@
+"""``--objective`` of the global allocation (pipeline/allocation/objective.py): ``size`` (and
+``auto`` when the unpruned model is predicted to miss no budget) reproduces the
+parameter-driven widths exactly; ``ram`` and ``macs`` cut their resource more than ``size`` at
+the same rate, and reach the rate on their own resource; ``auto`` weights the missed budgets by
+how far they are missed; a bad ``--objective`` exits 2 with error:/fix: through the real CLI."""
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import keras  # noqa: E402
+
+from edgeprune.pipeline.allocation import GlobalGreedy
+from edgeprune.pipeline.allocation.objective import Objective, resolve
+from edgeprune.pipeline.graph import DependencyGraph
+from edgeprune.pipeline.prune import PruneConfig, Pruner
+from edgeprune.pipeline.resources import ResourceModel
+
+
+def act_heavy_cnn():
+    """Early wide conv (the activation peak), late wide Dense (the parameters)."""
+    keras.utils.set_random_seed(7)
+    L = keras.layers
+    x = keras.Input((16, 16, 1))
+    h = L.Conv2D(16, 3, padding="same", activation="relu", name="c1")(x)
+    h = L.MaxPooling2D(name="p1")(h)
+    h = L.Conv2D(16, 3, padding="same", activation="relu", name="c2")(h)
+    h = L.MaxPooling2D(name="p2")(h)
+    h = L.Flatten(name="f")(h)
+    h = L.Dense(64, activation="relu", name="d1")(h)
+    out = L.Dense(4, activation="softmax", name="out")(h)
+    return keras.Model(x, out)
+
+
+@pytest.fixture(scope="module")
+def setup():
+    rng = np.random.default_rng(4)
+    return act_heavy_cnn(), rng.uniform(0, 1, (40, 16, 16, 1)).astype(np.float32)
+
+
+def prune_with(model, cal, alloc, rate):
+    p = Pruner(model, PruneConfig(rate=rate, criterion="flow", step=rate, calibration=cal, compensate=True,
+                                  allocation=alloc))
+    p.step_to(rate)
+    return p
+
+
+def kept(p):
+    return {g: p.state.kept[g].tolist() for g in p.state.kept}
+
+
+def test_size_objective_reproduces_todays_widths_exactly(setup):
+    model, cal = setup
+    today = prune_with(model, cal, GlobalGreedy(), 0.5)
+    size = prune_with(model, cal, GlobalGreedy(objective=resolve("size")), 0.5)
+    auto_fits = resolve("auto", predicted={"flash": 100, "ram": 50, "latency": 1.0},
+                        budgets={"flash": 200, "ram": 60, "latency": 2.0})
+    assert auto_fits.is_size and auto_fits.requested == "auto"
+    auto = prune_with(model, cal, GlobalGreedy(objective=auto_fits), 0.5)
+    assert kept(size) == kept(today) and kept(auto) == kept(today)
+    assert size.plan().widths == today.plan().widths
+    for name, ws in today.state.weights.items():  # refits included
+        for a, b in zip(ws, size.state.weights[name]):
+            assert np.array_equal(a, b), name
+
+
+@pytest.mark.parametrize("resource", ["ram", "macs"])
+def test_resource_objective_cuts_its_resource_more_than_size(setup, resource):
+    model, cal = setup
+    graph = DependencyGraph(model)
+    rm = ResourceModel(graph, "int8")
+    res0 = rm.evaluate(None)
+    fig = {"ram": lambda r: r.peak_activation_bytes, "macs": lambda r: r.macs}[resource]
+    rate = 0.5
+    by_size = rm.evaluate(prune_with(model, cal, GlobalGreedy(), rate).state)
+    obj = resolve(resource)
+    assert obj.name == resource and not obj.is_size
+    by_res = rm.evaluate(prune_with(model, cal, GlobalGreedy(objective=obj), rate).state)
+    # the rate is the fraction of the objective's resource removed: reached
+    assert 1 - fig(by_res) / fig(res0) >= rate - 1e-9, (fig(by_res), fig(res0))
+    assert fig(by_res) < fig(by_size), (resource, fig(by_res), fig(by_size), fig(res0))
+    if resource == "ram":  # the peak is c1's output: the parameter-driven greedy leaves most of it
+        assert by_size.peak_activation_bytes > 0.5 * res0.peak_activation_bytes
+
+
+def test_auto_weights_the_missed_budgets_by_how_far():
+    o = resolve("auto", predicted={"flash": 100, "ram": 400, "latency": 3.0},
+                budgets={"flash": 200, "ram": 100, "latency": 1.5})
+    assert set(o.weights) == {"ram", "latency"}
+    w_ram, w_lat = math.log(4), math.log(2)
+    assert o.weights["ram"] == pytest.approx(w_ram / (w_ram + w_lat))
+    assert o.weights["latency"] == pytest.approx(w_lat / (w_ram + w_lat))
+    assert "weighted fraction" in o.rate_measures
+    only_flash = resolve("auto", predicted={"flash": 300}, budgets={"flash": 200})
+    assert only_flash.is_size
+    one = resolve("auto", predicted={"ram": 47744}, budgets={"ram": 35000})
+    assert one.name == "ram" and one.weights == {"ram": 1.0}
+    assert "peak activation" in one.rate_measures
+
+
+def test_bad_objective_exits_2_with_error_and_fix(tmp_path):
+    env = dict(os.environ, COLUMNS="200", TF_CPP_MIN_LOG_LEVEL="3")
+    proc = subprocess.run([sys.executable, "-m", "edgeprune", "run", "--objective", "speed", "--out",
+                           str(tmp_path / "o")], capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)
+    out = proc.stdout + proc.stderr
+    assert "Traceback" not in out, out[-3000:]
+    assert proc.returncode == 2, out[-3000:]
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert lines[0].startswith("error: ") and "--objective 'speed'" in lines[0], lines
+    assert lines[1].strip().startswith("fix:") and "auto, size, latency, ram, macs" in lines[1], lines
+    assert not (tmp_path / "o" / "report.json").exists()
