@@ -33,6 +33,9 @@ Progress = Callable[..., None]
 
 
 # --------------------------------------------------------------------------- config / result
+OBJECTIVES = ("auto", "size", "latency", "ram", "macs")  # --objective (pipeline/allocation/objective.py)
+
+
 @dataclass
 class RunConfig:
     model: Optional[Path] = None  # None: the bundled example

@@ -9,7 +9,7 @@ from typing import Optional
 
 from edgeprune.devices.base import file_sha256
 from edgeprune.errors import BadInput
-from edgeprune.pipeline.run_config import (DEFAULT_MIN_FIDELITY, QUANTIZE_CHOICES,
+from edgeprune.pipeline.run_config import (OBJECTIVES, DEFAULT_MIN_FIDELITY, QUANTIZE_CHOICES,
                                            SYNTHETIC_SAMPLES, RunConfig, _parse_budget)
 from edgeprune.pipeline.run_dir import _prepare_dir
 
@@ -61,9 +61,9 @@ def _validate(config: RunConfig) -> None:
 
     if config.latency_stat not in LATENCY_STATS:
         raise BadInput(f"unknown --latency-stat {config.latency_stat!r}", f"use one of: {', '.join(LATENCY_STATS)}")
-    from edgeprune.pipeline.allocation.objective import check_objective
-
-    check_objective(getattr(config, "objective", None))
+    objective = getattr(config, "objective", None) or "auto"
+    if objective not in OBJECTIVES:  # (checked before TensorFlow starts)
+        raise BadInput(f"unknown --objective {objective!r}", f"use one of: {', '.join(OBJECTIVES)}")
     if config.round_to is not None and config.round_to < 1:
         raise BadInput(f"--round-to {config.round_to} must be a positive integer", "e.g. --round-to 4 (SIMD width)")
     lo, hi = config.input_range
