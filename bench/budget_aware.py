@@ -32,6 +32,7 @@ import numpy as np  # noqa: E402
 from _common import fashion_mnist, machine, write  # noqa: E402
 
 UNSEEN = slice(5000, 10000)
+ARENA0 = 36_560  # the unpruned example's TFLite-Micro arena, measured by the ram35 rows (unpruned_arena_bytes)
 
 
 def unseen_agreement(tflite: Path, keras_model, x: np.ndarray) -> float:
@@ -78,7 +79,26 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", default="ram35,ram50")
     ap.add_argument("--variants", default="uniform,size,auto")
+    ap.add_argument("--render", action="store_true", help="merge the rows written so far into budget_aware.md/.json")
     args = ap.parse_args(argv)
+    import json
+
+    from _common import RESULTS
+
+    rows_dir = RESULTS / "budget_aware.rows"
+    if args.render:
+        rows = [json.loads(p.read_text()) for p in sorted(rows_dir.glob("*.json"))]
+        order = {"ram35": 0, "ram50": 1}
+        vorder = {"uniform": 0, "size": 1, "auto": 2, "ram": 3}
+        rows.sort(key=lambda r: (order.get(r["budget"], 9), vorder.get(r["variant"], 9)))
+        budgets = {}
+        for r in rows:
+            if r.get("unpruned_arena_bytes"):
+                budgets[r["budget"]] = (r["unpruned_arena_bytes"], r["ram_budget"])
+        payload = {"machine": machine(), "rows": rows, "unseen": "Fashion-MNIST test images 5000-9999",
+                   "budgets": {k: {"unpruned_arena_bytes": a, "ram_budget_bytes": b} for k, (a, b) in budgets.items()}}
+        write("budget_aware", payload, render(payload))
+        return 0
     import keras
 
     from edgeprune.pipeline.example import example_model_path
@@ -89,26 +109,23 @@ def main(argv=None) -> int:
     rows = []
     with tempfile.TemporaryDirectory(prefix="edgeprune-bench-budget-") as tmp:
         tmp = Path(tmp)
-        budgets = {}
+        rows_dir.mkdir(parents=True, exist_ok=True)
         for name in args.rows.split(","):
             for v in args.variants.split(","):
+                a = None
                 if name == "ram35":
                     budget = "35kB"
-                else:
-                    if "ram50" not in budgets:
-                        a = arena0(tmp / rows[0]["budget"] / rows[0]["variant"]) if rows else None
-                        if a is None:
-                            raise SystemExit("ram50 needs a ram35 row first (it reads the unpruned arena)")
-                        budgets["ram50"] = (a, 16 * 1024 + a // 2)
-                    budget = budgets["ram50"][1]
+                else:  # 50 % of the unpruned arena (measured) + the profile's 16 KiB runtime RAM
+                    a = ARENA0 if ARENA0 else None
+                    budget = 16 * 1024 + a // 2
                 out = tmp / name / v
                 print(f"row {name} {v} (RAM budget {budget})", flush=True)
-                rows.append(one_row(name, budget, v, out, x_unseen, km))
-                print("   ", {k: rows[-1].get(k) for k in ("exit", "rate", "size_bytes", "ram_bytes",
-                                                          "agreement_eval", "agreement_unseen")}, flush=True)
-    payload = {"machine": machine(), "rows": rows, "unseen": "Fashion-MNIST test images 5000-9999",
-               "budgets": {k: {"unpruned_arena_bytes": a, "ram_budget_bytes": b} for k, (a, b) in budgets.items()}}
-    write("budget_aware", payload, render(payload))
+                row = one_row(name, budget, v, out, x_unseen, km)
+                row["unpruned_arena_bytes"] = a if a else arena0(out)
+                rows.append(row)
+                (rows_dir / f"{name}-{v}.json").write_text(json.dumps(row, indent=1) + "\n")
+                print("   ", {k: row.get(k) for k in ("exit", "rate", "size_bytes", "ram_bytes",
+                                                     "agreement_eval", "agreement_unseen")}, flush=True)
     return 0
 
 

@@ -65,15 +65,12 @@ def mac_estimate(mcu) -> LatencyModel:
 
 def fit(points: list[dict]) -> LatencyModel:
     """Non-negative least squares of measured ms on [1, MACs, activation bytes]."""
-    from scipy.optimize import nnls
-
     X = np.array([[1.0, p["macs"], p["act_bytes"]] for p in points], dtype=np.float64)
     y = np.array([p["measured_ms"] for p in points], dtype=np.float64)
     scale = np.maximum(X.max(axis=0), 1e-12)
 
     def solve(Xs, ys):
-        coef, _ = nnls(Xs / scale, ys)
-        return coef / scale
+        return _nnls(Xs / scale, ys) / scale
 
     coef = solve(X, y)
     errs = []
@@ -87,6 +84,26 @@ def fit(points: list[dict]) -> LatencyModel:
         p["predicted_ms"] = round(m.predict_figures(p["macs"], p["act_bytes"]), 6)
     m.points = points
     return m
+
+
+def _nnls(X: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Non-negative least squares for a few columns: the best of the least-squares fits on every
+    subset of the columns whose coefficients are all non-negative (exact for 3 columns)."""
+    from itertools import combinations
+
+    n = X.shape[1]
+    best, best_res = np.zeros(n), float(np.sum(y ** 2))
+    for k in range(1, n + 1):
+        for cols in combinations(range(n), k):
+            c, *_ = np.linalg.lstsq(X[:, cols], y, rcond=None)
+            if np.any(c < 0):
+                continue
+            res = float(np.sum((X[:, cols] @ c - y) ** 2))
+            if res < best_res - 1e-18:
+                best_res = res
+                best = np.zeros(n)
+                best[list(cols)] = c
+    return best
 
 
 def architecture_id(model) -> str:
@@ -134,7 +151,8 @@ def build_or_load(run) -> LatencyModel:
                 return m
         except (OSError, ValueError, TypeError):
             pass
-    return build(run, key)
+    return build(run.model, run.profile, key, quantize=run.c.quantize, round_to=run.round_to,
+                 input_range=tuple(float(v) for v in run.c.input_range), emit=run.emit)
 
 
 def save(model: LatencyModel, run_dir) -> None:
@@ -146,8 +164,9 @@ def save(model: LatencyModel, run_dir) -> None:
         write_json_atomic(Path(run_dir) / CACHE_FILE, dict(model.describe(), format=FORMAT))
 
 
-def build(run, key: dict) -> LatencyModel:
-    """Measure uniform prunes of the run's model on the board and fit (see the module docstring)."""
+def build(model, profile, key: dict, *, quantize: str = "int8", round_to=None, input_range=(0.0, 1.0),
+          emit=None, rates=FIT_RATES) -> LatencyModel:
+    """Measure uniform prunes of ``model`` on the board ``profile`` and fit (see the module docstring)."""
     import tempfile
 
     from edgeprune.devices.base import BenchConfig, measure
@@ -157,24 +176,24 @@ def build(run, key: dict) -> LatencyModel:
     from edgeprune.pipeline.resources import ResourceModel
 
     t0 = time.perf_counter()
-    run.emit("status", text=f"latency model: measuring {len(FIT_RATES)} width-scaled variants on {run.profile.name}")
-    cc = conv.ConvertConfig(quantize=run.c.quantize, calibration=None,
-                            input_range=tuple(float(v) for v in run.c.input_range), num_calibration=16)
+    if emit is not None:
+        emit("status", text=f"latency model: measuring {len(rates)} width-scaled variants on {profile.name}")
+    cc = conv.ConvertConfig(quantize=quantize, calibration=None, input_range=tuple(input_range), num_calibration=16)
     threads = key["threads"]
     bc = BenchConfig(runs=20, warmup=3, threads=threads, min_secs=0.3, warmup_min_secs=0.1, max_secs=30)
     points = []
-    pruner = Pruner(run.model, PruneConfig(rate=max(FIT_RATES), criterion="l1", step=0.05, round_to=run.round_to))
+    pruner = Pruner(model, PruneConfig(rate=max(rates), criterion="l1", step=0.05, round_to=round_to))
     with tempfile.TemporaryDirectory(prefix="edgeprune-latmodel-") as tmp:
-        for rate in FIT_RATES:
+        for rate in rates:
             if rate > 0:
                 pruner.step_to(rate)
             with conv.captured_output():
                 km = pruner.build()
-            res = ResourceModel(DependencyGraph(km), run.c.quantize).evaluate(None, layers=True)
+            res = ResourceModel(DependencyGraph(km), quantize).evaluate(None, layers=True)
             r = conv.convert(km, cc)
             p = Path(tmp) / f"latmodel-{rate:.2f}.tflite"
             r.save(p)
-            meas = measure(run.profile, p, bc)
+            meas = measure(profile, p, bc)
             lat = meas.latency_ms
             points.append({"rate": rate, "macs": int(res.macs),
                            "act_bytes": int(sum(l.activation_bytes for l in res.layers)),

@@ -114,3 +114,38 @@ def test_bad_objective_exits_2_with_error_and_fix(tmp_path):
     assert lines[0].startswith("error: ") and "--objective 'speed'" in lines[0], lines
     assert lines[1].strip().startswith("fix:") and "auto, size, latency, ram, macs" in lines[1], lines
     assert not (tmp_path / "o" / "report.json").exists()
+
+
+@pytest.mark.slow
+def test_run_reports_the_objective_and_the_per_layer_table(setup, tmp_path):
+    """A whole run on a microcontroller profile with --objective ram: the report says what the
+    rate measures, the chosen model's per-layer table adds up to its figures, and the greedy
+    reached the rate on the peak activation memory."""
+    from edgeprune.pipeline.run import RunConfig, run
+
+    model, _ = setup
+    rng = np.random.default_rng(9)
+    mp = tmp_path / "m.keras"
+    model.save(mp)
+    x = rng.uniform(0, 1, (120, 16, 16, 1)).astype(np.float32)
+    np.savez(tmp_path / "d.npz", x=x)
+    res = run(RunConfig(model=mp, data=tmp_path / "d.npz", device="nrf52840", objective="ram", step=0.3,
+                        max_rate=0.3, min_fidelity=0.0, out=tmp_path / "run", runs=3, warmup=1))
+    rep = res.report
+    obj = rep["settings"]["objective"]
+    assert obj["requested"] == "ram" and obj["name"] == "ram" and obj["weights"] == {"ram": 1.0}
+    assert "peak activation memory" in obj["rate_measures"] == rep["settings"]["stages"]["rate"] or \
+        rep["settings"]["stages"]["rate"] == obj["rate_measures"]
+    assert res.exit_code == 0 and rep["chosen"]["rate"] == pytest.approx(0.3)
+    layers = {r["layer"]: r for r in rep["chosen"]["layers"]}
+    assert sum(r["params"] for r in layers.values()) == rep["chosen"]["params"]
+    assert layers["c1"]["width_before"] == 16 and layers["c1"]["width"] < 16
+    assert sum(r["latency_share"] for r in layers.values()) == pytest.approx(1.0, abs=1e-3)
+    # the rate is the fraction of the peak removed: c1's output + its input or p1 is the peak
+    rm = ResourceModel(DependencyGraph(model), "int8")
+    peak0 = rm.evaluate(None).peak_activation_bytes
+    from edgeprune.pipeline.loading import load_model
+    from edgeprune.pipeline.resources import resources_of
+
+    chosen = load_model(tmp_path / "run" / rep["chosen"]["name"].__add__(".keras"))
+    assert 1 - resources_of(chosen).peak_activation_bytes / peak0 >= 0.3 - 1e-9

@@ -30,7 +30,7 @@ from typing import Optional
 from edgeprune.errors import BadInput
 
 from edgeprune.pipeline.run_config import OBJECTIVES  # noqa: E402  (one list, checked before TensorFlow starts)
-TIE = 0.25  # weight of the parameters saved in a chunk's saving, relative to the objective's resources
+TIE = 1.0  # weight of the parameters saved in a chunk's saving, relative to the objective's resources
 
 RESOURCE_LABEL = {
     "size": "prunable parameters",
