@@ -154,7 +154,9 @@ def markdown(report: dict) -> str:
     lines.append(f"- pruning stopped: {stop['reason']} at rate {stop['rate']:.2f}")
     pr = report.get("prediction") or {}
     if pr.get("skipped"):
-        lines.append(f"- prediction: {len(pr['skipped'])} candidates predicted over the flash budget were not "
+        over = "the flash budget" if all("RAM" not in k["reason"] and "latency" not in k["reason"]
+                                         for k in pr["skipped"]) else "a budget (flash, RAM or latency)"
+        lines.append(f"- prediction: {len(pr['skipped'])} candidates predicted over {over} were not "
                      f"converted ({pr.get('conversions_saved', 0)} conversions saved this invocation)")
     dr = report["device_runs"]
     lines.append(f"- device runs: {dr['made']} made, {dr['cached']} from the cache, "

@@ -71,7 +71,8 @@ class FinishStage:
             return out
         flash_ok = [r for r in fid_ok if r["checks"]["flash"]["ok"]]
         if not flash_ok:
-            s = min(fid_ok + [r for r in cands if r.get("skipped")], key=lambda r: r["flash_bytes"])
+            s = min(fid_ok + [r for r in cands if r.get("skipped") and r.get("skip_what", "flash") == "flash"],
+                    key=lambda r: r["flash_bytes"])
             what = "model" if self.profile.kind != "mcu" else "model + runtime"
             if s.get("skipped"):
                 out.append(f"smallest {what}, ~{format_size(s['flash_bytes'])} at rate {s['rate']:.2f} (predicted, not "
@@ -98,8 +99,9 @@ class FinishStage:
                 out.append("no host-passing candidate met the device budgets")
         skipped = [r for r in cands if r.get("skipped")]
         if skipped:
+            whats = sorted({r.get("skip_what", "flash") for r in skipped})
             out.append(f"{len(skipped)} candidate(s) (rates {skipped[0]['rate']:.2f} to {skipped[-1]['rate']:.2f}) were "
-                       f"predicted over the flash budget and not converted")
+                       f"predicted over the {' or '.join(whats).replace('ram', 'RAM')} budget and not converted")
         if self.stop["reason"] == "fidelity":
             last = cands[-1]
             out.append(f"fidelity fell below {self.threshold_text()} at rate {last['rate']:.2f} ({self.score_text(last)})")
@@ -111,7 +113,10 @@ class FinishStage:
         skipped = [r for r in self.candidates if r.get("skipped")]
         pr = getattr(self, "predictor", None)
         return {"enabled": bool(self.c.predict), "method": "weight bytes of the pruned Keras model + the overhead of "
-                "the first candidate's real conversion; skipped when still over the flash budget after the margin",
+                "the first candidate's real conversion; skipped when still over the flash budget after the margin; "
+                "also (issue 22) when the predicted RAM (peak activation memory + the overhead of the unpruned model's "
+                "measured TFLite-Micro arena) or the board latency model's latency misses its budget by more than the "
+                "model's error",
                 "calibration": pr.check if pr is not None else None,
                 "skipped": [{"index": r["index"], "rate": r["rate"], "reason": r["skipped"]} for r in skipped],
                 "conversions_saved": len([r for r in skipped if not r.get("reused")])}

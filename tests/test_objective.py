@@ -91,16 +91,23 @@ def test_resource_objective_cuts_its_resource_more_than_size(setup, resource):
 def test_auto_weights_the_missed_budgets_by_how_far():
     o = resolve("auto", predicted={"flash": 100, "ram": 400, "latency": 3.0},
                 budgets={"flash": 200, "ram": 100, "latency": 1.5})
-    assert set(o.weights) == {"ram", "latency"}
+    assert set(o.weights) == {"ram", "latency", "size"} and o.name == "auto"
     w_ram, w_lat = math.log(4), math.log(2)
-    assert o.weights["ram"] == pytest.approx(w_ram / (w_ram + w_lat))
-    assert o.weights["latency"] == pytest.approx(w_lat / (w_ram + w_lat))
+    w_size = (w_ram + w_lat) / 2  # the file counts as the mean of the missed budgets
+    total = w_ram + w_lat + w_size
+    assert o.weights["ram"] == pytest.approx(w_ram / total)
+    assert o.weights["latency"] == pytest.approx(w_lat / total)
+    assert o.weights["size"] == pytest.approx(w_size / total)
+    assert o.tie == 0.0  # the parameters are in the weights already
     assert "weighted fraction" in o.rate_measures
     only_flash = resolve("auto", predicted={"flash": 300}, budgets={"flash": 200})
     assert only_flash.is_size
     one = resolve("auto", predicted={"ram": 47744}, budgets={"ram": 35000})
-    assert one.name == "ram" and one.weights == {"ram": 1.0}
-    assert "peak activation" in one.rate_measures
+    assert one.weights == {"ram": 0.5, "size": 0.5}
+    assert "peak activation" in one.rate_measures and "prunable parameters" in one.rate_measures
+    explicit = resolve("ram")
+    assert explicit.weights == {"ram": 1.0} and explicit.tie > 0
+    assert explicit.rate_measures.startswith("fraction of the predicted peak activation memory")
 
 
 def test_bad_objective_exits_2_with_error_and_fix(tmp_path):

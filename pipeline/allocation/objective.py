@@ -12,8 +12,11 @@ resource removed:
   :mod:`edgeprune.pipeline.latency_model`; on a microcontroller the MAC-based estimate, which
   ranks chunks exactly as ``macs``);
 - ``auto``: the budgets the UNPRUNED model is predicted to miss, each weighted by how far it
-  misses (``log(predicted / budget)``), the rate then measuring the weighted fraction of those
-  resources removed; when it is predicted to miss none (or only flash), ``size``.
+  misses (``log(predicted / budget)``), plus the file (the prunable parameters) weighted as
+  the mean of those: the search's answer is the largest rate within the fidelity threshold,
+  and an allocation that paid only for, say, the arena would leave the Dense layers (the file)
+  whole at that rate. The rate measures the weighted fraction of those resources removed;
+  when the unpruned model is predicted to miss no budget (or only flash), ``size`` exactly.
 
 For every objective but ``size``, a chunk's saving is the weighted fraction of the objective's
 resources it removes plus :data:`TIE` times the fraction of the prunable parameters it
@@ -61,10 +64,6 @@ class Objective:
     missed: dict = field(default_factory=dict)  # auto: resource -> {"predicted", "budget", "weight"}
 
     @property
-    def tie(self) -> float:
-        return TIE if self.tie_weight is None else float(self.tie_weight)
-
-    @property
     def is_size(self) -> bool:
         return set(self.weights) == {"size"}
 
@@ -84,6 +83,12 @@ class Objective:
         if self.is_size:
             return "params"
         return "+".join(self.weights)
+
+    @property
+    def tie(self) -> float:  # noqa: F811 - auto already counts the parameters in its weights
+        if "size" in self.weights:
+            return 0.0
+        return TIE if self.tie_weight is None else float(self.tie_weight)
 
     def figure(self, res, resource: str, smooth: bool = False) -> float:
         if resource == "latency":
@@ -135,10 +140,13 @@ def resolve(requested: str, *, res0=None, predicted: Optional[dict] = None, budg
                else "only the flash budget is predicted to be missed")
         return Objective("size", {"size": 1.0}, "auto", f"auto: {why}: size (the prunable parameters)", quantize,
                          missed=missed)
-    total = sum(m["weight"] for m in missed.values())
-    weights = {r: m["weight"] / total for r, m in missed.items()}
+    raw = {r: m["weight"] for r, m in missed.items()}
+    if "size" not in raw:  # the file always counts (see the module docstring)
+        raw["size"] = sum(raw.values()) / len(raw)
+    total = sum(raw.values())
+    weights = {r: w / total for r, w in raw.items()}
     for r in missed:
         missed[r]["weight"] = round(weights[r], 4)
-    name = next(iter(weights)) if len(weights) == 1 else "auto"
+    name = "auto"
     why = "; ".join(f"{r} predicted {m['predicted']:.4g} over the {m['budget']:.4g} budget" for r, m in missed.items())
     return Objective(name, weights, "auto", f"auto: {why}", quantize, latency, missed=missed)
