@@ -316,12 +316,15 @@ class HostPhase:
         from edgeprune.devices.tflm import measure_arena
         from edgeprune.pipeline.resources import resources_of
 
+        peak = resources_of(km, self.c.quantize).peak_activation_bytes
+        if 1.5 * peak + int(self.profile.mcu.runtime_ram_bytes) <= self.budgets["ram_bytes"]["value"]:
+            return None  # far within the budget: no candidate can be skipped for RAM, measure nothing more
         try:
             arena = measure_arena(tflite_path).arena_bytes
         except Exception as exc:  # noqa: BLE001 - the prediction is an extra: no skips without it
             self.notes.append(f"RAM prediction off: the unpruned arena could not be measured ({exc})")
             return None
-        cal = {"peak_activation_bytes": resources_of(km, self.c.quantize).peak_activation_bytes, "arena_bytes": arena}
+        cal = {"peak_activation_bytes": peak, "arena_bytes": arena}
         self.ram_calibrate(cal)
         return cal
 

@@ -143,7 +143,9 @@ class SetupStage:
         self.resource_model = ResourceModel(DependencyGraph(self.model), c.quantize)
         res0 = self.resources0 = self.resource_model.evaluate(None, layers=True)
         mcu = self.profile.kind == "mcu"
-        latency_model = self.latency_model_for(res0) if requested in ("auto", "latency") else None
+        # the MAC estimate of a microcontroller costs nothing; a board's fitted model costs device runs:
+        # built for --objective latency only (auto on such a board weighs flash and RAM)
+        latency_model = self.latency_model_for(res0) if requested == "latency" or (requested == "auto" and mcu) else None
         predicted = {"flash": res0.weight_bytes + (int(self.profile.mcu.runtime_flash_bytes) if mcu else 0),
                      "ram": (res0.peak_activation_bytes + int(self.profile.mcu.runtime_ram_bytes)) if mcu else None,
                      "latency": latency_model.predict(res0) if latency_model is not None else None}
