@@ -188,6 +188,17 @@ def markdown(report: dict) -> str:
     from edgeprune.pipeline.verdict import markdown_lines
 
     lines += [""] + markdown_lines(report)
+    layers = (report.get("chosen") or {}).get("layers")
+    if layers:  # issue 22: where the chosen model's parameters, MACs, latency and activations are
+        lines += ["## Chosen model per layer", "",
+                  f"Latency share: {layers[0].get('latency_share_from')}. Activation: bytes of the tensor the layer "
+                  "writes (0: fused into its producer).", "",
+                  "| layer | kind | width before | width | params | MACs | latency share | activation |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for r in layers:
+            lines.append(f"| {r['layer']} | {r['kind']} | {r.get('width_before')} | {r.get('width')} | {r['params']:,} | "
+                         f"{r['macs']:,} | {100 * r['latency_share']:.1f}% | {r['activation_bytes']:,} B |")
+        lines.append("")
     lines += ["## Strategy", "", report["strategy"], ""]
     if report.get("notes"):
         lines += ["## Notes", ""] + [f"- {n}" for n in report["notes"]] + [""]
