@@ -51,16 +51,22 @@ def one_row(label: str, ram_budget, variant: str, out: Path, x_unseen, keras_mod
     t0 = time.perf_counter()
     res = run(cfg)
     secs = time.perf_counter() - t0
-    rep = res.report
+    return row_of(label, ram_budget, variant, out, res.report, res.exit_code, secs, x_unseen, keras_model)
+
+
+def row_of(label, ram_budget, variant, out: Path, rep: dict, exit_code: int, secs: float, x_unseen, keras_model) -> dict:
     ch = rep.get("chosen")
-    row = {"budget": label, "ram_budget": ram_budget, "variant": variant, "exit": res.exit_code,
+    row = {"budget": label, "ram_budget": ram_budget, "variant": variant, "exit": exit_code,
            "seconds": round(secs, 1), "objective": rep["settings"].get("objective"),
            "rate_measures": rep["settings"]["stages"]["rate"], "reasons": rep.get("reasons")}
     if ch:
-        cand = next(c for c in rep["candidates"] if c["index"] == ch["index"])
+        import json
+
+        cand = json.loads((out / f"{ch['name']}.json").read_text())
         row.update(rate=ch["rate"], size_bytes=ch["size_bytes"], ram_bytes=ch["ram_bytes"],
                    agreement_eval=ch["fidelity"]["score"] if isinstance(ch["fidelity"], dict) else ch["fidelity"],
-                   widths={k: v[1] for k, v in cand["widths"].items()},
+                   widths={k: v[1] for k, v in (cand.get("widths") or {}).items()},
+                   layers=ch.get("layers"),
                    agreement_unseen=unseen_agreement(out / ch["tflite"], keras_model, x_unseen))
     return row
 
@@ -80,12 +86,28 @@ def main(argv=None) -> int:
     ap.add_argument("--rows", default="ram35,ram50")
     ap.add_argument("--variants", default="uniform,size,auto")
     ap.add_argument("--render", action="store_true", help="merge the rows written so far into budget_aware.md/.json")
+    ap.add_argument("--from-dir", type=Path, help="make the row of --rows/--variants from a finished run directory")
     args = ap.parse_args(argv)
     import json
 
     from _common import RESULTS
 
     rows_dir = RESULTS / "budget_aware.rows"
+    if args.from_dir is not None:
+        import keras
+
+        from edgeprune.pipeline.example import example_model_path
+
+        rep = json.loads((args.from_dir / "report.json").read_text())
+        km = keras.models.load_model(example_model_path(), compile=False)
+        x_unseen = fashion_mnist()[2][UNSEEN]
+        budget = rep["budgets"]["ram_bytes"]["value"]
+        row = row_of(args.rows, "35kB" if budget == 35000 else budget, args.variants, args.from_dir, rep,
+                     rep["exit_code"], rep["timings"]["total_s"], x_unseen, km)
+        row["unpruned_arena_bytes"] = arena0(args.from_dir)
+        rows_dir.mkdir(parents=True, exist_ok=True)
+        (rows_dir / f"{args.rows}-{args.variants}.json").write_text(json.dumps(row, indent=1) + "\n")
+        return 0
     if args.render:
         rows = [json.loads(p.read_text()) for p in sorted(rows_dir.glob("*.json"))]
         order = {"ram35": 0, "ram50": 1}
