@@ -32,7 +32,7 @@ import numpy as np  # noqa: E402
 from _common import fashion_mnist, machine, write  # noqa: E402
 
 UNSEEN = slice(5000, 10000)
-ARENA0 = 36_560  # the unpruned example's TFLite-Micro arena, measured by the ram35 rows (unpruned_arena_bytes)
+ARENA0 = 36_640  # the unpruned example's TFLite-Micro arena, measured by the ram35 rows (unpruned_arena_bytes)
 
 
 def unseen_agreement(tflite: Path, keras_model, x: np.ndarray) -> float:
