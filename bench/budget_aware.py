@@ -57,8 +57,9 @@ def one_row(label: str, ram_budget, variant: str, out: Path, x_unseen, keras_mod
 def row_of(label, ram_budget, variant, out: Path, rep: dict, exit_code: int, secs: float, x_unseen, keras_model) -> dict:
     ch = rep.get("chosen")
     row = {"budget": label, "ram_budget": ram_budget, "variant": variant, "exit": exit_code,
-           "seconds": round(secs, 1), "objective": rep["settings"].get("objective"),
-           "rate_measures": rep["settings"]["stages"]["rate"], "reasons": rep.get("reasons")}
+           "seconds": round(secs, 1) if secs is not None else None, "objective": rep["settings"].get("objective"),
+           "rate_measures": rep["settings"]["stages"].get("rate"), "reasons": rep.get("reasons"),
+           "reconstructed": bool(rep.get("reconstructed"))}
     if ch:
         import json
 
@@ -69,6 +70,28 @@ def row_of(label, ram_budget, variant, out: Path, rep: dict, exit_code: int, sec
                    layers=ch.get("layers"),
                    agreement_unseen=unseen_agreement(out / ch["tflite"], keras_model, x_unseen))
     return row
+
+
+def reconstruct(d: Path) -> dict:
+    """The report's figures of a finished run whose report.json was lost (the bench process died
+    after the run): the chosen candidate is the one whose .tflite is best.tflite, its RAM the
+    device measurement of that file (measurements.json); everything else from the run's records."""
+    import hashlib
+    import json
+
+    sha = hashlib.sha256((d / "best.tflite").read_bytes()).hexdigest()
+    cands = [json.loads(p.read_text()) for p in sorted(d.glob("cand-*-rate*.json"))
+             if not p.name.endswith((".plan.json", ".failed.json"))]
+    ch = next(c for c in cands if c.get("sha256") == sha)
+    meas = next(v for k, v in json.loads((d / "measurements.json").read_text()).items() if k.startswith(sha))
+    run = json.loads((d / "run.json").read_text())
+    budget = (run.get("config") or {}).get("ram_budget")
+    return {"exit_code": 0, "reasons": [], "budgets": {"ram_bytes": {"value": 35000 if budget in ("35kB", 35000) else budget}},
+            "timings": {"total_s": None}, "reconstructed": True,
+            "settings": {"objective": None, "stages": ch.get("made_by") or {}},
+            "chosen": {"index": ch["index"], "rate": ch["rate"], "name": ch["name"], "tflite": ch["files"]["tflite"],
+                       "size_bytes": ch["size_bytes"], "ram_bytes": meas["ram_bytes"], "fidelity": ch["fidelity"]["score"],
+                       "layers": None}}
 
 
 def arena0(out: Path) -> int:
@@ -98,11 +121,12 @@ def main(argv=None) -> int:
 
         from edgeprune.pipeline.example import example_model_path
 
-        rep = json.loads((args.from_dir / "report.json").read_text())
+        rp = args.from_dir / "report.json"
+        rep = json.loads(rp.read_text()) if rp.is_file() else reconstruct(args.from_dir)
         km = keras.models.load_model(example_model_path(), compile=False)
         x_unseen = fashion_mnist()[2][UNSEEN]
         budget = rep["budgets"]["ram_bytes"]["value"]
-        row = row_of(args.rows, "35kB" if budget == 35000 else budget, args.variants, args.from_dir, rep,
+        row = row_of(args.rows, "35kB" if budget == 35000 or args.rows == "ram35" else budget, args.variants, args.from_dir, rep,
                      rep["exit_code"], rep["timings"]["total_s"], x_unseen, km)
         row["unpruned_arena_bytes"] = arena0(args.from_dir)
         rows_dir.mkdir(parents=True, exist_ok=True)
@@ -151,6 +175,10 @@ def main(argv=None) -> int:
     return 0
 
 
+def secs(r) -> str:
+    return f"{r['seconds']:.0f} s" if r.get("seconds") is not None else "n/a"
+
+
 def render(p: dict) -> str:
     lines = ["# Budget-aware allocation: prune for the budget that binds (issue 22)", "",
              "`python bench/budget_aware.py`: one `edgeprune run` per row on the bundled example (Fashion-MNIST CNN, "
@@ -167,12 +195,12 @@ def render(p: dict) -> str:
         what = "channels" if r["variant"] == "uniform" else ("params" if "parameters" in r["rate_measures"] else "peak act.")
         var = "--allocation uniform" if r["variant"] == "uniform" else f"global, --objective {r['variant']}"
         if r.get("rate") is None:
-            lines.append(f"| {r['ram_budget']} | {var} | {r['exit']} | - | - | - | - | - | - | {r['seconds']:.0f} s |")
+            lines.append(f"| {r['ram_budget']} | {var} | {r['exit']} | - | - | - | - | - | - | {secs(r)} |")
             continue
         w = r["widths"]
         lines.append(f"| {r['ram_budget']} | {var} | {r['exit']} | {r['rate']:.2f} ({what}) | {r['size_bytes']:,} B | "
                      f"{r['ram_bytes']:,} B | {r['agreement_eval']:.4f} | {r['agreement_unseen']:.4f} | "
-                     f"{w.get('conv1')}/{w.get('conv2')}/{w.get('fc1')} | {r['seconds']:.0f} s |")
+                     f"{w.get('conv1')}/{w.get('conv2')}/{w.get('fc1')} | {secs(r)} |")
     lines += ["", "Reasons of the rows that exit 3:", ""]
     for r in p["rows"]:
         if r["exit"] != 0:
