@@ -137,7 +137,7 @@ def test_run_reports_the_objective_and_the_per_layer_table(setup, tmp_path):
     x = rng.uniform(0, 1, (120, 16, 16, 1)).astype(np.float32)
     np.savez(tmp_path / "d.npz", x=x)
     res = run(RunConfig(model=mp, data=tmp_path / "d.npz", device="nrf52840", objective="ram", step=0.3,
-                        max_rate=0.3, min_fidelity=0.0, out=tmp_path / "run", runs=3, warmup=1))
+                        max_rate=0.3, min_fidelity=0.01, out=tmp_path / "run", runs=3, warmup=1))
     rep = res.report
     obj = rep["settings"]["objective"]
     assert obj["requested"] == "ram" and obj["name"] == "ram" and obj["weights"] == {"ram": 1.0}
