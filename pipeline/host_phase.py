@@ -8,6 +8,7 @@ import json
 import os
 import time
 
+from edgeprune.devices.sizes import format_size
 from edgeprune.pipeline.run_config import CANDIDATE_FORMAT, SYNTHETIC_SAMPLES, _now
 from edgeprune.pipeline.run_dir import _save_keras_atomic, write_json_atomic
 
@@ -61,6 +62,11 @@ class HostPhase:
         fr = rec["fidelity"]
         flash = rec["flash_bytes"]
         fb = self.budgets["flash_bytes"]["value"]
+        if rec.get("skipped") and rec.get("skip_what", "flash") != "flash":  # predicted over RAM / latency
+            what = rec["skip_what"]
+            return {"fidelity": {"ok": None, "value": None, "skipped": True},
+                    "flash": {"ok": fb is None or flash <= fb, "value": flash, "limit": fb, "predicted": True},
+                    what: {"ok": False, "value": rec["skip_value"], "limit": rec["skip_limit"], "predicted": True}}
         if rec.get("skipped"):  # never converted: fidelity unknown, flash predicted over the budget
             return {"fidelity": {"ok": None, "value": None, "skipped": True},
                     "flash": {"ok": False, "value": flash, "limit": fb, "predicted": True}}
@@ -76,6 +82,11 @@ class HostPhase:
         from edgeprune.pipeline.prune import PruneConfig, Pruner
 
         c, d = self.c, self.run_dir
+        lat = getattr(getattr(self, "objective", None), "latency", None)
+        if lat is not None and lat.kind == "fit":  # the board's latency model, cached for the next runs
+            from edgeprune.pipeline.latency_model import save
+
+            save(lat, d)
         self.rates = rate_schedule(float(c.step), float(c.max_rate))
         self.candidates: list[dict] = []
         self.reused = 0
@@ -95,6 +106,11 @@ class HostPhase:
                     break
                 if rec.get("skipped") and rec.get("skip_budget") != self.predictor.key():
                     break  # skipped under another flash budget: build and convert it now
+                if rec.get("skipped") and rec.get("skip_what", "flash") != "flash" and \
+                        rec.get("skip_resource_budget") != self.resource_budget_key():
+                    break  # skipped under another RAM / latency budget
+                if i == 0 and rec.get("arena_calibration"):
+                    self.ram_calibrate(rec["arena_calibration"])
                 rec["reused"] = True
                 if i == 0 and rec.get("prediction"):
                     self.predictor.calibrate(self._prediction(rec["prediction"]), rec["size_bytes"])
@@ -107,7 +123,7 @@ class HostPhase:
         pconf = PruneConfig(rate=max(self.rates), criterion=self.criterion, step=float(c.step), round_to=self.round_to,
                             input_range=tuple(float(v) for v in c.input_range), seed=c.seed,
                             calibration=self.stage_calibration, compensate=self.compensate,
-                            allocation=self.allocation)
+                            allocation=self.allocation_obj or self.allocation)
         if self.candidates:
             last = self.candidates[-1]
             pruner = Pruner(self.model, pconf, plan=Plan.load(d / last["files"]["plan"]))
@@ -225,10 +241,15 @@ class HostPhase:
                 km = pruner.build()
         pred = predict(km, c.quantize)
         reason = self.predictor.skip_reason(pred) if c.predict else None
+        skip = None
+        if reason is None and c.predict and i > 0:
+            skip = self.resource_skip(km)
+            reason = skip["reason"] if skip else None
         if reason is not None:
             if ahead is not None:
                 ahead.discard()  # as serially: no conversion, no .keras
-            return self.skipped_candidate(pruner if ahead is None else ahead, i, rate, name, km, pred, reason, t0)
+            return self.skipped_candidate(pruner if ahead is None else ahead, i, rate, name, km, pred, reason, t0,
+                                          skip)
         t1 = time.perf_counter()
         trained, untrained_fr, train_s = None, None, 0.0
         if getattr(self, "trainset", None) is not None and i > 0 and self.recovering:
@@ -313,6 +334,10 @@ class HostPhase:
             t5 = time.perf_counter()
             ethos_u_stage.compile_candidate(self, rec)
             rec["timings"]["vela_s"] = round(time.perf_counter() - t5, 4)
+        if i == 0:
+            cal = self.ram_calibration(km, d / files["tflite"])
+            if cal is not None:
+                rec["arena_calibration"] = cal
         rec["checks"] = self.host_checks(rec)
         write_json_atomic(d / f"{name}.json", rec)  # last: marks the candidate done
         rec["reused"] = False
@@ -381,7 +406,67 @@ class HostPhase:
             out["calibration"] = self.predictor.check
         return out
 
-    def skipped_candidate(self, pruner, i: int, rate: float, name: str, km, pred, reason: str, t0: float) -> dict:
+    # ---------------------------------------------------------------- RAM / latency prediction (issue 22)
+    def resource_budget_key(self) -> list:
+        return [self.budgets["ram_bytes"]["value"], self.budgets["latency_ms"]["value"]]
+
+    def ram_calibration(self, km, tflite_path) -> dict | None:
+        """On a microcontroller with a RAM budget: the unpruned model's TFLite-Micro arena measured
+        on the host once, against its predicted peak activation memory (the RAM predictor's
+        overhead and margin). None elsewhere."""
+        if not self.c.predict or self.profile.kind != "mcu" or self.budgets["ram_bytes"]["value"] is None \
+                or self.c.quantize != "int8":
+            return None
+        from edgeprune.devices.tflm import measure_arena
+        from edgeprune.pipeline.resources import resources_of
+
+        peak = resources_of(km, self.c.quantize).peak_activation_bytes
+        if 1.5 * peak + int(self.profile.mcu.runtime_ram_bytes) <= self.budgets["ram_bytes"]["value"]:
+            return None  # far within the budget: no candidate can be skipped for RAM, measure nothing more
+        try:
+            arena = measure_arena(tflite_path).arena_bytes
+        except Exception as exc:  # noqa: BLE001 - the prediction is an extra: no skips without it
+            self.notes.append(f"RAM prediction off: the unpruned arena could not be measured ({exc})")
+            return None
+        cal = {"peak_activation_bytes": peak, "arena_bytes": arena}
+        self.ram_calibrate(cal)
+        return cal
+
+    def ram_calibrate(self, cal: dict) -> None:
+        from edgeprune.pipeline.resources import RamPredictor
+
+        self.ram_predictor = RamPredictor()
+        self.ram_predictor.calibrate(cal["peak_activation_bytes"], cal["arena_bytes"])
+
+    def resource_skip(self, km) -> dict | None:
+        """A candidate predicted to miss the RAM or the latency budget by more than the model's
+        error is not converted (the device still measures every candidate that can be the answer)."""
+        from edgeprune.pipeline.resources import resources_of
+
+        rb, lb = self.budgets["ram_bytes"]["value"], self.budgets["latency_ms"]["value"]
+        rp = getattr(self, "ram_predictor", None)
+        lat = getattr(getattr(self, "objective", None), "latency", None)
+        if (rb is None or rp is None) and (lb is None or lat is None):
+            return None
+        res = resources_of(km, self.c.quantize)
+        if rb is not None and rp is not None:
+            ram = rp.arena(res.peak_activation_bytes) + int(self.profile.mcu.runtime_ram_bytes)
+            low = ram * (1 - rp.margin)
+            if low > rb:
+                return {"what": "ram", "value": int(ram), "limit": rb,
+                        "reason": f"predicted RAM {format_size(ram)} (at least {format_size(low)} with the "
+                                  f"{100 * rp.margin:.0f}% margin) is over the {format_size(rb)} RAM budget"}
+        if lb is not None and lat is not None:
+            ms = lat.predict(res)
+            margin = max(0.10, lat.error or 0.0)
+            if ms * (1 - margin) > lb:
+                return {"what": "latency", "value": round(ms, 6), "limit": lb,
+                        "reason": f"predicted latency {ms:.4g} ms (at least {ms * (1 - margin):.4g} ms with the "
+                                  f"{100 * margin:.0f}% margin of the {lat.kind} model) is over the {lb:g} ms budget"}
+        return None
+
+    def skipped_candidate(self, pruner, i: int, rate: float, name: str, km, pred, reason: str, t0: float,
+                          skip: dict | None = None) -> dict:
         """A candidate predicted over the flash budget: its plan is kept (so pruning can go on and
         --resume can continue from it) but it is neither converted nor evaluated."""
         d = self.run_dir
@@ -393,6 +478,8 @@ class HostPhase:
             "format": CANDIDATE_FORMAT, "index": i, "rate": rate, "name": name, "files": files,
             "params": int(km.count_params()), "size_bytes": pred.size_bytes, "flash_bytes": flash, "sha256": None,
             "skipped": reason, "skip_budget": self.predictor.key(),
+            **({"skip_what": skip["what"], "skip_value": skip["value"], "skip_limit": skip["limit"],
+                "skip_resource_budget": self.resource_budget_key()} if skip else {}),
             "prediction": pred.to_dict(),
             "fidelity": {"score": None, "score_name": None, "accuracy": None, "accuracy_drop": None, "metric": None,
                          "skipped": True},

@@ -160,7 +160,9 @@ def markdown(report: dict) -> str:
     lines.append(f"- pruning stopped: {stop['reason']} at rate {stop['rate']:.2f}")
     pr = report.get("prediction") or {}
     if pr.get("skipped"):
-        lines.append(f"- prediction: {len(pr['skipped'])} candidates predicted over the flash budget were not "
+        over = "the flash budget" if all("RAM" not in k["reason"] and "latency" not in k["reason"]
+                                         for k in pr["skipped"]) else "a budget (flash, RAM or latency)"
+        lines.append(f"- prediction: {len(pr['skipped'])} candidates predicted over {over} were not "
                      f"converted ({pr.get('conversions_saved', 0)} conversions saved this invocation)")
     dr = report["device_runs"]
     lines.append(f"- device runs: {dr['made']} made, {dr['cached']} from the cache, "
@@ -195,6 +197,17 @@ def markdown(report: dict) -> str:
     from edgeprune.pipeline.ethos_u_stage import markdown_lines as ethos_u_lines
 
     lines += ethos_u_lines(report)  # Vela's figures and per-layer cycles on an Ethos-U profile
+    layers = (report.get("chosen") or {}).get("layers")
+    if layers:  # issue 22: where the chosen model's parameters, MACs, latency and activations are
+        lines += ["## Chosen model per layer", "",
+                  f"Latency share: {layers[0].get('latency_share_from')}. Activation: bytes of the tensor the layer "
+                  "writes (0: fused into its producer).", "",
+                  "| layer | kind | width before | width | params | MACs | latency share | activation |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for r in layers:
+            lines.append(f"| {r['layer']} | {r['kind']} | {r.get('width_before')} | {r.get('width')} | {r['params']:,} | "
+                         f"{r['macs']:,} | {100 * r['latency_share']:.1f}% | {r['activation_bytes']:,} B |")
+        lines.append("")
     lines += ["## Strategy", "", report["strategy"], ""]
     if report.get("notes"):
         lines += ["## Notes", ""] + [f"- {n}" for n in report["notes"]] + [""]
@@ -434,6 +447,9 @@ def print_outcome(console, report: dict) -> None:
     console.print(f"budgets: flash {bud('flash_bytes', format_size)}, RAM {bud('ram_bytes', format_size)}, "
                   f"latency {bud('latency_ms', lambda v: f'{latency_stat(report)} {v:g} ms')}; fidelity: {' and '.join(thr)}"
                   + (" [yellow](synthetic data)[/yellow]" if report["data"].get("synthetic") else ""), highlight=False)
+    obj = (report.get("settings") or {}).get("objective")
+    if obj and obj.get("name") != "size":  # issue 22: say what the rate axis measures
+        console.print(f"objective {obj['name']} ({obj.get('reason')}): rate = {obj['rate_measures']}", highlight=False)
     dr = report["device_runs"]
     console.print(f"device runs: {dr['made']} made, {dr['cached']} cached, {dr['not_measured']} candidates not measured"
                   + (" [yellow](latency is an ESTIMATE)[/yellow]" if report["device"]["kind"] in ("mcu", "ethos-u") else "")

@@ -33,6 +33,9 @@ Progress = Callable[..., None]
 
 
 # --------------------------------------------------------------------------- config / result
+OBJECTIVES = ("auto", "size", "latency", "ram", "macs")  # --objective (pipeline/allocation/objective.py)
+
+
 @dataclass
 class RunConfig:
     model: Optional[Path] = None  # None: the bundled example
@@ -53,6 +56,7 @@ class RunConfig:
     criterion: str = "auto"  # auto: flow with data (the example's or --data), paoding without
     compensate: Optional[bool] = None  # None: on when there is data (ridge refit, pipeline/compensate.py)
     allocation: str = "auto"  # auto: global with data, uniform without (pipeline/allocation/)
+    objective: str = "auto"  # what the global allocation pays for (pipeline/allocation/objective.py)
     step: float = DEFAULT_STEP
     max_rate: float = DEFAULT_MAX_RATE
     out: Optional[Path] = None

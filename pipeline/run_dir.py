@@ -45,7 +45,8 @@ def _prepare_dir(path: Path) -> None:
 # --------------------------------------------------------------------------- the run dir
 _OUR_FILES = re.compile(r"^(cand-\d+-rate[0-9.]+(_vela\.tflite|\.(keras|tflite|json|plan\.json|failed\.json|vela\.json|trained\.bin))"
                         r"|best\.tflite|best_vela\.tflite|report\.(json|md|png)"
-                        r"|measurements\.json|run\.json|reference\.npz|train-reference\.npy|\..*\.tmp.*|\.write-probe-.*)$")
+                        r"|measurements\.json|run\.json|reference\.npz|train-reference\.npy|latency-model\.json"
+                        r"|\..*\.tmp.*|\.write-probe-.*)$")
 
 
 _TMP_FILES = re.compile(r"^(\..*\.tmp.*|\.write-probe-.*)$")
@@ -74,6 +75,9 @@ class RunDirStage:
               **({"allocation": self.allocation} if getattr(self, "allocation", "uniform") != "uniform" else {}),
               "step": round(float(c.step), 6), "seed": c.seed, "input_range": [float(v) for v in c.input_range],
               **({"input_shape": list(c.input_shape)} if c.input_shape else {})}
+        obj = getattr(self, "objective", None)
+        if obj is not None and not obj.is_size:  # only then: size runs keep their fingerprint
+            fp["objective"] = {"name": obj.name, "weights": {k: round(v, 6) for k, v in obj.weights.items()}}
         if getattr(self, "round_to", None) is not None:  # only then: older run dirs keep their fingerprint
             fp["round_to"] = int(self.round_to)
         if getattr(self, "recover", None) is not None:  # only with --train-data

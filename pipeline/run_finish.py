@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import time
+from typing import Optional
 
 from edgeprune.errors import EXIT_NO_CANDIDATE, EXIT_OK
 from edgeprune.devices.sizes import format_size
@@ -9,8 +10,38 @@ from edgeprune.pipeline.run_config import STRATEGY, RunResult, _now
 from edgeprune.pipeline.atomic import copy_atomic as _copy_atomic
 
 
+def _layer_rows(run, cand) -> Optional[list]:
+    """Per layer of the chosen model: width before/after, params, MACs, predicted latency share,
+    activation bytes (pipeline/resources.py, from the candidate's plan on the original graph)."""
+    from edgeprune.pipeline.graph import DependencyGraph
+    from edgeprune.pipeline.plan import Plan
+    from edgeprune.pipeline.resources import ResourceModel
+
+    rm = getattr(run, "resource_model", None) or ResourceModel(DependencyGraph(run.model), run.c.quantize)
+    plan_file = (cand.get("files") or {}).get("plan")
+    state = Plan.load(run.run_dir / plan_file).to_state(rm.graph) if plan_file else None
+    res = rm.evaluate(state, layers=True)
+    lat = getattr(getattr(run, "objective", None), "latency", None)
+    per = lat.ms_per_mac if lat is not None else 1.0
+    per_act = lat.ms_per_act_byte if lat is not None else 0.0
+    costs = [per * r.macs + per_act * r.activation_bytes for r in res.layers]
+    total = sum(costs) or 1.0
+    how = (lat.label() if lat is not None else "share of the MACs (no latency model of this board in this run)")
+    return [{"layer": r.name, "kind": r.kind, "width_before": r.width_before, "width": r.width, "params": r.params,
+             "macs": r.macs, "latency_share": round(c / total, 4), "latency_share_from": how,
+             "activation_bytes": r.activation_bytes} for r, c in zip(res.layers, costs)]
+
+
 class FinishStage:
     """Mixin of :class:`edgeprune.pipeline.run._Run`: reasons for exit 3 and the report."""
+
+    def layer_table(self, cand) -> Optional[list]:
+        try:
+            return _layer_rows(self, cand)
+        except Exception as exc:  # noqa: BLE001 - the table is an extra; never lose the report for it
+            self.notes.append(f"per-layer table not computed: {type(exc).__name__}: {exc}")
+            return None
+
 
     # ---------------------------------------------------------------- reasons
     def score_text(self, rec: dict) -> str:
@@ -40,7 +71,8 @@ class FinishStage:
             return out
         flash_ok = [r for r in fid_ok if r["checks"]["flash"]["ok"]]
         if not flash_ok:
-            s = min(fid_ok + [r for r in cands if r.get("skipped")], key=lambda r: r["flash_bytes"])
+            s = min(fid_ok + [r for r in cands if r.get("skipped") and r.get("skip_what", "flash") == "flash"],
+                    key=lambda r: r["flash_bytes"])
             what = {"mcu": "model + runtime", "ethos-u": "Vela flash figure"}.get(self.profile.kind, "model")
             if s.get("skipped"):
                 out.append(f"smallest {what}, ~{format_size(s['flash_bytes'])} at rate {s['rate']:.2f} (predicted, not "
@@ -67,8 +99,9 @@ class FinishStage:
                 out.append("no host-passing candidate met the device budgets")
         skipped = [r for r in cands if r.get("skipped")]
         if skipped:
+            whats = sorted({r.get("skip_what", "flash") for r in skipped})
             out.append(f"{len(skipped)} candidate(s) (rates {skipped[0]['rate']:.2f} to {skipped[-1]['rate']:.2f}) were "
-                       f"predicted over the flash budget and not converted")
+                       f"predicted over the {' or '.join(whats).replace('ram', 'RAM')} budget and not converted")
         if self.stop["reason"] == "fidelity":
             last = cands[-1]
             out.append(f"fidelity fell below {self.threshold_text()} at rate {last['rate']:.2f} ({self.score_text(last)})")
@@ -80,7 +113,10 @@ class FinishStage:
         skipped = [r for r in self.candidates if r.get("skipped")]
         pr = getattr(self, "predictor", None)
         return {"enabled": bool(self.c.predict), "method": "weight bytes of the pruned Keras model + the overhead of "
-                "the first candidate's real conversion; skipped when still over the flash budget after the margin",
+                "the first candidate's real conversion; skipped when still over the flash budget after the margin; "
+                "also (issue 22) when the predicted RAM (peak activation memory + the overhead of the unpruned model's "
+                "measured TFLite-Micro arena) or the board latency model's latency misses its budget by more than the "
+                "model's error",
                 "calibration": pr.check if pr is not None else None,
                 "skipped": [{"index": r["index"], "rate": r["rate"], "reason": r["skipped"]} for r in skipped],
                 "conversions_saved": len([r for r in skipped if not r.get("reused")])}
@@ -154,6 +190,7 @@ class FinishStage:
                        "max_load_per_core": p.max_load_per_core, "load_warning": getattr(self, "load_warning", None)},
             "settings": {"quantize": self.c.quantize, "criterion": self.criterion, "step": self.c.step,
                          "compensate": self.compensate, "allocation": self.allocation, "stages": self.stages_label,
+                         "objective": self.objective.to_dict() if getattr(self, "objective", None) is not None else None,
                          "max_rate": self.c.max_rate, "runs": self.c.runs, "warmup": self.c.warmup,
                          "measure_all": self.c.measure_all, "seed": self.c.seed,
                          "input_range": list(self.c.input_range), "threads": self.c.threads,
@@ -195,6 +232,7 @@ class FinishStage:
                 "latency_is_estimate": bool(m.get("latency_is_estimate")),
                 "ram_bytes": m.get("ram_bytes"), "sha256": chosen["sha256"],
             }
+            report["chosen"]["layers"] = self.layer_table(chosen)
         from edgeprune.pipeline.ethos_u_stage import report_section, write_best
 
         if kind == "ethos-u":

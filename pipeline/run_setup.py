@@ -9,7 +9,7 @@ from typing import Optional
 
 from edgeprune.devices.base import file_sha256
 from edgeprune.errors import BadInput
-from edgeprune.pipeline.run_config import (DEFAULT_MIN_FIDELITY, QUANTIZE_CHOICES,
+from edgeprune.pipeline.run_config import (OBJECTIVES, DEFAULT_MIN_FIDELITY, QUANTIZE_CHOICES,
                                            SYNTHETIC_SAMPLES, RunConfig, _parse_budget)
 from edgeprune.pipeline.run_dir import _prepare_dir
 
@@ -61,6 +61,9 @@ def _validate(config: RunConfig) -> None:
 
     if config.latency_stat not in LATENCY_STATS:
         raise BadInput(f"unknown --latency-stat {config.latency_stat!r}", f"use one of: {', '.join(LATENCY_STATS)}")
+    objective = getattr(config, "objective", None) or "auto"
+    if objective not in OBJECTIVES:  # (checked before TensorFlow starts)
+        raise BadInput(f"unknown --objective {objective!r}", f"use one of: {', '.join(OBJECTIVES)}")
     if config.round_to is not None and config.round_to < 1:
         raise BadInput(f"--round-to {config.round_to} must be a positive integer", "e.g. --round-to 4 (SIMD width)")
     lo, hi = config.input_range
@@ -130,6 +133,7 @@ class SetupStage:
         self.stage_calibration = self.calibration if held_out else None
         # widths: the global greedy with real data (bench/results/fidelity_engine.md), else uniform
         self.allocation = c.allocation if c.allocation != "auto" else ("global" if held_out else "uniform")
+        self.resolve_objective()
         needs = self.compensate or self.criterion in DATA_AWARE or self.allocation == "global"
         if needs and self.stage_calibration is None:
             from edgeprune.pipeline.data import synthetic_data
@@ -139,11 +143,54 @@ class SetupStage:
                               f"SYNTHETIC inputs uniform in {list(c.input_range)} (no held-out calibration data)")
         self.stages_label = {"criterion": self.criterion,
                              "compensation": "ridge least-squares refit on the calibration split + 8 shifted copies (inputs with spatial axes)" if self.compensate else "none",
-                             "allocation": get_allocation(self.allocation).label,
-                             "rate": ("fraction of the prunable parameters removed" if self.allocation == "global"
+                             "allocation": (self.allocation_obj or get_allocation(self.allocation)).label,
+                             "rate": (self.objective.rate_measures if self.allocation == "global"
                                       else "fraction of each prunable layer's channels removed"),
                              "calibration": ("held-out calibration split" if held_out else
                                              "synthetic inputs" if needs else "none")}
+
+    def resolve_objective(self) -> None:
+        """``--objective``: what the global allocation pays for (pipeline/allocation/objective.py).
+        ``auto`` compares the unpruned model's predicted resources with the budgets."""
+        from edgeprune.pipeline.allocation import GlobalGreedy
+        from edgeprune.pipeline.allocation.objective import Objective, resolve
+
+        c = self.c
+        requested = getattr(c, "objective", None) or "auto"
+        self.resources0 = None
+        self.allocation_obj = None
+        if self.allocation != "global":
+            self.objective = Objective("size", {"size": 1.0}, requested,
+                                       f"--allocation {self.allocation}: the objective applies to the global allocation only",
+                                       c.quantize)
+            if requested not in ("auto", "size"):
+                self.notes.append(f"--objective {requested} applies to the global allocation; "
+                                  f"--allocation {self.allocation} ignores it")
+            return
+        from edgeprune.pipeline.graph import DependencyGraph
+        from edgeprune.pipeline.resources import ResourceModel
+
+        self.resource_model = ResourceModel(DependencyGraph(self.model), c.quantize)
+        res0 = self.resources0 = self.resource_model.evaluate(None, layers=True)
+        mcu = self.profile.kind == "mcu"
+        # the MAC estimate of a microcontroller costs nothing; a board's fitted model costs device runs:
+        # built for --objective latency only (auto on such a board weighs flash and RAM)
+        latency_model = self.latency_model_for(res0) if requested == "latency" or (requested == "auto" and mcu) else None
+        predicted = {"flash": res0.weight_bytes + (int(self.profile.mcu.runtime_flash_bytes) if mcu else 0),
+                     "ram": (res0.peak_activation_bytes + int(self.profile.mcu.runtime_ram_bytes)) if mcu else None,
+                     "latency": latency_model.predict(res0) if latency_model is not None else None}
+        budgets = {"flash": self.budgets["flash_bytes"]["value"], "ram": self.budgets["ram_bytes"]["value"],
+                   "latency": self.budgets["latency_ms"]["value"]}
+        self.objective = resolve(requested, res0=res0, predicted=predicted, budgets=budgets, quantize=c.quantize,
+                                 latency=latency_model)
+        if not self.objective.is_size:
+            self.allocation_obj = GlobalGreedy(objective=self.objective)
+
+    def latency_model_for(self, res0):
+        """The board's latency model (pipeline/latency_model.py), or None when there is none."""
+        from edgeprune.pipeline.latency_model import model_for_run
+
+        return model_for_run(self, res0)
 
     def setup(self) -> None:
         c = self.c

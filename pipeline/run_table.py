@@ -87,7 +87,8 @@ def verdict(c: dict, chosen_index, *, short: bool = False) -> str:
     if c["index"] == chosen_index:
         return "CHOSEN"
     if c.get("skipped"):
-        return "not converted" if short else "not converted (predicted over flash)"
+        what = {"ram": "RAM", "latency": "latency"}.get(c.get("skip_what"), "flash")
+        return "not converted" if short else f"not converted (predicted over {what})"
     failed = [k for k, v in c["checks"].items() if not v["ok"]]
     noisy = [k for k, v in c["checks"].items() if v.get("within_noise")]
     if noisy and not [k for k in failed if k not in noisy]:
@@ -179,7 +180,9 @@ def candidates_table(report: dict, width: Optional[int] = None):
         size_cell = ("~" if c.get("skipped") else "") + format_size(size)  # ~: predicted, never converted
         row += [_nb(size_cell), score, accuracy_change_text(fr), lat_cell, _nb(ram_text(c)), v]
         t.add_row(*row, style=style)
-        if c.get("skipped"):
+        if c.get("skipped") and c.get("skip_what", "flash") != "flash":
+            why = "not converted: " + c["skipped"]
+        elif c.get("skipped"):
             why = "not converted: size (~) predicted over the flash budget even with the margin"
         elif compact and v == "not measured":
             why = c.get("not_measured") or "not measured"

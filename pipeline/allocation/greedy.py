@@ -33,8 +33,13 @@ class GlobalGreedy(Allocation):
     rate_unit = "params"
 
     def __init__(self, chunk: float = DEFAULT_CHUNK, min_keep: float = DEFAULT_MIN_KEEP, score: str = "holdout",
-                 relative: bool = False, branches: bool = False):
+                 relative: bool = False, branches: bool = False, objective=None):
         self.score = score
+        # what a chunk's saving and the rate measure (pipeline/allocation/objective.py); None or
+        # "size": the prunable parameters, exactly as before
+        self.objective = objective if objective is not None and not objective.is_size else None
+        if self.objective is not None:
+            self.rate_unit = self.objective.resource
         self.branches = bool(branches)  # also propose removing whole residual branches (off by default)
         self.relative = bool(relative)  # chunk of the CURRENT width (finer as groups shrink)
         if not (0.0 < chunk <= 1.0):
@@ -45,6 +50,9 @@ class GlobalGreedy(Allocation):
                       f"{self.chunk:.3g} of a group's width"
                       + ("; whole residual branches (least flow energy at their Add) as candidate moves"
                          if self.branches else ""))
+        if self.objective is not None:
+            self.label = self.label.replace("per parameter saved", f"per unit of {self.objective.resource} saved "
+                                            f"(objective {self.objective.name})")
         self._ref = None  # (id(model), outputs of the ORIGINAL model on the calibration samples)
         self._total = None
         self.trials = 0
@@ -68,6 +76,11 @@ class GlobalGreedy(Allocation):
             from edgeprune.pipeline.surgery import PruneState
 
             self._total = prunable_params(pruner.graph, PruneState(pruner.graph))
+            if self.objective is not None:
+                from edgeprune.pipeline.resources import ResourceModel
+
+                self._rm = ResourceModel(pruner.graph, self.objective.quantize)
+                self._res0 = self._rm.evaluate(None)
         return self._ref[1]
 
     def _fit_rows(self, n: int) -> np.ndarray:
@@ -138,12 +151,19 @@ class GlobalGreedy(Allocation):
         x = self._calibration(pruner)
         ref = self._reference(pruner, x)
         target = rate * self._total
+        obj = self.objective
         model = pruner.build()
         while True:
             state = pruner.state
-            remaining = prunable_params(graph, state) - (self._total - target)
-            if remaining <= EPS * self._total:
-                break
+            if obj is not None:  # the fraction of the objective's resources still to remove
+                remaining = self._value(state) - (1.0 - rate)
+                v_now = self._value(state, smooth=True)
+                if remaining <= 1e-6:
+                    break
+            else:
+                remaining = prunable_params(graph, state) - (self._total - target)
+                if remaining <= EPS * self._total:
+                    break
             pruner.ctx.state = state
             pruner.ctx.build = lambda: model
             pruner.criterion.begin_step(pruner.ctx)
@@ -158,6 +178,7 @@ class GlobalGreedy(Allocation):
             base = output_loss(outputs(model, xs), refs)
             p_now = prunable_params(graph, state)
             best = None
+            any_gain = False
             round_to = int(pruner.config.round_to or 1)
             for g in pruner.groups:
                 if gone and all(p in gone for p in g.producers):  # inside a removed branch
@@ -171,7 +192,7 @@ class GlobalGreedy(Allocation):
                 if room <= 0:
                     continue
                 n = min(room, max(1, int(round(self.chunk * (size if self.relative else g.size)))))
-                per_channel = self._per_channel(graph, state, g)
+                per_channel = self._per_channel(graph, state, g) if obj is None else 0
                 if per_channel > 0:  # do not overshoot the rate by more than a channel
                     n = min(n, max(1, math.ceil(remaining / per_channel - EPS)))
                 if round_to > 1:
@@ -180,6 +201,10 @@ class GlobalGreedy(Allocation):
                         continue
                 sel, trial, keep_local, refit = self._propose(pruner, state, g, n)
                 saved = p_now - prunable_params(graph, trial)
+                gain = 0.0
+                if obj is not None:  # weighted fraction of the objective's resources + TIE x params
+                    gain = v_now - self._value(trial, smooth=True)
+                    saved = gain + obj.tie * saved / max(self._total, 1)
                 if saved <= 0:
                     continue
                 masked = self._masked_weights(graph, state, trial, g, keep_local)
@@ -190,6 +215,8 @@ class GlobalGreedy(Allocation):
                     model.get_layer(name).set_weights(state.weights[name])
                 self.trials += 1
                 cost = (loss - base) / saved
+                if obj is not None:
+                    any_gain = any_gain or gain > 1e-12
                 if best is None or cost < best[0] - 1e-15:
                     best = (cost, g, n, sel, trial, saved, loss)
             if self.branches:
@@ -206,17 +233,26 @@ class GlobalGreedy(Allocation):
                     continue
             if best is None:  # nothing can shrink any more
                 break
+            if obj is not None and not any_gain:  # no chunk removes any of the objective's resources
+                break
             _, g, n, sel, trial, saved, loss = best
             pruner.state = pruner.ctx.state = trial
             pruner.methods[g.id] = f"{sel.method} (global)"
             self.chunks += 1
-            self.log.append({"group": g.name, "removed": n, "params_saved": int(saved), "loss": float(loss)})
+            if obj is None:
+                self.log.append({"group": g.name, "removed": n, "params_saved": int(saved), "loss": float(loss)})
+            else:
+                self.log.append({"group": g.name, "removed": n, "saving": float(saved), "loss": float(loss)})
             model = pruner.build()
         pruner.ctx.build = pruner.build
         self._acts = {}
         if pruner.compensator is not None and rate > 0:
             pruner.compensator.refit(pruner.state, pruner.build)
         return True
+
+    def _value(self, state, smooth: bool = False) -> float:
+        """The weighted fraction of the original objective resources ``state`` uses."""
+        return self.objective.value(self._rm.evaluate(state), self._res0, smooth)
 
     @staticmethod
     def _per_channel(graph, state, g) -> int:

@@ -1,0 +1,272 @@
+"""Budget-aware allocation (issue 22): prune for the budget that binds.
+
+One ``edgeprune run`` per row (default engine: flow + compensation + global allocation on the
+bundled example's calibration split), on the nRF52840 microcontroller profile (flash and RAM
+computed on the host with TFLite-Micro, latency a MAC-based estimate):
+
+- ``--ram-budget 35kB`` (the issue's headline) and a RAM budget at 50 % of the unpruned
+  model's TFLite-Micro arena plus the profile's runtime RAM;
+- per budget: ``--allocation uniform``, ``--objective size`` (the parameter-driven global
+  allocation, today's default), ``--objective auto`` (the new default: here the RAM budget is
+  the one the unpruned model misses, so the allocation pays per byte of peak activation memory).
+
+Per row: exit code, chosen rate (and what it measures), .tflite size, RAM (arena + runtime),
+agreement on the run's evaluation split (800 of the bundled 1,000 images) AND on 5,000
+Fashion-MNIST test images the run never saw (test images 5,000-9,999; the bundled 1,000 are
+test images 0-999), widths, wall time.
+
+    python bench/budget_aware.py [--rows ram35,ram50] [--objectives uniform,size,auto]
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import numpy as np  # noqa: E402
+
+from _common import fashion_mnist, machine, write  # noqa: E402
+
+UNSEEN = slice(5000, 10000)
+ARENA0 = 36_640  # the unpruned example's TFLite-Micro arena, measured by the ram35 rows (unpruned_arena_bytes)
+
+
+def unseen_agreement(tflite: Path, keras_model, x: np.ndarray) -> float:
+    from edgeprune.pipeline.fidelity import run_tflite
+
+    ref = keras_model.predict(x, batch_size=1000, verbose=0).argmax(1)
+    out, _ = run_tflite(tflite, x)
+    return float((out.argmax(1) == ref).mean())
+
+
+def one_row(label: str, ram_budget, variant: str, out: Path, x_unseen, keras_model) -> dict:
+    from edgeprune.pipeline.run import RunConfig, run
+
+    kw = {"allocation": "uniform"} if variant == "uniform" else {"objective": variant}
+    cfg = RunConfig(device="nrf52840", ram_budget=ram_budget, out=out, force=True, **kw)
+    t0 = time.perf_counter()
+    res = run(cfg)
+    secs = time.perf_counter() - t0
+    return row_of(label, ram_budget, variant, out, res.report, res.exit_code, secs, x_unseen, keras_model)
+
+
+def row_of(label, ram_budget, variant, out: Path, rep: dict, exit_code: int, secs: float, x_unseen, keras_model) -> dict:
+    ch = rep.get("chosen")
+    row = {"budget": label, "ram_budget": ram_budget, "variant": variant, "exit": exit_code,
+           "seconds": round(secs, 1) if secs is not None else None, "objective": rep["settings"].get("objective"),
+           "rate_measures": rep["settings"]["stages"].get("rate"), "reasons": rep.get("reasons"),
+           "reconstructed": bool(rep.get("reconstructed"))}
+    if ch:
+        import json
+
+        cand = json.loads((out / f"{ch['name']}.json").read_text())
+        row.update(rate=ch["rate"], size_bytes=ch["size_bytes"], ram_bytes=ch["ram_bytes"],
+                   agreement_eval=ch["fidelity"]["score"] if isinstance(ch["fidelity"], dict) else ch["fidelity"],
+                   widths={k: v[1] for k, v in (cand.get("widths") or {}).items()},
+                   layers=ch.get("layers"),
+                   agreement_unseen=unseen_agreement(out / ch["tflite"], keras_model, x_unseen))
+    return row
+
+
+def reconstruct(d: Path) -> dict:
+    """The report's figures of a finished run whose report.json was lost (the bench process died
+    after the run): the chosen candidate is the one whose .tflite is best.tflite, its RAM the
+    device measurement of that file (measurements.json); everything else from the run's records."""
+    import hashlib
+    import json
+
+    sha = hashlib.sha256((d / "best.tflite").read_bytes()).hexdigest()
+    cands = [json.loads(p.read_text()) for p in sorted(d.glob("cand-*-rate*.json"))
+             if not p.name.endswith((".plan.json", ".failed.json"))]
+    ch = next(c for c in cands if c.get("sha256") == sha)
+    meas = next(v for k, v in json.loads((d / "measurements.json").read_text()).items() if k.startswith(sha))
+    run = json.loads((d / "run.json").read_text())
+    budget = (run.get("config") or {}).get("ram_budget")
+    return {"exit_code": 0, "reasons": [], "budgets": {"ram_bytes": {"value": 35000 if budget in ("35kB", 35000) else budget}},
+            "timings": {"total_s": None}, "reconstructed": True,
+            "settings": {"objective": None, "stages": ch.get("made_by") or {}},
+            "chosen": {"index": ch["index"], "rate": ch["rate"], "name": ch["name"], "tflite": ch["files"]["tflite"],
+                       "size_bytes": ch["size_bytes"], "ram_bytes": meas["ram_bytes"], "fidelity": ch["fidelity"]["score"],
+                       "layers": None}}
+
+
+def arena0(out: Path) -> int:
+    """The unpruned example's measured TFLite-Micro arena (converted as a run converts it)."""
+    import json
+
+    from edgeprune.devices.tflm import measure_arena
+
+    rec = json.loads((out / "cand-00-rate0.00.json").read_text())
+    return measure_arena(out / rec["files"]["tflite"]).arena_bytes
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rows", default="ram35,ram50")
+    ap.add_argument("--variants", default="uniform,size,auto")
+    ap.add_argument("--render", action="store_true", help="merge the rows written so far into budget_aware.md/.json")
+    ap.add_argument("--from-dir", type=Path, help="make the row of --rows/--variants from a finished run directory")
+    args = ap.parse_args(argv)
+    import json
+
+    from _common import RESULTS
+
+    rows_dir = RESULTS / "budget_aware.rows"
+    if args.from_dir is not None:
+        import keras
+
+        from edgeprune.pipeline.example import example_model_path
+
+        rp = args.from_dir / "report.json"
+        rep = json.loads(rp.read_text()) if rp.is_file() else reconstruct(args.from_dir)
+        km = keras.models.load_model(example_model_path(), compile=False)
+        x_unseen = fashion_mnist()[2][UNSEEN]
+        budget = rep["budgets"]["ram_bytes"]["value"]
+        row = row_of(args.rows, "35kB" if budget == 35000 or args.rows == "ram35" else budget, args.variants, args.from_dir, rep,
+                     rep["exit_code"], rep["timings"]["total_s"], x_unseen, km)
+        row["unpruned_arena_bytes"] = arena0(args.from_dir)
+        rows_dir.mkdir(parents=True, exist_ok=True)
+        (rows_dir / f"{args.rows}-{args.variants}.json").write_text(json.dumps(row, indent=1) + "\n")
+        return 0
+    if args.render:
+        rows = [json.loads(p.read_text()) for p in sorted(rows_dir.glob("*.json"))]
+        order = {"ram35": 0, "ram50": 1}
+        vorder = {"uniform": 0, "size": 1, "auto": 2, "ram": 3}
+        rows.sort(key=lambda r: (order.get(r["budget"], 9), vorder.get(r["variant"], 9)))
+        budgets = {}
+        for r in rows:
+            if r.get("unpruned_arena_bytes"):
+                b = 35_000 if r["ram_budget"] == "35kB" else int(r["ram_budget"])
+                budgets[r["budget"]] = (r["unpruned_arena_bytes"], b)
+        payload = {"machine": machine(), "rows": rows, "unseen": "Fashion-MNIST test images 5000-9999",
+                   "budgets": {k: {"unpruned_arena_bytes": a, "ram_budget_bytes": b} for k, (a, b) in budgets.items()}}
+        write("budget_aware", payload, render(payload))
+        return 0
+    import keras
+
+    from edgeprune.pipeline.example import example_model_path
+
+    _, _, xte, _ = fashion_mnist()
+    x_unseen = xte[UNSEEN]
+    km = keras.models.load_model(example_model_path(), compile=False)
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="edgeprune-bench-budget-") as tmp:
+        tmp = Path(tmp)
+        rows_dir.mkdir(parents=True, exist_ok=True)
+        for name in args.rows.split(","):
+            for v in args.variants.split(","):
+                a = None
+                if name == "ram35":
+                    budget = "35kB"
+                else:  # 50 % of the unpruned arena (measured) + the profile's 16 KiB runtime RAM
+                    a = ARENA0 if ARENA0 else None
+                    budget = 16 * 1024 + a // 2
+                out = tmp / name / v
+                print(f"row {name} {v} (RAM budget {budget})", flush=True)
+                row = one_row(name, budget, v, out, x_unseen, km)
+                row["unpruned_arena_bytes"] = a if a else arena0(out)
+                rows.append(row)
+                (rows_dir / f"{name}-{v}.json").write_text(json.dumps(row, indent=1) + "\n")
+                print("   ", {k: row.get(k) for k in ("exit", "rate", "size_bytes", "ram_bytes",
+                                                     "agreement_eval", "agreement_unseen")}, flush=True)
+    return 0
+
+
+def secs(r) -> str:
+    return f"{r['seconds']:.0f} s" if r.get("seconds") is not None else "n/a"
+
+
+def render(p: dict) -> str:
+    lines = ["# Budget-aware allocation: prune for the budget that binds (issue 22)", "",
+             "`python bench/budget_aware.py`: one `edgeprune run` per row on the bundled example (Fashion-MNIST CNN, "
+             "its 1,000 images: 800 evaluation, 200 calibration), `--device nrf52840` (TFLite-Micro arena measured on "
+             "the host + 16 KiB runtime RAM; latency is a MAC-based ESTIMATE), default engine (flow + compensation), "
+             "int8. `unseen` = top-1 agreement of the chosen .tflite with the original Keras model on "
+             f"{p['unseen']} (never seen by the run). Machine: {p['machine']}.", ""]
+    for k, v in p.get("budgets", {}).items():
+        if k == "ram50":
+            lines.append(f"- `{k}`: unpruned arena {v['unpruned_arena_bytes']:,} B measured; RAM budget = 16,384 B runtime "
+                         f"+ 50 % of the arena = {v['ram_budget_bytes']:,} B")
+        else:
+            lines.append(f"- `{k}`: `--ram-budget 35kB` (35,000 B); the unpruned arena measured {v['unpruned_arena_bytes']:,} B "
+                         f"(+ 16,384 B runtime = {v['unpruned_arena_bytes'] + 16384:,} B)")
+    lines += ["", "| RAM budget | allocation / objective | exit | rate (of what) | .tflite | RAM | agreement eval | agreement unseen | widths conv1/conv2/fc1 | time |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in p["rows"]:
+        rm = r.get("rate_measures") or ""
+        what = "channels" if r["variant"] == "uniform" else (
+            "peak act. + params" if "peak" in rm and "parameters" in rm else "params" if "parameters" in rm else "peak act.")
+        var = "--allocation uniform" if r["variant"] == "uniform" else f"global, --objective {r['variant']}"
+        if r.get("rate") is None:
+            lines.append(f"| {r['ram_budget']} | {var} | {r['exit']} | - | - | - | - | - | - | {secs(r)} |")
+            continue
+        w = r["widths"]
+        lines.append(f"| {r['ram_budget']} | {var} | {r['exit']} | {r['rate']:.2f} ({what}) | {r['size_bytes']:,} B | "
+                     f"{r['ram_bytes']:,} B | {r['agreement_eval']:.4f} | {r['agreement_unseen']:.4f} | "
+                     f"{w.get('conv1')}/{w.get('conv2')}/{w.get('fc1')} | {secs(r)} |")
+    lines += ["", "Reasons of the rows that exit 3:", ""]
+    for r in p["rows"]:
+        if r["exit"] != 0:
+            lines.append(f"- {r['budget']} {r['variant']}: " + "; ".join(r.get("reasons") or []))
+    lines += ["", "What each row's rate measures (report.json `settings.objective.rate_measures`):", ""]
+    for r in p["rows"]:
+        lines.append(f"- {r['variant']}: {r['rate_measures']}")
+    for r in p["rows"]:
+        if r.get("layers"):
+            lines += ["", f"Chosen model per layer, `{r['variant']}` (report.json `chosen.layers`):", "",
+                      "| layer | width before | width | params | MACs | latency share | activation |", "|---|---|---|---|---|---|---|"]
+            for x in r["layers"]:
+                lines.append(f"| {x['layer']} | {x.get('width_before')} | {x.get('width')} | {x['params']:,} | {x['macs']:,} | "
+                             f"{100 * x['latency_share']:.1f}% | {x['activation_bytes']:,} B |")
+    lines += ["", READING, "", NOT_MEASURED]
+    return "\n".join(lines) + "\n"
+
+
+READING = """## Reading
+
+- `--objective size` (the parameter-driven global allocation, the default before issue 22) exits 3
+  as the issue measured: at rate 0.90 conv1 still has 27 of 32 filters and the RAM is 46.3 kB.
+- `--objective auto` (the default now; here the RAM budget is the one the unpruned model misses)
+  exits 0: agreement 0.95875 on the evaluation split and 0.9586 on 5,000 unseen images, RAM 32.1 kB
+  (conv1 12, conv2 38, fc1 136). It meets the RAM budget with a wider fidelity margin than
+  `--allocation uniform` (0.9513 / 0.9522), BUT its file, 268,040 B, is LARGER than uniform's
+  176,800 B: the must-show "smaller file than --allocation uniform" is NOT met. The weighted
+  objective (0.5 peak activation + 0.5 parameters) spends its rate on both at once, so at the
+  fidelity limit fc1 still has 136 units; the parameter-driven greedy alone takes fc1 to 75 and the
+  file to 86.8 kB at agreement 0.951 but leaves conv1 at 27. The likely fix (not built): a
+  constraint-driven auto, cost per parameter once the predicted RAM meets the budget, RAM first
+  until then.
+- The auto row's report.json was lost (the bench process that ran it died on a bug of the bench
+  script after the run, and its temporary run directory went with it; a hard-link copy of the run
+  directory had been kept): the row is rebuilt from that copy: the chosen candidate is the one whose
+  .tflite is `best.tflite`, its RAM the device record in `measurements.json`, the unseen agreement
+  recomputed from that .tflite (`python bench/budget_aware.py --from-dir DIR`). Its wall time is
+  unknown (about 34 min).
+- Wall times were taken on a 2-core machine shared by five sessions (load average about 20):
+  they say nothing about the tool's speed.
+- RAM prediction skipped conversions: with `--objective auto` the candidates at rates 0.05-0.35 were
+  predicted over the RAM budget by more than the 14 % margin (the unpruned model's peak 31,360 B
+  against its measured arena 36,640 B) and were not converted (no fidelity figure for them); 0.40
+  was the first candidate converted and judged."""
+
+
+NOT_MEASURED = """## Not measured here (left of issue 22)
+
+- The MobileNet-style (>= 8 depthwise-separable blocks, BatchNorm, upsampled input) and DS-CNN-style
+  nets trained by a seeded bench script, their RAM budgets at 50 % of the unpruned arena and their
+  `--latency-budget` rows at 40 % of the measured p50 (local device, emulated Pi): not run.
+- The 50 %-of-arena RAM budget row for the example (`--rows ram50`) was not run in this session.
+- The latency model's error against >= 10 measured candidates per model on the host and on the
+  emulated Pi, and its build time on the local device: not measured (the machine was shared by
+  five sessions at a load average near 20 on 2 cores, so latency figures taken then would say
+  nothing). The model and its cache exist (pipeline/latency_model.py) and are tested on the local
+  device (tests/test_latency_model.py).
+- The fidelity-vs-binding-resource plot of parameter- vs resource-driven allocation: not made."""
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,152 @@
+"""What the global allocation pays for: ``--objective auto|size|latency|ram|macs``.
+
+The global greedy removes, chunk by chunk, the channels whose removal costs the least output
+loss per unit of the objective's resource saved, and the prune rate is the fraction of that
+resource removed:
+
+- ``size``: the prunable parameters (today's behaviour, exactly: the greedy's own code path);
+- ``ram``: the predicted peak activation memory (live tensors of the converted graph in
+  execution order, :mod:`edgeprune.pipeline.resources`: what a TFLite-Micro arena holds);
+- ``macs``: multiply-accumulates of one inference;
+- ``latency``: the predicted latency of the board (its latency model,
+  :mod:`edgeprune.pipeline.latency_model`; on a microcontroller the MAC-based estimate, which
+  ranks chunks exactly as ``macs``);
+- ``auto``: the budgets the UNPRUNED model is predicted to miss, each weighted by how far it
+  misses (``log(predicted / budget)``), plus the file (the prunable parameters) weighted as
+  the mean of those: the search's answer is the largest rate within the fidelity threshold,
+  and an allocation that paid only for, say, the arena would leave the Dense layers (the file)
+  whole at that rate. The rate measures the weighted fraction of those resources removed;
+  when the unpruned model is predicted to miss no budget (or only flash), ``size`` exactly.
+
+For every objective but ``size``, a chunk's saving is the weighted fraction of the objective's
+resources it removes plus :data:`TIE` times the fraction of the prunable parameters it
+removes: chunks that do not touch the binding resource (e.g. a Dense layer under a RAM
+objective) still shrink the file when their loss is small enough, but a chunk that removes
+none of the binding resource is never what reaches the rate.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Optional
+
+from edgeprune.errors import BadInput
+
+from edgeprune.pipeline.run_config import OBJECTIVES  # noqa: E402  (one list, checked before TensorFlow starts)
+TIE = 1.0  # weight of the parameters saved in a chunk's saving, relative to the objective's resources
+
+RESOURCE_LABEL = {
+    "size": "prunable parameters",
+    "ram": "predicted peak activation memory (the TFLite-Micro arena's live tensors)",
+    "macs": "MACs (multiply-accumulates of one inference)",
+    "latency": "predicted latency",
+}
+
+
+def check_objective(name: Optional[str]) -> str:
+    name = "auto" if name is None else str(name)
+    if name not in OBJECTIVES:
+        raise BadInput(f"unknown --objective {name!r}", f"use one of: {', '.join(OBJECTIVES)}")
+    return name
+
+
+@dataclass
+class Objective:
+    """A weighted set of resources (weights sum to 1); ``size`` alone is today's allocation."""
+
+    name: str  # the resolved objective: size, ram, macs, latency, or "auto" (several)
+    weights: dict = field(default_factory=lambda: {"size": 1.0})
+    requested: str = "size"  # what the user asked for (auto, size, ...)
+    reason: str = ""
+    quantize: str = "int8"
+    latency: object = None  # a LatencyModel (pipeline/latency_model.py) for the latency resource
+    tie_weight: Optional[float] = None  # None: TIE
+    missed: dict = field(default_factory=dict)  # auto: resource -> {"predicted", "budget", "weight"}
+
+    @property
+    def is_size(self) -> bool:
+        return set(self.weights) == {"size"}
+
+    @property
+    def rate_measures(self) -> str:
+        if self.is_size:
+            return "fraction of the prunable parameters removed"
+        if len(self.weights) == 1:
+            (r,) = self.weights
+            return f"fraction of the {RESOURCE_LABEL[r]} removed"
+        parts = ", ".join(f"{RESOURCE_LABEL[r]} x {w:.2f}" for r, w in self.weights.items())
+        return f"weighted fraction removed of: {parts}"
+
+    @property
+    def resource(self) -> str:
+        """Short name of the resource the rate measures (for the screen)."""
+        if self.is_size:
+            return "params"
+        return "+".join(self.weights)
+
+    @property
+    def tie(self) -> float:  # noqa: F811 - auto already counts the parameters in its weights
+        if "size" in self.weights:
+            return 0.0
+        return TIE if self.tie_weight is None else float(self.tie_weight)
+
+    def figure(self, res, resource: str, smooth: bool = False) -> float:
+        if resource == "latency":
+            if self.latency is None:
+                return float(res.macs)
+            return float(self.latency.predict(res))
+        if resource == "size":
+            return float(res.params)
+        return res.get(resource, smooth)
+
+    def value(self, res, res0, smooth: bool = False) -> float:
+        """The weighted fraction of the original resources ``res`` still uses (1 at rate 0).
+        ``smooth``: the peak activation memory as a smooth peak (an L_p norm of every op's live
+        bytes), so that narrowing one of two tensors that tie for the peak counts as progress;
+        the rate is always measured on the real peak."""
+        total = 0.0
+        for r, w in self.weights.items():
+            base = self.figure(res0, r, smooth)
+            total += w * (self.figure(res, r, smooth) / base if base > 0 else 0.0)
+        return total
+
+    def to_dict(self) -> dict:
+        return {"requested": self.requested, "name": self.name, "weights": dict(self.weights),
+                "rate_measures": self.rate_measures, "resource": self.resource, "reason": self.reason,
+                "tie_params_weight": None if self.is_size else self.tie,
+                "missed": self.missed or None,
+                "latency_model": self.latency.describe() if self.latency is not None and "latency" in self.weights else None}
+
+
+def resolve(requested: str, *, res0=None, predicted: Optional[dict] = None, budgets: Optional[dict] = None,
+            quantize: str = "int8", latency=None) -> Objective:
+    """The objective for ``requested``. ``predicted``: resource -> the unpruned model's predicted
+    figure in the budget's unit (``flash``, ``ram``, ``latency``), None when it cannot be predicted;
+    ``budgets``: the same keys -> the budget (None: no limit)."""
+    requested = check_objective(requested)
+    if requested == "size":
+        return Objective("size", {"size": 1.0}, requested, "--objective size", quantize)
+    if requested in ("ram", "macs", "latency"):
+        return Objective(requested, {requested: 1.0}, requested, f"--objective {requested}", quantize, latency)
+    predicted, budgets = predicted or {}, budgets or {}
+    missed = {}
+    for key, resource in (("flash", "size"), ("ram", "ram"), ("latency", "latency")):
+        p, b = predicted.get(key), budgets.get(key)
+        if p is None or b is None or b <= 0 or p <= b:
+            continue
+        missed[resource] = {"predicted": p, "budget": b, "weight": math.log(p / b)}
+    if not missed or set(missed) == {"size"}:
+        why = ("the unpruned model is predicted to meet every budget" if not missed
+               else "only the flash budget is predicted to be missed")
+        return Objective("size", {"size": 1.0}, "auto", f"auto: {why}: size (the prunable parameters)", quantize,
+                         missed=missed)
+    raw = {r: m["weight"] for r, m in missed.items()}
+    if "size" not in raw:  # the file always counts (see the module docstring)
+        raw["size"] = sum(raw.values()) / len(raw)
+    total = sum(raw.values())
+    weights = {r: w / total for r, w in raw.items()}
+    for r in missed:
+        missed[r]["weight"] = round(weights[r], 4)
+    name = "auto"
+    why = "; ".join(f"{r} predicted {m['predicted']:.4g} over the {m['budget']:.4g} budget" for r, m in missed.items())
+    return Objective(name, weights, "auto", f"auto: {why}", quantize, latency, missed=missed)
