@@ -65,6 +65,21 @@ class _QuietLabgrid(logging.Filter):
 _QUIET = _QuietLabgrid()
 
 
+class _QuietGrpcPoller(logging.Filter):
+    """gRPC's asyncio poller may call back into a coordinator session's event loop after it was
+    closed (seen when a SIGTERM ends a run mid-measurement); asyncio then logs "Exception in
+    callback PollerCompletionQueue._handle_events ... Event loop is closed" WITH a traceback on
+    stderr. It is harmless (the session is over) and is dropped: no traceback on the screen."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        exc = record.exc_info[1] if record.exc_info else None
+        return not ("PollerCompletionQueue" in text or (isinstance(exc, RuntimeError) and "Event loop is closed" in str(exc)))
+
+
+_QUIET_POLLER = _QuietGrpcPoller()
+
+
 class Coordinator:
     """One client session to labgrid-coordinator, with its own event loop.
 
@@ -75,6 +90,8 @@ class Coordinator:
         grpc = lg_client.grpc  # labgrid's own gRPC (a dependency of labgrid, not imported by edgeprune)
         if _QUIET not in logging.getLogger().filters:
             logging.getLogger().addFilter(_QUIET)
+        if _QUIET_POLLER not in logging.getLogger("asyncio").filters:
+            logging.getLogger("asyncio").addFilter(_QUIET_POLLER)
         self.grpc = grpc
         self.address = address
         self.name = name
