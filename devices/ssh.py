@@ -249,7 +249,13 @@ def stop_command(workdir: Optional[str], pids=(), wait_s: float = 5.0) -> str:
         'fi; '
         'live() { l=""; for p in $pids; do case "$p" in *[!0-9]*|"") continue;; esac; '
         'if kill -0 -- "-$p" 2>/dev/null || kill -0 "$p" 2>/dev/null; then l="$l $p"; fi; done; echo $l; }; '
-        'for p in $pids; do kill -TERM -- "-$p" 2>/dev/null; kill -TERM "$p" 2>/dev/null; done; '
+        'pids=$(for p in $pids; do echo "$p"; done | sort -u); '
+        # where /proc tells, only processes working in OUR work dir: a stale runner.pid whose PID
+        # was reused by another process (even this very shell) is never signalled
+        'if [ -n "$w" ] && [ -d /proc/self ]; then sel=""; for p in $pids; do '
+        'c=$(readlink "/proc/$p/cwd" 2>/dev/null) || continue; '
+        'case "$c" in "$w"|"$w"/*) sel="$sel $p";; esac; done; pids=$sel; fi; '
+        'for p in $pids; do kill -TERM -- "-$p" 2>/dev/null || kill -TERM "$p" 2>/dev/null; done; '
         + wait +
         'for p in $(live); do kill -KILL -- "-$p" 2>/dev/null; kill -KILL "$p" 2>/dev/null; done; '
         + wait +
