@@ -69,10 +69,10 @@ def read_log(log: Path) -> list[tuple[str, float, str, str]]:
     return events
 
 
-def read_runs(log: Path, *, interrupted: int = 0, killed: int = 0) -> list[tuple[str, float, float]]:
+def read_runs(log: Path, *, interrupted: int = 0, unlogged: int = 0) -> list[tuple[str, float, float]]:
     """(board TMPDIR, start, end) of every finished board run in runs.log, strictly: every
     ``end`` has its ``start`` on the same board, and every ``start`` ends (``end``, or ``dead``
-    after ``term`` for exactly ``interrupted`` runs that edgeprune ended; ``killed`` runs ended
+    after ``term`` for exactly ``interrupted`` runs that edgeprune ended; ``unlogged`` runs ended
     after ``term`` without logging ``dead``). A run that is still
     going, or an ``end`` of a run this log never saw start (a leftover of an earlier test),
     fails the test instead of being skipped."""
@@ -91,7 +91,7 @@ def read_runs(log: Path, *, interrupted: int = 0, killed: int = 0) -> list[tuple
             else:
                 killed += 1
     left = {b: v for b, v in starts.items() if v}
-    assert sum(len(v) for v in left.values()) == killed, f"runs.log: runs started and never ended: {left}: {log.read_text()}"
+    assert sum(len(v) for v in left.values()) == unlogged, f"runs.log: runs started and never ended: {left}: {log.read_text()}"
     assert killed == interrupted, f"runs.log: {killed} run(s) ended by TERM, expected {interrupted}: {log.read_text()}"
     return sorted(out, key=lambda r: r[1])
 

@@ -166,7 +166,7 @@ def _assert_ended_before_release(farm, code, err, sig, started_max=None):
     time.sleep(2.0)  # nothing comes back to life: no late start, no late end
     assert labgrid_farm.read_log(farm.runs_log) == events
     assert not farm.leftovers()
-    labgrid_farm.read_runs(farm.runs_log, interrupted=len(deads), killed=len(starts) - len(deads))
+    labgrid_farm.read_runs(farm.runs_log, interrupted=len(deads), unlogged=len(starts) - len(deads))
 
 
 @pytest.mark.slow
