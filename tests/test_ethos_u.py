@@ -2,8 +2,8 @@
 as a child process), its figures labelled as Vela's estimate, CPU fallbacks counted and named,
 NPU-share drops flagged, best_vela.tflite written, Vela missing or failing -> exit 4.
 
-The models are built here (seeded Keras models converted to full int8 by edgeprune's converter):
-nothing is read from ../shared.
+The models are built here (seeded Keras models converted to full int8 by edgeprune's converter),
+not read from the MLPerf Tiny files beside the checkout.
 """
 from __future__ import annotations
 
