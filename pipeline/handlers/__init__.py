@@ -10,7 +10,7 @@ from edgeprune.pipeline.handlers.base import (
     registered_classes,
     unregister_handler,
 )
-from edgeprune.pipeline.handlers import channelwise, core, recurrent, structure  # noqa: F401,E402
+from edgeprune.pipeline.handlers import attention, channelwise, core, recurrent, structure  # noqa: F401,E402
 
 __all__ = ["LayerHandler", "handler_for", "register", "register_handler", "registered_classes",
            "unregister_handler"]
