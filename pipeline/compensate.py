@@ -150,9 +150,13 @@ class Compensator:
         ``(rows, Y)``, rows = the seeded subset of Conv patch rows (None: all)."""
         if name not in self._targets:
             b = w_o[1] if use_bias else 0.0
-            if info.cls == "Dense":
+            if info.cls == "Dense":  # on the last axis: a sequence's positions are rows
                 rows = None
-                y = x_o.reshape(len(x_o), -1).astype(np.float64) @ w_o[0] + b
+                a_o = x_o.reshape(-1, x_o.shape[-1])
+                if x_o.ndim > 2 and len(a_o) > MAX_ROWS:
+                    rows = np.sort(np.random.default_rng(0).choice(len(a_o), MAX_ROWS, replace=False))
+                    a_o = a_o[rows]
+                y = a_o.astype(np.float64) @ w_o[0] + b
             else:
                 a_o = _patches(x_o, cfg, w_o[0].shape)
                 rows = None
@@ -193,7 +197,9 @@ class Compensator:
         rows, y_full = self._target(name, info, cfg, w_o, use_bias, x_o)
         y = y_full[:, kept_out]
         if info.cls == "Dense":
-            a_p = x_p.reshape(len(x_p), -1).astype(np.float64)
+            a_p = x_p.reshape(-1, x_p.shape[-1]).astype(np.float64)
+            if rows is not None:
+                a_p = a_p[rows]
             if d + 1 > len(a_p):  # fewer samples than inputs: the same ridge in its dual (N x N) form
                 return self._fit_dual(a_p, y, k0, b0, shape, use_bias)
         else:
