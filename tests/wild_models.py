@@ -1,8 +1,9 @@
 """Small seeded models of the kinds firmware teams ship (issue 10), built in the tests:
 a one-sigmoid binary classifier, Masking -> BatchNormalization -> LSTM on a variable-length
 input, Bidirectional GRU + LSTM, a U-Net (Conv2DTranspose, UpSampling, Concatenate), a
-variable-length Conv1D regressor, a Reshape-flattened conv and a depthwise (MobileNet-like)
-block. ``CASES[name]() -> (model, fixed per-sample shape for data)``."""
+variable-length Conv1D regressor, a Reshape-flattened conv, a depthwise (MobileNet-like)
+block, the sleep-staging shape, a keyword-spotting transformer, a ViT-style block and
+TimeDistributed/Permute. ``CASES[name]() -> (model, fixed per-sample shape for data)``."""
 from __future__ import annotations
 
 import numpy as np
