@@ -229,3 +229,31 @@ def test_unsupported_attention_calls_are_frozen_and_named():
     assert d.frozen
     assert any("output_shape" in r for r in d.frozen_reasons)
     assert any("called on 3 tensors" in r for r in d.frozen_reasons)
+
+
+def test_global_allocation_trial_masks_heads_exactly():
+    """The global allocation scores a chunk with the model at the current widths and the removed
+    channels masked: for a head group, whose producer (q/k/v) and consumer (output rows) weights
+    are in the same layer, the masked trial computes what the pruned trial computes."""
+    from edgeprune.pipeline.allocation.greedy import GlobalGreedy
+    from edgeprune.pipeline.surgery import PruneState, build_model
+
+    model, shape = CASES["kws_transformer"]()
+    graph = DependencyGraph(model)
+    state = PruneState(graph)
+    state.remove(graph.group_of_producer["mha1"], [0])  # an earlier step: 3 heads left in mha1
+    x = inputs(shape, 8)
+    for layer in ("mha0", "mha1", "ffn0"):
+        g = graph.groups[graph.group_of_producer[layer]]
+        remove = [1]
+        keep_local = np.setdiff1d(np.arange(state.sizes[g.id]), remove)
+        trial = state.copy()
+        trial.remove(g.id, remove)
+        masked = GlobalGreedy()._masked_weights(graph, state, trial, g, keep_local)
+        assert layer in masked or layer == "ffn0"
+        current = build_model(graph, state)
+        for name, ws in masked.items():
+            current.get_layer(name).set_weights(ws)
+        want = out(build_model(graph, trial), x)
+        assert np.abs(out(current, x) - want).max() <= 2e-5 * max(1.0, float(np.abs(want).max())), layer
+        assert np.abs(out(build_model(graph, state), x) - want).max() > 1e-4
