@@ -257,3 +257,28 @@ def test_global_allocation_trial_masks_heads_exactly():
         want = out(build_model(graph, trial), x)
         assert np.abs(out(current, x) - want).max() <= 2e-5 * max(1.0, float(np.abs(want).max())), layer
         assert np.abs(out(build_model(graph, state), x) - want).max() > 1e-4
+
+
+@pytest.mark.parametrize("use_bias", [True, False])
+@pytest.mark.parametrize("criterion", ["l1", "taylor"])
+def test_cross_attention_prunes_query_value_and_heads_together(use_bias, criterion):
+    """Query and value from different producers, key_dim != value_dim, with and without biases:
+    the value producer's channels (key/value kernel rows), the query producer's channels (query
+    kernel rows AND the output's columns: the output has the query's width) and the heads are
+    three groups, all pruned, exact against masking."""
+    inp = keras.Input((7, 5))
+    q = L.Dense(8, name="qa")(inp)
+    v = L.Dense(6, activation="relu", name="va")(inp)
+    a = L.MultiHeadAttention(3, 4, value_dim=5, use_bias=use_bias, name="att")(q, v)
+    x = L.GlobalAveragePooling1D()(a)
+    model = randomize(keras.Model(inp, L.Dense(2, name="head")(x)), 12)
+    graph = DependencyGraph(model)
+    assert graph.unknown == {}
+    assert all(graph.groups[graph.group_of_producer[n]].prunable for n in ("qa", "va", "att"))
+    result = prune(model, rate=0.5, criterion=criterion, step=0.25)
+    widths = {r.layer: (r.before, r.after) for r in result.layers}
+    assert widths["qa"] == (8, 4) and widths["va"] == (6, 3) and widths["att"] == (3, 2), widths
+    att = result.model.get_layer("att")
+    assert att.num_heads == 2 and att.get_weights()[-(2 if use_bias else 1)].shape == (2, 5, 4)
+    reference, _ = masked_reference(model, result.plan)
+    close_to_masked(result, reference, model, inputs((7, 5), 8))
