@@ -15,7 +15,7 @@ _os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "prune", "load_model", "Plan", "EdgepruneError"]
+__all__ = ["__version__", "prune", "load_model", "Plan", "EdgepruneError", "register_handler", "LayerHandler"]
 
 
 def __getattr__(name: str):
@@ -31,6 +31,10 @@ def __getattr__(name: str):
         from edgeprune.pipeline.plan import Plan
 
         return Plan
+    if name in ("register_handler", "LayerHandler"):
+        from edgeprune.pipeline import handlers
+
+        return getattr(handlers, name)
     if name == "EdgepruneError":
         from edgeprune.errors import EdgepruneError
 

@@ -1,7 +1,7 @@
 """Compensation: after channels are removed, refit their consumers by ridge least squares.
 
-For every layer that reads a pruned group through a consumer weight (Dense, Conv1D/Conv2D,
-and DepthwiseConv2D downstream of one), in the model's topological order, the layer's
+For every layer that reads a pruned group through a consumer weight and whose handler is
+``refittable`` (Dense, Conv1D/Conv2D), in the model's topological order, the layer's
 kernel and bias are refitted so that its pre-activation output on the calibration samples,
 computed from the ALREADY-PRUNED (and already-refitted) model's inputs, matches what the
 ORIGINAL model's layer computes from the original inputs (restricted to the output channels
@@ -23,7 +23,6 @@ import numpy as np
 from edgeprune.pipeline.calib import layer_inputs
 
 DEFAULT_RIDGE = 1e-2
-REFIT_CLASSES = {"Dense", "Conv1D", "Conv2D"}
 COMPENSATION_BUDGET_BYTES = 512 * 2**20  # one layer's inputs + patches on the refit samples
 MIN_SAMPLES = 16
 MAX_ROWS = 8192  # Conv: patch rows used for the fit (a seeded subset of samples x positions)
@@ -49,13 +48,9 @@ def _patches(x: np.ndarray, cfg: dict, kernel_shape: tuple) -> np.ndarray:
 
 
 def refittable(graph, layer: str) -> bool:
-    info = graph.layers[layer]
-    if info.cls not in REFIT_CLASSES:
-        return False
-    cfg = info.layer.get_config()
-    if info.cls.startswith("Conv") and (cfg.get("padding") == "causal" or cfg.get("groups", 1) != 1):
-        return False
-    return True
+    """Whether ``layer`` can be refitted: its handler's ``refittable`` (Dense, Conv1D/Conv2D)
+    and its config (not a causal or grouped convolution)."""
+    return graph.can_refit(layer)
 
 
 def single_thread_blas():
@@ -85,7 +80,8 @@ class Compensator:
         Small models keep all of them; an ImageNet-size model a few dozen."""
         per_sample = 1
         for name, info in graph.layers.items():
-            if info.cls not in REFIT_CLASSES:
+            h = graph.handler(name)
+            if h is None or not h.refittable:
                 continue
             try:
                 shape = tuple(info.layer.input.shape[1:])
@@ -154,9 +150,13 @@ class Compensator:
         ``(rows, Y)``, rows = the seeded subset of Conv patch rows (None: all)."""
         if name not in self._targets:
             b = w_o[1] if use_bias else 0.0
-            if info.cls == "Dense":
+            if info.cls == "Dense":  # on the last axis: a sequence's positions are rows
                 rows = None
-                y = x_o.reshape(len(x_o), -1).astype(np.float64) @ w_o[0] + b
+                a_o = x_o.reshape(-1, x_o.shape[-1])
+                if x_o.ndim > 2 and len(a_o) > MAX_ROWS:
+                    rows = np.sort(np.random.default_rng(0).choice(len(a_o), MAX_ROWS, replace=False))
+                    a_o = a_o[rows]
+                y = a_o.astype(np.float64) @ w_o[0] + b
             else:
                 a_o = _patches(x_o, cfg, w_o[0].shape)
                 rows = None
@@ -197,7 +197,9 @@ class Compensator:
         rows, y_full = self._target(name, info, cfg, w_o, use_bias, x_o)
         y = y_full[:, kept_out]
         if info.cls == "Dense":
-            a_p = x_p.reshape(len(x_p), -1).astype(np.float64)
+            a_p = x_p.reshape(-1, x_p.shape[-1]).astype(np.float64)
+            if rows is not None:
+                a_p = a_p[rows]
             if d + 1 > len(a_p):  # fewer samples than inputs: the same ridge in its dual (N x N) form
                 return self._fit_dual(a_p, y, k0, b0, shape, use_bias)
         else:

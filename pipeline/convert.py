@@ -512,7 +512,8 @@ def _unrolled(model):
         if "unroll" in cfg:
             cfg["unroll"] = True
         for key in ("layer", "backward_layer"):
-            if isinstance(cfg.get(key), dict):
+            # a wrapped recurrent layer (Bidirectional's; TimeDistributed's may be a Conv2D)
+            if isinstance(cfg.get(key), dict) and "unroll" in cfg[key].get("config", {}):
                 cfg[key] = {**cfg[key], "config": {**cfg[key]["config"], "unroll": True}}
         return layer.__class__.from_config(cfg)
 

@@ -315,6 +315,17 @@ class DependencyGraph:
         """The handler that described ``layer`` (None for a layer frozen as unknown)."""
         return self._handlers.get(layer)
 
+    def is_identity(self, layer: str) -> bool:
+        """``layer`` is the identity at inference (its handler says so: Dropout, noise, Flatten)."""
+        h = self._handlers.get(layer)
+        return bool(h is not None and h.identity)
+
+    def can_refit(self, layer: str) -> bool:
+        """Compensation may refit ``layer`` (its handler is ``refittable`` for its config)."""
+        h = self._handlers.get(layer)
+        info = self.layers.get(layer)
+        return bool(h is not None and info is not None and info.layer is not None and h.can_refit(info.layer))
+
     @property
     def prunable_groups(self) -> list[Group]:
         return [g for g in self.groups.values() if g.prunable]

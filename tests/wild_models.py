@@ -1,8 +1,9 @@
 """Small seeded models of the kinds firmware teams ship (issue 10), built in the tests:
 a one-sigmoid binary classifier, Masking -> BatchNormalization -> LSTM on a variable-length
 input, Bidirectional GRU + LSTM, a U-Net (Conv2DTranspose, UpSampling, Concatenate), a
-variable-length Conv1D regressor, a Reshape-flattened conv and a depthwise (MobileNet-like)
-block. ``CASES[name]() -> (model, fixed per-sample shape for data)``."""
+variable-length Conv1D regressor, a Reshape-flattened conv, a depthwise (MobileNet-like)
+block, the sleep-staging shape, a keyword-spotting transformer, a ViT-style block and
+TimeDistributed/Permute. ``CASES[name]() -> (model, fixed per-sample shape for data)``."""
 from __future__ import annotations
 
 import numpy as np
@@ -118,6 +119,58 @@ def sleep_staging():
     return randomize(keras.Model(inp, L.Dense(4, activation="softmax")(x), name="sleep_staging"), 8), (30, 6)
 
 
+def _encoder_block(x, d: int, heads: int, key_dim: int, ffn: int, i: int, pre_norm: bool = False):
+    """[MHA + Add + LayerNorm + Dense(ffn, relu) + Dense(d) + Add + LayerNorm] (post-norm), or
+    the pre-norm order [LN + MHA + Add + LN + Dense(ffn, gelu) + Dense(d) + Add]."""
+    h = L.LayerNormalization(name=f"ln{i}a")(x) if pre_norm else x
+    a = L.MultiHeadAttention(heads, key_dim, name=f"mha{i}")(h, h)
+    x = L.Add(name=f"res{i}a")([x, a])
+    x = x if pre_norm else L.LayerNormalization(name=f"ln{i}a")(x)
+    h = L.LayerNormalization(name=f"ln{i}b")(x) if pre_norm else x
+    f = L.Dense(ffn, activation="gelu" if pre_norm else "relu", name=f"ffn{i}")(h)
+    f = L.Dense(d, name=f"ffn{i}_out")(f)
+    x = L.Add(name=f"res{i}b")([x, f])
+    return x if pre_norm else L.LayerNormalization(name=f"ln{i}b")(x)
+
+
+def kws_transformer():
+    """A small keyword-spotting transformer (issue 24): MFCC frames (T, F) -> Dense embedding ->
+    two post-norm encoder blocks (4 heads) -> GlobalAveragePooling1D -> 12 classes."""
+    inp = keras.Input((16, 10))
+    x = L.Dense(32, name="embed")(inp)
+    for i in range(2):
+        x = _encoder_block(x, 32, 4, 16, 128, i)
+    x = L.GlobalAveragePooling1D()(x)
+    return randomize(keras.Model(inp, L.Dense(12, activation="softmax", name="head")(x), name="kws_transformer"),
+                     9), (16, 10)
+
+
+def vit_block():
+    """A ViT-style block: patch embedding by a stride-4 Conv2D, Reshape to tokens, one pre-norm
+    encoder block (3 heads), LayerNorm, pooling, classifier."""
+    inp = keras.Input((16, 16, 3))
+    x = L.Conv2D(24, 4, strides=4, name="patch")(inp)
+    x = L.Reshape((16, 24), name="tokens")(x)
+    x = _encoder_block(x, 24, 3, 8, 48, 0, pre_norm=True)
+    x = L.LayerNormalization(name="ln_out")(x)
+    x = L.GlobalAveragePooling1D()(x)
+    return randomize(keras.Model(inp, L.Dense(5, activation="softmax", name="head")(x), name="vit_block"),
+                     10), (16, 16, 3)
+
+
+def time_distributed():
+    """TimeDistributed(Conv2D) and TimeDistributed(Dense) over frames, a Permute that keeps the
+    channels last, an LSTM."""
+    inp = keras.Input((6, 8, 8, 2))
+    x = L.TimeDistributed(L.Conv2D(8, 3, activation="relu"), name="td_conv")(inp)
+    x = L.TimeDistributed(L.GlobalAveragePooling2D(), name="td_pool")(x)
+    x = L.TimeDistributed(L.Dense(10, activation="relu"), name="td_dense")(x)
+    x = L.Permute((1, 2), name="keep")(x)
+    x = L.LSTM(6, name="lstm")(x)
+    return randomize(keras.Model(inp, L.Dense(3, activation="softmax", name="head")(x), name="time_dist"),
+                     11), (6, 8, 8, 2)
+
+
 CASES = {
     "sigmoid": sigmoid_classifier,
     "masked_lstm": masked_lstm,
@@ -127,7 +180,11 @@ CASES = {
     "reshape": reshape_flatten,
     "depthwise": depthwise_block,
     "sleep": sleep_staging,
+    "kws_transformer": kws_transformer,
+    "vit": vit_block,
+    "time_dist": time_distributed,
 }
+ATTENTION = {"kws_transformer", "vit"}
 VARIABLE = {"masked_lstm", "varlen", "sleep"}
 RECURRENT = {"masked_lstm", "bi_rnn", "sleep"}  # full int8 is refused (unrolled file > 2x float32): dynamic instead  # variable-length inputs: need --input-shape to convert
 

@@ -128,21 +128,26 @@ class GlobalGreedy(Allocation):
         return [n for n in graph.order if n in names]
 
     def _masked_weights(self, graph, state, trial, g, keep_local) -> dict[str, list[np.ndarray]]:
-        """The trial's consumer weights at the CURRENT widths: removed channels' rows zero."""
+        """The trial's consumer weights at the CURRENT widths: removed channels' rows zero. A
+        consumer that also holds other weights indexed by ``g`` (an attention layer's head
+        projections, a recurrent kernel's gate columns) gets them back at the current widths
+        too, the removed channels zero (their consumers ignore them)."""
         from edgeprune.pipeline.branches import removed_layers
 
         out = {}
         gone = removed_layers(state)
-        for ref in g.refs:
-            if ref.role != "consumer" or ref.layer in gone:
-                continue
-            ws = out.setdefault(ref.layer, [w.copy() for w in trial.weights[ref.layer]])
-            full = np.zeros(state.weights[ref.layer][ref.weight].shape, dtype=np.float32)
-            idx = layout_indices(ref.layout, state.sizes, {g.id: keep_local})
-            sl = [slice(None)] * full.ndim
-            sl[ref.axis] = idx
-            full[tuple(sl)] = trial.weights[ref.layer][ref.weight]
-            ws[ref.weight] = full
+        layers = [n for n in dict.fromkeys(r.layer for r in g.refs if r.role == "consumer") if n not in gone]
+        for name in layers:
+            ws = out.setdefault(name, [w.copy() for w in trial.weights[name]])
+            for widx in dict.fromkeys(r.weight for r in g.refs if r.layer == name):
+                cur = state.weights[name][widx]
+                full = np.zeros(cur.shape, dtype=np.float32)
+                idx = [np.arange(d) for d in cur.shape]
+                for ref in g.refs:
+                    if ref.layer == name and ref.weight == widx:
+                        idx[ref.axis] = layout_indices(ref.layout, state.sizes, {g.id: keep_local})
+                full[np.ix_(*idx)] = trial.weights[name][widx]
+                ws[widx] = full
         return out
 
     # ----------------------------------------------------------------- the step

@@ -16,10 +16,6 @@ import numpy as np
 from edgeprune.pipeline.bounds import bn_affine
 from edgeprune.pipeline.graph import DependencyGraph, Group
 
-IDENTITY_LAYERS = {"Dropout", "SpatialDropout1D", "SpatialDropout2D", "GaussianNoise", "GaussianDropout",
-                   "AlphaDropout", "ActivityRegularization", "Identity", "Flatten"}
-
-
 @dataclass
 class Selection:
     remove: list[int]
@@ -89,7 +85,7 @@ def _following_bn(graph: DependencyGraph, layer: str, gid: int) -> str | None:
         cls = graph.layers[name].cls
         if cls == "BatchNormalization":
             return name if graph.layouts[(name, 0)] == (gid,) else None
-        if cls not in IDENTITY_LAYERS:
+        if not graph.is_identity(name):
             return None
     return None
 

@@ -42,8 +42,15 @@ class Flow(Importance):
 
         gone = removed_layers(ctx.state)
         names = [n for n in consumer_layers(ctx.graph, {g.id for g in ctx.graph.prunable_groups}) if n not in gone]
+        # layers whose consumer weights read something else than their one input (attention
+        # heads): their handler gives the second moments per consumer weight
+        special = [n for n in names if hasattr(ctx.graph.handler(n), "consumer_moments")]
+        model = ctx.build()
+        x = calibration_or_synthetic(ctx)
         # second moment of every input channel, over samples and positions (accumulated batch by batch)
-        self.m2 = layer_input_moments(ctx.build(), names, calibration_or_synthetic(ctx))
+        self.m2 = layer_input_moments(model, [n for n in names if n not in special], x)
+        self.m2_weight = {(n, k): m for n in special
+                          for k, m in ctx.graph.handler(n).consumer_moments(model.get_layer(n), model, x).items()}
         self.sizes0 = dict(ctx.state.sizes)  # layouts of the measured activations
 
     def scores(self, ctx: Context, group) -> np.ndarray:
@@ -51,11 +58,13 @@ class Flow(Importance):
         n = state.sizes[group.id]
         total = np.zeros(n)
         for ref in group.refs:
-            if ref.role != "consumer" or ref.layer not in self.m2:  # e.g. in a removed branch
+            if ref.role != "consumer":
+                continue
+            m2 = self.m2_weight.get((ref.layer, ref.weight), self.m2.get(ref.layer))
+            if m2 is None:  # e.g. in a removed branch
                 continue
             w = np.moveaxis(state.weights[ref.layer][ref.weight], ref.axis, 0)
             energy = np.square(w.astype(np.float64)).reshape(w.shape[0], -1).sum(1)
-            m2 = self.m2[ref.layer]
             now = [s for g, s in offsets(ref.layout, state.sizes) if g == group.id]
             then = [s for g, s in offsets(ref.layout, self.sizes0) if g == group.id]
             for s_now, s_then in zip(now, then):

@@ -24,8 +24,8 @@ from edgeprune.pipeline.bounds import (
     activation_name,
     bn_affine,
 )
-from edgeprune.pipeline.criteria.base import IDENTITY_LAYERS, Context, Importance, Selection, _channel_l1
-from edgeprune.pipeline.graph import PASS_THROUGH, DependencyGraph, Group
+from edgeprune.pipeline.criteria.base import Context, Importance, Selection, _channel_l1
+from edgeprune.pipeline.graph import DependencyGraph, Group
 
 HOMOGENEOUS = {"relu", "linear", None, "leaky_relu"}  # f(l * z) = l * f(z) for l >= 0
 
@@ -58,7 +58,7 @@ def dense_chain(graph: DependencyGraph, producer: str) -> DenseChain | None:
             affine.append(cand.name)
         elif cand.cls in ("Activation", "ReLU", "LeakyReLU", "ELU") and act in ("linear", None):
             act = activation_name(cand.layer)
-        elif cand.cls in IDENTITY_LAYERS:
+        elif graph.is_identity(cand.name):
             pass
         else:
             break
@@ -320,7 +320,7 @@ def _propagate(graph: DependencyGraph, state, start: str, e_lo: np.ndarray, e_hi
             act = None
         elif info.cls in ("Activation", "ReLU", "LeakyReLU", "ELU"):
             act = activation_name(info.layer)
-        elif info.cls in IDENTITY_LAYERS or (info.cls in PASS_THROUGH and info.cls.startswith("Dropout")):
+        elif graph.is_identity(name):
             act = None
         elif info.cls == "Dense":
             w = state.weights[name][0]

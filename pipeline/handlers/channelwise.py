@@ -43,7 +43,12 @@ class ActivationHandler(LayerHandler):
         return apply_activation(act, lo, info.layer), apply_activation(act, hi, info.layer)
 
 
-@register(*sorted(PASS_THROUGH - set(ACTIVATION_LAYERS)))
+# Identity at inference (the criteria look through them: ``LayerHandler.identity``).
+IDENTITY = ("Dropout", "SpatialDropout1D", "SpatialDropout2D", "SpatialDropout3D", "GaussianNoise",
+            "GaussianDropout", "AlphaDropout", "ActivityRegularization", "Identity")
+
+
+@register(*sorted(PASS_THROUGH - set(ACTIVATION_LAYERS) - set(IDENTITY)))
 class PassThroughHandler(LayerHandler):
     """Dropout/noise (identity at inference), padding, cropping, pooling, up-sampling: each
     is monotone per channel, so its bounds are the layer applied to the bounds."""
@@ -54,6 +59,11 @@ class PassThroughHandler(LayerHandler):
     def bounds(self, info, ins, weights, cfg):
         lo, hi = ins[0]
         return np.asarray(info.layer(lo, training=False)), np.asarray(info.layer(hi, training=False))
+
+
+@register(*IDENTITY)
+class IdentityHandler(PassThroughHandler):
+    identity = True
 
 
 @register("BatchNormalization")

@@ -26,6 +26,7 @@ def _affine_bounds(layer, c2, r2, bias):
 @register("Dense")
 class DenseHandler(LayerHandler):
     width_key = "units"
+    refittable = True
 
     def visit(self, graph, info, ins, cfg):
         name, x = info.name, ins[0]
@@ -45,11 +46,24 @@ class DenseHandler(LayerHandler):
         return _affine_bounds(info.layer, c @ k, r @ np.abs(k), bias)
 
 
-@register("Conv1D", "Conv2D", "Conv3D")
 class ConvHandler(LayerHandler):
-    """Kernel (..., in, out): input channels on axis -2, output channels on axis -1."""
+    """One body for Conv1D/2D/3D and Conv1D/2D/3DTranspose, parametrized by ``rank`` and
+    ``transpose``: the kernel is (..., in, out) for a convolution (input channels on axis -2,
+    output channels on axis -1) and (..., out, in) for a transposed one. Compensation refits
+    Conv1D/Conv2D (not causal, not grouped); PAODING bounds Conv1D/Conv2D."""
 
     width_key = "filters"
+
+    def __init__(self, rank: int = 2, transpose: bool = False):
+        self.rank = int(rank)
+        self.transpose = bool(transpose)
+        self.refittable = not self.transpose and self.rank in (1, 2)
+
+    def can_refit(self, layer) -> bool:
+        if not self.refittable:
+            return False
+        cfg = layer.get_config()
+        return cfg.get("padding") != "causal" and cfg.get("groups", 1) == 1
 
     def visit(self, graph, info, ins, cfg):
         name, layer, x = info.name, info.layer, ins[0]
@@ -57,15 +71,16 @@ class ConvHandler(LayerHandler):
             return graph.unknown_layer(info, ins, f"{info.cls} with groups={cfg['groups']}")
         g = graph.new_group(cfg["filters"], name)
         nd = _kernel_ndim(layer)
-        graph.add_ref(name, 0, nd - 2, x, "consumer")
-        graph.add_ref(name, 0, nd - 1, (g,), "producer")
+        in_axis, out_axis = (nd - 1, nd - 2) if self.transpose else (nd - 2, nd - 1)
+        graph.add_ref(name, 0, in_axis, x, "consumer")
+        graph.add_ref(name, 0, out_axis, (g,), "producer")
         if cfg.get("use_bias", True):
             graph.add_ref(name, 1, 0, (g,), "producer")
         self.freeze_if_mixing(graph, name, (g,), cfg)
         graph.set_layout(name, (g,))
 
     def bounds(self, info, ins, weights, cfg):
-        if info.cls == "Conv3D" or cfg.get("groups", 1) != 1:
+        if self.transpose or self.rank == 3 or cfg.get("groups", 1) != 1:
             raise NotImplementedError
         lo, hi = ins[0]
         c, r = (lo + hi) / 2, (hi - lo) / 2
@@ -74,24 +89,9 @@ class ConvHandler(LayerHandler):
         return _affine_bounds(info.layer, _conv(c, k, cfg), _conv(r, np.abs(k), cfg), bias)
 
 
-@register("Conv1DTranspose", "Conv2DTranspose", "Conv3DTranspose")
-class ConvTransposeHandler(LayerHandler):
-    """Kernel (..., out, in): output channels on axis -2, input channels on axis -1."""
-
-    width_key = "filters"
-
-    def visit(self, graph, info, ins, cfg):
-        name, layer, x = info.name, info.layer, ins[0]
-        if cfg.get("groups", 1) != 1:
-            return graph.unknown_layer(info, ins, f"{info.cls} with groups={cfg['groups']}")
-        g = graph.new_group(cfg["filters"], name)
-        nd = _kernel_ndim(layer)
-        graph.add_ref(name, 0, nd - 1, x, "consumer")
-        graph.add_ref(name, 0, nd - 2, (g,), "producer")
-        if cfg.get("use_bias", True):
-            graph.add_ref(name, 1, 0, (g,), "producer")
-        self.freeze_if_mixing(graph, name, (g,), cfg)
-        graph.set_layout(name, (g,))
+for _rank in (1, 2, 3):
+    register(f"Conv{_rank}D", rank=_rank)(ConvHandler)
+    register(f"Conv{_rank}DTranspose", rank=_rank, transpose=True)(ConvHandler)
 
 
 @register("SeparableConv1D", "SeparableConv2D")

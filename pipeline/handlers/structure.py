@@ -29,7 +29,10 @@ class InputHandler(LayerHandler):
 
 @register("Flatten")
 class FlattenHandler(LayerHandler):
-    """Channel c at position s becomes feature s * C + c: the layout repeats per position."""
+    """Channel c at position s becomes feature s * C + c: the layout repeats per position
+    (``identity``: on a 2-D input it changes nothing, the criteria look through it)."""
+
+    identity = True
 
     def visit(self, graph, info, ins, cfg):
         reps = _spatial(graph.in_shapes(info)[0])
