@@ -135,6 +135,7 @@ class Pruner:
         self.ctx = Context(self.graph, self.state, tuple(self.config.input_range), np.random.default_rng(self.config.seed),
                            calibration=self.config.calibration, build=self.build)
         self.compensator = None
+        self.augmented = False  # refits fitted on shifted copies too
         if self.config.compensate and self.config.calibration is not None:
             from edgeprune.pipeline.augment import shifted_copies
             from edgeprune.pipeline.compensate import Compensator
@@ -209,7 +210,7 @@ class Pruner:
                                params_before=self.params_before, params_after=count_params(self.graph, self.state),
                                compensation=(f"ridge least squares, ridge={self.config.ridge:g}"
                                              + (f", calibration + {self.config.augment} shifted copies"
-                                                if getattr(self, "augmented", False) else "")) if self.compensator else "")
+                                                if self.augmented else "")) if self.compensator else "")
 
     def build(self):
         return build_model(self.graph, self.state)

@@ -330,6 +330,7 @@ class RunProgress:
                                  MofNCompleteColumn(), TimeElapsedColumn(), console=console, transient=False)
         self.host = None
         self.dev = None
+        self.train = None  # the recovery-training bar, while one runs
 
     def __enter__(self):
         self.progress.__enter__()
@@ -360,11 +361,11 @@ class RunProgress:
             self._status_done()
             self.train = p.add_task(f"training rate {info['rate']:.3g}: {info['samples']:,} samples, "
                                     f"{info['epochs']} epoch(s)", total=1000)
-        elif event == "train" and getattr(self, "train", None) is not None:
+        elif event == "train" and self.train is not None:
             p.update(self.train, completed=int(1000 * info["fraction"]),
                      description=f"training rate {info['rate']:.3g}: epoch {info['epoch']}/{info['epochs']}, "
                                  f"loss {info['loss']:.4f}, {_left(info['left_s'])} left")
-        elif event == "train_done" and getattr(self, "train", None) is not None:
+        elif event == "train_done" and self.train is not None:
             p.remove_task(self.train)
             self.train = None
             print_kept(p.console, f"  rate {info['rate']:.3g}: trained in {info['seconds']:.1f} s, loss {info['loss']:.4f}")

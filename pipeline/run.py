@@ -49,45 +49,32 @@ import time
 from typing import Optional
 
 from edgeprune.devices.base import file_sha256  # noqa: F401  (re-exported)
-from edgeprune.pipeline.device_phase import DevicePhase
+from edgeprune.pipeline.device_phase import DevicePhase, check_reachable
 from edgeprune.pipeline.host_phase import HostPhase, candidate_name, rate_schedule  # noqa: F401
+from edgeprune.pipeline.reference_cache import reference_outputs
 from edgeprune.pipeline.run_config import (  # noqa: F401  (the public names live here)
     CALIBRATION_MAX, CANDIDATE_FORMAT, DEFAULT_MAX_RATE, DEFAULT_MIN_FIDELITY, DEFAULT_STEP, NOISE_TOLERANCE,
     QUANTIZE_CHOICES, RUN_FORMAT, STRATEGY, SYNTHETIC_SAMPLES, Progress, RunConfig, RunResult,
     _now, _parse_budget)
 from edgeprune.pipeline.run_dir import (  # noqa: F401
-    _OUR_FILES, RunDirStage, _clean_tmp, _clear_run_dir, _copy_atomic, _prepare_dir, _save_keras_atomic,
+    _OUR_FILES, _clean_tmp, _clear_run_dir, _copy_atomic, _prepare_dir, _save_keras_atomic, open_run_dir,
     write_json_atomic)
-from edgeprune.pipeline.reference_cache import ReferenceStage
-from edgeprune.pipeline.run_finish import FinishStage
-from edgeprune.pipeline.run_setup import SetupStage, _validate  # noqa: F401
+from edgeprune.pipeline.run_finish import finish
+from edgeprune.pipeline.run_setup import RunContext, _validate, load, setup  # noqa: F401
 
 
 # --------------------------------------------------------------------------- the run
-class _Run(SetupStage, RunDirStage, ReferenceStage, HostPhase, DevicePhase, FinishStage):
-    """The state of one run; its stages live in their own modules (run_setup: setup + load,
-    run_dir: the directory and --resume, host_phase: candidates + host checks, device_phase:
-    measurement, run_finish: reasons + report)."""
-
-    def __init__(self, config: RunConfig, progress: Optional[Progress]):
-        self.c = config
-        self.emit = progress or (lambda *a, **k: None)
-        self.notes: list[str] = []
-        self.t_start = time.perf_counter()
-
-
 def run(config: RunConfig, progress: Optional[Progress] = None) -> RunResult:
     """The whole search (see the module docstring). Raises BadInput (exit 2) / DeviceError
     (exit 4); returns a RunResult whose ``exit_code`` is 0 (a candidate meets everything) or 3."""
-    r = _Run(config, progress)
-    r.setup()
-    r.check_reachable()
+    ctx = setup(config, progress)  # 1. validate; device profile, budgets, thresholds, paths
+    ctx.boards = check_reachable(ctx)  # 2. every board answers (exit 4 before any work)
     t0 = time.perf_counter()
-    r.load()
-    r.open_run_dir()
-    r.reference_outputs()
-    r.load_seconds = time.perf_counter() - t0
-    r.emit("host_phase", total=len(rate_schedule(float(config.step), float(config.max_rate))))
-    r.host_phase()
-    r.device_phase()
-    return r.finish()
+    load(ctx)  # 3. TensorFlow, the model, the data split, the engine
+    open_run_dir(ctx)  # 4. fresh, resumed or refused
+    reference_outputs(ctx)  # 5. the original model's outputs (cached for --resume)
+    ctx.load_seconds = time.perf_counter() - t0
+    ctx.emit("host_phase", total=len(rate_schedule(float(config.step), float(config.max_rate))))
+    host = HostPhase(ctx).run()  # 6. candidates: prune, convert, host checks
+    device = DevicePhase(ctx, host).run()  # 7. measure from the largest host-passing rate down
+    return finish(ctx, host, device)  # 8. best.tflite and the report

@@ -101,6 +101,62 @@ class RunResult:
 
 
 
+# --------------------------------------------------------------------------- budgets (parsed once)
+@dataclass(frozen=True)
+class Budget:
+    """One limit of the run: its value (bytes or ms; None: no limit) and where it came from."""
+    value: Any = None
+    source: Optional[str] = None  # "option", "profile" or None
+
+    @classmethod
+    def of(cls, option, profile_value) -> "Budget":
+        if option is not None:
+            return cls(option, "option")
+        return cls(profile_value, "profile" if profile_value is not None else None)
+
+    def to_dict(self) -> dict:
+        return {"value": self.value, "source": self.source}
+
+
+@dataclass(frozen=True)
+class Budgets:
+    """The run's flash, RAM and latency budgets (``report.json`` ``budgets``)."""
+    flash: Budget = Budget()
+    ram: Budget = Budget()
+    latency: Budget = Budget()
+
+    @property
+    def flash_bytes(self) -> Optional[int]:
+        return self.flash.value
+
+    @property
+    def ram_bytes(self) -> Optional[int]:
+        return self.ram.value
+
+    @property
+    def latency_ms(self) -> Optional[float]:
+        return self.latency.value
+
+    def to_dict(self) -> dict:
+        return {"flash_bytes": self.flash.to_dict(), "ram_bytes": self.ram.to_dict(),
+                "latency_ms": self.latency.to_dict()}
+
+    def values(self) -> dict:
+        return {"flash_bytes": self.flash_bytes, "ram_bytes": self.ram_bytes, "latency_ms": self.latency_ms}
+
+
+@dataclass(frozen=True)
+class RequestedBudgets:
+    """The budgets given as options, parsed once (None: the profile's)."""
+    flash_bytes: Optional[int] = None
+    ram_bytes: Optional[int] = None
+    latency_ms: Optional[float] = None
+
+    def with_profile(self, limits) -> Budgets:
+        return Budgets(Budget.of(self.flash_bytes, limits.flash_bytes), Budget.of(self.ram_bytes, limits.ram_bytes),
+                       Budget.of(self.latency_ms, limits.latency_ms))
+
+
 # --------------------------------------------------------------------------- small helpers
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")

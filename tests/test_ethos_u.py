@@ -146,13 +146,12 @@ def test_npu_share_drop_is_flagged(models, tmp_path):
 
     for i, key in enumerate(("conv", "sqrt")):
         (tmp_path / f"cand-0{i}.tflite").write_bytes(models[key].read_bytes())
-    run = types.SimpleNamespace(profile=load_profile("ethos-u55-128"), run_dir=tmp_path, candidates=[], notes=[],
+    run = types.SimpleNamespace(profile=load_profile("ethos-u55-128"), run_dir=tmp_path, notes=[],
                                 emit=lambda *a, **k: None)
     recs = []
     for i in range(2):
         rec = {"index": i, "rate": 0.1 * i, "name": f"cand-0{i}", "files": {"tflite": f"cand-0{i}.tflite"}}
-        compile_candidate(run, rec)
-        run.candidates.append(rec)
+        compile_candidate(run, recs, rec)
         recs.append(rec)
     assert recs[0]["vela"]["npu_share"] == 1.0 and recs[0]["vela"]["npu_share_dropped"] is False
     assert recs[1]["vela"]["npu_share"] < 1.0 and recs[1]["vela"]["npu_share_dropped"] is True
