@@ -171,11 +171,11 @@ class Lookahead:
         this candidate. The search decides again when it reaches it; if it converts after all,
         it converts in the main process."""
         config, predictor = self.host.ctx.config, self.host.checks.predictor
-        if not config.predict or not predictor.ready:
+        if not config.search.predict or not predictor.ready:
             return False
         from edgeprune.pipeline.predict import predict
 
-        return predictor.skip_reason(predict(km, config.quantize)) is not None
+        return predictor.skip_reason(predict(km, config.prune.quantize)) is not None
 
     def take(self, i: int) -> Prepared:
         p = self.ready.pop(i)

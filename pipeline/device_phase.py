@@ -78,8 +78,6 @@ def strategy_text(boards: list) -> str:
 
 def device_key(config, sha: str, board) -> str:
     """The measurement cache's key: the .tflite's sha256, the board and the run settings."""
-    from edgeprune.pipeline.run_setup import bench_config
-
     conn = board.connection
     if board.kind == "labgrid":
         from edgeprune.devices.farm import board_id
@@ -87,7 +85,7 @@ def device_key(config, sha: str, board) -> str:
         where = board_id(board)
     else:
         where = f"{conn.host or conn.ssh_config_alias}:{conn.port or 22}" if conn is not None else board.kind
-    cfg = bench_config(config)
+    cfg = config.measurement.bench()
     threads = cfg.threads if cfg.threads is not None else board.threads
     return f"{sha}|{board.name}|{where}|{cfg.key()}|threads={threads}"
 
@@ -157,7 +155,7 @@ class DevicePhase:
         m = self._cached(r["sha256"])
         if m is None:
             return None
-        if straddles(m, self.config.latency_stat, self.latency_budget) and \
+        if straddles(m, self.config.measurement.latency_stat, self.latency_budget) and \
                 self._cached(r["sha256"], "|again") is None:
             return None
         return self.measure_noise_aware(r)
@@ -166,7 +164,6 @@ class DevicePhase:
         """Measure (or take from the cache) one candidate; ``again``: the re-measurement of a
         candidate whose first measurement put the budget within its noise band."""
         from edgeprune.devices.base import measure
-        from edgeprune.pipeline.run_setup import bench_config
 
         board = board if board is not None else self.ctx.profile
         suffix = "|again" if again else ""
@@ -175,7 +172,7 @@ class DevicePhase:
             if hit is not None:
                 return hit, True
             self.ctx.emit("device_start", record=rec, board=board.name)
-        path, config = self.ctx.run_dir / rec["files"]["tflite"], bench_config(self.config)
+        path, config = self.ctx.run_dir / rec["files"]["tflite"], self.config.measurement.bench()
         if len(self.boards) > 1:
             from edgeprune.pipeline.device_farm import measure_on
 
@@ -197,7 +194,7 @@ class DevicePhase:
         return {
             "ram": {"ok": True if (rb is None or ram is None) else ram <= rb, "value": ram, "limit": rb,
                     "estimate": not m["measured"].get("ram", False)},
-            "latency": latency_check(m, self.config.latency_stat, lb, remeasured=remeasured),
+            "latency": latency_check(m, self.config.measurement.latency_stat, lb, remeasured=remeasured),
         }
 
     def measure_noise_aware(self, r: dict, board=None) -> tuple[dict, bool]:
@@ -206,7 +203,7 @@ class DevicePhase:
 
         m, cached = self.measure(r, board=board)
         remeasured = False
-        if straddles(m, self.config.latency_stat, self.latency_budget):
+        if straddles(m, self.config.measurement.latency_stat, self.latency_budget):
             r["first_measurement"] = m
             m, cached2 = self.measure(r, again=True, board=board)
             cached = cached and cached2
@@ -244,13 +241,13 @@ class DevicePhase:
 
         run_in_rate_order(order, self.boards, lookup=self.cached_noise_aware, measure=self.measure_on_board,
                           store=lambda board, r, res: res, decide=self.decide, keep=self.keep,
-                          emit=lambda *a, **k: None, look_ahead=len(order) if config.measure_all else None)
+                          emit=lambda *a, **k: None, look_ahead=len(order) if config.search.measure_all else None)
         self.result.seconds = time.perf_counter() - t_phase  # wall time (boards in parallel overlap)
         for r in order:
             if id(r) not in self.decided and r["measurement"] is None and self.skip is not None:
                 r["not_measured"] = self.skip
         self.ctx.emit("device_phase_done", made=self.result.runs, cached=self.result.cached)
-        if config.measure_all and order:
+        if config.search.measure_all and order:
             passing = [r for r in order if _ok(r)]
             self.result.chosen = passing[0] if passing else None
         return self.result
@@ -270,7 +267,7 @@ class DevicePhase:
         r["measurement_cached"] = cached
         r["timings"]["device_s"] = round(spent, 4) if not cached else 0.0
         ok = _ok(r)
-        self.ctx.emit("device_done", record=r, cached=cached, ok=ok, latency_stat=self.config.latency_stat)
+        self.ctx.emit("device_done", record=r, cached=cached, ok=ok, latency_stat=self.config.measurement.latency_stat)
         # keep the candidate's metrics file up to date with its measurement
         disk = {k: v for k, v in r.items() if k not in ("reused",)}
         write_json_atomic(self.ctx.run_dir / f"{r['name']}.json", dict(disk, device=m))
@@ -284,11 +281,11 @@ class DevicePhase:
             return True
         if ok:
             self.result.chosen = self.result.chosen or r
-            if not self.config.measure_all:
+            if not self.config.search.measure_all:
                 self.skip = f"not measured: rate {r['rate']:.2f} (a larger rate) already meets every budget"
                 return False
             return True
-        if self.config.measure_all:
+        if self.config.search.measure_all:
             return True
         misses = []
         for lim in ("latency", "ram"):

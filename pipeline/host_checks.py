@@ -88,12 +88,12 @@ class HostChecks:
         on the host once, against its predicted peak activation memory (the RAM predictor's
         overhead and margin). None elsewhere."""
         c = self.ctx.config
-        if not c.predict or self.profile.kind != "mcu" or self.budgets.ram_bytes is None or c.quantize != "int8":
+        if not c.search.predict or self.profile.kind != "mcu" or self.budgets.ram_bytes is None or c.prune.quantize != "int8":
             return None
         from edgeprune.devices.tflm import measure_arena
         from edgeprune.pipeline.resources import resources_of
 
-        peak = resources_of(km, c.quantize).peak_activation_bytes
+        peak = resources_of(km, c.prune.quantize).peak_activation_bytes
         if 1.5 * peak + int(self.profile.mcu.runtime_ram_bytes) <= self.budgets.ram_bytes:
             return None  # far within the budget: no candidate can be skipped for RAM, measure nothing more
         try:
@@ -120,7 +120,7 @@ class HostChecks:
         rp, lat = self.ram_predictor, self.latency
         if (rb is None or rp is None) and (lb is None or lat is None):
             return None
-        res = resources_of(km, self.ctx.config.quantize)
+        res = resources_of(km, self.ctx.config.prune.quantize)
         if rb is not None and rp is not None:
             ram = rp.arena(res.peak_activation_bytes) + int(self.profile.mcu.runtime_ram_bytes)
             low = ram * (1 - rp.margin)

@@ -181,7 +181,7 @@ class HostPhase:
     def __init__(self, ctx):
         self.ctx = ctx
         self.checks = HostChecks(ctx)
-        self.rates = rate_schedule(float(ctx.config.step), float(ctx.config.max_rate))
+        self.rates = rate_schedule(float(ctx.config.search.step), float(ctx.config.search.max_rate))
         self.candidates: list[dict] = []
         self.failed_candidates: list[dict] = []
         self.prunable = True
@@ -205,8 +205,8 @@ class HostPhase:
         if ctx.resumed:
             self.candidates = reuse_finished(ctx, self.checks, self.rates)
         reused = len(self.candidates)
-        pconf = PruneConfig(rate=max(self.rates), criterion=engine.criterion, step=float(c.step), round_to=ctx.round_to,
-                            input_range=tuple(float(v) for v in c.input_range), seed=c.seed,
+        pconf = PruneConfig(rate=max(self.rates), criterion=engine.criterion, step=float(c.search.step), round_to=ctx.round_to,
+                            input_range=tuple(float(v) for v in c.model.input_range), seed=c.prune.seed,
                             calibration=engine.calibration, compensate=engine.compensate,
                             allocation=engine.allocation_obj or engine.allocation)
         if self.candidates:
@@ -277,8 +277,8 @@ class HostPhase:
         from edgeprune.pipeline import convert as conv
 
         c = self.ctx.config
-        return conv.ConvertConfig(quantize=c.quantize, calibration=self.ctx.calibration,
-                                  input_range=tuple(float(v) for v in c.input_range), num_calibration=SYNTHETIC_SAMPLES)
+        return conv.ConvertConfig(quantize=c.prune.quantize, calibration=self.ctx.calibration,
+                                  input_range=tuple(float(v) for v in c.model.input_range), num_calibration=SYNTHETIC_SAMPLES)
 
     def start_pool(self, pruner):
         """A :class:`~edgeprune.pipeline.convert_pool.Lookahead` when more than one job and more than
@@ -287,7 +287,7 @@ class HostPhase:
         more (a worker costs a TensorFlow import: small models convert faster serially)."""
         from edgeprune.pipeline.convert_pool import Lookahead, default_jobs, pool_size
 
-        jobs = self.ctx.config.jobs
+        jobs = self.ctx.config.search.jobs
         self.jobs = int(jobs) if jobs is not None else default_jobs()
         times = [r["timings"]["convert_s"] for r in self.candidates if "convert_s" in r.get("timings", {})]
         n = pool_size(jobs, self.jobs, len(self.rates) - len(self.candidates), self.prunable, times)
@@ -312,10 +312,10 @@ class HostPhase:
                 pruner.step_to(rate)
             with conv.captured_output():
                 km = pruner.build()
-        pred = predict(km, c.quantize)
-        reason = self.checks.predictor.skip_reason(pred) if c.predict else None
+        pred = predict(km, c.prune.quantize)
+        reason = self.checks.predictor.skip_reason(pred) if c.search.predict else None
         skip = None
-        if reason is None and c.predict and i > 0:
+        if reason is None and c.search.predict and i > 0:
             skip = self.checks.resource_skip(km)
             reason = skip["reason"] if skip else None
         if reason is not None:

@@ -132,8 +132,8 @@ def model_for_run(run, res0) -> Optional[LatencyModel]:
 def _key(run) -> dict:
     prof = run.profile
     return {"board": prof.name, "kind": prof.kind, "host": getattr(getattr(prof, "connection", None), "host", None),
-            "threads": run.config.threads if run.config.threads is not None else prof.threads,
-            "quantize": run.config.quantize, "architecture": architecture_id(run.model)}
+            "threads": run.config.measurement.threads if run.config.measurement.threads is not None else prof.threads,
+            "quantize": run.config.prune.quantize, "architecture": architecture_id(run.model)}
 
 
 def build_or_load(run) -> LatencyModel:
@@ -151,8 +151,8 @@ def build_or_load(run) -> LatencyModel:
                 return m
         except (OSError, ValueError, TypeError):
             pass
-    return build(run.model, run.profile, key, quantize=run.config.quantize, round_to=run.round_to,
-                 input_range=tuple(float(v) for v in run.config.input_range), emit=run.emit)
+    return build(run.model, run.profile, key, quantize=run.config.prune.quantize, round_to=run.round_to,
+                 input_range=tuple(float(v) for v in run.config.model.input_range), emit=run.emit)
 
 
 def save(model: LatencyModel, run_dir) -> None:

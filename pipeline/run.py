@@ -74,7 +74,7 @@ def run(config: RunConfig, progress: Optional[Progress] = None) -> RunResult:
     open_run_dir(ctx)  # 4. fresh, resumed or refused
     reference_outputs(ctx)  # 5. the original model's outputs (cached for --resume)
     ctx.load_seconds = time.perf_counter() - t0
-    ctx.emit("host_phase", total=len(rate_schedule(float(config.step), float(config.max_rate))))
+    ctx.emit("host_phase", total=len(rate_schedule(float(config.search.step), float(config.search.max_rate))))
     host = HostPhase(ctx).run()  # 6. candidates: prune, convert, host checks
     device = DevicePhase(ctx, host).run()  # 7. measure from the largest host-passing rate down
     return finish(ctx, host, device)  # 8. best.tflite and the report

@@ -68,11 +68,11 @@ def _clean_tmp(path: Path) -> None:
 def fingerprint(ctx) -> dict:
     """What a run directory's results depend on (``run.json``; ``--resume`` needs it equal)."""
     c, engine = ctx.config, ctx.engine
-    fp = {"model_sha256": ctx.model_sha, "data": ctx.data_id, "quantize": c.quantize, "criterion": engine.criterion,
+    fp = {"model_sha256": ctx.model_sha, "data": ctx.data_id, "quantize": c.prune.quantize, "criterion": engine.criterion,
           "compensate": engine.compensate,
           **({"allocation": engine.allocation} if engine.allocation != "uniform" else {}),
-          "step": round(float(c.step), 6), "seed": c.seed, "input_range": [float(v) for v in c.input_range],
-          **({"input_shape": list(c.input_shape)} if c.input_shape else {})}
+          "step": round(float(c.search.step), 6), "seed": c.prune.seed, "input_range": [float(v) for v in c.model.input_range],
+          **({"input_shape": list(c.model.input_shape)} if c.model.input_shape else {})}
     obj = engine.objective
     if obj is not None and not obj.is_size:  # only then: size runs keep their fingerprint
         fp["objective"] = {"name": obj.name, "weights": {k: round(v, 6) for k, v in obj.weights.items()}}
@@ -90,19 +90,19 @@ def _check_existing(ctx, run_json: Path, fp: dict) -> None:
         old = json.loads(run_json.read_text())
         old_fp = old["fingerprint"]
     except (OSError, ValueError, KeyError, TypeError):
-        if not c.force:
+        if not c.output.force:
             raise BadInput(f"{run_json} is unreadable or not an edgeprune run",
                            "pass --force to start over there, or choose another --out") from None
         old_fp = None
     if old_fp == fp:
-        if c.resume:
+        if c.output.resume:
             ctx.resumed = True
         else:
             ctx.notes.append(f"{d} held a run of the same configuration: started over "
                              "(pass --resume to reuse its candidates)")
             _clear_run_dir(d)
         return
-    if not c.force:
+    if not c.output.force:
         diffs = [f"{k}: {old_fp.get(k)!r} there, {fp[k]!r} now" for k in fp if old_fp.get(k) != fp[k]] \
             if isinstance(old_fp, dict) else ["unreadable"]
         raise BadInput(f"--out {d} holds a run of a different configuration ({'; '.join(diffs)})",
@@ -127,7 +127,7 @@ def open_run_dir(ctx) -> None:
             raise BadInput(f"--out {d} is not empty and is not an edgeprune run directory "
                            f"(holds {', '.join(sorted(others)[:3])}{'...' if len(others) > 3 else ''})",
                            "choose a new or empty folder for --out")
-        if c.resume:
+        if c.output.resume:
             ctx.notes.append(f"--resume: nothing to resume in {d}; started a new run")
         _clear_run_dir(d)
     _clean_tmp(d)
@@ -146,11 +146,11 @@ def config_dict(ctx) -> dict:
     c, engine = ctx.config, ctx.engine
     return {
         "model": str(ctx.model_path), "example": ctx.is_example, "device": ctx.profile.name,
-        "data": str(ctx.data_path) if ctx.data_path else None, "quantize": c.quantize, "criterion": engine.criterion,
-        "compensate": engine.compensate, "step": c.step, "max_rate": c.max_rate, "budgets": ctx.budgets.values(),
-        "min_fidelity": ctx.min_fidelity, "max_accuracy_drop": ctx.max_drop, "runs": c.runs, "warmup": c.warmup,
-        "measure_all": c.measure_all, "input_range": list(c.input_range), "seed": c.seed,
-        "input_shape": list(c.input_shape) if c.input_shape else None,
-        "threads": c.threads, "min_secs": c.min_secs, "max_secs": c.max_secs, "warmup_min_secs": c.warmup_min_secs,
-        "latency_stat": c.latency_stat, "round_to": ctx.round_to, "predict": c.predict,
+        "data": str(ctx.data_path) if ctx.data_path else None, "quantize": c.prune.quantize, "criterion": engine.criterion,
+        "compensate": engine.compensate, "step": c.search.step, "max_rate": c.search.max_rate, "budgets": ctx.budgets.values(),
+        "min_fidelity": ctx.min_fidelity, "max_accuracy_drop": ctx.max_drop, "runs": c.measurement.runs, "warmup": c.measurement.warmup,
+        "measure_all": c.search.measure_all, "input_range": list(c.model.input_range), "seed": c.prune.seed,
+        "input_shape": list(c.model.input_shape) if c.model.input_shape else None,
+        "threads": c.measurement.threads, "min_secs": c.measurement.min_secs, "max_secs": c.measurement.max_secs, "warmup_min_secs": c.measurement.warmup_min_secs,
+        "latency_stat": c.measurement.latency_stat, "round_to": ctx.round_to, "predict": c.search.predict,
     }

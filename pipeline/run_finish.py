@@ -18,7 +18,7 @@ def _layer_rows(ctx, cand) -> Optional[list]:
     from edgeprune.pipeline.plan import Plan
     from edgeprune.pipeline.resources import ResourceModel
 
-    rm = ctx.engine.resource_model or ResourceModel(DependencyGraph(ctx.model), ctx.config.quantize)
+    rm = ctx.engine.resource_model or ResourceModel(DependencyGraph(ctx.model), ctx.config.prune.quantize)
     plan_file = (cand.get("files") or {}).get("plan")
     state = Plan.load(ctx.run_dir / plan_file).to_state(rm.graph) if plan_file else None
     res = rm.evaluate(state, layers=True)
@@ -94,7 +94,7 @@ def reasons(ctx, host) -> list[str]:
     cands = host.candidates
     fid_ok = [r for r in cands if r["checks"]["fidelity"]["ok"]]
     if not fid_ok:
-        return [f"the unpruned model (rate 0, {ctx.config.quantize}) already misses the fidelity threshold "
+        return [f"the unpruned model (rate 0, {ctx.config.prune.quantize}) already misses the fidelity threshold "
                 f"{threshold_text(ctx)}: {score_text(ctx, cands[0])}"]
     flash_ok = [r for r in fid_ok if r["checks"]["flash"]["ok"]]
     out = [_flash_reason(ctx, cands, fid_ok)] if not flash_ok else _device_reasons(flash_ok)
@@ -107,13 +107,13 @@ def reasons(ctx, host) -> list[str]:
         last = cands[-1]
         out.append(f"fidelity fell below {threshold_text(ctx)} at rate {last['rate']:.2f} ({score_text(ctx, last)})")
     elif host.stop["reason"] == "max_rate":
-        out.append(f"pruning stopped at --max-rate {ctx.config.max_rate:g} (a higher --max-rate may find a smaller model)")
+        out.append(f"pruning stopped at --max-rate {ctx.config.search.max_rate:g} (a higher --max-rate may find a smaller model)")
     return out
 
 
 def prediction_summary(ctx, host) -> dict:
     skipped = [r for r in host.candidates if r.get("skipped")]
-    return {"enabled": bool(ctx.config.predict), "method": "weight bytes of the pruned Keras model + the overhead of "
+    return {"enabled": bool(ctx.config.search.predict), "method": "weight bytes of the pruned Keras model + the overhead of "
             "the first candidate's real conversion; skipped when still over the flash budget after the margin; "
             "also (issue 22) when the predicted RAM (peak activation memory + the overhead of the unpruned model's "
             "measured TFLite-Micro arena) or the board latency model's latency misses its budget by more than the "
@@ -177,15 +177,15 @@ def _device_section(ctx, device, cand_out: list) -> dict:
 
 def _settings(ctx, host) -> dict:
     c, engine = ctx.config, ctx.engine
-    return {"quantize": c.quantize, "criterion": engine.criterion, "step": c.step,
+    return {"quantize": c.prune.quantize, "criterion": engine.criterion, "step": c.search.step,
             "compensate": engine.compensate, "allocation": engine.allocation, "stages": engine.label,
             "objective": engine.objective.to_dict() if engine.objective is not None else None,
-            "max_rate": c.max_rate, "runs": c.runs, "warmup": c.warmup,
-            "measure_all": c.measure_all, "seed": c.seed,
-            "input_range": list(c.input_range), "threads": c.threads,
-            "min_secs": c.min_secs, "max_secs": c.max_secs,
-            "warmup_min_secs": c.warmup_min_secs, "latency_stat": c.latency_stat,
-            "round_to": ctx.round_to, "predict": c.predict,
+            "max_rate": c.search.max_rate, "runs": c.measurement.runs, "warmup": c.measurement.warmup,
+            "measure_all": c.search.measure_all, "seed": c.prune.seed,
+            "input_range": list(c.model.input_range), "threads": c.measurement.threads,
+            "min_secs": c.measurement.min_secs, "max_secs": c.measurement.max_secs,
+            "warmup_min_secs": c.measurement.warmup_min_secs, "latency_stat": c.measurement.latency_stat,
+            "round_to": ctx.round_to, "predict": c.search.predict,
             "jobs": host.jobs, "pool": host.pool}
 
 
@@ -197,7 +197,7 @@ def _chosen_section(ctx, chosen: dict) -> dict:
         "size_bytes": chosen["size_bytes"], "flash_bytes": chosen["flash_bytes"], "params": chosen["params"],
         "fidelity": chosen["fidelity"]["score"], "score_name": chosen["fidelity"]["score_name"],
         "accuracy": chosen["fidelity"].get("accuracy"), "accuracy_drop": chosen["fidelity"].get("accuracy_drop"),
-        "latency_ms": chosen["checks"]["latency"]["value"], "latency_stat": ctx.config.latency_stat,
+        "latency_ms": chosen["checks"]["latency"]["value"], "latency_stat": ctx.config.measurement.latency_stat,
         "latency_spread_ms": m["latency_ms"].get("iqr"),
         "latency_is_estimate": bool(m.get("latency_is_estimate")),
         "ram_bytes": m.get("ram_bytes"), "sha256": chosen["sha256"],

@@ -22,90 +22,82 @@ from edgeprune.pipeline.run_dir import _prepare_dir
 MAX_CANDIDATES = 200  # rate 0 + at most this many pruned candidates (--step 0.005 up to 0.9 is 181)
 
 
-def bench_config(config: RunConfig):
-    """The device measurement settings of a run (time-based, as benchmark_model)."""
-    from edgeprune.devices.base import BenchConfig
-
-    return BenchConfig(runs=config.runs, warmup=config.warmup, threads=config.threads, min_secs=config.min_secs,
-                       max_secs=config.max_secs, warmup_min_secs=config.warmup_min_secs)
-
-
 def _validate(config: RunConfig) -> RequestedBudgets:
     """Checks that need neither TensorFlow nor the device (fast bad-input errors); returns the
     budgets given as options, parsed (the only place they are parsed)."""
-    if not (0.0 < float(config.step) <= 1.0):
-        raise BadInput(f"--step {config.step:g} must be in (0, 1]", "e.g. --step 0.05 (5% of the channels per step)")
-    if not (0.0 <= float(config.max_rate) < 1.0):
-        raise BadInput(f"--max-rate {config.max_rate:g} must be in [0, 1)", "e.g. --max-rate 0.9")
-    n_candidates = int(float(config.max_rate) / float(config.step) + 1e-9) + 2
+    if not (0.0 < float(config.search.step) <= 1.0):
+        raise BadInput(f"--step {config.search.step:g} must be in (0, 1]", "e.g. --step 0.05 (5% of the channels per step)")
+    if not (0.0 <= float(config.search.max_rate) < 1.0):
+        raise BadInput(f"--max-rate {config.search.max_rate:g} must be in [0, 1)", "e.g. --max-rate 0.9")
+    n_candidates = int(float(config.search.max_rate) / float(config.search.step) + 1e-9) + 2
     if n_candidates > MAX_CANDIDATES + 1:
-        smallest = float(config.max_rate) / MAX_CANDIDATES
-        raise BadInput(f"--step {config.step:g} up to --max-rate {config.max_rate:g} makes {n_candidates - 1:,} "
+        smallest = float(config.search.max_rate) / MAX_CANDIDATES
+        raise BadInput(f"--step {config.search.step:g} up to --max-rate {config.search.max_rate:g} makes {n_candidates - 1:,} "
                        f"candidates; a run takes at most {MAX_CANDIDATES}",
                        f"use --step {smallest:.3g} or larger (e.g. 0.05), or a lower --max-rate")
     parsed = {}
-    for value, what in ((config.budget, "--budget"), (config.ram_budget, "--ram-budget")):
+    for value, what in ((config.budgets.flash, "--budget"), (config.budgets.ram, "--ram-budget")):
         parsed[what] = _parse_budget(value, what)
         if value is not None and parsed[what] == 0:
             raise BadInput(f"{what} {value!r} is zero bytes: no model fits", f"give the real limit, e.g. {what} 2MB")
-    if config.quantize not in QUANTIZE_CHOICES:
-        raise BadInput(f"unknown --quantize {config.quantize!r}", f"use one of: {', '.join(QUANTIZE_CHOICES)}")
-    if config.latency_budget is not None and not float(config.latency_budget) > 0:
-        raise BadInput(f"--latency-budget {config.latency_budget:g} ms must be positive", "e.g. --latency-budget 20")
-    if config.min_fidelity is not None and not (0.0 < float(config.min_fidelity) <= 1.0):
-        raise BadInput(f"--min-fidelity {config.min_fidelity:g} must be in (0, 1]",
+    if config.prune.quantize not in QUANTIZE_CHOICES:
+        raise BadInput(f"unknown --quantize {config.prune.quantize!r}", f"use one of: {', '.join(QUANTIZE_CHOICES)}")
+    if config.budgets.latency_ms is not None and not float(config.budgets.latency_ms) > 0:
+        raise BadInput(f"--latency-budget {config.budgets.latency_ms:g} ms must be positive", "e.g. --latency-budget 20")
+    if config.budgets.min_fidelity is not None and not (0.0 < float(config.budgets.min_fidelity) <= 1.0):
+        raise BadInput(f"--min-fidelity {config.budgets.min_fidelity:g} must be in (0, 1]",
                        "it is the top-1 agreement (classifiers) or cosine similarity, e.g. 0.95")
-    if config.max_accuracy_drop is not None and not (0.0 <= float(config.max_accuracy_drop) <= 100.0):
-        raise BadInput(f"--max-accuracy-drop {config.max_accuracy_drop:g} must be in [0, 100] points", "e.g. 1.0")
-    if config.jobs is not None and int(config.jobs) < 1:
-        raise BadInput(f"--jobs must be at least 1, got {config.jobs}", "e.g. --jobs 2 (or leave it out: one per core)")
-    if config.runs < 1:
-        raise BadInput(f"--runs must be at least 1, got {config.runs}", "e.g. --runs 50")
-    if config.warmup < 0:
-        raise BadInput(f"--warmup must be 0 or more, got {config.warmup}", "e.g. --warmup 5")
-    bench_config(config)  # --min-secs / --max-secs / --warmup-min-secs / --num-threads (BadInput)
+    if config.budgets.max_accuracy_drop is not None and not (0.0 <= float(config.budgets.max_accuracy_drop) <= 100.0):
+        raise BadInput(f"--max-accuracy-drop {config.budgets.max_accuracy_drop:g} must be in [0, 100] points", "e.g. 1.0")
+    if config.search.jobs is not None and int(config.search.jobs) < 1:
+        raise BadInput(f"--jobs must be at least 1, got {config.search.jobs}", "e.g. --jobs 2 (or leave it out: one per core)")
+    if config.measurement.runs < 1:
+        raise BadInput(f"--runs must be at least 1, got {config.measurement.runs}", "e.g. --runs 50")
+    if config.measurement.warmup < 0:
+        raise BadInput(f"--warmup must be 0 or more, got {config.measurement.warmup}", "e.g. --warmup 5")
+    config.measurement.bench()  # --min-secs / --max-secs / --warmup-min-secs / --num-threads (BadInput)
     from edgeprune.pipeline.noise import LATENCY_STATS
 
-    if config.latency_stat not in LATENCY_STATS:
-        raise BadInput(f"unknown --latency-stat {config.latency_stat!r}", f"use one of: {', '.join(LATENCY_STATS)}")
-    objective = config.objective or "auto"
+    if config.measurement.latency_stat not in LATENCY_STATS:
+        raise BadInput(f"unknown --latency-stat {config.measurement.latency_stat!r}", f"use one of: {', '.join(LATENCY_STATS)}")
+    objective = config.prune.objective or "auto"
     if objective not in OBJECTIVES:  # (checked before TensorFlow starts)
         raise BadInput(f"unknown --objective {objective!r}", f"use one of: {', '.join(OBJECTIVES)}")
-    if config.round_to is not None and config.round_to < 1:
-        raise BadInput(f"--round-to {config.round_to} must be a positive integer", "e.g. --round-to 4 (SIMD width)")
-    lo, hi = config.input_range
+    if config.prune.round_to is not None and config.prune.round_to < 1:
+        raise BadInput(f"--round-to {config.prune.round_to} must be a positive integer", "e.g. --round-to 4 (SIMD width)")
+    lo, hi = config.model.input_range
     if not float(lo) < float(hi):
-        raise BadInput(f"input range {config.input_range} is empty", "give LO < HI, e.g. 0,1")
-    if config.model is not None:
-        p = Path(config.model)
+        raise BadInput(f"input range {config.model.input_range} is empty", "give LO < HI, e.g. 0,1")
+    if config.model.path is not None:
+        p = Path(config.model.path)
         if not p.exists():
             raise BadInput(f"model file {p} does not exist", "check the path (a .keras or .h5 Keras model), or leave "
                            "--model out to use the bundled example")
     _validate_recover(config)
-    if config.data is not None:
+    if config.data.path is not None:
         from edgeprune.pipeline.datasources import parse_spec
 
-        ds = parse_spec(config.data)  # any of the four forms; BadInput when it is none
+        ds = parse_spec(config.data.path)  # any of the four forms; BadInput when it is none
         if ds.path.is_file() and not os.access(ds.path, os.R_OK):
             raise BadInput(f"data file {ds.path} is not readable", "check its permissions")
-    latency = float(config.latency_budget) if config.latency_budget is not None else None
+    latency = float(config.budgets.latency_ms) if config.budgets.latency_ms is not None else None
     return RequestedBudgets(parsed["--budget"], parsed["--ram-budget"], latency)
 
 
 def recover_config(config: RunConfig):
     """The :class:`~edgeprune.pipeline.recover.RecoverConfig` of a run, or None without --train-data."""
-    if config.train_data is None:
+    if config.recover.train_data is None:
         return None
     from edgeprune.pipeline.recover import RecoverConfig
 
-    return RecoverConfig(epochs=int(config.recover if config.recover is not None else 1),
-                         temperature=float(config.temperature), label_weight=float(config.label_weight),
-                         seed=int(config.seed))
+    return RecoverConfig(epochs=int(config.recover.epochs if config.recover.epochs is not None else 1),
+                         temperature=float(config.recover.temperature), label_weight=float(config.recover.label_weight),
+                         seed=int(config.prune.seed))
 
 
 def _validate_recover(config: RunConfig) -> None:
-    if config.train_data is None:
-        if config.recover is not None:
+    if config.recover.train_data is None:
+        if config.recover.epochs is not None:
             raise BadInput("--recover needs --train-data (the samples the pruned candidates are trained on)",
                            "add --train-data train.npz (any form --data takes; labels optional), or drop --recover")
         return
@@ -113,7 +105,7 @@ def _validate_recover(config: RunConfig) -> None:
     from edgeprune.pipeline.datasources import parse_spec
 
     try:
-        ds = parse_spec(config.train_data)
+        ds = parse_spec(config.recover.train_data)
     except BadInput as exc:
         raise BadInput(f"--train-data: {exc.message}", (exc.hint or "").replace("--data takes", "--train-data takes")
                        or None) from None
@@ -187,21 +179,21 @@ class RunContext:
 def _load_profiles(c: RunConfig):
     from edgeprune.devices.profile import load_profile
 
-    search = [c.devices_dir] if c.devices_dir else None
-    profile = load_profile(c.device, search_dirs=search, host=c.host, user=c.user, port=c.port)
-    if c.trust_new_host:
+    search = [c.device.devices_dir] if c.device.devices_dir else None
+    profile = load_profile(c.device.name, search_dirs=search, host=c.device.host, user=c.device.user, port=c.device.port)
+    if c.device.trust_new_host:
         if profile.connection is None:
             raise BadInput(f"--trust-new-host applies to SSH devices; {profile.name!r} is kind {profile.kind!r}",
                            "drop --trust-new-host, or pick an SSH device (edgeprune devices list)")
         profile = profile.model_copy(update={"connection": profile.connection.model_copy(
             update={"trust_new_host": True})})
     extra_profiles = []
-    if c.extra_devices and any(v is not None for v in (c.host, c.user, c.port)):
+    if c.device.extra and any(v is not None for v in (c.device.host, c.device.user, c.device.port)):
         raise BadInput("--host/--user/--port apply to one device; several --device were given",
                        "put each board's connection in its profile")
-    for name in c.extra_devices:
+    for name in c.device.extra:
         extra = load_profile(name, search_dirs=search)
-        if c.trust_new_host and extra.connection is not None:
+        if c.device.trust_new_host and extra.connection is not None:
             extra = extra.model_copy(update={"connection": extra.connection.model_copy(update={"trust_new_host": True})})
         extra_profiles.append(extra)
     return profile, extra_profiles
@@ -212,28 +204,28 @@ def setup(config: RunConfig, progress: Optional[Progress] = None) -> RunContext:
     c = config
     requested = _validate(c)
     profile, extra_profiles = _load_profiles(c)
-    if c.min_fidelity is None and c.max_accuracy_drop is None:
+    if c.budgets.min_fidelity is None and c.budgets.max_accuracy_drop is None:
         min_fidelity: Optional[float] = DEFAULT_MIN_FIDELITY
     else:
-        min_fidelity = float(c.min_fidelity) if c.min_fidelity is not None else None
+        min_fidelity = float(c.budgets.min_fidelity) if c.budgets.min_fidelity is not None else None
     from edgeprune.pipeline.example import example_data_path, example_model_path
 
     example = example_model_path()
-    model_path = Path(c.model) if c.model is not None else example
+    model_path = Path(c.model.path) if c.model.path is not None else example
     is_example = model_path.resolve() == example.resolve()
     name = re.sub(r"[^A-Za-z0-9_.-]+", "_", model_path.stem)
     dev = re.sub(r"[^A-Za-z0-9_.-]+", "_", profile.name)
-    run_dir = Path(c.out) if c.out is not None else Path("edgeprune-runs") / f"{name}-{dev}-{c.quantize}"
+    run_dir = Path(c.output.out) if c.output.out is not None else Path("edgeprune-runs") / f"{name}-{dev}-{c.prune.quantize}"
     if run_dir.exists() and not run_dir.is_dir():
         raise BadInput(f"--out {run_dir} is a file, not a folder", "choose a folder for the run")
     _prepare_dir(run_dir)
     return RunContext(
         config=c, emit=progress or (lambda *a, **k: None), profile=profile, extra_profiles=extra_profiles,
-        round_to=c.round_to if c.round_to is not None else profile.round_to,
+        round_to=c.prune.round_to if c.prune.round_to is not None else profile.round_to,
         budgets=requested.with_profile(profile.limits), min_fidelity=min_fidelity,
-        max_drop=float(c.max_accuracy_drop) if c.max_accuracy_drop is not None else None,
+        max_drop=float(c.budgets.max_accuracy_drop) if c.budgets.max_accuracy_drop is not None else None,
         model_path=model_path, is_example=is_example,
-        data_path=Path(c.data) if c.data is not None else (example_data_path() if is_example else None),
+        data_path=Path(c.data.path) if c.data.path is not None else (example_data_path() if is_example else None),
         run_dir=run_dir)
 
 
@@ -247,14 +239,14 @@ def resolve_engine(ctx: RunContext) -> Engine:
     from edgeprune.pipeline.criteria import DATA_AWARE
 
     c = ctx.config
-    if c.allocation != "auto" and c.allocation not in ALLOCATIONS:
-        raise BadInput(f"unknown --allocation {c.allocation!r}", f"use one of: {', '.join(ALLOCATIONS)}")
+    if c.prune.allocation != "auto" and c.prune.allocation not in ALLOCATIONS:
+        raise BadInput(f"unknown --allocation {c.prune.allocation!r}", f"use one of: {', '.join(ALLOCATIONS)}")
     held_out = ctx.data_path is not None and ctx.data.source != "synthetic" and ctx.calibration_held_out
-    criterion = c.criterion if c.criterion != "auto" else ("flow" if held_out else "paoding")
-    compensate = bool(c.compensate) if c.compensate is not None else held_out
+    criterion = c.prune.criterion if c.prune.criterion != "auto" else ("flow" if held_out else "paoding")
+    compensate = bool(c.prune.compensate) if c.prune.compensate is not None else held_out
     calibration = ctx.calibration if held_out else None
     # widths: the global greedy with real data (bench/results/fidelity_engine.md), else uniform
-    allocation = c.allocation if c.allocation != "auto" else ("global" if held_out else "uniform")
+    allocation = c.prune.allocation if c.prune.allocation != "auto" else ("global" if held_out else "uniform")
     engine = Engine(criterion=criterion, compensate=compensate, allocation=allocation, allocation_obj=None,
                     objective=None, calibration=calibration, label={})
     resolve_objective(ctx, engine)
@@ -262,9 +254,9 @@ def resolve_engine(ctx: RunContext) -> Engine:
     if needs and engine.calibration is None:
         from edgeprune.pipeline.data import synthetic_data
 
-        engine.calibration = synthetic_data(ctx.model, 64, tuple(c.input_range), seed=2).x
+        engine.calibration = synthetic_data(ctx.model, 64, tuple(c.model.input_range), seed=2).x
         ctx.notes.append(f"{criterion}{' + compensation' if compensate else ''}: calibrated on 64 "
-                         f"SYNTHETIC inputs uniform in {list(c.input_range)} (no held-out calibration data)")
+                         f"SYNTHETIC inputs uniform in {list(c.model.input_range)} (no held-out calibration data)")
     engine.label = {"criterion": criterion,
                     "compensation": "ridge least-squares refit on the calibration split + 8 shifted copies (inputs with spatial axes)" if compensate else "none",
                     "allocation": (engine.allocation_obj or get_allocation(allocation)).label,
@@ -282,11 +274,11 @@ def resolve_objective(ctx: RunContext, engine: Engine) -> None:
     from edgeprune.pipeline.allocation.objective import Objective, resolve
 
     c, profile = ctx.config, ctx.profile
-    requested = c.objective or "auto"
+    requested = c.prune.objective or "auto"
     if engine.allocation != "global":
         engine.objective = Objective("size", {"size": 1.0}, requested,
                                      f"--allocation {engine.allocation}: the objective applies to the global allocation only",
-                                     c.quantize)
+                                     c.prune.quantize)
         if requested not in ("auto", "size"):
             ctx.notes.append(f"--objective {requested} applies to the global allocation; "
                              f"--allocation {engine.allocation} ignores it")
@@ -295,7 +287,7 @@ def resolve_objective(ctx: RunContext, engine: Engine) -> None:
     from edgeprune.pipeline.latency_model import model_for_run
     from edgeprune.pipeline.resources import ResourceModel
 
-    engine.resource_model = ResourceModel(DependencyGraph(ctx.model), c.quantize)
+    engine.resource_model = ResourceModel(DependencyGraph(ctx.model), c.prune.quantize)
     res0 = engine.resources0 = engine.resource_model.evaluate(None, layers=True)
     mcu = profile.kind == "mcu"
     # the MAC estimate of a microcontroller costs nothing; a board's fitted model costs device runs:
@@ -305,7 +297,7 @@ def resolve_objective(ctx: RunContext, engine: Engine) -> None:
                  "ram": (res0.peak_activation_bytes + int(profile.mcu.runtime_ram_bytes)) if mcu else None,
                  "latency": latency_model.predict(res0) if latency_model is not None else None}
     budgets = {"flash": ctx.budgets.flash_bytes, "ram": ctx.budgets.ram_bytes, "latency": ctx.budgets.latency_ms}
-    engine.objective = resolve(requested, res0=res0, predicted=predicted, budgets=budgets, quantize=c.quantize,
+    engine.objective = resolve(requested, res0=res0, predicted=predicted, budgets=budgets, quantize=c.prune.quantize,
                                latency=latency_model)
     if not engine.objective.is_size:
         engine.allocation_obj = GlobalGreedy(objective=engine.objective)
@@ -321,9 +313,9 @@ def load_train_data(ctx: RunContext) -> None:
         return
     from edgeprune.pipeline.datasources import content_id, load_data
 
-    ctx.emit("status", text=f"loading --train-data {Path(c.train_data).name}")
+    ctx.emit("status", text=f"loading --train-data {Path(c.recover.train_data).name}")
     try:
-        train = load_data(c.train_data, ctx.model, input_range=tuple(c.input_range), classes=c.classes)
+        train = load_data(c.recover.train_data, ctx.model, input_range=tuple(c.model.input_range), classes=c.data.classes)
     except BadInput as exc:  # the same checks and messages as --data, naming the option
         exc.message = f"--train-data: {exc.message}"
         if exc.hint:
@@ -331,11 +323,11 @@ def load_train_data(ctx: RunContext) -> None:
         raise
     if ctx.recover.label_weight > 0 and train.y is None:
         raise BadInput(f"--label-weight {ctx.recover.label_weight:g} needs labelled --train-data, and "
-                       f"{Path(c.train_data).name} has no labels",
+                       f"{Path(c.recover.train_data).name} has no labels",
                        "give labels with the training samples (an .npz with x and y, class folders, a label column), "
                        "or --label-weight 0 (distillation only)")
     ctx.train_raw = train
-    ctx.train_id = ("file:" + file_sha256(Path(c.train_data)) if train.form in ("npz", "npy") else content_id(train))
+    ctx.train_id = ("file:" + file_sha256(Path(c.recover.train_data)) if train.form in ("npz", "npy") else content_id(train))
 
 
 def _load_model(ctx: RunContext) -> None:
@@ -344,13 +336,13 @@ def _load_model(ctx: RunContext) -> None:
     c = ctx.config
     ctx.emit("status", text=f"loading {ctx.model_path.name}")
     ctx.model = load_model(ctx.model_path)
-    if c.input_shape:
+    if c.model.input_shape:
         from edgeprune.pipeline.loading import with_input_shape
 
-        if c.input_shape[0] != 1:
-            raise BadInput(f"--input-shape {','.join(map(str, c.input_shape))}: run measures one sample per inference",
-                           "give batch 1, e.g. --input-shape 1," + ",".join(map(str, c.input_shape[1:])))
-        ctx.model = with_input_shape(ctx.model, tuple(c.input_shape))
+        if c.model.input_shape[0] != 1:
+            raise BadInput(f"--input-shape {','.join(map(str, c.model.input_shape))}: run measures one sample per inference",
+                           "give batch 1, e.g. --input-shape 1," + ",".join(map(str, c.model.input_shape[1:])))
+        ctx.model = with_input_shape(ctx.model, tuple(c.model.input_shape))
     ctx.model_sha = file_sha256(ctx.model_path)
 
 
@@ -363,7 +355,7 @@ def _load_data(ctx: RunContext) -> None:
         from edgeprune.pipeline.datasources import content_id, load_data
         from edgeprune.pipeline.split import split
 
-        data = load_data(ctx.data_path, ctx.model, input_range=tuple(c.input_range), classes=c.classes)
+        data = load_data(ctx.data_path, ctx.model, input_range=tuple(c.model.input_range), classes=c.data.classes)
         sp = split(data)  # calibration and evaluation never share a sample
         ctx.calibration = sp.calibration  # the held-out part (int8 calibration; compensation/flow may use it)
         ctx.split = sp.info
@@ -376,15 +368,15 @@ def _load_data(ctx: RunContext) -> None:
             cal_note = "synthetic inputs in the input range (too few distinct samples to hold any out)"
         ctx.data_id = "file:" + file_sha256(ctx.data_path) if data.form in ("npz", "npy") else content_id(data)
     else:
-        ctx.data = synthetic_data(ctx.model, SYNTHETIC_SAMPLES, tuple(c.input_range), seed=1)
+        ctx.data = synthetic_data(ctx.model, SYNTHETIC_SAMPLES, tuple(c.model.input_range), seed=1)
         ctx.calibration = None
         ctx.split = {"method": "no --data: synthetic inputs", "n_samples": SYNTHETIC_SAMPLES,
                      "calibration": SYNTHETIC_SAMPLES, "evaluation": SYNTHETIC_SAMPLES, "shared": 0,
                      "calibration_source": "synthetic"}
-        cal_note = f"{SYNTHETIC_SAMPLES} synthetic samples uniform in {list(c.input_range)} (seed 0)"
-        ctx.data_id = f"synthetic:{SYNTHETIC_SAMPLES}:seed1:{list(c.input_range)}"
+        cal_note = f"{SYNTHETIC_SAMPLES} synthetic samples uniform in {list(c.model.input_range)} (seed 0)"
+        ctx.data_id = f"synthetic:{SYNTHETIC_SAMPLES}:seed1:{list(c.model.input_range)}"
         ctx.notes.append("no --data: fidelity is measured on SYNTHETIC (data-free) inputs, not on real samples")
-    ctx.calibration_note = cal_note if c.quantize == "int8" else None
+    ctx.calibration_note = cal_note if c.prune.quantize == "int8" else None
 
 
 def load(ctx: RunContext) -> None:
@@ -398,8 +390,8 @@ def load(ctx: RunContext) -> None:
     from edgeprune.pipeline.importance import CRITERIA
 
     c = ctx.config
-    if c.criterion not in CRITERIA and c.criterion != "auto":
-        raise BadInput(f"unknown --criterion {c.criterion!r}", f"use one of: {', '.join(CRITERIA)}")
+    if c.prune.criterion not in CRITERIA and c.prune.criterion != "auto":
+        raise BadInput(f"unknown --criterion {c.prune.criterion!r}", f"use one of: {', '.join(CRITERIA)}")
     t0 = time.perf_counter()
     _load_model(ctx)
     t1 = time.perf_counter()

@@ -171,3 +171,23 @@ def test_the_checks_catch_what_they_are_for(tmp_path):
     assert _own_getattr_self(nodes["E.h"]) == 1 and _own_getattr_self(nodes["E.ok"]) == 0
     cli = ast.parse("@app.command()\ndef run(" + ", ".join(f"a{i}" for i in range(20)) + "):\n    pass\n")
     assert _is_cli_command("cli.py", cli.body[0]) and not _is_cli_command("pipeline/run.py", cli.body[0])
+
+
+def test_cli_choices_come_from_the_registries():
+    """The CLI's choice enums are built from edgeprune.pipeline.choices, and the registries (whose
+    modules import TensorFlow) hold exactly those names, in that order."""
+    from edgeprune import cli
+    from edgeprune.pipeline import choices
+    from edgeprune.pipeline.allocation import ALLOCATIONS
+    from edgeprune.pipeline.criteria import CRITERIA
+    from edgeprune.pipeline.fidelity import METRICS
+    from edgeprune.pipeline.noise import LATENCY_STATS
+    from edgeprune.pipeline.run_config import OBJECTIVES, QUANTIZE_CHOICES
+
+    assert tuple(CRITERIA) == choices.CRITERIA == tuple(m.value for m in cli.Criterion)
+    assert tuple(ALLOCATIONS) == choices.ALLOCATIONS == tuple(m.value for m in cli.Allocation)
+    assert QUANTIZE_CHOICES == choices.QUANTIZE == tuple(m.value for m in cli.Quantize)
+    assert LATENCY_STATS == choices.LATENCY_STATS == tuple(m.value for m in cli.LatencyStat)
+    assert METRICS == choices.METRICS == tuple(m.value for m in cli.Metric)
+    assert OBJECTIVES == choices.OBJECTIVES
+    assert cli.Allocation("global").name == "global_" and cli.Quantize("int8") is cli.Quantize.int8

@@ -127,7 +127,10 @@ def test_round_to_in_run_and_profile(tmp_path, capsys):
     from edgeprune.pipeline.run import RunConfig
     from edgeprune.pipeline.run_setup import setup
 
-    assert setup(RunConfig(device=str(prof), out=tmp_path / "p")).round_to == 4
-    assert setup(RunConfig(device=str(prof), out=tmp_path / "q", round_to=16)).round_to == 16
+    from edgeprune.pipeline.run_config import DeviceOptions, OutputOptions, PruneOptions
+
+    assert setup(RunConfig(device=DeviceOptions(name=str(prof)), output=OutputOptions(out=tmp_path / "p"))).round_to == 4
+    assert setup(RunConfig(device=DeviceOptions(name=str(prof)), output=OutputOptions(out=tmp_path / "q"),
+                           prune=PruneOptions(round_to=16))).round_to == 16
     assert run_cli(["run", "--out", str(tmp_path / "z"), "--round-to", "0"]) == 2
     assert "--round-to" in capsys.readouterr().err
