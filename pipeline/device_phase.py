@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from edgeprune.errors import BadInput
+from edgeprune.pipeline.candidate import Candidate
 from edgeprune.pipeline.run_config import NOISE_TOLERANCE, _now
 from edgeprune.pipeline.run_dir import write_json_atomic
 
@@ -25,7 +26,7 @@ class LoadFailure:
 @dataclass
 class DeviceResult:
     """What the device phase hands on to the report."""
-    chosen: Optional[dict]  # the answer's record (None: no candidate meets everything)
+    chosen: Optional[Candidate]  # the answer (None: no candidate meets everything)
     runs: int = 0  # device runs made
     cached: int = 0  # measurements taken from the cache
     seconds: float = 0.0  # wall time (boards in parallel overlap)
@@ -119,8 +120,8 @@ def measurement_entry(m) -> dict:
     return entry
 
 
-def _ok(r: dict) -> bool:
-    return all(v["ok"] for v in r["checks"].values())
+def _ok(r) -> bool:
+    return r.meets_all
 
 
 class DevicePhase:
@@ -148,19 +149,19 @@ class DevicePhase:
                 return self.ctx.cache[key]
         return None
 
-    def cached_noise_aware(self, r: dict):
+    def cached_noise_aware(self, r: Candidate):
         """``measure_noise_aware`` when everything it needs is cached (no board needed), else None."""
         from edgeprune.pipeline.noise import straddles
 
-        m = self._cached(r["sha256"])
+        m = self._cached(r.sha256)
         if m is None:
             return None
         if straddles(m, self.config.measurement.latency_stat, self.latency_budget) and \
-                self._cached(r["sha256"], "|again") is None:
+                self._cached(r.sha256, "|again") is None:
             return None
         return self.measure_noise_aware(r)
 
-    def measure(self, rec: dict, *, again: bool = False, board=None) -> tuple[dict, bool]:
+    def measure(self, rec: Candidate, *, again: bool = False, board=None) -> tuple[dict, bool]:
         """Measure (or take from the cache) one candidate; ``again``: the re-measurement of a
         candidate whose first measurement put the budget within its noise band."""
         from edgeprune.devices.base import measure
@@ -168,11 +169,11 @@ class DevicePhase:
         board = board if board is not None else self.ctx.profile
         suffix = "|again" if again else ""
         with self.lock:
-            hit = self._cached(rec["sha256"], suffix)
+            hit = self._cached(rec.sha256, suffix)
             if hit is not None:
                 return hit, True
-            self.ctx.emit("device_start", record=rec, board=board.name)
-        path, config = self.ctx.run_dir / rec["files"]["tflite"], self.config.measurement.bench()
+            self.ctx.emit("device_start", record=rec.to_json(), board=board.name)
+        path, config = self.ctx.run_dir / rec.files["tflite"], self.config.measurement.bench()
         if len(self.boards) > 1:
             from edgeprune.pipeline.device_farm import measure_on
 
@@ -181,7 +182,7 @@ class DevicePhase:
             m = measure(board, path, config)
         entry = measurement_entry(m)
         with self.lock:
-            self.ctx.cache[device_key(self.config, rec["sha256"], board) + suffix] = entry
+            self.ctx.cache[device_key(self.config, rec.sha256, board) + suffix] = entry
             write_json_atomic(self.ctx.cache_path, self.ctx.cache)
             self.result.runs += 1
         return entry, False
@@ -197,24 +198,24 @@ class DevicePhase:
             "latency": latency_check(m, self.config.measurement.latency_stat, lb, remeasured=remeasured),
         }
 
-    def measure_noise_aware(self, r: dict, board=None) -> tuple[dict, bool]:
+    def measure_noise_aware(self, r: Candidate, board=None) -> tuple[dict, bool]:
         """Measure; when the budget lies within the noise band, measure once more and decide on that."""
         from edgeprune.pipeline.noise import load_warning, straddles
 
         m, cached = self.measure(r, board=board)
         remeasured = False
         if straddles(m, self.config.measurement.latency_stat, self.latency_budget):
-            r["first_measurement"] = m
+            r.first_measurement = m
             m, cached2 = self.measure(r, again=True, board=board)
             cached = cached and cached2
             remeasured = True
-        r["checks"].update(self.device_checks(m, remeasured=remeasured))
-        warning = load_warning(m, self.ctx.profile.max_load_per_core, r["rate"])
+        r.checks.update(self.device_checks(m, remeasured=remeasured))
+        warning = load_warning(m, self.ctx.profile.max_load_per_core, r.rate)
         if warning and not self.result.load_warning:
             self.result.load_warning = warning
         return m, cached
 
-    def measure_on_board(self, board, r: dict):
+    def measure_on_board(self, board, r: Candidate):
         """One candidate's (noise-aware) measurement on ``board``; a worker thread's job when
         boards run in parallel. A candidate the board's runtime cannot load: LoadFailure."""
         try:
@@ -227,14 +228,14 @@ class DevicePhase:
         cands, config = self.host.candidates, self.config
         host_pass = [r for r in cands if _ok(r)]
         for r in cands:
-            r["measurement"] = None
-            if r.get("skipped"):
-                r["not_measured"] = "not converted: " + r["skipped"]
-            elif not r["checks"]["fidelity"]["ok"]:
-                r["not_measured"] = "fails the fidelity threshold (host check)"
-            elif not r["checks"]["flash"]["ok"]:
-                r["not_measured"] = "over the flash budget (host check)"
-        order = sorted(host_pass, key=lambda r: -r["rate"])
+            r.measurement = None
+            if r.skipped:
+                r.not_measured = "not converted: " + r.skipped
+            elif not r.checks["fidelity"]["ok"]:
+                r.not_measured = "fails the fidelity threshold (host check)"
+            elif not r.checks["flash"]["ok"]:
+                r.not_measured = "over the flash budget (host check)"
+        order = sorted(host_pass, key=lambda r: -r.rate)
         self.ctx.emit("device_phase", total=len(order))
         t_phase = time.perf_counter()
         from edgeprune.pipeline.device_farm import run_in_rate_order
@@ -244,36 +245,35 @@ class DevicePhase:
                           emit=lambda *a, **k: None, look_ahead=len(order) if config.search.measure_all else None)
         self.result.seconds = time.perf_counter() - t_phase  # wall time (boards in parallel overlap)
         for r in order:
-            if id(r) not in self.decided and r["measurement"] is None and self.skip is not None:
-                r["not_measured"] = self.skip
+            if id(r) not in self.decided and r.measurement is None and self.skip is not None:
+                r.not_measured = self.skip
         self.ctx.emit("device_phase_done", made=self.result.runs, cached=self.result.cached)
         if config.search.measure_all and order:
             passing = [r for r in order if _ok(r)]
             self.result.chosen = passing[0] if passing else None
         return self.result
 
-    def apply(self, r: dict, res, spent: float) -> bool:
+    def apply(self, r: Candidate, res, spent: float) -> bool:
         """Record a measurement (or a load failure) in the candidate; True when it meets everything."""
         if isinstance(res, LoadFailure):  # the board's runtime cannot load THIS candidate: record it, go on
             msg = res.exc.message
-            r["not_measured"] = f"the device runtime cannot load it: {msg[:300]}"
-            r["checks"]["load"] = {"ok": False, "value": msg[:300], "limit": None}
-            self.ctx.notes.append(f"candidate {r['name']} could not be loaded on the device ({msg[:160]}); "
+            r.not_measured = f"the device runtime cannot load it: {msg[:300]}"
+            r.checks["load"] = {"ok": False, "value": msg[:300], "limit": None}
+            self.ctx.notes.append(f"candidate {r.name} could not be loaded on the device ({msg[:160]}); "
                                   "recorded as failed, the search went on")
             return False
         m, cached = res
         self.result.cached += int(cached)
-        r["measurement"] = m
-        r["measurement_cached"] = cached
-        r["timings"]["device_s"] = round(spent, 4) if not cached else 0.0
+        r.measurement = m
+        r.measurement_cached = cached
+        r.timings["device_s"] = round(spent, 4) if not cached else 0.0
         ok = _ok(r)
-        self.ctx.emit("device_done", record=r, cached=cached, ok=ok, latency_stat=self.config.measurement.latency_stat)
+        self.ctx.emit("device_done", record=r.to_json(), cached=cached, ok=ok, latency_stat=self.config.measurement.latency_stat)
         # keep the candidate's metrics file up to date with its measurement
-        disk = {k: v for k, v in r.items() if k not in ("reused",)}
-        write_json_atomic(self.ctx.run_dir / f"{r['name']}.json", dict(disk, device=m))
+        write_json_atomic(self.ctx.run_dir / f"{r.name}.json", dict(r.to_json(), device=m))
         return ok
 
-    def decide(self, r: dict, res, _cached, spent: float) -> bool:
+    def decide(self, r: Candidate, res, _cached, spent: float) -> bool:
         """After one candidate's measurement: whether the next smaller rate is still measured."""
         self.decided.add(id(r))
         ok = self.apply(r, res, spent)
@@ -282,26 +282,26 @@ class DevicePhase:
         if ok:
             self.result.chosen = self.result.chosen or r
             if not self.config.search.measure_all:
-                self.skip = f"not measured: rate {r['rate']:.2f} (a larger rate) already meets every budget"
+                self.skip = f"not measured: rate {r.rate:.2f} (a larger rate) already meets every budget"
                 return False
             return True
         if self.config.search.measure_all:
             return True
         misses = []
         for lim in ("latency", "ram"):
-            ck = r["checks"][lim]
+            ck = r.checks[lim]
             if not ck["ok"] and ck["limit"]:
                 misses.append((lim, ck["value"] / ck["limit"] - 1.0))
         clear = [(lim, m_) for lim, m_ in misses if m_ > NOISE_TOLERANCE[lim]]
         if clear:
             lim, m_ = clear[0]
-            self.skip = (f"not measured: rate {r['rate']:.2f} (a smaller model) already missed the {lim} budget "
+            self.skip = (f"not measured: rate {r.rate:.2f} (a smaller model) already missed the {lim} budget "
                          f"by {100 * m_:.0f}%; {lim} only grows as the rate falls")
             return False
         return True
 
-    def keep(self, r: dict, res, spent: float) -> None:
+    def keep(self, r: Candidate, res, spent: float) -> None:
         """Measured on another board while the answer was found: kept, the answer unchanged."""
         self.apply(r, res, spent)
-        self.ctx.notes.append(f"rate {r['rate']:.2f} was measured on a parallel board while the search was "
+        self.ctx.notes.append(f"rate {r.rate:.2f} was measured on a parallel board while the search was "
                               f"deciding; its measurement is kept but does not change the answer")

@@ -41,17 +41,18 @@ class HostChecks:
             return size + int(self.profile.mcu.runtime_flash_bytes)
         return size
 
-    def checks(self, rec: dict) -> dict:
-        """A candidate record's host checks (``checks`` of its .json and of report.json)."""
-        fr = rec["fidelity"]
-        flash = rec["flash_bytes"]
+    def checks(self, rec) -> dict:
+        """A :class:`~edgeprune.pipeline.candidate.Candidate`'s host checks (``checks`` of its .json
+        and of report.json)."""
+        fr = rec.fidelity
+        flash = rec.flash_bytes
         fb = self.budgets.flash_bytes
-        if rec.get("skipped") and rec.get("skip_what", "flash") != "flash":  # predicted over RAM / latency
-            what = rec["skip_what"]
+        if rec.skipped and rec.skip_kind != "flash":  # predicted over RAM / latency
+            what = rec.skip_what
             return {"fidelity": {"ok": None, "value": None, "skipped": True},
                     "flash": {"ok": fb is None or flash <= fb, "value": flash, "limit": fb, "predicted": True},
-                    what: {"ok": False, "value": rec["skip_value"], "limit": rec["skip_limit"], "predicted": True}}
-        if rec.get("skipped"):  # never converted: fidelity unknown, flash predicted over the budget
+                    what: {"ok": False, "value": rec.skip_value, "limit": rec.skip_limit, "predicted": True}}
+        if rec.skipped:  # never converted: fidelity unknown, flash predicted over the budget
             return {"fidelity": {"ok": None, "value": None, "skipped": True},
                     "flash": {"ok": False, "value": flash, "limit": fb, "predicted": True}}
         return {

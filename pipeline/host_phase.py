@@ -10,8 +10,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from edgeprune.pipeline.candidate import ABSENT, Candidate
 from edgeprune.pipeline.host_checks import HostChecks
-from edgeprune.pipeline.run_config import CANDIDATE_FORMAT, SYNTHETIC_SAMPLES, _now
+from edgeprune.pipeline.run_config import SYNTHETIC_SAMPLES, _now
 from edgeprune.pipeline.run_dir import _save_keras_atomic, write_json_atomic
 
 
@@ -45,9 +46,9 @@ def candidate_name(index: int, rate: float) -> str:
 
 @dataclass
 class HostResult:
-    """What the host phase hands on: the candidate records in rate order (reused and new), the
-    failed ones, why pruning stopped, and what the report says about the phase."""
-    candidates: list
+    """What the host phase hands on: the candidates in rate order (reused and new), the failed
+    ones, why pruning stopped, and what the report says about the phase."""
+    candidates: list  # of Candidate
     failed_candidates: list
     stop: dict
     reused: int
@@ -78,47 +79,46 @@ def reuse_finished(ctx, checks: HostChecks, rates: list) -> list:
         if not path.is_file():
             break
         try:
-            rec = json.loads(path.read_text())
+            rec = Candidate.from_json(json.loads(path.read_text()))
         except (OSError, ValueError):
             break
-        if rec.get("format") != CANDIDATE_FORMAT or abs(rec.get("rate", -1) - r) > 1e-9:
+        if abs(rec.rate - r) > 1e-9:
             break
-        if not all((d / f).is_file() for f in (rec.get("files") or {}).values()):
+        if not all((d / f).is_file() for f in rec.files.values()):
             break
-        if rec.get("skipped") and rec.get("skip_budget") != checks.predictor.key():
+        if rec.skipped and rec.skip_budget != checks.predictor.key():
             break  # skipped under another flash budget: build and convert it now
-        if rec.get("skipped") and rec.get("skip_what", "flash") != "flash" and \
-                rec.get("skip_resource_budget") != checks.resource_budget_key():
+        if rec.skipped and rec.skip_kind != "flash" and rec.skip_resource_budget != checks.resource_budget_key():
             break  # skipped under another RAM / latency budget
-        if i == 0 and rec.get("arena_calibration"):
-            checks.ram_calibrate(rec["arena_calibration"])
-        rec["reused"] = True
-        if i == 0 and rec.get("prediction"):
-            checks.predictor.calibrate(checks.prediction_of(rec["prediction"]), rec["size_bytes"])
-        if not rec.get("skipped") and (rec.get("vela") or ctx.profile.kind == "ethos-u"):
+        if i == 0 and rec.arena_calibration:
+            checks.ram_calibrate(rec.arena_calibration)
+        rec.reused = True
+        if i == 0 and rec.prediction:
+            checks.predictor.calibrate(checks.prediction_of(rec.prediction), rec.size_bytes)
+        if not rec.skipped and (rec.vela or ctx.profile.kind == "ethos-u"):
             _vela_reused(ctx, checks, candidates, rec, path)  # flash is Vela's figure only on an Ethos-U profile
-        rec["checks"] = checks.checks(rec)
+        rec.checks = checks.checks(rec)
         candidates.append(rec)
-        ctx.emit("candidate", record=rec, total=len(rates), reused=True)
+        ctx.emit("candidate", record=rec.to_json(), total=len(rates), reused=True)
     return candidates
 
 
-def _vela_reused(ctx, checks: HostChecks, candidates: list, rec: dict, path) -> None:
+def _vela_reused(ctx, checks: HostChecks, candidates: list, rec: Candidate, path) -> None:
     """A reused candidate: compiled with Vela (again) when the profile is an Ethos-U one whose
     Vela configuration differs from the one it was compiled with; its flash figure follows the
     profile kind of THIS run."""
     from edgeprune.pipeline import ethos_u_stage
 
     if ctx.profile.kind != "ethos-u":
-        rec.pop("vela", None)
-        for k in ethos_u_stage.vela_files(rec["name"]):
-            rec["files"].pop(k, None)
-        rec["flash_bytes"] = checks.host_flash(rec["size_bytes"])
+        rec.vela = None
+        for k in ethos_u_stage.vela_files(rec.name):
+            rec.files.pop(k, None)
+        rec.flash_bytes = checks.host_flash(rec.size_bytes)
     elif ethos_u_stage.needs_compile(ctx, rec):
         ethos_u_stage.compile_candidate(ctx, candidates, rec)
     else:
         return
-    write_json_atomic(path, {k: v for k, v in rec.items() if k != "reused"})
+    write_json_atomic(path, rec.to_json())
 
 
 class Recovery:
@@ -129,7 +129,7 @@ class Recovery:
     def __init__(self, ctx, candidates: list):
         self.ctx = ctx
         self.trainset = None
-        self.recovering = any(r.get("recovery") for r in candidates)
+        self.recovering = any(r.recovery for r in candidates)
         if ctx.recover is None:
             return
         from edgeprune.pipeline.recover import prepare
@@ -211,7 +211,7 @@ class HostPhase:
                             allocation=engine.allocation_obj or engine.allocation)
         if self.candidates:
             last = self.candidates[-1]
-            pruner = Pruner(ctx.model, pconf, plan=Plan.load(d / last["files"]["plan"]))
+            pruner = Pruner(ctx.model, pconf, plan=Plan.load(d / last.files["plan"]))
         else:
             pruner = Pruner(ctx.model, pconf)
         self.prunable = bool(pruner.groups)
@@ -225,8 +225,8 @@ class HostPhase:
 
     def candidate_loop(self, pruner) -> None:
         for i in range(len(self.candidates), len(self.rates)):
-            if self.candidates and not self.candidates[-1].get("skipped") \
-                    and not self.candidates[-1]["checks"]["fidelity"]["ok"]:
+            if self.candidates and not self.candidates[-1].skipped \
+                    and not self.candidates[-1].checks["fidelity"]["ok"]:
                 break
             if i > 0 and not self.prunable:
                 break
@@ -238,19 +238,19 @@ class HostPhase:
             if rec is None:  # failed (recorded with its reason): the search goes on
                 continue
             self.candidates.append(rec)
-            self.ctx.emit("candidate", record=rec, total=len(self.rates), reused=False)
+            self.ctx.emit("candidate", record=rec.to_json(), total=len(self.rates), reused=False)
         if self.lookahead is not None:
             self.lookahead.close()  # what a worker converted past the stop is discarded
 
     def stop_reason(self) -> dict:
         last = self.candidates[-1]
-        if not last.get("skipped") and not last["checks"]["fidelity"]["ok"]:
-            return {"reason": "fidelity", "rate": last["rate"]}
+        if not last.skipped and not last.checks["fidelity"]["ok"]:
+            return {"reason": "fidelity", "rate": last.rate}
         if not self.prunable:
             return {"reason": "nothing to prune", "rate": 0.0}
-        return {"reason": "max_rate", "rate": last["rate"]}
+        return {"reason": "max_rate", "rate": last.rate}
 
-    def try_candidate(self, pruner, i: int, rate: float) -> dict | None:
+    def try_candidate(self, pruner, i: int, rate: float) -> Candidate | None:
         """:meth:`make_candidate`, except that a PRUNED candidate that cannot be built,
         converted or loaded by the runtime is recorded as failed (``failed_candidates`` in
         the report, ``<name>.failed.json`` in the run dir) and None returned, so one bad
@@ -289,14 +289,14 @@ class HostPhase:
 
         jobs = self.ctx.config.search.jobs
         self.jobs = int(jobs) if jobs is not None else default_jobs()
-        times = [r["timings"]["convert_s"] for r in self.candidates if "convert_s" in r.get("timings", {})]
+        times = [r.timings["convert_s"] for r in self.candidates if "convert_s" in r.timings]
         n = pool_size(jobs, self.jobs, len(self.rates) - len(self.candidates), self.prunable, times)
         if self.recovery.trainset is not None:
             n = 1  # recovery training changes the weights before conversion: serial (a worker would convert untrained)
         return Lookahead(self, pruner, n, self.convert_config()) if n > 1 else None
 
     # ---------------------------------------------------------------- one candidate
-    def make_candidate(self, pruner, i: int, rate: float) -> dict:
+    def make_candidate(self, pruner, i: int, rate: float) -> Candidate:
         from edgeprune.pipeline import convert as conv
         from edgeprune.pipeline.predict import predict
 
@@ -370,7 +370,7 @@ class HostPhase:
                      timings={"_prune_end": t1, "convert_s": convert_s, "fidelity_s": fidelity_s, "train_s": train_s,
                               "_judged": t3})
 
-    def save_candidate(self, pruner, ahead, made: _Made, i: int, rate: float, name: str, pred) -> dict:
+    def save_candidate(self, pruner, ahead, made: _Made, i: int, rate: float, name: str, pred) -> Candidate:
         """Write the candidate's files (.keras, .tflite, .plan.json, then its .json last) and return its record."""
         from edgeprune.pipeline import convert as conv
 
@@ -387,48 +387,32 @@ class HostPhase:
         plan.save(d / files["plan"])
         t4 = time.perf_counter()
         size = res.size_bytes
-        rec = {
-            "format": CANDIDATE_FORMAT,
-            "index": i,
-            "rate": rate,
-            "name": name,
-            "files": files,
-            "params": int(km.count_params()),
-            "size_bytes": size,
-            "flash_bytes": self.checks.host_flash(size),
-            "sha256": hashlib.sha256(res.tflite).hexdigest(),
-            "conversion": {k: v for k, v in res.to_dict().items() if k not in ("inputs", "outputs")},
-            "fidelity": made.fr.to_dict(),
-            "widths": plan.widths,
-            "prediction": self.checks.predicted(pred, size),
-            "made_by": dict(ctx.engine.label),
-            **({"recovery": recovery} if self.recovery.trainset is not None else {}),
-            "timings": {"prune_s": round(tm["prune_s"], 4),
-                        "convert_s": round(tm["convert_s"] if ahead is None else res.seconds, 4),
-                        "fidelity_s": round(tm["fidelity_s"], 4), "save_s": round(t4 - tm["_judged"], 4),
-                        **({"train_s": round(tm["train_s"], 4)} if trained is not None else {})},
-            "created_at": _now(),
-            "pid": os.getpid(),
-            "device": None,
-        }
+        rec = Candidate(
+            index=i, rate=rate, name=name, files=files, params=int(km.count_params()), size_bytes=size,
+            flash_bytes=self.checks.host_flash(size), sha256=hashlib.sha256(res.tflite).hexdigest(),
+            conversion={k: v for k, v in res.to_dict().items() if k not in ("inputs", "outputs")},
+            fidelity=made.fr.to_dict(), widths=plan.widths, prediction=self.checks.predicted(pred, size),
+            made_by=dict(ctx.engine.label), recovery=recovery if self.recovery.trainset is not None else ABSENT,
+            timings={"prune_s": round(tm["prune_s"], 4),
+                     "convert_s": round(tm["convert_s"] if ahead is None else res.seconds, 4),
+                     "fidelity_s": round(tm["fidelity_s"], 4), "save_s": round(t4 - tm["_judged"], 4),
+                     **({"train_s": round(tm["train_s"], 4)} if trained is not None else {})},
+            created_at=_now(), pid=os.getpid(), device=None)
         if ctx.profile.kind == "ethos-u":  # every candidate through Vela: its flash figure, NPU share
             from edgeprune.pipeline import ethos_u_stage
 
             self.stage = "compile with Vela"
             t5 = time.perf_counter()
             ethos_u_stage.compile_candidate(ctx, self.candidates, rec)
-            rec["timings"]["vela_s"] = round(time.perf_counter() - t5, 4)
+            rec.timings["vela_s"] = round(time.perf_counter() - t5, 4)
         if i == 0:
-            cal = self.checks.ram_calibration(km, d / files["tflite"])
-            if cal is not None:
-                rec["arena_calibration"] = cal
-        rec["checks"] = self.checks.checks(rec)
-        write_json_atomic(d / f"{name}.json", rec)  # last: marks the candidate done
-        rec["reused"] = False
+            rec.arena_calibration = self.checks.ram_calibration(km, d / files["tflite"])
+        rec.checks = self.checks.checks(rec)
+        write_json_atomic(d / f"{name}.json", rec.to_json())  # last: marks the candidate done
         return rec
 
     def skipped_candidate(self, pruner, i: int, rate: float, name: str, km, pred, reason: str, t0: float,
-                          skip: dict | None = None) -> dict:
+                          skip: dict | None = None) -> Candidate:
         """A candidate predicted over the flash budget: its plan is kept (so pruning can go on and
         --resume can continue from it) but it is neither converted nor evaluated."""
         d, checks = self.ctx.run_dir, self.checks
@@ -436,23 +420,20 @@ class HostPhase:
         plan = pruner.plan()
         plan.save(d / files["plan"])
         flash = checks.predictor.size(pred) + checks.predictor.runtime_bytes
-        rec = {
-            "format": CANDIDATE_FORMAT, "index": i, "rate": rate, "name": name, "files": files,
-            "params": int(km.count_params()), "size_bytes": pred.size_bytes, "flash_bytes": flash, "sha256": None,
-            "skipped": reason, "skip_budget": checks.predictor.key(),
-            **({"skip_what": skip["what"], "skip_value": skip["value"], "skip_limit": skip["limit"],
-                "skip_resource_budget": checks.resource_budget_key()} if skip else {}),
-            "prediction": pred.to_dict(),
-            "fidelity": {"score": None, "score_name": None, "accuracy": None, "accuracy_drop": None, "metric": None,
-                         "skipped": True},
-            "widths": plan.widths,
-            "timings": {"prune_s": round(time.perf_counter() - t0, 4), "convert_s": 0.0, "fidelity_s": 0.0,
-                        "save_s": 0.0},
-            "created_at": _now(), "pid": os.getpid(), "device": None,
-        }
-        rec["checks"] = checks.checks(rec)
-        write_json_atomic(d / f"{name}.json", rec)
-        rec["reused"] = False
+        rec = Candidate(
+            index=i, rate=rate, name=name, files=files, params=int(km.count_params()), size_bytes=pred.size_bytes,
+            flash_bytes=flash, sha256=None, skipped=reason, skip_budget=checks.predictor.key(),
+            prediction=pred.to_dict(),
+            fidelity={"score": None, "score_name": None, "accuracy": None, "accuracy_drop": None, "metric": None,
+                      "skipped": True},
+            widths=plan.widths,
+            timings={"prune_s": round(time.perf_counter() - t0, 4), "convert_s": 0.0, "fidelity_s": 0.0, "save_s": 0.0},
+            created_at=_now(), pid=os.getpid(), device=None)
+        if skip:
+            rec.skip_what, rec.skip_value, rec.skip_limit = skip["what"], skip["value"], skip["limit"]
+            rec.skip_resource_budget = checks.resource_budget_key()
+        rec.checks = checks.checks(rec)
+        write_json_atomic(d / f"{name}.json", rec.to_json())
         return rec
 
     def train_candidate(self, km, i: int, rate: float):

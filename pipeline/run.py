@@ -1,12 +1,15 @@
 """``edgeprune run``: find the largest prune rate whose converted model fits the board.
 
-One entry point, :func:`run` (``RunConfig`` in, ``RunResult`` out); the CLI only renders.
+One entry point, :func:`run` (``RunConfig`` in, ``RunResult`` out); the CLI only renders. The
+stages pass typed results: :func:`~edgeprune.pipeline.run_setup.setup` returns the run's
+``RunContext``, the host phase a ``HostResult``, the device phase a ``DeviceResult``, and
+:func:`~edgeprune.pipeline.run_finish.finish` builds the report from them.
 
 The search
 ----------
 1. **Host phase** (cheap, no device). Candidate 0 is the unpruned model (rate 0). Pruning
-   then goes progressively in steps of ``step`` (each step continues from the previous
-   candidate's state, as the criterion requires) up to ``max_rate``. Every candidate is
+   then goes progressively in steps of ``search.step`` (each step continues from the previous
+   candidate's state, as the criterion requires) up to ``search.max_rate``. Every candidate is
    built, converted to TFLite and checked on the host: its fidelity against the original
    float Keras model (on the evaluation data) and its size against the flash budget (the
    .tflite file on a Linux board; file + runtime overhead on a microcontroller). Pruning
@@ -22,7 +25,7 @@ The search
    (``NOISE_TOLERANCE``); a clear miss means every smaller rate (a bigger model) misses too,
    so they are not measured. Measurements are cached by the .tflite's sha256 (plus device
    and run settings) in ``measurements.json``: the same file is never measured twice, across
-   candidates and across ``--resume``. ``measure_all`` measures every host-passing candidate
+   candidates and across ``--resume``. ``search.measure_all`` measures every host-passing candidate
    (for the latency curve), still through the cache.
 
 The answer is the largest rate whose candidate meets every budget and the fidelity
@@ -35,12 +38,12 @@ The run directory
 ``.tflite``, ``.plan.json`` and ``.json``, ``measurements.json``, and at the end
 ``best.tflite``, ``report.json``, ``report.md`` and ``report.png``.
 
-- ``resume=True`` continues a run with the same fingerprint (model, data, quantization,
+- ``output.resume`` continues a run with the same fingerprint (model, data, quantization,
   criterion, step, seed, input range): finished candidates and cached measurements are
   reused (budgets, thresholds, ``max_rate``, the device and its run settings may change).
 - Without ``resume``, a directory holding a run with the SAME fingerprint is started over
   (its edgeprune files are removed); one holding a DIFFERENT configuration is refused
-  (bad input) unless ``force=True``; a non-empty folder that is not a run directory is
+  (bad input) unless ``output.force``; a non-empty folder that is not a run directory is
   always refused (nothing of the user's is ever deleted).
 """
 from __future__ import annotations
@@ -48,19 +51,15 @@ from __future__ import annotations
 import time
 from typing import Optional
 
-from edgeprune.devices.base import file_sha256  # noqa: F401  (re-exported)
 from edgeprune.pipeline.device_phase import DevicePhase, check_reachable
-from edgeprune.pipeline.host_phase import HostPhase, candidate_name, rate_schedule  # noqa: F401
+from edgeprune.pipeline.host_phase import HostPhase, rate_schedule
 from edgeprune.pipeline.reference_cache import reference_outputs
-from edgeprune.pipeline.run_config import (  # noqa: F401  (the public names live here)
-    CALIBRATION_MAX, CANDIDATE_FORMAT, DEFAULT_MAX_RATE, DEFAULT_MIN_FIDELITY, DEFAULT_STEP, NOISE_TOLERANCE,
-    QUANTIZE_CHOICES, RUN_FORMAT, STRATEGY, SYNTHETIC_SAMPLES, Progress, RunConfig, RunResult,
-    _now, _parse_budget)
-from edgeprune.pipeline.run_dir import (  # noqa: F401
-    _OUR_FILES, _clean_tmp, _clear_run_dir, _copy_atomic, _prepare_dir, _save_keras_atomic, open_run_dir,
-    write_json_atomic)
+from edgeprune.pipeline.run_config import Progress, RunConfig, RunResult
+from edgeprune.pipeline.run_dir import open_run_dir
 from edgeprune.pipeline.run_finish import finish
-from edgeprune.pipeline.run_setup import RunContext, _validate, load, setup  # noqa: F401
+from edgeprune.pipeline.run_setup import load, setup
+
+__all__ = ["RunConfig", "RunResult", "run"]
 
 
 # --------------------------------------------------------------------------- the run

@@ -9,6 +9,7 @@ from edgeprune.errors import EXIT_NO_CANDIDATE, EXIT_OK
 from edgeprune.devices.sizes import format_size
 from edgeprune.pipeline.run_config import RunResult, _now
 from edgeprune.pipeline.atomic import copy_atomic as _copy_atomic
+from edgeprune.pipeline.candidate import ABSENT, Candidate
 
 
 def _layer_rows(ctx, cand) -> Optional[list]:
@@ -19,7 +20,7 @@ def _layer_rows(ctx, cand) -> Optional[list]:
     from edgeprune.pipeline.resources import ResourceModel
 
     rm = ctx.engine.resource_model or ResourceModel(DependencyGraph(ctx.model), ctx.config.prune.quantize)
-    plan_file = (cand.get("files") or {}).get("plan")
+    plan_file = cand.files.get("plan")
     state = Plan.load(ctx.run_dir / plan_file).to_state(rm.graph) if plan_file else None
     res = rm.evaluate(state, layers=True)
     lat = ctx.engine.objective.latency
@@ -42,8 +43,8 @@ def layer_table(ctx, cand) -> Optional[list]:
 
 
 # --------------------------------------------------------------------------- reasons
-def score_text(ctx, rec: dict) -> str:
-    fr = rec["fidelity"]
+def score_text(ctx, rec) -> str:
+    fr = rec.fidelity
     s = f"{fr['score_name']} {fr['score']:.4f}"
     if ctx.max_drop is not None and fr.get("accuracy_drop") is not None:
         s += f", accuracy drop {fr['accuracy_drop']:.2f} points"
@@ -61,30 +62,29 @@ def threshold_text(ctx) -> str:
 
 def _flash_reason(ctx, cands: list, fid_ok: list) -> str:
     fb = ctx.budgets.flash_bytes
-    s = min(fid_ok + [r for r in cands if r.get("skipped") and r.get("skip_what", "flash") == "flash"],
-            key=lambda r: r["flash_bytes"])
+    s = min(fid_ok + [r for r in cands if r.skipped and r.skip_kind == "flash"], key=lambda r: r.flash_bytes)
     what = {"mcu": "model + runtime", "ethos-u": "Vela flash figure"}.get(ctx.profile.kind, "model")
-    if s.get("skipped"):
-        return (f"smallest {what}, ~{format_size(s['flash_bytes'])} at rate {s['rate']:.2f} (predicted, not "
-                f"converted), is still over the {format_size(fb)} budget (by ~{format_size(s['flash_bytes'] - fb)})")
-    return (f"smallest {what} within the fidelity threshold, {format_size(s['flash_bytes'])} at rate "
-            f"{s['rate']:.2f}, is still over the {format_size(fb)} budget (by {format_size(s['flash_bytes'] - fb)})")
+    if s.skipped:
+        return (f"smallest {what}, ~{format_size(s.flash_bytes)} at rate {s.rate:.2f} (predicted, not "
+                f"converted), is still over the {format_size(fb)} budget (by ~{format_size(s.flash_bytes - fb)})")
+    return (f"smallest {what} within the fidelity threshold, {format_size(s.flash_bytes)} at rate "
+            f"{s.rate:.2f}, is still over the {format_size(fb)} budget (by {format_size(s.flash_bytes - fb)})")
 
 
 def _device_reasons(flash_ok: list) -> list[str]:
     out: list[str] = []
-    measured = [r for r in flash_ok if r.get("measurement")]
+    measured = [r for r in flash_ok if r.measurement]
     for lim in ("latency", "ram"):
-        checks = [r for r in measured if lim in r["checks"]]
-        if checks and not any(r["checks"][lim]["ok"] for r in checks):
-            best = min(checks, key=lambda r: r["checks"][lim]["value"])
-            ck = best["checks"][lim]
+        checks = [r for r in measured if lim in r.checks]
+        if checks and not any(r.checks[lim]["ok"] for r in checks):
+            best = min(checks, key=lambda r: r.checks[lim]["value"])
+            ck = best.checks[lim]
             est = " (estimate)" if ck.get("estimate") else ""
             if lim == "latency":
-                out.append(f"fastest candidate measured {ck['value']:.2f} ms{est} at rate {best['rate']:.2f}, "
+                out.append(f"fastest candidate measured {ck['value']:.2f} ms{est} at rate {best.rate:.2f}, "
                            f"over the {ck['limit']:g} ms latency budget by {ck['value'] - ck['limit']:.2f} ms")
             else:
-                out.append(f"smallest RAM measured {format_size(ck['value'])}{est} at rate {best['rate']:.2f}, "
+                out.append(f"smallest RAM measured {format_size(ck['value'])}{est} at rate {best.rate:.2f}, "
                            f"over the {format_size(ck['limit'])} RAM budget by {format_size(ck['value'] - ck['limit'])}")
     return out or ["no host-passing candidate met the device budgets"]
 
@@ -92,65 +92,66 @@ def _device_reasons(flash_ok: list) -> list[str]:
 def reasons(ctx, host) -> list[str]:
     """Why no candidate is the answer (exit 3): which limit failed, and by how much."""
     cands = host.candidates
-    fid_ok = [r for r in cands if r["checks"]["fidelity"]["ok"]]
+    fid_ok = [r for r in cands if r.checks["fidelity"]["ok"]]
     if not fid_ok:
         return [f"the unpruned model (rate 0, {ctx.config.prune.quantize}) already misses the fidelity threshold "
                 f"{threshold_text(ctx)}: {score_text(ctx, cands[0])}"]
-    flash_ok = [r for r in fid_ok if r["checks"]["flash"]["ok"]]
+    flash_ok = [r for r in fid_ok if r.checks["flash"]["ok"]]
     out = [_flash_reason(ctx, cands, fid_ok)] if not flash_ok else _device_reasons(flash_ok)
-    skipped = [r for r in cands if r.get("skipped")]
+    skipped = [r for r in cands if r.skipped]
     if skipped:
-        whats = sorted({r.get("skip_what", "flash") for r in skipped})
-        out.append(f"{len(skipped)} candidate(s) (rates {skipped[0]['rate']:.2f} to {skipped[-1]['rate']:.2f}) were "
+        whats = sorted({r.skip_kind for r in skipped})
+        out.append(f"{len(skipped)} candidate(s) (rates {skipped[0].rate:.2f} to {skipped[-1].rate:.2f}) were "
                    f"predicted over the {' or '.join(whats).replace('ram', 'RAM')} budget and not converted")
     if host.stop["reason"] == "fidelity":
         last = cands[-1]
-        out.append(f"fidelity fell below {threshold_text(ctx)} at rate {last['rate']:.2f} ({score_text(ctx, last)})")
+        out.append(f"fidelity fell below {threshold_text(ctx)} at rate {last.rate:.2f} ({score_text(ctx, last)})")
     elif host.stop["reason"] == "max_rate":
         out.append(f"pruning stopped at --max-rate {ctx.config.search.max_rate:g} (a higher --max-rate may find a smaller model)")
     return out
 
 
 def prediction_summary(ctx, host) -> dict:
-    skipped = [r for r in host.candidates if r.get("skipped")]
+    skipped = [r for r in host.candidates if r.skipped]
     return {"enabled": bool(ctx.config.search.predict), "method": "weight bytes of the pruned Keras model + the overhead of "
             "the first candidate's real conversion; skipped when still over the flash budget after the margin; "
             "also (issue 22) when the predicted RAM (peak activation memory + the overhead of the unpruned model's "
             "measured TFLite-Micro arena) or the board latency model's latency misses its budget by more than the "
             "model's error",
             "calibration": host.checks.predictor.check,
-            "skipped": [{"index": r["index"], "rate": r["rate"], "reason": r["skipped"]} for r in skipped],
-            "conversions_saved": len([r for r in skipped if not r.get("reused")])}
+            "skipped": [{"index": r.index, "rate": r.rate, "reason": r.skipped} for r in skipped],
+            "conversions_saved": len([r for r in skipped if not r.reused])}
 
 
 # --------------------------------------------------------------------------- report sections
 def _timings(ctx, host, device) -> dict:
-    new = [r for r in host.candidates if not r.get("reused")]
-    tot = {k: round(sum(r["timings"].get(k, 0.0) for r in new), 3) for k in ("prune_s", "convert_s", "fidelity_s", "save_s")}
+    new = [r for r in host.candidates if not r.reused]
+    tot = {k: round(sum(r.timings.get(k, 0.0) for r in new), 3) for k in ("prune_s", "convert_s", "fidelity_s", "save_s")}
     tot["device_s"] = round(device.seconds, 3)
     tot["load_s"] = round(ctx.load_seconds, 3)  # TF import, model, data, reference outputs
     tot["load"] = dict(ctx.load_timings)  # model_s, data_s, reference_s, reference_cached
     if host.trainset is not None:
-        tot["train_s"] = round(sum(r["timings"].get("train_s", 0.0) for r in new), 3)
+        tot["train_s"] = round(sum(r.timings.get("train_s", 0.0) for r in new), 3)
     tot["total_s"] = round(time.perf_counter() - ctx.t_start, 3)
     return tot
 
 
-def _candidate_out(r: dict) -> dict:
-    m = r.get("measurement")
+def _candidate_out(r: Candidate) -> dict:
+    """A candidate as report.json lists it."""
+    m = r.measurement
     return {
-        "index": r["index"], "rate": r["rate"], "name": r["name"], "files": r["files"],
-        "params": r["params"], "size_bytes": r["size_bytes"], "flash_bytes": r["flash_bytes"],
-        "sha256": r["sha256"], "fidelity": r["fidelity"], "checks": r["checks"],
-        "meets_all": all(v["ok"] for v in r["checks"].values()) and m is not None,
-        "measurement": m, "measurement_cached": bool(r.get("measurement_cached")),
-        "not_measured": r.get("not_measured") if m is None else None,
-        "reused": bool(r.get("reused")), "timings": r["timings"], "created_at": r.get("created_at"),
-        "made_by": r.get("made_by"),
-        "skipped": r.get("skipped"), "prediction": r.get("prediction"),
-        "first_measurement": r.get("first_measurement"),
-        **({"vela": r["vela"]} if r.get("vela") else {}),
-        **({"recovery": r.get("recovery")} if "recovery" in r else {}),
+        "index": r.index, "rate": r.rate, "name": r.name, "files": r.files,
+        "params": r.params, "size_bytes": r.size_bytes, "flash_bytes": r.flash_bytes,
+        "sha256": r.sha256, "fidelity": r.fidelity, "checks": r.checks,
+        "meets_all": r.meets_all and m is not None,
+        "measurement": m, "measurement_cached": bool(r.measurement_cached),
+        "not_measured": r.not_measured if m is None else None,
+        "reused": r.reused, "timings": r.timings, "created_at": r.created_at,
+        "made_by": r.made_by,
+        "skipped": r.skipped, "prediction": r.prediction,
+        "first_measurement": r.first_measurement,
+        **({"vela": r.vela} if r.vela else {}),
+        **({"recovery": r.recovery} if r.recovery is not ABSENT else {}),
     }
 
 
@@ -189,18 +190,18 @@ def _settings(ctx, host) -> dict:
             "jobs": host.jobs, "pool": host.pool}
 
 
-def _chosen_section(ctx, chosen: dict) -> dict:
-    m = chosen["measurement"]
+def _chosen_section(ctx, chosen: Candidate) -> dict:
+    m = chosen.measurement
     out = {
-        "index": chosen["index"], "rate": chosen["rate"], "name": chosen["name"],
-        "tflite": chosen["files"]["tflite"], "best": "best.tflite",
-        "size_bytes": chosen["size_bytes"], "flash_bytes": chosen["flash_bytes"], "params": chosen["params"],
-        "fidelity": chosen["fidelity"]["score"], "score_name": chosen["fidelity"]["score_name"],
-        "accuracy": chosen["fidelity"].get("accuracy"), "accuracy_drop": chosen["fidelity"].get("accuracy_drop"),
-        "latency_ms": chosen["checks"]["latency"]["value"], "latency_stat": ctx.config.measurement.latency_stat,
+        "index": chosen.index, "rate": chosen.rate, "name": chosen.name,
+        "tflite": chosen.files["tflite"], "best": "best.tflite",
+        "size_bytes": chosen.size_bytes, "flash_bytes": chosen.flash_bytes, "params": chosen.params,
+        "fidelity": chosen.fidelity["score"], "score_name": chosen.fidelity["score_name"],
+        "accuracy": chosen.fidelity.get("accuracy"), "accuracy_drop": chosen.fidelity.get("accuracy_drop"),
+        "latency_ms": chosen.checks["latency"]["value"], "latency_stat": ctx.config.measurement.latency_stat,
         "latency_spread_ms": m["latency_ms"].get("iqr"),
         "latency_is_estimate": bool(m.get("latency_is_estimate")),
-        "ram_bytes": m.get("ram_bytes"), "sha256": chosen["sha256"],
+        "ram_bytes": m.get("ram_bytes"), "sha256": chosen.sha256,
     }
     out["layers"] = layer_table(ctx, chosen)
     return out
@@ -214,7 +215,7 @@ def build_report(ctx, host, device, exit_code: int) -> dict:
     from edgeprune.pipeline.device_phase import strategy_text
 
     d, chosen, cands = ctx.run_dir, device.chosen, host.candidates
-    fr0 = cands[0]["fidelity"]
+    fr0 = cands[0].fidelity
     cand_out = [_candidate_out(r) for r in cands]
     return {
         "format": rep.REPORT_FORMAT,
@@ -259,7 +260,7 @@ def finish(ctx, host, device) -> RunResult:
     d, chosen = ctx.run_dir, device.chosen
     best = d / "best.tflite"
     if chosen is not None:
-        _copy_atomic(d / chosen["files"]["tflite"], best)
+        _copy_atomic(d / chosen.files["tflite"], best)
     elif best.exists():
         best.unlink()
     exit_code = EXIT_OK if chosen is not None else EXIT_NO_CANDIDATE
@@ -272,9 +273,9 @@ def finish(ctx, host, device) -> RunResult:
         write_best(d, None)  # no stale best_vela.tflite from an earlier Ethos-U run of this dir
     if host.trainset is not None:
         report["settings"]["recover"] = ctx.recover.to_dict()
-        trained = [r for r in host.candidates if r.get("recovery")]
+        trained = [r for r in host.candidates if r.recovery]
         report["data"]["train"] = dict(host.trainset.info, candidates_trained=len(trained),
-                                       trained_from_rate=min((r["rate"] for r in trained), default=None))
+                                       trained_from_rate=min((r.rate for r in trained), default=None))
     report["verdict"] = verdict.build(ctx, report)  # what the fidelity verdict means (issue 14)
     files = rep.write_reports(d, report)
     return RunResult(report=report, exit_code=exit_code, run_dir=d, files=files)
