@@ -18,6 +18,7 @@ from rich.console import Console
 
 from edgeprune import __version__
 from edgeprune.errors import EXIT_BAD_INPUT, EdgepruneError
+from edgeprune.pipeline import choices
 
 EXIT_CODES_HELP = (
     "Exit codes: 0 success; 2 bad input; 3 (run) no candidate meets every limit; "
@@ -32,38 +33,19 @@ _UsageErrorBase = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "C
 CONTEXT = {"help_option_names": ["-h", "--help"]}
 
 
-class Quantize(str, Enum):
-    int8 = "int8"
-    float16 = "float16"
-    float32 = "float32"
-    dynamic = "dynamic"
+def _choice_enum(name: str, values: tuple[str, ...]) -> type[Enum]:
+    """A typer choice enum of ``values`` (one list each, in edgeprune.pipeline.choices); a value
+    that is a Python keyword gets a trailing underscore as its member name (``global_``)."""
+    import keyword
+
+    return Enum(name, [(f"{v}_" if keyword.iskeyword(v) else v, v) for v in values], type=str)
 
 
-class Criterion(str, Enum):
-    paoding = "paoding"
-    l1 = "l1"
-    random = "random"
-    flow = "flow"
-    taylor = "taylor"
-
-
-class Allocation(str, Enum):
-    uniform = "uniform"
-    global_ = "global"
-
-
-class LatencyStat(str, Enum):
-    p50 = "p50"
-    p90 = "p90"
-    p99 = "p99"
-
-
-class Metric(str, Enum):
-    auto = "auto"
-    top1 = "top1"
-    binary = "binary"
-    relerr = "relerr"
-    regression = "regression"
+Quantize = _choice_enum("Quantize", choices.QUANTIZE)
+Criterion = _choice_enum("Criterion", choices.CRITERIA)
+Allocation = _choice_enum("Allocation", choices.ALLOCATIONS)
+LatencyStat = _choice_enum("LatencyStat", choices.LATENCY_STATS)
+Metric = _choice_enum("Metric", choices.METRICS)
 
 
 app = typer.Typer(
@@ -104,10 +86,10 @@ def prune(
     rate: Annotated[float, typer.Option(help="Fraction of each prunable layer's channels to remove (0 <= rate < 1).")] = 0.5,
     out_path: Annotated[Path, typer.Option("--out", "-o", help="Where to write the pruned model (.keras).")] = Path("pruned.keras"),
     criterion: Annotated[Criterion, typer.Option(help="Importance criterion: paoding (data-free, default), l1, random.")] = Criterion.paoding,
-    step: Annotated[float, typer.Option(help="Fraction of the prunable channels removed per progressive step.")] = 0.05,
-    round_to: Annotated[Optional[int], typer.Option("--round-to", help="Keep every pruned width a multiple of N.")] = None,
-    input_range: Annotated[str, typer.Option("--input-range", help="Input range for PAODING's interval bounds, 'LO,HI'.")] = "0,1",
-    seed: Annotated[int, typer.Option(help="Seed for the random criterion.")] = 0,
+    step: _Step = 0.05,
+    round_to: _RoundTo = None,
+    input_range: _input_range_option("PAODING's interval bounds") = "0,1",
+    seed: _Seed = 0,
     plan_path: Annotated[Optional[Path], typer.Option("--plan", help="Also write the replayable plan (JSON) here.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the per-layer result as JSON.")] = False,
 ) -> None:
@@ -216,6 +198,26 @@ def _check_name_length(path: Path, what: str) -> None:
 DATA_HELP = ("Samples: a .npz (x[, y]) or .npy; a folder of images (PNG/JPEG/BMP, one sub-folder per class for "
              "labels); a .csv (one row per sample, optional 'label' column); or my_prep.py:load (your function "
              "returning x or (x, y)). 1/5 (at most 200) is held out for int8 calibration, never evaluated on.")
+# --------------------------------------------------------------------------- options shared by run, bench, convert, prune
+# Declared once: each command takes the alias (the factories where the help names the command's default).
+_Quantize = Annotated[Quantize, typer.Option("--quantize", "-q", help="int8 (full integer, int8 in/out; the default), float16, float32, or dynamic (int8 weights).")]
+_InputShape = Annotated[Optional[str], typer.Option("--input-shape", help="Fix a variable-length input: the full input shape, batch first (run: batch 1), e.g. 1,5000,4.")]
+_Threads = Annotated[Optional[int], typer.Option("--num-threads", "--threads", help="Interpreter threads on the device (default: the profile's).")]
+_RoundTo = Annotated[Optional[int], typer.Option("--round-to", help="Keep every pruned width a multiple of N (SIMD width). run: default the profile's round_to, if any.")]
+_Step = Annotated[float, typer.Option(help="Prune-rate step between candidates (each builds on the last).")]
+_Seed = Annotated[int, typer.Option(help="Seed (random criterion).")]
+
+
+def _data_option(without: str):
+    """``--data`` (any form); ``without``: what the command does without it."""
+    return Annotated[Optional[Path], typer.Option("--data", help=DATA_HELP + " " + without)]
+
+
+def _input_range_option(what: str):
+    """``--input-range LO,HI`` (checked by :func:`_parse_range`); ``what``: what the command uses it for."""
+    return Annotated[str, typer.Option("--input-range", help=f"Model input range 'LO,HI' ({what}).")]
+
+
 _Classes = Annotated[Optional[str], typer.Option("--classes", help="Class names in label order, 'a,b,c': for a folder "
                                                   "of images (sub-folder names) or CSV labels given as names. Default: "
                                                   "folder names that are numbers are the labels, else sorted names.")]
@@ -225,13 +227,13 @@ _Classes = Annotated[Optional[str], typer.Option("--classes", help="Class names 
 @app.command()
 def convert(
     model: Annotated[Path, typer.Argument(help="Keras model: .keras, or a Keras 2/3 .h5 file.")],
-    quantize: Annotated[Quantize, typer.Option(help="float32, float16, dynamic (int8 weights) or int8 (full integer, int8 in/out).")] = Quantize.int8,
-    data: Annotated[Optional[Path], typer.Option("--data", help=DATA_HELP + " Without it: synthetic (data-free).")] = None,
-    input_range: Annotated[str, typer.Option("--input-range", help="Input range 'LO,HI' for synthetic calibration/evaluation data.")] = "0,1",
+    quantize: _Quantize = Quantize.int8,
+    data: _data_option("Without it: synthetic (data-free).") = None,
+    input_range: _input_range_option("synthetic calibration/evaluation data") = "0,1",
     classes: _Classes = None,
     out_path: Annotated[Path, typer.Option("--out", "-o", help="Where to write the .tflite.")] = Path("model.tflite"),
     samples: Annotated[int, typer.Option("--samples", help="Synthetic samples for calibration and evaluation when no --data.")] = 100,
-    input_shape: Annotated[Optional[str], typer.Option("--input-shape", help="Fix a variable-length input: the full input shape, batch first, e.g. 1,5000,4.")] = None,
+    input_shape: _InputShape = None,
     metric: Annotated[Metric, typer.Option(help="Fidelity metric: auto, top1 (classifier), binary (one sigmoid output: agreement of output > 0.5), relerr (1 - relative L2 error) or regression (cosine).")] = Metric.auto,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
@@ -456,7 +458,7 @@ def bench(
     device: Annotated[str, typer.Option("--device", "-d", help="Device name (edgeprune devices list) or path to a .yaml profile.")],
     runs: _NumRuns = 50,
     warmup: _WarmupRuns = 5,
-    threads: Annotated[Optional[int], typer.Option("--num-threads", "--threads", help="Interpreter threads (default: the profile's).")] = None,
+    threads: _Threads = None,
     min_secs: _MinSecs = 1.0,
     max_secs: _MaxSecs = 150.0,
     warmup_min_secs: _WarmupMinSecs = 0.5,
@@ -474,7 +476,7 @@ def bench(
     metrics: _Metrics = None,
 ) -> None:
     """Measure MODEL on DEVICE: latency, load time, peak memory (or, on a microcontroller, arena, flash and an estimate)."""
-    from edgeprune.devices.base import BenchConfig, measure
+    from edgeprune.devices.base import measure
 
     prof = _device_profile(device, devices_dir, host, user, port, trust_new_host)
     gate_base, tolerances = _gate_setup(baseline, max_regression, junit, metrics)
@@ -492,8 +494,7 @@ def bench(
             raise EdgepruneError(f"cannot read --inputs {inputs}: {exc}", "pass a .npy file") from None
         if hasattr(arr, "files"):
             arr = [arr[k] for k in arr.files]
-    config = BenchConfig(runs=runs, warmup=warmup, threads=threads, inputs=arr, timeout=timeout, min_secs=min_secs,
-                         max_secs=max_secs, warmup_min_secs=warmup_min_secs)
+    config = _measurement(runs, warmup, threads, min_secs, max_secs, warmup_min_secs).bench(inputs=arr, timeout=timeout)
     m = measure(prof, model, config)
     if as_json:
         out.print_json(m.to_json())
@@ -562,6 +563,22 @@ RUN_EXIT_HELP = (
 )
 
 
+def _input_shape(text: Optional[str]):
+    if text is None:
+        return None
+    from edgeprune.pipeline.loading import parse_input_shape
+
+    return parse_input_shape(text)
+
+
+def _measurement(runs, warmup, threads, min_secs, max_secs, warmup_min_secs, latency_stat: str = "p50"):
+    """The measurement option group of ``run`` and ``bench`` (one mapping to BenchConfig)."""
+    from edgeprune.pipeline.run_config import MeasurementOptions
+
+    return MeasurementOptions(runs=runs, warmup=warmup, threads=threads, min_secs=min_secs, max_secs=max_secs,
+                              warmup_min_secs=warmup_min_secs, latency_stat=latency_stat)
+
+
 @app.command(epilog=RUN_EXIT_HELP)
 def run(
     model: Annotated[Optional[Path], typer.Option("--model", "-m", help="Keras model (.keras/.h5). Default: the bundled Fashion-MNIST example.")] = None,
@@ -571,31 +588,31 @@ def run(
     latency_budget: Annotated[Optional[float], typer.Option("--latency-budget", help="Latency budget in ms, checked on --latency-stat (p50 by default). Default: the profile's, if any.")] = None,
     min_fidelity: Annotated[Optional[float], typer.Option("--min-fidelity", help="Minimum fidelity score vs the original model: top-1 agreement (classifiers) or cosine similarity. Default 0.95 unless --max-accuracy-drop is given.")] = None,
     max_accuracy_drop: Annotated[Optional[float], typer.Option("--max-accuracy-drop", help="Maximum accuracy drop in points (needs labelled --data).")] = None,
-    data: Annotated[Optional[Path], typer.Option("--data", help=DATA_HELP + " Default: the example's 1000 labelled images for the example model, else synthetic (labelled as such).")] = None,
+    data: _data_option("Default: the example's 1000 labelled images for the example model, else synthetic (labelled as such).") = None,
     classes: _Classes = None,
-    quantize: Annotated[Quantize, typer.Option("--quantize", "-q", help="int8 (default), float16, float32 (or dynamic).")] = Quantize.int8,
+    quantize: _Quantize = Quantize.int8,
     criterion: Annotated[Optional[Criterion], typer.Option(help="Importance criterion: flow (one forward pass on the calibration split; the default with data), taylor, paoding (data-free; the default without data), l1, random.")] = None,
     compensate: Annotated[Optional[bool], typer.Option("--compensate/--no-compensate", help="Refit the pruned layers' consumers by least squares on the calibration split (default: on with data).")] = None,
     allocation: Annotated[Optional[Allocation], typer.Option(help="How widths are chosen: global (greedy on the calibration split, least fidelity loss per parameter saved; the rate is the fraction of prunable parameters removed; the default with data) or uniform (every layer loses the rate of its channels; the default without data).")] = None,
     objective: Annotated[Optional[str], typer.Option("--objective", help="What the global allocation pays for: auto (the budgets the unpruned model is predicted to miss, weighted by how far; size when it misses none), size (prunable parameters), ram (peak activation memory), latency (the board's latency model), macs. The rate is the fraction of that resource removed.")] = None,
-    step: Annotated[float, typer.Option(help="Prune-rate step between candidates (each builds on the last).")] = 0.05,
+    step: _Step = 0.05,
     max_rate: Annotated[float, typer.Option("--max-rate", help="Largest prune rate tried.")] = 0.9,
     out_dir: Annotated[Optional[Path], typer.Option("--out", "-o", help="Run directory. Default ./edgeprune-runs/<model>-<device>-<quantize>.")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run in --out without redoing finished candidates.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Discard a run of a DIFFERENT configuration in --out and start over.")] = False,
     runs: _NumRuns = 50,
     warmup: _WarmupRuns = 5,
-    threads: Annotated[Optional[int], typer.Option("--num-threads", "--threads", help="Interpreter threads on the device (default: the profile's).")] = None,
+    threads: _Threads = None,
     min_secs: _MinSecs = 1.0,
     max_secs: _MaxSecs = 150.0,
     warmup_min_secs: _WarmupMinSecs = 0.5,
     latency_stat: Annotated[LatencyStat, typer.Option("--latency-stat", help="Statistic of the timed runs the latency budget is checked on.")] = LatencyStat.p50,
-    round_to: Annotated[Optional[int], typer.Option("--round-to", help="Keep every pruned width a multiple of N (SIMD width). Default: the profile's round_to, if any.")] = None,
+    round_to: _RoundTo = None,
     predict: Annotated[bool, typer.Option("--predict/--no-predict", help="Skip converting candidates whose predicted size cannot fit the flash budget.")] = True,
     measure_all: Annotated[bool, typer.Option("--measure-all", help="Measure every candidate that passes the host checks (for the latency curve), not just the fewest needed.")] = False,
-    input_range: Annotated[str, typer.Option("--input-range", help="Model input range 'LO,HI' (PAODING bounds, synthetic data).")] = "0,1",
-    seed: Annotated[int, typer.Option(help="Seed (random criterion).")] = 0,
-    input_shape: Annotated[Optional[str], typer.Option("--input-shape", help="Fix a variable-length input: the full input shape, batch first (batch 1), e.g. 1,5000,4.")] = None,
+    input_range: _input_range_option("PAODING bounds, synthetic data") = "0,1",
+    seed: _Seed = 0,
+    input_shape: _InputShape = None,
     jobs: Annotated[Optional[int], typer.Option("--jobs", "-j", help="Worker processes converting candidates ahead of the search (same results as 1). Default: one per core once a conversion takes 5 s or more.")] = None,
     train_data: Annotated[Optional[Path], typer.Option("--train-data", help="Training samples (any form --data takes; labels optional): from the first candidate that fails the fidelity check untrained on, every candidate is distilled from the original model before it is converted and judged. Samples equal to an evaluation sample are removed.")] = None,
     recover: Annotated[Optional[int], typer.Option("--recover", help="Epochs of recovery training per trained candidate (needs --train-data; default 1 with it).")] = None,
@@ -630,22 +647,24 @@ def run(
 
         prof = _device_profile(devices[0], devices_dir, host, user, port, False)
         check_same_target(gate_base, prof.name, prof.kind, quantize.value)
-    config = RunConfig(model=model, device=devices[0], extra_devices=devices[1:], host=host, user=user, port=port, devices_dir=devices_dir,
-                       trust_new_host=trust_new_host, budget=budget, ram_budget=ram_budget,
-                       latency_budget=latency_budget, min_fidelity=min_fidelity, max_accuracy_drop=max_accuracy_drop,
-                       data=data, quantize=quantize.value, criterion=criterion.value if criterion else "auto", compensate=compensate,
-                       allocation=allocation.value if allocation else "auto", objective=objective or "auto",
-                       step=step, max_rate=max_rate, out=out_dir,
-                       resume=resume, force=force, runs=runs, warmup=warmup, measure_all=measure_all,
-                       threads=threads, min_secs=min_secs, max_secs=max_secs, warmup_min_secs=warmup_min_secs,
-                       latency_stat=latency_stat.value, round_to=round_to, predict=predict,
-                       input_range=(lo, hi), seed=seed, classes=classes, train_data=train_data, recover=recover,
-                       temperature=temperature, label_weight=label_weight)
-    if input_shape is not None:
-        from edgeprune.pipeline.loading import parse_input_shape
+    from edgeprune.pipeline import run_config as rc
 
-        config.input_shape = parse_input_shape(input_shape)
-    config.jobs = jobs
+    config = RunConfig(
+        model=rc.ModelOptions(path=model, input_range=(lo, hi), input_shape=_input_shape(input_shape)),
+        data=rc.DataOptions(path=data, classes=classes),
+        device=rc.DeviceOptions(name=devices[0], extra=devices[1:], host=host, user=user, port=port,
+                                devices_dir=devices_dir, trust_new_host=trust_new_host),
+        budgets=rc.BudgetOptions(flash=budget, ram=ram_budget, latency_ms=latency_budget, min_fidelity=min_fidelity,
+                                 max_accuracy_drop=max_accuracy_drop),
+        prune=rc.PruneOptions(quantize=quantize.value, criterion=criterion.value if criterion else "auto",
+                              compensate=compensate, allocation=allocation.value if allocation else "auto",
+                              objective=objective or "auto", round_to=round_to, seed=seed),
+        search=rc.SearchOptions(step=step, max_rate=max_rate, predict=predict, measure_all=measure_all, jobs=jobs),
+        measurement=_measurement(runs, warmup, threads, min_secs, max_secs, warmup_min_secs,
+                                 latency_stat=latency_stat.value),
+        output=rc.OutputOptions(out=out_dir, resume=resume, force=force),
+        recover=rc.RecoverOptions(train_data=train_data, epochs=recover, temperature=temperature,
+                                  label_weight=label_weight))
     with RunProgress(err) as progress:
         result = run_search(config, progress=progress)
     gate = None

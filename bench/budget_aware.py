@@ -47,7 +47,10 @@ def one_row(label: str, ram_budget, variant: str, out: Path, x_unseen, keras_mod
     from edgeprune.pipeline.run import RunConfig, run
 
     kw = {"allocation": "uniform"} if variant == "uniform" else {"objective": variant}
-    cfg = RunConfig(device="nrf52840", ram_budget=ram_budget, out=out, force=True, **kw)
+    from edgeprune.pipeline import run_config as rc
+
+    cfg = RunConfig(device=rc.DeviceOptions(name="nrf52840"), budgets=rc.BudgetOptions(ram=ram_budget),
+                    output=rc.OutputOptions(out=out, force=True), prune=rc.PruneOptions(**kw))
     t0 = time.perf_counter()
     res = run(cfg)
     secs = time.perf_counter() - t0

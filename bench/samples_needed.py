@@ -44,8 +44,12 @@ def one_run(model_path: Path, data_path: Path, out: Path, max_rate: float) -> di
 
     # paoding, uncompensated: the pruning does not depend on the samples, so the picks differ only by the verdict
     # (and the int8 calibration); the data-aware default (flow + compensation, 50+ samples) would mix both effects
-    cfg = RunConfig(model=model_path, data=data_path, step=0.05, max_rate=max_rate, out=out, runs=3, warmup=1,
-                    min_fidelity=THRESHOLD, criterion="paoding", compensate=False)
+    from edgeprune.pipeline import run_config as rc
+
+    cfg = RunConfig(model=rc.ModelOptions(path=model_path), data=rc.DataOptions(path=data_path),
+                    search=rc.SearchOptions(step=0.05, max_rate=max_rate), output=rc.OutputOptions(out=out),
+                    measurement=rc.MeasurementOptions(runs=3, warmup=1), budgets=rc.BudgetOptions(min_fidelity=THRESHOLD),
+                    prune=rc.PruneOptions(criterion="paoding", compensate=False))
     t0 = time.perf_counter()
     res = run(cfg)
     return {"report": res.report, "seconds": time.perf_counter() - t0}

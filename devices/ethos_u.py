@@ -267,6 +267,20 @@ _CACHE: dict = {}  # (input sha256, config key) -> (VelaResult, Vela's .tflite b
 _CACHE_MAX = 64
 
 
+def _operator_counts(stdout: str, name: str) -> tuple[int, int]:
+    """Vela's 'CPU operators = N' and 'NPU operators = M' lines (DeviceError without them)."""
+    cpu_ops = npu_ops = None
+    for line in stdout.splitlines():
+        if (m := _CPU_LINE.match(line.strip())):
+            cpu_ops = int(m.group(1))
+        elif (m := _NPU_LINE.match(line.strip())):
+            npu_ops = int(m.group(1))
+    if cpu_ops is None or npu_ops is None:
+        raise DeviceError(f"{name}: Vela's report has no 'CPU operators = N' / 'NPU operators = M' lines",
+                          "use ethos-u-vela 5.x (the version edgeprune was tested with: 5.2.0)")
+    return cpu_ops, npu_ops
+
+
 def compile_tflite(profile: Profile, tflite_path, vela_out: Optional[Path] = None, *, timeout: Optional[float] = None,
                    model_sha256: Optional[str] = None) -> VelaResult:
     """Compile ``tflite_path`` with Vela as the profile says; copy Vela's .tflite to ``vela_out``.
@@ -315,15 +329,7 @@ def compile_tflite(profile: Profile, tflite_path, vela_out: Optional[Path] = Non
         srow = _read_csv(summaries[0])[0]
         per_layer_csv = out_dir / "model_per-layer.csv"
         per_layer = _per_layer(_read_csv(per_layer_csv)) if per_layer_csv.is_file() else []
-        cpu_ops = npu_ops = None
-        for line in res.stdout.splitlines():
-            if (m := _CPU_LINE.match(line.strip())):
-                cpu_ops = int(m.group(1))
-            elif (m := _NPU_LINE.match(line.strip())):
-                npu_ops = int(m.group(1))
-        if cpu_ops is None or npu_ops is None:
-            raise DeviceError(f"{profile.name}: Vela's report has no 'CPU operators = N' / 'NPU operators = M' lines",
-                              "use ethos-u-vela 5.x (the version edgeprune was tested with: 5.2.0)")
+        cpu_ops, npu_ops = _operator_counts(res.stdout, profile.name)
         reasons = _reasons(res.stdout + "\n" + res.stderr)  # (its C++ core writes them to either)
         vela_ops, cpu_named = _output_ops(vela_tfl)
         for op in cpu_named:

@@ -95,6 +95,7 @@ class Coordinator:
         self.grpc = grpc
         self.address = address
         self.name = name
+        self.session = None  # set once the client session is made (close() before that: nothing to stop)
         self.loop = asyncio.new_event_loop()
         asyncio.set_event_loop(self.loop)
         me = f"{getpass.getuser()}+edgeprune-{os.getpid()}"
@@ -197,9 +198,9 @@ class Coordinator:
 
     def close(self) -> None:
         try:
-            if getattr(self, "session", None) is not None and getattr(self.session, "pump_task", None) is not None:
+            if self.session is not None and getattr(self.session, "pump_task", None) is not None:
                 self.loop.run_until_complete(self.session.stop())
-            if getattr(self, "session", None) is not None:
+            if self.session is not None:
                 self.loop.run_until_complete(self.session.close())
         except BaseException:
             pass

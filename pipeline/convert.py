@@ -523,6 +523,37 @@ def _unrolled(model):
 
 
 @stage("convert", what="model")
+def _configure(converter, config: ConvertConfig, calibration) -> None:
+    """The converter's settings for ``config.quantize`` (int8: the representative dataset, one batch
+    of ``calibration`` at a time)."""
+    import tensorflow as tf
+
+    converter.experimental_lower_to_saved_model = False
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    if config.quantize == "float16":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.target_spec.supported_types = [tf.float16]
+    elif config.quantize == "dynamic":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    elif config.quantize == "int8":
+        assert calibration is not None
+        n = len(calibration[0])
+        b = config.batch_size
+
+        def representative():  # one batch read at a time: the calibration set is never held whole
+            for start in range(0, n - b + 1, b) if n >= b else []:
+                yield [np.asarray(arr[start : start + b]) for arr in calibration]
+            if n < b:  # fewer samples than one batch: tile them
+                reps = -(-b // n)
+                yield [np.concatenate([np.asarray(arr[:n])] * reps)[:b] for arr in calibration]
+
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = representative
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        converter.inference_input_type = tf.int8
+        converter.inference_output_type = tf.int8
+
+
 def convert(model, config: ConvertConfig | None = None) -> ConvertResult:
     """Convert a Keras model to TFLite as ``config`` says; raises UnsupportedModel naming the
     op/layer when TFLite builtins cannot express the model."""
@@ -553,30 +584,7 @@ def convert(model, config: ConvertConfig | None = None) -> ConvertResult:
         # The model keeps the variables alive; lower_to_saved_model=False keeps the
         # conversion on the frozen concrete function (no SavedModel written to disk).
         converter = tf.lite.TFLiteConverter.from_concrete_functions([func], trackable_obj=model)
-    converter.experimental_lower_to_saved_model = False
-    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
-    if config.quantize == "float16":
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        converter.target_spec.supported_types = [tf.float16]
-    elif config.quantize == "dynamic":
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    elif config.quantize == "int8":
-        assert calibration is not None
-        n = len(calibration[0])
-        b = config.batch_size
-
-        def representative():  # one batch read at a time: the calibration set is never held whole
-            for start in range(0, n - b + 1, b) if n >= b else []:
-                yield [np.asarray(arr[start : start + b]) for arr in calibration]
-            if n < b:  # fewer samples than one batch: tile them
-                reps = -(-b // n)
-                yield [np.concatenate([np.asarray(arr[:n])] * reps)[:b] for arr in calibration]
-
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        converter.representative_dataset = representative
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        converter.inference_input_type = tf.int8
-        converter.inference_output_type = tf.int8
+    _configure(converter, config, calibration)
 
     with captured_output() as box:
         try:

@@ -111,10 +111,11 @@ class Prepared:
 class Lookahead:
     """Prunes up to ``jobs`` candidates ahead of the search and converts them in the pool."""
 
-    def __init__(self, run, pruner, jobs: int, config):
+    def __init__(self, host, pruner, jobs: int, config):
+        """``host``: the :class:`~edgeprune.pipeline.host_phase.HostPhase` it works ahead of."""
         import multiprocessing as mp
 
-        self.run, self.pruner, self.jobs = run, pruner, int(jobs)
+        self.host, self.pruner, self.jobs = host, pruner, int(jobs)
         self.config = dataclasses.replace(config, calibration=None)
         self.tmp = Path(tempfile.mkdtemp(prefix="edgeprune-pool-"))
         self.calibration_path: str | None = None
@@ -138,7 +139,7 @@ class Lookahead:
         from edgeprune.pipeline.host_phase import candidate_name
         from edgeprune.pipeline.run_dir import _save_keras_atomic
 
-        r = self.run
+        r = self.host
         if self.next is None:
             self.next = i
         while self.next < min(len(r.rates), i + self.jobs):
@@ -156,7 +157,7 @@ class Lookahead:
                 p.saved_plan = self.pruner.plan()
                 p.prune_s = time.perf_counter() - t0
                 if not self._predicted_skip(p.km):  # else the search will skip it: no conversion
-                    p.keras_path = r.run_dir / f"{candidate_name(k, rate)}.keras"
+                    p.keras_path = r.ctx.run_dir / f"{candidate_name(k, rate)}.keras"
                     with conv.captured_output():
                         _save_keras_atomic(p.km, p.keras_path)
                     p.pending = self.pool.apply_async(_convert_job, (str(p.keras_path), self.config,
@@ -169,13 +170,12 @@ class Lookahead:
         """The flash predictor (issue 15), once calibrated, already says the search will skip
         this candidate. The search decides again when it reaches it; if it converts after all,
         it converts in the main process."""
-        r = self.run
-        predictor = getattr(r, "predictor", None)
-        if not getattr(r.c, "predict", False) or predictor is None or not predictor.ready:
+        config, predictor = self.host.ctx.config, self.host.checks.predictor
+        if not config.search.predict or not predictor.ready:
             return False
         from edgeprune.pipeline.predict import predict
 
-        return predictor.skip_reason(predict(km, r.c.quantize)) is not None
+        return predictor.skip_reason(predict(km, config.prune.quantize)) is not None
 
     def take(self, i: int) -> Prepared:
         p = self.ready.pop(i)

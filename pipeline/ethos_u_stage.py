@@ -25,47 +25,48 @@ def vela_files(name: str) -> dict:
     return {"vela_tflite": f"{name}_vela.tflite", "vela_json": f"{name}.vela.json"}
 
 
-def compile_candidate(run, rec: dict) -> None:
-    """Compile one converted candidate with Vela; set ``rec["vela"]``, its files and its flash figure.
+def compile_candidate(ctx, candidates: list, rec) -> None:
+    """Compile one converted candidate (a :class:`~edgeprune.pipeline.candidate.Candidate`) with Vela;
+    set its ``vela``, its files and its flash figure.
 
     Raises DeviceError when Vela fails (the unpruned candidate: exit 4; a pruned one is recorded
     as failed by the host phase and the search goes on)."""
     from edgeprune.devices.ethos_u import compile_tflite
 
-    prof, d = run.profile, run.run_dir
-    files = vela_files(rec["name"])
-    v = compile_tflite(prof, d / rec["files"]["tflite"], d / files["vela_tflite"], model_sha256=rec.get("sha256"))
+    prof, d = ctx.profile, ctx.run_dir
+    files = vela_files(rec.name)
+    v = compile_tflite(prof, d / rec.files["tflite"], d / files["vela_tflite"], model_sha256=rec.sha256)
     write_json_atomic(d / files["vela_json"], v.to_dict())
-    rec["files"].update(files)
+    rec.files.update(files)
     summary = v.summary()
     summary.pop("vela_ops", None)
     summary["flash_bytes"] = v.on_chip_flash_bytes + v.off_chip_flash_bytes + int(prof.ethos_u.runtime_flash_bytes)
     summary["ram_bytes"] = v.sram_bytes + v.dram_bytes + int(prof.ethos_u.runtime_ram_bytes)
-    base = run.candidates[0].get("vela") if rec["index"] > 0 and run.candidates else None
+    base = candidates[0].vela if rec.index > 0 and candidates else None
     summary["npu_share_dropped"] = bool(base is not None and summary["npu_share"] < base["npu_share"] - 1e-9)
-    rec["vela"] = summary
-    rec["flash_bytes"] = summary["flash_bytes"]
-    if rec["index"] == 0 and summary["npu_ops"] == 0:
-        run.notes.append("Vela put no operator of the unpruned model on the NPU: Ethos-U runs int8 (and int16) "
+    rec.vela = summary
+    rec.flash_bytes = summary["flash_bytes"]
+    if rec.index == 0 and summary["npu_ops"] == 0:
+        ctx.notes.append("Vela put no operator of the unpruned model on the NPU: Ethos-U runs int8 (and int16) "
                          "operators only, so every figure is the CPU's; convert with --quantize int8")
     if summary["npu_share_dropped"]:
         names = ", ".join(f"{o['op']} ({o['name']})" for o in summary["cpu_operators"][:5])
-        run.notes.append(f"rate {rec['rate']:.2f}: Vela put {summary['npu_ops']} of {summary['npu_ops'] + summary['cpu_ops']} "
+        ctx.notes.append(f"rate {rec.rate:.2f}: Vela put {summary['npu_ops']} of {summary['npu_ops'] + summary['cpu_ops']} "
                          f"operators on the NPU ({100 * summary['npu_share']:.1f} %), fewer than the unpruned model's "
                          f"{100 * base['npu_share']:.1f} %; on the CPU: {names}")
-        run.emit("status", text=f"rate {rec['rate']:.2f}: NPU share dropped to {100 * summary['npu_share']:.1f} %")
+        ctx.emit("status", text=f"rate {rec.rate:.2f}: NPU share dropped to {100 * summary['npu_share']:.1f} %")
 
 
-def needs_compile(run, rec: dict) -> bool:
+def needs_compile(ctx, rec) -> bool:
     """A reused candidate (``--resume``) compiled under another Vela configuration, or never."""
     from edgeprune.devices.ethos_u import config_key
 
-    v = rec.get("vela")
-    if rec.get("skipped"):
+    v = rec.vela
+    if rec.skipped:
         return False
-    if v is None or v.get("key") != config_key(run.profile):
+    if v is None or v.get("key") != config_key(ctx.profile):
         return True
-    return not all((run.run_dir / f).is_file() for f in vela_files(rec["name"]).values())
+    return not all((ctx.run_dir / f).is_file() for f in vela_files(rec.name).values())
 
 
 def measurement_extra(m) -> dict:
@@ -76,26 +77,27 @@ def measurement_extra(m) -> dict:
     return {k: v.get(k) for k in keep}
 
 
-def write_best(run, chosen: Optional[dict]) -> Optional[str]:
-    d = run.run_dir
+def write_best(run_dir: Path, chosen) -> Optional[str]:
+    """``best_vela.tflite``: the chosen Candidate's Vela output (removed when there is none)."""
+    d = run_dir
     best = d / BEST_VELA
-    if chosen is not None and chosen.get("files", {}).get("vela_tflite"):
-        copy_atomic(d / chosen["files"]["vela_tflite"], best)
+    if chosen is not None and chosen.files.get("vela_tflite"):
+        copy_atomic(d / chosen.files["vela_tflite"], best)
         return BEST_VELA
     if best.exists():
         best.unlink()
     return None
 
 
-def report_section(run, report: dict) -> dict:
+def report_section(ctx, candidates: list, run_chosen, report: dict) -> dict:
     """``report.json``'s ``ethos_u``: Vela's version and configuration, the chosen candidate's
     figures and per-layer cycles, NPU-share drops, what fidelity was judged on."""
     from edgeprune.devices.ethos_u import ESTIMATE_LABEL, FIDELITY_NOTE, config_of, vela_version
 
-    prof = run.profile
+    prof = ctx.profile
     chosen = report.get("chosen")
-    cands = [r for r in run.candidates if r.get("vela")]
-    best_file = write_best(run, run.chosen)
+    cands = [r.to_json() for r in candidates if r.vela]
+    best_file = write_best(ctx.run_dir, run_chosen)
     section = {
         "estimate": ESTIMATE_LABEL,
         "vela_version": vela_version(prof),
@@ -116,12 +118,12 @@ def report_section(run, report: dict) -> dict:
                    "npu_share": r["vela"]["npu_share"]} for r in cands],
         "chosen": None,
     }
-    if chosen is not None and run.chosen is not None and run.chosen.get("vela"):
+    if chosen is not None and run_chosen is not None and run_chosen.vela:
         import json
 
-        v = json.loads((run.run_dir / run.chosen["files"]["vela_json"]).read_text())
+        v = json.loads((ctx.run_dir / run_chosen.files["vela_json"]).read_text())
         section["chosen"] = {
-            "index": chosen["index"], "rate": chosen["rate"], "vela_tflite": run.chosen["files"]["vela_tflite"],
+            "index": chosen["index"], "rate": chosen["rate"], "vela_tflite": run_chosen.files["vela_tflite"],
             "vela_tflite_bytes": v["vela_tflite_bytes"], "inference_time_ms": v["inference_time_ms"],
             "cycles_total": v["cycles_total"], "cycles_npu": v["cycles_npu"], "sram_bytes": v["sram_bytes"],
             "dram_bytes": v["dram_bytes"], "on_chip_flash_bytes": v["on_chip_flash_bytes"],

@@ -40,7 +40,7 @@ from edgeprune.errors import BadInput
 
 READ_BATCH = 64  # samples read from the data and quantised at a time by run_tflite
 
-METRICS = ("auto", "top1", "binary", "relerr", "regression")
+from edgeprune.pipeline.choices import METRICS  # noqa: E402  (the CLI's --metric choices)
 FEW_VALUES = 8  # outputs with fewer values per sample are compared by relative error, not cosine
 SCORE_NAMES = {"top1": "top-1 agreement", "binary": "decision agreement (> 0.5)",
                "relerr": "1 - relative L2 error", "regression": "cosine similarity"}

@@ -1,15 +1,18 @@
 """The host phase of ``edgeprune run``: candidates are pruned progressively, converted and
 checked on the host (fidelity, flash) before any device run; finished candidates are reused on
-``--resume``."""
+``--resume``. :class:`HostPhase` takes the run's context and returns a :class:`HostResult`."""
 from __future__ import annotations
 
 import hashlib
 import json
 import os
 import time
+from dataclasses import dataclass, field
+from typing import Any, Optional
 
-from edgeprune.devices.sizes import format_size
-from edgeprune.pipeline.run_config import CANDIDATE_FORMAT, SYNTHETIC_SAMPLES, _now
+from edgeprune.pipeline.candidate import ABSENT, Candidate
+from edgeprune.pipeline.host_checks import HostChecks
+from edgeprune.pipeline.run_config import SYNTHETIC_SAMPLES, _now
 from edgeprune.pipeline.run_dir import _save_keras_atomic, write_json_atomic
 
 
@@ -41,143 +44,213 @@ def candidate_name(index: int, rate: float) -> str:
     return f"cand-{index:02d}-rate{r}"
 
 
+@dataclass
+class HostResult:
+    """What the host phase hands on: the candidates in rate order (reused and new), the failed
+    ones, why pruning stopped, and what the report says about the phase."""
+    candidates: list  # of Candidate
+    failed_candidates: list
+    stop: dict
+    reused: int
+    rates: list
+    checks: HostChecks
+    trainset: Any = None  # pipeline.recover.TrainSet with --train-data
+    jobs: int = 1
+    pool: bool = False  # whether conversion workers were used
+
+
+@dataclass
+class _Made:
+    """A candidate's model, converted: what ``make_candidate`` has before it writes the record."""
+    km: Any
+    res: Any  # pipeline.convert result
+    fr: Any  # pipeline.fidelity result
+    trained: Any = None
+    untrained_fr: Optional[dict] = None
+    timings: dict = field(default_factory=dict)
+
+
+def reuse_finished(ctx, checks: HostChecks, rates: list) -> list:
+    """``--resume``: the finished candidates of the run directory, in rate order, up to the
+    first one missing, unreadable or made under another budget."""
+    d, candidates = ctx.run_dir, []
+    for i, r in enumerate(rates):
+        path = d / f"{candidate_name(i, r)}.json"
+        if not path.is_file():
+            break
+        try:
+            rec = Candidate.from_json(json.loads(path.read_text()))
+        except (OSError, ValueError):
+            break
+        if abs(rec.rate - r) > 1e-9:
+            break
+        if not all((d / f).is_file() for f in rec.files.values()):
+            break
+        if rec.skipped and rec.skip_budget != checks.predictor.key():
+            break  # skipped under another flash budget: build and convert it now
+        if rec.skipped and rec.skip_kind != "flash" and rec.skip_resource_budget != checks.resource_budget_key():
+            break  # skipped under another RAM / latency budget
+        if i == 0 and rec.arena_calibration:
+            checks.ram_calibrate(rec.arena_calibration)
+        rec.reused = True
+        if i == 0 and rec.prediction:
+            checks.predictor.calibrate(checks.prediction_of(rec.prediction), rec.size_bytes)
+        if not rec.skipped and (rec.vela or ctx.profile.kind == "ethos-u"):
+            _vela_reused(ctx, checks, candidates, rec, path)  # flash is Vela's figure only on an Ethos-U profile
+        rec.checks = checks.checks(rec)
+        candidates.append(rec)
+        ctx.emit("candidate", record=rec.to_json(), total=len(rates), reused=True)
+    return candidates
+
+
+def _vela_reused(ctx, checks: HostChecks, candidates: list, rec: Candidate, path) -> None:
+    """A reused candidate: compiled with Vela (again) when the profile is an Ethos-U one whose
+    Vela configuration differs from the one it was compiled with; its flash figure follows the
+    profile kind of THIS run."""
+    from edgeprune.pipeline import ethos_u_stage
+
+    if ctx.profile.kind != "ethos-u":
+        rec.vela = None
+        for k in ethos_u_stage.vela_files(rec.name):
+            rec.files.pop(k, None)
+        rec.flash_bytes = checks.host_flash(rec.size_bytes)
+    elif ethos_u_stage.needs_compile(ctx, rec):
+        ethos_u_stage.compile_candidate(ctx, candidates, rec)
+    else:
+        return
+    write_json_atomic(path, rec.to_json())
+
+
+class Recovery:
+    """--train-data: the training samples minus the evaluation samples, and the original
+    model's outputs on them (pipeline/recover.py). Training starts at the first candidate
+    that fails the fidelity check untrained (``recovering``; restored from reused candidates)."""
+
+    def __init__(self, ctx, candidates: list):
+        self.ctx = ctx
+        self.trainset = None
+        self.recovering = any(r.recovery for r in candidates)
+        if ctx.recover is None:
+            return
+        from edgeprune.pipeline.recover import prepare
+
+        self.trainset = prepare(ctx.train_raw, ctx.data.x, ctx.model, ctx.run_dir, ctx.emit)
+        info = self.trainset.info
+        if info["overlap_removed"]:
+            ctx.notes.append(f"--train-data: {info['overlap_removed']:,} of the {info['n_given']:,} training samples "
+                             "are also evaluation samples (equal float32 bytes): removed from the training set, "
+                             f"{info['n_samples']:,} train")
+
+    def train(self, km, i: int, rate: float):
+        from edgeprune.pipeline.recover import train
+
+        emit = self.ctx.emit
+        t0 = time.perf_counter()
+        total = self.ctx.recover.epochs
+
+        def progress(epoch, epochs, step, steps, loss):
+            done = (epoch * steps + step) / (epochs * steps)
+            el = time.perf_counter() - t0
+            emit("train", index=i, rate=rate, epoch=epoch + 1, epochs=epochs, step=step, steps=steps,
+                 loss=loss, fraction=done, elapsed_s=el, left_s=el * (1 - done) / max(done, 1e-9))
+
+        emit("train_start", index=i, rate=rate, epochs=total, samples=self.trainset.n)
+        res = train(km, self.trainset, self.ctx.recover, i, progress)
+        emit("train_done", index=i, rate=rate, seconds=res.seconds, loss=res.loss_per_epoch[-1])
+        return res
+
+    def record(self, run_dir, plan, files: dict, made) -> dict:
+        """A trained candidate: its weights file, recorded in the plan; returns its ``recovery``."""
+        from edgeprune.pipeline.atomic import write_bytes_atomic
+
+        trained, recover = made.trained, self.ctx.recover
+        files["trained"] = f"{files['tflite'][:-len('.tflite')]}.trained.bin"
+        write_bytes_atomic(run_dir / files["trained"], trained.weights)
+        plan.trained = {"file": files["trained"], "sha256": trained.sha256, "epochs": trained.epochs,
+                        "samples": trained.samples, "loss": trained.loss_per_epoch[-1],
+                        "method": "distillation from the original model (pipeline/recover.py)",
+                        **{k: v for k, v in recover.to_dict().items() if k != "epochs"}}
+        return dict(trained.to_dict(), file=files["trained"], untrained_fidelity=made.untrained_fr,
+                    targets=self.trainset.kind, **{k: v for k, v in recover.to_dict().items() if k not in ("epochs",)})
+
+
 class HostPhase:
-    """Mixin of :class:`edgeprune.pipeline.run._Run`: host checks and the candidate loop."""
+    """The candidate loop: reuse finished candidates (``--resume``), then prune, convert and check
+    one candidate at a time until one fails the fidelity threshold or ``max_rate`` is reached."""
 
-    # ---------------------------------------------------------------- checks
-    def fidelity_ok(self, fr: dict) -> bool:
-        ok = True
-        if self.min_fidelity is not None:
-            ok = ok and fr["score"] is not None and fr["score"] >= self.min_fidelity - 1e-12
-        if self.max_drop is not None:
-            ok = ok and fr["accuracy_drop"] is not None and fr["accuracy_drop"] <= self.max_drop + 1e-9
-        return ok
+    def __init__(self, ctx):
+        self.ctx = ctx
+        self.checks = HostChecks(ctx)
+        self.rates = rate_schedule(float(ctx.config.search.step), float(ctx.config.search.max_rate))
+        self.candidates: list[dict] = []
+        self.failed_candidates: list[dict] = []
+        self.prunable = True
+        self.lookahead = None  # --jobs > 1: candidates converted in worker processes (convert_pool)
+        self.pool_used = False
+        self.jobs = 1
+        self.recovery: Optional[Recovery] = None  # --train-data (pipeline/recover.py), made by run()
+        self.stage = "prune"  # what a failing candidate failed at
 
-    def host_flash(self, size: int) -> int:
-        if self.profile.kind == "mcu":
-            return size + int(self.profile.mcu.runtime_flash_bytes)
-        return size
-
-    def host_checks(self, rec: dict) -> dict:
-        fr = rec["fidelity"]
-        flash = rec["flash_bytes"]
-        fb = self.budgets["flash_bytes"]["value"]
-        if rec.get("skipped") and rec.get("skip_what", "flash") != "flash":  # predicted over RAM / latency
-            what = rec["skip_what"]
-            return {"fidelity": {"ok": None, "value": None, "skipped": True},
-                    "flash": {"ok": fb is None or flash <= fb, "value": flash, "limit": fb, "predicted": True},
-                    what: {"ok": False, "value": rec["skip_value"], "limit": rec["skip_limit"], "predicted": True}}
-        if rec.get("skipped"):  # never converted: fidelity unknown, flash predicted over the budget
-            return {"fidelity": {"ok": None, "value": None, "skipped": True},
-                    "flash": {"ok": False, "value": flash, "limit": fb, "predicted": True}}
-        return {
-            "fidelity": {"ok": self.fidelity_ok(fr), "value": fr["score"], "accuracy_drop": fr.get("accuracy_drop"),
-                         "min": self.min_fidelity, "max_accuracy_drop": self.max_drop},
-            "flash": {"ok": fb is None or flash <= fb, "value": flash, "limit": fb},
-        }
-
-    # ---------------------------------------------------------------- host phase
-    def host_phase(self) -> None:
+    # ---------------------------------------------------------------- the phase
+    def run(self) -> HostResult:
         from edgeprune.pipeline.plan import Plan
         from edgeprune.pipeline.prune import PruneConfig, Pruner
 
-        c, d = self.c, self.run_dir
-        lat = getattr(getattr(self, "objective", None), "latency", None)
+        ctx, c, d, engine = self.ctx, self.ctx.config, self.ctx.run_dir, self.ctx.engine
+        lat = engine.objective.latency
         if lat is not None and lat.kind == "fit":  # the board's latency model, cached for the next runs
             from edgeprune.pipeline.latency_model import save
 
             save(lat, d)
-        self.rates = rate_schedule(float(c.step), float(c.max_rate))
-        self.candidates: list[dict] = []
-        self.reused = 0
-        self.predictor = self.make_predictor()
-        if self.resumed:
-            for i, r in enumerate(self.rates):
-                path = d / f"{candidate_name(i, r)}.json"
-                if not path.is_file():
-                    break
-                try:
-                    rec = json.loads(path.read_text())
-                except (OSError, ValueError):
-                    break
-                if rec.get("format") != CANDIDATE_FORMAT or abs(rec.get("rate", -1) - r) > 1e-9:
-                    break
-                if not all((d / f).is_file() for f in (rec.get("files") or {}).values()):
-                    break
-                if rec.get("skipped") and rec.get("skip_budget") != self.predictor.key():
-                    break  # skipped under another flash budget: build and convert it now
-                if rec.get("skipped") and rec.get("skip_what", "flash") != "flash" and \
-                        rec.get("skip_resource_budget") != self.resource_budget_key():
-                    break  # skipped under another RAM / latency budget
-                if i == 0 and rec.get("arena_calibration"):
-                    self.ram_calibrate(rec["arena_calibration"])
-                rec["reused"] = True
-                if i == 0 and rec.get("prediction"):
-                    self.predictor.calibrate(self._prediction(rec["prediction"]), rec["size_bytes"])
-                if not rec.get("skipped") and (rec.get("vela") or self.profile.kind == "ethos-u"):
-                    self.vela_reused(rec, path)  # flash is Vela's figure only on an Ethos-U profile
-                rec["checks"] = self.host_checks(rec)
-                self.candidates.append(rec)
-                self.emit("candidate", record=rec, total=len(self.rates), reused=True)
-            self.reused = len(self.candidates)
-        pconf = PruneConfig(rate=max(self.rates), criterion=self.criterion, step=float(c.step), round_to=self.round_to,
-                            input_range=tuple(float(v) for v in c.input_range), seed=c.seed,
-                            calibration=self.stage_calibration, compensate=self.compensate,
-                            allocation=self.allocation_obj or self.allocation)
+        if ctx.resumed:
+            self.candidates = reuse_finished(ctx, self.checks, self.rates)
+        reused = len(self.candidates)
+        pconf = PruneConfig(rate=max(self.rates), criterion=engine.criterion, step=float(c.search.step), round_to=ctx.round_to,
+                            input_range=tuple(float(v) for v in c.model.input_range), seed=c.prune.seed,
+                            calibration=engine.calibration, compensate=engine.compensate,
+                            allocation=engine.allocation_obj or engine.allocation)
         if self.candidates:
             last = self.candidates[-1]
-            pruner = Pruner(self.model, pconf, plan=Plan.load(d / last["files"]["plan"]))
+            pruner = Pruner(ctx.model, pconf, plan=Plan.load(d / last.files["plan"]))
         else:
-            pruner = Pruner(self.model, pconf)
+            pruner = Pruner(ctx.model, pconf)
         self.prunable = bool(pruner.groups)
         if not self.prunable:
-            self.notes.append(f"{pruner.graph.nothing_prunable_note()}: only the unpruned candidate is evaluated")
-        self.failed_candidates: list[dict] = []
-        self.prepare_recovery()
-        self.stop = None
-        self.lookahead = None  # --jobs > 1: candidates converted in worker processes (convert_pool)
+            ctx.notes.append(f"{pruner.graph.nothing_prunable_note()}: only the unpruned candidate is evaluated")
+        self.recovery = Recovery(ctx, self.candidates)
+        self.candidate_loop(pruner)
+        return HostResult(candidates=self.candidates, failed_candidates=self.failed_candidates, stop=self.stop_reason(),
+                          reused=reused, rates=self.rates, checks=self.checks, trainset=self.recovery.trainset,
+                          jobs=self.jobs, pool=self.pool_used)
+
+    def candidate_loop(self, pruner) -> None:
         for i in range(len(self.candidates), len(self.rates)):
-            if self.candidates and not self.candidates[-1].get("skipped") \
-                    and not self.candidates[-1]["checks"]["fidelity"]["ok"]:
+            if self.candidates and not self.candidates[-1].skipped \
+                    and not self.candidates[-1].checks["fidelity"]["ok"]:
                 break
             if i > 0 and not self.prunable:
                 break
             self.lookahead = self.lookahead or self.start_pool(pruner)
             if self.lookahead is not None:
+                self.pool_used = True
                 self.lookahead.fill(i)
             rec = self.try_candidate(pruner, i, self.rates[i])
             if rec is None:  # failed (recorded with its reason): the search goes on
                 continue
             self.candidates.append(rec)
-            self.emit("candidate", record=rec, total=len(self.rates), reused=False)
+            self.ctx.emit("candidate", record=rec.to_json(), total=len(self.rates), reused=False)
         if self.lookahead is not None:
             self.lookahead.close()  # what a worker converted past the stop is discarded
+
+    def stop_reason(self) -> dict:
         last = self.candidates[-1]
-        if not last.get("skipped") and not last["checks"]["fidelity"]["ok"]:
-            self.stop = {"reason": "fidelity", "rate": last["rate"]}
-        elif not self.prunable:
-            self.stop = {"reason": "nothing to prune", "rate": 0.0}
-        else:
-            self.stop = {"reason": "max_rate", "rate": last["rate"]}
+        if not last.skipped and not last.checks["fidelity"]["ok"]:
+            return {"reason": "fidelity", "rate": last.rate}
+        if not self.prunable:
+            return {"reason": "nothing to prune", "rate": 0.0}
+        return {"reason": "max_rate", "rate": last.rate}
 
-    def vela_reused(self, rec: dict, path) -> None:
-        """A reused candidate: compiled with Vela (again) when the profile is an Ethos-U one whose
-        Vela configuration differs from the one it was compiled with; its flash figure follows the
-        profile kind of THIS run."""
-        from edgeprune.pipeline import ethos_u_stage
-
-        if self.profile.kind != "ethos-u":
-            rec.pop("vela", None)
-            for k in ethos_u_stage.vela_files(rec["name"]):
-                rec["files"].pop(k, None)
-            rec["flash_bytes"] = self.host_flash(rec["size_bytes"])
-        elif ethos_u_stage.needs_compile(self, rec):
-            ethos_u_stage.compile_candidate(self, rec)
-        else:
-            return
-        write_json_atomic(path, {k: v for k, v in rec.items() if k != "reused"})
-
-    def try_candidate(self, pruner, i: int, rate: float) -> dict | None:
+    def try_candidate(self, pruner, i: int, rate: float) -> Candidate | None:
         """:meth:`make_candidate`, except that a PRUNED candidate that cannot be built,
         converted or loaded by the runtime is recorded as failed (``failed_candidates`` in
         the report, ``<name>.failed.json`` in the run dir) and None returned, so one bad
@@ -193,19 +266,19 @@ class HostPhase:
             name = candidate_name(i, rate)
             failed = {"index": i, "rate": rate, "name": name, "stage": self.stage,
                       "reason": str(reason).strip()[:500], "created_at": _now()}
-            write_json_atomic(self.run_dir / f"{name}.failed.json", failed)
+            write_json_atomic(self.ctx.run_dir / f"{name}.failed.json", failed)
             self.failed_candidates.append(failed)
-            self.notes.append(f"candidate {name} failed at the {self.stage} stage: {failed['reason'].splitlines()[0][:200]}; "
-                              "recorded as failed, the search went on")
-            self.emit("status", text=f"rate {rate:.2f}: failed at {self.stage} ({failed['reason'].splitlines()[0][:120]})")
+            self.ctx.notes.append(f"candidate {name} failed at the {self.stage} stage: "
+                                  f"{failed['reason'].splitlines()[0][:200]}; recorded as failed, the search went on")
+            self.ctx.emit("status", text=f"rate {rate:.2f}: failed at {self.stage} ({failed['reason'].splitlines()[0][:120]})")
             return None
 
     def convert_config(self):
         from edgeprune.pipeline import convert as conv
 
-        c = self.c
-        return conv.ConvertConfig(quantize=c.quantize, calibration=self.calibration,
-                                  input_range=tuple(float(v) for v in c.input_range), num_calibration=SYNTHETIC_SAMPLES)
+        c = self.ctx.config
+        return conv.ConvertConfig(quantize=c.prune.quantize, calibration=self.ctx.calibration,
+                                  input_range=tuple(float(v) for v in c.model.input_range), num_calibration=SYNTHETIC_SAMPLES)
 
     def start_pool(self, pruner):
         """A :class:`~edgeprune.pipeline.convert_pool.Lookahead` when more than one job and more than
@@ -214,24 +287,24 @@ class HostPhase:
         more (a worker costs a TensorFlow import: small models convert faster serially)."""
         from edgeprune.pipeline.convert_pool import Lookahead, default_jobs, pool_size
 
-        self.jobs = int(self.c.jobs) if getattr(self.c, "jobs", None) is not None else default_jobs()
-        times = [r["timings"]["convert_s"] for r in self.candidates if "convert_s" in r.get("timings", {})]
-        n = pool_size(getattr(self.c, "jobs", None), self.jobs, len(self.rates) - len(self.candidates),
-                      self.prunable, times)
-        if getattr(self, "trainset", None) is not None:
+        jobs = self.ctx.config.search.jobs
+        self.jobs = int(jobs) if jobs is not None else default_jobs()
+        times = [r.timings["convert_s"] for r in self.candidates if "convert_s" in r.timings]
+        n = pool_size(jobs, self.jobs, len(self.rates) - len(self.candidates), self.prunable, times)
+        if self.recovery.trainset is not None:
             n = 1  # recovery training changes the weights before conversion: serial (a worker would convert untrained)
         return Lookahead(self, pruner, n, self.convert_config()) if n > 1 else None
 
-    def make_candidate(self, pruner, i: int, rate: float) -> dict:
+    # ---------------------------------------------------------------- one candidate
+    def make_candidate(self, pruner, i: int, rate: float) -> Candidate:
         from edgeprune.pipeline import convert as conv
-        from edgeprune.pipeline import fidelity as fid
         from edgeprune.pipeline.predict import predict
 
-        c, d = self.c, self.run_dir
+        c = self.ctx.config
         name = candidate_name(i, rate)
-        self.emit("candidate_start", index=i, rate=rate, total=len(self.rates))
+        self.ctx.emit("candidate_start", index=i, rate=rate, total=len(self.rates))
         t0 = time.perf_counter()
-        ahead = self.lookahead.take(i) if getattr(self, "lookahead", None) is not None else None
+        ahead = self.lookahead.take(i) if self.lookahead is not None else None
         if ahead is not None:  # pruned ahead and converting in a worker (convert_pool)
             km = ahead.km
         else:
@@ -239,20 +312,33 @@ class HostPhase:
                 pruner.step_to(rate)
             with conv.captured_output():
                 km = pruner.build()
-        pred = predict(km, c.quantize)
-        reason = self.predictor.skip_reason(pred) if c.predict else None
+        pred = predict(km, c.prune.quantize)
+        reason = self.checks.predictor.skip_reason(pred) if c.search.predict else None
         skip = None
-        if reason is None and c.predict and i > 0:
-            skip = self.resource_skip(km)
+        if reason is None and c.search.predict and i > 0:
+            skip = self.checks.resource_skip(km)
             reason = skip["reason"] if skip else None
         if reason is not None:
             if ahead is not None:
                 ahead.discard()  # as serially: no conversion, no .keras
             return self.skipped_candidate(pruner if ahead is None else ahead, i, rate, name, km, pred, reason, t0,
                                           skip)
+        made = self.convert_and_judge(km, ahead, i, rate)
+        prune_end = made.timings.pop("_prune_end")
+        made.timings["prune_s"] = prune_end - t0 if ahead is None else ahead.prune_s
+        return self.save_candidate(pruner, ahead, made, i, rate, name, pred)
+
+    def convert_and_judge(self, km, ahead, i: int, rate: float) -> _Made:
+        """Convert (or take the worker's conversion) and judge fidelity; with --train-data, train
+        first (once recovering) or train and judge again (the first candidate failing untrained)."""
+        from edgeprune.pipeline import convert as conv
+        from edgeprune.pipeline import fidelity as fid
+
+        ctx = self.ctx
         t1 = time.perf_counter()
         trained, untrained_fr, train_s = None, None, 0.0
-        if getattr(self, "trainset", None) is not None and i > 0 and self.recovering:
+        recovery = self.recovery
+        if recovery.trainset is not None and i > 0 and recovery.recovering:
             trained = self.train_candidate(km, i, rate)  # past the untrained stop: every candidate is trained
             train_s = trained.seconds
         t1b = time.perf_counter()
@@ -261,13 +347,13 @@ class HostPhase:
         res = ahead.result() if ahead is not None and ahead.pending is not None else conv.convert(km, cc)
         t2 = time.perf_counter()
         self.stage = "load and fidelity (LiteRT on the host)"
-        fr = fid.evaluate(res.tflite, self.reference, self.data, self.fid_config)
+        fr = fid.evaluate(res.tflite, ctx.reference, ctx.data, ctx.fid_config)
         t3 = time.perf_counter()
         convert_s, fidelity_s = t2 - t1b, t3 - t2
-        if getattr(self, "trainset", None) is not None and i > 0 and trained is None and not self.fidelity_ok(fr.to_dict()):
+        if recovery.trainset is not None and i > 0 and trained is None and not self.checks.fidelity_ok(fr.to_dict()):
             # the first candidate that fails untrained: trained, converted and judged again; from here
             # on every candidate is trained before it is converted (bench/results/recover.md)
-            self.recovering = True
+            recovery.recovering = True
             untrained_fr = fr.to_dict()
             trained = self.train_candidate(km, i, rate)
             train_s = trained.seconds
@@ -276,10 +362,20 @@ class HostPhase:
             res = conv.convert(km, cc)
             tb = time.perf_counter()
             self.stage = "load and fidelity (LiteRT on the host)"
-            fr = fid.evaluate(res.tflite, self.reference, self.data, self.fid_config)
+            fr = fid.evaluate(res.tflite, ctx.reference, ctx.data, ctx.fid_config)
             t3 = time.perf_counter()
             convert_s += tb - ta
             fidelity_s += t3 - tb
+        return _Made(km=km, res=res, fr=fr, trained=trained, untrained_fr=untrained_fr,
+                     timings={"_prune_end": t1, "convert_s": convert_s, "fidelity_s": fidelity_s, "train_s": train_s,
+                              "_judged": t3})
+
+    def save_candidate(self, pruner, ahead, made: _Made, i: int, rate: float, name: str, pred) -> Candidate:
+        """Write the candidate's files (.keras, .tflite, .plan.json, then its .json last) and return its record."""
+        from edgeprune.pipeline import convert as conv
+
+        ctx, d = self.ctx, self.ctx.run_dir
+        km, res, trained, tm = made.km, made.res, made.trained, made.timings
         self.stage = "save"
         files = {"keras": f"{name}.keras", "tflite": f"{name}.tflite", "plan": f"{name}.plan.json"}
         if ahead is None:  # (the lookahead wrote it for its worker)
@@ -287,209 +383,59 @@ class HostPhase:
                 _save_keras_atomic(km, d / files["keras"])
         res.save(d / files["tflite"])
         plan = (pruner if ahead is None else ahead).plan()
-        recovery = None
-        if trained is not None:
-            from edgeprune.pipeline.atomic import write_bytes_atomic
-
-            files["trained"] = f"{name}.trained.bin"
-            write_bytes_atomic(d / files["trained"], trained.weights)
-            plan.trained = {"file": files["trained"], "sha256": trained.sha256, "epochs": trained.epochs,
-                            "samples": trained.samples, "loss": trained.loss_per_epoch[-1],
-                            "method": "distillation from the original model (pipeline/recover.py)",
-                            **{k: v for k, v in self.recover.to_dict().items() if k != "epochs"}}
-            recovery = dict(trained.to_dict(), file=files["trained"], untrained_fidelity=untrained_fr,
-                            targets=self.trainset.kind, **{k: v for k, v in self.recover.to_dict().items()
-                                                           if k not in ("epochs",)})
+        recovery = self.recovery.record(ctx.run_dir, plan, files, made) if trained is not None else None
         plan.save(d / files["plan"])
         t4 = time.perf_counter()
         size = res.size_bytes
-        rec = {
-            "format": CANDIDATE_FORMAT,
-            "index": i,
-            "rate": rate,
-            "name": name,
-            "files": files,
-            "params": int(km.count_params()),
-            "size_bytes": size,
-            "flash_bytes": self.host_flash(size),
-            "sha256": hashlib.sha256(res.tflite).hexdigest(),
-            "conversion": {k: v for k, v in res.to_dict().items() if k not in ("inputs", "outputs")},
-            "fidelity": fr.to_dict(),
-            "widths": plan.widths,
-            "prediction": self.predicted(pred, size),
-            "made_by": dict(self.stages_label),
-            **({"recovery": recovery} if getattr(self, "trainset", None) is not None else {}),
-            "timings": {"prune_s": round(t1 - t0 if ahead is None else ahead.prune_s, 4),
-                        "convert_s": round(convert_s if ahead is None else res.seconds, 4),
-                        "fidelity_s": round(fidelity_s, 4), "save_s": round(t4 - t3, 4),
-                        **({"train_s": round(train_s, 4)} if trained is not None else {})},
-            "created_at": _now(),
-            "pid": os.getpid(),
-            "device": None,
-        }
-        if self.profile.kind == "ethos-u":  # every candidate through Vela: its flash figure, NPU share
+        rec = Candidate(
+            index=i, rate=rate, name=name, files=files, params=int(km.count_params()), size_bytes=size,
+            flash_bytes=self.checks.host_flash(size), sha256=hashlib.sha256(res.tflite).hexdigest(),
+            conversion={k: v for k, v in res.to_dict().items() if k not in ("inputs", "outputs")},
+            fidelity=made.fr.to_dict(), widths=plan.widths, prediction=self.checks.predicted(pred, size),
+            made_by=dict(ctx.engine.label), recovery=recovery if self.recovery.trainset is not None else ABSENT,
+            timings={"prune_s": round(tm["prune_s"], 4),
+                     "convert_s": round(tm["convert_s"] if ahead is None else res.seconds, 4),
+                     "fidelity_s": round(tm["fidelity_s"], 4), "save_s": round(t4 - tm["_judged"], 4),
+                     **({"train_s": round(tm["train_s"], 4)} if trained is not None else {})},
+            created_at=_now(), pid=os.getpid(), device=None)
+        if ctx.profile.kind == "ethos-u":  # every candidate through Vela: its flash figure, NPU share
             from edgeprune.pipeline import ethos_u_stage
 
             self.stage = "compile with Vela"
             t5 = time.perf_counter()
-            ethos_u_stage.compile_candidate(self, rec)
-            rec["timings"]["vela_s"] = round(time.perf_counter() - t5, 4)
+            ethos_u_stage.compile_candidate(ctx, self.candidates, rec)
+            rec.timings["vela_s"] = round(time.perf_counter() - t5, 4)
         if i == 0:
-            cal = self.ram_calibration(km, d / files["tflite"])
-            if cal is not None:
-                rec["arena_calibration"] = cal
-        rec["checks"] = self.host_checks(rec)
-        write_json_atomic(d / f"{name}.json", rec)  # last: marks the candidate done
-        rec["reused"] = False
+            rec.arena_calibration = self.checks.ram_calibration(km, d / files["tflite"])
+        rec.checks = self.checks.checks(rec)
+        write_json_atomic(d / f"{name}.json", rec.to_json())  # last: marks the candidate done
         return rec
 
-    # ---------------------------------------------------------------- recovery training
-    def prepare_recovery(self) -> None:
-        """--train-data: the training samples minus the evaluation samples, and the original
-        model's outputs on them (pipeline/recover.py). Training starts at the first candidate
-        that fails the fidelity check untrained (``recovering``; restored from reused candidates)."""
-        self.trainset = None
-        self.recovering = any(r.get("recovery") for r in self.candidates)
-        if getattr(self, "recover", None) is None:
-            return
-        from edgeprune.pipeline.recover import prepare
-
-        self.trainset = prepare(self.train_raw, self.data.x, self.model, self.run_dir, self.emit)
-        info = self.trainset.info
-        if info["overlap_removed"]:
-            self.notes.append(f"--train-data: {info['overlap_removed']:,} of the {info['n_given']:,} training samples "
-                              "are also evaluation samples (equal float32 bytes): removed from the training set, "
-                              f"{info['n_samples']:,} train")
-
-    def train_candidate(self, km, i: int, rate: float):
-        from edgeprune.pipeline.recover import train
-
-        self.stage = "recovery training"
-        t0 = time.perf_counter()
-        total = self.recover.epochs
-
-        def progress(epoch, epochs, step, steps, loss):
-            done = (epoch * steps + step) / (epochs * steps)
-            el = time.perf_counter() - t0
-            self.emit("train", index=i, rate=rate, epoch=epoch + 1, epochs=epochs, step=step, steps=steps,
-                      loss=loss, fraction=done, elapsed_s=el, left_s=el * (1 - done) / max(done, 1e-9))
-
-        self.emit("train_start", index=i, rate=rate, epochs=total, samples=self.trainset.n)
-        res = train(km, self.trainset, self.recover, i, progress)
-        self.emit("train_done", index=i, rate=rate, seconds=res.seconds, loss=res.loss_per_epoch[-1])
-        return res
-
-    # ---------------------------------------------------------------- prediction
-    def make_predictor(self):
-        from edgeprune.pipeline.predict import FlashPredictor
-
-        runtime = int(self.profile.mcu.runtime_flash_bytes) if self.profile.kind == "mcu" else 0
-        if self.profile.kind == "ethos-u":  # flash is Vela's figure (compressed weights): known only once compiled
-            return FlashPredictor(None, 0)
-        return FlashPredictor(self.budgets["flash_bytes"]["value"], runtime)
-
-    @staticmethod
-    def _prediction(d: dict):
-        from edgeprune.pipeline.predict import Prediction
-
-        return Prediction(params=d["params"], weight_bytes=d["weight_bytes"], macs=d["macs"])
-
-    def predicted(self, pred, real_size: int) -> dict:
-        """The prediction of a converted candidate; the first one calibrates the predictor."""
-        if not self.predictor.ready:
-            self.predictor.calibrate(pred, real_size)
-        if self.predictor.ready:
-            self.predictor.size(pred)
-        out = pred.to_dict()
-        out["real_size_bytes"] = real_size
-        if self.predictor.check is not None:
-            out["calibration"] = self.predictor.check
-        return out
-
-    # ---------------------------------------------------------------- RAM / latency prediction (issue 22)
-    def resource_budget_key(self) -> list:
-        return [self.budgets["ram_bytes"]["value"], self.budgets["latency_ms"]["value"]]
-
-    def ram_calibration(self, km, tflite_path) -> dict | None:
-        """On a microcontroller with a RAM budget: the unpruned model's TFLite-Micro arena measured
-        on the host once, against its predicted peak activation memory (the RAM predictor's
-        overhead and margin). None elsewhere."""
-        if not self.c.predict or self.profile.kind != "mcu" or self.budgets["ram_bytes"]["value"] is None \
-                or self.c.quantize != "int8":
-            return None
-        from edgeprune.devices.tflm import measure_arena
-        from edgeprune.pipeline.resources import resources_of
-
-        peak = resources_of(km, self.c.quantize).peak_activation_bytes
-        if 1.5 * peak + int(self.profile.mcu.runtime_ram_bytes) <= self.budgets["ram_bytes"]["value"]:
-            return None  # far within the budget: no candidate can be skipped for RAM, measure nothing more
-        try:
-            arena = measure_arena(tflite_path).arena_bytes
-        except Exception as exc:  # noqa: BLE001 - the prediction is an extra: no skips without it
-            self.notes.append(f"RAM prediction off: the unpruned arena could not be measured ({exc})")
-            return None
-        cal = {"peak_activation_bytes": peak, "arena_bytes": arena}
-        self.ram_calibrate(cal)
-        return cal
-
-    def ram_calibrate(self, cal: dict) -> None:
-        from edgeprune.pipeline.resources import RamPredictor
-
-        self.ram_predictor = RamPredictor()
-        self.ram_predictor.calibrate(cal["peak_activation_bytes"], cal["arena_bytes"])
-
-    def resource_skip(self, km) -> dict | None:
-        """A candidate predicted to miss the RAM or the latency budget by more than the model's
-        error is not converted (the device still measures every candidate that can be the answer)."""
-        from edgeprune.pipeline.resources import resources_of
-
-        rb, lb = self.budgets["ram_bytes"]["value"], self.budgets["latency_ms"]["value"]
-        rp = getattr(self, "ram_predictor", None)
-        lat = getattr(getattr(self, "objective", None), "latency", None)
-        if (rb is None or rp is None) and (lb is None or lat is None):
-            return None
-        res = resources_of(km, self.c.quantize)
-        if rb is not None and rp is not None:
-            ram = rp.arena(res.peak_activation_bytes) + int(self.profile.mcu.runtime_ram_bytes)
-            low = ram * (1 - rp.margin)
-            if low > rb:
-                return {"what": "ram", "value": int(ram), "limit": rb,
-                        "reason": f"predicted RAM {format_size(ram)} (at least {format_size(low)} with the "
-                                  f"{100 * rp.margin:.0f}% margin) is over the {format_size(rb)} RAM budget"}
-        if lb is not None and lat is not None:
-            ms = lat.predict(res)
-            margin = max(0.10, lat.error or 0.0)
-            if ms * (1 - margin) > lb:
-                return {"what": "latency", "value": round(ms, 6), "limit": lb,
-                        "reason": f"predicted latency {ms:.4g} ms (at least {ms * (1 - margin):.4g} ms with the "
-                                  f"{100 * margin:.0f}% margin of the {lat.kind} model) is over the {lb:g} ms budget"}
-        return None
-
     def skipped_candidate(self, pruner, i: int, rate: float, name: str, km, pred, reason: str, t0: float,
-                          skip: dict | None = None) -> dict:
+                          skip: dict | None = None) -> Candidate:
         """A candidate predicted over the flash budget: its plan is kept (so pruning can go on and
         --resume can continue from it) but it is neither converted nor evaluated."""
-        d = self.run_dir
+        d, checks = self.ctx.run_dir, self.checks
         files = {"plan": f"{name}.plan.json"}
         plan = pruner.plan()
         plan.save(d / files["plan"])
-        flash = self.predictor.size(pred) + self.predictor.runtime_bytes
-        rec = {
-            "format": CANDIDATE_FORMAT, "index": i, "rate": rate, "name": name, "files": files,
-            "params": int(km.count_params()), "size_bytes": pred.size_bytes, "flash_bytes": flash, "sha256": None,
-            "skipped": reason, "skip_budget": self.predictor.key(),
-            **({"skip_what": skip["what"], "skip_value": skip["value"], "skip_limit": skip["limit"],
-                "skip_resource_budget": self.resource_budget_key()} if skip else {}),
-            "prediction": pred.to_dict(),
-            "fidelity": {"score": None, "score_name": None, "accuracy": None, "accuracy_drop": None, "metric": None,
-                         "skipped": True},
-            "widths": plan.widths,
-            "timings": {"prune_s": round(time.perf_counter() - t0, 4), "convert_s": 0.0, "fidelity_s": 0.0,
-                        "save_s": 0.0},
-            "created_at": _now(), "pid": os.getpid(), "device": None,
-        }
-        rec["checks"] = self.host_checks(rec)
-        write_json_atomic(d / f"{name}.json", rec)
-        rec["reused"] = False
+        flash = checks.predictor.size(pred) + checks.predictor.runtime_bytes
+        rec = Candidate(
+            index=i, rate=rate, name=name, files=files, params=int(km.count_params()), size_bytes=pred.size_bytes,
+            flash_bytes=flash, sha256=None, skipped=reason, skip_budget=checks.predictor.key(),
+            prediction=pred.to_dict(),
+            fidelity={"score": None, "score_name": None, "accuracy": None, "accuracy_drop": None, "metric": None,
+                      "skipped": True},
+            widths=plan.widths,
+            timings={"prune_s": round(time.perf_counter() - t0, 4), "convert_s": 0.0, "fidelity_s": 0.0, "save_s": 0.0},
+            created_at=_now(), pid=os.getpid(), device=None)
+        if skip:
+            rec.skip_what, rec.skip_value, rec.skip_limit = skip["what"], skip["value"], skip["limit"]
+            rec.skip_resource_budget = checks.resource_budget_key()
+        rec.checks = checks.checks(rec)
+        write_json_atomic(d / f"{name}.json", rec.to_json())
         return rec
 
+    def train_candidate(self, km, i: int, rate: float):
+        self.stage = "recovery training"
+        return self.recovery.train(km, i, rate)

@@ -124,7 +124,7 @@ def model_for_run(run, res0) -> Optional[LatencyModel]:
     prof = run.profile
     if prof.kind == "mcu":
         return mac_estimate(prof.mcu)
-    if run.budgets["latency_ms"]["value"] is None:
+    if run.budgets.latency_ms is None:
         return None
     return build_or_load(run)
 
@@ -132,8 +132,8 @@ def model_for_run(run, res0) -> Optional[LatencyModel]:
 def _key(run) -> dict:
     prof = run.profile
     return {"board": prof.name, "kind": prof.kind, "host": getattr(getattr(prof, "connection", None), "host", None),
-            "threads": run.c.threads if run.c.threads is not None else prof.threads,
-            "quantize": run.c.quantize, "architecture": architecture_id(run.model)}
+            "threads": run.config.measurement.threads if run.config.measurement.threads is not None else prof.threads,
+            "quantize": run.config.prune.quantize, "architecture": architecture_id(run.model)}
 
 
 def build_or_load(run) -> LatencyModel:
@@ -151,8 +151,8 @@ def build_or_load(run) -> LatencyModel:
                 return m
         except (OSError, ValueError, TypeError):
             pass
-    return build(run.model, run.profile, key, quantize=run.c.quantize, round_to=run.round_to,
-                 input_range=tuple(float(v) for v in run.c.input_range), emit=run.emit)
+    return build(run.model, run.profile, key, quantize=run.config.prune.quantize, round_to=run.round_to,
+                 input_range=tuple(float(v) for v in run.config.model.input_range), emit=run.emit)
 
 
 def save(model: LatencyModel, run_dir) -> None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-LATENCY_STATS = ("p50", "p90", "p99")
+from edgeprune.pipeline.choices import LATENCY_STATS  # noqa: E402  (the CLI's --latency-stat choices)
 
 
 def stat_value(lat: dict, stat: str) -> float:

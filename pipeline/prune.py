@@ -135,6 +135,7 @@ class Pruner:
         self.ctx = Context(self.graph, self.state, tuple(self.config.input_range), np.random.default_rng(self.config.seed),
                            calibration=self.config.calibration, build=self.build)
         self.compensator = None
+        self.augmented = False  # refits fitted on shifted copies too
         if self.config.compensate and self.config.calibration is not None:
             from edgeprune.pipeline.augment import shifted_copies
             from edgeprune.pipeline.compensate import Compensator
@@ -209,7 +210,7 @@ class Pruner:
                                params_before=self.params_before, params_after=count_params(self.graph, self.state),
                                compensation=(f"ridge least squares, ridge={self.config.ridge:g}"
                                              + (f", calibration + {self.config.augment} shifted copies"
-                                                if getattr(self, "augmented", False) else "")) if self.compensator else "")
+                                                if self.augmented else "")) if self.compensator else "")
 
     def build(self):
         return build_model(self.graph, self.state)
@@ -228,20 +229,18 @@ class Pruner:
                 for g in self.graph.groups.values() if g.producers and g.frozen]
 
 
-def prune(model, rate: float = 0.5, criterion: str = "paoding", *, step: float = 0.05,
-          round_to: int | None = None, input_range=(0.0, 1.0), seed: int = 0,
-          alpha: float = 0.5, beta: float = 0.5, widths: dict[str, int] | None = None,
-          calibration=None, compensate: bool = False, ridge: float = 1e-2, allocation=None,
-          min_width: int = 1) -> PruneResult:
-    """Prune ``model`` structurally to ``rate`` of each prunable layer's channels.
+def prune(model, rate: float = 0.5, criterion: str = "paoding", **options) -> PruneResult:
+    """Prune ``model`` structurally to ``rate`` of each prunable layer's channels; ``options``:
+    the other fields of :class:`PruneConfig` (step, round_to, input_range, seed, alpha, beta,
+    widths, calibration, compensate, ridge, allocation, min_width), keyword only.
 
     Returns a :class:`PruneResult` with the smaller Keras model and the plan (``.save()``
     to JSON, ``Plan.load(path).apply(original)`` to replay)."""
     t0 = time.perf_counter()
-    config = PruneConfig(rate=rate, criterion=criterion, step=step, round_to=round_to,
-                         input_range=tuple(input_range), seed=seed, alpha=alpha, beta=beta,
-                         widths=widths, calibration=calibration, compensate=compensate, ridge=ridge,
-                         allocation=allocation, min_width=min_width)
+    if "input_range" in options:
+        options["input_range"] = tuple(options["input_range"])
+    config = PruneConfig(rate=rate, criterion=criterion, **options)
+    widths = config.widths
     if widths:
         unknown = sorted(set(widths) - {p for g in DependencyGraph(model).groups.values() for p in g.producers})
         if unknown:

@@ -48,22 +48,21 @@ def save(run_dir: Path, key: str, outputs: np.ndarray) -> None:
     write_bytes_atomic(Path(run_dir) / REFERENCE_FILE, buf.getvalue())
 
 
-class ReferenceStage:
-    """Mixin of :class:`edgeprune.pipeline.run._Run`: ``reference_outputs`` (after the run
-    directory is open: on ``--resume`` the cached outputs are reused)."""
+def reference_outputs(ctx) -> None:
+    """The original model's outputs on the evaluation data (after the run directory is open: on
+    ``--resume`` the cached outputs are reused)."""
+    from edgeprune.pipeline import fidelity as fid
+    from edgeprune.pipeline.run_dir import fingerprint
 
-    def reference_outputs(self) -> None:
-        from edgeprune.pipeline import fidelity as fid
-
-        t0 = time.perf_counter()
-        key = cache_key(self.fingerprint(), len(self.data.x))
-        ref = load_cached(self.run_dir, key, len(self.data.x)) if self.resumed else None
-        self.reference_cached = ref is not None
-        if ref is None:
-            self.emit("status", text=f"reference outputs of the original model on {len(self.data.x)} samples")
-            ref = fid.keras_outputs(self.model, self.data.x)
-            save(self.run_dir, key, ref)
-        self.reference = ref
-        self.fid_config = fid.FidelityConfig()
-        self.load_timings = dict(getattr(self, "load_timings", {}), reference_s=round(time.perf_counter() - t0, 3),
-                                 reference_cached=self.reference_cached)
+    t0 = time.perf_counter()
+    key = cache_key(fingerprint(ctx), len(ctx.data.x))
+    ref = load_cached(ctx.run_dir, key, len(ctx.data.x)) if ctx.resumed else None
+    ctx.reference_cached = ref is not None
+    if ref is None:
+        ctx.emit("status", text=f"reference outputs of the original model on {len(ctx.data.x)} samples")
+        ref = fid.keras_outputs(ctx.model, ctx.data.x)
+        save(ctx.run_dir, key, ref)
+    ctx.reference = ref
+    ctx.fid_config = fid.FidelityConfig()
+    ctx.load_timings = dict(ctx.load_timings, reference_s=round(time.perf_counter() - t0, 3),
+                            reference_cached=ctx.reference_cached)

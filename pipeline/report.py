@@ -115,15 +115,10 @@ def summary_line(report: dict) -> str:
     return "no candidate meets every limit: " + "; ".join(report.get("reasons") or [])
 
 
-def markdown(report: dict) -> str:
-    dev, b, ft = report["device"], report["budgets"], report["fidelity_threshold"]
-    ch = report.get("chosen")
-    chosen_index = ch["index"] if ch else None
-    lines = [f"# edgeprune run: {report['model']['name']} on {dev['name']}", ""]
-    if dev.get("load_warning"):
-        lines += [f"> **warning:** {dev['load_warning']}", ""]
-    lines.append(("**" + summary_line(report) + "**") if ch else ("**" + summary_line(report) + "**"))
-    lines.append("")
+def _md_facts(report: dict) -> list[str]:
+    """report.md's first bullets: exit code, model, device, data, settings, budgets."""
+    dev, b = report["device"], report["budgets"]
+    lines: list[str] = []
     lines.append(f"- exit code: {report['exit_code']} ({report['status']})")
     lines.append(f"- model: `{report['model']['path']}` ({report['model']['params']:,} parameters)"
                  + (" (the bundled example)" if report["model"]["example"] else ""))
@@ -150,31 +145,12 @@ def markdown(report: dict) -> str:
     lines.append(f"- budgets ({SIZE_UNITS_NOTE}): flash {bud('flash_bytes', format_size)}, "
                  f"RAM {bud('ram_bytes', format_size)}, "
                  f"latency {bud('latency_ms', lambda v: f'{v:g} ms')} ({latency_stat(report)})")
-    thr = []
-    if ft.get("min_fidelity") is not None:
-        thr.append(f"{ft['score_name']} >= {ft['min_fidelity']:g}")
-    if ft.get("max_accuracy_drop") is not None:
-        thr.append(f"accuracy drop <= {ft['max_accuracy_drop']:g} points")
-    lines.append(f"- fidelity threshold: {' and '.join(thr)} (against the original float Keras model)")
-    stop = report["stop"]
-    lines.append(f"- pruning stopped: {stop['reason']} at rate {stop['rate']:.2f}")
-    pr = report.get("prediction") or {}
-    if pr.get("skipped"):
-        over = "the flash budget" if all("RAM" not in k["reason"] and "latency" not in k["reason"]
-                                         for k in pr["skipped"]) else "a budget (flash, RAM or latency)"
-        lines.append(f"- prediction: {len(pr['skipped'])} candidates predicted over {over} were not "
-                     f"converted ({pr.get('conversions_saved', 0)} conversions saved this invocation)")
-    dr = report["device_runs"]
-    lines.append(f"- device runs: {dr['made']} made, {dr['cached']} from the cache, "
-                 f"{dr['not_measured']} candidates not measured")
-    rs = report["resume"]
-    if rs["resumed"]:
-        lines.append(f"- resumed: {rs['candidates_reused']} candidates reused, {rs['candidates_computed']} computed")
-    t = report["timings"]
-    lines.append(f"- time: {t['total_s']:.1f} s total (load {t.get('load_s', 0.0):.1f}, prune {t['prune_s']:.1f}, convert {t['convert_s']:.1f}, "
-                 f"fidelity {t['fidelity_s']:.1f}, save {t['save_s']:.1f}, device {t['device_s']:.1f})")
-    if report.get("reasons"):
-        lines += ["", "## Why no candidate", ""] + [f"- {r}" for r in report["reasons"]]
+    return lines
+
+
+def _md_candidates(report: dict, chosen_index) -> list[str]:
+    """report.md's candidates table, what was not measured, the verdict, Vela's and the per-layer sections."""
+    lines: list[str] = []
     stat = latency_stat(report)
     lines += ["", "## Candidates", "",
               f"Sizes in SI units (1 kB = 1000 B). Accuracy change: points against the original model "
@@ -208,6 +184,45 @@ def markdown(report: dict) -> str:
             lines.append(f"| {r['layer']} | {r['kind']} | {r.get('width_before')} | {r.get('width')} | {r['params']:,} | "
                          f"{r['macs']:,} | {100 * r['latency_share']:.1f}% | {r['activation_bytes']:,} B |")
         lines.append("")
+    return lines
+
+
+def markdown(report: dict) -> str:
+    dev, ft = report["device"], report["fidelity_threshold"]
+    ch = report.get("chosen")
+    chosen_index = ch["index"] if ch else None
+    lines = [f"# edgeprune run: {report['model']['name']} on {dev['name']}", ""]
+    if dev.get("load_warning"):
+        lines += [f"> **warning:** {dev['load_warning']}", ""]
+    lines.append(("**" + summary_line(report) + "**") if ch else ("**" + summary_line(report) + "**"))
+    lines.append("")
+    lines += _md_facts(report)
+    thr = []
+    if ft.get("min_fidelity") is not None:
+        thr.append(f"{ft['score_name']} >= {ft['min_fidelity']:g}")
+    if ft.get("max_accuracy_drop") is not None:
+        thr.append(f"accuracy drop <= {ft['max_accuracy_drop']:g} points")
+    lines.append(f"- fidelity threshold: {' and '.join(thr)} (against the original float Keras model)")
+    stop = report["stop"]
+    lines.append(f"- pruning stopped: {stop['reason']} at rate {stop['rate']:.2f}")
+    pr = report.get("prediction") or {}
+    if pr.get("skipped"):
+        over = "the flash budget" if all("RAM" not in k["reason"] and "latency" not in k["reason"]
+                                         for k in pr["skipped"]) else "a budget (flash, RAM or latency)"
+        lines.append(f"- prediction: {len(pr['skipped'])} candidates predicted over {over} were not "
+                     f"converted ({pr.get('conversions_saved', 0)} conversions saved this invocation)")
+    dr = report["device_runs"]
+    lines.append(f"- device runs: {dr['made']} made, {dr['cached']} from the cache, "
+                 f"{dr['not_measured']} candidates not measured")
+    rs = report["resume"]
+    if rs["resumed"]:
+        lines.append(f"- resumed: {rs['candidates_reused']} candidates reused, {rs['candidates_computed']} computed")
+    t = report["timings"]
+    lines.append(f"- time: {t['total_s']:.1f} s total (load {t.get('load_s', 0.0):.1f}, prune {t['prune_s']:.1f}, convert {t['convert_s']:.1f}, "
+                 f"fidelity {t['fidelity_s']:.1f}, save {t['save_s']:.1f}, device {t['device_s']:.1f})")
+    if report.get("reasons"):
+        lines += ["", "## Why no candidate", ""] + [f"- {r}" for r in report["reasons"]]
+    lines += _md_candidates(report, chosen_index)
     lines += ["## Strategy", "", report["strategy"], ""]
     if report.get("notes"):
         lines += ["## Notes", ""] + [f"- {n}" for n in report["notes"]] + [""]
@@ -216,22 +231,9 @@ def markdown(report: dict) -> str:
 
 
 # --------------------------------------------------------------------------- plot
-def plot(report: dict, path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    cands = report["candidates"]
-    ch = report.get("chosen")
-    rates = [c["rate"] for c in cands]
-    b = report["budgets"]
-    mcu = report["device"]["kind"] in ("mcu", "ethos-u")
-    fig, axes = plt.subplots(3, 1, figsize=(7.5, 8.5), sharex=True)
-    ax_s, ax_l, ax_f = axes
-    title = f"{report['model']['name']} on {report['device']['name']} ({report['settings']['quantize']})"
-    fig.suptitle(title + (f": chosen rate {ch['rate']:.2f}" if ch else ": no candidate meets every limit"), fontsize=11)
-
+def _plot_size(ax_s, report: dict) -> list:
+    """The size panel; returns the sizes (kB) in candidate order."""
+    cands, b, rates = report["candidates"], report["budgets"], [c["rate"] for c in report["candidates"]]
     # size
     sizes = [c["flash_bytes"] / 1e3 for c in cands]
     size_label = {"mcu": "model + runtime (host)", "ethos-u": "Vela's flash figure (+ runtime)"}.get(
@@ -245,7 +247,11 @@ def plot(report: dict, path: Path) -> Path:
                   transform=ax_s.transAxes, fontsize=8, color="tab:red")
     ax_s.set_ylabel("kB")
     ax_s.set_ylim(bottom=0)
+    return sizes
 
+
+def _plot_latency(ax_l, report: dict) -> None:
+    cands, b = report["candidates"], report["budgets"]
     # latency
     meas = [(c["rate"], c["measurement"]["latency_ms"]["median"], c["measurement"].get("latency_is_estimate"))
             for c in cands if c.get("measurement")]
@@ -266,6 +272,10 @@ def plot(report: dict, path: Path) -> Path:
                   fontsize=8, color="0.4")
     ax_l.set_ylabel("ms")
 
+
+def _plot_fidelity(ax_f, report: dict) -> list:
+    """The fidelity panel; returns the scores in candidate order (nan: not converted)."""
+    cands, rates = report["candidates"], [c["rate"] for c in report["candidates"]]
     # fidelity
     ft = report["fidelity_threshold"]
     scores = [c["fidelity"]["score"] if c["fidelity"].get("score") is not None else float("nan") for c in cands]
@@ -283,6 +293,25 @@ def plot(report: dict, path: Path) -> Path:
                              label=f"accuracy floor (drop {ft['max_accuracy_drop']:g} pt)")
     ax_f.set_ylabel("score" + (" (synthetic data)" if report["data"].get("synthetic") else ""))
     ax_f.set_xlabel("prune rate")
+    return scores
+
+
+def plot(report: dict, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cands = report["candidates"]
+    ch = report.get("chosen")
+    fig, axes = plt.subplots(3, 1, figsize=(7.5, 8.5), sharex=True)
+    ax_s, ax_l, ax_f = axes
+    title = f"{report['model']['name']} on {report['device']['name']} ({report['settings']['quantize']})"
+    fig.suptitle(title + (f": chosen rate {ch['rate']:.2f}" if ch else ": no candidate meets every limit"), fontsize=11)
+
+    sizes = _plot_size(ax_s, report)
+    _plot_latency(ax_l, report)
+    scores = _plot_fidelity(ax_f, report)
 
     if ch:
         i = next(k for k, c in enumerate(cands) if c["index"] == ch["index"])
@@ -330,6 +359,7 @@ class RunProgress:
                                  MofNCompleteColumn(), TimeElapsedColumn(), console=console, transient=False)
         self.host = None
         self.dev = None
+        self.train = None  # the recovery-training bar, while one runs
 
     def __enter__(self):
         self.progress.__enter__()
@@ -360,11 +390,11 @@ class RunProgress:
             self._status_done()
             self.train = p.add_task(f"training rate {info['rate']:.3g}: {info['samples']:,} samples, "
                                     f"{info['epochs']} epoch(s)", total=1000)
-        elif event == "train" and getattr(self, "train", None) is not None:
+        elif event == "train" and self.train is not None:
             p.update(self.train, completed=int(1000 * info["fraction"]),
                      description=f"training rate {info['rate']:.3g}: epoch {info['epoch']}/{info['epochs']}, "
                                  f"loss {info['loss']:.4f}, {_left(info['left_s'])} left")
-        elif event == "train_done" and getattr(self, "train", None) is not None:
+        elif event == "train_done" and self.train is not None:
             p.remove_task(self.train)
             self.train = None
             print_kept(p.console, f"  rate {info['rate']:.3g}: trained in {info['seconds']:.1f} s, loss {info['loss']:.4f}")

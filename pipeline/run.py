@@ -1,12 +1,15 @@
 """``edgeprune run``: find the largest prune rate whose converted model fits the board.
 
-One entry point, :func:`run` (``RunConfig`` in, ``RunResult`` out); the CLI only renders.
+One entry point, :func:`run` (``RunConfig`` in, ``RunResult`` out); the CLI only renders. The
+stages pass typed results: :func:`~edgeprune.pipeline.run_setup.setup` returns the run's
+``RunContext``, the host phase a ``HostResult``, the device phase a ``DeviceResult``, and
+:func:`~edgeprune.pipeline.run_finish.finish` builds the report from them.
 
 The search
 ----------
 1. **Host phase** (cheap, no device). Candidate 0 is the unpruned model (rate 0). Pruning
-   then goes progressively in steps of ``step`` (each step continues from the previous
-   candidate's state, as the criterion requires) up to ``max_rate``. Every candidate is
+   then goes progressively in steps of ``search.step`` (each step continues from the previous
+   candidate's state, as the criterion requires) up to ``search.max_rate``. Every candidate is
    built, converted to TFLite and checked on the host: its fidelity against the original
    float Keras model (on the evaluation data) and its size against the flash budget (the
    .tflite file on a Linux board; file + runtime overhead on a microcontroller). Pruning
@@ -22,7 +25,7 @@ The search
    (``NOISE_TOLERANCE``); a clear miss means every smaller rate (a bigger model) misses too,
    so they are not measured. Measurements are cached by the .tflite's sha256 (plus device
    and run settings) in ``measurements.json``: the same file is never measured twice, across
-   candidates and across ``--resume``. ``measure_all`` measures every host-passing candidate
+   candidates and across ``--resume``. ``search.measure_all`` measures every host-passing candidate
    (for the latency curve), still through the cache.
 
 The answer is the largest rate whose candidate meets every budget and the fidelity
@@ -35,12 +38,12 @@ The run directory
 ``.tflite``, ``.plan.json`` and ``.json``, ``measurements.json``, and at the end
 ``best.tflite``, ``report.json``, ``report.md`` and ``report.png``.
 
-- ``resume=True`` continues a run with the same fingerprint (model, data, quantization,
+- ``output.resume`` continues a run with the same fingerprint (model, data, quantization,
   criterion, step, seed, input range): finished candidates and cached measurements are
   reused (budgets, thresholds, ``max_rate``, the device and its run settings may change).
 - Without ``resume``, a directory holding a run with the SAME fingerprint is started over
   (its edgeprune files are removed); one holding a DIFFERENT configuration is refused
-  (bad input) unless ``force=True``; a non-empty folder that is not a run directory is
+  (bad input) unless ``output.force``; a non-empty folder that is not a run directory is
   always refused (nothing of the user's is ever deleted).
 """
 from __future__ import annotations
@@ -48,46 +51,29 @@ from __future__ import annotations
 import time
 from typing import Optional
 
-from edgeprune.devices.base import file_sha256  # noqa: F401  (re-exported)
-from edgeprune.pipeline.device_phase import DevicePhase
-from edgeprune.pipeline.host_phase import HostPhase, candidate_name, rate_schedule  # noqa: F401
-from edgeprune.pipeline.run_config import (  # noqa: F401  (the public names live here)
-    CALIBRATION_MAX, CANDIDATE_FORMAT, DEFAULT_MAX_RATE, DEFAULT_MIN_FIDELITY, DEFAULT_STEP, NOISE_TOLERANCE,
-    QUANTIZE_CHOICES, RUN_FORMAT, STRATEGY, SYNTHETIC_SAMPLES, Progress, RunConfig, RunResult,
-    _now, _parse_budget)
-from edgeprune.pipeline.run_dir import (  # noqa: F401
-    _OUR_FILES, RunDirStage, _clean_tmp, _clear_run_dir, _copy_atomic, _prepare_dir, _save_keras_atomic,
-    write_json_atomic)
-from edgeprune.pipeline.reference_cache import ReferenceStage
-from edgeprune.pipeline.run_finish import FinishStage
-from edgeprune.pipeline.run_setup import SetupStage, _validate  # noqa: F401
+from edgeprune.pipeline.device_phase import DevicePhase, check_reachable
+from edgeprune.pipeline.host_phase import HostPhase, rate_schedule
+from edgeprune.pipeline.reference_cache import reference_outputs
+from edgeprune.pipeline.run_config import Progress, RunConfig, RunResult
+from edgeprune.pipeline.run_dir import open_run_dir
+from edgeprune.pipeline.run_finish import finish
+from edgeprune.pipeline.run_setup import load, setup
+
+__all__ = ["RunConfig", "RunResult", "run"]
 
 
 # --------------------------------------------------------------------------- the run
-class _Run(SetupStage, RunDirStage, ReferenceStage, HostPhase, DevicePhase, FinishStage):
-    """The state of one run; its stages live in their own modules (run_setup: setup + load,
-    run_dir: the directory and --resume, host_phase: candidates + host checks, device_phase:
-    measurement, run_finish: reasons + report)."""
-
-    def __init__(self, config: RunConfig, progress: Optional[Progress]):
-        self.c = config
-        self.emit = progress or (lambda *a, **k: None)
-        self.notes: list[str] = []
-        self.t_start = time.perf_counter()
-
-
 def run(config: RunConfig, progress: Optional[Progress] = None) -> RunResult:
     """The whole search (see the module docstring). Raises BadInput (exit 2) / DeviceError
     (exit 4); returns a RunResult whose ``exit_code`` is 0 (a candidate meets everything) or 3."""
-    r = _Run(config, progress)
-    r.setup()
-    r.check_reachable()
+    ctx = setup(config, progress)  # 1. validate; device profile, budgets, thresholds, paths
+    ctx.boards = check_reachable(ctx)  # 2. every board answers (exit 4 before any work)
     t0 = time.perf_counter()
-    r.load()
-    r.open_run_dir()
-    r.reference_outputs()
-    r.load_seconds = time.perf_counter() - t0
-    r.emit("host_phase", total=len(rate_schedule(float(config.step), float(config.max_rate))))
-    r.host_phase()
-    r.device_phase()
-    return r.finish()
+    load(ctx)  # 3. TensorFlow, the model, the data split, the engine
+    open_run_dir(ctx)  # 4. fresh, resumed or refused
+    reference_outputs(ctx)  # 5. the original model's outputs (cached for --resume)
+    ctx.load_seconds = time.perf_counter() - t0
+    ctx.emit("host_phase", total=len(rate_schedule(float(config.search.step), float(config.search.max_rate))))
+    host = HostPhase(ctx).run()  # 6. candidates: prune, convert, host checks
+    device = DevicePhase(ctx, host).run()  # 7. measure from the largest host-passing rate down
+    return finish(ctx, host, device)  # 8. best.tflite and the report

@@ -7,6 +7,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from edgeprune.pipeline import choices
+
 RUN_FORMAT = "edgeprune-run/1"
 CANDIDATE_FORMAT = "edgeprune-candidate/1"
 DEFAULT_MIN_FIDELITY = 0.95
@@ -17,7 +19,7 @@ CALIBRATION_MAX = 200
 # A device-budget miss within this fraction may be measurement noise: then the next smaller
 # rate is still measured. A larger miss ends the device phase (smaller rates are bigger models).
 NOISE_TOLERANCE = {"latency": 0.10, "ram": 0.05}
-QUANTIZE_CHOICES = ("int8", "float16", "float32", "dynamic")
+QUANTIZE_CHOICES = choices.QUANTIZE
 
 STRATEGY = (
     "host first: every candidate is converted and checked on the host (fidelity on the "
@@ -33,56 +35,117 @@ Progress = Callable[..., None]
 
 
 # --------------------------------------------------------------------------- config / result
-OBJECTIVES = ("auto", "size", "latency", "ram", "macs")  # --objective (pipeline/allocation/objective.py)
+OBJECTIVES = choices.OBJECTIVES  # --objective (pipeline/allocation/objective.py)
 
 
 @dataclass
-class RunConfig:
-    model: Optional[Path] = None  # None: the bundled example
-    device: str = "local"
+class ModelOptions:
+    """The model to prune."""
+    path: Optional[Path] = None  # None: the bundled example
+    input_shape: Optional[tuple[int, ...]] = None  # fixes a variable-length input (batch first, batch 1)
+    input_range: tuple[float, float] = (0.0, 1.0)
+
+
+@dataclass
+class DataOptions:
+    """The evaluation (and calibration) samples."""
+    path: Optional[Path] = None  # any form of --data (see pipeline/datasources.py)
+    classes: Optional[str] = None  # --classes a,b,c: label order of image class folders / CSV label names
+
+
+@dataclass
+class DeviceOptions:
+    """The board(s) the candidates are measured on."""
+    name: str = "local"
+    extra: list = field(default_factory=list)  # more boards of the same type, measured in parallel
     host: Optional[str] = None
     user: Optional[str] = None
     port: Optional[int] = None
     devices_dir: Optional[Path] = None
     trust_new_host: bool = False
-    budget: Any = None  # flash / model-file bytes: int or "2MB"; None: the profile's
-    ram_budget: Any = None
-    latency_budget: Optional[float] = None  # ms
+
+
+@dataclass
+class BudgetOptions:
+    """The limits as given (parsed once by run_setup._validate; None: the profile's)."""
+    flash: Any = None  # flash / model-file bytes: int or "2MB"
+    ram: Any = None
+    latency_ms: Optional[float] = None
     min_fidelity: Optional[float] = None  # default DEFAULT_MIN_FIDELITY unless max_accuracy_drop is given
     max_accuracy_drop: Optional[float] = None  # points
-    data: Optional[Path] = None  # any form of --data (see pipeline/datasources.py)
-    classes: Optional[str] = None  # --classes a,b,c: label order of image class folders / CSV label names
+
+
+@dataclass
+class PruneOptions:
+    """How the candidates are made."""
     quantize: str = "int8"
     criterion: str = "auto"  # auto: flow with data (the example's or --data), paoding without
     compensate: Optional[bool] = None  # None: on when there is data (ridge refit, pipeline/compensate.py)
     allocation: str = "auto"  # auto: global with data, uniform without (pipeline/allocation/)
     objective: str = "auto"  # what the global allocation pays for (pipeline/allocation/objective.py)
+    round_to: Optional[int] = None  # None: the profile's round_to (if any)
+    seed: int = 0
+
+
+@dataclass
+class SearchOptions:
+    """Which candidates are tried and measured."""
     step: float = DEFAULT_STEP
     max_rate: float = DEFAULT_MAX_RATE
-    out: Optional[Path] = None
-    resume: bool = False
-    force: bool = False
+    predict: bool = True  # skip converting candidates predicted over the flash budget
+    measure_all: bool = False
+    jobs: Optional[int] = None  # conversion worker processes; None: one per core (pipeline/convert_pool.py)
+
+
+@dataclass
+class MeasurementOptions:
+    """Time-based measurement on the device (TFLite benchmark_model's rules; devices.base.BenchConfig)."""
     runs: int = 50
     warmup: int = 5
-    measure_all: bool = False
-    input_range: tuple[float, float] = (0.0, 1.0)
-    seed: int = 0
-    input_shape: Optional[tuple[int, ...]] = None  # fixes a variable-length input (batch first, batch 1)
-    jobs: Optional[int] = None  # conversion worker processes; None: one per core (pipeline/convert_pool.py)
-    # time-based measurement (TFLite benchmark_model's rules; see devices.base.BenchConfig)
     threads: Optional[int] = None  # None: the profile's
     min_secs: float = 1.0
     max_secs: float = 150.0
     warmup_min_secs: float = 0.5
     latency_stat: str = "p50"  # the statistic the latency budget is checked on: p50, p90, p99
-    round_to: Optional[int] = None  # None: the profile's round_to (if any)
-    predict: bool = True  # skip converting candidates predicted over the flash budget
-    extra_devices: list = field(default_factory=list)  # more boards of the same type, measured in parallel
-    # recovery training (pipeline/recover.py): distil candidates from the original on these samples
+
+    def bench(self, **extra):
+        """The :class:`~edgeprune.devices.base.BenchConfig` of these settings (BadInput when invalid);
+        ``extra``: bench's own fields (inputs, timeout)."""
+        from edgeprune.devices.base import BenchConfig
+
+        return BenchConfig(runs=self.runs, warmup=self.warmup, threads=self.threads, min_secs=self.min_secs,
+                           max_secs=self.max_secs, warmup_min_secs=self.warmup_min_secs, **extra)
+
+
+@dataclass
+class OutputOptions:
+    """The run directory."""
+    out: Optional[Path] = None
+    resume: bool = False
+    force: bool = False
+
+
+@dataclass
+class RecoverOptions:
+    """Recovery training (pipeline/recover.py): distil candidates from the original on these samples."""
     train_data: Optional[Path] = None  # any form of --data; None: no training (nothing changes)
-    recover: Optional[int] = None  # epochs per trained candidate (default 1 with train_data)
+    epochs: Optional[int] = None  # --recover: epochs per trained candidate (default 1 with train_data)
     temperature: float = 4.0  # distillation temperature
     label_weight: float = 0.0  # weight of the label loss (labelled train_data), 0 = distillation only
+
+
+@dataclass
+class RunConfig:
+    """``edgeprune run``'s configuration, by part (the CLI's option groups)."""
+    model: ModelOptions = field(default_factory=ModelOptions)
+    data: DataOptions = field(default_factory=DataOptions)
+    device: DeviceOptions = field(default_factory=DeviceOptions)
+    budgets: BudgetOptions = field(default_factory=BudgetOptions)
+    prune: PruneOptions = field(default_factory=PruneOptions)
+    search: SearchOptions = field(default_factory=SearchOptions)
+    measurement: MeasurementOptions = field(default_factory=MeasurementOptions)
+    output: OutputOptions = field(default_factory=OutputOptions)
+    recover: RecoverOptions = field(default_factory=RecoverOptions)
 
 
 @dataclass
@@ -99,6 +162,62 @@ class RunResult:
     def to_json(self) -> str:
         return json.dumps(self.report, indent=1)
 
+
+
+# --------------------------------------------------------------------------- budgets (parsed once)
+@dataclass(frozen=True)
+class Budget:
+    """One limit of the run: its value (bytes or ms; None: no limit) and where it came from."""
+    value: Any = None
+    source: Optional[str] = None  # "option", "profile" or None
+
+    @classmethod
+    def of(cls, option, profile_value) -> "Budget":
+        if option is not None:
+            return cls(option, "option")
+        return cls(profile_value, "profile" if profile_value is not None else None)
+
+    def to_dict(self) -> dict:
+        return {"value": self.value, "source": self.source}
+
+
+@dataclass(frozen=True)
+class Budgets:
+    """The run's flash, RAM and latency budgets (``report.json`` ``budgets``)."""
+    flash: Budget = Budget()
+    ram: Budget = Budget()
+    latency: Budget = Budget()
+
+    @property
+    def flash_bytes(self) -> Optional[int]:
+        return self.flash.value
+
+    @property
+    def ram_bytes(self) -> Optional[int]:
+        return self.ram.value
+
+    @property
+    def latency_ms(self) -> Optional[float]:
+        return self.latency.value
+
+    def to_dict(self) -> dict:
+        return {"flash_bytes": self.flash.to_dict(), "ram_bytes": self.ram.to_dict(),
+                "latency_ms": self.latency.to_dict()}
+
+    def values(self) -> dict:
+        return {"flash_bytes": self.flash_bytes, "ram_bytes": self.ram_bytes, "latency_ms": self.latency_ms}
+
+
+@dataclass(frozen=True)
+class RequestedBudgets:
+    """The budgets given as options, parsed once (None: the profile's)."""
+    flash_bytes: Optional[int] = None
+    ram_bytes: Optional[int] = None
+    latency_ms: Optional[float] = None
+
+    def with_profile(self, limits) -> Budgets:
+        return Budgets(Budget.of(self.flash_bytes, limits.flash_bytes), Budget.of(self.ram_bytes, limits.ram_bytes),
+                       Budget.of(self.latency_ms, limits.latency_ms))
 
 
 # --------------------------------------------------------------------------- small helpers

@@ -65,84 +65,92 @@ def _clean_tmp(path: Path) -> None:
 
 
 
-class RunDirStage:
-    """Mixin of :class:`edgeprune.pipeline.run._Run`: opens the run directory (fresh, resumed or refused)."""
+def fingerprint(ctx) -> dict:
+    """What a run directory's results depend on (``run.json``; ``--resume`` needs it equal)."""
+    c, engine = ctx.config, ctx.engine
+    fp = {"model_sha256": ctx.model_sha, "data": ctx.data_id, "quantize": c.prune.quantize, "criterion": engine.criterion,
+          "compensate": engine.compensate,
+          **({"allocation": engine.allocation} if engine.allocation != "uniform" else {}),
+          "step": round(float(c.search.step), 6), "seed": c.prune.seed, "input_range": [float(v) for v in c.model.input_range],
+          **({"input_shape": list(c.model.input_shape)} if c.model.input_shape else {})}
+    obj = engine.objective
+    if obj is not None and not obj.is_size:  # only then: size runs keep their fingerprint
+        fp["objective"] = {"name": obj.name, "weights": {k: round(v, 6) for k, v in obj.weights.items()}}
+    if ctx.round_to is not None:  # only then: older run dirs keep their fingerprint
+        fp["round_to"] = int(ctx.round_to)
+    if ctx.recover is not None:  # only with --train-data
+        fp["recover"] = dict(ctx.recover.to_dict(), train_data=ctx.train_id)
+    return fp
 
-    def fingerprint(self) -> dict:
-        c = self.c
-        fp = {"model_sha256": self.model_sha, "data": self.data_id, "quantize": c.quantize, "criterion": self.criterion,
-              "compensate": self.compensate,
-              **({"allocation": self.allocation} if getattr(self, "allocation", "uniform") != "uniform" else {}),
-              "step": round(float(c.step), 6), "seed": c.seed, "input_range": [float(v) for v in c.input_range],
-              **({"input_shape": list(c.input_shape)} if c.input_shape else {})}
-        obj = getattr(self, "objective", None)
-        if obj is not None and not obj.is_size:  # only then: size runs keep their fingerprint
-            fp["objective"] = {"name": obj.name, "weights": {k: round(v, 6) for k, v in obj.weights.items()}}
-        if getattr(self, "round_to", None) is not None:  # only then: older run dirs keep their fingerprint
-            fp["round_to"] = int(self.round_to)
-        if getattr(self, "recover", None) is not None:  # only with --train-data
-            fp["recover"] = dict(self.recover.to_dict(), train_data=self.train_id)
-        return fp
 
-    def open_run_dir(self) -> None:
-        c, d = self.c, self.run_dir
-        run_json = d / "run.json"
-        fp = self.fingerprint()
-        self.resumed = False
-        if run_json.exists():
-            try:
-                old = json.loads(run_json.read_text())
-                old_fp = old["fingerprint"]
-            except (OSError, ValueError, KeyError, TypeError):
-                if not c.force:
-                    raise BadInput(f"{run_json} is unreadable or not an edgeprune run",
-                                   "pass --force to start over there, or choose another --out") from None
-                old_fp = None
-            if old_fp == fp:
-                if c.resume:
-                    self.resumed = True
-                else:
-                    self.notes.append(f"{d} held a run of the same configuration: started over "
-                                      "(pass --resume to reuse its candidates)")
-                    _clear_run_dir(d)
-            else:
-                if not c.force:
-                    diffs = [f"{k}: {old_fp.get(k)!r} there, {fp[k]!r} now" for k in fp if old_fp.get(k) != fp[k]] \
-                        if isinstance(old_fp, dict) else ["unreadable"]
-                    raise BadInput(f"--out {d} holds a run of a different configuration ({'; '.join(diffs)})",
-                                   "pass --force to discard it and start over, or choose another --out")
-                self.notes.append(f"--force: discarded the run of a different configuration in {d}")
-                _clear_run_dir(d)
+def _check_existing(ctx, run_json: Path, fp: dict) -> None:
+    """A run.json is there: resume, start over (same fingerprint) or refuse / --force (another)."""
+    c, d = ctx.config, ctx.run_dir
+    try:
+        old = json.loads(run_json.read_text())
+        old_fp = old["fingerprint"]
+    except (OSError, ValueError, KeyError, TypeError):
+        if not c.output.force:
+            raise BadInput(f"{run_json} is unreadable or not an edgeprune run",
+                           "pass --force to start over there, or choose another --out") from None
+        old_fp = None
+    if old_fp == fp:
+        if c.output.resume:
+            ctx.resumed = True
         else:
-            # No run.json: nothing here is edgeprune's (run.json is written before any output), so
-            # even files NAMED like ours (report.md, best.tflite, ...) are the user's: never overwritten.
-            others = [f.name for f in d.iterdir() if not _TMP_FILES.match(f.name)]
-            if others:
-                raise BadInput(f"--out {d} is not empty and is not an edgeprune run directory "
-                               f"(holds {', '.join(sorted(others)[:3])}{'...' if len(others) > 3 else ''})",
-                               "choose a new or empty folder for --out")
-            if c.resume:
-                self.notes.append(f"--resume: nothing to resume in {d}; started a new run")
+            ctx.notes.append(f"{d} held a run of the same configuration: started over "
+                             "(pass --resume to reuse its candidates)")
             _clear_run_dir(d)
-        _clean_tmp(d)
-        write_json_atomic(run_json, {"format": RUN_FORMAT, "fingerprint": fp, "config": self.config_dict(),
-                                     "updated_at": _now()})
-        self.cache_path = d / "measurements.json"
-        try:
-            self.cache = json.loads(self.cache_path.read_text()) if self.cache_path.exists() else {}
-        except (OSError, ValueError):
-            self.cache = {}
-            self.notes.append("measurements.json was unreadable: device measurements start afresh")
+        return
+    if not c.output.force:
+        diffs = [f"{k}: {old_fp.get(k)!r} there, {fp[k]!r} now" for k in fp if old_fp.get(k) != fp[k]] \
+            if isinstance(old_fp, dict) else ["unreadable"]
+        raise BadInput(f"--out {d} holds a run of a different configuration ({'; '.join(diffs)})",
+                       "pass --force to discard it and start over, or choose another --out")
+    ctx.notes.append(f"--force: discarded the run of a different configuration in {d}")
+    _clear_run_dir(d)
 
-    def config_dict(self) -> dict:
-        c = self.c
-        return {
-            "model": str(self.model_path), "example": self.is_example, "device": self.profile.name,
-            "data": str(self.data_path) if self.data_path else None, "quantize": c.quantize, "criterion": self.criterion,
-            "compensate": self.compensate, "step": c.step, "max_rate": c.max_rate, "budgets": {k: v["value"] for k, v in self.budgets.items()},
-            "min_fidelity": self.min_fidelity, "max_accuracy_drop": self.max_drop, "runs": c.runs, "warmup": c.warmup,
-            "measure_all": c.measure_all, "input_range": list(c.input_range), "seed": c.seed,
-            "input_shape": list(c.input_shape) if c.input_shape else None,
-            "threads": c.threads, "min_secs": c.min_secs, "max_secs": c.max_secs, "warmup_min_secs": c.warmup_min_secs,
-            "latency_stat": c.latency_stat, "round_to": getattr(self, "round_to", None), "predict": c.predict,
-        }
+
+def open_run_dir(ctx) -> None:
+    """Fresh, resumed or refused (see the module docstring); writes run.json, reads the cache."""
+    c, d = ctx.config, ctx.run_dir
+    run_json = d / "run.json"
+    fp = fingerprint(ctx)
+    ctx.resumed = False
+    if run_json.exists():
+        _check_existing(ctx, run_json, fp)
+    else:
+        # No run.json: nothing here is edgeprune's (run.json is written before any output), so
+        # even files NAMED like ours (report.md, best.tflite, ...) are the user's: never overwritten.
+        others = [f.name for f in d.iterdir() if not _TMP_FILES.match(f.name)]
+        if others:
+            raise BadInput(f"--out {d} is not empty and is not an edgeprune run directory "
+                           f"(holds {', '.join(sorted(others)[:3])}{'...' if len(others) > 3 else ''})",
+                           "choose a new or empty folder for --out")
+        if c.output.resume:
+            ctx.notes.append(f"--resume: nothing to resume in {d}; started a new run")
+        _clear_run_dir(d)
+    _clean_tmp(d)
+    write_json_atomic(run_json, {"format": RUN_FORMAT, "fingerprint": fp, "config": config_dict(ctx),
+                                 "updated_at": _now()})
+    ctx.cache_path = d / "measurements.json"
+    try:
+        ctx.cache = json.loads(ctx.cache_path.read_text()) if ctx.cache_path.exists() else {}
+    except (OSError, ValueError):
+        ctx.cache = {}
+        ctx.notes.append("measurements.json was unreadable: device measurements start afresh")
+
+
+def config_dict(ctx) -> dict:
+    """``run.json`` ``config``."""
+    c, engine = ctx.config, ctx.engine
+    return {
+        "model": str(ctx.model_path), "example": ctx.is_example, "device": ctx.profile.name,
+        "data": str(ctx.data_path) if ctx.data_path else None, "quantize": c.prune.quantize, "criterion": engine.criterion,
+        "compensate": engine.compensate, "step": c.search.step, "max_rate": c.search.max_rate, "budgets": ctx.budgets.values(),
+        "min_fidelity": ctx.min_fidelity, "max_accuracy_drop": ctx.max_drop, "runs": c.measurement.runs, "warmup": c.measurement.warmup,
+        "measure_all": c.search.measure_all, "input_range": list(c.model.input_range), "seed": c.prune.seed,
+        "input_shape": list(c.model.input_shape) if c.model.input_shape else None,
+        "threads": c.measurement.threads, "min_secs": c.measurement.min_secs, "max_secs": c.measurement.max_secs, "warmup_min_secs": c.measurement.warmup_min_secs,
+        "latency_stat": c.measurement.latency_stat, "round_to": ctx.round_to, "predict": c.search.predict,
+    }

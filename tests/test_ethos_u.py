@@ -142,25 +142,26 @@ def test_all_cpu_output_runs_on_the_host_and_is_identical(models):
 def test_npu_share_drop_is_flagged(models, tmp_path):
     """The host-phase step on two real compilations: candidate 1 (with the SQRT) has a smaller NPU
     share than candidate 0, so it is flagged and named in the notes."""
+    from edgeprune.pipeline.candidate import Candidate
     from edgeprune.pipeline.ethos_u_stage import compile_candidate
 
     for i, key in enumerate(("conv", "sqrt")):
         (tmp_path / f"cand-0{i}.tflite").write_bytes(models[key].read_bytes())
-    run = types.SimpleNamespace(profile=load_profile("ethos-u55-128"), run_dir=tmp_path, candidates=[], notes=[],
+    run = types.SimpleNamespace(profile=load_profile("ethos-u55-128"), run_dir=tmp_path, notes=[],
                                 emit=lambda *a, **k: None)
     recs = []
     for i in range(2):
-        rec = {"index": i, "rate": 0.1 * i, "name": f"cand-0{i}", "files": {"tflite": f"cand-0{i}.tflite"}}
-        compile_candidate(run, rec)
-        run.candidates.append(rec)
+        rec = Candidate(index=i, rate=0.1 * i, name=f"cand-0{i}", files={"tflite": f"cand-0{i}.tflite"}, params=0,
+                        size_bytes=0, flash_bytes=0, sha256=None, fidelity={}, widths={}, prediction=None, timings={})
+        compile_candidate(run, recs, rec)
         recs.append(rec)
-    assert recs[0]["vela"]["npu_share"] == 1.0 and recs[0]["vela"]["npu_share_dropped"] is False
-    assert recs[1]["vela"]["npu_share"] < 1.0 and recs[1]["vela"]["npu_share_dropped"] is True
+    assert recs[0].vela["npu_share"] == 1.0 and recs[0].vela["npu_share_dropped"] is False
+    assert recs[1].vela["npu_share"] < 1.0 and recs[1].vela["npu_share_dropped"] is True
     assert len(run.notes) == 1 and "SQRT" in run.notes[0]
-    assert recs[1]["flash_bytes"] == recs[1]["vela"]["off_chip_flash_bytes"]
+    assert recs[1].flash_bytes == recs[1].vela["off_chip_flash_bytes"]
     for rec in recs:
-        assert (tmp_path / rec["files"]["vela_tflite"]).read_bytes()[4:8] == b"TFL3"
-        assert json.loads((tmp_path / rec["files"]["vela_json"]).read_text())["per_layer"]
+        assert (tmp_path / rec.files["vela_tflite"]).read_bytes()[4:8] == b"TFL3"
+        assert json.loads((tmp_path / rec.files["vela_json"]).read_text())["per_layer"]
 
 
 # --------------------------------------------------------------------------- Vela missing or failing

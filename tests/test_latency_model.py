@@ -55,12 +55,13 @@ def small_model():
 @pytest.mark.slow
 def test_built_on_the_local_device_cached_and_reused(tmp_path):
     from edgeprune.devices.profile import load_profile
+    from edgeprune.pipeline.run_config import Budget, Budgets, MeasurementOptions, RunConfig
 
     model = small_model()
     prof = load_profile("local")
     run = types.SimpleNamespace(model=model, profile=prof, run_dir=tmp_path, round_to=None, emit=lambda *a, **k: None,
-                                budgets={"latency_ms": {"value": 1.0}},
-                                c=types.SimpleNamespace(threads=1, quantize="int8", input_range=(0.0, 1.0)))
+                                budgets=Budgets(latency=Budget(1.0, "option")),
+                                config=RunConfig(measurement=MeasurementOptions(threads=1)))
     m = build_or_load(run)
     assert m.kind == "fit" and not m.cached and len(m.points) == 5
     measured = [p["measured_ms"] for p in m.points]
@@ -72,7 +73,7 @@ def test_built_on_the_local_device_cached_and_reused(tmp_path):
     assert (tmp_path / CACHE_FILE).is_file()
     again = build_or_load(run)
     assert again.cached and again.intercept_ms == m.intercept_ms and again.points == m.points
-    run.c.threads = 2  # another key: not reused
+    run.config.measurement.threads = 2  # another key: not reused
     assert build_or_load.__defaults__ is None  # (plain function)
     key_other = dict(m.key, threads=2)
     assert key_other != m.key

@@ -128,6 +128,7 @@ def test_run_reports_the_objective_and_the_per_layer_table(setup, tmp_path):
     """A whole run on a microcontroller profile with --objective ram: the report says what the
     rate measures, the chosen model's per-layer table adds up to its figures, and the greedy
     reached the rate on the peak activation memory."""
+    from edgeprune.pipeline import run_config as rc
     from edgeprune.pipeline.run import RunConfig, run
 
     model, _ = setup
@@ -136,8 +137,10 @@ def test_run_reports_the_objective_and_the_per_layer_table(setup, tmp_path):
     model.save(mp)
     x = rng.uniform(0, 1, (120, 16, 16, 1)).astype(np.float32)
     np.savez(tmp_path / "d.npz", x=x)
-    res = run(RunConfig(model=mp, data=tmp_path / "d.npz", device="nrf52840", objective="ram", step=0.3,
-                        max_rate=0.3, min_fidelity=0.01, out=tmp_path / "run", runs=3, warmup=1))
+    res = run(RunConfig(model=rc.ModelOptions(path=mp), data=rc.DataOptions(path=tmp_path / "d.npz"),
+                        device=rc.DeviceOptions(name="nrf52840"), prune=rc.PruneOptions(objective="ram"),
+                        search=rc.SearchOptions(step=0.3, max_rate=0.3), budgets=rc.BudgetOptions(min_fidelity=0.01),
+                        output=rc.OutputOptions(out=tmp_path / "run"), measurement=rc.MeasurementOptions(runs=3, warmup=1)))
     rep = res.report
     obj = rep["settings"]["objective"]
     assert obj["requested"] == "ram" and obj["name"] == "ram" and obj["weights"] == {"ram": 1.0}

@@ -124,13 +124,13 @@ def test_round_to_in_run_and_profile(tmp_path, capsys):
     # the profile field: a device with round_to: 4 uses it when --round-to is not given
     prof = tmp_path / "simd.yaml"
     prof.write_text("kind: local\nthreads: 1\nround_to: 4\nlimits: {flash_bytes: 100MB, ram_bytes: 2GB}\n")
-    from edgeprune.pipeline.run import RunConfig, _Run
+    from edgeprune.pipeline.run import RunConfig
+    from edgeprune.pipeline.run_setup import setup
 
-    r = _Run(RunConfig(device=str(prof), out=tmp_path / "p"), None)
-    r.setup()
-    assert r.round_to == 4
-    r = _Run(RunConfig(device=str(prof), out=tmp_path / "q", round_to=16), None)
-    r.setup()
-    assert r.round_to == 16
+    from edgeprune.pipeline.run_config import DeviceOptions, OutputOptions, PruneOptions
+
+    assert setup(RunConfig(device=DeviceOptions(name=str(prof)), output=OutputOptions(out=tmp_path / "p"))).round_to == 4
+    assert setup(RunConfig(device=DeviceOptions(name=str(prof)), output=OutputOptions(out=tmp_path / "q"),
+                           prune=PruneOptions(round_to=16))).round_to == 16
     assert run_cli(["run", "--out", str(tmp_path / "z"), "--round-to", "0"]) == 2
     assert "--round-to" in capsys.readouterr().err

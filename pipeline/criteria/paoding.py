@@ -142,7 +142,6 @@ class Paoding(Importance):
     # ------------------------------------------------------------------ pair-wise
     def _pairwise(self, ctx: Context, group: Group, chain: DenseChain, x_bounds, n_remove: int) -> Selection:
         state, graph = ctx.state, ctx.graph
-        gid = group.id
         ws = state.weights[chain.producer]
         pcfg = graph.layers[chain.producer].layer.get_config()
         kernel = ws[0].astype(np.float64)
@@ -156,21 +155,11 @@ class Paoding(Importance):
         b_eff = bias * s + t
         n = w_eff.shape[1]
         act = chain.activation
-        lip = LIPSCHITZ.get(act, 1.0)
         homogeneous = act in HOMOGENEOUS
 
         # outgoing weights a_j: every consumer's input rows for channel j, all blocks
-        outs = []
-        for ref in group.refs:
-            if ref.role == "consumer":  # Dense consumers: kernel rows (axis 0)
-                for start in state.block_slices(ref, gid):
-                    outs.append((ref.layer, start))
+        outs, a_cat = _outgoing(state, group, n)
         consumer = chain.consumers[0] if len(chain.consumers) == 1 else None
-        a_parts = []
-        for layer, start in outs:
-            w = state.weights[layer][0]
-            a_parts.append(w[start:start + n])
-        a_cat = np.concatenate(a_parts, axis=1).astype(np.float64)  # (n, total outputs)
         a_norm = np.linalg.norm(a_cat, axis=1)
 
         # input box of the producer (interval bounds from the model's input range)
@@ -201,35 +190,7 @@ class Paoding(Importance):
         lams = np.concatenate([lam[part.ravel(), np.tile(np.arange(n), k)], np.zeros(n)])
 
         # 2. interval of lam*h_i - h_j over the input box
-        z_c = c_x @ w_eff + b_eff
-        z_r = r_x @ np.abs(w_eff)
-        from edgeprune.pipeline.bounds import apply_activation
-
-        h_lo = apply_activation(act, z_c - z_r)
-        h_hi = apply_activation(act, z_c + z_r)
-        pair = is_ >= 0
-        ii = np.where(pair, is_, 0)
-        lam_p = lams * pair
-        # centre of z_j - lam z_i is linear in the centre pre-activations; its radius needs
-        # |w_j - lam w_i|, computed in chunks of candidates to bound memory
-        dc = z_c[js] - lam_p * z_c[ii]
-        dr = np.empty(js.size)
-        w32 = w_eff.astype(np.float32)
-        r32 = r_x.astype(np.float32)
-        for a in range(0, js.size, self.chunk):
-            b = min(js.size, a + self.chunk)
-            dw = w32[:, js[a:b]] - lam_p[a:b].astype(np.float32) * w32[:, ii[a:b]]
-            dr[a:b] = r32 @ np.abs(dw)
-        d_lo = -lip * np.maximum(dc + dr, 0.0)  # lam h_i - h_j >= -L max(z_j - lam z_i, 0)
-        d_hi = -lip * np.minimum(dc - dr, 0.0)
-        # direct bounds from each neuron's own activation interval
-        direct_lo = np.where(pair, lams * h_lo[ii], 0.0) - h_hi[js]
-        direct_hi = np.where(pair, lams * h_hi[ii], 0.0) - h_lo[js]
-        if homogeneous:
-            d_lo, d_hi = np.maximum(d_lo, direct_lo), np.minimum(d_hi, direct_hi)
-        else:
-            d_lo, d_hi = direct_lo, direct_hi
-        d_hi = np.maximum(d_hi, d_lo)
+        d_lo, d_hi = _pair_interval(act, w_eff, b_eff, c_x, r_x, js, is_, lams, self.chunk)
 
         # 3. impact on the consumer's pre-activation, then (single consumer) to the outputs
         single = consumer is not None and all(l == consumer for l, _ in outs)
@@ -250,34 +211,90 @@ class Paoding(Importance):
         # leaves the prediction; a concentrated one (entropy 0) can flip it: hence 1 - H
 
         # 4. greedy selection
-        order = np.argsort(score, kind="stable")
-        removed: set[int] = set()
-        touched: set[int] = set()
-        remove, merges = [], []
-        for c in order:
-            if len(remove) >= n_remove:
-                break
-            j, i = int(js[c]), int(is_[c])
-            if j in removed or j in touched:
-                continue
-            if i >= 0 and (i in removed or i in touched):
-                continue
-            removed.add(j)
-            remove.append(j)
-            if i >= 0:
-                touched.add(i)
-                merges.append((j, i, float(lams[c])))
-        if len(remove) < n_remove:
-            # a step removing more than about half the group runs out of disjoint pairs:
-            # remove further neurons plainly, untouched ones first (lowest outgoing norm),
-            # then partners that received a merge (their merge is then void)
-            by_norm = [int(j) for j in np.argsort(a_norm, kind="stable") if int(j) not in removed]
-            rest = [j for j in by_norm if j not in touched] + [j for j in by_norm if j in touched]
-            extra = rest[: n_remove - len(remove)]
-            remove += extra
-            void = set(extra)
-            merges = [m for m in merges if m[1] not in void]
+        remove, merges = _greedy_select(score, js, is_, lams, a_norm, n_remove)
         return Selection(remove=sorted(remove), merges=merges, method="paoding-pairwise")
+
+
+def _outgoing(state, group: Group, n: int):
+    """The (consumer layer, row offset) of each block of the group's Dense consumers, and their
+    kernel rows for the group's ``n`` channels side by side: (n, total outputs), float64."""
+    outs = []
+    for ref in group.refs:
+        if ref.role == "consumer":  # Dense consumers: kernel rows (axis 0)
+            for start in state.block_slices(ref, group.id):
+                outs.append((ref.layer, start))
+    a_parts = [state.weights[layer][0][start:start + n] for layer, start in outs]
+    return outs, np.concatenate(a_parts, axis=1).astype(np.float64)
+
+
+def _pair_interval(act, w_eff, b_eff, c_x, r_x, js, is_, lams, chunk: int):
+    """The interval [d_lo, d_hi] of lam*h_i - h_j over the input box for every (j, partner i) pair
+    (i = -1: j alone), from the pre-activation bound and from each neuron's own activation interval."""
+    lip = LIPSCHITZ.get(act, 1.0)
+    homogeneous = act in HOMOGENEOUS
+    z_c = c_x @ w_eff + b_eff
+    z_r = r_x @ np.abs(w_eff)
+    from edgeprune.pipeline.bounds import apply_activation
+
+    h_lo = apply_activation(act, z_c - z_r)
+    h_hi = apply_activation(act, z_c + z_r)
+    pair = is_ >= 0
+    ii = np.where(pair, is_, 0)
+    lam_p = lams * pair
+    # centre of z_j - lam z_i is linear in the centre pre-activations; its radius needs
+    # |w_j - lam w_i|, computed in chunks of candidates to bound memory
+    dc = z_c[js] - lam_p * z_c[ii]
+    dr = np.empty(js.size)
+    w32 = w_eff.astype(np.float32)
+    r32 = r_x.astype(np.float32)
+    for a in range(0, js.size, chunk):
+        b = min(js.size, a + chunk)
+        dw = w32[:, js[a:b]] - lam_p[a:b].astype(np.float32) * w32[:, ii[a:b]]
+        dr[a:b] = r32 @ np.abs(dw)
+    d_lo = -lip * np.maximum(dc + dr, 0.0)  # lam h_i - h_j >= -L max(z_j - lam z_i, 0)
+    d_hi = -lip * np.minimum(dc - dr, 0.0)
+    # direct bounds from each neuron's own activation interval
+    direct_lo = np.where(pair, lams * h_lo[ii], 0.0) - h_hi[js]
+    direct_hi = np.where(pair, lams * h_hi[ii], 0.0) - h_lo[js]
+    if homogeneous:
+        d_lo, d_hi = np.maximum(d_lo, direct_lo), np.minimum(d_hi, direct_hi)
+    else:
+        d_lo, d_hi = direct_lo, direct_hi
+    d_hi = np.maximum(d_hi, d_lo)
+    return d_lo, d_hi
+
+
+def _greedy_select(score, js, is_, lams, a_norm, n_remove: int) -> tuple[list, list]:
+    """Lowest score first, each neuron removed or merged into at most once; then plain removals
+    when the disjoint pairs run out. Returns (removed channels, merges (j, i, lam))."""
+    order = np.argsort(score, kind="stable")
+    removed: set[int] = set()
+    touched: set[int] = set()
+    remove, merges = [], []
+    for c in order:
+        if len(remove) >= n_remove:
+            break
+        j, i = int(js[c]), int(is_[c])
+        if j in removed or j in touched:
+            continue
+        if i >= 0 and (i in removed or i in touched):
+            continue
+        removed.add(j)
+        remove.append(j)
+        if i >= 0:
+            touched.add(i)
+            merges.append((j, i, float(lams[c])))
+    if len(remove) < n_remove:
+        # a step removing more than about half the group runs out of disjoint pairs:
+        # remove further neurons plainly, untouched ones first (lowest outgoing norm),
+        # then partners that received a merge (their merge is then void)
+        by_norm = [int(j) for j in np.argsort(a_norm, kind="stable") if int(j) not in removed]
+        rest = [j for j in by_norm if j not in touched] + [j for j in by_norm if j in touched]
+        extra = rest[: n_remove - len(remove)]
+        remove += extra
+        void = set(extra)
+        merges = [m for m in merges if m[1] not in void]
+    return remove, merges
 
 
 def _l1_entropy(mag: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
