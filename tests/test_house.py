@@ -34,7 +34,9 @@ GETATTR_SELF_ALLOWED = {
 def _sources():
     for path in sorted(PACKAGE.rglob("*.py")):
         rel = path.relative_to(PACKAGE)
-        if rel.parts[0] in ("tests", "bench") or any(p.startswith(".") for p in rel.parts):
+        # the package's own code only: not tests/bench, nor what a build or a venv leaves in the tree
+        if rel.parts[0] in ("tests", "bench", "build", "dist", "examples") or "site-packages" in rel.parts \
+                or any(p.startswith(".") or p.endswith(".egg-info") for p in rel.parts):
             continue
         yield rel.as_posix(), ast.parse(path.read_text(), filename=str(path))
 
