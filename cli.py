@@ -571,6 +571,7 @@ def run(
     latency_budget: Annotated[Optional[float], typer.Option("--latency-budget", help="Latency budget in ms, checked on --latency-stat (p50 by default). Default: the profile's, if any.")] = None,
     min_fidelity: Annotated[Optional[float], typer.Option("--min-fidelity", help="Minimum fidelity score vs the original model: top-1 agreement (classifiers) or cosine similarity. Default 0.95 unless --max-accuracy-drop is given.")] = None,
     max_accuracy_drop: Annotated[Optional[float], typer.Option("--max-accuracy-drop", help="Maximum accuracy drop in points (needs labelled --data).")] = None,
+    confidence: Annotated[Optional[float], typer.Option("--confidence", help="Make the pick hold with this probability (e.g. 0.95): the one-sided Wilson lower bound of each candidate's agreement, not the agreement itself, must clear --min-fidelity. Off by default.")] = None,
     data: Annotated[Optional[Path], typer.Option("--data", help=DATA_HELP + " Default: the example's 1000 labelled images for the example model, else synthetic (labelled as such).")] = None,
     classes: _Classes = None,
     quantize: Annotated[Quantize, typer.Option("--quantize", "-q", help="int8 (default), float16, float32 (or dynamic).")] = Quantize.int8,
@@ -632,7 +633,7 @@ def run(
         check_same_target(gate_base, prof.name, prof.kind, quantize.value)
     config = RunConfig(model=model, device=devices[0], extra_devices=devices[1:], host=host, user=user, port=port, devices_dir=devices_dir,
                        trust_new_host=trust_new_host, budget=budget, ram_budget=ram_budget,
-                       latency_budget=latency_budget, min_fidelity=min_fidelity, max_accuracy_drop=max_accuracy_drop,
+                       latency_budget=latency_budget, min_fidelity=min_fidelity, max_accuracy_drop=max_accuracy_drop, confidence=confidence,
                        data=data, quantize=quantize.value, criterion=criterion.value if criterion else "auto", compensate=compensate,
                        allocation=allocation.value if allocation else "auto", objective=objective or "auto",
                        step=step, max_rate=max_rate, out=out_dir,

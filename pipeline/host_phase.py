@@ -41,6 +41,9 @@ def candidate_name(index: int, rate: float) -> str:
     return f"cand-{index:02d}-rate{r}"
 
 
+from edgeprune.pipeline.verdict import AGREEMENT_METRICS, clears, lower_bound  # noqa: E402
+
+
 class HostPhase:
     """Mixin of :class:`edgeprune.pipeline.run._Run`: host checks and the candidate loop."""
 
@@ -48,7 +51,7 @@ class HostPhase:
     def fidelity_ok(self, fr: dict) -> bool:
         ok = True
         if self.min_fidelity is not None:
-            ok = ok and fr["score"] is not None and fr["score"] >= self.min_fidelity - 1e-12
+            ok = ok and clears(fr, self.min_fidelity, self.c.confidence)
         if self.max_drop is not None:
             ok = ok and fr["accuracy_drop"] is not None and fr["accuracy_drop"] <= self.max_drop + 1e-9
         return ok
@@ -70,9 +73,13 @@ class HostPhase:
         if rec.get("skipped"):  # never converted: fidelity unknown, flash predicted over the budget
             return {"fidelity": {"ok": None, "value": None, "skipped": True},
                     "flash": {"ok": False, "value": flash, "limit": fb, "predicted": True}}
+        fid = {"ok": self.fidelity_ok(fr), "value": fr["score"], "accuracy_drop": fr.get("accuracy_drop"),
+               "min": self.min_fidelity, "max_accuracy_drop": self.max_drop}
+        if self.c.confidence is not None and fr.get("metric") in AGREEMENT_METRICS and fr["score"] is not None:
+            fid["low"] = round(lower_bound(fr["score"], fr["n_samples"], self.c.confidence), 6)
+            fid["confidence"] = self.c.confidence
         return {
-            "fidelity": {"ok": self.fidelity_ok(fr), "value": fr["score"], "accuracy_drop": fr.get("accuracy_drop"),
-                         "min": self.min_fidelity, "max_accuracy_drop": self.max_drop},
+            "fidelity": fid,
             "flash": {"ok": fb is None or flash <= fb, "value": flash, "limit": fb},
         }
 

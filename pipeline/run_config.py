@@ -50,6 +50,7 @@ class RunConfig:
     latency_budget: Optional[float] = None  # ms
     min_fidelity: Optional[float] = None  # default DEFAULT_MIN_FIDELITY unless max_accuracy_drop is given
     max_accuracy_drop: Optional[float] = None  # points
+    confidence: Optional[float] = None  # the pick's agreement must clear min_fidelity with this probability
     data: Optional[Path] = None  # any form of --data (see pipeline/datasources.py)
     classes: Optional[str] = None  # --classes a,b,c: label order of image class folders / CSV label names
     quantize: str = "int8"

@@ -140,7 +140,7 @@ class RunDirStage:
             "model": str(self.model_path), "example": self.is_example, "device": self.profile.name,
             "data": str(self.data_path) if self.data_path else None, "quantize": c.quantize, "criterion": self.criterion,
             "compensate": self.compensate, "step": c.step, "max_rate": c.max_rate, "budgets": {k: v["value"] for k, v in self.budgets.items()},
-            "min_fidelity": self.min_fidelity, "max_accuracy_drop": self.max_drop, "runs": c.runs, "warmup": c.warmup,
+            "min_fidelity": self.min_fidelity, "max_accuracy_drop": self.max_drop, "confidence": c.confidence, "runs": c.runs, "warmup": c.warmup,
             "measure_all": c.measure_all, "input_range": list(c.input_range), "seed": c.seed,
             "input_shape": list(c.input_shape) if c.input_shape else None,
             "threads": c.threads, "min_secs": c.min_secs, "max_secs": c.max_secs, "warmup_min_secs": c.warmup_min_secs,

@@ -54,7 +54,8 @@ class FinishStage:
     def threshold_text(self) -> str:
         parts = []
         if self.min_fidelity is not None:
-            parts.append(f"{self.min_fidelity:g}")
+            parts.append(f"{self.min_fidelity:g}" + (f" (lower bound at {self.c.confidence:g} confidence)"
+                                                      if self.c.confidence is not None else ""))
         if self.max_drop is not None:
             parts.append(f"a {self.max_drop:g}-point accuracy drop")
         return " / ".join(parts)
@@ -203,7 +204,8 @@ class FinishStage:
                          synthetic=self.data.source == "synthetic", split=getattr(self, "split", None)),
             "budgets": self.budgets,
             "fidelity_threshold": {"min_fidelity": self.min_fidelity, "max_accuracy_drop": self.max_drop,
-                                   "score_name": fr0["score_name"], "metric": fr0["metric"]},
+                                   "score_name": fr0["score_name"], "metric": fr0["metric"],
+                                   "confidence": self.c.confidence},
             "strategy": self.strategy_text() if hasattr(self, "strategy_text") else STRATEGY,
             "stop": self.stop,
             "chosen": None,

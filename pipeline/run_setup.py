@@ -48,6 +48,12 @@ def _validate(config: RunConfig) -> None:
     if config.min_fidelity is not None and not (0.0 < float(config.min_fidelity) <= 1.0):
         raise BadInput(f"--min-fidelity {config.min_fidelity:g} must be in (0, 1]",
                        "it is the top-1 agreement (classifiers) or cosine similarity, e.g. 0.95")
+    if config.confidence is not None and not (0.5 <= float(config.confidence) < 1.0):
+        raise BadInput(f"--confidence {config.confidence:g} must be in [0.5, 1)",
+                       "it is the probability the pick's agreement clears --min-fidelity, e.g. --confidence 0.95")
+    if config.confidence is not None and config.min_fidelity is None and config.max_accuracy_drop is not None:
+        raise BadInput("--confidence applies to --min-fidelity (an agreement), not to --max-accuracy-drop",
+                       "add --min-fidelity (e.g. 0.95), or leave --confidence out")
     if config.max_accuracy_drop is not None and not (0.0 <= float(config.max_accuracy_drop) <= 100.0):
         raise BadInput(f"--max-accuracy-drop {config.max_accuracy_drop:g} must be in [0, 100] points", "e.g. 1.0")
     if getattr(config, "jobs", None) is not None and int(config.jobs) < 1:
