@@ -36,6 +36,11 @@ def rate_schedule(step: float, max_rate: float) -> list[float]:
     return rates
 
 
+def fixed_rates(rates) -> list[float]:
+    """``--rate`` values as the candidate list: the unpruned model first, then each rate once, ascending."""
+    return [0.0] + sorted({round(float(r), 6) for r in rates if float(r) > 0})
+
+
 def candidate_name(index: int, rate: float) -> str:
     r = f"{rate:.2f}" if abs(rate * 100 - round(rate * 100)) < 1e-6 else f"{rate:.4f}"
     return f"cand-{index:02d}-rate{r}"
@@ -94,7 +99,7 @@ class HostPhase:
             from edgeprune.pipeline.latency_model import save
 
             save(lat, d)
-        self.rates = rate_schedule(float(c.step), float(c.max_rate))
+        self.rates = fixed_rates(c.rates) if c.rates else rate_schedule(float(c.step), float(c.max_rate))
         self.candidates: list[dict] = []
         self.reused = 0
         self.predictor = self.make_predictor()
@@ -127,7 +132,9 @@ class HostPhase:
                 self.candidates.append(rec)
                 self.emit("candidate", record=rec, total=len(self.rates), reused=True)
             self.reused = len(self.candidates)
-        pconf = PruneConfig(rate=max(self.rates), criterion=self.criterion, step=float(c.step), round_to=self.round_to,
+        # --rate: the schedule's widths are the search's (they depend on --max-rate), so a fixed
+        # rate gives the candidate the search gives at that rate
+        pconf = PruneConfig(rate=float(c.max_rate) if c.rates else max(self.rates), criterion=self.criterion, step=float(c.step), round_to=self.round_to,
                             input_range=tuple(float(v) for v in c.input_range), seed=c.seed,
                             calibration=self.stage_calibration, compensate=self.compensate,
                             allocation=self.allocation_obj or self.allocation)
@@ -140,15 +147,18 @@ class HostPhase:
         if not self.prunable:
             self.notes.append(f"{pruner.graph.nothing_prunable_note()}: only the unpruned candidate is evaluated")
         self.failed_candidates: list[dict] = []
+        self.plans_cached = 0
         self.prepare_recovery()
         self.stop = None
         self.lookahead = None  # --jobs > 1: candidates converted in worker processes (convert_pool)
         for i in range(len(self.candidates), len(self.rates)):
             if self.candidates and not self.candidates[-1].get("skipped") \
-                    and not self.candidates[-1]["checks"]["fidelity"]["ok"]:
-                break
+                    and not self.candidates[-1]["checks"]["fidelity"]["ok"] and not c.rates:
+                break  # (--rate judges every rate it was given)
             if i > 0 and not self.prunable:
                 break
+            if c.rates and i > 0:
+                pruner = self.advance_fixed(pruner, pconf, self.rates[i])
             self.lookahead = self.lookahead or self.start_pool(pruner)
             if self.lookahead is not None:
                 self.lookahead.fill(i)
@@ -159,13 +169,40 @@ class HostPhase:
             self.emit("candidate", record=rec, total=len(self.rates), reused=False)
         if self.lookahead is not None:
             self.lookahead.close()  # what a worker converted past the stop is discarded
+        if c.rates:
+            self.notes.append(f"--rate: only the rates given were built and judged ({len(self.rates) - 1}); "
+                              f"{self.plans_cached} plan(s) replayed from the work cache (pipeline/work_cache.py)")
         last = self.candidates[-1]
-        if not last.get("skipped") and not last["checks"]["fidelity"]["ok"]:
+        if c.rates:
+            self.stop = {"reason": "rates", "rate": last["rate"]}
+        elif not last.get("skipped") and not last["checks"]["fidelity"]["ok"]:
             self.stop = {"reason": "fidelity", "rate": last["rate"]}
         elif not self.prunable:
             self.stop = {"reason": "nothing to prune", "rate": 0.0}
         else:
             self.stop = {"reason": "max_rate", "rate": last["rate"]}
+
+    def plan_key(self, rate: float) -> str:
+        from edgeprune.pipeline.work_cache import plan_key
+
+        return plan_key(self.fingerprint(), float(self.c.max_rate), rate)
+
+    def advance_fixed(self, pruner, pconf, rate: float):
+        """--rate: the pruner at ``rate``: the plan a run with the same content reached at that
+        rate (pipeline/work_cache.py), replayed; else the search's schedule walked up to just
+        below ``rate`` without building a candidate on the way (make_candidate does the last step)."""
+        from edgeprune.pipeline.plan import Plan
+        from edgeprune.pipeline.prune import Pruner
+        from edgeprune.pipeline.work_cache import load_plan
+
+        plan = load_plan(self.plan_key(rate)) if getattr(self, "recover", None) is None else None
+        if isinstance(plan, Plan) and abs(plan.rate - rate) < 1e-9:
+            self.plans_cached += 1
+            return Pruner(self.model, pconf, plan=plan)
+        for r in rate_schedule(float(self.c.step), rate):
+            if pruner.rate + 1e-9 < r < rate - 1e-9:
+                pruner.step_to(r)
+        return pruner
 
     def vela_reused(self, rec: dict, path) -> None:
         """A reused candidate: compiled with Vela (again) when the profile is an Ethos-U one whose
@@ -222,6 +259,8 @@ class HostPhase:
         from edgeprune.pipeline.convert_pool import Lookahead, default_jobs, pool_size
 
         self.jobs = int(self.c.jobs) if getattr(self.c, "jobs", None) is not None else default_jobs()
+        if self.c.rates:
+            return None  # --rate: each candidate is its own jump along the schedule (advance_fixed)
         times = [r["timings"]["convert_s"] for r in self.candidates if "convert_s" in r.get("timings", {})]
         n = pool_size(getattr(self.c, "jobs", None), self.jobs, len(self.rates) - len(self.candidates),
                       self.prunable, times)
@@ -242,7 +281,7 @@ class HostPhase:
         if ahead is not None:  # pruned ahead and converting in a worker (convert_pool)
             km = ahead.km
         else:
-            if rate > 0:
+            if rate > 0 and pruner.rate < rate - 1e-9:  # (a replayed plan is already there)
                 pruner.step_to(rate)
             with conv.captured_output():
                 km = pruner.build()
@@ -308,6 +347,10 @@ class HostPhase:
                             targets=self.trainset.kind, **{k: v for k, v in self.recover.to_dict().items()
                                                            if k not in ("epochs",)})
         plan.save(d / files["plan"])
+        if not plan.trained:
+            from edgeprune.pipeline.work_cache import store_plan
+
+            store_plan(self.plan_key(rate), d / files["plan"])
         t4 = time.perf_counter()
         size = res.size_bytes
         rec = {

@@ -60,6 +60,7 @@ class RunConfig:
     objective: str = "auto"  # what the global allocation pays for (pipeline/allocation/objective.py)
     step: float = DEFAULT_STEP
     max_rate: float = DEFAULT_MAX_RATE
+    rates: Optional[list] = None  # --rate: build and judge only these rates (no search); each <= max_rate
     out: Optional[Path] = None
     resume: bool = False
     force: bool = False

@@ -106,6 +106,11 @@ class FinishStage:
         if self.stop["reason"] == "fidelity":
             last = cands[-1]
             out.append(f"fidelity fell below {self.threshold_text()} at rate {last['rate']:.2f} ({self.score_text(last)})")
+        elif self.stop["reason"] == "rates":
+            failing = [r for r in cands if r.get("checks") and r["checks"]["fidelity"]["ok"] is False]
+            if failing:
+                out.append("of the --rate values, " + ", ".join(f"{r['rate']:.2f} ({self.score_text(r)})" for r in failing)
+                           + f" fell below {self.threshold_text()}")
         elif self.stop["reason"] == "max_rate":
             out.append(f"pruning stopped at --max-rate {self.c.max_rate:g} (a higher --max-rate may find a smaller model)")
         return out
@@ -192,7 +197,7 @@ class FinishStage:
             "settings": {"quantize": self.c.quantize, "criterion": self.criterion, "step": self.c.step,
                          "compensate": self.compensate, "allocation": self.allocation, "stages": self.stages_label,
                          "objective": self.objective.to_dict() if getattr(self, "objective", None) is not None else None,
-                         "max_rate": self.c.max_rate, "runs": self.c.runs, "warmup": self.c.warmup,
+                         "max_rate": self.c.max_rate, "rates": self.c.rates, "runs": self.c.runs, "warmup": self.c.warmup,
                          "measure_all": self.c.measure_all, "seed": self.c.seed,
                          "input_range": list(self.c.input_range), "threads": self.c.threads,
                          "min_secs": self.c.min_secs, "max_secs": self.c.max_secs,

@@ -32,6 +32,10 @@ def _validate(config: RunConfig) -> None:
         raise BadInput(f"--step {config.step:g} must be in (0, 1]", "e.g. --step 0.05 (5% of the channels per step)")
     if not (0.0 <= float(config.max_rate) < 1.0):
         raise BadInput(f"--max-rate {config.max_rate:g} must be in [0, 1)", "e.g. --max-rate 0.9")
+    for r in config.rates or ():
+        if not (0.0 < float(r) <= float(config.max_rate)):
+            raise BadInput(f"--rate {float(r):g} must be in (0, --max-rate {float(config.max_rate):g}]",
+                           "give the rate a report chose (e.g. --rate 0.9), or raise --max-rate to the search's")
     n_candidates = int(float(config.max_rate) / float(config.step) + 1e-9) + 2
     if n_candidates > MAX_CANDIDATES + 1:
         smallest = float(config.max_rate) / MAX_CANDIDATES
