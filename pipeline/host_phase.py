@@ -157,8 +157,11 @@ class HostPhase:
                 break  # (--rate judges every rate it was given)
             if i > 0 and not self.prunable:
                 break
+            self.walk_s = 0.0
             if c.rates and i > 0:
+                tw = time.perf_counter()
                 pruner = self.advance_fixed(pruner, pconf, self.rates[i])
+                self.walk_s = time.perf_counter() - tw  # counted in the candidate's prune_s
             self.lookahead = self.lookahead or self.start_pool(pruner)
             if self.lookahead is not None:
                 self.lookahead.fill(i)
@@ -369,7 +372,7 @@ class HostPhase:
             "prediction": self.predicted(pred, size),
             "made_by": dict(self.stages_label),
             **({"recovery": recovery} if getattr(self, "trainset", None) is not None else {}),
-            "timings": {"prune_s": round(t1 - t0 if ahead is None else ahead.prune_s, 4),
+            "timings": {"prune_s": round((t1 - t0 if ahead is None else ahead.prune_s) + getattr(self, "walk_s", 0.0), 4),
                         "convert_s": round(convert_s if ahead is None else res.seconds, 4),
                         "fidelity_s": round(fidelity_s, 4), "save_s": round(t4 - t3, 4),
                         **({"train_s": round(train_s, 4)} if trained is not None else {})},
