@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Optional
 
 from edgeprune.devices.sizes import format_size
+from edgeprune.pipeline.verdict import AGREEMENT_METRICS, clears, lower_bound
 
 
 class HostChecks:
@@ -19,6 +20,7 @@ class HostChecks:
         self.profile = ctx.profile
         self.budgets = ctx.budgets
         self.min_fidelity, self.max_drop = ctx.min_fidelity, ctx.max_drop
+        self.confidence = ctx.config.budgets.confidence  # --confidence: the agreement's lower bound is judged
         self.latency = ctx.engine.objective.latency if ctx.engine.objective is not None else None
         runtime = int(self.profile.mcu.runtime_flash_bytes) if self.profile.kind == "mcu" else 0
         if self.profile.kind == "ethos-u":  # flash is Vela's figure (compressed weights): known only once compiled
@@ -31,7 +33,7 @@ class HostChecks:
     def fidelity_ok(self, fr: dict) -> bool:
         ok = True
         if self.min_fidelity is not None:
-            ok = ok and fr["score"] is not None and fr["score"] >= self.min_fidelity - 1e-12
+            ok = ok and clears(fr, self.min_fidelity, self.confidence)
         if self.max_drop is not None:
             ok = ok and fr["accuracy_drop"] is not None and fr["accuracy_drop"] <= self.max_drop + 1e-9
         return ok
@@ -55,9 +57,13 @@ class HostChecks:
         if rec.skipped:  # never converted: fidelity unknown, flash predicted over the budget
             return {"fidelity": {"ok": None, "value": None, "skipped": True},
                     "flash": {"ok": False, "value": flash, "limit": fb, "predicted": True}}
+        fid = {"ok": self.fidelity_ok(fr), "value": fr["score"], "accuracy_drop": fr.get("accuracy_drop"),
+               "min": self.min_fidelity, "max_accuracy_drop": self.max_drop}
+        if self.confidence is not None and fr.get("metric") in AGREEMENT_METRICS and fr["score"] is not None:
+            fid["low"] = round(lower_bound(fr["score"], fr["n_samples"], self.confidence), 6)
+            fid["confidence"] = self.confidence
         return {
-            "fidelity": {"ok": self.fidelity_ok(fr), "value": fr["score"], "accuracy_drop": fr.get("accuracy_drop"),
-                         "min": self.min_fidelity, "max_accuracy_drop": self.max_drop},
+            "fidelity": fid,
             "flash": {"ok": fb is None or flash <= fb, "value": flash, "limit": fb},
         }
 

@@ -39,6 +39,35 @@ def rate_schedule(step: float, max_rate: float) -> list[float]:
     return rates
 
 
+def fixed_rates(rates) -> list[float]:
+    """``--rate`` values as the candidate list: the unpruned model first, then each rate once, ascending."""
+    return [0.0] + sorted({round(float(r), 6) for r in rates if float(r) > 0})
+
+
+def plan_key(ctx, rate: float) -> str:
+    """The work cache's key of the plan this run reaches at ``rate`` (pipeline/work_cache.py)."""
+    from edgeprune.pipeline.run_dir import fingerprint
+    from edgeprune.pipeline.work_cache import plan_key as key
+
+    return key(fingerprint(ctx), float(ctx.config.search.max_rate), rate)
+
+
+def advance_fixed(ctx, pruner, pconf, rate: float):
+    """--rate: (the pruner at ``rate``, whether its plan was replayed). The plan a run with the same
+    content reached at that rate (pipeline/work_cache.py) is replayed; else the search's schedule is
+    walked up to just below ``rate`` without building a candidate (make_candidate does the last step)."""
+    from edgeprune.pipeline.prune import Pruner
+    from edgeprune.pipeline.work_cache import load_plan
+
+    plan = load_plan(plan_key(ctx, rate)) if ctx.config.recover.train_data is None else None
+    if plan is not None and abs(plan.rate - rate) < 1e-9:
+        return Pruner(ctx.model, pconf, plan=plan), True
+    for r in rate_schedule(float(ctx.config.search.step), rate):
+        if pruner.rate + 1e-9 < r < rate - 1e-9:
+            pruner.step_to(r)
+    return pruner, False
+
+
 def candidate_name(index: int, rate: float) -> str:
     r = f"{rate:.2f}" if abs(rate * 100 - round(rate * 100)) < 1e-6 else f"{rate:.4f}"
     return f"cand-{index:02d}-rate{r}"
@@ -181,7 +210,11 @@ class HostPhase:
     def __init__(self, ctx):
         self.ctx = ctx
         self.checks = HostChecks(ctx)
-        self.rates = rate_schedule(float(ctx.config.search.step), float(ctx.config.search.max_rate))
+        search = ctx.config.search
+        self.fixed = bool(search.rates)  # --rate: only these rates, no search
+        self.rates = fixed_rates(search.rates) if self.fixed else rate_schedule(float(search.step), float(search.max_rate))
+        self.plans_cached = 0  # --rate: plans replayed from the work cache
+        self.walk_s = 0.0  # --rate: the schedule walked below the candidate's rate (counted in its prune_s)
         self.candidates: list[dict] = []
         self.failed_candidates: list[dict] = []
         self.prunable = True
@@ -205,7 +238,9 @@ class HostPhase:
         if ctx.resumed:
             self.candidates = reuse_finished(ctx, self.checks, self.rates)
         reused = len(self.candidates)
-        pconf = PruneConfig(rate=max(self.rates), criterion=engine.criterion, step=float(c.search.step), round_to=ctx.round_to,
+        # --rate: the schedule's widths are the search's (they depend on --max-rate), so a fixed
+        # rate gives the candidate the search gives at that rate
+        pconf = PruneConfig(rate=float(c.search.max_rate) if self.fixed else max(self.rates), criterion=engine.criterion, step=float(c.search.step), round_to=ctx.round_to,
                             input_range=tuple(float(v) for v in c.model.input_range), seed=c.prune.seed,
                             calibration=engine.calibration, compensate=engine.compensate,
                             allocation=engine.allocation_obj or engine.allocation)
@@ -218,18 +253,24 @@ class HostPhase:
         if not self.prunable:
             ctx.notes.append(f"{pruner.graph.nothing_prunable_note()}: only the unpruned candidate is evaluated")
         self.recovery = Recovery(ctx, self.candidates)
-        self.candidate_loop(pruner)
+        self.candidate_loop(pruner, pconf)
         return HostResult(candidates=self.candidates, failed_candidates=self.failed_candidates, stop=self.stop_reason(),
                           reused=reused, rates=self.rates, checks=self.checks, trainset=self.recovery.trainset,
                           jobs=self.jobs, pool=self.pool_used)
 
-    def candidate_loop(self, pruner) -> None:
+    def candidate_loop(self, pruner, pconf) -> None:
         for i in range(len(self.candidates), len(self.rates)):
             if self.candidates and not self.candidates[-1].skipped \
-                    and not self.candidates[-1].checks["fidelity"]["ok"]:
-                break
+                    and not self.candidates[-1].checks["fidelity"]["ok"] and not self.fixed:
+                break  # (--rate judges every rate it was given)
             if i > 0 and not self.prunable:
                 break
+            self.walk_s = 0.0
+            if self.fixed and i > 0:
+                tw = time.perf_counter()
+                pruner, replayed = advance_fixed(self.ctx, pruner, pconf, self.rates[i])
+                self.plans_cached += replayed
+                self.walk_s = time.perf_counter() - tw
             self.lookahead = self.lookahead or self.start_pool(pruner)
             if self.lookahead is not None:
                 self.pool_used = True
@@ -241,9 +282,14 @@ class HostPhase:
             self.ctx.emit("candidate", record=rec.to_json(), total=len(self.rates), reused=False)
         if self.lookahead is not None:
             self.lookahead.close()  # what a worker converted past the stop is discarded
+        if self.fixed:
+            self.ctx.notes.append(f"--rate: only the rates given were built and judged ({len(self.rates) - 1}); "
+                                  f"{self.plans_cached} plan(s) replayed from the work cache (pipeline/work_cache.py)")
 
     def stop_reason(self) -> dict:
         last = self.candidates[-1]
+        if self.fixed:
+            return {"reason": "rates", "rate": last.rate}
         if not last.skipped and not last.checks["fidelity"]["ok"]:
             return {"reason": "fidelity", "rate": last.rate}
         if not self.prunable:
@@ -289,6 +335,8 @@ class HostPhase:
 
         jobs = self.ctx.config.search.jobs
         self.jobs = int(jobs) if jobs is not None else default_jobs()
+        if self.fixed:
+            return None  # --rate: each candidate is its own jump along the schedule (advance_fixed)
         times = [r.timings["convert_s"] for r in self.candidates if "convert_s" in r.timings]
         n = pool_size(jobs, self.jobs, len(self.rates) - len(self.candidates), self.prunable, times)
         if self.recovery.trainset is not None:
@@ -308,7 +356,7 @@ class HostPhase:
         if ahead is not None:  # pruned ahead and converting in a worker (convert_pool)
             km = ahead.km
         else:
-            if rate > 0:
+            if rate > 0 and pruner.rate < rate - 1e-9:  # (a replayed plan is already there)
                 pruner.step_to(rate)
             with conv.captured_output():
                 km = pruner.build()
@@ -325,7 +373,7 @@ class HostPhase:
                                           skip)
         made = self.convert_and_judge(km, ahead, i, rate)
         prune_end = made.timings.pop("_prune_end")
-        made.timings["prune_s"] = prune_end - t0 if ahead is None else ahead.prune_s
+        made.timings["prune_s"] = (prune_end - t0 if ahead is None else ahead.prune_s) + self.walk_s
         return self.save_candidate(pruner, ahead, made, i, rate, name, pred)
 
     def convert_and_judge(self, km, ahead, i: int, rate: float) -> _Made:
@@ -385,6 +433,10 @@ class HostPhase:
         plan = (pruner if ahead is None else ahead).plan()
         recovery = self.recovery.record(ctx.run_dir, plan, files, made) if trained is not None else None
         plan.save(d / files["plan"])
+        if not plan.trained:
+            from edgeprune.pipeline.work_cache import store_plan
+
+            store_plan(plan_key(ctx, rate), d / files["plan"])
         t4 = time.perf_counter()
         size = res.size_bytes
         rec = Candidate(

@@ -199,7 +199,8 @@ def markdown(report: dict) -> str:
     lines += _md_facts(report)
     thr = []
     if ft.get("min_fidelity") is not None:
-        thr.append(f"{ft['score_name']} >= {ft['min_fidelity']:g}")
+        thr.append(f"{ft['score_name']} >= {ft['min_fidelity']:g}" + (
+            f" (its lower bound at {ft['confidence']:g} confidence)" if ft.get("confidence") is not None else ""))
     if ft.get("max_accuracy_drop") is not None:
         thr.append(f"accuracy drop <= {ft['max_accuracy_drop']:g} points")
     lines.append(f"- fidelity threshold: {' and '.join(thr)} (against the original float Keras model)")
@@ -469,7 +470,8 @@ def print_outcome(console, report: dict) -> None:
 
     thr = []
     if ft.get("min_fidelity") is not None:
-        thr.append(f"{ft['score_name']} >= {ft['min_fidelity']:g}")
+        thr.append(f"{ft['score_name']} >= {ft['min_fidelity']:g}" + (
+            f" (its lower bound at {ft['confidence']:g} confidence)" if ft.get("confidence") is not None else ""))
     if ft.get("max_accuracy_drop") is not None:
         thr.append(f"accuracy drop <= {ft['max_accuracy_drop']:g} pt")
     if report["device"].get("load_warning"):

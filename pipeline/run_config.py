@@ -73,6 +73,7 @@ class BudgetOptions:
     latency_ms: Optional[float] = None
     min_fidelity: Optional[float] = None  # default DEFAULT_MIN_FIDELITY unless max_accuracy_drop is given
     max_accuracy_drop: Optional[float] = None  # points
+    confidence: Optional[float] = None  # --confidence: min_fidelity must hold for the agreement's lower bound
 
 
 @dataclass
@@ -92,6 +93,7 @@ class SearchOptions:
     """Which candidates are tried and measured."""
     step: float = DEFAULT_STEP
     max_rate: float = DEFAULT_MAX_RATE
+    rates: Optional[list] = None  # --rate: build and judge only these rates (no search); each <= max_rate
     predict: bool = True  # skip converting candidates predicted over the flash budget
     measure_all: bool = False
     jobs: Optional[int] = None  # conversion worker processes; None: one per core (pipeline/convert_pool.py)

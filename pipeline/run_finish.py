@@ -54,7 +54,8 @@ def score_text(ctx, rec) -> str:
 def threshold_text(ctx) -> str:
     parts = []
     if ctx.min_fidelity is not None:
-        parts.append(f"{ctx.min_fidelity:g}")
+        conf = ctx.config.budgets.confidence
+        parts.append(f"{ctx.min_fidelity:g}" + (f" (lower bound at {conf:g} confidence)" if conf is not None else ""))
     if ctx.max_drop is not None:
         parts.append(f"a {ctx.max_drop:g}-point accuracy drop")
     return " / ".join(parts)
@@ -106,6 +107,11 @@ def reasons(ctx, host) -> list[str]:
     if host.stop["reason"] == "fidelity":
         last = cands[-1]
         out.append(f"fidelity fell below {threshold_text(ctx)} at rate {last.rate:.2f} ({score_text(ctx, last)})")
+    elif host.stop["reason"] == "rates":
+        failing = [r for r in cands if r.checks and r.checks["fidelity"]["ok"] is False]
+        if failing:
+            out.append("of the --rate values, " + ", ".join(f"{r.rate:.2f} ({score_text(ctx, r)})" for r in failing)
+                       + f" fell below {threshold_text(ctx)}")
     elif host.stop["reason"] == "max_rate":
         out.append(f"pruning stopped at --max-rate {ctx.config.search.max_rate:g} (a higher --max-rate may find a smaller model)")
     return out
@@ -181,7 +187,7 @@ def _settings(ctx, host) -> dict:
     return {"quantize": c.prune.quantize, "criterion": engine.criterion, "step": c.search.step,
             "compensate": engine.compensate, "allocation": engine.allocation, "stages": engine.label,
             "objective": engine.objective.to_dict() if engine.objective is not None else None,
-            "max_rate": c.search.max_rate, "runs": c.measurement.runs, "warmup": c.measurement.warmup,
+            "max_rate": c.search.max_rate, "rates": c.search.rates, "runs": c.measurement.runs, "warmup": c.measurement.warmup,
             "measure_all": c.search.measure_all, "seed": c.prune.seed,
             "input_range": list(c.model.input_range), "threads": c.measurement.threads,
             "min_secs": c.measurement.min_secs, "max_secs": c.measurement.max_secs,
@@ -233,7 +239,8 @@ def build_report(ctx, host, device, exit_code: int) -> dict:
                      synthetic=ctx.data.source == "synthetic", split=ctx.split),
         "budgets": ctx.budgets.to_dict(),
         "fidelity_threshold": {"min_fidelity": ctx.min_fidelity, "max_accuracy_drop": ctx.max_drop,
-                               "score_name": fr0["score_name"], "metric": fr0["metric"]},
+                               "score_name": fr0["score_name"], "metric": fr0["metric"],
+                               "confidence": ctx.config.budgets.confidence},
         "strategy": strategy_text(ctx.all_boards()),
         "stop": host.stop,
         "chosen": None,

@@ -29,6 +29,10 @@ def _validate(config: RunConfig) -> RequestedBudgets:
         raise BadInput(f"--step {config.search.step:g} must be in (0, 1]", "e.g. --step 0.05 (5% of the channels per step)")
     if not (0.0 <= float(config.search.max_rate) < 1.0):
         raise BadInput(f"--max-rate {config.search.max_rate:g} must be in [0, 1)", "e.g. --max-rate 0.9")
+    for r in config.search.rates or ():
+        if not (0.0 < float(r) <= float(config.search.max_rate)):
+            raise BadInput(f"--rate {float(r):g} must be in (0, --max-rate {float(config.search.max_rate):g}]",
+                           "give the rate a report chose (e.g. --rate 0.9), or raise --max-rate to the search's")
     n_candidates = int(float(config.search.max_rate) / float(config.search.step) + 1e-9) + 2
     if n_candidates > MAX_CANDIDATES + 1:
         smallest = float(config.search.max_rate) / MAX_CANDIDATES
@@ -44,6 +48,13 @@ def _validate(config: RunConfig) -> RequestedBudgets:
         raise BadInput(f"unknown --quantize {config.prune.quantize!r}", f"use one of: {', '.join(QUANTIZE_CHOICES)}")
     if config.budgets.latency_ms is not None and not float(config.budgets.latency_ms) > 0:
         raise BadInput(f"--latency-budget {config.budgets.latency_ms:g} ms must be positive", "e.g. --latency-budget 20")
+    conf = config.budgets.confidence
+    if conf is not None and not (0.5 <= float(conf) < 1.0):
+        raise BadInput(f"--confidence {conf:g} must be in [0.5, 1)",
+                       "it is the probability the pick's agreement clears --min-fidelity, e.g. --confidence 0.95")
+    if conf is not None and config.budgets.min_fidelity is None and config.budgets.max_accuracy_drop is not None:
+        raise BadInput("--confidence applies to --min-fidelity (an agreement), not to --max-accuracy-drop",
+                       "add --min-fidelity (e.g. 0.95), or leave --confidence out")
     if config.budgets.min_fidelity is not None and not (0.0 < float(config.budgets.min_fidelity) <= 1.0):
         raise BadInput(f"--min-fidelity {config.budgets.min_fidelity:g} must be in (0, 1]",
                        "it is the top-1 agreement (classifiers) or cosine similarity, e.g. 0.95")

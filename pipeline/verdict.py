@@ -35,6 +35,28 @@ def wilson(k: int, n: int, z: float = Z95) -> tuple[float, float]:
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
+def lower_bound(score: float, n: int, confidence: float) -> float:
+    """The one-sided lower confidence bound of an agreement proportion: with probability
+    ``confidence`` the true agreement (on samples like these) is at least this. The Wilson
+    score bound, z = the standard normal quantile of ``confidence`` (1.645 at 0.95)."""
+    from statistics import NormalDist
+
+    z = NormalDist().inv_cdf(float(confidence))
+    k = int(round(float(score) * int(n)))
+    return wilson(k, int(n), z)[0]
+
+
+def clears(fr: dict, threshold: float, confidence: float | None) -> bool:
+    """Does a fidelity result (``score``, ``n_samples``, ``metric``) clear ``threshold``? Without
+    ``confidence`` its score must; with it, its lower bound (:func:`lower_bound`) must. The bound
+    only exists for an agreement (a proportion); other scores are judged on the score."""
+    if fr.get("score") is None:
+        return False
+    if confidence is None or fr.get("metric") not in AGREEMENT_METRICS:
+        return fr["score"] >= threshold - 1e-12
+    return lower_bound(fr["score"], fr["n_samples"], confidence) >= threshold - 1e-12
+
+
 def samples_for(p: float, half_width: float = 0.01, z: float = Z95) -> int:
     """Samples for a +-half_width (normal approximation) interval around a proportion p."""
     p = min(max(p, 0.01), 0.99)
@@ -94,6 +116,9 @@ def build(run, report: dict) -> dict:
         ch = report.get("chosen")
         if ch is not None:
             row = _interval_row(next(c for c in cands if c["index"] == ch["index"]), thr)
+            if ft.get("confidence") is not None:  # --confidence: the bound the pick was held to
+                row["confidence"] = ft["confidence"]
+                row["lower_bound"] = round(lower_bound(row["score"], row["n"], ft["confidence"]), 4)
             unc["chosen"] = row
             if row["threshold_inside"]:
                 need = samples_for(row["score"])
@@ -127,6 +152,8 @@ def judged_on_text(report: dict) -> str:
     if unc:
         s += (f"; chosen rate {unc['rate']:.2f}: agreement {unc['score']:.4f}, 95% interval "
               f"[{unc['low']:.3f}, {unc['high']:.3f}]")
+        if unc.get("lower_bound") is not None:
+            s += f"; held to --confidence {unc['confidence']:g}: lower bound {unc['lower_bound']:.4f}"
     return s
 
 

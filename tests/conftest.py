@@ -17,6 +17,19 @@ def _mlperf_standins(tmp_path_factory):
     return mlperf_standins.session(tmp_path_factory.mktemp("mlperf-standins"))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _work_cache(tmp_path_factory):
+    """edgeprune's work cache (plans reused across runs, pipeline/work_cache.py) in the session's
+    tmp dir, never the user's ~/.cache (subprocesses inherit it)."""
+    old = os.environ.get("EDGEPRUNE_CACHE_DIR")
+    os.environ["EDGEPRUNE_CACHE_DIR"] = str(tmp_path_factory.mktemp("edgeprune-cache"))
+    yield
+    if old is None:
+        os.environ.pop("EDGEPRUNE_CACHE_DIR", None)
+    else:
+        os.environ["EDGEPRUNE_CACHE_DIR"] = old
+
+
 def mlperf_path(key: str) -> Path:
     """The seeded stand-in file for an MLPerf Tiny model key ('resnet8', 'kws', 'vww', 'ad01')
     or file name ('calibration_samples.npz', 'pretrainedResnet_quant.tflite', ...)."""

@@ -1,0 +1,100 @@
+"""Benchmark (issue 23): what a search costs, and what the fixed-rate path costs after it.
+
+All rows in ONE bench run, on the bundled example, local device, int8, each ONE ``edgeprune run``
+(a subprocess, the real CLI) with ``--runs 3 --warmup 1 --min-secs 0 --warmup-min-secs 0``:
+
+1. the default engine with data (flow + compensation + global allocation), the full search;
+2. the data-free engine (``--criterion paoding --no-compensate --allocation uniform``);
+3. ``--rate <row 1's pick>`` with an EMPTY work cache (the schedule is walked, nothing reused);
+4. the same with row 1's work cache (its plan is replayed: an unchanged CI pipeline).
+
+Wall seconds AND the CPU seconds of the run's processes (user + system, from the children's
+rusage: less sensitive to other jobs on a shared machine than wall time), the report's own
+phase timings, and whether rows 3-4 give row 1's .tflite bytes (sha256).
+
+    python bench/search_speed.py
+
+Writes bench/results/search_speed.{json,md}.
+"""
+from __future__ import annotations
+
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import machine, write  # noqa: E402
+
+COMMON = ["--runs", "3", "--warmup", "1", "--min-secs", "0", "--warmup-min-secs", "0", "--force", "--json"]
+DATA_FREE = ["--criterion", "paoding", "--no-compensate", "--allocation", "uniform"]
+
+
+def one(name: str, extra: list[str], out: Path, cache: Path) -> dict:
+    env = dict(os.environ, EDGEPRUNE_CACHE_DIR=str(cache))
+    cmd = [sys.executable, "-m", "edgeprune", "run", "--out", str(out), *COMMON, *extra]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    load = os.getloadavg()[0]
+    t0 = time.perf_counter()
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if p.returncode not in (0, 3):
+        raise SystemExit(f"{name} failed ({p.returncode}):\n{p.stderr[-3000:]}")
+    rep = json.loads(p.stdout)
+    ch = rep["chosen"]
+    cand = next((c for c in rep["candidates"] if ch and c["index"] == ch["index"]), None)
+    t = rep["timings"]
+    return {"row": name, "command": "edgeprune run " + " ".join(extra), "exit": p.returncode, "wall_s": round(wall, 1),
+            "cpu_s": round((after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime), 1),
+            "load_before": round(load, 2), "candidates": len(rep["candidates"]),
+            "pick_rate": ch["rate"] if ch else None, "pick_bytes": cand["size_bytes"] if cand else None,
+            "pick_sha256": cand["sha256"] if cand else None,
+            "pick_fidelity": cand["fidelity"]["score"] if cand else None,
+            "timings": {k: t.get(k) for k in ("load_s", "prune_s", "convert_s", "fidelity_s", "device_s", "total_s")},
+            "notes": [n for n in rep["notes"] if n.startswith("--rate")]}
+
+
+def main() -> int:
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        rows.append(one("default engine, full search", [], tmp / "a", tmp / "cache-a"))
+        rows.append(one("data-free engine, full search", DATA_FREE, tmp / "b", tmp / "cache-b"))
+        pick = rows[0]["pick_rate"]
+        rows.append(one(f"--rate {pick:g}, empty work cache", ["--rate", f"{pick:g}"], tmp / "c", tmp / "cache-c"))
+        rows.append(one(f"--rate {pick:g}, row 1's work cache", ["--rate", f"{pick:g}"], tmp / "d", tmp / "cache-a"))
+        for r in rows:
+            print(json.dumps(r), flush=True)
+    ratio = rows[0]["wall_s"] / rows[1]["wall_s"]
+    cpu_ratio = rows[0]["cpu_s"] / max(rows[1]["cpu_s"], 1e-9)
+    payload = {"machine": machine(), "rows": rows, "default_over_data_free_wall": round(ratio, 2),
+               "default_over_data_free_cpu": round(cpu_ratio, 2)}
+    L = ["# Search speed (issue 23)", "",
+         "Bundled example, local device, int8; one `edgeprune run` per row, all in one bench run "
+         "(bench/search_speed.py). **wall** is upper-bounded by other jobs on the shared 2-core machine "
+         "(`load` = 1-minute load average before the row); **cpu** = user + system seconds of the run's processes. "
+         "Phase seconds are the report's own timings.", "",
+         "| row | exit | candidates | pick | .tflite | agreement | same bytes as row 1 | wall s | cpu s | load | load_s / prune_s / convert_s / fidelity_s / device_s |",
+         "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        t = r["timings"]
+        L.append("| %s | %d | %d | %s | %s | %s | %s | %.1f | %.1f | %.1f | %s |" % (
+            r["row"], r["exit"], r["candidates"], f"{r['pick_rate']:.3f}" if r["pick_rate"] is not None else "-",
+            f"{r['pick_bytes']:,} B" if r["pick_bytes"] else "-",
+            f"{r['pick_fidelity']:.4f}" if r["pick_fidelity"] is not None else "-",
+            "-" if r is rows[0] or r is rows[1] else ("yes" if r["pick_sha256"] == rows[0]["pick_sha256"] else "**no**"),
+            r["wall_s"], r["cpu_s"], r["load_before"],
+            " / ".join("-" if t.get(k) is None else f"{t[k]:.1f}" for k in ("load_s", "prune_s", "convert_s", "fidelity_s", "device_s"))))
+    L += ["", f"Default engine / data-free engine: **{ratio:.2f}x** wall, **{cpu_ratio:.2f}x** CPU (issue 23 asks <= 2.5x).", ""]
+    write("search_speed", payload, "\n".join(L) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
