@@ -53,6 +53,11 @@ class Flow(Importance):
         for ref in group.refs:
             if ref.role != "consumer" or ref.layer not in self.m2:  # e.g. in a removed branch
                 continue
+            if ref.layer in group.producers:
+                # a recurrent layer's recurrent rows read its own hidden state, not the layer's
+                # input whose moments m2 holds (the fuzzer's GRU(5) on 2 input channels crashed
+                # here; a wider input gave wrong scores silently): scored by its other readers
+                continue
             w = np.moveaxis(state.weights[ref.layer][ref.weight], ref.axis, 0)
             energy = np.square(w.astype(np.float64)).reshape(w.shape[0], -1).sum(1)
             m2 = self.m2[ref.layer]
