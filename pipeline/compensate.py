@@ -48,6 +48,13 @@ def _patches(x: np.ndarray, cfg: dict, kernel_shape: tuple) -> np.ndarray:
     return p.reshape(-1, p.shape[-1])
 
 
+def _dense_rows(x: np.ndarray) -> np.ndarray:
+    """A Dense layer's input as rows of its last axis: one row per sample, and per position when
+    the Dense reads a sequence (or an image): Dense acts on the last axis only (a Dense over
+    (T, C) flattened to T*C rows crashed compensation, found by the fuzzer, issue 24)."""
+    return x.reshape(-1, x.shape[-1])
+
+
 def refittable(graph, layer: str) -> bool:
     info = graph.layers[layer]
     if info.cls not in REFIT_CLASSES:
@@ -156,7 +163,7 @@ class Compensator:
             b = w_o[1] if use_bias else 0.0
             if info.cls == "Dense":
                 rows = None
-                y = x_o.reshape(len(x_o), -1).astype(np.float64) @ w_o[0] + b
+                y = _dense_rows(x_o).astype(np.float64) @ w_o[0] + b
             else:
                 a_o = _patches(x_o, cfg, w_o[0].shape)
                 rows = None
@@ -197,7 +204,7 @@ class Compensator:
         rows, y_full = self._target(name, info, cfg, w_o, use_bias, x_o)
         y = y_full[:, kept_out]
         if info.cls == "Dense":
-            a_p = x_p.reshape(len(x_p), -1).astype(np.float64)
+            a_p = _dense_rows(x_p).astype(np.float64)
             if d + 1 > len(a_p):  # fewer samples than inputs: the same ridge in its dual (N x N) form
                 return self._fit_dual(a_p, y, k0, b0, shape, use_bias)
         else:

@@ -502,3 +502,26 @@ def test_flow_scores_a_recurrent_group_by_its_readers_not_by_the_layer_input(cls
     xs = np.random.default_rng(0).uniform(-1, 1, (4, 4, features)).astype(np.float32)
     removed = check_result(model, DependencyGraph(model), result, xs, TOL_RECURRENT, "flow recurrent")
     assert removed == units - target_width(units, 0.5, None) >= 1
+
+
+def test_compensation_refits_a_dense_that_reads_a_sequence():
+    """Found by the fuzzer: flow + compensation crashed ("matmul: ... size 5 is different from
+    30") when a pruned group fed a Dense applied to a sequence (the sleep-staging model's Dense
+    in front of its GRUs): the refit flattened (T, C) to T*C inputs. A Dense reads the last axis
+    only: one fit row per sample and position. Exact against the masked original + refit."""
+    inp = keras.Input((6, 3))
+    x = L.Conv1D(5, 1, activation="elu", name="c")(inp)
+    x = L.Dense(4, activation="relu", name="d_seq")(x)
+    x = L.GlobalAveragePooling1D()(x)
+    model = keras.Model(inp, L.Dense(2, name="out")(x))
+    randomize(model, 7)
+    rng = np.random.default_rng(0)
+    cal, xs = (rng.uniform(-1, 1, (n, 6, 3)).astype(np.float32) for n in (16, 8))
+    r = prune(model, rate=0.5, criterion="flow", step=0.5, input_range=(-1.0, 1.0), calibration=cal, compensate=True)
+    assert set(r.plan.refits) == {"d_seq", "out"}
+    assert r.plan.widths["c"] == [5, 2] and r.plan.widths["d_seq"] == [4, 2]
+    ref, _ = masked_refit_reference(model, r.plan)
+    assert_close(outputs(r.model, xs), outputs(ref, xs), TOL, what="compensated vs masked + refit")
+    plain = prune(model, rate=0.5, criterion="flow", step=0.5, input_range=(-1.0, 1.0), calibration=cal)
+    err = lambda m: float(np.square(outputs(m, cal) - outputs(model, cal)).mean())  # noqa: E731
+    assert err(r.model) < err(plain.model)  # the refit helps on the samples it was fitted on
