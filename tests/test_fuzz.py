@@ -40,6 +40,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import zlib
 from collections import Counter
 
 import numpy as np
@@ -64,7 +65,7 @@ MIN_GRAPHS = 500
 N_GRAPHS = int(os.environ.get("EDGEPRUNE_FUZZ_EXAMPLES") or MIN_GRAPHS + 20)
 CONVERT_EVERY = 10  # 1 graph in 10 (by its drawn seed) converts one pruned model to int8
 APPLY_EVERY = 10  # 1 graph in 10 replays every plan through Plan.apply and compares outputs
-COMPENSATE_EVERY = 5  # 1 graph in 5 also runs flow + compensation
+COMPENSATE_EVERY = 2  # 1 flow graph in 2 (by seed) also runs flow + compensation
 TOL = 1e-5  # tests/test_surgery.py
 TOL_RECURRENT = 2e-5  # tests/test_wild.py
 REQUIRED_KINDS = {
@@ -94,6 +95,8 @@ def _attention_block(x, b):
 
 
 # --------------------------------------------------------------------------- graph specs
+# the recurrent family costs ~4x a convolutional graph (eager recurrent steps): drawn 1 in 7
+FAMILIES = ["dense", "dense", "conv2d", "conv2d", "conv1d", "conv1d", "seq"]
 ACTS = ["relu", "linear", "tanh", "sigmoid", "elu"]
 ACT_LAYERS = ["relu", "leaky", "elu", "activation"]
 MERGES = ["Add", "Subtract", "Multiply", "Average", "Maximum", "Concatenate"]
@@ -138,10 +141,10 @@ def block_specs(draw, family: str):
 
 @st.composite
 def graph_specs(draw):
-    family = draw(st.sampled_from(["dense", "conv2d", "conv1d", "seq"]))
+    family = draw(st.sampled_from(FAMILIES))
     spec = {"family": family, "seed": draw(st.integers(0, 2**31 - 1)), "out": draw(st.integers(1, 3)),
             "sequential": False}
-    spec["blocks"] = draw(st.lists(block_specs(family), min_size=1 if family != "seq" else 0, max_size=4))
+    spec["blocks"] = draw(st.lists(block_specs(family), min_size=1 if family != "seq" else 0, max_size=3))
     if family == "dense":
         spec["inp"] = draw(st.integers(2, 5))
         spec["sequential"] = draw(st.booleans()) and all(b["kind"] in ("dense", "bn", "act", "dropout")
@@ -161,6 +164,18 @@ def graph_specs(draw):
     spec["hidden"] = draw(st.sampled_from([0, _width(draw)]))
     spec["rate"] = draw(st.sampled_from([0.1, 0.25, 0.3, 0.5, 0.6, 0.75, 0.9]))
     spec["steps"] = draw(st.sampled_from([1, 1, 2]))
+    return with_samples(spec)
+
+
+def with_samples(spec):
+    """The criterion and the seeded samples (Plan.apply replay, compensation, int8), derived from
+    a hash of the drawn spec: uniform over the registry and reproducible from the spec alone."""
+    h = zlib.crc32(repr(sorted(spec.items())).encode())
+    spec["criterion"] = sorted(CRITERIA)[h % len(CRITERIA)]
+    h //= len(CRITERIA)
+    spec["apply"] = h % APPLY_EVERY == 0
+    spec["convert"] = (h // APPLY_EVERY) % CONVERT_EVERY == 0
+    spec["compensate"] = spec["criterion"] == "flow" and (h // APPLY_EVERY // CONVERT_EVERY) % COMPENSATE_EVERY == 0
     return spec
 
 
@@ -347,12 +362,43 @@ def check_result(model, graph, result, x, tol, what, apply=False):
     return removed
 
 
-def try_int8(pruned, x, stats, what):
+_CHILD = """
+import sys, numpy as np
+from edgeprune.errors import BadInput
+from edgeprune.pipeline.fidelity import run_tflite
+try:
+    y, _ = run_tflite(open(sys.argv[1], "rb").read(), np.load(sys.argv[2]))
+except BadInput as exc:
+    print("BadInput: " + str(exc)); sys.exit(3)
+np.save(sys.argv[3], y)
+"""
+
+
+def load_in_child(tflite: bytes, x: np.ndarray, tmp) -> tuple[str, np.ndarray | None]:
+    """Run the .tflite on ``x`` with the tool's runtime (fidelity.run_tflite) in a child process:
+    ("ok", outputs), ("BadInput: <message>", None), or ("aborted", None) when the runtime killed
+    the process (a native abort; any other failure raises)."""
+    import subprocess
+    import sys
+
+    (tmp / "m.tflite").write_bytes(tflite)
+    np.save(tmp / "x.npy", x)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    proc = subprocess.run([sys.executable, "-c", _CHILD, str(tmp / "m.tflite"), str(tmp / "x.npy"), str(tmp / "y.npy")],
+                          capture_output=True, text=True, env=env, timeout=300)
+    if proc.returncode == 0:
+        return "ok", np.load(tmp / "y.npy")
+    if proc.returncode == 3:
+        return proc.stdout.strip(), None
+    if proc.returncode < 0 or proc.returncode == 134:  # SIGABRT
+        return "aborted", None
+    raise AssertionError(f"the .tflite runner failed (exit {proc.returncode}): {proc.stderr[-2000:]}")
+
+
+def try_int8(pruned, x, stats, what, tmp):
     """Full int8: succeeds (int8 input, right output shape, finite) or is refused with the
     tool's own error; anything else propagates (a failure)."""
     from edgeprune.pipeline import convert as conv
-    from edgeprune.pipeline.fidelity import run_tflite
-
     stats["convert_tried"] += 1
     try:
         res = conv.convert(pruned, conv.ConvertConfig(quantize="int8", num_calibration=8, input_range=(-1.0, 1.0)))
@@ -362,7 +408,24 @@ def try_int8(pruned, x, stats, what):
         stats["refusals"][str(exc).splitlines()[0][:80]] += 1
         return
     assert res.inputs[0].dtype == "int8", f"{what}: int8 input expected, got {res.inputs[0].dtype}"
-    y, _ = run_tflite(res.tflite, x[:2])
+    outcome, y = load_in_child(res.tflite, x[:2], tmp)
+    if outcome == "aborted":
+        # KNOWN BUG (issue 24 fuzzer, not fixed here): ai-edge-litert's XNNPACK delegate aborts the
+        # process ("double free or corruption") preparing some tiny int8 models whose calibration left
+        # a tensor with a near-zero scale (e.g. a pruned 1-wide ReLU Dense); see
+        # test_int8_with_a_near_zero_scale_tensor_is_loaded_or_refused_cleanly. Loaded in a child
+        # process so the suite survives; counted and listed in the summary.
+        stats["load_aborted"] += 1
+        stats["refusals"]["load: the runtime aborted (XNNPACK)"] += 1
+        return
+    if outcome != "ok":
+        # Seen: XNNPACK refuses to prepare some tiny int8 FULLY_CONNECTED layers (e.g. Dense(3 -> 1, relu)
+        # -> Dense(1 -> 2), pruned or not); the tool says so with its own error ("cannot be loaded by
+        # ai-edge-litert"), not a traceback. Counted apart, listed in the summary.
+        assert outcome.startswith("BadInput") and "cannot be loaded" in outcome, f"{what}: {outcome}"
+        stats["load_refused"] += 1
+        stats["refusals"]["load: " + outcome.splitlines()[0][:70]] += 1
+        return
     ref = outputs(pruned, x[:2])
     assert y.size == ref.size and np.all(np.isfinite(y)), f"{what}: int8 outputs {y.shape} vs {ref.shape}"
     stats["convert_ok"] += 1
@@ -380,17 +443,20 @@ def fuzz_one(spec, stats):
     if graph.prunable_groups:
         stats["graphs_prunable"] += 1
     rate, step = spec["rate"], spec["rate"] / spec["steps"]
-    apply = spec["seed"] % APPLY_EVERY == 0
-    results = {}
-    for criterion in CRITERIA:
-        what = f"{criterion} rate {rate} steps {spec['steps']} {spec['family']}"
-        result = prune(model, rate=rate, criterion=criterion, step=step, input_range=(-1.0, 1.0), seed=spec["seed"] % 97)
-        removed = check_result(model, graph, result, x, tol, what, apply)
-        stats["prunes"][criterion] += 1
-        stats["channels_removed"] += removed
-        stats["replays_applied"] += int(apply)
-        results[criterion] = result
-    if graph.prunable_groups and spec["seed"] % COMPENSATE_EVERY == 1:
+    apply = spec["apply"]
+    criterion = spec["criterion"]
+    what = f"{criterion} rate {rate} steps {spec['steps']} {spec['family']}"
+    t0 = time.perf_counter()
+    result = prune(model, rate=rate, criterion=criterion, step=step, input_range=(-1.0, 1.0), seed=spec["seed"] % 97)
+    t1 = time.perf_counter()
+    removed = check_result(model, graph, result, x, tol, what, apply)
+    stats["t_prune"] += t1 - t0
+    stats["t_check"] += time.perf_counter() - t1
+    stats["prunes"][criterion] += 1
+    stats["channels_removed"] += removed
+    stats["replays_applied"] += int(apply)
+    t0 = time.perf_counter()
+    if spec["compensate"] and graph.prunable_groups:
         cal = np.random.default_rng(spec["seed"] % 991).uniform(-1.0, 1.0, (16, *x.shape[1:])).astype(np.float32)
         r = prune(model, rate=rate, criterion="flow", step=rate, input_range=(-1.0, 1.0), calibration=cal,
                   compensate=True)
@@ -399,21 +465,25 @@ def fuzz_one(spec, stats):
         replay = Plan.from_dict(json.loads(json.dumps(r.plan.to_dict()))).apply(model)
         np.testing.assert_array_equal(outputs(replay, x), outputs(r.model, x), err_msg="compensated plan replay")
         stats["compensated"] += 1
-    if spec["seed"] % CONVERT_EVERY == 0:
-        criterion = sorted(CRITERIA)[spec["seed"] // CONVERT_EVERY % len(CRITERIA)]
-        try_int8(results[criterion].model, x, stats, f"int8 of {criterion} {spec['family']}")
+    t1 = time.perf_counter()
+    stats["t_compensate"] += t1 - t0
+    if spec["convert"]:
+        try_int8(result.model, x, stats, f"int8 of {what}", stats["tmp"])
+    stats["t_convert"] += time.perf_counter() - t1
 
 
 def new_stats():
     return {"graphs": 0, "graphs_prunable": 0, "kinds": Counter(), "families": Counter(), "prunes": Counter(),
             "channels_removed": 0, "replays_applied": 0, "compensated": 0, "convert_tried": 0, "convert_ok": 0,
-            "convert_refused": 0, "refusals": Counter()}
+            "convert_refused": 0, "load_refused": 0, "load_aborted": 0, "refusals": Counter(), "t_prune": 0.0, "t_check": 0.0, "t_compensate": 0.0,
+            "t_convert": 0.0}
 
 
 # --------------------------------------------------------------------------- the fuzz test
 @pytest.mark.slow
 def test_fuzz_random_graphs_prune_exactly_with_every_criterion(tmp_path, capsys):
     stats = new_stats()
+    stats["tmp"] = tmp_path
     t0 = time.perf_counter()
 
     @settings(max_examples=N_GRAPHS, derandomize=True, database=None, deadline=None, print_blob=True,
@@ -436,21 +506,25 @@ def test_fuzz_random_graphs_prune_exactly_with_every_criterion(tmp_path, capsys)
         "flow_with_compensation": stats["compensated"],
         "int8": {"sample": f"1 graph in {CONVERT_EVERY} (seed % {CONVERT_EVERY} == 0)", "tried": stats["convert_tried"],
                  "converted": stats["convert_ok"], "refused": stats["convert_refused"],
+                 "converted_but_refused_by_the_runtime": stats["load_refused"],
+                 "converted_but_the_runtime_aborted_KNOWN_BUG": stats["load_aborted"],
                  "refusals": dict(stats["refusals"])},
         "kinds": kinds, "seconds": round(seconds, 1),
+        "seconds_in": {k[2:]: round(stats[k], 1) for k in ("t_prune", "t_check", "t_compensate", "t_convert")},
     }
     (tmp_path / "fuzz_summary.json").write_text(json.dumps(summary, indent=1))
     line = (f"fuzz: {stats['graphs']} graphs ({stats['graphs_prunable']} with prunable groups), "
             f"{sum(stats['prunes'].values())} prunes ({', '.join(f'{c} {n}' for c, n in sorted(stats['prunes'].items()))}), "
             f"int8 on 1 graph in {CONVERT_EVERY}: {stats['convert_tried']} tried, {stats['convert_ok']} converted, "
-            f"{stats['convert_refused']} refused; {len(kinds)} layer kinds: {', '.join(kinds)}; {seconds:.0f} s")
+            f"{stats['convert_refused']} refused, {stats['load_refused']} refused at load, {stats['load_aborted']} aborted the runtime (known bug); {len(kinds)} layer kinds: {', '.join(kinds)}; {seconds:.0f} s")
     with capsys.disabled():
         print("\n" + line)
     written = json.loads((tmp_path / "fuzz_summary.json").read_text())
     assert written["graphs"] >= MIN_GRAPHS, line
     missing = REQUIRED_KINDS - set(written["kinds"])
     assert not missing, f"layer kinds never generated: {sorted(missing)}; {line}"
-    assert set(written["criteria"]) == set(CRITERIA) and min(written["criteria"].values()) == written["graphs"], line
+    assert set(written["criteria"]) == set(CRITERIA), line  # every criterion of the registry
+    assert min(written["criteria"].values()) >= written["graphs"] // (2 * len(CRITERIA)), line
     assert written["int8"]["tried"] >= written["graphs"] // CONVERT_EVERY // 2, line
     assert written["int8"]["converted"] >= 1, line
     assert written["flow_with_compensation"] >= 1 and written["channels_removed"] > 0, line
@@ -525,3 +599,29 @@ def test_compensation_refits_a_dense_that_reads_a_sequence():
     plain = prune(model, rate=0.5, criterion="flow", step=0.5, input_range=(-1.0, 1.0), calibration=cal)
     err = lambda m: float(np.square(outputs(m, cal) - outputs(model, cal)).mean())  # noqa: E731
     assert err(r.model) < err(plain.model)  # the refit helps on the samples it was fitted on
+
+
+ABORT_SPEC = {"family": "conv2d", "seed": 274195740, "out": 1, "sequential": False, "inp": (4, 4, 2), "head": "gap",
+              "hidden": 2, "rate": 0.9, "steps": 2,
+              "blocks": [{"kind": "branch", "merge": "Subtract", "a": 5, "b": 5, "identity": True, "act": "relu"},
+                         {"kind": "pool", "op": "max"}, {"kind": "to1d"}]}
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="KNOWN BUG found by the fuzzer (issue 24): ai-edge-litert's XNNPACK delegate "
+                   "aborts the process ('double free or corruption') preparing this int8 model; the tool neither "
+                   "refuses it at conversion nor reports it at load")
+def test_int8_with_a_near_zero_scale_tensor_is_loaded_or_refused_cleanly(tmp_path):
+    """Found by the fuzzer: Conv2D -> Subtract with the input -> MaxPool -> Reshape to a sequence ->
+    Conv1D(3) -> GAP -> Dense(2) -> Dense(1), pruned by taylor at 0.9 (Conv1D 3 -> 1, Dense 2 -> 1):
+    the int8 file converts, then loading it kills the process (a 1-wide ReLU Dense calibrated to a
+    near-zero range: output scale ~1e-8). It should load, or be refused with the tool's error."""
+    from edgeprune.pipeline import convert as conv
+
+    model = build(ABORT_SPEC)
+    result = prune(model, rate=0.9, criterion="taylor", step=0.45, input_range=(-1.0, 1.0))
+    assert result.plan.widths["conv1d"] == [3, 1] and result.plan.widths["dense"] == [2, 1]
+    res = conv.convert(result.model, conv.ConvertConfig(quantize="int8", num_calibration=8, input_range=(-1.0, 1.0)))
+    x = np.random.default_rng(0).uniform(-1, 1, (2, 4, 4, 2)).astype(np.float32)
+    outcome, _ = load_in_child(res.tflite, x, tmp_path)
+    assert outcome != "aborted", "the TFLite runtime aborted the process loading the int8 model"
