@@ -625,3 +625,19 @@ def test_int8_with_a_near_zero_scale_tensor_is_loaded_or_refused_cleanly(tmp_pat
     x = np.random.default_rng(0).uniform(-1, 1, (2, 4, 4, 2)).astype(np.float32)
     outcome, _ = load_in_child(res.tflite, x, tmp_path)
     assert outcome != "aborted", "the TFLite runtime aborted the process loading the int8 model"
+
+
+def test_paoding_prunes_a_dense_chain_over_a_sequence():
+    """Found by the fuzzer: paoding's pair-wise Dense rule crashed ("matmul: ... size 1 is different
+    from 4") on Dense(4) -> Dense(2) applied per position of a (4, 1) sequence in front of an LSTM:
+    it read the (T, C) input bounds as one flat vector. Such groups are now ranked by scale;
+    exact against the masked original."""
+    spec = {"family": "seq", "seed": 0, "out": 1, "sequential": False, "inp": (4, 1), "last": "state", "hidden": 0,
+            "blocks": [{"kind": "dense", "units": 4, "act": "relu"}, {"kind": "dense", "units": 2, "act": "relu"}],
+            "rnn": [{"cls": "LSTM", "units": 2, "bidir": None, "reset_after": False}]}
+    model = build(spec)
+    result = prune(model, rate=0.5, criterion="paoding", step=0.5, input_range=(-1.0, 1.0))
+    assert result.plan.widths["dense"] == [4, 2]
+    assert {row.layer: row.method for row in result.layers}["dense"] == "paoding-scale"
+    x = np.random.default_rng(1).uniform(-1, 1, (4, 4, 1)).astype(np.float32)
+    assert check_result(model, DependencyGraph(model), result, x, TOL_RECURRENT, "paoding seq") >= 2
