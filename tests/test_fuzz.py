@@ -538,6 +538,16 @@ def test_fuzz_random_graphs_prune_exactly_with_every_criterion(tmp_path, capsys)
 
 
 # --------------------------------------------------------------------------- the checks can fail
+def widths_by_class(model, plan) -> dict:
+    """The plan's [before, after] widths of the FIRST producer of each class (Keras numbers layer
+    names per session, so the minimal cases do not name layers)."""
+    out = {}
+    for layer in model.layers:
+        if layer.name in plan.widths:
+            out.setdefault(type(layer).__name__, plan.widths[layer.name])
+    return out
+
+
 def test_fuzz_checks_detect_a_wrong_plan():
     """check_result fails when the plan does not describe the pruned model: the masking
     comparison and the replay comparison are not vacuous."""
@@ -615,7 +625,11 @@ ABORT_SPEC = {"family": "conv2d", "seed": 274195740, "out": 1, "sequential": Fal
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="KNOWN BUG found by the fuzzer (issue 24): ai-edge-litert's XNNPACK delegate "
+class RuntimeAborted(Exception):
+    """The TFLite runtime killed the child process loading a model."""
+
+
+@pytest.mark.xfail(strict=True, raises=RuntimeAborted, reason="KNOWN BUG found by the fuzzer (issue 24): ai-edge-litert's XNNPACK delegate "
                    "aborts the process ('double free or corruption') preparing this int8 model; the tool neither "
                    "refuses it at conversion nor reports it at load")
 def test_int8_with_a_near_zero_scale_tensor_is_loaded_or_refused_cleanly(tmp_path):
@@ -627,11 +641,13 @@ def test_int8_with_a_near_zero_scale_tensor_is_loaded_or_refused_cleanly(tmp_pat
 
     model = build(ABORT_SPEC)
     result = prune(model, rate=0.9, criterion="taylor", step=0.45, input_range=(-1.0, 1.0))
-    assert result.plan.widths["conv1d"] == [3, 1] and result.plan.widths["dense"] == [2, 1]
+    assert widths_by_class(model, result.plan) == {"Conv2D": [2, 2], "Conv1D": [3, 1], "Dense": [2, 1]}
     res = conv.convert(result.model, conv.ConvertConfig(quantize="int8", num_calibration=8, input_range=(-1.0, 1.0)))
     x = np.random.default_rng(0).uniform(-1, 1, (2, 4, 4, 2)).astype(np.float32)
     outcome, _ = load_in_child(res.tflite, x, tmp_path)
-    assert outcome != "aborted", "the TFLite runtime aborted the process loading the int8 model"
+    if outcome == "aborted":
+        raise RuntimeAborted("the TFLite runtime aborted the process loading the int8 model")
+    assert outcome == "ok" or outcome.startswith("BadInput"), outcome
 
 
 def test_paoding_prunes_a_dense_chain_over_a_sequence():
@@ -644,7 +660,8 @@ def test_paoding_prunes_a_dense_chain_over_a_sequence():
             "rnn": [{"cls": "LSTM", "units": 2, "bidir": None, "reset_after": False}]}
     model = build(spec)
     result = prune(model, rate=0.5, criterion="paoding", step=0.5, input_range=(-1.0, 1.0))
-    assert result.plan.widths["dense"] == [4, 2]
-    assert {row.layer: row.method for row in result.layers}["dense"] == "paoding-scale"
+    first = next(layer.name for layer in model.layers if type(layer).__name__ == "Dense")  # Dense(4) over (T, C)
+    assert result.plan.widths[first] == [4, 2]
+    assert {row.layer: row.method for row in result.layers}[first] == "paoding-scale"
     x = np.random.default_rng(1).uniform(-1, 1, (4, 4, 1)).astype(np.float32)
     assert check_result(model, DependencyGraph(model), result, x, TOL_RECURRENT, "paoding seq") >= 2
