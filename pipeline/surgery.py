@@ -161,13 +161,25 @@ def masked_model(graph: DependencyGraph, removed: dict[int, np.ndarray]):
     same channels must give the same outputs (the exactness test of surgery)."""
     import keras
 
-    model = graph.model
-    new = keras.models.clone_model(model, clone_function=lambda layer: _rebuild(layer, {}))
-    sizes = {gid: g.size for gid, g in graph.groups.items()}
+    new = keras.models.clone_model(graph.model, clone_function=lambda layer: _rebuild(layer, {}))
+    weights = masked_weights(graph, removed)
     for layer in new.layers:
-        if not layer.weights:  # e.g. the InputLayer, renamed by clone_model
+        if layer.name in weights:  # layers without weights (e.g. the InputLayer, renamed by clone_model) skipped
+            layer.set_weights(weights[layer.name])
+    return new
+
+
+def masked_weights(graph: DependencyGraph, removed: dict[int, np.ndarray]) -> dict[str, list[np.ndarray]]:
+    """The weights of :func:`masked_model`, layer name -> arrays (copies of the original's,
+    every consumer's input weights from the channels ``removed[gid]`` zeroed), for every
+    layer of the original that has weights."""
+    model = graph.model
+    sizes = {gid: g.size for gid, g in graph.groups.items()}
+    out = {}
+    for layer in model.layers:
+        if not layer.weights:
             continue
-        ws = [w.copy() for w in model.get_layer(layer.name).get_weights()]
+        ws = [w.copy() for w in layer.get_weights()]
         for ref in graph.refs_by_layer.get(layer.name, []):
             if ref.role != "consumer":
                 continue
@@ -176,9 +188,8 @@ def masked_model(graph: DependencyGraph, removed: dict[int, np.ndarray]):
                 for g, start in offsets(ref.layout, sizes):
                     if g == gid:
                         w[start + np.asarray(rem, dtype=np.int64)] = 0.0
-        if ws:
-            layer.set_weights(ws)
-    return new
+        out[layer.name] = ws
+    return out
 
 
 def masked_reference(original, plan):

@@ -63,6 +63,11 @@ class Flow(Importance):
             m2 = self.m2_weight.get((ref.layer, ref.weight), self.m2.get(ref.layer))
             if m2 is None:  # e.g. in a removed branch
                 continue
+            if ref.layer in group.producers:
+                # a recurrent layer's recurrent rows read its own hidden state, not the layer's
+                # input whose moments m2 holds (the fuzzer's GRU(5) on 2 input channels crashed
+                # here; a wider input gave wrong scores silently): scored by its other readers
+                continue
             w = np.moveaxis(state.weights[ref.layer][ref.weight], ref.axis, 0)
             energy = np.square(w.astype(np.float64)).reshape(w.shape[0], -1).sum(1)
             now = [s for g, s in offsets(ref.layout, state.sizes) if g == group.id]

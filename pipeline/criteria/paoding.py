@@ -133,6 +133,10 @@ class Paoding(Importance):
         x_bounds = None
         if members_ok:
             x_bounds = ctx.bounds.get(ctx.graph.layers[chain.producer].inputs[0]) if ctx.bounds else None
+            if x_bounds is not None and np.ndim(x_bounds[0]) != 2:
+                # a Dense applied to a sequence (per position): the pair-wise impact is derived for one
+                # input vector (it crashed on a Dense over (T, C), found by the fuzzer): scale ranking
+                x_bounds = None
         if not members_ok or x_bounds is None:
             sel = super().select(ctx, group, n_remove)
             sel.method = "paoding-scale"
