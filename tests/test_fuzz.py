@@ -81,7 +81,7 @@ REQUIRED_KINDS = {
     "MaxPooling2D", "AveragePooling2D", "MaxPooling1D", "AveragePooling1D",
     "GlobalAveragePooling2D", "GlobalMaxPooling2D", "GlobalAveragePooling1D", "GlobalMaxPooling1D",
     "Flatten", "Reshape", "GRU", "LSTM", "SimpleRNN", "Bidirectional",
-    "Activation", "ReLU", "LeakyReLU", "ELU", "Dropout",
+    "Activation", "ReLU", "LeakyReLU", "ELU", "Dropout", "MultiHeadAttention",
 }
 
 # --------------------------------------------------------------------------- attention hook
@@ -89,7 +89,7 @@ REQUIRED_KINDS = {
 # handler is merged, set ATTENTION = True and add "MultiHeadAttention" to REQUIRED_KINDS; the
 # ``seq`` family then draws the "attention" block below (a residual self-attention block with a
 # feed-forward, as in a keyword-spotting transformer). Nothing here depends on it until then.
-ATTENTION = False
+ATTENTION = True  # the attention handler (issue 24 item 4) is merged
 
 
 def _attention_block(x, b):
