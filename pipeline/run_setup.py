@@ -182,7 +182,7 @@ class SetupStage:
         budgets = {"flash": self.budgets["flash_bytes"]["value"], "ram": self.budgets["ram_bytes"]["value"],
                    "latency": self.budgets["latency_ms"]["value"]}
         self.objective = resolve(requested, res0=res0, predicted=predicted, budgets=budgets, quantize=c.quantize,
-                                 latency=latency_model)
+                                 latency=latency_model, ram_source=self)
         if not self.objective.is_size:
             self.allocation_obj = GlobalGreedy(objective=self.objective)
 

@@ -156,8 +156,8 @@ class GlobalGreedy(Allocation):
         while True:
             state = pruner.state
             if obj is not None:  # the fraction of the objective's resources still to remove
-                remaining = self._value(state) - (1.0 - rate)
-                v_now = self._value(state, smooth=True)
+                res_now = self._rm.evaluate(state)
+                remaining = obj.value(res_now, self._res0) - (1.0 - rate)
                 if remaining <= 1e-6:
                     break
             else:
@@ -203,7 +203,7 @@ class GlobalGreedy(Allocation):
                 saved = p_now - prunable_params(graph, trial)
                 gain = 0.0
                 if obj is not None:  # weighted fraction of the objective's resources + TIE x params
-                    gain = v_now - self._value(trial, smooth=True)
+                    gain = obj.driving_gain(res_now, self._rm.evaluate(trial), self._res0)
                     saved = gain + obj.tie * saved / max(self._total, 1)
                 if saved <= 0:
                     continue
@@ -242,7 +242,8 @@ class GlobalGreedy(Allocation):
             if obj is None:
                 self.log.append({"group": g.name, "removed": n, "params_saved": int(saved), "loss": float(loss)})
             else:
-                self.log.append({"group": g.name, "removed": n, "saving": float(saved), "loss": float(loss)})
+                self.log.append({"group": g.name, "removed": n, "saving": float(saved), "loss": float(loss),
+                                 "drives": (obj.unmet(res_now) or ["size"]) if obj.switching else sorted(obj.weights)})
             model = pruner.build()
         pruner.ctx.build = pruner.build
         self._acts = {}
