@@ -65,6 +65,7 @@ def row_of(label, ram_budget, variant, out: Path, rep: dict, exit_code: int, sec
 
         cand = json.loads((out / f"{ch['name']}.json").read_text())
         row.update(rate=ch["rate"], size_bytes=ch["size_bytes"], ram_bytes=ch["ram_bytes"],
+                   latency_ms=ch.get("latency_ms"), latency_is_estimate=ch.get("latency_is_estimate"),
                    agreement_eval=ch["fidelity"]["score"] if isinstance(ch["fidelity"], dict) else ch["fidelity"],
                    widths={k: v[1] for k, v in (cand.get("widths") or {}).items()},
                    layers=ch.get("layers"),
@@ -110,6 +111,7 @@ def main(argv=None) -> int:
     ap.add_argument("--variants", default="uniform,size,auto")
     ap.add_argument("--render", action="store_true", help="merge the rows written so far into budget_aware.md/.json")
     ap.add_argument("--from-dir", type=Path, help="make the row of --rows/--variants from a finished run directory")
+    ap.add_argument("--keep", type=Path, help="keep the run directories under this folder (default: a temporary one)")
     args = ap.parse_args(argv)
     import json
 
@@ -154,7 +156,10 @@ def main(argv=None) -> int:
     x_unseen = xte[UNSEEN]
     km = keras.models.load_model(example_model_path(), compile=False)
     rows = []
-    with tempfile.TemporaryDirectory(prefix="edgeprune-bench-budget-") as tmp:
+    import contextlib
+
+    keep = contextlib.nullcontext(str(args.keep)) if args.keep else tempfile.TemporaryDirectory(prefix="edgeprune-bench-budget-")
+    with keep as tmp:
         tmp = Path(tmp)
         rows_dir.mkdir(parents=True, exist_ok=True)
         for name in args.rows.split(","):
@@ -171,9 +176,22 @@ def main(argv=None) -> int:
                 row["unpruned_arena_bytes"] = a if a else arena0(out)
                 rows.append(row)
                 (rows_dir / f"{name}-{v}.json").write_text(json.dumps(row, indent=1) + "\n")
+                row["command"] = command_of(name, budget, v)
                 print("   ", {k: row.get(k) for k in ("exit", "rate", "size_bytes", "ram_bytes",
                                                      "agreement_eval", "agreement_unseen")}, flush=True)
     return 0
+
+
+def command_of(name, budget, variant) -> str:
+    b = budget if isinstance(budget, str) else str(int(budget))
+    opt = "--allocation uniform" if variant == "uniform" else f"--objective {variant}"
+    return f"edgeprune run --device nrf52840 --ram-budget {b} {opt}"
+
+
+def lat(r) -> str:
+    if r.get("latency_ms") is None:
+        return "n/a"
+    return f"{r['latency_ms']:.3g} ms" + (" (estimate)" if r.get("latency_is_estimate") else "")
 
 
 def secs(r) -> str:
@@ -194,20 +212,23 @@ def render(p: dict) -> str:
         else:
             lines.append(f"- `{k}`: `--ram-budget 35kB` (35,000 B); the unpruned arena measured {v['unpruned_arena_bytes']:,} B "
                          f"(+ 16,384 B runtime = {v['unpruned_arena_bytes'] + 16384:,} B)")
-    lines += ["", "| RAM budget | allocation / objective | exit | rate (of what) | .tflite | RAM | agreement eval | agreement unseen | widths conv1/conv2/fc1 | time |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
+    lines += ["", "| RAM budget | allocation / objective | exit | rate (of what) | .tflite | RAM | latency p50 | agreement eval | agreement unseen | widths conv1/conv2/fc1 | time |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in p["rows"]:
         rm = r.get("rate_measures") or ""
         what = "channels" if r["variant"] == "uniform" else (
             "peak act. + params" if "peak" in rm and "parameters" in rm else "params" if "parameters" in rm else "peak act.")
         var = "--allocation uniform" if r["variant"] == "uniform" else f"global, --objective {r['variant']}"
         if r.get("rate") is None:
-            lines.append(f"| {r['ram_budget']} | {var} | {r['exit']} | - | - | - | - | - | - | {secs(r)} |")
+            lines.append(f"| {r['ram_budget']} | {var} | {r['exit']} | - | - | - | - | - | - | - | {secs(r)} |")
             continue
         w = r["widths"]
         lines.append(f"| {r['ram_budget']} | {var} | {r['exit']} | {r['rate']:.2f} ({what}) | {r['size_bytes']:,} B | "
-                     f"{r['ram_bytes']:,} B | {r['agreement_eval']:.4f} | {r['agreement_unseen']:.4f} | "
+                     f"{r['ram_bytes']:,} B | {lat(r)} | {r['agreement_eval']:.4f} | {r['agreement_unseen']:.4f} | "
                      f"{w.get('conv1')}/{w.get('conv2')}/{w.get('fc1')} | {secs(r)} |")
+    lines += ["", "Commands (one run per row, in the bundled example's folder defaults):", ""]
+    for r in p["rows"]:
+        lines.append(f"- {r['budget']} {r['variant']}: `{r.get('command') or command_of(r['budget'], r['ram_budget'], r['variant'])}`")
     lines += ["", "Reasons of the rows that exit 3:", ""]
     for r in p["rows"]:
         if r["exit"] != 0:

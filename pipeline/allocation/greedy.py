@@ -217,6 +217,11 @@ class GlobalGreedy(Allocation):
                 cost = (loss - base) / saved
                 if obj is not None:
                     any_gain = any_gain or gain > 1e-12
+                    if obj.switching and cost < 0:
+                        # auto: a refit that lowers the held-out loss makes the chunk free, not
+                        # a bargain inversely proportional to how LITTLE it saves; among free
+                        # chunks the one that saves the most
+                        cost = -1e-12 * saved
                 if best is None or cost < best[0] - 1e-15:
                     best = (cost, g, n, sel, trial, saved, loss)
             if self.branches:
@@ -243,7 +248,7 @@ class GlobalGreedy(Allocation):
                 self.log.append({"group": g.name, "removed": n, "params_saved": int(saved), "loss": float(loss)})
             else:
                 self.log.append({"group": g.name, "removed": n, "saving": float(saved), "loss": float(loss),
-                                 "drives": (obj.unmet(res_now) or ["size"]) if obj.switching else sorted(obj.weights)})
+                                 "drives": (obj.unmet(res_now, self._res0) or ["size"]) if obj.switching else sorted(obj.weights)})
             model = pruner.build()
         pruner.ctx.build = pruner.build
         self._acts = {}

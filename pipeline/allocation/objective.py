@@ -19,16 +19,16 @@ resource removed:
   when the unpruned model is predicted to miss no budget (or only flash), ``size`` exactly.
 
 ``auto`` is constraint-driven: a missed budget drives the cost only until its resource is
-predicted to meet the budget (its *target*: RAM, the budget less the runtime RAM and the
-TFLite-Micro overhead measured on the unpruned model, less :data:`TARGET_MARGIN`; latency,
-the budget less the margin). While some budget is predicted missed, a chunk's saving is the
-weighted fraction it removes of the MISSED resources only (no parameters: the allocation pays
-in the binding resource); once every target is met, it is the fraction of the prunable
-parameters it removes (the search keeps shrinking the file at the fidelity it can afford).
-The rate measures the same weighted fraction with each resource's fraction clipped at its
-target (removing more of a met resource is not counted). Without a target for every missed
-budget (the RAM overhead not measured: ``--no-predict``, float models) ``auto`` pays for the
-weighted sum of the missed resources and the parameters throughout, as before.
+predicted to meet the budget (its *target*: RAM, the budget less the runtime RAM, less
+:data:`TARGET_MARGIN`, against the predicted TFLite-Micro arena: the peak activation memory
+plus the overhead measured on the unpruned model, 8 B less per output channel removed;
+latency, the budget less the margin). The value the rate measures is the weighted fraction of
+the resources with each missed resource's fraction clipped at its target, and a chunk's
+saving is the (smooth) value it removes: while a budget is missed, the weighted fraction of
+that resource and of the parameters; once every target is met, the parameters only (the
+search keeps shrinking the file at the fidelity it can still afford). Without a target for
+every missed budget (the RAM overhead not measured: ``--no-predict``, float models) nothing is
+clipped: the weighted sum of before.
 
 For the explicit objectives (``ram``, ``macs``, ``latency``), a chunk's saving is the weighted fraction of the objective's
 resources it removes plus :data:`TIE` times the fraction of the prunable parameters it
@@ -91,8 +91,9 @@ class Objective:
         return all(self._target(r) is not None for r in self.weights if r != "size")
 
     def target(self, resource: str) -> Optional[float]:
-        """The figure (:meth:`figure`'s unit) at which ``resource`` is predicted to meet its budget,
-        with :data:`TARGET_MARGIN`; None when the objective is not switching."""
+        """The figure (:meth:`auto_figure`'s unit: RAM, the predicted TFLite-Micro arena; latency,
+        ms) at which ``resource`` is predicted to meet its budget, with :data:`TARGET_MARGIN`;
+        None when the objective is not switching."""
         return self._target(resource) if self.switching else None
 
     def _target(self, resource: str) -> Optional[float]:
@@ -102,45 +103,47 @@ class Objective:
             rp = getattr(self.ram_source, "ram_predictor", None)
             if rp is None or not rp.ready:
                 return None
-            return self.ram_arena_budget * (1 - TARGET_MARGIN) - rp.overhead
+            return self.ram_arena_budget * (1 - TARGET_MARGIN)
         if resource == "latency" and self.latency_budget is not None and self.latency is not None:
             return self.latency_budget * (1 - TARGET_MARGIN)
         return None
 
-    def unmet(self, res) -> list:
+    def auto_figure(self, res, res0, r: str, smooth: bool = False) -> float:
+        """:meth:`figure`, with RAM as the predicted TFLite-Micro arena (the peak activation
+        memory plus the overhead measured on the unpruned model, shrinking with the channels)
+        when the objective is switching."""
+        f = self.figure(res, r, smooth)
+        if r == "ram" and self.switching:
+            f += self.ram_source.ram_predictor.overhead_of(res.quant_channels, res0.quant_channels)
+        return f
+
+    def unmet(self, res, res0=None) -> list:
         """The missed resources ``res`` does not yet meet (auto); every weighted one but size otherwise."""
         out = []
         for r in self.weights:
             if r == "size":
                 continue
             t = self.target(r)
-            if t is None or self.figure(res, r) > t:
+            if t is None or self.auto_figure(res, res0, r) > t:
                 out.append(r)
         return out
 
     def driving_gain(self, res, trial, res0) -> float:
-        """What a chunk from ``res`` to ``trial`` saves, as the greedy divides its loss by:
-        auto: the weighted fraction removed of the resources not yet meeting their targets (each
-        clipped at its target), or, all met, the fraction of the prunable parameters removed;
-        other objectives: the weighted fraction of all of them (:meth:`value`)."""
-        if not self.switching:
-            return self.value(res, res0, smooth=True) - self.value(trial, res0, smooth=True)
-        active = self.unmet(res)
-        if not active:
-            base = float(res0.params)
-            return (res.params - trial.params) / base if base > 0 else 0.0
-        return sum(self.weights[r] * (self._frac(res, res0, r, True) - self._frac(trial, res0, r, True))
-                   for r in active)
+        """What a chunk from ``res`` to ``trial`` saves, as the greedy divides its loss by: the
+        (smooth) value it removes; with auto switching, each met resource's fraction is clipped
+        at its target, so once every target is met only the parameters count."""
+        return self.value(res, res0, smooth=True) - self.value(trial, res0, smooth=True)
 
     def _frac(self, res, res0, r: str, smooth: bool) -> float:
-        base = self.figure(res0, r, smooth)
-        f = self.figure(res, r, smooth) / base if base > 0 else 0.0
         t = self.target(r)
         if t is None:
-            return f
-        real0 = self.figure(res0, r)
+            base = self.figure(res0, r, smooth)
+            return self.figure(res, r, smooth) / base if base > 0 else 0.0
+        base = self.auto_figure(res0, res0, r, smooth)
+        f = self.auto_figure(res, res0, r, smooth) / base if base > 0 else 0.0
+        real0 = self.auto_figure(res0, res0, r)
         tf = t / real0 if real0 > 0 else 0.0
-        if self.figure(res, r) <= t:  # met: removing more of it is not counted
+        if self.auto_figure(res, res0, r) <= t:  # met: removing more of it is not counted
             return tf
         return max(f, tf)
 
