@@ -111,6 +111,7 @@ def main(argv=None) -> int:
     ap.add_argument("--variants", default="uniform,size,auto")
     ap.add_argument("--render", action="store_true", help="merge the rows written so far into budget_aware.md/.json")
     ap.add_argument("--from-dir", type=Path, help="make the row of --rows/--variants from a finished run directory")
+    ap.add_argument("--plot", type=Path, help="kept run folder (--keep): write the fidelity-vs-RAM curves and plot of its ram35 rows")
     ap.add_argument("--keep", type=Path, help="keep the run directories under this folder (default: a temporary one)")
     args = ap.parse_args(argv)
     import json
@@ -133,6 +134,12 @@ def main(argv=None) -> int:
         row["unpruned_arena_bytes"] = arena0(args.from_dir)
         rows_dir.mkdir(parents=True, exist_ok=True)
         (rows_dir / f"{args.rows}-{args.variants}.json").write_text(json.dumps(row, indent=1) + "\n")
+        return 0
+    if args.plot is not None:
+        curves = {v: curve(args.plot / "ram35" / v) for v in ("uniform", "size", "auto")
+                  if (args.plot / "ram35" / v / "measurements.json").is_file()}
+        (RESULTS / "budget_aware.curves.json").write_text(json.dumps(curves, indent=1) + "\n")
+        plot(curves, 35_000, 0.95, RESULTS / "budget_aware_ram35.png")
         return 0
     if args.render:
         rows = [json.loads(p.read_text()) for p in sorted(rows_dir.glob("*.json"))]
@@ -180,6 +187,72 @@ def main(argv=None) -> int:
                 print("   ", {k: row.get(k) for k in ("exit", "rate", "size_bytes", "ram_bytes",
                                                      "agreement_eval", "agreement_unseen")}, flush=True)
     return 0
+
+
+def curve(d: Path) -> dict:
+    """Fidelity against RAM of every converted candidate of a kept run directory: the predicted
+    RAM (peak activation memory + the TFLite-Micro overhead calibrated on candidate 0, 8 B less
+    per output channel removed, + the profile's runtime RAM) and, where the run measured it, the
+    RAM measured (TFLM arena on the host + runtime)."""
+    import json
+
+    from edgeprune.pipeline.loading import load_model
+    from edgeprune.pipeline.resources import RamPredictor, resources_of
+
+    meas = json.loads((d / "measurements.json").read_text()) if (d / "measurements.json").is_file() else {}
+    cands = sorted((json.loads(p.read_text()) for p in d.glob("cand-*-rate*.json")
+                    if not p.name.endswith((".plan.json", ".failed.json"))), key=lambda c: c["index"])
+    pts, pred, ch0 = [], None, None
+    for c in cands:
+        if c.get("skipped") or not (c.get("files") or {}).get("keras") or not (d / c["files"]["keras"]).is_file():
+            continue
+        res = resources_of(load_model(d / c["files"]["keras"]), "int8")
+        if c["index"] == 0:
+            ch0 = res.quant_channels
+            cal = c.get("arena_calibration")
+            if cal:
+                pred = RamPredictor()
+                pred.calibrate(cal["peak_activation_bytes"], cal["arena_bytes"])
+        m = next((v for k, v in meas.items() if k.startswith(c.get("sha256") or "-")), None)
+        pts.append({"rate": c["rate"], "fidelity": c["fidelity"]["score"], "size_bytes": c["size_bytes"],
+                    "peak_activation_bytes": res.peak_activation_bytes,
+                    "ram_predicted": (res.peak_activation_bytes + pred.overhead_of(res.quant_channels, ch0) + 16384)
+                    if pred is not None else None,
+                    "ram_measured": (m or {}).get("ram_bytes")})
+    return {"points": pts}
+
+
+def plot(curves: dict, budget: int, min_fid: float, path: Path) -> None:
+    """Fidelity against the binding resource (RAM) per allocation: the plot the issue asks for."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    marks = {"uniform": "s", "size": "^", "auto": "o"}
+    for v, cv in curves.items():
+        pts = [p for p in cv["points"] if p.get("ram_predicted") is not None]
+        if not pts:
+            continue
+        label = {"uniform": "--allocation uniform", "size": "global, --objective size (parameter-driven)",
+                 "auto": "global, --objective auto (RAM-driven until met)"}.get(v, v)
+        ax.plot([p["ram_predicted"] / 1000 for p in pts], [p["fidelity"] for p in pts], marker=marks.get(v, "x"),
+                label=label + " (predicted RAM)")
+        ms = [p for p in pts if p.get("ram_measured")]
+        if ms:
+            ax.scatter([p["ram_measured"] / 1000 for p in ms], [p["fidelity"] for p in ms], marker="*", s=120,
+                       zorder=5, label=f"{v}: RAM measured (TFLM arena + runtime)")
+    ax.axvline(budget / 1000, color="red", ls="--", lw=1, label=f"RAM budget {budget / 1000:g} kB")
+    ax.axhline(min_fid, color="grey", ls=":", lw=1, label=f"--min-fidelity {min_fid}")
+    ax.set_xlabel("RAM (kB): TFLite-Micro arena + 16 KiB runtime")
+    ax.set_ylabel("top-1 agreement with the original (eval split, int8)")
+    ax.set_title("Bundled example, nrf52840: fidelity against the binding resource")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def command_of(name, budget, variant) -> str:
