@@ -26,6 +26,7 @@ from edgeprune.pipeline.graph import layout_indices
 DEFAULT_CHUNK = 1 / 32
 DEFAULT_MIN_KEEP = 0.0
 EPS = 1e-9
+NOISE_REL = 0.05  # auto (switching): loss increases below this fraction of the current loss count as this
 
 
 class GlobalGreedy(Allocation):
@@ -217,11 +218,12 @@ class GlobalGreedy(Allocation):
                 cost = (loss - base) / saved
                 if obj is not None:
                     any_gain = any_gain or gain > 1e-12
-                    if obj.switching and cost < 0:
-                        # auto: a refit that lowers the held-out loss makes the chunk free, not
-                        # a bargain inversely proportional to how LITTLE it saves; among free
-                        # chunks the one that saves the most
-                        cost = -1e-12 * saved
+                    if obj.switching:
+                        # auto: a loss change within NOISE_REL of the current loss (a refit that
+                        # seems to LOWER the held-out loss included) is noise, not a bargain
+                        # inversely proportional to how LITTLE the chunk saves: such chunks rank
+                        # by their saving
+                        cost = max(loss - base, NOISE_REL * base) / saved
                 if best is None or cost < best[0] - 1e-15:
                     best = (cost, g, n, sel, trial, saved, loss)
             if self.branches:
