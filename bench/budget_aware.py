@@ -112,6 +112,8 @@ def main(argv=None) -> int:
     ap.add_argument("--render", action="store_true", help="merge the rows written so far into budget_aware.md/.json")
     ap.add_argument("--from-dir", type=Path, help="make the row of --rows/--variants from a finished run directory")
     ap.add_argument("--plot", type=Path, help="kept run folder (--keep): write the fidelity-vs-RAM curves and plot of its ram35 rows")
+    ap.add_argument("--latency-error", type=Path, help="kept run folder: the local latency model's build time and "
+                    "error against every converted candidate measured on the local device")
     ap.add_argument("--keep", type=Path, help="keep the run directories under this folder (default: a temporary one)")
     args = ap.parse_args(argv)
     import json
@@ -134,6 +136,12 @@ def main(argv=None) -> int:
         row["unpruned_arena_bytes"] = arena0(args.from_dir)
         rows_dir.mkdir(parents=True, exist_ok=True)
         (rows_dir / f"{args.rows}-{args.variants}.json").write_text(json.dumps(row, indent=1) + "\n")
+        return 0
+    if args.latency_error is not None:
+        out = latency_error([args.latency_error / "ram35" / v for v in ("uniform", "auto", "size")
+                             if (args.latency_error / "ram35" / v).is_dir()])
+        (RESULTS / "budget_aware.latency.json").write_text(json.dumps(out, indent=1) + "\n")
+        print({k: out[k] for k in ("build_s", "median_abs_error", "n")})
         return 0
     if args.plot is not None:
         curves = {v: curve(args.plot / "ram35" / v) for v in ("uniform", "size", "auto")
@@ -253,6 +261,47 @@ def plot(curves: dict, budget: int, min_fid: float, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def latency_error(run_dirs: list, threads: int = 1) -> dict:
+    """The latency model of the local device for the bundled example (pipeline/latency_model.py,
+    built as a run builds it: five uniform prunes measured), its build time, and its error
+    against the measured p50 of every converted candidate of the kept run directories (each
+    .tflite measured on the local device as a run measures, resources from its .keras)."""
+    import json
+    import keras
+
+    from edgeprune.devices.base import BenchConfig, measure
+    from edgeprune.devices.profile import load_profile
+    from edgeprune.pipeline.example import example_model_path
+    from edgeprune.pipeline.latency_model import architecture_id, build, error_against
+    from edgeprune.pipeline.loading import load_model
+    from edgeprune.pipeline.resources import resources_of
+
+    prof = load_profile("local")
+    km = keras.models.load_model(example_model_path(), compile=False)
+    key = {"board": "local", "kind": prof.kind, "host": None, "threads": threads, "quantize": "int8",
+           "architecture": architecture_id(km)}
+    t0 = time.perf_counter()
+    lm = build(km, prof, key)
+    build_s = time.perf_counter() - t0
+    bc = BenchConfig(runs=50, warmup=5, threads=threads, min_secs=1.0, warmup_min_secs=0.5, max_secs=60)
+    rows = []
+    for d in run_dirs:
+        for p in sorted(Path(d).glob("cand-*-rate*.json")):
+            if p.name.endswith((".plan.json", ".failed.json")):
+                continue
+            c = json.loads(p.read_text())
+            f = c.get("files") or {}
+            if c.get("skipped") or not f.get("keras") or not (Path(d) / f["tflite"]).is_file():
+                continue
+            res = resources_of(load_model(Path(d) / f["keras"]), "int8")
+            lat = measure(prof, Path(d) / f["tflite"], bc).latency_ms
+            rows.append({"run": Path(d).name, "candidate": c["name"], "macs": res.macs,
+                         "predicted_ms": round(lm.predict(res), 5), "measured_p50_ms": round(float(lat.p50), 5)})
+    pairs = [(r["predicted_ms"], r["measured_p50_ms"]) for r in rows]
+    return {"model": lm.describe(), "build_s": round(build_s, 2), "candidates": rows,
+            "median_abs_error": error_against(lm, pairs), "n": len(rows)}
 
 
 def command_of(name, budget, variant) -> str:
