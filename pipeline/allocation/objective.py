@@ -158,7 +158,11 @@ class Objective:
         if len(self.weights) == 1:
             (r,) = self.weights
             return f"fraction of the {RESOURCE_LABEL[r]} removed"
-        parts = ", ".join(f"{RESOURCE_LABEL[r]} x {w:.2f}" for r, w in self.weights.items())
+        labels = dict(RESOURCE_LABEL)
+        if self.requested == "auto":  # switching: the RAM term is the predicted arena once it is calibrated
+            labels["ram"] = ("predicted RAM (peak activation memory + the TFLite-Micro overhead measured on the "
+                             "unpruned model)")
+        parts = ", ".join(f"{labels[r]} x {w:.2f}" for r, w in self.weights.items())
         out = f"weighted fraction removed of: {parts}"
         if self.requested == "auto":
             out += ("; a missed budget's resource counts until it is predicted to meet the budget, "
