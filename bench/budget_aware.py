@@ -46,7 +46,8 @@ def unseen_agreement(tflite: Path, keras_model, x: np.ndarray) -> float:
 def one_row(label: str, ram_budget, variant: str, out: Path, x_unseen, keras_model) -> dict:
     from edgeprune.pipeline.run import RunConfig, run
 
-    kw = {"allocation": "uniform"} if variant == "uniform" else {"objective": variant}
+    kw = ({"allocation": "uniform"} if variant == "uniform" else {"objective": "size", "predict": False}
+          if variant == "size-np" else {"objective": variant})
     cfg = RunConfig(device="nrf52840", ram_budget=ram_budget, out=out, force=True, **kw)
     t0 = time.perf_counter()
     res = run(cfg)
@@ -144,7 +145,7 @@ def main(argv=None) -> int:
         print({k: out[k] for k in ("build_s", "median_abs_error", "n")})
         return 0
     if args.plot is not None:
-        curves = {v: curve(args.plot / "ram35" / v) for v in ("uniform", "size", "auto")
+        curves = {v: curve(args.plot / "ram35" / v) for v in ("uniform", "size-np", "auto")
                   if (args.plot / "ram35" / v / "measurements.json").is_file()}
         (RESULTS / "budget_aware.curves.json").write_text(json.dumps(curves, indent=1) + "\n")
         plot(curves, 35_000, 0.95, RESULTS / "budget_aware_ram35.png")
@@ -152,7 +153,7 @@ def main(argv=None) -> int:
     if args.render:
         rows = [json.loads(p.read_text()) for p in sorted(rows_dir.glob("*.json"))]
         order = {"ram35": 0, "ram50": 1}
-        vorder = {"uniform": 0, "size": 1, "auto": 2, "ram": 3}
+        vorder = {"uniform": 0, "size": 1, "size-np": 2, "auto": 3, "ram": 4}
         rows.sort(key=lambda r: (order.get(r["budget"], 9), vorder.get(r["variant"], 9)))
         budgets = {}
         for r in rows:
@@ -218,6 +219,11 @@ def curve(d: Path) -> dict:
         if c["index"] == 0:
             ch0 = res.quant_channels
             cal = c.get("arena_calibration")
+            if not cal:  # --no-predict: the run did not calibrate; measure the unpruned arena here
+                from edgeprune.devices.tflm import measure_arena
+
+                cal = {"peak_activation_bytes": res.peak_activation_bytes,
+                       "arena_bytes": measure_arena(d / c["files"]["tflite"]).arena_bytes}
             if cal:
                 pred = RamPredictor()
                 pred.calibrate(cal["peak_activation_bytes"], cal["arena_bytes"])
@@ -238,19 +244,21 @@ def plot(curves: dict, budget: int, min_fid: float, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    marks = {"uniform": "s", "size": "^", "auto": "o"}
+    marks = {"uniform": "s", "size": "^", "size-np": "^", "auto": "o"}
+    colors = {"uniform": "tab:blue", "size": "tab:orange", "size-np": "tab:orange", "auto": "tab:green"}
     for v, cv in curves.items():
         pts = [p for p in cv["points"] if p.get("ram_predicted") is not None]
         if not pts:
             continue
         label = {"uniform": "--allocation uniform", "size": "global, --objective size (parameter-driven)",
+                 "size-np": "global, --objective size --no-predict (parameter-driven)",
                  "auto": "global, --objective auto (RAM-driven until met)"}.get(v, v)
         ax.plot([p["ram_predicted"] / 1000 for p in pts], [p["fidelity"] for p in pts], marker=marks.get(v, "x"),
-                label=label + " (predicted RAM)")
+                color=colors.get(v), label=label + " (predicted RAM)")
         ms = [p for p in pts if p.get("ram_measured")]
         if ms:
-            ax.scatter([p["ram_measured"] / 1000 for p in ms], [p["fidelity"] for p in ms], marker="*", s=120,
-                       zorder=5, label=f"{v}: RAM measured (TFLM arena + runtime)")
+            ax.scatter([p["ram_measured"] / 1000 for p in ms], [p["fidelity"] for p in ms], marker="*", s=140,
+                       zorder=5, color=colors.get(v), edgecolors="black", label=f"{v}: RAM measured (TFLM arena + runtime)")
     ax.axvline(budget / 1000, color="red", ls="--", lw=1, label=f"RAM budget {budget / 1000:g} kB")
     ax.axhline(min_fid, color="grey", ls=":", lw=1, label=f"--min-fidelity {min_fid}")
     ax.set_xlabel("RAM (kB): TFLite-Micro arena + 16 KiB runtime")
@@ -306,7 +314,8 @@ def latency_error(run_dirs: list, threads: int = 1) -> dict:
 
 def command_of(name, budget, variant) -> str:
     b = budget if isinstance(budget, str) else str(int(budget))
-    opt = "--allocation uniform" if variant == "uniform" else f"--objective {variant}"
+    opt = ("--allocation uniform" if variant == "uniform" else "--objective size --no-predict" if variant == "size-np"
+           else f"--objective {variant}")
     return f"edgeprune run --device nrf52840 --ram-budget {b} {opt}"
 
 
@@ -380,7 +389,8 @@ def render(p: dict) -> str:
         rm = r.get("rate_measures") or ""
         what = "channels" if r["variant"] == "uniform" else (
             "peak act. + params" if "peak" in rm and "parameters" in rm else "params" if "parameters" in rm else "peak act.")
-        var = "--allocation uniform" if r["variant"] == "uniform" else f"global, --objective {r['variant']}"
+        var = ("--allocation uniform" if r["variant"] == "uniform" else "global, --objective size --no-predict"
+               if r["variant"] == "size-np" else f"global, --objective {r['variant']}")
         if r.get("rate") is None:
             lines.append(f"| {r['ram_budget']} | {var} | {r['exit']} | - | - | - | - | - | - | - | {secs(r)} |")
             continue
