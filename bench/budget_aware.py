@@ -449,8 +449,14 @@ READING = """## Reading
   loss change below 5 % of the current loss counts as 5 % of it (near-free chunks rank by
   their saving, and a tiny saving no longer wins). Both changes went in together: which one
   made the difference was not measured separately. Identical widths up to rate 0.55 in both.
-- `--objective size` (the parameter-driven global allocation) exits 3 (previous session's row:
-  at rate 0.90 conv1 still has 27 of 32 filters, RAM 46.3 kB); not re-run in this session.
+- `--objective size` (the parameter-driven global allocation) exits 3, re-run in this session:
+  every candidate from rate 0.05 on was predicted over the RAM budget and not converted (165 s).
+  The same with `--no-predict` (row `size-np`, every candidate converted and judged): exit 3,
+  the smallest RAM 46.3 kB at rate 0.90 (agreement 0.95, 86,792 B; conv1 still 27 of 32): the
+  parameter-driven allocation never gets below 46 kB (the plot), so it cannot meet this budget
+  at any fidelity, while the resource-driven one meets it from rate 0.60 at 0.96125.
+- The channel-aware RAM prediction against the measured RAM of the chosen candidates:
+  auto 33,720 / 33,760 B, uniform 33,832 / 33,888 B, size-np at 0.90 46,284 / 46,304 B.
 - RAM prediction skipped conversions: with `--objective auto` the candidates at rates
   0.05-0.35 were predicted over the RAM budget by more than the 14 % margin and not converted.
 - Wall times were taken on a 2-core machine shared by five sessions (load average 7-11): they
@@ -462,8 +468,7 @@ NOT_MEASURED = """## Not measured here (left of issue 22)
 - The MobileNet-style (>= 8 depthwise-separable blocks, BatchNorm, upsampled input) and DS-CNN-style
   nets trained by a seeded bench script, their RAM budgets at 50 % of the unpruned arena and their
   `--latency-budget` rows at 40 % of the measured p50 (local device, emulated Pi): not run.
-- The 50 %-of-arena RAM budget row for the example (`--rows ram50`) and the `--objective size`
-  row were not re-run in this session.
+- The 50 %-of-arena RAM budget row for the example (`--rows ram50`) was not run.
 - The emulated Pi rows and the latency model's error on the emulated Pi: not measured."""
 
 
