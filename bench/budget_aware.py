@@ -398,7 +398,7 @@ def render(p: dict) -> str:
         lines.append(f"| {r['ram_budget']} | {var} | {r['exit']} | {r['rate']:.2f} ({what}) | {r['size_bytes']:,} B | "
                      f"{r['ram_bytes']:,} B | {lat(r)} | {r['agreement_eval']:.4f} | {r['agreement_unseen']:.4f} | "
                      f"{w.get('conv1')}/{w.get('conv2')}/{w.get('fc1')} | {secs(r)} |")
-    lines += ["", "Commands (one run per row, in the bundled example's folder defaults):", ""]
+    lines += ["", "Commands (one run per row; the bundled example and its images, so no --model or --data):", ""]
     for r in p["rows"]:
         lines.append(f"- {r['budget']} {r['variant']}: `{r.get('command') or command_of(r['budget'], r['ram_budget'], r['variant'])}`")
     lines += ["", "Reasons of the rows that exit 3:", ""]

@@ -43,12 +43,12 @@ def build(kind: str, seed: int = 0):
 
     def cbr(h, c, k, s, name):
         h = L.Conv2D(c, k, strides=s, padding="same", use_bias=False, name=name)(h)
-        h = L.BatchNormalization(name=name + "_bn")(h)
+        h = L.BatchNormalization(momentum=0.9, name=name + "_bn")(h)
         return L.ReLU(name=name + "_relu")(h)
 
     def ds(h, c, s, name):
         h = L.DepthwiseConv2D(3, strides=s, padding="same", use_bias=False, name=name + "_dw")(h)
-        h = L.BatchNormalization(name=name + "_dw_bn")(h)
+        h = L.BatchNormalization(momentum=0.9, name=name + "_dw_bn")(h)
         h = L.ReLU(name=name + "_dw_relu")(h)
         return cbr(h, c, 1, 1, name + "_pw")
 
