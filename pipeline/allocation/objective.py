@@ -28,7 +28,10 @@ saving is the (smooth) value it removes: while a budget is missed, the weighted 
 that resource and of the parameters; once every target is met, the parameters only (the
 search keeps shrinking the file at the fidelity it can still afford). Without a target for
 every missed budget (the RAM overhead not measured: ``--no-predict``, float models) nothing is
-clipped: the weighted sum of before.
+clipped: the weighted sum of before. The target exists once the run has calibrated its RAM predictor on
+candidate 0 (serially, before any pruning step; KNOWN GAP: an explicit ``--jobs N`` > 1 prunes
+the first candidates ahead before candidate 0 is converted, so those steps rank without the
+target and the widths can differ from ``--jobs 1``; not fixed, not measured).
 
 For the explicit objectives (``ram``, ``macs``, ``latency``), a chunk's saving is the weighted fraction of the objective's
 resources it removes plus :data:`TIE` times the fraction of the prunable parameters it
