@@ -210,6 +210,8 @@ class HostPhase:
     def __init__(self, ctx):
         self.ctx = ctx
         self.checks = HostChecks(ctx)
+        if ctx.engine.objective is not None:  # auto's RAM target reads the RAM predictor once calibrated
+            ctx.engine.objective.ram_source = self.checks
         search = ctx.config.search
         self.fixed = bool(search.rates)  # --rate: only these rates, no search
         self.rates = fixed_rates(search.rates) if self.fixed else rate_schedule(float(search.step), float(search.max_rate))

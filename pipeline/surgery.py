@@ -12,6 +12,7 @@ says which config keys carry its width), then ``set_weights``.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 
@@ -44,6 +45,8 @@ class PruneState:
         self.sizes: dict[int, int] = {gid: g.size for gid, g in graph.groups.items()}
         self.kept: dict[int, np.ndarray] = {gid: np.arange(g.size) for gid, g in graph.groups.items()}
         self.merges: list[Merge] = []
+        self.refitted: Optional[set] = None  # compensation: the layers whose weights were refitted
+        self.branches: Optional[list] = None  # residual branches removed (pipeline/branches.py)
 
     def copy(self) -> "PruneState":
         new = PruneState.__new__(PruneState)
@@ -52,10 +55,8 @@ class PruneState:
         new.sizes = dict(self.sizes)
         new.kept = {k: v.copy() for k, v in self.kept.items()}
         new.merges = list(self.merges)
-        if getattr(self, "refitted", None) is not None:  # compensation: layers whose weights were refitted
-            new.refitted = set(self.refitted)
-        if getattr(self, "branches", None):  # residual branches removed (pipeline/branches.py)
-            new.branches = list(self.branches)
+        new.refitted = set(self.refitted) if self.refitted is not None else None
+        new.branches = list(self.branches) if self.branches else None
         return new
 
     # ----------------------------------------------------------------- channel access

@@ -159,3 +159,63 @@ def test_run_reports_the_objective_and_the_per_layer_table(setup, tmp_path):
 
     chosen = load_model(tmp_path / "run" / (rep["chosen"]["name"] + ".keras"))
     assert 1 - resources_of(chosen).peak_activation_bytes / peak0 >= 0.3 - 1e-9
+
+
+class _Calibrated:
+    """Stands for the run: its ``ram_predictor`` calibrated on a measured arena."""
+
+    def __init__(self, peak: int, arena: int):
+        from edgeprune.pipeline.resources import RamPredictor
+
+        self.ram_predictor = RamPredictor()
+        self.ram_predictor.calibrate(peak, arena)
+
+
+def test_auto_pays_for_ram_until_the_target_is_met_then_per_parameter(setup):
+    """auto (constraint-driven): while the predicted arena (peak activation memory + the overhead
+    measured on the unpruned model, 8 B less per channel removed) is over the RAM target the
+    chunks pay in the weighted RAM + parameters; once it is met, per parameter only (the RAM
+    term is clipped at the target), so at the same rate the file is smaller than with the
+    weighted objective that keeps paying for RAM, and the arena still meets the target."""
+    from edgeprune.pipeline.allocation.objective import TARGET_MARGIN
+
+    model, cal = setup
+    graph = DependencyGraph(model)
+    rm = ResourceModel(graph, "int8")
+    res0 = rm.evaluate(None)
+    assert res0.quant_channels == 16 + 16 + 64 + 4
+    peak0, runtime, overhead = res0.peak_activation_bytes, 1000, 700
+    arena_budget = int(0.6 * (peak0 + overhead))
+    predicted, budgets = {"ram": peak0 + runtime}, {"ram": runtime + arena_budget}
+    source = _Calibrated(peak0, peak0 + overhead)
+    switching = resolve("auto", res0=res0, predicted=predicted, budgets=budgets, ram_source=source)
+    weighted = resolve("auto", res0=res0, predicted=predicted, budgets=budgets)  # no calibration: no target
+    assert switching.switching and not weighted.switching
+    assert weighted.weights == switching.weights == {"ram": 0.5, "size": 0.5}
+    target = arena_budget * (1 - TARGET_MARGIN)
+    assert switching.target("ram") == pytest.approx(target)
+    assert weighted.target("ram") is None
+    assert switching.to_dict()["targets"] == {"ram": pytest.approx(target)}
+    assert switching.value(res0, res0) == pytest.approx(1.0)
+
+    rate = 0.6
+    g_sw = GlobalGreedy(objective=switching)
+    p_sw = prune_with(model, cal, g_sw, rate)
+    g_w = GlobalGreedy(objective=weighted)
+    p_w = prune_with(model, cal, g_w, rate)
+    r_sw, r_w = rm.evaluate(p_sw.state), rm.evaluate(p_w.state)
+    arena = r_sw.peak_activation_bytes + overhead - 8 * (res0.quant_channels - r_sw.quant_channels)
+    assert switching.auto_figure(r_sw, res0, "ram") == arena
+    assert arena <= target
+    drives = [row["drives"] for row in g_sw.log]
+    assert drives[0] == ["ram"] and drives[-1] == ["size"], drives
+    first_size = drives.index(["size"])
+    assert all(d == ["ram"] for d in drives[:first_size]) and all(d == ["size"] for d in drives[first_size:]), drives
+    # the rate is reached on the clipped value: 0.5 x RAM (down to the target) + 0.5 x parameters
+    v = 0.5 * target / (peak0 + overhead) + 0.5 * r_sw.params / res0.params
+    assert switching.value(r_sw, res0) == pytest.approx(v)
+    assert 1 - v >= rate - 1e-9
+    # at the same rate the switching allocation removed more parameters than the weighted one,
+    # which kept paying for RAM past the budget
+    assert r_sw.params < r_w.params, (r_sw.params, r_w.params, res0.params)
+    assert r_w.peak_activation_bytes < r_sw.peak_activation_bytes

@@ -16,6 +16,8 @@ criterion and seed give the same widths.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -26,6 +28,20 @@ from edgeprune.pipeline.graph import layout_indices
 DEFAULT_CHUNK = 1 / 32
 DEFAULT_MIN_KEEP = 0.0
 EPS = 1e-9
+NOISE_REL = 0.05  # auto (switching): loss increases below this fraction of the current loss count as this
+
+
+@dataclass
+class _Round:
+    """One round of the greedy: the model at the current state and what every trial compares with."""
+    model: Any
+    xs: Any  # the scoring rows
+    refs: Any  # the reference outputs on them
+    base: float  # the loss of the current state
+    p_now: int  # its prunable parameters
+    remaining: float  # what is still to remove (parameters, or the objective's fraction)
+    gone: set  # layers inside removed branches
+    res_now: Any = None  # its resources (with an objective)
 
 
 class GlobalGreedy(Allocation):
@@ -161,8 +177,8 @@ class GlobalGreedy(Allocation):
         while True:
             state = pruner.state
             if obj is not None:  # the fraction of the objective's resources still to remove
-                remaining = self._value(state) - (1.0 - rate)
-                v_now = self._value(state, smooth=True)
+                res_now = self._rm.evaluate(state)
+                remaining = obj.value(res_now, self._res0) - (1.0 - rate)
                 if remaining <= 1e-6:
                     break
             else:
@@ -182,48 +198,9 @@ class GlobalGreedy(Allocation):
             xs, refs = x[self._score_rows(len(x))], ref[self._score_rows(len(x))]
             base = output_loss(outputs(model, xs), refs)
             p_now = prunable_params(graph, state)
-            best = None
-            any_gain = False
-            round_to = int(pruner.config.round_to or 1)
-            for g in pruner.groups:
-                if gone and all(p in gone for p in g.producers):  # inside a removed branch
-                    continue
-                size = state.sizes[g.id]
-                floor = min(g.size, max(min_width(g.size, self.min_keep), pruner.config.min_width,
-                                        getattr(g, "min_width", 1)))
-                if round_to > 1:  # widths stay multiples of --round-to (at least one multiple)
-                    floor = max(round_to, -(-floor // round_to) * round_to)
-                room = size - floor
-                if room <= 0:
-                    continue
-                n = min(room, max(1, int(round(self.chunk * (size if self.relative else g.size)))))
-                per_channel = self._per_channel(graph, state, g) if obj is None else 0
-                if per_channel > 0:  # do not overshoot the rate by more than a channel
-                    n = min(n, max(1, math.ceil(remaining / per_channel - EPS)))
-                if round_to > 1:
-                    n = size - max(floor, ((size - n) // round_to) * round_to)
-                    if n <= 0:
-                        continue
-                sel, trial, keep_local, refit = self._propose(pruner, state, g, n)
-                saved = p_now - prunable_params(graph, trial)
-                gain = 0.0
-                if obj is not None:  # weighted fraction of the objective's resources + TIE x params
-                    gain = v_now - self._value(trial, smooth=True)
-                    saved = gain + obj.tie * saved / max(self._total, 1)
-                if saved <= 0:
-                    continue
-                masked = self._masked_weights(graph, state, trial, g, keep_local)
-                for name, ws in masked.items():
-                    model.get_layer(name).set_weights(ws)
-                loss = output_loss(outputs(model, xs), refs)
-                for name in masked:
-                    model.get_layer(name).set_weights(state.weights[name])
-                self.trials += 1
-                cost = (loss - base) / saved
-                if obj is not None:
-                    any_gain = any_gain or gain > 1e-12
-                if best is None or cost < best[0] - 1e-15:
-                    best = (cost, g, n, sel, trial, saved, loss)
+            rnd = _Round(model=model, xs=xs, refs=refs, base=base, p_now=p_now, remaining=remaining, gone=gone,
+                         res_now=res_now if obj is not None else None)
+            best, any_gain = self._best_chunk(pruner, rnd)
             if self.branches:
                 from edgeprune.pipeline.allocation.branch_moves import branch_trial
 
@@ -247,13 +224,71 @@ class GlobalGreedy(Allocation):
             if obj is None:
                 self.log.append({"group": g.name, "removed": n, "params_saved": int(saved), "loss": float(loss)})
             else:
-                self.log.append({"group": g.name, "removed": n, "saving": float(saved), "loss": float(loss)})
+                self.log.append({"group": g.name, "removed": n, "saving": float(saved), "loss": float(loss),
+                                 "drives": (obj.unmet(res_now, self._res0) or ["size"]) if obj.switching else sorted(obj.weights)})
             model = pruner.build()
         pruner.ctx.build = pruner.build
         self._acts = {}
         if pruner.compensator is not None and rate > 0:
             pruner.compensator.refit(pruner.state, pruner.build)
         return True
+
+    def _chunk_size(self, pruner, state, g, rnd: "_Round") -> int:
+        """How many channels of group ``g`` the next trial removes (0: none can go)."""
+        round_to = int(pruner.config.round_to or 1)
+        if rnd.gone and all(p in rnd.gone for p in g.producers):  # inside a removed branch
+            return 0
+        size = state.sizes[g.id]
+        floor = min(g.size, max(min_width(g.size, self.min_keep), pruner.config.min_width, g.min_width))
+        if round_to > 1:  # widths stay multiples of --round-to (at least one multiple)
+            floor = max(round_to, -(-floor // round_to) * round_to)
+        room = size - floor
+        if room <= 0:
+            return 0
+        n = min(room, max(1, int(round(self.chunk * (size if self.relative else g.size)))))
+        per_channel = self._per_channel(pruner.graph, state, g) if self.objective is None else 0
+        if per_channel > 0:  # do not overshoot the rate by more than a channel
+            n = min(n, max(1, math.ceil(rnd.remaining / per_channel - EPS)))
+        if round_to > 1:
+            n = max(0, size - max(floor, ((size - n) // round_to) * round_to))
+        return n
+
+    def _best_chunk(self, pruner, rnd: "_Round"):
+        """(the cheapest chunk as (cost, group, n, selection, trial state, saving, loss) or None,
+        whether any chunk removes some of the objective's resources)."""
+        graph, state, obj, model = pruner.graph, pruner.state, self.objective, rnd.model
+        best, any_gain = None, False
+        for g in pruner.groups:
+            n = self._chunk_size(pruner, state, g, rnd)
+            if n <= 0:
+                continue
+            sel, trial, keep_local, refit = self._propose(pruner, state, g, n)
+            saved = rnd.p_now - prunable_params(graph, trial)
+            gain = 0.0
+            if obj is not None:  # weighted fraction of the objective's resources + TIE x params
+                gain = obj.driving_gain(rnd.res_now, self._rm.evaluate(trial), self._res0)
+                saved = gain + obj.tie * saved / max(self._total, 1)
+            if saved <= 0:
+                continue
+            masked = self._masked_weights(graph, state, trial, g, keep_local)
+            for name, ws in masked.items():
+                model.get_layer(name).set_weights(ws)
+            loss = output_loss(outputs(model, rnd.xs), rnd.refs)
+            for name in masked:
+                model.get_layer(name).set_weights(state.weights[name])
+            self.trials += 1
+            cost = (loss - rnd.base) / saved
+            if obj is not None:
+                any_gain = any_gain or gain > 1e-12
+                if obj.switching:
+                    # auto: a loss change within NOISE_REL of the current loss (a refit that
+                    # seems to LOWER the held-out loss included) is noise, not a bargain
+                    # inversely proportional to how LITTLE the chunk saves: such chunks rank
+                    # by their saving
+                    cost = max(loss - rnd.base, NOISE_REL * rnd.base) / saved
+            if best is None or cost < best[0] - 1e-15:
+                best = (cost, g, n, sel, trial, saved, loss)
+        return best, any_gain
 
     def _value(self, state, smooth: bool = False) -> float:
         """The weighted fraction of the original objective resources ``state`` uses."""

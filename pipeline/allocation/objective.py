@@ -18,7 +18,22 @@ resource removed:
   whole at that rate. The rate measures the weighted fraction of those resources removed;
   when the unpruned model is predicted to miss no budget (or only flash), ``size`` exactly.
 
-For every objective but ``size``, a chunk's saving is the weighted fraction of the objective's
+``auto`` is constraint-driven: a missed budget drives the cost only until its resource is
+predicted to meet the budget (its *target*: RAM, the budget less the runtime RAM, less
+:data:`TARGET_MARGIN`, against the predicted TFLite-Micro arena: the peak activation memory
+plus the overhead measured on the unpruned model, 8 B less per output channel removed;
+latency, the budget less the margin). The value the rate measures is the weighted fraction of
+the resources with each missed resource's fraction clipped at its target, and a chunk's
+saving is the (smooth) value it removes: while a budget is missed, the weighted fraction of
+that resource and of the parameters; once every target is met, the parameters only (the
+search keeps shrinking the file at the fidelity it can still afford). Without a target for
+every missed budget (the RAM overhead not measured: ``--no-predict``, float models) nothing is
+clipped: the weighted sum of before. The target exists once the run has calibrated its RAM predictor on
+candidate 0 (serially, before any pruning step; KNOWN GAP: an explicit ``--jobs N`` > 1 prunes
+the first candidates ahead before candidate 0 is converted, so those steps rank without the
+target and the widths can differ from ``--jobs 1``; not fixed, not measured).
+
+For the explicit objectives (``ram``, ``macs``, ``latency``), a chunk's saving is the weighted fraction of the objective's
 resources it removes plus :data:`TIE` times the fraction of the prunable parameters it
 removes: chunks that do not touch the binding resource (e.g. a Dense layer under a RAM
 objective) still shrink the file when their loss is small enough, but a chunk that removes
@@ -33,6 +48,7 @@ from typing import Optional
 from edgeprune.errors import BadInput
 
 from edgeprune.pipeline.run_config import OBJECTIVES  # noqa: E402  (one list, checked before TensorFlow starts)
+TARGET_MARGIN = 0.02  # auto aims this fraction under a budget (the channel-aware arena prediction's error: <= 0.6 % on the example's uniform prunes, 3 % in tests/test_resources.py)
 TIE = 1.0  # weight of the parameters saved in a chunk's saving, relative to the objective's resources
 
 RESOURCE_LABEL = {
@@ -62,6 +78,77 @@ class Objective:
     latency: object = None  # a LatencyModel (pipeline/latency_model.py) for the latency resource
     tie_weight: Optional[float] = None  # None: TIE
     missed: dict = field(default_factory=dict)  # auto: resource -> {"predicted", "budget", "weight"}
+    # auto (constraint-driven): the arena bytes the RAM budget leaves (budget - runtime RAM), the
+    # latency budget (ms), and the object whose ``ram_predictor`` (the run's, calibrated on the
+    # unpruned model's measured arena) gives the TFLite-Micro overhead
+    ram_arena_budget: Optional[int] = None
+    latency_budget: Optional[float] = None
+    ram_source: object = None
+
+    @property
+    def switching(self) -> bool:
+        """auto with a target for every missed budget: each stops driving the cost once met.
+        Without all targets (the RAM overhead not measured), the weighted sum of before."""
+        if self.requested != "auto" or self.is_size:
+            return False
+        return all(self._target(r) is not None for r in self.weights if r != "size")
+
+    def target(self, resource: str) -> Optional[float]:
+        """The figure (:meth:`auto_figure`'s unit: RAM, the predicted TFLite-Micro arena; latency,
+        ms) at which ``resource`` is predicted to meet its budget, with :data:`TARGET_MARGIN`;
+        None when the objective is not switching."""
+        return self._target(resource) if self.switching else None
+
+    def _target(self, resource: str) -> Optional[float]:
+        if resource not in self.missed:
+            return None
+        if resource == "ram" and self.ram_arena_budget is not None:
+            rp = getattr(self.ram_source, "ram_predictor", None)
+            if rp is None or not rp.ready:
+                return None
+            return self.ram_arena_budget * (1 - TARGET_MARGIN)
+        if resource == "latency" and self.latency_budget is not None and self.latency is not None:
+            return self.latency_budget * (1 - TARGET_MARGIN)
+        return None
+
+    def auto_figure(self, res, res0, r: str, smooth: bool = False) -> float:
+        """:meth:`figure`, with RAM as the predicted TFLite-Micro arena (the peak activation
+        memory plus the overhead measured on the unpruned model, shrinking with the channels)
+        when the objective is switching."""
+        f = self.figure(res, r, smooth)
+        if r == "ram" and self.switching:
+            f += self.ram_source.ram_predictor.overhead_of(res.quant_channels, res0.quant_channels)
+        return f
+
+    def unmet(self, res, res0=None) -> list:
+        """The missed resources ``res`` does not yet meet (auto); every weighted one but size otherwise."""
+        out = []
+        for r in self.weights:
+            if r == "size":
+                continue
+            t = self.target(r)
+            if t is None or self.auto_figure(res, res0, r) > t:
+                out.append(r)
+        return out
+
+    def driving_gain(self, res, trial, res0) -> float:
+        """What a chunk from ``res`` to ``trial`` saves, as the greedy divides its loss by: the
+        (smooth) value it removes; with auto switching, each met resource's fraction is clipped
+        at its target, so once every target is met only the parameters count."""
+        return self.value(res, res0, smooth=True) - self.value(trial, res0, smooth=True)
+
+    def _frac(self, res, res0, r: str, smooth: bool) -> float:
+        t = self.target(r)
+        if t is None:
+            base = self.figure(res0, r, smooth)
+            return self.figure(res, r, smooth) / base if base > 0 else 0.0
+        base = self.auto_figure(res0, res0, r, smooth)
+        f = self.auto_figure(res, res0, r, smooth) / base if base > 0 else 0.0
+        real0 = self.auto_figure(res0, res0, r)
+        tf = t / real0 if real0 > 0 else 0.0
+        if self.auto_figure(res, res0, r) <= t:  # met: removing more of it is not counted
+            return tf
+        return max(f, tf)
 
     @property
     def is_size(self) -> bool:
@@ -74,8 +161,16 @@ class Objective:
         if len(self.weights) == 1:
             (r,) = self.weights
             return f"fraction of the {RESOURCE_LABEL[r]} removed"
-        parts = ", ".join(f"{RESOURCE_LABEL[r]} x {w:.2f}" for r, w in self.weights.items())
-        return f"weighted fraction removed of: {parts}"
+        labels = dict(RESOURCE_LABEL)
+        if self.requested == "auto":  # switching: the RAM term is the predicted arena once it is calibrated
+            labels["ram"] = ("predicted RAM (peak activation memory + the TFLite-Micro overhead measured on the "
+                             "unpruned model)")
+        parts = ", ".join(f"{labels[r]} x {w:.2f}" for r, w in self.weights.items())
+        out = f"weighted fraction removed of: {parts}"
+        if self.requested == "auto":
+            out += ("; a missed budget's resource counts until it is predicted to meet the budget, "
+                    "then the parameters drive the allocation")
+        return out
 
     @property
     def resource(self) -> str:
@@ -104,25 +199,24 @@ class Objective:
         ``smooth``: the peak activation memory as a smooth peak (an L_p norm of every op's live
         bytes), so that narrowing one of two tensors that tie for the peak counts as progress;
         the rate is always measured on the real peak."""
-        total = 0.0
-        for r, w in self.weights.items():
-            base = self.figure(res0, r, smooth)
-            total += w * (self.figure(res, r, smooth) / base if base > 0 else 0.0)
-        return total
+        return sum(w * self._frac(res, res0, r, smooth) for r, w in self.weights.items())
 
     def to_dict(self) -> dict:
         return {"requested": self.requested, "name": self.name, "weights": dict(self.weights),
                 "rate_measures": self.rate_measures, "resource": self.resource, "reason": self.reason,
                 "tie_params_weight": None if self.is_size else self.tie,
                 "missed": self.missed or None,
+                "targets": ({r: self.target(r) for r in self.missed if r != "size"} or None) if self.switching else None,
                 "latency_model": self.latency.describe() if self.latency is not None and "latency" in self.weights else None}
 
 
 def resolve(requested: str, *, res0=None, predicted: Optional[dict] = None, budgets: Optional[dict] = None,
-            quantize: str = "int8", latency=None) -> Objective:
+            quantize: str = "int8", latency=None, ram_source=None) -> Objective:
     """The objective for ``requested``. ``predicted``: resource -> the unpruned model's predicted
     figure in the budget's unit (``flash``, ``ram``, ``latency``), None when it cannot be predicted;
-    ``budgets``: the same keys -> the budget (None: no limit)."""
+    ``budgets``: the same keys -> the budget (None: no limit). ``ram_source``: an object whose
+    ``ram_predictor`` (once calibrated) gives the TFLite-Micro overhead of auto's RAM target;
+    the predicted ``ram`` is the peak activation memory of ``res0`` plus the runtime RAM."""
     requested = check_objective(requested)
     if requested == "size":
         return Objective("size", {"size": 1.0}, requested, "--objective size", quantize)
@@ -149,4 +243,10 @@ def resolve(requested: str, *, res0=None, predicted: Optional[dict] = None, budg
         missed[r]["weight"] = round(weights[r], 4)
     name = "auto"
     why = "; ".join(f"{r} predicted {m['predicted']:.4g} over the {m['budget']:.4g} budget" for r, m in missed.items())
-    return Objective(name, weights, "auto", f"auto: {why}", quantize, latency, missed=missed)
+    obj = Objective(name, weights, "auto", f"auto: {why}", quantize, latency, missed=missed, ram_source=ram_source)
+    if "ram" in missed and res0 is not None:
+        runtime = predicted["ram"] - int(res0.peak_activation_bytes)
+        obj.ram_arena_budget = int(budgets["ram"]) - runtime
+    if "latency" in missed:
+        obj.latency_budget = float(budgets["latency"])
+    return obj

@@ -1,0 +1,213 @@
+"""Budget-aware allocation (issue 22) on compute-bound nets: a MobileNet-style depthwise-separable
+net with BatchNorm (8 blocks, input upsampled 28 -> 56 so the early layers dominate the MACs) and
+a DS-CNN-style net, both trained here (seeded, short: a loaded 2-core machine) on Fashion-MNIST
+training images (the Debian dataset-fashion-mnist package), cached in ~/.cache/edgeprune-bench.
+
+Rows (one ``edgeprune run`` each, default engine):
+- ``ram50``: ``--device nrf52840 --ram-budget`` = 16 KiB runtime + 50 % of the unpruned model's
+  TFLite-Micro arena (measured here), ``--objective size`` and ``auto``;
+- ``lat40``: ``--device local --latency-budget`` = 40 % of the unpruned model's p50 measured on
+  the local device, ``--objective size``, ``auto`` and ``latency``.
+
+The run's data: Fashion-MNIST test images 0-999 (800 evaluation, 200 calibration, as the bundled
+example); ``unseen``: agreement of the chosen .tflite with the Keras model on test images
+5000-9999.
+
+    python bench/budget_aware_nets.py [--nets dscnn,mobilenet] [--rows ram50,lat40] [--keep DIR]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import numpy as np  # noqa: E402
+
+from _common import CACHE, RESULTS, fashion_mnist, machine, write  # noqa: E402
+
+UNSEEN = slice(5000, 10000)
+TRAIN_N = 20000
+EPOCHS = 2
+
+
+def build(kind: str, seed: int = 0):
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    L = keras.layers
+
+    def cbr(h, c, k, s, name):
+        h = L.Conv2D(c, k, strides=s, padding="same", use_bias=False, name=name)(h)
+        h = L.BatchNormalization(momentum=0.9, name=name + "_bn")(h)
+        return L.ReLU(name=name + "_relu")(h)
+
+    def ds(h, c, s, name):
+        h = L.DepthwiseConv2D(3, strides=s, padding="same", use_bias=False, name=name + "_dw")(h)
+        h = L.BatchNormalization(momentum=0.9, name=name + "_dw_bn")(h)
+        h = L.ReLU(name=name + "_dw_relu")(h)
+        return cbr(h, c, 1, 1, name + "_pw")
+
+    x = keras.Input((28, 28, 1), name="image")
+    if kind == "mobilenet":
+        h = L.UpSampling2D(2, interpolation="bilinear", name="up")(x)  # 56 x 56: the early layers dominate
+        h = cbr(h, 16, 3, 1, "stem")
+        for i, (c, s) in enumerate(((32, 1), (32, 2), (48, 1), (48, 2), (64, 1), (64, 1), (96, 2), (96, 1))):
+            h = ds(h, c, s, f"b{i + 1}")
+    elif kind == "dscnn":
+        h = cbr(x, 64, (5, 5), 2, "conv1")  # 14 x 14
+        for i in range(4):
+            h = ds(h, 64, 1, f"ds{i + 1}")
+    else:
+        raise ValueError(kind)
+    h = L.GlobalAveragePooling2D(name="gap")(h)
+    out = L.Dense(10, activation="softmax", name="logits")(h)
+    return keras.Model(x, out, name=f"fmnist_{kind}")
+
+
+def trained(kind: str, data, seed: int = 0):
+    import keras
+
+    CACHE.mkdir(parents=True, exist_ok=True)
+    path = CACHE / f"budget_{kind}_n{TRAIN_N}_e{EPOCHS}_s{seed}.keras"
+    if path.exists():
+        return path, None
+    xtr, ytr, _, _ = data
+    m = build(kind, seed)
+    m.compile(optimizer=keras.optimizers.Adam(2e-3), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    t0 = time.perf_counter()
+    m.fit(xtr[:TRAIN_N], ytr[:TRAIN_N], epochs=EPOCHS, batch_size=128, verbose=0, shuffle=True)
+    secs = time.perf_counter() - t0
+    m.save(path)
+    return path, secs
+
+
+def unpruned_figures(model_path: Path, data_path: Path, tmp: Path) -> dict:
+    """The unpruned model converted as a run converts it: its TFLM arena and local p50."""
+    from edgeprune.devices.base import BenchConfig, measure
+    from edgeprune.devices.tflm import measure_arena
+    from edgeprune.pipeline import convert as conv
+    from edgeprune.pipeline.loading import load_model
+
+    km = load_model(model_path)
+    x = np.load(data_path)["x"]
+    r = conv.convert(km, conv.ConvertConfig(quantize="int8", calibration=x[:200]))
+    p = tmp / "unpruned.tflite"
+    r.save(p)
+    arena = measure_arena(p).arena_bytes
+    lat = measure("local", p, BenchConfig(runs=50, warmup=5, threads=1, min_secs=1.0, warmup_min_secs=0.5)).latency_ms
+    return {"arena_bytes": int(arena), "local_p50_ms": float(lat.p50), "size_bytes": p.stat().st_size}
+
+
+def one_row(net, row, variant, model_path, data_path, budgets, out: Path, x_unseen, km) -> dict:
+    from edgeprune.pipeline.fidelity import run_tflite
+    from edgeprune.pipeline.run import RunConfig, run
+
+    from edgeprune.pipeline import run_config as rc
+
+    if row == "ram50":
+        device, budget_opts, meas = rc.DeviceOptions(name="nrf52840"), rc.BudgetOptions(ram=budgets["ram"]), rc.MeasurementOptions()
+        cmd = f"--device nrf52840 --ram-budget {budgets['ram']}"
+    else:
+        device, budget_opts = rc.DeviceOptions(name="local"), rc.BudgetOptions(latency_ms=budgets["latency"])
+        meas = rc.MeasurementOptions(threads=1)
+        cmd = f"--device local --threads 1 --latency-budget {budgets['latency']:.4g}"
+    cfg = RunConfig(model=rc.ModelOptions(path=model_path), data=rc.DataOptions(path=data_path), device=device,
+                    budgets=budget_opts, measurement=meas, prune=rc.PruneOptions(objective=variant),
+                    output=rc.OutputOptions(out=out, force=True))
+    t0 = time.perf_counter()
+    res = run(cfg)
+    secs = time.perf_counter() - t0
+    rep = res.report
+    r = {"net": net, "row": row, "variant": variant, "exit": res.exit_code, "seconds": round(secs, 1),
+         "command": f"edgeprune run --model {model_path.name} --data {data_path.name} {cmd} --objective {variant}",
+         "rate_measures": rep["settings"]["stages"].get("rate"), "reasons": rep.get("reasons"),
+         "objective": rep["settings"].get("objective")}
+    ch = rep.get("chosen")
+    if ch:
+        ref = km.predict(x_unseen, batch_size=500, verbose=0).argmax(1)
+        o, _ = run_tflite(out / ch["tflite"], x_unseen)
+        r.update(rate=ch["rate"], size_bytes=ch["size_bytes"], ram_bytes=ch.get("ram_bytes"),
+                 latency_ms=ch.get("latency_ms"), latency_is_estimate=ch.get("latency_is_estimate"),
+                 agreement_eval=ch["fidelity"], agreement_unseen=float((o.argmax(1) == ref).mean()),
+                 layers=ch.get("layers"))
+    return r
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--nets", default="dscnn,mobilenet")
+    ap.add_argument("--rows", default="ram50,lat40")
+    ap.add_argument("--variants", default="size,auto,latency")
+    ap.add_argument("--keep", type=Path)
+    ap.add_argument("--render", action="store_true")
+    args = ap.parse_args(argv)
+    rows_dir = RESULTS / "budget_aware_nets.rows"
+    if args.render:
+        rows = [json.loads(p.read_text()) for p in sorted(rows_dir.glob("*.json"))]
+        write("budget_aware_nets", {"machine": machine(), "rows": rows}, render(rows))
+        return 0
+    import contextlib
+
+    import keras
+
+    data = fashion_mnist()
+    _, _, xte, yte = data
+    rows_dir.mkdir(parents=True, exist_ok=True)
+    keep = contextlib.nullcontext(str(args.keep)) if args.keep else tempfile.TemporaryDirectory(prefix="ep-nets-")
+    with keep as tmp:
+        tmp = Path(tmp)
+        tmp.mkdir(parents=True, exist_ok=True)
+        data_path = tmp / "fmnist_test0-999.npz"
+        np.savez(data_path, x=xte[:1000], y=yte[:1000])
+        for net in args.nets.split(","):
+            model_path, train_s = trained(net, data)
+            km = keras.models.load_model(model_path, compile=False)
+            acc = float((km.predict(xte, batch_size=500, verbose=0).argmax(1) == yte).mean())
+            (tmp / net).mkdir(exist_ok=True)
+            u = unpruned_figures(model_path, data_path, tmp / net)
+            budgets = {"ram": 16384 + u["arena_bytes"] // 2, "latency": round(0.4 * u["local_p50_ms"], 5)}
+            print(net, "test accuracy", acc, u, budgets, flush=True)
+            for row in args.rows.split(","):
+                for v in args.variants.split(","):
+                    if row == "ram50" and v == "latency":
+                        continue
+                    r = one_row(net, row, v, model_path, data_path, budgets, tmp / net / row / v, xte[UNSEEN], km)
+                    r.update(unpruned=u, budgets=budgets, test_accuracy=acc, train_s=train_s)
+                    (rows_dir / f"{net}-{row}-{v}.json").write_text(json.dumps(r, indent=1) + "\n")
+                    print("   ", row, v, {k: r.get(k) for k in ("exit", "rate", "size_bytes", "ram_bytes", "latency_ms",
+                                                               "agreement_eval", "agreement_unseen", "seconds")}, flush=True)
+    return 0
+
+
+def render(rows: list) -> str:
+    lines = ["# Budget-aware allocation on compute-bound nets (issue 22)", "",
+             "`python bench/budget_aware_nets.py`: see the script's docstring. Fashion-MNIST, nets trained here "
+             f"(seeded, {EPOCHS} epochs on {TRAIN_N:,} training images); the run's data: test images 0-999; "
+             "`unseen`: test images 5000-9999. Machine loaded (2 cores shared by five sessions).", "",
+             "| net | budget | objective | exit | rate | .tflite | RAM | latency p50 | agreement eval | agreement unseen | time |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        b = (f"RAM {r['budgets']['ram']:,} B (50 % of arena {r['unpruned']['arena_bytes']:,} B + 16 KiB)"
+             if r["row"] == "ram50" else
+             f"latency {r['budgets']['latency']:.4g} ms (40 % of p50 {r['unpruned']['local_p50_ms']:.4g} ms)")
+        if r.get("rate") is None:
+            lines.append(f"| {r['net']} | {b} | {r['variant']} | {r['exit']} | - | - | - | - | - | - | {r['seconds']:.0f} s |")
+            continue
+        lat = "n/a" if r.get("latency_ms") is None else f"{r['latency_ms']:.4g} ms" + (" (est.)" if r.get("latency_is_estimate") else "")
+        ram = "n/a" if r.get("ram_bytes") is None else f"{r['ram_bytes']:,} B"
+        lines.append(f"| {r['net']} | {b} | {r['variant']} | {r['exit']} | {r['rate']:.2f} | {r['size_bytes']:,} B | {ram} | "
+                     f"{lat} | {r['agreement_eval']:.4f} | {r['agreement_unseen']:.4f} | {r['seconds']:.0f} s |")
+    lines += ["", "Commands and reasons:", ""]
+    for r in rows:
+        lines.append(f"- {r['net']} {r['row']} {r['variant']}: `{r['command']}`" +
+                     (f"; exit {r['exit']}: " + "; ".join(r.get("reasons") or []) if r["exit"] != 0 else ""))
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
