@@ -190,7 +190,7 @@ def acquire(dev, *, aborted: Callable[[], bool] = lambda: False) -> Optional[Boa
         log.warning("%s: board lock taken after waiting %.1f s", profile.name, time.monotonic() - t0)
 
     def fresh(command: str) -> None:
-        from edgeprune.devices.ssh import connect_client
+        from edgeprune.devices.ssh_client import connect_client
 
         client = connect_client(dev.settings, name=profile.name)
         try:

@@ -10,25 +10,8 @@ limits, threads and runtime settings): a measurement on any of them stands for a
 """
 from __future__ import annotations
 
-import threading
-
 from edgeprune.errors import BadInput
 from edgeprune.devices.profile import Profile
-
-_ABORT = threading.Event()
-
-
-def aborting() -> bool:
-    return _ABORT.is_set()
-
-
-def abort() -> None:
-    _ABORT.set()
-
-
-def reset() -> None:
-    _ABORT.clear()
-
 
 def board_id(p: Profile) -> str:
     """Where a board is: ``user@host:port`` (ssh) or ``labgrid:COORDINATOR/PLACE``."""

@@ -84,3 +84,22 @@ class shielded:
                 signal.signal(s, handler)
         if self.got and exc_type is None:
             raise Terminated() if self.got[-1] == signal.SIGTERM else KeyboardInterrupt()
+
+
+# ---------------------------------------------------------------- the farm's abort flag
+# Set when a parallel device phase is being interrupted: every board's backend that waits (for a
+# board lock, a labgrid place) gives up instead of waiting on (pipeline/device_farm.py).
+_ABORT = threading.Event()
+
+
+def aborting() -> bool:
+    return _ABORT.is_set()
+
+
+def abort() -> None:
+    _ABORT.set()
+
+
+def reset() -> None:
+    _ABORT.clear()
+

@@ -288,7 +288,7 @@ class LabgridDevice(Device):
         super().__init__(profile)
         if profile.labgrid is None:
             raise BadInput(f"{profile.name}: kind labgrid needs a 'labgrid' section", "see README: board farms")
-        from edgeprune.devices import farm
+        from edgeprune.devices import interrupt
         from edgeprune.devices.ssh import SshDevice
 
         self.coord: Optional[Coordinator] = None
@@ -297,7 +297,7 @@ class LabgridDevice(Device):
         self._closed = False
         self.coord = Coordinator(profile.labgrid.coordinator, name=profile.name)
         try:
-            self.place = acquire_place(self.coord, profile, aborted=farm.aborting)
+            self.place = acquire_place(self.coord, profile, aborted=interrupt.aborting)
             address, port, user = self.coord.endpoint(self.place)
             self.endpoint = (address, port, user)
             self.inner = SshDevice(ssh_profile(profile, self.place, address, port, user))

@@ -115,3 +115,9 @@ class Candidate:
             return cls(**kw)
         except TypeError as exc:  # a required key missing
             raise ValueError(f"not an edgeprune candidate: {exc}") from None
+
+
+def candidate_name(index: int, rate: float) -> str:
+    """A candidate's file stem in the run directory: ``cand-<index>-rate<rate>``."""
+    r = f"{rate:.2f}" if abs(rate * 100 - round(rate * 100)) < 1e-6 else f"{rate:.4f}"
+    return f"cand-{index:02d}-rate{r}"

@@ -136,7 +136,7 @@ class Lookahead:
     def fill(self, i: int) -> None:
         """Candidates ``i`` .. ``i + jobs - 1`` pruned and submitted (those not yet)."""
         from edgeprune.pipeline import convert as conv
-        from edgeprune.pipeline.host_phase import candidate_name
+        from edgeprune.pipeline.candidate import candidate_name
         from edgeprune.pipeline.run_dir import _save_keras_atomic
 
         r = self.host

@@ -45,20 +45,20 @@ _active_lock = threading.Lock()
 
 def measure_on(board, tflite_path, config):
     """``devices.base.measure`` for one board of a farm, abortable from the main thread."""
-    from edgeprune.devices import farm
+    from edgeprune.devices import interrupt
     from edgeprune.devices.base import _check_model, open_device, with_retries
 
     path = _check_model(tflite_path)
 
     def once():
-        if farm.aborting():
+        if interrupt.aborting():
             raise DeviceError(f"{board.name}: interrupted", "run again")
         t0 = time.perf_counter()
         with open_device(board) as dev:
             with _active_lock:
                 _active.add(dev)
             try:
-                if farm.aborting():
+                if interrupt.aborting():
                     raise DeviceError(f"{board.name}: interrupted", "run again")
                 m = dev.bench(path, config)
             finally:
@@ -71,9 +71,9 @@ def measure_on(board, tflite_path, config):
 
 
 def _abort_all() -> None:
-    from edgeprune.devices import farm
+    from edgeprune.devices import interrupt
 
-    farm.abort()
+    interrupt.abort()
     with _active_lock:
         devs = list(_active)
     for dev in devs:
@@ -105,9 +105,9 @@ def run_in_rate_order(order: list, boards: list, *, lookup: Callable, measure: C
                 return
         return
 
-    from edgeprune.devices import farm
+    from edgeprune.devices import interrupt
 
-    farm.reset()
+    interrupt.reset()
     results: dict[int, tuple] = {}
     pending = deque(enumerate(order))  # (position in rate order, record)
     free = deque(boards)
@@ -165,7 +165,7 @@ def run_in_rate_order(order: list, boards: list, *, lookup: Callable, measure: C
                 _finish(running, results, order, True, store, keep, pool)
             raise
         finally:
-            farm.reset()
+            interrupt.reset()
 
 
 def _finish(running: dict, results: dict, order: list, error, store: Callable, keep: Callable, pool) -> None:

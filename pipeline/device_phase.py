@@ -61,7 +61,7 @@ def check_reachable(ctx) -> list:
         if b.kind != "ssh":
             continue
         from edgeprune.devices.base import with_retries
-        from edgeprune.devices.ssh import connect_client, resolve_settings
+        from edgeprune.devices.ssh_client import connect_client, resolve_settings
 
         ctx.emit("status", text=f"connecting to {b.name}")
         with_retries(b, lambda b=b: connect_client(resolve_settings(b), name=b.name).close())

@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from edgeprune.pipeline.candidate import ABSENT, Candidate
+from edgeprune.pipeline.candidate import ABSENT, Candidate, candidate_name
 from edgeprune.pipeline.host_checks import HostChecks
 from edgeprune.pipeline.run_config import SYNTHETIC_SAMPLES, _now
 from edgeprune.pipeline.run_dir import _save_keras_atomic, write_json_atomic
@@ -66,11 +66,6 @@ def advance_fixed(ctx, pruner, pconf, rate: float):
         if pruner.rate + 1e-9 < r < rate - 1e-9:
             pruner.step_to(r)
     return pruner, False
-
-
-def candidate_name(index: int, rate: float) -> str:
-    r = f"{rate:.2f}" if abs(rate * 100 - round(rate * 100)) < 1e-6 else f"{rate:.4f}"
-    return f"cand-{index:02d}-rate{r}"
 
 
 @dataclass

@@ -182,3 +182,64 @@ def test_cli_choices_come_from_the_registries():
     assert METRICS == choices.METRICS == tuple(m.value for m in cli.Metric)
     assert OBJECTIVES == choices.OBJECTIVES
     assert cli.Allocation("global").name == "global_" and cli.Quantize("int8") is cli.Quantize.int8
+
+
+def _imports(module: str, tree: ast.AST, known: set) -> set:
+    """The package modules ``module`` imports, at module level or inside functions (a lazy import
+    still ties the two modules: only an import that never happens would not)."""
+    out = set()
+    is_pkg = module.endswith(".__init__")
+    base = module[: -len(".__init__")] if is_pkg else module
+    for n in ast.walk(tree):
+        if isinstance(n, ast.Import):
+            names = [a.name for a in n.names]
+        elif isinstance(n, ast.ImportFrom):
+            if n.level:
+                parts = base.split(".")
+                parts = parts[: len(parts) - n.level + (1 if is_pkg else 0)]
+                m = ".".join(parts + ([n.module] if n.module else []))
+            else:
+                m = n.module or ""
+            names = [m] + [f"{m}.{a.name}" for a in n.names]
+        else:
+            continue
+        out |= {m for m in names if m in known and m != base}
+    return out
+
+
+def test_no_import_cycle():
+    mods = {}
+    for rel, tree in _sources():
+        name = "edgeprune." + rel[:-3].replace("/", ".")
+        mods[name[: -len(".__init__")] if name.endswith(".__init__") else name] = (name, tree)
+    known = set(mods)
+    graph = {m: _imports(full, tree, known) for m, (full, tree) in mods.items()}
+    assert "edgeprune.pipeline.graph" in graph and graph["edgeprune.pipeline.graph"]  # the walk saw imports
+    cycles, index, low, stack, on = [], {}, {}, [], set()
+
+    def visit(v):  # Tarjan's strongly connected components
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on.add(v)
+        for w in sorted(graph[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                cycles.append(sorted(comp))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    print(f"imports between {len(graph)} modules: {sum(map(len, graph.values()))} edges, {len(cycles)} cycles")
+    assert not cycles, f"import cycles (a lazy import counts): {cycles}"

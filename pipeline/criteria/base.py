@@ -13,7 +13,7 @@ from typing import Callable
 
 import numpy as np
 
-from edgeprune.pipeline.bounds import bn_affine
+from edgeprune.pipeline.interval import bn_affine
 from edgeprune.pipeline.graph import DependencyGraph, Group
 
 @dataclass

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edgeprune.pipeline.bounds import (
+from edgeprune.pipeline.interval import (
     LIPSCHITZ,
     MONOTONE_ACTIVATIONS,
     activation_name,
@@ -238,7 +238,7 @@ def _pair_interval(act, w_eff, b_eff, c_x, r_x, js, is_, lams, chunk: int):
     homogeneous = act in HOMOGENEOUS
     z_c = c_x @ w_eff + b_eff
     z_r = r_x @ np.abs(w_eff)
-    from edgeprune.pipeline.bounds import apply_activation
+    from edgeprune.pipeline.interval import apply_activation
 
     h_lo = apply_activation(act, z_c - z_r)
     h_hi = apply_activation(act, z_c + z_r)

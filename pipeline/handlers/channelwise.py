@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgeprune.pipeline.bounds import MONOTONE_ACTIVATIONS, activation_name, apply_activation, bn_affine
+from edgeprune.pipeline.interval import MONOTONE_ACTIVATIONS, activation_name, apply_activation, bn_affine
 from edgeprune.pipeline.handlers.base import LayerHandler, register
 
 # Layers whose output channel c depends only on input channel c and that have no

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgeprune.pipeline.bounds import MONOTONE_ACTIVATIONS, _conv, activation_name, apply_activation
+from edgeprune.pipeline.interval import MONOTONE_ACTIVATIONS, _conv, activation_name, apply_activation
 from edgeprune.pipeline.handlers.base import LayerHandler, register
 
 
