@@ -60,13 +60,15 @@ class Flow(Importance):
         for ref in group.refs:
             if ref.role != "consumer":
                 continue
-            m2 = self.m2_weight.get((ref.layer, ref.weight), self.m2.get(ref.layer))
-            if m2 is None:  # e.g. in a removed branch
-                continue
-            if ref.layer in group.producers:
+            own = self.m2_weight.get((ref.layer, ref.weight))  # the handler's moments for this weight
+            if own is None and ref.layer in group.producers:
                 # a recurrent layer's recurrent rows read its own hidden state, not the layer's
                 # input whose moments m2 holds (the fuzzer's GRU(5) on 2 input channels crashed
-                # here; a wider input gave wrong scores silently): scored by its other readers
+                # here; a wider input gave wrong scores silently): scored by its other readers.
+                # (An attention layer also reads its own heads, with its handler's moments.)
+                continue
+            m2 = own if own is not None else self.m2.get(ref.layer)
+            if m2 is None:  # e.g. in a removed branch
                 continue
             w = np.moveaxis(state.weights[ref.layer][ref.weight], ref.axis, 0)
             energy = np.square(w.astype(np.float64)).reshape(w.shape[0], -1).sum(1)
