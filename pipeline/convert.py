@@ -601,7 +601,6 @@ def _unrolled(model):
     return new
 
 
-@stage("convert", what="model")
 def _configure(converter, config: ConvertConfig, calibration) -> None:
     """The converter's settings for ``config.quantize`` (int8: the representative dataset, one batch
     of ``calibration`` at a time)."""
@@ -633,6 +632,7 @@ def _configure(converter, config: ConvertConfig, calibration) -> None:
         converter.inference_output_type = tf.int8
 
 
+@stage("convert", what="model")
 def convert(model, config: ConvertConfig | None = None) -> ConvertResult:
     """Convert a Keras model to TFLite as ``config`` says; raises UnsupportedModel naming the
     op/layer when TFLite builtins cannot express the model."""
