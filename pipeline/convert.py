@@ -601,6 +601,133 @@ def _unrolled(model):
     return new
 
 
+_FUSED_OP = "UNIDIRECTIONAL_SEQUENCE_LSTM"
+
+
+def _lstm_function():
+    """A tf.function with the interface and attributes of Keras 2's ``standard_lstm`` (args: inputs,
+    init_h, init_c, kernel, recurrent_kernel, bias; 5 results), which the TFLite converter replaces
+    by its fused UNIDIRECTIONAL_SEQUENCE_LSTM op (``api_implements: lstm_*``). The body (a scan)
+    is the same computation, used only when the function runs in TensorFlow."""
+    import uuid
+
+    import tensorflow as tf
+
+    def standard_lstm(inputs, init_h, init_c, kernel, recurrent_kernel, bias):
+        def step(carry, xt):
+            h, c = carry
+            z = tf.matmul(xt, kernel) + tf.matmul(h, recurrent_kernel) + bias
+            i, f, g, o = tf.split(z, 4, axis=1)  # Keras' gate order
+            c = tf.sigmoid(f) * c + tf.sigmoid(i) * tf.tanh(g)
+            return tf.sigmoid(o) * tf.tanh(c), c
+
+        hs, cs = tf.scan(step, tf.transpose(inputs, [1, 0, 2]), initializer=(init_h, init_c))
+        return hs[-1], tf.transpose(hs, [1, 0, 2]), hs[-1], cs[-1], tf.constant(1.0, tf.float32)
+
+    return tf.function(standard_lstm, autograph=False, experimental_attributes={
+        "api_implements": f"lstm_{uuid.uuid4()}", "api_preferred_device": "CPU",
+        "time_major": False, "go_backwards": False})
+
+
+def _fusable_lstms(model) -> list[str]:
+    """Names of the recurrent layers if EVERY one is a plain Keras LSTM the fused op computes
+    exactly (tanh/sigmoid, bias, forward, no state in or out, no mask in the model), else []."""
+    import keras
+
+    names = []
+    for layer in model.layers:
+        if type(layer).__name__ in ("Masking",) or (type(layer).__name__ == "Embedding" and layer.get_config().get("mask_zero")):
+            return []
+    for name, steps in _recurrent_steps(model):
+        layer = model.get_layer(name)
+        cfg = layer.get_config()
+        if type(layer) is not keras.layers.LSTM or not steps:
+            return []
+        if (cfg.get("activation"), cfg.get("recurrent_activation")) != ("tanh", "sigmoid") or not cfg.get("use_bias", True):
+            return []
+        if cfg.get("stateful") or cfg.get("return_state") or cfg.get("go_backwards") or len(layer.input.shape) != 3:
+            return []
+        names.append(name)
+    return names
+
+
+def _with_fused_lstms(model, names: list[str]):
+    """``model`` with the LSTM layers ``names`` replaced by calls of :func:`_lstm_function` (their
+    weights as constants); every other layer is the original layer object (shared)."""
+    import keras
+
+    class FusedLSTM(keras.layers.Layer):
+        def __init__(self, src):
+            super().__init__(name=src.name)
+            self.units, self.return_sequences = int(src.units), bool(src.return_sequences)
+            self.arrays = [np.asarray(w, np.float32) for w in src.get_weights()]
+            self.fn = _lstm_function()
+
+        def call(self, x, mask=None, training=None):
+            import tensorflow as tf
+
+            if mask is not None:  # the fused op has no mask input
+                raise ValueError(f"LSTM {self.name!r} receives a mask")
+
+            zero = tf.zeros((tf.shape(x)[0], self.units), x.dtype)
+            last, seq, _, _, _ = self.fn(x, zero, zero, *(tf.constant(a) for a in self.arrays))
+            return seq if self.return_sequences else last
+
+        def compute_output_shape(self, shape):
+            return (shape[0], shape[1], self.units) if self.return_sequences else (shape[0], self.units)
+
+    wanted = set(names)
+    return keras.models.clone_model(model, clone_function=lambda layer: FusedLSTM(layer) if layer.name in wanted else layer)
+
+
+def _fused_converter(fused, config: "ConvertConfig"):
+    """The converter of a model with fused-LSTM calls: lowered through a SavedModel (a frozen
+    concrete function loses the ``api_implements`` attribute the fusion needs), the variables
+    tracked by a tf.Module so they are frozen into constants (Keras' own tracking leaves
+    VAR_HANDLE ops)."""
+    import tensorflow as tf
+
+    func = _concrete_function(fused, config.batch_size)
+    holder = tf.Module()
+    holder.variables_ = [getattr(v, "value", v) for v in fused.weights]
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([func], trackable_obj=holder)
+    converter.experimental_lower_to_saved_model = True
+    return converter
+
+
+def _fused_lstm_model(model, calibration, config: "ConvertConfig"):
+    """The model with its LSTMs as fused-op calls, or None when not every recurrent layer can be
+    fused or the rebuilt model does not compute the original's outputs (checked on calibration
+    samples) or the converter does not fuse them (checked on a float32 conversion, ~1 s: a full-int8
+    conversion of a WHILE loop crashes the TF 2.21 converter, so int8 is only tried once fused)."""
+    import tensorflow as tf
+
+    names = _fusable_lstms(model)
+    if not names:
+        return None
+    fused = _with_fused_lstms(model, names)
+    if calibration:
+        xs = [np.asarray(arr[: min(4, len(arr))]) for arr in calibration]
+        x = xs[0] if len(xs) == 1 else xs
+        want = np.asarray(model(x, training=False), np.float32)
+        try:
+            got = np.asarray(fused(x, training=False), np.float32)
+        except Exception:  # noqa: BLE001 - e.g. a mask reaches an LSTM: the unrolled path decides
+            return None
+        if want.shape != got.shape or not np.allclose(got, want, rtol=1e-4, atol=1e-5 * (1 + float(np.abs(want).max()))):
+            return None
+    with captured_output():
+        converter = _fused_converter(fused, config)
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+        try:
+            ops, _ = read_ops(converter.convert())
+        except Exception:  # noqa: BLE001 - not fusable here: the unrolled path decides
+            return None
+    if _FUSED_OP not in ops or "WHILE" in ops:
+        return None
+    return fused, names
+
+
 def _configure(converter, config: ConvertConfig, calibration) -> None:
     """The converter's settings for ``config.quantize`` (int8: the representative dataset, one batch
     of ``calibration`` at a time)."""
@@ -644,10 +771,15 @@ def convert(model, config: ConvertConfig | None = None) -> ConvertResult:
     calibration: list[np.ndarray] | None = None
     source: str | None = None
     original, unrolled = model, False
+    fused_names: list[str] = []
     if config.quantize == "int8":
         calibration, source = _calibration_set(model, config)
         if _recurrent_steps(model):
-            model, unrolled = _unrolled(model), True
+            fused = _fused_lstm_model(model, calibration, config)
+            if fused is not None:  # TFLite's full-int8 fused LSTM op: no loop to quantize, no unrolling
+                model, fused_names = fused
+            else:
+                model, unrolled = _unrolled(model), True
 
     with captured_output() as box:
         try:
@@ -662,8 +794,11 @@ def convert(model, config: ConvertConfig | None = None) -> ConvertResult:
     with captured_output():
         # The model keeps the variables alive; lower_to_saved_model=False keeps the
         # conversion on the frozen concrete function (no SavedModel written to disk).
-        converter = tf.lite.TFLiteConverter.from_concrete_functions([func], trackable_obj=model)
+        converter = tf.lite.TFLiteConverter.from_concrete_functions([func], trackable_obj=model) if not fused_names \
+            else _fused_converter(model, config)
     _configure(converter, config, calibration)
+    if fused_names:
+        converter.experimental_lower_to_saved_model = True  # keeps the fused-LSTM attribute (see _fused_converter)
 
     with captured_output() as box:
         try:
@@ -688,6 +823,9 @@ def convert(model, config: ConvertConfig | None = None) -> ConvertResult:
     dyn = [op for op in ops if op in DYNAMIC_SHAPE_OPS]
     if dyn:
         notes.append(f"the converted model contains dynamic-shape ops {dyn} (microcontrollers may not support them)")
+    if fused_names:
+        notes.append(f"int8 LSTM layer(s) {', '.join(repr(n) for n in fused_names)} converted as TFLite's fused "
+                     f"{_FUSED_OP} op (full int8, no unrolling)")
     if config.quantize == "int8" and source == "synthetic":
         notes.append(
             f"int8 calibrated on {len(calibration[0])} synthetic samples, uniform in {list(config.input_range)} "  # type: ignore[index]
