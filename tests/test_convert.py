@@ -391,3 +391,24 @@ def test_only_plain_unmasked_lstms_are_fused():
                  lambda x: L.LSTM(4, go_backwards=True)(x)):
         inp = keras.Input((10, 3))
         assert conv._fusable_lstms(keras.Model(inp, L.Dense(2)(make(inp)))) == []
+
+
+def test_a_fused_lstm_file_that_errs_gives_way_to_the_unrolled_file(monkeypatch):
+    """When the fused int8 LSTM file errs more than FUSED_MAX_ERROR on the calibration samples,
+    the unrolled file is converted too and kept when it is allowed (<= 2x float32) and closer;
+    forced here with a bound of 0 on a short sequence (8 steps), where unrolling is cheap."""
+    from edgeprune.pipeline import convert as conv
+
+    model = _stacked_lstm(8)
+    cal = np.random.default_rng(0).uniform(0, 1, (16, 8, 4)).astype(np.float32)
+    fused = convert(model, ConvertConfig(quantize="int8", calibration=cal))
+    assert "UNIDIRECTIONAL_SEQUENCE_LSTM" in fused.ops
+    err = float(re.search(r"relative L2 error ([0-9.]+) on 16", " ".join(fused.notes)).group(1))
+    assert 0 < err < 0.05, fused.notes
+    monkeypatch.setattr(conv, "FUSED_MAX_ERROR", 0.0)
+    res = convert(model, ConvertConfig(quantize="int8", calibration=cal))
+    assert "UNIDIRECTIONAL_SEQUENCE_LSTM" not in res.ops and "WHILE" not in res.ops  # unrolled
+    assert res.size_bytes > fused.size_bytes
+    note = next(n for n in res.notes if "unrolled" in n)
+    fused_err, unrolled_err = (float(v) for v in re.search(r"erred ([0-9.]+) .*the unrolled file ([0-9.]+)", note).groups())
+    assert fused_err == pytest.approx(err, abs=1e-3) and unrolled_err < fused_err, note
