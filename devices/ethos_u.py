@@ -407,6 +407,14 @@ def host_run_check(vela_tflite: Path, tflite_path: Path, samples: int = 4) -> di
     import numpy as np
     from ai_edge_litert.interpreter import Interpreter
 
+    from edgeprune.pipeline.xnnpack import xnnpack_requant_hazard
+
+    for path in (vela_tflite, tflite_path):  # XNNPACK would abort the process preparing it
+        hazard = xnnpack_requant_hazard(Path(path).read_bytes())
+        if hazard is not None:
+            return {"ran": False, "identical": None,
+                    "message": f"not run on the host: {hazard.op} '{hazard.tensor}' output scale {hazard.output_scale:.3g} "
+                               f"(requantization scale {hazard.requant_scale:.4g}) would abort ai-edge-litert's XNNPACK"}
     try:
         vi = Interpreter(model_path=str(vela_tflite))
         vi.allocate_tensors()

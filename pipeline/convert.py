@@ -19,22 +19,20 @@ Usage::
 from __future__ import annotations
 
 import contextlib
-import io
-import logging
 import os
 import re
 import sys
 import tempfile
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
 from edgeprune.crash import stage
 from edgeprune.errors import BadInput, UnsupportedModel
+from edgeprune.pipeline.quiet import captured_output  # noqa: F401  (also conv.captured_output for its callers)
 
 QUANTIZE_MODES = ("float32", "float16", "dynamic", "int8")
 # Ops a dynamic batch dimension introduces around Flatten; microcontrollers do not want them.
@@ -155,50 +153,6 @@ class ConvertResult:
             "seconds": round(self.seconds, 3),
             "notes": list(self.notes),
         }
-
-
-# --------------------------------------------------------------------------- capture
-class _Captured:
-    text: str = ""
-
-
-@contextlib.contextmanager
-def captured_output() -> Iterator[_Captured]:
-    """Send everything written to fds 1/2 (C++ included), sys.stdout/err, Python warnings and
-    the tensorflow/absl loggers to a temporary file; its text is in ``box.text`` afterwards."""
-    box = _Captured()
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(Exception):
-            stream.flush()
-    tmp = tempfile.TemporaryFile(mode="w+b")
-    saved: list[tuple[int, int]] = []
-    for fd in (1, 2):
-        try:
-            saved.append((fd, os.dup(fd)))
-            os.dup2(tmp.fileno(), fd)
-        except OSError:  # no such fd (embedded interpreters): skip it
-            pass
-    text_stream = io.TextIOWrapper(os.fdopen(os.dup(tmp.fileno()), "wb"), encoding="utf-8", errors="replace", line_buffering=True)
-    loggers = [logging.getLogger(n) for n in ("tensorflow", "absl", "h5py", "keras")]
-    old_levels = [lg.level for lg in loggers]
-    try:
-        for lg in loggers:
-            lg.setLevel(logging.ERROR)
-        with contextlib.redirect_stdout(text_stream), contextlib.redirect_stderr(text_stream), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield box
-    finally:
-        for lg, level in zip(loggers, old_levels):
-            lg.setLevel(level)
-        with contextlib.suppress(Exception):
-            text_stream.flush()
-            text_stream.close()
-        for fd, dup in saved:
-            os.dup2(dup, fd)
-            os.close(dup)
-        tmp.seek(0)
-        box.text = tmp.read().decode("utf-8", errors="replace")
-        tmp.close()
 
 
 def quiet_import_tensorflow() -> None:
@@ -522,6 +476,154 @@ def _unrolled(model):
     return new
 
 
+_FUSED_OP = "UNIDIRECTIONAL_SEQUENCE_LSTM"
+
+
+def _lstm_function():
+    """A tf.function with the interface and attributes of Keras 2's ``standard_lstm`` (args: inputs,
+    init_h, init_c, kernel, recurrent_kernel, bias; 5 results), which the TFLite converter replaces
+    by its fused UNIDIRECTIONAL_SEQUENCE_LSTM op (``api_implements: lstm_*``). The body (a scan)
+    is the same computation, used only when the function runs in TensorFlow."""
+    import uuid
+
+    import tensorflow as tf
+
+    def standard_lstm(inputs, init_h, init_c, kernel, recurrent_kernel, bias):
+        def step(carry, xt):
+            h, c = carry
+            z = tf.matmul(xt, kernel) + tf.matmul(h, recurrent_kernel) + bias
+            i, f, g, o = tf.split(z, 4, axis=1)  # Keras' gate order
+            c = tf.sigmoid(f) * c + tf.sigmoid(i) * tf.tanh(g)
+            return tf.sigmoid(o) * tf.tanh(c), c
+
+        hs, cs = tf.scan(step, tf.transpose(inputs, [1, 0, 2]), initializer=(init_h, init_c))
+        return hs[-1], tf.transpose(hs, [1, 0, 2]), hs[-1], cs[-1], tf.constant(1.0, tf.float32)
+
+    return tf.function(standard_lstm, autograph=False, experimental_attributes={
+        "api_implements": f"lstm_{uuid.uuid4()}", "api_preferred_device": "CPU",
+        "time_major": False, "go_backwards": False})
+
+
+def _fusable_lstms(model) -> list[str]:
+    """Names of the recurrent layers if EVERY one is a plain Keras LSTM the fused op computes
+    exactly (tanh/sigmoid, bias, forward, no state in or out, no mask in the model), else []."""
+    import keras
+
+    names = []
+    for layer in model.layers:
+        if type(layer).__name__ in ("Masking",) or (type(layer).__name__ == "Embedding" and layer.get_config().get("mask_zero")):
+            return []
+    for name, steps in _recurrent_steps(model):
+        layer = model.get_layer(name)
+        cfg = layer.get_config()
+        if type(layer) is not keras.layers.LSTM or not steps:
+            return []
+        if (cfg.get("activation"), cfg.get("recurrent_activation")) != ("tanh", "sigmoid") or not cfg.get("use_bias", True):
+            return []
+        if cfg.get("stateful") or cfg.get("return_state") or cfg.get("go_backwards") or len(layer.input.shape) != 3:
+            return []
+        names.append(name)
+    return names
+
+
+def _with_fused_lstms(model, names: list[str]):
+    """``model`` with the LSTM layers ``names`` replaced by calls of :func:`_lstm_function` (their
+    weights as constants); every other layer is the original layer object (shared)."""
+    import keras
+
+    class FusedLSTM(keras.layers.Layer):
+        def __init__(self, src):
+            super().__init__(name=src.name)
+            self.units, self.return_sequences = int(src.units), bool(src.return_sequences)
+            self.arrays = [np.asarray(w, np.float32) for w in src.get_weights()]
+            self.fn = _lstm_function()
+
+        def call(self, x, mask=None, training=None):
+            import tensorflow as tf
+
+            if mask is not None:  # the fused op has no mask input
+                raise ValueError(f"LSTM {self.name!r} receives a mask")
+
+            zero = tf.zeros((tf.shape(x)[0], self.units), x.dtype)
+            last, seq, _, _, _ = self.fn(x, zero, zero, *(tf.constant(a) for a in self.arrays))
+            return seq if self.return_sequences else last
+
+        def compute_output_shape(self, shape):
+            return (shape[0], shape[1], self.units) if self.return_sequences else (shape[0], self.units)
+
+    wanted = set(names)
+    return keras.models.clone_model(model, clone_function=lambda layer: FusedLSTM(layer) if layer.name in wanted else layer)
+
+
+FUSED_MAX_ERROR = 0.05  # above this error on calibration samples, the unrolled int8 file is tried too
+_ERR_SAMPLES = 16
+
+
+def _int8_error(tflite: bytes, model, calibration) -> float | None:
+    """Relative L2 error of the int8 file against the float Keras model on the first
+    calibration samples (single-input models; None when it cannot be measured)."""
+    from edgeprune.pipeline.fidelity import run_tflite
+
+    if not calibration or len(calibration) != 1:
+        return None
+    x = np.asarray(calibration[0][:_ERR_SAMPLES])
+    try:
+        y, _ = run_tflite(tflite, x)
+    except BadInput:
+        return None
+    ref = np.asarray(model.predict(x, verbose=0, batch_size=len(x)), np.float32).reshape(y.shape)
+    norm = float(np.linalg.norm(ref))
+    return float(np.linalg.norm(y - ref) / norm) if norm > 0 else None
+
+
+def _fused_converter(fused, config: "ConvertConfig"):
+    """The converter of a model with fused-LSTM calls: lowered through a SavedModel (a frozen
+    concrete function loses the ``api_implements`` attribute the fusion needs), the variables
+    tracked by a tf.Module so they are frozen into constants (Keras' own tracking leaves
+    VAR_HANDLE ops)."""
+    import tensorflow as tf
+
+    func = _concrete_function(fused, config.batch_size)
+    holder = tf.Module()
+    holder.variables_ = [getattr(v, "value", v) for v in fused.weights]
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([func], trackable_obj=holder)
+    converter.experimental_lower_to_saved_model = True
+    return converter
+
+
+def _fused_lstm_model(model, calibration, config: "ConvertConfig"):
+    """The model with its LSTMs as fused-op calls, or None when not every recurrent layer can be
+    fused or the rebuilt model does not compute the original's outputs (checked on calibration
+    samples) or the converter does not fuse them (checked on a float32 conversion, ~1 s: a full-int8
+    conversion of a WHILE loop crashes the TF 2.21 converter, so int8 is only tried once fused)."""
+    import tensorflow as tf
+
+    names = _fusable_lstms(model)
+    if not names:
+        return None
+    fused = _with_fused_lstms(model, names)
+    if calibration:
+        xs = [np.asarray(arr[: min(4, len(arr))]) for arr in calibration]
+        x = xs[0] if len(xs) == 1 else xs
+        want = np.asarray(model(x, training=False), np.float32)
+        try:
+            got = np.asarray(fused(x, training=False), np.float32)
+        except Exception:  # noqa: BLE001 - e.g. a mask reaches an LSTM: the unrolled path decides
+            return None
+        if want.shape != got.shape or not np.allclose(got, want, rtol=1e-4, atol=1e-5 * (1 + float(np.abs(want).max()))):
+            return None
+    with captured_output():
+        converter = _fused_converter(fused, config)
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+        try:
+            ops, _ = read_ops(converter.convert())
+        except Exception:  # noqa: BLE001 - not fusable here: the unrolled path decides
+            return None
+    if _FUSED_OP not in ops or "WHILE" in ops:
+        return None
+    return fused, names
+
+
 def _configure(converter, config: ConvertConfig, calibration) -> None:
     """The converter's settings for ``config.quantize`` (int8: the representative dataset, one batch
     of ``calibration`` at a time)."""
@@ -553,22 +655,10 @@ def _configure(converter, config: ConvertConfig, calibration) -> None:
         converter.inference_output_type = tf.int8
 
 
-@stage("convert", what="model")
-def convert(model, config: ConvertConfig | None = None) -> ConvertResult:
-    """Convert a Keras model to TFLite as ``config`` says; raises UnsupportedModel naming the
-    op/layer when TFLite builtins cannot express the model."""
+def _run_converter(model, config: ConvertConfig, calibration, fused_names: list) -> tuple[bytes, str]:
+    """(the TFLite flatbuffer, the converter's log) of ``model`` (traced, configured for ``config``, converted); raises
+    UnsupportedModel naming the op/layer when TFLite builtins cannot express it."""
     import tensorflow as tf
-
-    config = config or ConvertConfig()
-    _check_static(model)
-    t0 = time.perf_counter()
-    calibration: list[np.ndarray] | None = None
-    source: str | None = None
-    original, unrolled = model, False
-    if config.quantize == "int8":
-        calibration, source = _calibration_set(model, config)
-        if _recurrent_steps(model):
-            model, unrolled = _unrolled(model), True
 
     with captured_output() as box:
         try:
@@ -583,8 +673,11 @@ def convert(model, config: ConvertConfig | None = None) -> ConvertResult:
     with captured_output():
         # The model keeps the variables alive; lower_to_saved_model=False keeps the
         # conversion on the frozen concrete function (no SavedModel written to disk).
-        converter = tf.lite.TFLiteConverter.from_concrete_functions([func], trackable_obj=model)
+        converter = tf.lite.TFLiteConverter.from_concrete_functions([func], trackable_obj=model) if not fused_names \
+            else _fused_converter(model, config)
     _configure(converter, config, calibration)
+    if fused_names:
+        converter.experimental_lower_to_saved_model = True  # keeps the fused-LSTM attribute (see _fused_converter)
 
     with captured_output() as box:
         try:
@@ -595,9 +688,55 @@ def convert(model, config: ConvertConfig | None = None) -> ConvertResult:
             error = None
     if error is not None:
         raise _explain_conversion_error(error, box.text, model)
+    return tflite, box.text
+
+
+def _unrolled_if_closer(original, config: ConvertConfig, calibration, err) -> "ConvertResult | None":
+    """A fused int8 LSTM file that errs more than FUSED_MAX_ERROR: the unrolled file instead, when
+    it is allowed (<= 2x float32) and closer; else None (the fused file stays)."""
+    if err is None or err <= FUSED_MAX_ERROR:
+        return None
+    # measured: the fused int8 op can be much less accurate on TINY LSTMs (LSTM(1) -> Dense(2):
+    # 0.41 vs 0.037 unrolled)
+    try:
+        alt: ConvertResult | None = convert(original, config, _fuse=False)
+    except UnsupportedModel:  # unrolled refused (size, steps): the fused file stays
+        return None
+    alt_err = _int8_error(alt.tflite, original, calibration) if alt is not None else None
+    if alt is None or alt_err is None or alt_err >= err:
+        return None
+    alt.notes.append(f"int8 LSTM layer(s) unrolled: TFLite's fused {_FUSED_OP} op erred {err:.3f} (relative L2 "
+                     f"on {_ERR_SAMPLES} calibration samples), the unrolled file {alt_err:.3f}")
+    return alt
+
+
+@stage("convert", what="model")
+def convert(model, config: ConvertConfig | None = None, *, _fuse: bool = True) -> ConvertResult:
+    """Convert a Keras model to TFLite as ``config`` says; raises UnsupportedModel naming the
+    op/layer when TFLite builtins cannot express the model."""
+    config = config or ConvertConfig()
+    _check_static(model)
+    t0 = time.perf_counter()
+    original, unrolled = model, False
+    fused_names: list[str] = []
+    calibration, source = _calibration_set(model, config) if config.quantize == "int8" else (None, None)
+    if config.quantize == "int8" and _recurrent_steps(model):
+        fused = _fused_lstm_model(model, calibration, config) if _fuse else None
+        if fused is not None:  # TFLite's full-int8 fused LSTM op: no loop to quantize, no unrolling
+            model, fused_names = fused
+        else:
+            model, unrolled = _unrolled(model), True
+    tflite, log = _run_converter(model, config, calibration, fused_names)
     if unrolled:  # one copy of the cell's graph per time step: keep the file as small as it can be
         tflite = short_tensor_names(tflite)
         _refuse_bloated_unrolled(tflite, original, config)
+    fused_note = ""
+    if fused_names:
+        err = _int8_error(tflite, original, calibration)
+        fused_note = f"; relative L2 error {err:.3f} on {_ERR_SAMPLES} calibration samples" if err is not None else ""
+        alt = _unrolled_if_closer(original, config, calibration, err)
+        if alt is not None:
+            return alt
     seconds = time.perf_counter() - t0
 
     ops, counts = read_ops(tflite)
@@ -609,6 +748,9 @@ def convert(model, config: ConvertConfig | None = None) -> ConvertResult:
     dyn = [op for op in ops if op in DYNAMIC_SHAPE_OPS]
     if dyn:
         notes.append(f"the converted model contains dynamic-shape ops {dyn} (microcontrollers may not support them)")
+    if fused_names:
+        notes.append(f"int8 LSTM layer(s) {', '.join(repr(n) for n in fused_names)} converted as TFLite's fused "
+                     f"{_FUSED_OP} op (full int8, no unrolling{fused_note})")
     if config.quantize == "int8" and source == "synthetic":
         notes.append(
             f"int8 calibrated on {len(calibration[0])} synthetic samples, uniform in {list(config.input_range)} "  # type: ignore[index]
@@ -625,6 +767,6 @@ def convert(model, config: ConvertConfig | None = None) -> ConvertResult:
         calibration_samples=len(calibration[0]) if calibration else 0,
         seconds=seconds,
         batch_size=config.batch_size,
-        log=box.text,
+        log=log,
         notes=notes,
     )

@@ -28,6 +28,7 @@ metric="top1".
 """
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -154,8 +155,10 @@ def run_tflite(tflite: bytes | str | Path, x: np.ndarray, num_threads: int = 1) 
         content = path.read_bytes()
     else:
         content = bytes(tflite)
-    from edgeprune.pipeline.convert import captured_output
+    from edgeprune.pipeline.quiet import captured_output
+    from edgeprune.pipeline.xnnpack import refuse_xnnpack_hazard
 
+    refuse_xnnpack_hazard(content)  # XNNPACK would abort the process preparing it (a flatbuffer read, no interpreter)
     with captured_output() as box:  # the runtime prints "Created ... XNNPACK delegate" on fd 2
         try:
             interp = Interpreter(model_content=content, num_threads=num_threads)
@@ -166,7 +169,13 @@ def run_tflite(tflite: bytes | str | Path, x: np.ndarray, num_threads: int = 1) 
             error = None
     if error is not None:
         detail = str(error).strip() or box.text.strip()
-        raise BadInput(f"the .tflite cannot be loaded by ai-edge-litert: {detail[:300]}", "re-convert the model") from None
+        if re.search(r"xnnpack", detail, re.IGNORECASE):  # a valid file the CPU delegate cannot prepare
+            fix = ("ai-edge-litert's XNNPACK delegate refuses an int8 layer of this valid file (seen on tiny int8 "
+                   "FULLY_CONNECTED layers, e.g. a pruned 1-unit Dense), re-converting gives the same file: "
+                   "prune less, calibrate on real samples (--data), or use --quantize dynamic / float16")
+        else:
+            fix = "re-convert the model"
+        raise BadInput(f"the .tflite cannot be loaded by ai-edge-litert: {detail[:300]}", fix) from None
     (inp,) = interp.get_input_details()[:1]
     out = interp.get_output_details()[0]
     batch = int(inp["shape"][0]) if len(inp["shape"]) else 1

@@ -30,7 +30,7 @@ loaded 2-core machine: 500 graphs would take over half an hour); for every resul
 
 A seeded 1 graph in 10 (``CONVERT_EVERY``) converts its pruned model to full int8: it converts
 (int8 input) and the tool's runtime (fidelity.run_tflite, in a child process: the runtime can
-abort, see the known bug below) runs it to finite outputs of the right size, or it is refused
+abort, see the near-zero scale case below) runs it to finite outputs of the right size, or it is refused
 with the tool's own error (UnsupportedModel / BadInput with a message), never another exception.
 A seeded half of the flow graphs also runs flow + compensation, checked against the masked
 original with the refit scattered in, and its plan replayed through ``Plan.apply``.
@@ -64,6 +64,7 @@ from edgeprune.pipeline.graph import DependencyGraph  # noqa: E402
 from edgeprune.pipeline.plan import Plan  # noqa: E402
 from edgeprune.pipeline.prune import prune  # noqa: E402
 from edgeprune.pipeline.surgery import masked_reference, masked_weights  # noqa: E402
+from edgeprune.pipeline.xnnpack import xnnpack_requant_hazard  # noqa: E402
 from test_surgery import assert_close, randomize  # noqa: E402  (the exactness helpers and tolerance)
 
 L = keras.layers
@@ -417,11 +418,11 @@ def try_int8(pruned, x, stats, what, tmp):
     assert res.inputs[0].dtype == "int8", f"{what}: int8 input expected, got {res.inputs[0].dtype}"
     outcome, y = load_in_child(res.tflite, x[:2], tmp)
     if outcome == "aborted":
-        # KNOWN BUG (issue 24 fuzzer, not fixed here): ai-edge-litert's XNNPACK delegate aborts the
-        # process ("double free or corruption") preparing some tiny int8 models whose calibration left
-        # a tensor with a near-zero scale (e.g. a pruned 1-wide ReLU Dense); see
-        # test_int8_with_a_near_zero_scale_tensor_is_loaded_or_refused_cleanly. Loaded in a child
-        # process so the suite survives; counted and listed in the summary.
+        # Was a bug (issue 24 fuzzer): ai-edge-litert's XNNPACK delegate aborts the process ("double
+        # free or corruption") preparing an int8 conv/FC whose requantization scale reaches 256 (a
+        # tensor calibrated to a near-zero range). run_tflite now refuses such files first (see
+        # test_int8_with_a_near_zero_scale_tensor_is_refused_cleanly); an abort here is a regression
+        # of that guard or a new kind of abort. Loaded in a child so the suite survives; counted.
         stats["load_aborted"] += 1
         stats["refusals"]["load: the runtime aborted (XNNPACK)"] += 1
         return
@@ -429,7 +430,7 @@ def try_int8(pruned, x, stats, what, tmp):
         # Seen: XNNPACK refuses to prepare some tiny int8 FULLY_CONNECTED layers (e.g. Dense(3 -> 1, relu)
         # -> Dense(1 -> 2), pruned or not); the tool says so with its own error ("cannot be loaded by
         # ai-edge-litert"), not a traceback. Counted apart, listed in the summary.
-        assert outcome.startswith("BadInput") and "cannot be loaded" in outcome, f"{what}: {outcome}"
+        assert outcome.startswith("BadInput") and ("cannot be loaded" in outcome or "XNNPACK" in outcome), f"{what}: {outcome}"
         stats["load_refused"] += 1
         stats["refusals"]["load: " + outcome.splitlines()[0][:70]] += 1
         return
@@ -523,7 +524,7 @@ def test_fuzz_random_graphs_prune_exactly_with_every_criterion(tmp_path, capsys)
     line = (f"fuzz: {stats['graphs']} graphs ({stats['graphs_prunable']} with prunable groups), "
             f"{sum(stats['prunes'].values())} prunes ({', '.join(f'{c} {n}' for c, n in sorted(stats['prunes'].items()))}), "
             f"int8 on 1 graph in {CONVERT_EVERY}: {stats['convert_tried']} tried, {stats['convert_ok']} converted, "
-            f"{stats['convert_refused']} refused, {stats['load_refused']} refused at load, {stats['load_aborted']} aborted the runtime (known bug); {len(kinds)} layer kinds: {', '.join(kinds)}; {seconds:.0f} s")
+            f"{stats['convert_refused']} refused, {stats['load_refused']} refused at load, {stats['load_aborted']} aborted the runtime; {len(kinds)} layer kinds: {', '.join(kinds)}; {seconds:.0f} s")
     with capsys.disabled():
         print("\n" + line)
     written = json.loads((tmp_path / "fuzz_summary.json").read_text())
@@ -624,30 +625,34 @@ ABORT_SPEC = {"family": "conv2d", "seed": 274195740, "out": 1, "sequential": Fal
                          {"kind": "pool", "op": "max"}, {"kind": "to1d"}]}
 
 
-@pytest.mark.slow
-class RuntimeAborted(Exception):
-    """The TFLite runtime killed the child process loading a model."""
-
-
-@pytest.mark.xfail(strict=True, raises=RuntimeAborted, reason="KNOWN BUG found by the fuzzer (issue 24): ai-edge-litert's XNNPACK delegate "
-                   "aborts the process ('double free or corruption') preparing this int8 model; the tool neither "
-                   "refuses it at conversion nor reports it at load")
-def test_int8_with_a_near_zero_scale_tensor_is_loaded_or_refused_cleanly(tmp_path):
+def test_int8_with_a_near_zero_scale_tensor_is_refused_cleanly(tmp_path):
     """Found by the fuzzer: Conv2D -> Subtract with the input -> MaxPool -> Reshape to a sequence ->
     Conv1D(3) -> GAP -> Dense(2) -> Dense(1), pruned by taylor at 0.9 (Conv1D 3 -> 1, Dense 2 -> 1):
-    the int8 file converts, then loading it kills the process (a 1-wide ReLU Dense calibrated to a
-    near-zero range: output scale ~1e-8). It should load, or be refused with the tool's error."""
+    the int8 file converts, but a 1-wide ReLU Dense is calibrated to a near-zero range (output
+    scale 7.8e-9, requantization scale 2,407 >= XNNPACK's 256) and ai-edge-litert 2.3's XNNPACK
+    delegate ABORTED THE PROCESS preparing it ("double free or corruption"). The tool now reads the
+    scales from the flatbuffer before any interpreter is prepared and refuses the file with its own
+    error naming the tensor and the scale. Loaded in a child process, so a regression is an
+    "aborted" outcome, not a dead test run."""
     from edgeprune.pipeline import convert as conv
 
     model = build(ABORT_SPEC)
     result = prune(model, rate=0.9, criterion="taylor", step=0.45, input_range=(-1.0, 1.0))
     assert widths_by_class(model, result.plan) == {"Conv2D": [2, 2], "Conv1D": [3, 1], "Dense": [2, 1]}
     res = conv.convert(result.model, conv.ConvertConfig(quantize="int8", num_calibration=8, input_range=(-1.0, 1.0)))
+    hazard = xnnpack_requant_hazard(res.tflite)
+    assert hazard is not None and hazard.op == "FULLY_CONNECTED"
+    assert hazard.output_scale < 1e-7 and hazard.requant_scale >= 256, hazard
     x = np.random.default_rng(0).uniform(-1, 1, (2, 4, 4, 2)).astype(np.float32)
     outcome, _ = load_in_child(res.tflite, x, tmp_path)
-    if outcome == "aborted":
-        raise RuntimeAborted("the TFLite runtime aborted the process loading the int8 model")
-    assert outcome == "ok" or outcome.startswith("BadInput"), outcome
+    assert outcome != "aborted", "the TFLite runtime aborted the process loading the int8 model"
+    assert outcome.startswith("BadInput: the int8 .tflite cannot be run by ai-edge-litert's XNNPACK delegate"), outcome
+    assert f"'{hazard.tensor}' has scale {hazard.output_scale:.3g}" in outcome and "fix: " in outcome, outcome
+    # the common path: the unpruned model's int8 file has no such tensor and loads in-process
+    ok = conv.convert(model, conv.ConvertConfig(quantize="int8", num_calibration=8, input_range=(-1.0, 1.0)))
+    assert xnnpack_requant_hazard(ok.tflite) is None
+    from edgeprune.pipeline.fidelity import run_tflite
+    assert run_tflite(ok.tflite, x)[0].shape == (2, 1)
 
 
 def test_paoding_prunes_a_dense_chain_over_a_sequence():
