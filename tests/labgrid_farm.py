@@ -213,11 +213,13 @@ class Farm:
         # that cleans up, and says whether the board lock (beside the work dir) was still held.
         self.runner.write_text(
             "#!/bin/sh\n"
-            f"echo \"start $(date +%s.%N) $TMPDIR\" >> {log}\n"
             "trap '' HUP\n"  # like a runner started with nohup: only edgeprune's TERM/KILL may end it
             f"trap 'echo \"term $(date +%s.%N) $TMPDIR\" >> {log}; sleep {self.term_s}; l=no; "
             f"[ -e ../edgeprune-board.lock ] && l=yes; echo \"dead $(date +%s.%N) $TMPDIR lock=$l\" >> {log}; "
             "exit 143' TERM\n"
+            # "start" only once the traps are in place: the tests interrupt as soon as they read it, and a
+            # TERM that came before the trap (a loaded machine) ended the wrapper without a word
+            f"echo \"start $(date +%s.%N) $TMPDIR\" >> {log}\n"
             f"sleep {self.hold_s} &\nwait $!\n"
             f"{sys.executable} \"$@\" &\nwait $!\nrc=$?\n"
             f"echo \"end $(date +%s.%N) $TMPDIR\" >> {log}\n"

@@ -131,8 +131,8 @@ def test_interrupted_local_bench_leaves_no_process(tmp_path, device_models, sig)
     log = tmp_path / "runs.log"
     wrapper = tmp_path / "py.sh"
     wrapper.write_text("#!/bin/sh\n"
-                       f"echo start >> {log}\n"
                        f"trap 'sleep 1; echo dead >> {log}; exit 143' TERM\n"
+                       f"echo start >> {log}\n"  # after the trap: the test interrupts once it reads it
                        f"{sys.executable} \"$@\" &\nwait $!\nrc=$?\n"
                        f"echo end >> {log}\nexit $rc\n")
     wrapper.chmod(0o755)
