@@ -73,3 +73,11 @@ def write(name: str, payload: dict, markdown: str) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{name}.json").write_text(json.dumps(payload, indent=1) + "\n")
     (RESULTS / f"{name}.md").write_text(markdown)
+
+
+def unseen_agreement(tflite, x, ref_pred) -> float:
+    """Top-1 agreement of a .tflite with the original model's predicted classes ``ref_pred`` on ``x``."""
+    from edgeprune.pipeline.fidelity import run_tflite
+
+    out, _ = run_tflite(tflite, x)
+    return float((out.reshape(len(out), -1).argmax(1) == ref_pred).mean())

@@ -25,17 +25,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
 
-from _common import fashion_mnist, machine, write  # noqa: E402
+from _common import fashion_mnist, machine, unseen_agreement, write  # noqa: E402
 
 UNSEEN = slice(1000, 10000)
 THRESHOLD = 0.95
 
-
-def unseen_agreement(tflite: Path, x: np.ndarray, ref_pred: np.ndarray) -> float:
-    from edgeprune.pipeline.fidelity import run_tflite
-
-    out, _ = run_tflite(tflite, x)
-    return float((out.reshape(len(out), -1).argmax(1) == ref_pred).mean())
 
 
 def one_run(confidence, out: Path) -> dict:

@@ -34,17 +34,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
 
-from _common import RESULTS, fashion_mnist, machine, trained, write  # noqa: E402
+from _common import RESULTS, fashion_mnist, machine, trained, unseen_agreement, write  # noqa: E402
 
 TRUTH = slice(5000, 10000)
 THRESHOLD = 0.95
 
-
-def unseen_agreement(tflite: Path, x_truth: np.ndarray, ref_pred: np.ndarray) -> float:
-    from edgeprune.pipeline.fidelity import run_tflite
-
-    out, _ = run_tflite(tflite, x_truth)
-    return float((out.reshape(len(out), -1).argmax(1) == ref_pred).mean())
 
 
 def one_run(model_path, data_path, train_path, epochs, max_rate, out: Path) -> dict:

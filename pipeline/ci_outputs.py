@@ -110,13 +110,9 @@ def _limit_checks(report: dict) -> list[CheckCase]:
 
 
 def _threshold(ft: dict) -> str:
-    parts = []
-    if ft.get("min_fidelity") is not None:
-        parts.append(f"{ft['score_name']} >= {ft['min_fidelity']:g}" + (
-            f" (its lower bound at {ft['confidence']:g} confidence)" if ft.get("confidence") is not None else ""))
-    if ft.get("max_accuracy_drop") is not None:
-        parts.append(f"accuracy drop <= {ft['max_accuracy_drop']:g} points")
-    return " and ".join(parts)
+    from edgeprune.pipeline.verdict import threshold_text
+
+    return threshold_text(ft)
 
 
 def checks_from_gate(gate: dict) -> list[CheckCase]:

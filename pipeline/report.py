@@ -74,6 +74,7 @@ from edgeprune.pipeline.run_table import (  # cell texts shared with the termina
     spread_text,
     verdict,
 )
+from edgeprune.pipeline.verdict import threshold_text
 
 REPORT_FORMAT = "edgeprune-report/1"
 
@@ -197,13 +198,7 @@ def markdown(report: dict) -> str:
     lines.append(("**" + summary_line(report) + "**") if ch else ("**" + summary_line(report) + "**"))
     lines.append("")
     lines += _md_facts(report)
-    thr = []
-    if ft.get("min_fidelity") is not None:
-        thr.append(f"{ft['score_name']} >= {ft['min_fidelity']:g}" + (
-            f" (its lower bound at {ft['confidence']:g} confidence)" if ft.get("confidence") is not None else ""))
-    if ft.get("max_accuracy_drop") is not None:
-        thr.append(f"accuracy drop <= {ft['max_accuracy_drop']:g} points")
-    lines.append(f"- fidelity threshold: {' and '.join(thr)} (against the original float Keras model)")
+    lines.append(f"- fidelity threshold: {threshold_text(ft)} (against the original float Keras model)")
     stop = report["stop"]
     lines.append(f"- pruning stopped: {stop['reason']} at rate {stop['rate']:.2f}")
     pr = report.get("prediction") or {}
@@ -468,16 +463,11 @@ def print_outcome(console, report: dict) -> None:
         v = b[k]["value"]
         return "none" if v is None else f(v) + f" ({b[k]['source']})"
 
-    thr = []
-    if ft.get("min_fidelity") is not None:
-        thr.append(f"{ft['score_name']} >= {ft['min_fidelity']:g}" + (
-            f" (its lower bound at {ft['confidence']:g} confidence)" if ft.get("confidence") is not None else ""))
-    if ft.get("max_accuracy_drop") is not None:
-        thr.append(f"accuracy drop <= {ft['max_accuracy_drop']:g} pt")
+    thr = threshold_text(ft, points="pt")
     if report["device"].get("load_warning"):
         console.print(f"[yellow]warning:[/yellow] {report['device']['load_warning']}", highlight=False)
     console.print(f"budgets: flash {bud('flash_bytes', format_size)}, RAM {bud('ram_bytes', format_size)}, "
-                  f"latency {bud('latency_ms', lambda v: f'{latency_stat(report)} {v:g} ms')}; fidelity: {' and '.join(thr)}"
+                  f"latency {bud('latency_ms', lambda v: f'{latency_stat(report)} {v:g} ms')}; fidelity: {thr}"
                   + (" [yellow](synthetic data)[/yellow]" if report["data"].get("synthetic") else ""), highlight=False)
     obj = (report.get("settings") or {}).get("objective")
     if obj and obj.get("name") != "size":  # issue 22: say what the rate axis measures

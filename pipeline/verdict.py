@@ -57,6 +57,18 @@ def clears(fr: dict, threshold: float, confidence: float | None) -> bool:
     return lower_bound(fr["score"], fr["n_samples"], confidence) >= threshold - 1e-12
 
 
+def threshold_text(ft: dict, points: str = "points") -> str:
+    """``report.json`` ``fidelity_threshold`` as one line ("top-1 agreement >= 0.95 and accuracy drop <= 1
+    points"), saying when ``--confidence`` holds the lower bound, not the score, to it."""
+    parts = []
+    if ft.get("min_fidelity") is not None:
+        parts.append(f"{ft['score_name']} >= {ft['min_fidelity']:g}" + (
+            f" (its lower bound at {ft['confidence']:g} confidence)" if ft.get("confidence") is not None else ""))
+    if ft.get("max_accuracy_drop") is not None:
+        parts.append(f"accuracy drop <= {ft['max_accuracy_drop']:g} {points}")
+    return " and ".join(parts)
+
+
 def samples_for(p: float, half_width: float = 0.01, z: float = Z95) -> int:
     """Samples for a +-half_width (normal approximation) interval around a proportion p."""
     p = min(max(p, 0.01), 0.99)
