@@ -23,7 +23,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import numpy as np  # noqa: E402
 
 from _common import fashion_mnist, machine, unseen_agreement, write  # noqa: E402
 
