@@ -81,3 +81,20 @@ def unseen_agreement(tflite, x, ref_pred) -> float:
 
     out, _ = run_tflite(tflite, x)
     return float((out.reshape(len(out), -1).argmax(1) == ref_pred).mean())
+
+
+def run_json(args: list, env=None) -> dict:
+    """One ``edgeprune run ... --json`` in a subprocess (the real CLI): its report, exit code (0 or 3;
+    anything else stops the bench), wall seconds and the 1-minute load average before it."""
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "edgeprune", "run", *map(str, args), "--json"]
+    load = os.getloadavg()[0]
+    t0 = time.perf_counter()
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    wall = time.perf_counter() - t0
+    if p.returncode not in (0, 3):
+        raise SystemExit(f"run failed ({p.returncode}):\n{p.stderr[-3000:]}")
+    return {"report": json.loads(p.stdout), "wall_s": round(wall, 1), "load_before": round(load, 2),
+            "exit": p.returncode, "command": "edgeprune run " + " ".join(map(str, args))}

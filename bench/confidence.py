@@ -14,17 +14,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
-from _common import fashion_mnist, machine, unseen_agreement, write  # noqa: E402
+from _common import fashion_mnist, machine, run_json, unseen_agreement, write  # noqa: E402
 
 UNSEEN = slice(1000, 10000)
 THRESHOLD = 0.95
@@ -32,18 +29,11 @@ THRESHOLD = 0.95
 
 
 def one_run(confidence, out: Path) -> dict:
-    cmd = [sys.executable, "-m", "edgeprune", "run", "--out", str(out), "--force", "--json",
+    cmd = ["--out", out, "--force",
            "--runs", "3", "--warmup", "1", "--min-secs", "0", "--warmup-min-secs", "0"]
     if confidence is not None:
         cmd += ["--confidence", str(confidence)]
-    load = os.getloadavg()[0]
-    t0 = time.perf_counter()
-    p = subprocess.run(cmd, capture_output=True, text=True)
-    wall = time.perf_counter() - t0
-    if p.returncode not in (0, 3):
-        raise SystemExit(f"run failed ({p.returncode}):\n{p.stderr[-3000:]}")
-    return {"report": json.loads(p.stdout), "wall_s": round(wall, 1), "load_before": round(load, 2),
-            "exit": p.returncode, "command": "edgeprune " + " ".join(cmd[3:])}
+    return run_json(cmd)
 
 
 def main(argv=None) -> int:

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -34,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
 
-from _common import RESULTS, fashion_mnist, machine, trained, unseen_agreement, write  # noqa: E402
+from _common import RESULTS, fashion_mnist, machine, run_json, trained, unseen_agreement, write  # noqa: E402
 
 TRUTH = slice(5000, 10000)
 THRESHOLD = 0.95
@@ -42,19 +41,12 @@ THRESHOLD = 0.95
 
 
 def one_run(model_path, data_path, train_path, epochs, max_rate, out: Path) -> dict:
-    cmd = [sys.executable, "-m", "edgeprune", "run", "--data", str(data_path), "--train-data", str(train_path),
-           "--recover", str(epochs), "--max-rate", str(max_rate), "--out", str(out), "--force", "--json",
+    cmd = ["--data", data_path, "--train-data", train_path,
+           "--recover", epochs, "--max-rate", max_rate, "--out", out, "--force",
            "--runs", "3", "--warmup", "1", "--min-secs", "0", "--warmup-min-secs", "0"]
     if model_path is not None:
-        cmd += ["--model", str(model_path)]
-    load = os.getloadavg()[0]
-    t0 = time.perf_counter()
-    p = subprocess.run(cmd, capture_output=True, text=True)
-    wall = time.perf_counter() - t0
-    if p.returncode not in (0, 3):
-        raise SystemExit(f"run failed ({p.returncode}):\n{p.stderr[-3000:]}")
-    return {"report": json.loads(p.stdout), "wall_s": round(wall, 1), "load_before": round(load, 2),
-            "command": " ".join(cmd[1:])}
+        cmd += ["--model", model_path]
+    return run_json(cmd)
 
 
 def summarize(name, res, epochs, x_truth, ref_pred, out: Path) -> dict:

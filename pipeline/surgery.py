@@ -193,6 +193,18 @@ def masked_weights(graph: DependencyGraph, removed: dict[int, np.ndarray]) -> di
     return out
 
 
+def removed_channels(graph, plan) -> dict:
+    """group id -> the channel indices ``plan`` removes from that group (groups it keeps whole
+    are left out); ``graph`` is the graph the plan's kept indices refer to."""
+    removed = {}
+    for layer, kept in plan.layers.items():
+        gid = graph.group_of_producer[layer]
+        rem = np.setdiff1d(np.arange(graph.groups[gid].size), kept)
+        if rem.size:
+            removed[gid] = rem
+    return removed
+
+
 def masked_reference(original, plan):
     """What a model pruned by ``plan`` must compute, built from the ORIGINAL at full width:
     the plan's merges applied, then every removed channel masked (see :func:`masked_model`).
@@ -203,10 +215,5 @@ def masked_reference(original, plan):
         for m in plan.merges:  # no removal yet: current positions are original indices
             state.merge(graph.group_of_producer[m["layer"]], m["removed"], m["into"], m["scale"])
         graph = DependencyGraph(build_model(graph, state))
-    removed = {}
-    for layer, kept in plan.layers.items():
-        gid = graph.group_of_producer[layer]
-        rem = np.setdiff1d(np.arange(graph.groups[gid].size), kept)
-        if rem.size:
-            removed[gid] = rem
+    removed = removed_channels(graph, plan)
     return masked_model(graph, removed), removed

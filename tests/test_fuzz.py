@@ -63,7 +63,7 @@ from edgeprune.pipeline.criteria import CRITERIA  # noqa: E402
 from edgeprune.pipeline.graph import DependencyGraph  # noqa: E402
 from edgeprune.pipeline.plan import Plan  # noqa: E402
 from edgeprune.pipeline.prune import prune  # noqa: E402
-from edgeprune.pipeline.surgery import masked_reference, masked_weights  # noqa: E402
+from edgeprune.pipeline.surgery import masked_reference, masked_weights, removed_channels  # noqa: E402
 from edgeprune.pipeline.xnnpack import xnnpack_requant_hazard  # noqa: E402
 from test_surgery import assert_close, randomize  # noqa: E402  (the exactness helpers and tolerance)
 
@@ -320,13 +320,7 @@ def masked_outputs(model, graph, plan, x) -> np.ndarray:
     if plan.merges:
         ref, _ = masked_reference(model, plan)
         return outputs(ref, x)
-    removed = {}
-    for layer, kept in plan.layers.items():
-        gid = graph.group_of_producer[layer]
-        rem = np.setdiff1d(np.arange(graph.groups[gid].size), kept)
-        if rem.size:
-            removed[gid] = rem
-    masked = masked_weights(graph, removed)
+    masked = masked_weights(graph, removed_channels(graph, plan))
     saved = {name: model.get_layer(name).get_weights() for name in masked}
     try:
         for name, ws in masked.items():
