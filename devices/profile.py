@@ -226,15 +226,25 @@ def shipped_dir() -> Path:
 
 
 def _search_dirs(search_dirs) -> list[Path]:
+    """The folders profiles are looked up in: --devices-dir, then $EDGEPRUNE_DEVICES_DIR, then the
+    shipped ones. A folder the user named that is not there is bad input, never skipped silently
+    (a typo would otherwise list or pick the shipped profile of the same name)."""
     dirs: list[Path] = []
     for d in search_dirs or ():
-        dirs.append(Path(d).expanduser())
+        dirs.append(_existing_dir(Path(d).expanduser(), "--devices-dir", "give an existing folder of .yaml profiles"))
     env = os.environ.get(ENV_DIRS, "")
     for d in env.split(os.pathsep):
         if d.strip():
-            dirs.append(Path(d.strip()).expanduser())
+            dirs.append(_existing_dir(Path(d.strip()).expanduser(), f"${ENV_DIRS}",
+                                      f"fix or unset ${ENV_DIRS} (folders separated by '{os.pathsep}')"))
     dirs.append(shipped_dir())
     return dirs
+
+
+def _existing_dir(path: Path, what: str, fix: str) -> Path:
+    if not path.is_dir():
+        raise BadInput(f"{what}: {path} is not a folder" if path.exists() else f"{what}: folder {path} does not exist", fix)
+    return path
 
 
 def _profile_files(dirs: list[Path]) -> dict[str, Path]:

@@ -66,6 +66,8 @@ CASES = [
     ("trust-new-host-local", ["run", "--trust-new-host", "--out", "{T}/o"], 2, "--trust-new-host applies to SSH"),
     ("host-on-local", ["run", "--host", "10.0.0.1", "--out", "{T}/o"], 2, "apply to SSH devices"),
     ("check-unknown-device", ["devices", "check", "no-such-board"], 2, "unknown device 'no-such-board'"),
+    ("devices-dir-missing", ["devices", "list", "--devices-dir", "{T}/no-such-folder"], 2, "does not exist"),
+    ("devices-dir-is-a-file", ["run", "--devices-dir", "{notes.txt}", "--out", "{T}/o"], 2, "is not a folder"),
     ("bench-missing-tflite", ["bench", "{T}/missing.tflite", "--device", "local"], 2, "missing.tflite"),
     # ---- model files
     ("model-missing", ["run", "--model", "{T}/missing.keras", "--out", "{T}/o"], 2, "does not exist"),

@@ -123,3 +123,22 @@ def test_cli_devices_list_and_errors(tmp_path, capsys):
     assert run_cli(["bench", str(bad), "--device", str(bad)]) == 2
     err = capsys.readouterr().err
     assert "extra_key" in err
+
+
+def test_a_named_profile_folder_that_is_not_there_is_bad_input(tmp_path, monkeypatch, capsys):
+    """--devices-dir or $EDGEPRUNE_DEVICES_DIR naming a missing folder (a typo) is exit 2, never
+    skipped silently: the shipped profile of the same name would be listed or used instead."""
+    missing = tmp_path / "no-such-folder"
+    with pytest.raises(BadInput, match="does not exist"):
+        list_profiles([missing])
+    assert run_cli(["devices", "list", "--devices-dir", str(missing)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --devices-dir: folder") and "fix:" in err
+    monkeypatch.setenv(ENV_DIRS, str(missing))
+    assert run_cli(["devices", "list"]) == 2
+    assert f"${ENV_DIRS}" in capsys.readouterr().err
+    with pytest.raises(BadInput, match="does not exist"):
+        load_profile("pi4")
+    _write(tmp_path, "mine", GOOD)
+    monkeypatch.setenv(ENV_DIRS, f"{tmp_path}:")  # an empty entry is no folder named: skipped
+    assert load_profile("mine").name == "mine"
