@@ -214,6 +214,11 @@ class Farm:
         self.runner.write_text(
             "#!/bin/sh\n"
             "trap '' HUP\n"  # like a runner started with nohup: only edgeprune's TERM/KILL may end it
+            # PIPE too: once edgeprune has closed the SSH channel, the shell's own "Terminated" notice
+            # for its TERMed child goes to a closed stderr and SIGPIPE killed the wrapper before its
+            # TERM trap could log (3 interrupts in 12 under load; seen with a PIPE trap that logged).
+            # A runner logging to a file (nohup) is never ended that way: only edgeprune's TERM may.
+            "trap '' PIPE\n"
             f"trap 'echo \"term $(date +%s.%N) $TMPDIR\" >> {log}; sleep {self.term_s}; l=no; "
             f"[ -e ../edgeprune-board.lock ] && l=yes; echo \"dead $(date +%s.%N) $TMPDIR lock=$l\" >> {log}; "
             "exit 143' TERM\n"

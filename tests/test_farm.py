@@ -154,9 +154,9 @@ def _assert_ended_before_release(farm, code, err, sig, started_max=None):
     terms = [e for e in events if e[0] == "term"]
     assert not [e for e in events if e[0] == "end"], events  # no interrupted run went on to its end
     assert len(terms) >= len(starts), events  # every started wrapper was ended by edgeprune's TERM
-    # ... and was gone (its trap takes 1.5 s) while the board lock was still held. A wrapper can
-    # also end before its trap logs (seen once in ~40 interrupts: the session's connection had
-    # closed and the cleanup ran over a fresh one); nothing of it may be left either way (above).
+    # ... and was gone (its trap takes 1.5 s) while the board lock was still held. A trap that
+    # outlasts the cleanup's TERM wait (5 s: only on a very loaded machine) is ended by KILL
+    # before it logs ``dead``; nothing of it may be left either way (above).
     assert len(deads) <= len(starts), events
     assert all(e[3] == "lock=yes" for e in deads), events
     if started_max is not None:
