@@ -161,7 +161,7 @@ def test_the_checks_catch_what_they_are_for(tmp_path):
     assert _body_lines(nodes["g"]) == 81
     assert _own_getattr_self(nodes["E.h"]) == 1 and _own_getattr_self(nodes["E.ok"]) == 0
     cli = ast.parse("@app.command()\ndef run(" + ", ".join(f"a{i}" for i in range(20)) + "):\n    pass\n")
-    assert _is_cli_command("cli.py", cli.body[0]) and not _is_cli_command("pipeline/run.py", cli.body[0])
+    assert _is_cli_command("cli.py", cli.body[0]) and not _is_cli_command("pipeline/search/run.py", cli.body[0])
 
 
 def test_cli_choices_come_from_the_registries():
@@ -169,11 +169,11 @@ def test_cli_choices_come_from_the_registries():
     modules import TensorFlow) hold exactly those names, in that order."""
     from edgeprune import cli
     from edgeprune.pipeline import choices
-    from edgeprune.pipeline.allocation import ALLOCATIONS
-    from edgeprune.pipeline.criteria import CRITERIA
-    from edgeprune.pipeline.fidelity import METRICS
-    from edgeprune.pipeline.noise import LATENCY_STATS
-    from edgeprune.pipeline.run_config import OBJECTIVES, QUANTIZE_CHOICES
+    from edgeprune.pipeline.prune.allocation import ALLOCATIONS
+    from edgeprune.pipeline.prune.criteria import CRITERIA
+    from edgeprune.pipeline.convert.fidelity import METRICS
+    from edgeprune.pipeline.search.noise import LATENCY_STATS
+    from edgeprune.pipeline.search.run_config import OBJECTIVES, QUANTIZE_CHOICES
 
     assert tuple(CRITERIA) == choices.CRITERIA == tuple(m.value for m in cli.Criterion)
     assert tuple(ALLOCATIONS) == choices.ALLOCATIONS == tuple(m.value for m in cli.Allocation)
@@ -214,7 +214,7 @@ def test_no_import_cycle():
         mods[name[: -len(".__init__")] if name.endswith(".__init__") else name] = (name, tree)
     known = set(mods)
     graph = {m: _imports(full, tree, known) for m, (full, tree) in mods.items()}
-    assert "edgeprune.pipeline.graph" in graph and graph["edgeprune.pipeline.graph"]  # the walk saw imports
+    assert "edgeprune.pipeline.prune.graph" in graph and graph["edgeprune.pipeline.prune.graph"]  # the walk saw imports
     cycles, index, low, stack, on = [], {}, {}, [], set()
 
     def visit(v):  # Tarjan's strongly connected components
