@@ -19,7 +19,7 @@ import numpy as np
 from edgeprune.crash import stage
 from edgeprune.errors import BadInput
 from edgeprune.pipeline.prune.graph import DependencyGraph
-from edgeprune.pipeline.prune.importance import Context, get_criterion
+from edgeprune.pipeline.prune.criteria import Context, get_criterion
 from edgeprune.pipeline.prune.plan import Plan
 from edgeprune.pipeline.prune.surgery import PruneState, build_model
 

@@ -398,7 +398,7 @@ def load(ctx: RunContext) -> None:
     conv.quiet_import_tensorflow()
     t_import = time.perf_counter() - t_import
     from edgeprune.pipeline.convert import fidelity as fid
-    from edgeprune.pipeline.prune.importance import CRITERIA
+    from edgeprune.pipeline.prune.criteria import CRITERIA
 
     c = ctx.config
     if c.prune.criterion not in CRITERIA and c.prune.criterion != "auto":
