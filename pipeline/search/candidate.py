@@ -48,7 +48,7 @@ class Candidate:
     size_bytes: int  # the .tflite (predicted for a skipped candidate)
     flash_bytes: int  # what the flash budget is checked on (+ runtime on a microcontroller, Vela's figure)
     sha256: Optional[str]  # of the .tflite (None: not converted)
-    fidelity: dict  # pipeline.fidelity result (scores None when not converted)
+    fidelity: dict  # pipeline.convert.fidelity result (scores None when not converted)
     widths: dict  # layer -> [width before, width after]
     prediction: Optional[dict]
     timings: dict

@@ -78,7 +78,7 @@ class HostResult:
     reused: int
     rates: list
     checks: HostChecks
-    trainset: Any = None  # pipeline.recover.TrainSet with --train-data
+    trainset: Any = None  # pipeline.prune.recover.TrainSet with --train-data
     jobs: int = 1
     pool: bool = False  # whether conversion workers were used
 
@@ -87,8 +87,8 @@ class HostResult:
 class _Made:
     """A candidate's model, converted: what ``make_candidate`` has before it writes the record."""
     km: Any
-    res: Any  # pipeline.convert result
-    fr: Any  # pipeline.fidelity result
+    res: Any  # pipeline.convert.converter result
+    fr: Any  # pipeline.convert.fidelity result
     trained: Any = None
     untrained_fr: Optional[dict] = None
     timings: dict = field(default_factory=dict)

@@ -162,14 +162,14 @@ class RunContext:
     # load()
     model: Any = None
     model_sha: str = ""
-    data: Any = None  # the evaluation split (pipeline.data.EvalData)
+    data: Any = None  # the evaluation split (pipeline.data.eval_data.EvalData)
     calibration: Any = None  # the held-out calibration inputs (None: synthetic)
     split: Optional[dict] = None
     data_id: str = ""
     calibration_held_out: bool = False
     calibration_note: Optional[str] = None
     engine: Optional[Engine] = None
-    recover: Any = None  # pipeline.recover.RecoverConfig with --train-data
+    recover: Any = None  # pipeline.prune.recover.RecoverConfig with --train-data
     train_raw: Any = None
     train_id: Optional[str] = None
     fid_config: Any = None
