@@ -20,19 +20,19 @@ __all__ = ["__version__", "prune", "load_model", "Plan", "EdgepruneError", "regi
 
 def __getattr__(name: str):
     if name == "prune":
-        from edgeprune.pipeline.prune import prune
+        from edgeprune.pipeline.prune.pruner import prune
 
         return prune
     if name == "load_model":
-        from edgeprune.pipeline.loading import load_model
+        from edgeprune.pipeline.data.loading import load_model
 
         return load_model
     if name == "Plan":
-        from edgeprune.pipeline.plan import Plan
+        from edgeprune.pipeline.prune.plan import Plan
 
         return Plan
     if name in ("register_handler", "LayerHandler"):
-        from edgeprune.pipeline import handlers
+        from edgeprune.pipeline.prune import handlers
 
         return getattr(handlers, name)
     if name == "EdgepruneError":

@@ -94,11 +94,11 @@ def prune(
     as_json: Annotated[bool, typer.Option("--json", help="Print the per-layer result as JSON.")] = False,
 ) -> None:
     """Prune MODEL structurally and write the smaller model, printing a per-layer table."""
-    from edgeprune.pipeline.convert import quiet_import_tensorflow
+    from edgeprune.pipeline.convert.converter import quiet_import_tensorflow
 
     quiet_import_tensorflow()
-    from edgeprune.pipeline import prune as prune_stage
-    from edgeprune.pipeline.loading import load_model
+    from edgeprune.pipeline.prune import pruner as prune_stage
+    from edgeprune.pipeline.data.loading import load_model
 
     lo, hi = _parse_range(input_range)
     out_path = Path(out_path)
@@ -129,7 +129,7 @@ def prune(
 
         out.print_json(json.dumps(result.summary()))
     else:
-        from edgeprune.pipeline.report_render import prune_table
+        from edgeprune.pipeline.report.report_render import prune_table
 
         out.print(prune_table(result))
         out.print(
@@ -238,10 +238,10 @@ def convert(
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Convert MODEL to TFLite and print its size, ops, quantisation and fidelity (measured on the .tflite)."""
-    from edgeprune.pipeline import convert as conv
-    from edgeprune.pipeline import fidelity as fid
-    from edgeprune.pipeline.data import synthetic_data
-    from edgeprune.pipeline.loading import load_model
+    from edgeprune.pipeline.convert import converter as conv
+    from edgeprune.pipeline.convert import fidelity as fid
+    from edgeprune.pipeline.data.eval_data import synthetic_data
+    from edgeprune.pipeline.data.loading import load_model
 
     lo, hi = _parse_range(input_range)
     if samples < 1:
@@ -254,14 +254,14 @@ def convert(
     _check_writable(out_path)
     keras_model = load_model(model)
     if input_shape is not None:
-        from edgeprune.pipeline.loading import parse_input_shape, with_input_shape
+        from edgeprune.pipeline.data.loading import parse_input_shape, with_input_shape
 
         shape = parse_input_shape(input_shape)
         keras_model = with_input_shape(keras_model, shape)
         config.batch_size = shape[0]
     if data is not None:  # any form of --data; calibration and evaluation never share a sample
-        from edgeprune.pipeline.datasources import load_data
-        from edgeprune.pipeline.split import split
+        from edgeprune.pipeline.data.datasources import load_data
+        from edgeprune.pipeline.data.split import split
 
         sp = split(load_data(data, keras_model, input_range=(lo, hi), classes=classes))
         eval_data, config.calibration, split_info = sp.evaluation, sp.calibration, sp.info
@@ -481,7 +481,7 @@ def bench(
     prof = _device_profile(device, devices_dir, host, user, port, trust_new_host)
     gate_base, tolerances = _gate_setup(baseline, max_regression, junit, metrics)
     if gate_base is not None:
-        from edgeprune.pipeline.gate import check_same_target, tflite_quantization
+        from edgeprune.pipeline.report.gate import check_same_target, tflite_quantization
 
         check_same_target(gate_base, prof.name, prof.kind, tflite_quantization(model))
     arr = None
@@ -519,7 +519,7 @@ def _gate_setup(baseline, max_regression, junit, metrics):
             raise EdgepruneError("--max-regression needs --baseline (the report to compare with)",
                                  "add --baseline PATH/report.json, or drop --max-regression")
         return None, None
-    from edgeprune.pipeline.gate import load_baseline, parse_max_regression
+    from edgeprune.pipeline.report.gate import load_baseline, parse_max_regression
 
     tolerances = parse_max_regression(max_regression)
     return load_baseline(baseline), tolerances
@@ -538,8 +538,8 @@ def _print_gate(gate, to_stdout: bool) -> None:
 
 def _bench_gate(model, prof, m, gate_base, tolerances, junit, metrics, as_json) -> None:
     from edgeprune.errors import EXIT_REGRESSION
-    from edgeprune.pipeline import ci_outputs
-    from edgeprune.pipeline.gate import bench_figures, compare
+    from edgeprune.pipeline.report import ci_outputs
+    from edgeprune.pipeline.report.gate import bench_figures, compare
 
     md = m.to_dict()
     gate = None
@@ -566,14 +566,14 @@ RUN_EXIT_HELP = (
 def _input_shape(text: Optional[str]):
     if text is None:
         return None
-    from edgeprune.pipeline.loading import parse_input_shape
+    from edgeprune.pipeline.data.loading import parse_input_shape
 
     return parse_input_shape(text)
 
 
 def _measurement(runs, warmup, threads, min_secs, max_secs, warmup_min_secs, latency_stat: str = "p50"):
     """The measurement option group of ``run`` and ``bench`` (one mapping to BenchConfig)."""
-    from edgeprune.pipeline.run_config import MeasurementOptions
+    from edgeprune.pipeline.search.run_config import MeasurementOptions
 
     return MeasurementOptions(runs=runs, warmup=warmup, threads=threads, min_secs=min_secs, max_secs=max_secs,
                               warmup_min_secs=warmup_min_secs, latency_stat=latency_stat)
@@ -637,19 +637,19 @@ def run(
     host (size, fidelity); only those that can still be the answer are measured on the device,
     largest rate first. Writes every candidate, best.tflite and report.json/.md/.png to --out.
     """
-    from edgeprune.pipeline.run import RunConfig
-    from edgeprune.pipeline.run import run as run_search
-    from edgeprune.pipeline.report import RunProgress, candidates_table, print_outcome
+    from edgeprune.pipeline.search.run import RunConfig
+    from edgeprune.pipeline.search.run import run as run_search
+    from edgeprune.pipeline.report.run_report import RunProgress, candidates_table, print_outcome
 
     lo, hi = _parse_range(input_range)
     devices = list(device or ["local"])
     gate_base, tolerances = _gate_setup(baseline, max_regression, junit, metrics)
     if gate_base is not None:  # refuse another device / quantization before the search, not after
-        from edgeprune.pipeline.gate import check_same_target
+        from edgeprune.pipeline.report.gate import check_same_target
 
         prof = _device_profile(devices[0], devices_dir, host, user, port, False)
         check_same_target(gate_base, prof.name, prof.kind, quantize.value)
-    from edgeprune.pipeline import run_config as rc
+    from edgeprune.pipeline.search import run_config as rc
 
     config = RunConfig(
         model=rc.ModelOptions(path=model, input_range=(lo, hi), input_shape=_input_shape(input_shape)),
@@ -672,21 +672,21 @@ def run(
         result = run_search(config, progress=progress)
     gate = None
     if gate_base is not None:
-        from edgeprune.pipeline.gate import gate_run
+        from edgeprune.pipeline.report.gate import gate_run
 
         gate = gate_run(result, gate_base, tolerances)  # report.json gets "gate"; exit 5 on a regression
     if junit is not None or metrics is not None or os.environ.get("GITHUB_STEP_SUMMARY"):
-        from edgeprune.pipeline.ci_outputs import write_run_outputs
+        from edgeprune.pipeline.report.ci_outputs import write_run_outputs
 
         write_run_outputs(result.report, junit, metrics)
     if as_json:
-        from edgeprune.pipeline.verdict import print_verdict
+        from edgeprune.pipeline.search.verdict import print_verdict
 
         print_verdict(err, result.report, warnings_only=True)  # warnings reach the screen with --json too
         sys.stdout.write(result.to_json() + "\n")
         sys.stdout.flush()
     else:
-        from edgeprune.pipeline.run_table import print_kept
+        from edgeprune.pipeline.report.run_table import print_kept
 
         print_kept(out, candidates_table(result.report, out.width))
         print_outcome(out, result.report)
@@ -701,7 +701,7 @@ def schema(
     path_only: Annotated[bool, typer.Option("--path", help="Print the schema file's path instead of the schema.")] = False,
 ) -> None:
     """Print the JSON Schema of report.json (the current format, edgeprune-report/N)."""
-    from edgeprune.pipeline.schema import schema_path
+    from edgeprune.pipeline.report.schema import schema_path
 
     p = schema_path()
     sys.stdout.write(f"{p}\n" if path_only else p.read_text())

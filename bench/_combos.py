@@ -21,8 +21,8 @@ CRITERIA = ("paoding", "l1", "random", "flow", "taylor")
 
 def combo_rows(models: dict, criteria=CRITERIA, log=print) -> list[dict]:
     """``models``: name -> (model, calibration x, evaluation x, evaluation labels or None)."""
-    from edgeprune.pipeline.calib import outputs
-    from edgeprune.pipeline.prune import PruneConfig, Pruner
+    from edgeprune.pipeline.prune.calib import outputs
+    from edgeprune.pipeline.prune.pruner import PruneConfig, Pruner
 
     rows = []
     for key, (model, xc, xe, ye) in models.items():

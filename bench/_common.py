@@ -77,7 +77,7 @@ def write(name: str, payload: dict, markdown: str) -> None:
 
 def unseen_agreement(tflite, x, ref_pred) -> float:
     """Top-1 agreement of a .tflite with the original model's predicted classes ``ref_pred`` on ``x``."""
-    from edgeprune.pipeline.fidelity import run_tflite
+    from edgeprune.pipeline.convert.fidelity import run_tflite
 
     out, _ = run_tflite(tflite, x)
     return float((out.reshape(len(out), -1).argmax(1) == ref_pred).mean())

@@ -1,7 +1,7 @@
 """Residual branch removal as a move of the global allocation, on MLPerf Tiny ResNet-8.
 
 Flow criterion + compensation + global greedy, with and without whole residual branches as
-candidate moves (pipeline/branches.py), at the same parameter rates. No CIFAR-10 images exist
+candidate moves (pipeline/prune/branches.py), at the same parameter rates. No CIFAR-10 images exist
 on this machine (the MLPerf folder's calibration_samples.npz holds keyword-spotting
 spectrograms, not images). The inputs are real photo patches instead: random square crops
 (32 px to 256 px, resized to 32x32, half mirrored) of matplotlib's bundled sample photo
@@ -47,13 +47,13 @@ def main() -> None:
     import keras
 
     from _common import machine, write
-    from edgeprune.pipeline.allocation import GlobalGreedy
-    from edgeprune.pipeline.calib import outputs
-    from edgeprune.pipeline.prune import PruneConfig, Pruner
+    from edgeprune.pipeline.prune.allocation import GlobalGreedy
+    from edgeprune.pipeline.prune.calib import outputs
+    from edgeprune.pipeline.prune.pruner import PruneConfig, Pruner
 
     path = MODEL if MODEL.exists() else Path("/work/shared/models/mlperf-tiny/pretrainedResnet.h5")
     model = keras.models.load_model(path, compile=False)
-    from edgeprune.pipeline.calib import output_loss
+    from edgeprune.pipeline.prune.calib import output_loss
 
     xc, xe = crops(128, 1), crops(512, 2)
     yref = outputs(model, xe)

@@ -36,7 +36,7 @@ ARENA0 = 36_640  # the unpruned example's TFLite-Micro arena, measured by the ra
 
 
 def unseen_agreement(tflite: Path, keras_model, x: np.ndarray) -> float:
-    from edgeprune.pipeline.fidelity import run_tflite
+    from edgeprune.pipeline.convert.fidelity import run_tflite
 
     ref = keras_model.predict(x, batch_size=1000, verbose=0).argmax(1)
     out, _ = run_tflite(tflite, x)
@@ -44,9 +44,9 @@ def unseen_agreement(tflite: Path, keras_model, x: np.ndarray) -> float:
 
 
 def one_row(label: str, ram_budget, variant: str, out: Path, x_unseen, keras_model) -> dict:
-    from edgeprune.pipeline.run import RunConfig, run
+    from edgeprune.pipeline.search.run import RunConfig, run
 
-    from edgeprune.pipeline import run_config as rc
+    from edgeprune.pipeline.search import run_config as rc
 
     if variant == "uniform":
         prune, search = rc.PruneOptions(allocation="uniform"), rc.SearchOptions()
@@ -212,8 +212,8 @@ def curve(d: Path) -> dict:
     RAM measured (TFLM arena on the host + runtime)."""
     import json
 
-    from edgeprune.pipeline.loading import load_model
-    from edgeprune.pipeline.resources import RamPredictor, resources_of
+    from edgeprune.pipeline.data.loading import load_model
+    from edgeprune.pipeline.search.resources import RamPredictor, resources_of
 
     meas = json.loads((d / "measurements.json").read_text()) if (d / "measurements.json").is_file() else {}
     cands = sorted((json.loads(p.read_text()) for p in d.glob("cand-*-rate*.json")
@@ -279,7 +279,7 @@ def plot(curves: dict, budget: int, min_fid: float, path: Path) -> None:
 
 
 def latency_error(run_dirs: list, threads: int = 1) -> dict:
-    """The latency model of the local device for the bundled example (pipeline/latency_model.py,
+    """The latency model of the local device for the bundled example (pipeline/search/latency_model.py,
     built as a run builds it: five uniform prunes measured), its build time, and its error
     against the measured p50 of every converted candidate of the kept run directories (each
     .tflite measured on the local device as a run measures, resources from its .keras)."""
@@ -289,9 +289,9 @@ def latency_error(run_dirs: list, threads: int = 1) -> dict:
     from edgeprune.devices.base import BenchConfig, measure
     from edgeprune.devices.profile import load_profile
     from edgeprune.pipeline.example import example_model_path
-    from edgeprune.pipeline.latency_model import architecture_id, build, error_against
-    from edgeprune.pipeline.loading import load_model
-    from edgeprune.pipeline.resources import resources_of
+    from edgeprune.pipeline.search.latency_model import architecture_id, build, error_against
+    from edgeprune.pipeline.data.loading import load_model
+    from edgeprune.pipeline.search.resources import resources_of
 
     prof = load_profile("local")
     km = keras.models.load_model(example_model_path(), compile=False)
@@ -354,7 +354,7 @@ def extra_sections() -> list:
         m = L["model"]
         out += ["", "## Latency model on the local device (the bundled example)", "",
                 "`python bench/budget_aware.py --latency-error KEPT`: the fit a run builds "
-                "(pipeline/latency_model.py: five uniform prunes converted and measured, "
+                "(pipeline/search/latency_model.py: five uniform prunes converted and measured, "
                 f"{m['label']}), built in {L['build_s']:.1f} s (loaded machine), against the measured p50 of "
                 f"{L['n']} converted candidates of the kept runs (50+ timed runs each, 1 thread): median absolute "
                 f"error {100 * L['median_abs_error']:.1f} %.", "",
@@ -435,7 +435,7 @@ READING = """## Reading
   5,000 unseen images 0.9518 against 0.9530; RAM 33,760 B measured (predicted 33,720 B) against
   uniform's 33,888 B. Widths conv1/conv2/fc1 14/34/96 against uniform's 14/29/115. The margin
   over uniform is small: the must-show is met, not by much.
-- What changed (pipeline/allocation/objective.py, greedy.py): `auto` is constraint-driven. The
+- What changed (pipeline/prune/allocation/objective.py, greedy.py): `auto` is constraint-driven. The
   RAM term of the objective is the predicted TFLite-Micro arena (peak activation memory + the
   overhead measured on the unpruned model, which shrinks by 8 B per output channel removed:
   measured on the example's uniform prunes, overhead 5,280 -> 3,072 B as the channels fall

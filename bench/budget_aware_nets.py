@@ -90,8 +90,8 @@ def unpruned_figures(model_path: Path, data_path: Path, tmp: Path) -> dict:
     """The unpruned model converted as a run converts it: its TFLM arena and local p50."""
     from edgeprune.devices.base import BenchConfig, measure
     from edgeprune.devices.tflm import measure_arena
-    from edgeprune.pipeline import convert as conv
-    from edgeprune.pipeline.loading import load_model
+    from edgeprune.pipeline.convert import converter as conv
+    from edgeprune.pipeline.data.loading import load_model
 
     km = load_model(model_path)
     x = np.load(data_path)["x"]
@@ -104,10 +104,10 @@ def unpruned_figures(model_path: Path, data_path: Path, tmp: Path) -> dict:
 
 
 def one_row(net, row, variant, model_path, data_path, budgets, out: Path, x_unseen, km) -> dict:
-    from edgeprune.pipeline.fidelity import run_tflite
-    from edgeprune.pipeline.run import RunConfig, run
+    from edgeprune.pipeline.convert.fidelity import run_tflite
+    from edgeprune.pipeline.search.run import RunConfig, run
 
-    from edgeprune.pipeline import run_config as rc
+    from edgeprune.pipeline.search import run_config as rc
 
     if row == "ram50":
         device, budget_opts, meas = rc.DeviceOptions(name="nrf52840"), rc.BudgetOptions(ram=budgets["ram"]), rc.MeasurementOptions()

@@ -104,10 +104,10 @@ def direct_model(name: str, profiles: list[str]) -> dict:
     class and the first pruned step flips it, agreement 0.0)."""
     from edgeprune.devices.ethos_u import compile_tflite
     from edgeprune.devices.profile import load_profile
-    from edgeprune.pipeline.convert import ConvertConfig, captured_output, convert
-    from edgeprune.pipeline.host_phase import rate_schedule
-    from edgeprune.pipeline.loading import load_model
-    from edgeprune.pipeline.prune import PruneConfig, Pruner
+    from edgeprune.pipeline.convert.converter import ConvertConfig, captured_output, convert
+    from edgeprune.pipeline.search.host_phase import rate_schedule
+    from edgeprune.pipeline.data.loading import load_model
+    from edgeprune.pipeline.prune.pruner import PruneConfig, Pruner
 
     model_file, _engine, step, max_rate, note = MODELS[name]
     model = load_model(MLPERF_DIR / model_file)

@@ -32,10 +32,10 @@ THRESHOLD = 0.95
 def main(argv=None) -> int:
     import numpy as np
 
-    from edgeprune.pipeline.calib import outputs
+    from edgeprune.pipeline.prune.calib import outputs
     from edgeprune.pipeline.example import example_data_path, example_model_path
-    from edgeprune.pipeline.loading import load_model
-    from edgeprune.pipeline.prune import PruneConfig, Pruner
+    from edgeprune.pipeline.data.loading import load_model
+    from edgeprune.pipeline.prune.pruner import PruneConfig, Pruner
 
     models = {}
     ex = load_model(example_model_path())

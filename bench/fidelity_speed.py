@@ -30,10 +30,10 @@ RATES = [round(0.05 * k, 2) for k in range(1, 11)]
 def main(argv=None) -> int:
     import numpy as np
 
-    from edgeprune.pipeline import compensate
+    from edgeprune.pipeline.prune import compensate
     from edgeprune.pipeline.example import example_data_path, example_model_path
-    from edgeprune.pipeline.loading import load_model
-    from edgeprune.pipeline.prune import PruneConfig, Pruner
+    from edgeprune.pipeline.data.loading import load_model
+    from edgeprune.pipeline.prune.pruner import PruneConfig, Pruner
 
     model = load_model(example_model_path())
     x = np.load(example_data_path())["x"].astype("float32")

@@ -57,7 +57,7 @@ def main() -> None:
     args = ap.parse_args()
     from edgeprune.devices.base import BenchConfig, measure
     from edgeprune.devices.profile import load_profile
-    from edgeprune.pipeline import gate
+    from edgeprune.pipeline.report import gate
 
     prof = load_profile("local")
     tol = gate.parse_max_regression(None)
@@ -88,7 +88,7 @@ def main() -> None:
             rows.append(row)
         seconds = time.perf_counter() - t0
     # cost of the gate and the CI outputs on a real-size report (the golden one)
-    from edgeprune.pipeline import ci_outputs
+    from edgeprune.pipeline.report import ci_outputs
 
     golden = json.loads((Path(__file__).resolve().parents[1] / "tests" / "data" / "report-1.golden.json").read_text())
     t = time.perf_counter()

@@ -51,7 +51,7 @@ def main(argv=None) -> int:
     if args.combos:
         return combos(args)
 
-    from edgeprune.pipeline.prune import Pruner, PruneConfig, prune
+    from edgeprune.pipeline.prune.pruner import Pruner, PruneConfig, prune
 
     data = fashion_mnist()
     xte, yte = data[2], data[3]
@@ -133,7 +133,7 @@ def combos(args) -> int:
     from _combos import combo_markdown, combo_rows
 
     from edgeprune.pipeline.example import example_data_path, example_model_path
-    from edgeprune.pipeline.loading import load_model
+    from edgeprune.pipeline.data.loading import load_model
 
     wanted = args.combo_models.split(",")
     models = {}

@@ -40,11 +40,11 @@ TRUTH = slice(5000, 10000)
 
 
 def one_run(model_path: Path, data_path: Path, out: Path, max_rate: float) -> dict:
-    from edgeprune.pipeline.run import RunConfig, run
+    from edgeprune.pipeline.search.run import RunConfig, run
 
     # paoding, uncompensated: the pruning does not depend on the samples, so the picks differ only by the verdict
     # (and the int8 calibration); the data-aware default (flow + compensation, 50+ samples) would mix both effects
-    from edgeprune.pipeline import run_config as rc
+    from edgeprune.pipeline.search import run_config as rc
 
     cfg = RunConfig(model=rc.ModelOptions(path=model_path), data=rc.DataOptions(path=data_path),
                     search=rc.SearchOptions(step=0.05, max_rate=max_rate), output=rc.OutputOptions(out=out),
@@ -56,7 +56,7 @@ def one_run(model_path: Path, data_path: Path, out: Path, max_rate: float) -> di
 
 
 def real_agreement(tflite: Path, x_truth: np.ndarray, ref_pred: np.ndarray) -> float:
-    from edgeprune.pipeline.fidelity import run_tflite
+    from edgeprune.pipeline.convert.fidelity import run_tflite
 
     out, _ = run_tflite(tflite, x_truth)
     return float((out.argmax(1) == ref_pred).mean())
@@ -64,8 +64,8 @@ def real_agreement(tflite: Path, x_truth: np.ndarray, ref_pred: np.ndarray) -> f
 
 def bench_model(name: str, model_path: Path, pool_x: np.ndarray, pool_y: np.ndarray, input_scale: float | None,
                 x_truth: np.ndarray, draws: int, max_rate: float, tmp: Path) -> dict:
-    from edgeprune.pipeline.fidelity import keras_outputs
-    from edgeprune.pipeline.loading import load_model
+    from edgeprune.pipeline.convert.fidelity import keras_outputs
+    from edgeprune.pipeline.data.loading import load_model
 
     model = load_model(model_path)
     ref_pred = keras_outputs(model, x_truth).argmax(1)

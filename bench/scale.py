@@ -92,7 +92,7 @@ def example_data(n: int) -> Path:
 
 
 def input_shape(path: Path) -> tuple[int, ...]:
-    from edgeprune.pipeline.loading import load_model
+    from edgeprune.pipeline.data.loading import load_model
 
     return tuple(int(d) for d in load_model(path).inputs[0].shape[1:])
 
@@ -202,9 +202,9 @@ KERAS_OUTPUTS_CHILD = r"""
 import os, resource, sys, time
 os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
 import numpy as np
-from edgeprune.pipeline.loading import load_model
-from edgeprune.pipeline.fidelity import keras_outputs
-from edgeprune.pipeline.batching import batch_size_for
+from edgeprune.pipeline.data.loading import load_model
+from edgeprune.pipeline.convert.fidelity import keras_outputs
+from edgeprune.pipeline.data.batching import batch_size_for
 model = load_model(sys.argv[1]); n = int(sys.argv[3])
 x = np.random.default_rng(0).uniform(0, 1, (n, 224, 224, 3)).astype(np.float32)
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

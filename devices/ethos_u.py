@@ -407,7 +407,7 @@ def host_run_check(vela_tflite: Path, tflite_path: Path, samples: int = 4) -> di
     import numpy as np
     from ai_edge_litert.interpreter import Interpreter
 
-    from edgeprune.pipeline.xnnpack import xnnpack_requant_hazard
+    from edgeprune.pipeline.convert.xnnpack import xnnpack_requant_hazard
 
     for path in (vela_tflite, tflite_path):  # XNNPACK would abort the process preparing it
         hazard = xnnpack_requant_hazard(Path(path).read_bytes())

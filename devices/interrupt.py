@@ -88,7 +88,7 @@ class shielded:
 
 # ---------------------------------------------------------------- the farm's abort flag
 # Set when a parallel device phase is being interrupted: every board's backend that waits (for a
-# board lock, a labgrid place) gives up instead of waiting on (pipeline/device_farm.py).
+# board lock, a labgrid place) gives up instead of waiting on (pipeline/search/device_farm.py).
 _ABORT = threading.Event()
 
 

@@ -19,7 +19,7 @@ def _mlperf_standins(tmp_path_factory):
 
 @pytest.fixture(scope="session", autouse=True)
 def _work_cache(tmp_path_factory):
-    """edgeprune's work cache (plans reused across runs, pipeline/work_cache.py) in the session's
+    """edgeprune's work cache (plans reused across runs, pipeline/search/work_cache.py) in the session's
     tmp dir, never the user's ~/.cache (subprocesses inherit it)."""
     old = os.environ.get("EDGEPRUNE_CACHE_DIR")
     os.environ["EDGEPRUNE_CACHE_DIR"] = str(tmp_path_factory.mktemp("edgeprune-cache"))
@@ -64,7 +64,7 @@ _REPORTS_SEEN: dict = {}
 def _invalid_reports(root: Path) -> dict:
     import json
 
-    from edgeprune.pipeline.schema import validation_errors
+    from edgeprune.pipeline.report.schema import validation_errors
 
     bad = {}
     for path in sorted(Path(root).rglob("report.json")):

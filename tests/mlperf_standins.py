@@ -236,7 +236,7 @@ def _seeded_weights(model, key: str, seed: int) -> None:
 
     x = _init_inputs(key, seed + 1)
     config = model.get_config()
-    from edgeprune.pipeline._keras_compat import split_node_inputs
+    from edgeprune.pipeline.data._keras_compat import split_node_inputs
 
     values: dict[str, np.ndarray] = {}
     for entry in config["layers"]:
@@ -280,7 +280,7 @@ def keras2_config(model) -> dict:
     nodes, ``batch_input_shape``, string dtypes, BatchNormalization axes as lists, and
     ``groups: 1`` in every Conv2D/DepthwiseConv2D config (the key Keras 3 refuses for
     DepthwiseConv2D)."""
-    from edgeprune.pipeline._keras_compat import split_node_inputs
+    from edgeprune.pipeline.data._keras_compat import split_node_inputs
 
     cfg = model.get_config()
     layers = []
@@ -355,7 +355,7 @@ class Standins:
 
     def model(self, key: str):
         """The stand-in loaded from its Keras 2 .h5 file by edgeprune's loader (as a user's file)."""
-        from edgeprune.pipeline.loading import load_model
+        from edgeprune.pipeline.data.loading import load_model
 
         key = ALIASES.get(key, key)
         if key not in self._models:

@@ -1,4 +1,4 @@
-"""Budget-aware allocation (pipeline/allocation/): the global greedy's numbers. It removes the
+"""Budget-aware allocation (pipeline/prune/allocation/): the global greedy's numbers. It removes the
 stated fraction of the prunable parameters (to within one channel), keeps every group at or
 above its minimum width (never zero), picks the channels that cost nothing first, replays
 exactly from its plan (refits included), is deterministic, and resumes from a saved plan to the
@@ -10,13 +10,13 @@ import pytest
 
 import keras  # noqa: E402  (a hard dependency: a missing keras must fail, not skip)
 
-from edgeprune.pipeline.allocation import GlobalGreedy, get_allocation, prunable_params, removed_params
-from edgeprune.pipeline.allocation.base import min_width
-from edgeprune.pipeline.calib import outputs
-from edgeprune.pipeline.graph import DependencyGraph
-from edgeprune.pipeline.plan import Plan
-from edgeprune.pipeline.prune import PruneConfig, Pruner, prune
-from edgeprune.pipeline.surgery import PruneState
+from edgeprune.pipeline.prune.allocation import GlobalGreedy, get_allocation, prunable_params, removed_params
+from edgeprune.pipeline.prune.allocation.base import min_width
+from edgeprune.pipeline.prune.calib import outputs
+from edgeprune.pipeline.prune.graph import DependencyGraph
+from edgeprune.pipeline.prune.plan import Plan
+from edgeprune.pipeline.prune.pruner import PruneConfig, Pruner, prune
+from edgeprune.pipeline.prune.surgery import PruneState
 
 
 def small_cnn():
@@ -101,7 +101,7 @@ def test_global_removes_dead_channels_first():
     r = prune(model, rate=rate, criterion="flow", step=rate, calibration=cal, allocation=GlobalGreedy(chunk=0.1))
     kept = np.asarray(r.plan.layers["d1"])
     removed = np.setdiff1d(np.arange(24), kept)
-    from edgeprune.pipeline.calib import layer_inputs
+    from edgeprune.pipeline.prune.calib import layer_inputs
 
     silent = np.flatnonzero(layer_inputs(model, ["out"], cal)["out"].max(0) <= 0)  # ReLU never on here
     assert len(removed) == 8 and set(removed) <= set(dead) | set(silent), (removed, silent)

@@ -11,13 +11,13 @@ import pytest
 
 import keras  # noqa: E402
 
-from edgeprune.pipeline import convert as conv  # noqa: E402
-from edgeprune.pipeline import fidelity as fid  # noqa: E402
-from edgeprune.pipeline.compensate import masked_refit_reference  # noqa: E402
-from edgeprune.pipeline.graph import DependencyGraph  # noqa: E402
-from edgeprune.pipeline.plan import Plan  # noqa: E402
-from edgeprune.pipeline.prune import prune  # noqa: E402
-from edgeprune.pipeline.surgery import masked_reference  # noqa: E402
+from edgeprune.pipeline.convert import converter as conv  # noqa: E402
+from edgeprune.pipeline.convert import fidelity as fid  # noqa: E402
+from edgeprune.pipeline.prune.compensate import masked_refit_reference  # noqa: E402
+from edgeprune.pipeline.prune.graph import DependencyGraph  # noqa: E402
+from edgeprune.pipeline.prune.plan import Plan  # noqa: E402
+from edgeprune.pipeline.prune.pruner import prune  # noqa: E402
+from edgeprune.pipeline.prune.surgery import masked_reference  # noqa: E402
 from wild_models import CASES, inputs, randomize  # noqa: E402
 
 L = keras.layers
@@ -124,7 +124,7 @@ def test_criteria_score_heads(criterion, which):
 
 
 def test_flow_head_moments_are_the_heads_output_energy():
-    from edgeprune.pipeline.handlers import handler_for
+    from edgeprune.pipeline.prune.handlers import handler_for
 
     model, shape = CASES["kws_transformer"]()
     x = inputs(shape, 16, seed=3)
@@ -235,8 +235,8 @@ def test_global_allocation_trial_masks_heads_exactly():
     """The global allocation scores a chunk with the model at the current widths and the removed
     channels masked: for a head group, whose producer (q/k/v) and consumer (output rows) weights
     are in the same layer, the masked trial computes what the pruned trial computes."""
-    from edgeprune.pipeline.allocation.greedy import GlobalGreedy
-    from edgeprune.pipeline.surgery import PruneState, build_model
+    from edgeprune.pipeline.prune.allocation.greedy import GlobalGreedy
+    from edgeprune.pipeline.prune.surgery import PruneState, build_model
 
     model, shape = CASES["kws_transformer"]()
     graph = DependencyGraph(model)

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgeprune.pipeline.augment import shifted_copies
-from edgeprune.pipeline.host_phase import rate_schedule
+from edgeprune.pipeline.prune.augment import shifted_copies
+from edgeprune.pipeline.search.host_phase import rate_schedule
 
 
 def test_shifted_copies_of_images_are_exact_cyclic_shifts():

@@ -1,4 +1,4 @@
-"""Residual branch removal (pipeline/branches.py): numbers, not smoke.
+"""Residual branch removal (pipeline/prune/branches.py): numbers, not smoke.
 
 Removing a branch must compute exactly what the original computes with that branch's output
 zeroed (its last BatchNorm's gamma and beta set to 0), save exactly the branch's parameters,
@@ -13,11 +13,11 @@ import pytest
 
 import keras  # noqa: E402  (a hard dependency: a missing keras must fail, not skip)
 
-from edgeprune.pipeline.branches import branch_energy, find_branches, remove_branch, removed_layers
-from edgeprune.pipeline.calib import output_loss, outputs
-from edgeprune.pipeline.graph import DependencyGraph
-from edgeprune.pipeline.plan import Plan
-from edgeprune.pipeline.surgery import PruneState, build_model
+from edgeprune.pipeline.prune.branches import branch_energy, find_branches, remove_branch, removed_layers
+from edgeprune.pipeline.prune.calib import output_loss, outputs
+from edgeprune.pipeline.prune.graph import DependencyGraph
+from edgeprune.pipeline.prune.plan import Plan
+from edgeprune.pipeline.prune.surgery import PruneState, build_model
 
 
 def close(a, b, tol, what=""):
@@ -81,7 +81,7 @@ def test_removed_branch_equals_original_with_branch_output_zeroed(resnet, add, l
 
 @pytest.mark.slow
 def test_branch_removal_with_compensation_refits_behind_the_add(resnet):
-    from edgeprune.pipeline.compensate import Compensator
+    from edgeprune.pipeline.prune.compensate import Compensator
 
     model, x = resnet
     cal, ev = x[:16], x[16:]
@@ -127,8 +127,8 @@ def dead_branch_model():
 
 @pytest.mark.slow
 def test_global_greedy_removes_a_branch_that_carries_nothing():
-    from edgeprune.pipeline.allocation import GlobalGreedy
-    from edgeprune.pipeline.prune import PruneConfig, Pruner
+    from edgeprune.pipeline.prune.allocation import GlobalGreedy
+    from edgeprune.pipeline.prune.pruner import PruneConfig, Pruner
 
     model = dead_branch_model()
     x = np.random.default_rng(2).uniform(0, 1, (32, 8, 8, 3)).astype(np.float32)

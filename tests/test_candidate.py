@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from edgeprune.pipeline.candidate import ABSENT, Candidate
+from edgeprune.pipeline.search.candidate import ABSENT, Candidate
 
 
 def _converted(**kw) -> Candidate:

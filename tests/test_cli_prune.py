@@ -11,8 +11,8 @@ import keras  # noqa: E402  (a hard dependency: a missing keras must fail, not s
 from conftest import mlperf_path  # noqa: E402
 
 from edgeprune.cli import run_cli  # noqa: E402
-from edgeprune.pipeline.loading import load_model  # noqa: E402
-from edgeprune.pipeline.plan import Plan  # noqa: E402
+from edgeprune.pipeline.data.loading import load_model  # noqa: E402
+from edgeprune.pipeline.prune.plan import Plan  # noqa: E402
 
 
 @pytest.fixture

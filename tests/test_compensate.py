@@ -9,10 +9,10 @@ import pytest
 
 import keras  # noqa: E402  (a hard dependency: a missing keras must fail, not skip)
 
-from edgeprune.pipeline.calib import outputs, output_loss
-from edgeprune.pipeline.compensate import masked_refit_reference
-from edgeprune.pipeline.plan import Plan
-from edgeprune.pipeline.prune import prune
+from edgeprune.pipeline.prune.calib import outputs, output_loss
+from edgeprune.pipeline.prune.compensate import masked_refit_reference
+from edgeprune.pipeline.prune.plan import Plan
+from edgeprune.pipeline.prune.pruner import prune
 
 
 def close(a, b, tol, what=""):
@@ -139,7 +139,7 @@ def test_run_default_engine_on_the_example_is_flow_with_compensation_and_replays
 
     from edgeprune.cli import run_cli
     from edgeprune.pipeline.example import example_model_path
-    from edgeprune.pipeline.loading import load_model
+    from edgeprune.pipeline.data.loading import load_model
 
     out = tmp_path / "run"
     code = run_cli(["run", "--out", str(out), "--step", "0.3", "--max-rate", "0.3", "--runs", "2", "--warmup", "0",
@@ -154,9 +154,9 @@ def test_run_default_engine_on_the_example_is_flow_with_compensation_and_replays
     assert plan.refits
     original = load_model(example_model_path())
     # widths by the global greedy: the rate is the fraction of the prunable parameters removed
-    from edgeprune.pipeline.allocation import GlobalGreedy, prunable_params, removed_params
-    from edgeprune.pipeline.graph import DependencyGraph
-    from edgeprune.pipeline.surgery import PruneState
+    from edgeprune.pipeline.prune.allocation import GlobalGreedy, prunable_params, removed_params
+    from edgeprune.pipeline.prune.graph import DependencyGraph
+    from edgeprune.pipeline.prune.surgery import PruneState
 
     assert rep["settings"]["allocation"] == "global" and plan.allocation == "global"
     assert c["made_by"]["allocation"].startswith("global greedy")

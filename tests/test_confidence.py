@@ -8,7 +8,7 @@ import json
 import pytest
 
 from edgeprune.cli import run_cli
-from edgeprune.pipeline.verdict import clears, lower_bound, wilson
+from edgeprune.pipeline.search.verdict import clears, lower_bound, wilson
 
 ENGINE = ["--criterion", "paoding", "--no-compensate", "--allocation", "uniform"]
 FAST = ["--step", "0.1", "--max-rate", "0.9", "--runs", "3", "--warmup", "1", "--min-secs", "0", "--warmup-min-secs", "0"]

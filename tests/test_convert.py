@@ -11,7 +11,7 @@ import pytest
 from conftest import mlperf_path
 from mlperf_standins import KWS_WRONG, RESNET8_INT8_REFERENCE_BYTES
 from edgeprune.errors import BadInput, UnsupportedModel
-from edgeprune.pipeline.convert import DYNAMIC_SHAPE_OPS, ConvertConfig, convert, read_ops
+from edgeprune.pipeline.convert.converter import DYNAMIC_SHAPE_OPS, ConvertConfig, convert, read_ops
 
 MODELS = ["resnet8", "kws", "ad01", "vww"]
 MODES = ["float32", "float16", "dynamic", "int8"]
@@ -72,8 +72,8 @@ def test_mlperf_models_convert_in_every_mode(converted, mlperf_models, key, mode
 @pytest.mark.slow
 @pytest.mark.parametrize("key", MODELS)
 def test_float32_agrees_with_keras_within_1e4(converted, mlperf_models, key):
-    from edgeprune.pipeline.data import synthetic_data
-    from edgeprune.pipeline.fidelity import keras_outputs, run_tflite
+    from edgeprune.pipeline.data.eval_data import synthetic_data
+    from edgeprune.pipeline.convert.fidelity import keras_outputs, run_tflite
 
     model = mlperf_models(key)
     data = synthetic_data(model, 20, (0.0, 1.0), seed=3)
@@ -83,7 +83,7 @@ def test_float32_agrees_with_keras_within_1e4(converted, mlperf_models, key):
 
 
 def test_ad01_float32_on_the_real_toyadmos_input(converted, mlperf_models):
-    from edgeprune.pipeline.fidelity import keras_outputs, run_tflite
+    from edgeprune.pipeline.convert.fidelity import keras_outputs, run_tflite
 
     x = np.fromfile(mlperf_path("ad01_sample_normal_id_01.bin"), dtype=np.float32).reshape(40, 640)
     ref = keras_outputs(mlperf_models("ad01"), x)
@@ -101,8 +101,8 @@ def test_resnet8_int8_size_matches_the_mlperf_reference(converted):
 
 
 def test_kws_labelled_samples_same_accuracy_in_keras_and_float32(converted, mlperf_models):
-    from edgeprune.pipeline.data import load_eval_data
-    from edgeprune.pipeline.fidelity import evaluate, keras_outputs
+    from edgeprune.pipeline.data.eval_data import load_eval_data
+    from edgeprune.pipeline.convert.fidelity import evaluate, keras_outputs
 
     model = mlperf_models("kws")
     data = load_eval_data(mlperf_path("calibration_samples.npz"), model)
@@ -126,7 +126,7 @@ def test_int8_input_quantisation_follows_the_declared_range(mlperf_models):
 
 
 def test_user_calibration_is_used_and_checked(mlperf_models):
-    from edgeprune.pipeline.data import load_eval_data
+    from edgeprune.pipeline.data.eval_data import load_eval_data
 
     model = mlperf_models("kws")
     data = load_eval_data(mlperf_path("calibration_samples.npz"), model)
@@ -143,7 +143,7 @@ def test_user_calibration_is_used_and_checked(mlperf_models):
 
 def test_example_flatten_is_a_single_reshape():
     from edgeprune.pipeline.example import example_model_path
-    from edgeprune.pipeline.loading import load_model
+    from edgeprune.pipeline.data.loading import load_model
 
     result = convert(load_model(example_model_path()), ConvertConfig(quantize="float32"))
     assert result.ops == ["CONV_2D", "FULLY_CONNECTED", "MAX_POOL_2D", "RESHAPE", "SOFTMAX"]
@@ -151,8 +151,8 @@ def test_example_flatten_is_a_single_reshape():
 
 
 def test_static_batch_size_other_than_one(mlperf_models):
-    from edgeprune.pipeline.data import synthetic_data
-    from edgeprune.pipeline.fidelity import evaluate, keras_outputs
+    from edgeprune.pipeline.data.eval_data import synthetic_data
+    from edgeprune.pipeline.convert.fidelity import evaluate, keras_outputs
 
     model = mlperf_models("kws")
     result = convert(model, ConvertConfig(quantize="float32", batch_size=4))
@@ -351,7 +351,7 @@ def test_int8_stacked_lstm_is_the_fused_op_small_and_faithful(capsys):
     UNIDIRECTIONAL_SEQUENCE_LSTM (no WHILE loop, no unrolling). Measured (T=200): int8 20,832 B
     vs float32 96,116 B (0.22x; the unrolled int8 file was 545 kB already at T=100, refused), top-1
     agreement with the float Keras model 1.000 on 200 seeded inputs, relative L2 error 0.0057."""
-    from edgeprune.pipeline.fidelity import run_tflite
+    from edgeprune.pipeline.convert.fidelity import run_tflite
 
     model = _stacked_lstm(200)
     cal = np.random.default_rng(0).uniform(0, 1, (32, 200, 4)).astype(np.float32)
@@ -383,7 +383,7 @@ def test_only_plain_unmasked_lstms_are_fused():
     """A Masking-fed LSTM, a GRU or a Bidirectional LSTM is not fused (the fused op has no mask,
     TFLite has no fused GRU): those keep the unrolled path and its > 2x refusal."""
     import keras
-    from edgeprune.pipeline import convert as conv
+    from edgeprune.pipeline.convert import converter as conv
 
     L = keras.layers
     assert conv._fusable_lstms(_stacked_lstm(10)) == ["lstm_a", "lstm_b"]
@@ -397,7 +397,7 @@ def test_a_fused_lstm_file_that_errs_gives_way_to_the_unrolled_file(monkeypatch)
     """When the fused int8 LSTM file errs more than FUSED_MAX_ERROR on the calibration samples,
     the unrolled file is converted too and kept when it is allowed (<= 2x float32) and closer;
     forced here with a bound of 0 on a short sequence (8 steps), where unrolling is cheap."""
-    from edgeprune.pipeline import convert as conv
+    from edgeprune.pipeline.convert import converter as conv
 
     model = _stacked_lstm(8)
     cal = np.random.default_rng(0).uniform(0, 1, (16, 8, 4)).astype(np.float32)

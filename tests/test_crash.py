@@ -69,7 +69,7 @@ def _snapshot(folder: Path) -> dict:
 
 
 def test_load(model_file, crash_dir, tmp_path, monkeypatch, capsys):
-    import edgeprune.pipeline.loading as loading
+    import edgeprune.pipeline.data.loading as loading
 
     monkeypatch.setattr(loading, "check_supported", _boom("load"))  # after Keras read the file: not the file's fault
     before = _snapshot(model_file.parent)
@@ -80,7 +80,7 @@ def test_load(model_file, crash_dir, tmp_path, monkeypatch, capsys):
 
 
 def test_data(model_file, crash_dir, tmp_path, monkeypatch, capsys):
-    import edgeprune.pipeline.data as data_mod
+    import edgeprune.pipeline.data.eval_data as data_mod
 
     data = tmp_path / "val.npz"
     np.savez(data, x=np.random.default_rng(0).random((60, 8, 8, 1), dtype=np.float32))
@@ -90,7 +90,7 @@ def test_data(model_file, crash_dir, tmp_path, monkeypatch, capsys):
 
 
 def test_prune(model_file, crash_dir, tmp_path, monkeypatch, capsys):
-    import edgeprune.pipeline.surgery as surgery
+    import edgeprune.pipeline.prune.surgery as surgery
 
     real = surgery._rebuild
 
@@ -107,7 +107,7 @@ def test_prune(model_file, crash_dir, tmp_path, monkeypatch, capsys):
 
 
 def test_convert(model_file, crash_dir, tmp_path, monkeypatch, capsys):
-    import edgeprune.pipeline.convert as conv
+    import edgeprune.pipeline.convert.converter as conv
 
     monkeypatch.setattr(conv, "read_ops", _boom("convert"))  # after the converter ran: our bug, not the model
     out = tmp_path / "m.tflite"
@@ -117,7 +117,7 @@ def test_convert(model_file, crash_dir, tmp_path, monkeypatch, capsys):
 
 
 def test_fidelity(model_file, crash_dir, tmp_path, monkeypatch, capsys):
-    import edgeprune.pipeline.fidelity as fid
+    import edgeprune.pipeline.convert.fidelity as fid
 
     monkeypatch.setattr(fid, "run_tflite", _boom("fidelity"))
     code = run_cli(["convert", str(model_file), "--quantize", "float32", "--out", str(tmp_path / "m.tflite")])
@@ -135,7 +135,7 @@ def test_device(device_models, crash_dir, monkeypatch, capsys):
 def test_real_entry_point_no_traceback(model_file, tmp_path):
     """Through the installed entry point (edgeprune.cli:main) in a fresh process."""
     crashes = tmp_path / "crashes"
-    code = ("import edgeprune.pipeline.convert as c\n"
+    code = ("import edgeprune.pipeline.convert.converter as c\n"
             "def boom(*a, **k):\n    raise ZeroDivisionError('injected convert failure')\n"
             "c.tensor_details = boom\n"
             "import sys; from edgeprune.cli import main\n"

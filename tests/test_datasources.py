@@ -13,11 +13,11 @@ from PIL import Image
 
 from edgeprune.cli import run_cli
 from edgeprune.errors import BadInput
-from edgeprune.pipeline.data import EvalData
-from edgeprune.pipeline.datasources import UserCodeError, load_data, parse_spec
+from edgeprune.pipeline.data.eval_data import EvalData
+from edgeprune.pipeline.data.datasources import UserCodeError, load_data, parse_spec
 from edgeprune.pipeline.example import example_data_path
-from edgeprune.pipeline.split import split
-from edgeprune.pipeline.verdict import class_coverage, wilson
+from edgeprune.pipeline.data.split import split
+from edgeprune.pipeline.search.verdict import class_coverage, wilson
 
 FMNIST_NAMES = ["tshirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "boot"]
 
@@ -76,7 +76,7 @@ def test_png_class_folders_give_the_same_pick_as_the_bundled_npz(tmp_path, capsy
 @pytest.mark.slow
 def test_run_without_data_on_a_one_class_model_warns_and_says_so_in_report_json(tmp_path, capsys):
     from conftest import mlperf_path
-    from edgeprune.pipeline.loading import load_model
+    from edgeprune.pipeline.data.loading import load_model
 
     # keyword spotting (the MLPerf Tiny DS-CNN stand-in) whose output bias sends every uniform input
     # to class 2, as the real trained model does

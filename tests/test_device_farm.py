@@ -1,4 +1,4 @@
-"""The parallel device-phase scheduler (pipeline/device_farm.py) decides exactly as one board:
+"""The parallel device-phase scheduler (pipeline/search/device_farm.py) decides exactly as one board:
 results arriving out of order (random durations) are judged in rate order, cached candidates
 never take a board, and k boards really run k measurements at once."""
 from __future__ import annotations
@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from edgeprune.pipeline.device_farm import run_in_rate_order
+from edgeprune.pipeline.search.device_farm import run_in_rate_order
 
 
 @dataclass(frozen=True)

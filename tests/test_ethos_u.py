@@ -30,7 +30,7 @@ def _build(kind: str, path: Path, quantize: str = "int8") -> Path:
     import numpy as np
     import tensorflow as tf
 
-    from edgeprune.pipeline.convert import ConvertConfig, convert
+    from edgeprune.pipeline.convert.converter import ConvertConfig, convert
 
     keras.utils.set_random_seed(0)
     inp = keras.Input((16, 16, 3))
@@ -142,8 +142,8 @@ def test_all_cpu_output_runs_on_the_host_and_is_identical(models):
 def test_npu_share_drop_is_flagged(models, tmp_path):
     """The host-phase step on two real compilations: candidate 1 (with the SQRT) has a smaller NPU
     share than candidate 0, so it is flagged and named in the notes."""
-    from edgeprune.pipeline.candidate import Candidate
-    from edgeprune.pipeline.ethos_u_stage import compile_candidate
+    from edgeprune.pipeline.search.candidate import Candidate
+    from edgeprune.pipeline.convert.ethos_u_stage import compile_candidate
 
     for i, key in enumerate(("conv", "sqrt")):
         (tmp_path / f"cand-0{i}.tflite").write_bytes(models[key].read_bytes())

@@ -15,9 +15,9 @@ from edgeprune.pipeline.example.fashion_mnist import DEBIAN_PACKAGE, load_fashio
 
 @pytest.fixture(scope="module")
 def bundle():
-    from edgeprune.pipeline.data import load_eval_data
-    from edgeprune.pipeline.fidelity import keras_outputs
-    from edgeprune.pipeline.loading import load_model
+    from edgeprune.pipeline.data.eval_data import load_eval_data
+    from edgeprune.pipeline.convert.fidelity import keras_outputs
+    from edgeprune.pipeline.data.loading import load_model
 
     model = load_model(example_model_path())
     data = load_eval_data(example_data_path(), model)
@@ -66,8 +66,8 @@ def test_architecture_is_the_one_train_py_builds(bundle):
 
 
 def test_float32_tflite_is_well_above_2mb_and_exact(bundle):
-    from edgeprune.pipeline.convert import ConvertConfig, convert
-    from edgeprune.pipeline.fidelity import evaluate
+    from edgeprune.pipeline.convert.converter import ConvertConfig, convert
+    from edgeprune.pipeline.convert.fidelity import evaluate
 
     model, data, ref = bundle
     result = convert(model, ConvertConfig("float32"))
@@ -80,8 +80,8 @@ def test_float32_tflite_is_well_above_2mb_and_exact(bundle):
 @pytest.mark.slow
 @pytest.mark.parametrize("calibration", ["train-images", "synthetic"])
 def test_int8_accuracy_within_one_point_of_keras(bundle, calibration):
-    from edgeprune.pipeline.convert import ConvertConfig, convert
-    from edgeprune.pipeline.fidelity import evaluate
+    from edgeprune.pipeline.convert.converter import ConvertConfig, convert
+    from edgeprune.pipeline.convert.fidelity import evaluate
 
     model, data, ref = bundle
     if calibration == "train-images":

@@ -9,9 +9,9 @@ import pytest
 
 from conftest import mlperf_path
 from edgeprune.errors import BadInput, UnsupportedModel
-from edgeprune.pipeline.convert import ConvertConfig, convert
-from edgeprune.pipeline.data import SYNTHETIC_LABEL, EvalData, load_eval_data, synthetic_data
-from edgeprune.pipeline.fidelity import (
+from edgeprune.pipeline.convert.converter import ConvertConfig, convert
+from edgeprune.pipeline.data.eval_data import SYNTHETIC_LABEL, EvalData, load_eval_data, synthetic_data
+from edgeprune.pipeline.convert.fidelity import (
     FidelityConfig,
     choose_metric,
     compare,
@@ -24,7 +24,7 @@ from edgeprune.pipeline.fidelity import (
 @pytest.fixture(scope="module")
 def example():
     from edgeprune.pipeline.example import example_data_path, example_model_path
-    from edgeprune.pipeline.loading import load_model
+    from edgeprune.pipeline.data.loading import load_model
 
     model = load_model(example_model_path())
     data = load_eval_data(example_data_path(), model)

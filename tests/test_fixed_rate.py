@@ -1,6 +1,6 @@
 """``edgeprune run --rate R`` (issue 23): the fixed-rate path. Only the given rates are built,
 judged, measured and gated; the candidate is the one the search builds at that rate (same
-.tflite bytes), and plans are reused across runs by content (pipeline/work_cache.py).
+.tflite bytes), and plans are reused across runs by content (pipeline/search/work_cache.py).
 Real runs of the bundled example (data-free engine for speed)."""
 from __future__ import annotations
 

@@ -58,13 +58,13 @@ from hypothesis import strategies as st
 import keras  # noqa: E402  (a hard dependency: a missing keras must fail, not skip)
 
 from edgeprune.errors import BadInput, UnsupportedModel  # noqa: E402
-from edgeprune.pipeline.compensate import masked_refit_reference  # noqa: E402
-from edgeprune.pipeline.criteria import CRITERIA  # noqa: E402
-from edgeprune.pipeline.graph import DependencyGraph  # noqa: E402
-from edgeprune.pipeline.plan import Plan  # noqa: E402
-from edgeprune.pipeline.prune import prune  # noqa: E402
-from edgeprune.pipeline.surgery import masked_reference, masked_weights, removed_channels  # noqa: E402
-from edgeprune.pipeline.xnnpack import xnnpack_requant_hazard  # noqa: E402
+from edgeprune.pipeline.prune.compensate import masked_refit_reference  # noqa: E402
+from edgeprune.pipeline.prune.criteria import CRITERIA  # noqa: E402
+from edgeprune.pipeline.prune.graph import DependencyGraph  # noqa: E402
+from edgeprune.pipeline.prune.plan import Plan  # noqa: E402
+from edgeprune.pipeline.prune.pruner import prune  # noqa: E402
+from edgeprune.pipeline.prune.surgery import masked_reference, masked_weights, removed_channels  # noqa: E402
+from edgeprune.pipeline.convert.xnnpack import xnnpack_requant_hazard  # noqa: E402
 from test_surgery import assert_close, randomize  # noqa: E402  (the exactness helpers and tolerance)
 
 L = keras.layers
@@ -367,7 +367,7 @@ def check_result(model, graph, result, x, tol, what, apply=False):
 _CHILD = """
 import sys, numpy as np
 from edgeprune.errors import BadInput
-from edgeprune.pipeline.fidelity import run_tflite
+from edgeprune.pipeline.convert.fidelity import run_tflite
 try:
     y, _ = run_tflite(open(sys.argv[1], "rb").read(), np.load(sys.argv[2]))
 except BadInput as exc:
@@ -400,7 +400,7 @@ def load_in_child(tflite: bytes, x: np.ndarray, tmp) -> tuple[str, np.ndarray | 
 def try_int8(pruned, x, stats, what, tmp):
     """Full int8: succeeds (int8 input, right output shape, finite) or is refused with the
     tool's own error; anything else propagates (a failure)."""
-    from edgeprune.pipeline import convert as conv
+    from edgeprune.pipeline.convert import converter as conv
     stats["convert_tried"] += 1
     try:
         res = conv.convert(pruned, conv.ConvertConfig(quantize="int8", num_calibration=8, input_range=(-1.0, 1.0)))
@@ -567,7 +567,7 @@ def test_flow_scores_a_recurrent_group_by_its_readers_not_by_the_layer_input(cls
     broadcast together with shapes (2,) (5,)"): it read the recurrent rows (the layer reading its
     own hidden state) as if they read the layer's input. With a wider input it scored silently
     with the wrong moments. Now the group is scored by the next layer's reads: E[h_c^2] * ||W_c||^2."""
-    from edgeprune.pipeline.prune import PruneConfig, Pruner, target_width
+    from edgeprune.pipeline.prune.pruner import PruneConfig, Pruner, target_width
 
     inp = keras.Input((4, features))
     rnn = getattr(L, cls)(units)
@@ -628,7 +628,7 @@ def test_int8_with_a_near_zero_scale_tensor_is_refused_cleanly(tmp_path):
     scales from the flatbuffer before any interpreter is prepared and refuses the file with its own
     error naming the tensor and the scale. Loaded in a child process, so a regression is an
     "aborted" outcome, not a dead test run."""
-    from edgeprune.pipeline import convert as conv
+    from edgeprune.pipeline.convert import converter as conv
 
     model = build(ABORT_SPEC)
     result = prune(model, rate=0.9, criterion="taylor", step=0.45, input_range=(-1.0, 1.0))
@@ -645,7 +645,7 @@ def test_int8_with_a_near_zero_scale_tensor_is_refused_cleanly(tmp_path):
     # the common path: the unpruned model's int8 file has no such tensor and loads in-process
     ok = conv.convert(model, conv.ConvertConfig(quantize="int8", num_calibration=8, input_range=(-1.0, 1.0)))
     assert xnnpack_requant_hazard(ok.tflite) is None
-    from edgeprune.pipeline.fidelity import run_tflite
+    from edgeprune.pipeline.convert.fidelity import run_tflite
     assert run_tflite(ok.tflite, x)[0].shape == (2, 1)
 
 

@@ -19,9 +19,9 @@ from junitparser import Failure, JUnitXml, Skipped
 
 from edgeprune.cli import run_cli
 from edgeprune.errors import EXIT_REGRESSION
-from edgeprune.pipeline import gate as gate_mod
-from edgeprune.pipeline.report import REPORT_FORMAT
-from edgeprune.pipeline.schema import load_schema, schema_path, validation_errors
+from edgeprune.pipeline.report import gate as gate_mod
+from edgeprune.pipeline.report.run_report import REPORT_FORMAT
+from edgeprune.pipeline.report.schema import load_schema, schema_path, validation_errors
 
 pytestmark = pytest.mark.slow  # the fast subset (-m 'not slow') skips this module
 
@@ -302,7 +302,7 @@ def test_schema_rejects_broken_reports(base_run):
 
 def test_published_schema_versions_keep_validating_their_golden_reports():
     """A schema change that an earlier report of the same version no longer passes is breaking:
-    it needs a new report-N.json and format edgeprune-report/N (see pipeline/schema.py)."""
+    it needs a new report-N.json and format edgeprune-report/N (see pipeline/report/schema.py)."""
     golden = sorted((ROOT / "tests" / "data").glob("report-*.golden.json"))
     assert golden, "tests/data/report-N.golden.json: one real report per published schema version"
     versions = {int(p.name.split("-")[1].split(".")[0]) for p in golden}

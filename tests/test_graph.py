@@ -7,9 +7,9 @@ import pytest
 import keras  # noqa: E402  (a hard dependency: a missing keras must fail, not skip)
 
 from edgeprune.errors import EdgepruneError  # noqa: E402
-from edgeprune.pipeline.graph import DependencyGraph  # noqa: E402
-from edgeprune.pipeline.prune import prune  # noqa: E402
-from edgeprune.pipeline.surgery import PruneState, build_model, masked_model  # noqa: E402
+from edgeprune.pipeline.prune.graph import DependencyGraph  # noqa: E402
+from edgeprune.pipeline.prune.pruner import prune  # noqa: E402
+from edgeprune.pipeline.prune.surgery import PruneState, build_model, masked_model  # noqa: E402
 
 L = keras.layers
 

@@ -11,11 +11,11 @@ import pytest
 import keras  # noqa: E402
 
 import edgeprune  # noqa: E402
-from edgeprune.pipeline import compensate, criteria  # noqa: E402
-from edgeprune.pipeline.graph import DependencyGraph  # noqa: E402
-from edgeprune.pipeline.handlers import LayerHandler, handler_for, unregister_handler  # noqa: E402
-from edgeprune.pipeline.prune import prune  # noqa: E402
-from edgeprune.pipeline.surgery import masked_reference  # noqa: E402
+from edgeprune.pipeline.prune import compensate, criteria  # noqa: E402
+from edgeprune.pipeline.prune.graph import DependencyGraph  # noqa: E402
+from edgeprune.pipeline.prune.handlers import LayerHandler, handler_for, unregister_handler  # noqa: E402
+from edgeprune.pipeline.prune.pruner import prune  # noqa: E402
+from edgeprune.pipeline.prune.surgery import masked_reference  # noqa: E402
 
 L = keras.layers
 

@@ -161,7 +161,7 @@ def test_the_checks_catch_what_they_are_for(tmp_path):
     assert _body_lines(nodes["g"]) == 81
     assert _own_getattr_self(nodes["E.h"]) == 1 and _own_getattr_self(nodes["E.ok"]) == 0
     cli = ast.parse("@app.command()\ndef run(" + ", ".join(f"a{i}" for i in range(20)) + "):\n    pass\n")
-    assert _is_cli_command("cli.py", cli.body[0]) and not _is_cli_command("pipeline/run.py", cli.body[0])
+    assert _is_cli_command("cli.py", cli.body[0]) and not _is_cli_command("pipeline/search/run.py", cli.body[0])
 
 
 def test_cli_choices_come_from_the_registries():
@@ -169,11 +169,11 @@ def test_cli_choices_come_from_the_registries():
     modules import TensorFlow) hold exactly those names, in that order."""
     from edgeprune import cli
     from edgeprune.pipeline import choices
-    from edgeprune.pipeline.allocation import ALLOCATIONS
-    from edgeprune.pipeline.criteria import CRITERIA
-    from edgeprune.pipeline.fidelity import METRICS
-    from edgeprune.pipeline.noise import LATENCY_STATS
-    from edgeprune.pipeline.run_config import OBJECTIVES, QUANTIZE_CHOICES
+    from edgeprune.pipeline.prune.allocation import ALLOCATIONS
+    from edgeprune.pipeline.prune.criteria import CRITERIA
+    from edgeprune.pipeline.convert.fidelity import METRICS
+    from edgeprune.pipeline.search.noise import LATENCY_STATS
+    from edgeprune.pipeline.search.run_config import OBJECTIVES, QUANTIZE_CHOICES
 
     assert tuple(CRITERIA) == choices.CRITERIA == tuple(m.value for m in cli.Criterion)
     assert tuple(ALLOCATIONS) == choices.ALLOCATIONS == tuple(m.value for m in cli.Allocation)
@@ -214,7 +214,7 @@ def test_no_import_cycle():
         mods[name[: -len(".__init__")] if name.endswith(".__init__") else name] = (name, tree)
     known = set(mods)
     graph = {m: _imports(full, tree, known) for m, (full, tree) in mods.items()}
-    assert "edgeprune.pipeline.graph" in graph and graph["edgeprune.pipeline.graph"]  # the walk saw imports
+    assert "edgeprune.pipeline.prune.graph" in graph and graph["edgeprune.pipeline.prune.graph"]  # the walk saw imports
     cycles, index, low, stack, on = [], {}, {}, [], set()
 
     def visit(v):  # Tarjan's strongly connected components
@@ -243,3 +243,40 @@ def test_no_import_cycle():
             visit(v)
     print(f"imports between {len(graph)} modules: {sum(map(len, graph.values()))} edges, {len(cycles)} cycles")
     assert not cycles, f"import cycles (a lazy import counts): {cycles}"
+
+
+ROOMS = {"prune", "data", "convert", "search", "report", "example"}
+SHARED_MODULES_MAX = 4  # pipeline/'s own modules (besides __init__): helpers every room uses
+
+
+def test_pipeline_is_in_rooms_by_concern():
+    """pipeline/ is split by concern (prune/, data/, convert/, search/, report/, and the bundled
+    example/); only a handful of helpers shared by all stay at its top level, so a new module goes
+    into the room of its concern."""
+    pipeline = PACKAGE / "pipeline"
+    shared = sorted(p.name for p in pipeline.glob("*.py") if p.name != "__init__.py")
+    assert len(shared) <= SHARED_MODULES_MAX, f"pipeline/ top level: {shared} (put a module into its room)"
+    rooms = {p.name for p in pipeline.iterdir() if (p / "__init__.py").is_file()}
+    assert rooms == ROOMS, f"pipeline/ sub-packages {sorted(rooms)}: a new room needs a line in the README code map"
+    for room in rooms:
+        names = {p.stem for p in (pipeline / room).glob("*.py")} | {p.name for p in (pipeline / room).iterdir()
+                                                                   if (p / "__init__.py").is_file()}
+        assert room not in names, f"pipeline/{room}/{room}: a module named as its room (rename it)"
+    readme = (PACKAGE / "README.md").read_text()
+    for room in rooms:
+        assert f"pipeline/{room}/" in readme, f"the README code map does not say what pipeline/{room}/ holds"
+
+
+def _is_shim(tree: ast.Module) -> bool:
+    """A module whose body is only imports (after its docstring): it re-exports names from elsewhere."""
+    body = [n for n in tree.body if not (isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant))]
+    return bool(body) and all(isinstance(n, (ast.Import, ast.ImportFrom)) for n in body)
+
+
+def test_no_shim_modules():
+    """A module that was moved is imported from its new place: nothing is left behind that only
+    re-exports it (a package's __init__ may gather its registry, a plain module may not)."""
+    shims = [rel for rel, tree in _sources() if not rel.endswith("__init__.py") and _is_shim(tree)]
+    assert shims == [], f"modules that only import (re-export) names: {shims}"
+    assert _is_shim(ast.parse('"""doc"""\nfrom a import b  # noqa: F401\n'))
+    assert not _is_shim(ast.parse("from a import b\n\ndef f():\n    return b\n"))

@@ -19,7 +19,6 @@ import pytest
 from ci_guard import skip_or_fail
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGE_DIRS = ["", "pipeline", "pipeline/criteria", "pipeline/handlers", "devices", "configs"]
 # import name -> distribution name, where they differ
 DIST = {"yaml": "pyyaml", "ai_edge_litert": "ai-edge-litert", "tflite_micro": "tflite-micro", "PIL": "pillow",
         "junitparser": "junitparser", "jsonschema": "jsonschema"}
@@ -47,12 +46,11 @@ def _imports(path: Path) -> set[str]:
 
 
 def _package_files() -> list[Path]:
+    """The modules of every package pyproject.toml installs (pipeline/'s rooms and their sub-packages
+    included)."""
     files = []
-    for d in PACKAGE_DIRS:
-        folder = ROOT / d
-        if folder.is_dir():
-            files += sorted(folder.glob("*.py"))
-    files += sorted((ROOT / "pipeline" / "example").glob("*.py"))
+    for pkg in tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]:
+        files += sorted(ROOT.joinpath(*pkg.split(".")[1:]).glob("*.py"))
     return files
 
 

@@ -1,4 +1,4 @@
-"""The board latency model (pipeline/latency_model.py): the fit recovers known coefficients and
+"""The board latency model (pipeline/search/latency_model.py): the fit recovers known coefficients and
 reports its leave-one-out error; the microcontroller estimate is the mcu backend's formula; a
 model built by measuring on this machine (the local device) is cached in the run directory
 under its key and reused."""
@@ -11,7 +11,7 @@ import pytest
 
 import keras  # noqa: E402
 
-from edgeprune.pipeline.latency_model import (CACHE_FILE, LatencyModel, build_or_load, error_against, fit,
+from edgeprune.pipeline.search.latency_model import (CACHE_FILE, LatencyModel, build_or_load, error_against, fit,
                                               mac_estimate, save)
 
 
@@ -55,7 +55,7 @@ def small_model():
 @pytest.mark.slow
 def test_built_on_the_local_device_cached_and_reused(tmp_path):
     from edgeprune.devices.profile import load_profile
-    from edgeprune.pipeline.run_config import Budget, Budgets, MeasurementOptions, RunConfig
+    from edgeprune.pipeline.search.run_config import Budget, Budgets, MeasurementOptions, RunConfig
 
     model = small_model()
     prof = load_profile("local")

@@ -11,8 +11,8 @@ import keras  # noqa: E402  (a hard dependency: a missing keras must fail, not s
 from conftest import mlperf_path  # noqa: E402
 
 from edgeprune.errors import BadInput, EdgepruneError, UnsupportedModel  # noqa: E402
-from edgeprune.pipeline.loading import load_model  # noqa: E402
-from edgeprune.pipeline.prune import prune  # noqa: E402
+from edgeprune.pipeline.data.loading import load_model  # noqa: E402
+from edgeprune.pipeline.prune.pruner import prune  # noqa: E402
 
 L = keras.layers
 

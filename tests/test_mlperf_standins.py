@@ -97,7 +97,7 @@ def test_kws_samples_have_the_real_keys_and_known_labels(mlperf_models):
 
 
 def test_int8_resnet8_is_full_integer():
-    from edgeprune.pipeline.convert import tensor_details
+    from edgeprune.pipeline.convert.converter import tensor_details
 
     tflite = mlperf_path("pretrainedResnet_quant.tflite").read_bytes()
     ins, outs = tensor_details(tflite)

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from edgeprune.cli import run_cli
-from edgeprune.pipeline.noise import band, latency_check, load_warning, straddles
+from edgeprune.pipeline.search.noise import band, latency_check, load_warning, straddles
 
 M = {"latency_ms": {"median": 10.0, "p50": 10.0, "p90": 12.0, "p99": 20.0, "iqr": 1.0}, "latency_is_estimate": False}
 

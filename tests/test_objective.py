@@ -1,4 +1,4 @@
-"""``--objective`` of the global allocation (pipeline/allocation/objective.py): ``size`` (and
+"""``--objective`` of the global allocation (pipeline/prune/allocation/objective.py): ``size`` (and
 ``auto`` when the unpruned model is predicted to miss no budget) reproduces the
 parameter-driven widths exactly; ``ram`` and ``macs`` cut their resource more than ``size`` at
 the same rate, and reach the rate on their own resource; ``auto`` weights the missed budgets by
@@ -15,11 +15,11 @@ import pytest
 
 import keras  # noqa: E402
 
-from edgeprune.pipeline.allocation import GlobalGreedy
-from edgeprune.pipeline.allocation.objective import Objective, resolve
-from edgeprune.pipeline.graph import DependencyGraph
-from edgeprune.pipeline.prune import PruneConfig, Pruner
-from edgeprune.pipeline.resources import ResourceModel
+from edgeprune.pipeline.prune.allocation import GlobalGreedy
+from edgeprune.pipeline.prune.allocation.objective import Objective, resolve
+from edgeprune.pipeline.prune.graph import DependencyGraph
+from edgeprune.pipeline.prune.pruner import PruneConfig, Pruner
+from edgeprune.pipeline.search.resources import ResourceModel
 
 
 def act_heavy_cnn():
@@ -128,8 +128,8 @@ def test_run_reports_the_objective_and_the_per_layer_table(setup, tmp_path):
     """A whole run on a microcontroller profile with --objective ram: the report says what the
     rate measures, the chosen model's per-layer table adds up to its figures, and the greedy
     reached the rate on the peak activation memory."""
-    from edgeprune.pipeline import run_config as rc
-    from edgeprune.pipeline.run import RunConfig, run
+    from edgeprune.pipeline.search import run_config as rc
+    from edgeprune.pipeline.search.run import RunConfig, run
 
     model, _ = setup
     rng = np.random.default_rng(9)
@@ -154,8 +154,8 @@ def test_run_reports_the_objective_and_the_per_layer_table(setup, tmp_path):
     # the rate is the fraction of the peak removed: c1's output + its input or p1 is the peak
     rm = ResourceModel(DependencyGraph(model), "int8")
     peak0 = rm.evaluate(None).peak_activation_bytes
-    from edgeprune.pipeline.loading import load_model
-    from edgeprune.pipeline.resources import resources_of
+    from edgeprune.pipeline.data.loading import load_model
+    from edgeprune.pipeline.search.resources import resources_of
 
     chosen = load_model(tmp_path / "run" / (rep["chosen"]["name"] + ".keras"))
     assert 1 - resources_of(chosen).peak_activation_bytes / peak0 >= 0.3 - 1e-9
@@ -165,7 +165,7 @@ class _Calibrated:
     """Stands for the run: its ``ram_predictor`` calibrated on a measured arena."""
 
     def __init__(self, peak: int, arena: int):
-        from edgeprune.pipeline.resources import RamPredictor
+        from edgeprune.pipeline.search.resources import RamPredictor
 
         self.ram_predictor = RamPredictor()
         self.ram_predictor.calibrate(peak, arena)
@@ -177,7 +177,7 @@ def test_auto_pays_for_ram_until_the_target_is_met_then_per_parameter(setup):
     chunks pay in the weighted RAM + parameters; once it is met, per parameter only (the RAM
     term is clipped at the target), so at the same rate the file is smaller than with the
     weighted objective that keeps paying for RAM, and the arena still meets the target."""
-    from edgeprune.pipeline.allocation.objective import TARGET_MARGIN
+    from edgeprune.pipeline.prune.allocation.objective import TARGET_MARGIN
 
     model, cal = setup
     graph = DependencyGraph(model)

@@ -9,9 +9,9 @@ import pytest
 
 from edgeprune.cli import run_cli
 from edgeprune.devices.mcu import count_macs as tflite_macs
-from edgeprune.pipeline.convert import ConvertConfig, convert
-from edgeprune.pipeline.predict import MIN_MARGIN, FlashPredictor, count_macs, predict
-from edgeprune.pipeline.prune import PruneConfig, Pruner
+from edgeprune.pipeline.convert.converter import ConvertConfig, convert
+from edgeprune.pipeline.search.predict import MIN_MARGIN, FlashPredictor, count_macs, predict
+from edgeprune.pipeline.prune.pruner import PruneConfig, Pruner
 
 
 def _real(model, tmp_path, name, quantize="int8"):
@@ -48,7 +48,7 @@ def test_resnet8_prediction_within_2_percent_and_macs_exact(mlperf_models, tmp_p
 
 def test_skip_only_beyond_the_margin():
     fp = FlashPredictor(budget=100_000)
-    from edgeprune.pipeline.predict import Prediction
+    from edgeprune.pipeline.search.predict import Prediction
 
     fp.calibrate(Prediction(params=1, weight_bytes=90_000, macs=1), real_size=100_000)  # overhead 10 kB -> margin 10%
     assert fp.overhead == 10_000 and fp.margin == pytest.approx(0.10)
@@ -124,10 +124,10 @@ def test_round_to_in_run_and_profile(tmp_path, capsys):
     # the profile field: a device with round_to: 4 uses it when --round-to is not given
     prof = tmp_path / "simd.yaml"
     prof.write_text("kind: local\nthreads: 1\nround_to: 4\nlimits: {flash_bytes: 100MB, ram_bytes: 2GB}\n")
-    from edgeprune.pipeline.run import RunConfig
-    from edgeprune.pipeline.run_setup import setup
+    from edgeprune.pipeline.search.run import RunConfig
+    from edgeprune.pipeline.search.run_setup import setup
 
-    from edgeprune.pipeline.run_config import DeviceOptions, OutputOptions, PruneOptions
+    from edgeprune.pipeline.search.run_config import DeviceOptions, OutputOptions, PruneOptions
 
     assert setup(RunConfig(device=DeviceOptions(name=str(prof)), output=OutputOptions(out=tmp_path / "p"))).round_to == 4
     assert setup(RunConfig(device=DeviceOptions(name=str(prof)), output=OutputOptions(out=tmp_path / "q"),

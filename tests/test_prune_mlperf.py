@@ -14,10 +14,10 @@ import keras  # noqa: E402  (a hard dependency: a missing keras must fail, not s
 
 from conftest import mlperf_path  # noqa: E402
 
-from edgeprune.pipeline.graph import DependencyGraph  # noqa: E402
-from edgeprune.pipeline.plan import Plan  # noqa: E402
-from edgeprune.pipeline.prune import prune  # noqa: E402
-from edgeprune.pipeline.surgery import masked_reference, PruneState, build_model, masked_model  # noqa: E402
+from edgeprune.pipeline.prune.graph import DependencyGraph  # noqa: E402
+from edgeprune.pipeline.prune.plan import Plan  # noqa: E402
+from edgeprune.pipeline.prune.pruner import prune  # noqa: E402
+from edgeprune.pipeline.prune.surgery import masked_reference, PruneState, build_model, masked_model  # noqa: E402
 
 pytestmark = pytest.mark.slow  # the fast subset (-m 'not slow') skips this module
 
@@ -172,7 +172,7 @@ def _tflite_outputs(tflite: bytes, x: np.ndarray) -> np.ndarray:
 
 def _to_tflite(model) -> bytes:
     try:
-        from edgeprune.pipeline.convert import ConvertConfig, convert
+        from edgeprune.pipeline.convert.converter import ConvertConfig, convert
     except ImportError:  # the conversion stage is optional here
         import tensorflow as tf
 

@@ -1,4 +1,4 @@
-"""Recovery training (``run --train-data SAMPLES --recover EPOCHS``, pipeline/recover.py) end to end
+"""Recovery training (``run --train-data SAMPLES --recover EPOCHS``, pipeline/prune/recover.py) end to end
 through the real CLI on a small seeded model and data built here: training raises agreement at
 the same widths, two runs give the same bytes, ``--resume`` and plan replay give the same bytes,
 training samples equal to evaluation samples are removed (all of them: refused), bad input
@@ -114,7 +114,7 @@ def test_training_raises_agreement_at_the_same_widths(first):
 @pytest.mark.slow
 @pytest.mark.timeout(2400)  # a loaded shared machine: the module fixture runs the whole search inside the first test
 def test_report_keys_and_schema(first):
-    from edgeprune.pipeline.schema import validation_errors
+    from edgeprune.pipeline.report.schema import validation_errors
 
     code, rep, out = first
     assert code in (0, 3)
@@ -157,8 +157,8 @@ def test_two_runs_give_the_same_bytes(setup, first, tmp_path, capsys):
 def test_resume_and_plan_replay_give_the_same_bytes(setup, first, tmp_path, capsys):
     import keras
 
-    from edgeprune.pipeline.plan import Plan
-    from edgeprune.pipeline.recover import weights_bytes
+    from edgeprune.pipeline.prune.plan import Plan
+    from edgeprune.pipeline.prune.recover import weights_bytes
 
     _, rep_a, out_a = first
     out = tmp_path / "resumed"
@@ -204,7 +204,7 @@ def test_training_samples_equal_to_evaluation_samples_are_removed(setup, tmp_pat
     tr = rep["data"]["train"]
     # 40 planted evaluation samples; the split's evaluation part is 240 of the 300, so the planted ones
     # that landed in the calibration part (not judged) are kept: count them the way the split does
-    from edgeprune.pipeline.split import sample_keys
+    from edgeprune.pipeline.data.split import sample_keys
 
     xev = np.load(setup / "eval.npz")["x"]
     keys = sample_keys(xev)
@@ -245,7 +245,7 @@ def test_bad_train_data_exits_2_with_error_and_fix(setup, tmp_path, capsys):
                         "--out", str(tmp_path / "r5")])
     assert "needs labelled --train-data" in err
     # every training sample is an evaluation sample: refused (nothing left to train on)
-    from edgeprune.pipeline.split import sample_keys
+    from edgeprune.pipeline.data.split import sample_keys
 
     xev, yev = np.load(d / "eval.npz")["x"], np.load(d / "eval.npz")["y"]
     keys = sample_keys(xev)

@@ -1,4 +1,4 @@
-"""Resource models of a candidate on the host (pipeline/resources.py): params, MACs and
+"""Resource models of a candidate on the host (pipeline/search/resources.py): params, MACs and
 activation memory per layer exact on small models (hand-computed), at any pruning state; the
 predicted peak activation memory against the TFLite-Micro arena measured on the host."""
 from __future__ import annotations
@@ -8,9 +8,9 @@ import pytest
 
 import keras  # noqa: E402
 
-from edgeprune.pipeline.graph import DependencyGraph
-from edgeprune.pipeline.resources import RamPredictor, ResourceModel, resources_of
-from edgeprune.pipeline.surgery import PruneState, build_model
+from edgeprune.pipeline.prune.graph import DependencyGraph
+from edgeprune.pipeline.search.resources import RamPredictor, ResourceModel, resources_of
+from edgeprune.pipeline.prune.surgery import PruneState, build_model
 
 
 def hand_model():
@@ -77,7 +77,7 @@ def test_resources_of_a_pruned_state_match_the_built_model():
 
 
 def test_macs_agree_with_the_flash_prediction_module():
-    from edgeprune.pipeline.predict import predict
+    from edgeprune.pipeline.search.predict import predict
 
     model = hand_model()
     res = resources_of(model, "int8")
@@ -108,7 +108,7 @@ def test_predicted_peak_against_the_tflm_arena(tmp_path):
     arena is the peak plus an overhead; calibrated on the widest model, the prediction of the
     narrower ones is within ARENA_TOLERANCE of the arena TFLM measures."""
     from edgeprune.devices.tflm import measure_arena
-    from edgeprune.pipeline import convert as conv
+    from edgeprune.pipeline.convert import converter as conv
 
     rng = np.random.default_rng(0)
     cal = rng.uniform(0, 1, (16, 28, 28, 1)).astype(np.float32)

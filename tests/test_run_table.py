@@ -14,7 +14,7 @@ import pytest
 from rich.console import Console
 
 from edgeprune.devices.sizes import format_size
-from edgeprune.pipeline.run_table import WIDE_MIN, candidates_table, print_kept
+from edgeprune.pipeline.report.run_table import WIDE_MIN, candidates_table, print_kept
 
 pytestmark = pytest.mark.slow  # the fast subset (-m 'not slow') skips this module
 

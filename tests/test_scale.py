@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edgeprune.pipeline.batching import (SyntheticSamples, Samples, activation_bytes_per_sample, batch_size_for,
+from edgeprune.pipeline.data.batching import (SyntheticSamples, Samples, activation_bytes_per_sample, batch_size_for,
                                          is_lazy)
 
 
@@ -47,9 +47,9 @@ def test_imagenet_size_model_gets_a_small_batch():
 # --------------------------------------------------------------------------- streamed passes
 def test_streamed_reference_outputs_equal_unbatched(tmp_path):
     from edgeprune.pipeline.example import example_data_path, example_model_path
-    from edgeprune.pipeline.data import load_eval_data
-    from edgeprune.pipeline.fidelity import keras_outputs
-    from edgeprune.pipeline.loading import load_model
+    from edgeprune.pipeline.data.eval_data import load_eval_data
+    from edgeprune.pipeline.convert.fidelity import keras_outputs
+    from edgeprune.pipeline.data.loading import load_model
 
     model = load_model(example_model_path())
     data = load_eval_data(example_data_path(), model)
@@ -66,7 +66,7 @@ def test_streamed_reference_outputs_equal_unbatched(tmp_path):
 
 
 def test_npy_data_is_memory_mapped_and_read_in_batches(tmp_path):
-    from edgeprune.pipeline.data import load_eval_data
+    from edgeprune.pipeline.data.eval_data import load_eval_data
 
     rng = np.random.default_rng(0)
     x = rng.uniform(0, 1, (130, 28, 28)).astype(np.float32)
@@ -101,7 +101,7 @@ def test_synthetic_samples_reproducible_per_index():
 
 
 def test_int8_calibration_from_lazy_samples_same_bytes_as_from_array():
-    from edgeprune.pipeline.convert import ConvertConfig, convert
+    from edgeprune.pipeline.convert.converter import ConvertConfig, convert
 
     model = _small_cnn()
     x = np.random.default_rng(1).uniform(0, 1, (40, 8, 8, 3)).astype(np.float32)
@@ -120,10 +120,10 @@ def test_resume_reuses_the_cached_reference_outputs(tmp_path, capsys):
     import json
 
     from edgeprune.cli import run_cli
-    from edgeprune.pipeline.data import load_eval_data
+    from edgeprune.pipeline.data.eval_data import load_eval_data
     from edgeprune.pipeline.example import example_data_path, example_model_path
-    from edgeprune.pipeline.fidelity import keras_outputs
-    from edgeprune.pipeline.loading import load_model
+    from edgeprune.pipeline.convert.fidelity import keras_outputs
+    from edgeprune.pipeline.data.loading import load_model
 
     out = tmp_path / "run"
     base = ["run", "--out", str(out), "--step", "0.1", "--runs", "2", "--warmup", "0", "--json"]
@@ -137,7 +137,7 @@ def test_resume_reuses_the_cached_reference_outputs(tmp_path, capsys):
     with np.load(cache) as z:
         cached = z["outputs"]
     # the cached outputs are the original model's on the evaluation split (200 samples held out)
-    from edgeprune.pipeline.split import split
+    from edgeprune.pipeline.data.split import split
 
     model = load_model(example_model_path())
     evaluation = split(load_eval_data(example_data_path(), model)).evaluation
@@ -161,9 +161,9 @@ def test_resume_reuses_the_cached_reference_outputs(tmp_path, capsys):
 def test_flow_moments_and_taylor_gradients_streamed_equal_one_batch(monkeypatch):
     import tensorflow as tf
 
-    from edgeprune.pipeline import batching
-    from edgeprune.pipeline.calib import layer_input_moments, layer_inputs
-    from edgeprune.pipeline.criteria.taylor import _gradients
+    from edgeprune.pipeline.data import batching
+    from edgeprune.pipeline.prune.calib import layer_input_moments, layer_inputs
+    from edgeprune.pipeline.prune.criteria.taylor import _gradients
 
     model = _small_cnn()
     x = np.random.default_rng(3).uniform(0, 1, (50, 8, 8, 3)).astype(np.float32)
@@ -187,8 +187,8 @@ def test_flow_moments_and_taylor_gradients_streamed_equal_one_batch(monkeypatch)
 
 
 def test_compensation_sample_cap_from_layer_shapes():
-    from edgeprune.pipeline.compensate import MIN_SAMPLES, Compensator
-    from edgeprune.pipeline.graph import DependencyGraph
+    from edgeprune.pipeline.prune.compensate import MIN_SAMPLES, Compensator
+    from edgeprune.pipeline.prune.graph import DependencyGraph
 
     graph = DependencyGraph(_small_cnn())
     # the refit layers: conv (input 8*8*3 floats, 3x3 patches -> 1 + 9 copies), dense (input 256)
@@ -252,7 +252,7 @@ def test_jobs_below_one_is_bad_input(tmp_path, capsys):
 
 
 def test_pool_size_rule():
-    from edgeprune.pipeline.convert_pool import AUTO_MIN_CONVERT_S, pool_size
+    from edgeprune.pipeline.convert.convert_pool import AUTO_MIN_CONVERT_S, pool_size
 
     assert AUTO_MIN_CONVERT_S == 5.0
     assert pool_size(2, 2, todo=5, prunable=True, convert_seconds=[]) == 2  # --jobs 2: always

@@ -16,10 +16,10 @@ from hypothesis import strategies as st
 
 import keras  # noqa: E402  (a hard dependency: a missing keras must fail, not skip)
 
-from edgeprune.pipeline.graph import DependencyGraph  # noqa: E402
-from edgeprune.pipeline.plan import Plan  # noqa: E402
-from edgeprune.pipeline.prune import prune  # noqa: E402
-from edgeprune.pipeline.surgery import masked_reference, PruneState, build_model, masked_model  # noqa: E402
+from edgeprune.pipeline.prune.graph import DependencyGraph  # noqa: E402
+from edgeprune.pipeline.prune.plan import Plan  # noqa: E402
+from edgeprune.pipeline.prune.pruner import prune  # noqa: E402
+from edgeprune.pipeline.prune.surgery import masked_reference, PruneState, build_model, masked_model  # noqa: E402
 
 L = keras.layers
 SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],

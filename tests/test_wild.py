@@ -13,14 +13,14 @@ import pytest
 import keras  # noqa: E402
 
 from edgeprune.errors import BadInput, UnsupportedModel  # noqa: E402
-from edgeprune.pipeline import convert as conv  # noqa: E402
-from edgeprune.pipeline import fidelity as fid  # noqa: E402
-from edgeprune.pipeline.data import EvalData  # noqa: E402
-from edgeprune.pipeline.graph import DependencyGraph  # noqa: E402
-from edgeprune.pipeline.handlers import handler_for, registered_classes  # noqa: E402
-from edgeprune.pipeline.loading import load_model, parse_input_shape, with_input_shape  # noqa: E402
-from edgeprune.pipeline.prune import prune  # noqa: E402
-from edgeprune.pipeline.surgery import masked_reference  # noqa: E402
+from edgeprune.pipeline.convert import converter as conv  # noqa: E402
+from edgeprune.pipeline.convert import fidelity as fid  # noqa: E402
+from edgeprune.pipeline.data.eval_data import EvalData  # noqa: E402
+from edgeprune.pipeline.prune.graph import DependencyGraph  # noqa: E402
+from edgeprune.pipeline.prune.handlers import handler_for, registered_classes  # noqa: E402
+from edgeprune.pipeline.data.loading import load_model, parse_input_shape, with_input_shape  # noqa: E402
+from edgeprune.pipeline.prune.pruner import prune  # noqa: E402
+from edgeprune.pipeline.prune.surgery import masked_reference  # noqa: E402
 from wild_models import CASES, RECURRENT, VARIABLE, inputs, randomize  # noqa: E402
 
 L = keras.layers

@@ -14,11 +14,11 @@ import keras  # noqa: F401,E402
 from conftest import mlperf_path  # noqa: E402
 from edgeprune.cli import run_cli  # noqa: E402
 from edgeprune.errors import UnsupportedModel  # noqa: E402
-from edgeprune.pipeline.convert import ConvertConfig, convert, tensor_details  # noqa: E402
-from edgeprune.pipeline.prune import prune  # noqa: E402
-from edgeprune.pipeline.loading import load_model, with_input_shape  # noqa: E402
-from edgeprune.pipeline.plan import Plan  # noqa: E402
-from edgeprune.pipeline.surgery import masked_reference  # noqa: E402
+from edgeprune.pipeline.convert.converter import ConvertConfig, convert, tensor_details  # noqa: E402
+from edgeprune.pipeline.prune.pruner import prune  # noqa: E402
+from edgeprune.pipeline.data.loading import load_model, with_input_shape  # noqa: E402
+from edgeprune.pipeline.prune.plan import Plan  # noqa: E402
+from edgeprune.pipeline.prune.surgery import masked_reference  # noqa: E402
 from wild_models import CASES, RECURRENT, VARIABLE, inputs  # noqa: E402
 
 pytestmark = pytest.mark.slow  # the fast subset (-m 'not slow') skips this module
@@ -113,7 +113,7 @@ def test_run_on_mlperf_ends_with_a_report(key, tmp_path, capsys, mlperf_models):
 def test_failed_candidate_is_recorded_and_the_search_goes_on(tmp_path, capsys, monkeypatch):
     """Fault injection: the converter refuses the rate-0.50 candidate (as XNNPACK refused a
     MobileNet's rate-0.90 one); the run records it with the reason and goes on to 0.75."""
-    from edgeprune.pipeline import convert as conv
+    from edgeprune.pipeline.convert import converter as conv
 
     real = conv.convert
     calls = []

@@ -3,7 +3,7 @@
 Files (package data, written by ``python -m edgeprune.pipeline.example.train``):
 ``fmnist_cnn.keras`` (input 28x28x1 float32 in [0, 1], 10 classes),
 ``fmnist_test_1000.npz`` (``x`` uint8 (1000, 28, 28, 1), ``y`` uint8, ``input_scale`` =
-1/255: the model's input is ``x * input_scale``; :func:`edgeprune.pipeline.data.load_eval_data`
+1/255: the model's input is ``x * input_scale``; :func:`edgeprune.pipeline.data.eval_data.load_eval_data`
 applies it), and ``example.json`` (training facts and test accuracy).
 """
 from __future__ import annotations

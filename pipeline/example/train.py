@@ -129,11 +129,11 @@ def train(epochs: int = 6, seed: int = 0, batch_size: int = 128, out_dir: Path =
 def describe_tflite(out_dir: Path = HERE, seed: int = 0) -> dict:
     """Convert the saved example to float32 and int8 TFLite and measure both on the shipped
     test subset with ai-edge-litert (int8 calibrated on 200 seeded training images)."""
-    from edgeprune.pipeline.convert import ConvertConfig, convert
-    from edgeprune.pipeline.data import load_eval_data
+    from edgeprune.pipeline.convert.converter import ConvertConfig, convert
+    from edgeprune.pipeline.data.eval_data import load_eval_data
     from edgeprune.pipeline.example.fashion_mnist import load_fashion_mnist
-    from edgeprune.pipeline.fidelity import evaluate, keras_outputs
-    from edgeprune.pipeline.loading import load_model
+    from edgeprune.pipeline.convert.fidelity import evaluate, keras_outputs
+    from edgeprune.pipeline.data.loading import load_model
 
     model = load_model(Path(out_dir) / MODEL_FILE)
     data = load_eval_data(Path(out_dir) / DATA_FILE, model)

@@ -1,0 +1,305 @@
+"""``global``: budget-aware widths by a sensitivity-guided greedy on the calibration samples.
+
+The rate is the fraction of the model's prunable parameters removed (what the flash budget and,
+through the MACs, the latency budget pay for). A step to ``rate`` removes chunks until that
+fraction is reached. For each chunk, every group that can still shrink proposes its chunk
+(``chunk`` of its original width; the criterion picks which channels) and the proposal is
+tried on the calibration samples: the channels are masked in the current model (their
+consumers' input weights zeroed, exactly what removing them computes), with compensation on
+the directly consuming layers refitted by ridge least squares first, and the model's output
+is compared with the ORIGINAL model's (KL divergence for probabilities, relative squared error
+otherwise). The chunk with the least loss increase per parameter saved is removed, its refit
+kept. At the end of the step the run's full compensation (every consumer, in topological
+order) is applied, as for uniform steps. Deterministic: the same model, calibration samples,
+criterion and seed give the same widths.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from edgeprune.pipeline.prune.allocation.base import Allocation, min_width, prunable_params
+from edgeprune.pipeline.prune.calib import layer_inputs, output_loss, outputs
+from edgeprune.pipeline.prune.graph import layout_indices
+
+DEFAULT_CHUNK = 1 / 32
+DEFAULT_MIN_KEEP = 0.0
+EPS = 1e-9
+NOISE_REL = 0.05  # auto (switching): loss increases below this fraction of the current loss count as this
+
+
+@dataclass
+class _Round:
+    """One round of the greedy: the model at the current state and what every trial compares with."""
+    model: Any
+    xs: Any  # the scoring rows
+    refs: Any  # the reference outputs on them
+    base: float  # the loss of the current state
+    p_now: int  # its prunable parameters
+    remaining: float  # what is still to remove (parameters, or the objective's fraction)
+    gone: set  # layers inside removed branches
+    res_now: Any = None  # its resources (with an objective)
+
+
+class GlobalGreedy(Allocation):
+    name = "global"
+    rate_unit = "params"
+
+    def __init__(self, chunk: float = DEFAULT_CHUNK, min_keep: float = DEFAULT_MIN_KEEP, score: str = "holdout",
+                 relative: bool = False, branches: bool = False, objective=None):
+        self.score = score
+        # what a chunk's saving and the rate measure (pipeline/prune/allocation/objective.py); None or
+        # "size": the prunable parameters, exactly as before
+        self.objective = objective if objective is not None and not objective.is_size else None
+        if self.objective is not None:
+            self.rate_unit = self.objective.resource
+        self.branches = bool(branches)  # also propose removing whole residual branches (off by default)
+        self.relative = bool(relative)  # chunk of the CURRENT width (finer as groups shrink)
+        if not (0.0 < chunk <= 1.0):
+            raise ValueError(f"chunk {chunk} must be in (0, 1]")
+        self.chunk = float(chunk)
+        self.min_keep = float(min_keep)
+        self.label = (f"global greedy: least calibration-output loss per parameter saved, chunks of "
+                      f"{self.chunk:.3g} of a group's width"
+                      + ("; whole residual branches (least flow energy at their Add) as candidate moves"
+                         if self.branches else ""))
+        if self.objective is not None:
+            self.label = self.label.replace("per parameter saved", f"per unit of {self.objective.resource} saved "
+                                            f"(objective {self.objective.name})")
+        self._ref = None  # (id(model), outputs of the ORIGINAL model on the calibration samples)
+        self._total = None
+        self.trials = 0
+        self.chunks = 0
+        self.log: list[dict] = []  # one row per removed chunk: group, n, params saved, loss
+
+    # ----------------------------------------------------------------- helpers
+    def _calibration(self, pruner) -> np.ndarray:
+        from edgeprune.pipeline.prune.criteria.flow import calibration_or_synthetic
+
+        return calibration_or_synthetic(pruner.ctx)
+
+    def _reference(self, pruner, x) -> np.ndarray:
+        if self._ref is None or self._ref[0] != id(pruner.model):
+            self._ref = (id(pruner.model), outputs(pruner.model, x))
+            self._comp = None
+            if pruner.compensator is not None and self.score == "holdout":
+                from edgeprune.pipeline.prune.compensate import Compensator
+
+                self._comp = Compensator(pruner.graph, x[self._fit_rows(len(x))], pruner.compensator.ridge)
+            from edgeprune.pipeline.prune.surgery import PruneState
+
+            self._total = prunable_params(pruner.graph, PruneState(pruner.graph))
+            if self.objective is not None:
+                from edgeprune.pipeline.search.resources import ResourceModel
+
+                self._rm = ResourceModel(pruner.graph, self.objective.quantize)
+                self._res0 = self._rm.evaluate(None)
+        return self._ref[1]
+
+    def _fit_rows(self, n: int) -> np.ndarray:
+        """Samples the trial refits are fitted on; with ``score="holdout"`` the trial is
+        scored on the others (a refit scored on its own samples looks better than it is)."""
+        idx = np.arange(n)
+        return idx[idx % 2 == 0] if self.score == "holdout" and n >= 8 else idx
+
+    def _score_rows(self, n: int) -> np.ndarray:
+        idx = np.arange(n)
+        return idx[idx % 2 == 1] if self.score == "holdout" and n >= 8 else idx
+
+    def _propose(self, pruner, state, g, n: int):
+        """The state after removing ``n`` channels of group ``g`` (criterion's choice), with
+        the directly consuming layers refitted when compensation is on."""
+        sel = pruner.criterion.select(pruner.ctx, g, n)
+        trial = state.copy()
+        for removed, into, scale in sel.merges:
+            trial.merge(g.id, removed, into, scale)
+        trial.remove(g.id, sel.remove)
+        keep_local = np.setdiff1d(np.arange(state.sizes[g.id]), np.asarray(sel.remove, dtype=np.int64))
+        refit = []
+        comp = self._comp if self._comp is not None else pruner.compensator
+        if comp is not None and self.score != "mask":
+            from edgeprune.pipeline.prune.compensate import refittable
+
+            for name in self._consumers(pruner.graph, g):
+                if not refittable(pruner.graph, name) or name not in self._acts:
+                    continue
+                ref = next(r for r in g.refs if r.role == "consumer" and r.layer == name)
+                idx = layout_indices(ref.layout, state.sizes, {g.id: keep_local})
+                new = comp.fit_layer(name, trial, np.take(self._acts[name], idx, axis=-1))
+                trial.weights[name][0] = new[0]
+                if len(new) > 1:
+                    trial.weights[name][1] = new[1]
+                if getattr(trial, "refitted", None) is None:
+                    trial.refitted = set()
+                trial.refitted.add(name)
+                refit.append(name)
+        return sel, trial, keep_local, refit
+
+    @staticmethod
+    def _consumers(graph, g) -> list[str]:
+        names = {r.layer for r in g.refs if r.role == "consumer"}
+        return [n for n in graph.order if n in names]
+
+    def _masked_weights(self, graph, state, trial, g, keep_local) -> dict[str, list[np.ndarray]]:
+        """The trial's consumer weights at the CURRENT widths: removed channels' rows zero. A
+        consumer that also holds other weights indexed by ``g`` (an attention layer's head
+        projections, a recurrent kernel's gate columns) gets them back at the current widths
+        too, the removed channels zero (their consumers ignore them)."""
+        from edgeprune.pipeline.prune.branches import removed_layers
+
+        out = {}
+        gone = removed_layers(state)
+        layers = [n for n in dict.fromkeys(r.layer for r in g.refs if r.role == "consumer") if n not in gone]
+        for name in layers:
+            ws = out.setdefault(name, [w.copy() for w in trial.weights[name]])
+            for widx in dict.fromkeys(r.weight for r in g.refs if r.layer == name):
+                cur = state.weights[name][widx]
+                full = np.zeros(cur.shape, dtype=np.float32)
+                idx = [np.arange(d) for d in cur.shape]
+                for ref in g.refs:
+                    if ref.layer == name and ref.weight == widx:
+                        idx[ref.axis] = layout_indices(ref.layout, state.sizes, {g.id: keep_local})
+                full[np.ix_(*idx)] = trial.weights[name][widx]
+                ws[widx] = full
+        return out
+
+    # ----------------------------------------------------------------- the step
+    def step(self, pruner, rate: float) -> bool:
+        graph = pruner.graph
+        x = self._calibration(pruner)
+        ref = self._reference(pruner, x)
+        target = rate * self._total
+        obj = self.objective
+        model = pruner.build()
+        while True:
+            state = pruner.state
+            if obj is not None:  # the fraction of the objective's resources still to remove
+                res_now = self._rm.evaluate(state)
+                remaining = obj.value(res_now, self._res0) - (1.0 - rate)
+                if remaining <= 1e-6:
+                    break
+            else:
+                remaining = prunable_params(graph, state) - (self._total - target)
+                if remaining <= EPS * self._total:
+                    break
+            pruner.ctx.state = state
+            pruner.ctx.build = lambda: model
+            pruner.criterion.begin_step(pruner.ctx)
+            from edgeprune.pipeline.prune.branches import removed_layers
+
+            gone = removed_layers(state)
+            names = sorted({r.layer for g in pruner.groups for r in g.refs if r.role == "consumer"} - gone,
+                           key=graph.order.index)
+            fit = self._fit_rows(len(x)) if self._comp is not None else np.arange(len(x))
+            self._acts = layer_inputs(model, names, x[fit]) if pruner.compensator is not None else {}
+            xs, refs = x[self._score_rows(len(x))], ref[self._score_rows(len(x))]
+            base = output_loss(outputs(model, xs), refs)
+            p_now = prunable_params(graph, state)
+            rnd = _Round(model=model, xs=xs, refs=refs, base=base, p_now=p_now, remaining=remaining, gone=gone,
+                         res_now=res_now if obj is not None else None)
+            best, any_gain = self._best_chunk(pruner, rnd)
+            if self.branches:
+                from edgeprune.pipeline.prune.allocation.branch_moves import branch_trial
+
+                bt = branch_trial(self, pruner, state, model, x[fit], xs, refs, base, p_now)
+                if bt is not None and (best is None or bt[0] < best[0]):
+                    _, branch, trial, saved, loss, ratio = bt
+                    pruner.state = pruner.ctx.state = trial
+                    self.chunks += 1
+                    self.log.append({"branch": list(branch.key), "layers": list(branch.layers), "energy_ratio": ratio,
+                                     "params_saved": int(saved), "loss": float(loss)})
+                    model = pruner.build()
+                    continue
+            if best is None:  # nothing can shrink any more
+                break
+            if obj is not None and not any_gain:  # no chunk removes any of the objective's resources
+                break
+            _, g, n, sel, trial, saved, loss = best
+            pruner.state = pruner.ctx.state = trial
+            pruner.methods[g.id] = f"{sel.method} (global)"
+            self.chunks += 1
+            if obj is None:
+                self.log.append({"group": g.name, "removed": n, "params_saved": int(saved), "loss": float(loss)})
+            else:
+                self.log.append({"group": g.name, "removed": n, "saving": float(saved), "loss": float(loss),
+                                 "drives": (obj.unmet(res_now, self._res0) or ["size"]) if obj.switching else sorted(obj.weights)})
+            model = pruner.build()
+        pruner.ctx.build = pruner.build
+        self._acts = {}
+        if pruner.compensator is not None and rate > 0:
+            pruner.compensator.refit(pruner.state, pruner.build)
+        return True
+
+    def _chunk_size(self, pruner, state, g, rnd: "_Round") -> int:
+        """How many channels of group ``g`` the next trial removes (0: none can go)."""
+        round_to = int(pruner.config.round_to or 1)
+        if rnd.gone and all(p in rnd.gone for p in g.producers):  # inside a removed branch
+            return 0
+        size = state.sizes[g.id]
+        floor = min(g.size, max(min_width(g.size, self.min_keep), pruner.config.min_width, g.min_width))
+        if round_to > 1:  # widths stay multiples of --round-to (at least one multiple)
+            floor = max(round_to, -(-floor // round_to) * round_to)
+        room = size - floor
+        if room <= 0:
+            return 0
+        n = min(room, max(1, int(round(self.chunk * (size if self.relative else g.size)))))
+        per_channel = self._per_channel(pruner.graph, state, g) if self.objective is None else 0
+        if per_channel > 0:  # do not overshoot the rate by more than a channel
+            n = min(n, max(1, math.ceil(rnd.remaining / per_channel - EPS)))
+        if round_to > 1:
+            n = max(0, size - max(floor, ((size - n) // round_to) * round_to))
+        return n
+
+    def _best_chunk(self, pruner, rnd: "_Round"):
+        """(the cheapest chunk as (cost, group, n, selection, trial state, saving, loss) or None,
+        whether any chunk removes some of the objective's resources)."""
+        graph, state, obj, model = pruner.graph, pruner.state, self.objective, rnd.model
+        best, any_gain = None, False
+        for g in pruner.groups:
+            n = self._chunk_size(pruner, state, g, rnd)
+            if n <= 0:
+                continue
+            sel, trial, keep_local, refit = self._propose(pruner, state, g, n)
+            saved = rnd.p_now - prunable_params(graph, trial)
+            gain = 0.0
+            if obj is not None:  # weighted fraction of the objective's resources + TIE x params
+                gain = obj.driving_gain(rnd.res_now, self._rm.evaluate(trial), self._res0)
+                saved = gain + obj.tie * saved / max(self._total, 1)
+            if saved <= 0:
+                continue
+            masked = self._masked_weights(graph, state, trial, g, keep_local)
+            for name, ws in masked.items():
+                model.get_layer(name).set_weights(ws)
+            loss = output_loss(outputs(model, rnd.xs), rnd.refs)
+            for name in masked:
+                model.get_layer(name).set_weights(state.weights[name])
+            self.trials += 1
+            cost = (loss - rnd.base) / saved
+            if obj is not None:
+                any_gain = any_gain or gain > 1e-12
+                if obj.switching:
+                    # auto: a loss change within NOISE_REL of the current loss (a refit that
+                    # seems to LOWER the held-out loss included) is noise, not a bargain
+                    # inversely proportional to how LITTLE the chunk saves: such chunks rank
+                    # by their saving
+                    cost = max(loss - rnd.base, NOISE_REL * rnd.base) / saved
+            if best is None or cost < best[0] - 1e-15:
+                best = (cost, g, n, sel, trial, saved, loss)
+        return best, any_gain
+
+    def _value(self, state, smooth: bool = False) -> float:
+        """The weighted fraction of the original objective resources ``state`` uses."""
+        return self.objective.value(self._rm.evaluate(state), self._res0, smooth)
+
+    @staticmethod
+    def _per_channel(graph, state, g) -> int:
+        """Parameters one channel of ``g`` holds at the current widths."""
+        total = 0
+        for ref in g.refs:
+            w = state.weights[ref.layer][ref.weight]
+            blocks = sum(1 for gid in ref.layout if gid == g.id)
+            total += blocks * (w.size // max(1, w.shape[ref.axis]))
+        return total

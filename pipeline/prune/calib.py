@@ -1,0 +1,118 @@
+"""Calibration activations: what the data-aware stages (flow and taylor criteria, compensation,
+global allocation) read from a model on the calibration samples.
+
+The calibration samples are the run's held-out calibration split (never the evaluation
+samples), or synthetic inputs in the declared input range when there is no data (labelled so).
+"""
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+
+BATCH = 256
+
+
+def consumer_layers(graph, gids=None) -> list[str]:
+    """Layers that read channels of the groups ``gids`` (all groups: None) through a consumer
+    weight, in the model's topological order."""
+    names = set()
+    for gid, g in graph.groups.items():
+        if gids is not None and gid not in gids:
+            continue
+        for ref in g.refs:
+            if ref.role == "consumer":
+                names.add(ref.layer)
+    return [n for n in graph.order if n in names]
+
+
+@contextlib.contextmanager
+def _quiet():
+    """Keras warns that a single array does not match a functional model's one-element input
+    list; the call is right, the warning is noise on the run's stderr."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The structure of `inputs` doesn't match", category=UserWarning)
+        yield
+
+
+def _batches(x, model=None):
+    """Float32 batches of ``x`` (an array or a lazy sample array), sized by ``model``'s activation
+    memory (edgeprune.pipeline.data.batching.batch_size_for; at most BATCH)."""
+    from edgeprune.pipeline.data.batching import batch_size_for
+
+    b = batch_size_for(model, max_batch=BATCH) if model is not None else BATCH
+    for a in range(0, len(x), b):
+        yield np.asarray(x[a:a + b], dtype=np.float32)
+
+
+def _call(model, xb):
+    import warnings
+
+    with warnings.catch_warnings():  # Keras warns when a 1-input model gets a bare tensor
+        warnings.simplefilter("ignore")
+        return model(xb, training=False)
+
+
+def layer_inputs(model, names: list[str], x: np.ndarray) -> dict[str, np.ndarray]:
+    """The input tensor of each layer ``names`` of ``model`` on ``x`` (float32 numpy)."""
+    import keras
+
+    if not names:
+        return {}
+    feats = keras.Model(model.inputs, [model.get_layer(n).input for n in names])
+    parts: list[list[np.ndarray]] = [[] for _ in names]
+    for xb in _batches(x, model):
+        outs = _call(feats, xb)
+        outs = outs if isinstance(outs, (list, tuple)) else [outs]
+        for i, o in enumerate(outs):
+            parts[i].append(np.asarray(o, dtype=np.float32))
+    return {n: np.concatenate(p) for n, p in zip(names, parts)}
+
+
+def layer_input_moments(model, names: list[str], x) -> dict[str, np.ndarray]:
+    """Per input channel of each layer ``names``: the mean of the squared input over samples and
+    positions (float64), accumulated batch by batch (only the running sums are kept)."""
+    import keras
+
+    if not names:
+        return {}
+    feats = keras.Model(model.inputs, [model.get_layer(n).input for n in names])
+    sums: list[np.ndarray | None] = [None] * len(names)
+    counts = [0] * len(names)
+    for xb in _batches(x, model):
+        outs = _call(feats, xb)
+        outs = outs if isinstance(outs, (list, tuple)) else [outs]
+        for i, o in enumerate(outs):
+            a = np.asarray(o, dtype=np.float64)
+            part = np.square(a).reshape(-1, a.shape[-1]).sum(0)
+            sums[i] = part if sums[i] is None else sums[i] + part
+            counts[i] += int(np.prod(a.shape[:-1]))
+    return {n: s / max(c, 1) for n, s, c in zip(names, sums, counts)}
+
+
+def outputs(model, x: np.ndarray) -> np.ndarray:
+    """The model's (first) output on ``x`` as float64 numpy, flattened per sample."""
+    parts = []
+    for xb in _batches(x, model):
+        o = _call(model, xb)
+        o = o[0] if isinstance(o, (list, tuple)) else o
+        parts.append(np.asarray(o, dtype=np.float64).reshape(len(xb), -1))
+    return np.concatenate(parts)
+
+
+def is_probability(y: np.ndarray) -> bool:
+    """Outputs that look like class probabilities (a softmax): non-negative rows summing to 1."""
+    return y.ndim == 2 and y.shape[1] > 1 and bool(np.all(y >= -1e-6)) and bool(
+        np.allclose(y.sum(1), 1.0, atol=1e-3))
+
+
+def output_loss(y: np.ndarray, ref: np.ndarray) -> float:
+    """How far outputs ``y`` are from the reference outputs ``ref`` on the calibration set:
+    the mean KL divergence KL(ref || y) for probabilities, else the relative squared error."""
+    if is_probability(ref):
+        p = np.clip(ref, 1e-12, 1.0)
+        q = np.clip(y, 1e-12, 1.0)
+        return float(np.mean(np.sum(p * (np.log(p) - np.log(q)), axis=1)))
+    return float(np.sum((y - ref) ** 2) / max(float(np.sum(ref ** 2)), 1e-30))

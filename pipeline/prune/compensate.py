@@ -1,0 +1,285 @@
+"""Compensation: after channels are removed, refit their consumers by ridge least squares.
+
+For every layer that reads a pruned group through a consumer weight and whose handler is
+``refittable`` (Dense, Conv1D/Conv2D), in the model's topological order, the layer's
+kernel and bias are refitted so that its pre-activation output on the calibration samples,
+computed from the ALREADY-PRUNED (and already-refitted) model's inputs, matches what the
+ORIGINAL model's layer computes from the original inputs (restricted to the output channels
+that are kept). The fit is ridge regression pulled toward the current (pruned) weights:
+
+    W = argmin ||[X 1] W - Y||^2 + lam ||W - W0||^2,   lam = ridge * trace(X'X) / d
+
+with the bias unpenalised. PAODING's merges are applied first (they are exact); the refit
+starts from the merged weights. The refitted weights are recorded in the plan
+(``Plan.refits``), so ``Plan.apply`` on the original model reproduces the model exactly.
+The calibration samples are the run's held-out calibration split, never the evaluation data.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from edgeprune.pipeline.prune.calib import layer_inputs
+
+DEFAULT_RIDGE = 1e-2
+COMPENSATION_BUDGET_BYTES = 512 * 2**20  # one layer's inputs + patches on the refit samples
+MIN_SAMPLES = 16
+MAX_ROWS = 8192  # Conv: patch rows used for the fit (a seeded subset of samples x positions)
+
+
+def _patches(x: np.ndarray, cfg: dict, kernel_shape: tuple) -> np.ndarray:
+    """im2col: (rows, kh*kw*C) in the kernel's (kh, kw, C) order, for Conv1D/Conv2D."""
+    import tensorflow as tf
+
+    if x.ndim == 3:  # Conv1D -> 2D with height 1
+        x = x[:, None]
+        ks = (1, kernel_shape[0])
+        st = (1, int(np.ravel(cfg.get("strides", 1))[0]))
+        dl = (1, int(np.ravel(cfg.get("dilation_rate", 1))[0]))
+    else:
+        ks = kernel_shape[:2]
+        st = tuple(int(s) for s in cfg.get("strides", (1, 1)))
+        dl = tuple(int(d) for d in cfg.get("dilation_rate", (1, 1)))
+    p = tf.image.extract_patches(tf.constant(x), sizes=[1, *ks, 1], strides=[1, *st, 1], rates=[1, *dl, 1],
+                                 padding=cfg.get("padding", "valid").upper())
+    p = np.asarray(p)
+    return p.reshape(-1, p.shape[-1])
+
+
+def refittable(graph, layer: str) -> bool:
+    """Whether ``layer`` can be refitted: its handler's ``refittable`` (Dense, Conv1D/Conv2D)
+    and its config (not a causal or grouped convolution)."""
+    return graph.can_refit(layer)
+
+
+def single_thread_blas():
+    """NumPy's BLAS on one thread while fitting: the fits are small matrices, and on a shared
+    2-core machine OpenBLAS' spinning worker threads made them ~10x slower (measured in
+    bench/results/fidelity_speed.md)."""
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=1, user_api="blas")
+
+
+class Compensator:
+    """Refits the consumers of pruned groups of one model on fixed calibration samples."""
+
+    def __init__(self, graph, calibration: np.ndarray, ridge: float = DEFAULT_RIDGE):
+        self.graph = graph
+        n = min(len(calibration), self.max_samples(graph))  # memory flat in the data (issue 17)
+        self.x = np.asarray(calibration[:n], dtype=np.float32)
+        self.ridge = float(ridge)
+        self._targets: dict[str, tuple] = {}
+        self.seconds = 0.0
+
+    @staticmethod
+    def max_samples(graph, budget_bytes: int = COMPENSATION_BUDGET_BYTES) -> int:
+        """Calibration samples a refit may hold: one layer's input on every sample, and its im2col
+        patches (kh*kw times that for a Conv), within ``budget_bytes`` for the largest layer.
+        Small models keep all of them; an ImageNet-size model a few dozen."""
+        per_sample = 1
+        for name, info in graph.layers.items():
+            h = graph.handler(name)
+            if h is None or not h.refittable:
+                continue
+            try:
+                shape = tuple(info.layer.input.shape[1:])
+                kernel = tuple(info.layer.get_weights()[0].shape)
+            except (AttributeError, ValueError, IndexError):
+                continue
+            size = int(np.prod([int(d or 1) for d in shape])) * 4
+            taps = int(np.prod(kernel[:-2])) if info.cls != "Dense" else 1
+            per_sample = max(per_sample, size * (1 + taps))
+        return max(MIN_SAMPLES, int(budget_bytes) // per_sample)
+
+    def _original_input(self, name: str):
+        """The ORIGINAL model's input of layer ``name`` on the samples, or None once its fit target is
+        cached (only the target is kept: one layer's inputs at a time, issue 17)."""
+        return None if name in self._targets else layer_inputs(self.graph.model, [name], self.x)[name]
+
+    def layers_to_refit(self, state) -> list[str]:
+        from edgeprune.pipeline.prune.branches import removed_layers, touched_consumers
+
+        g = self.graph
+        pruned = {gid for gid, grp in g.groups.items() if state.sizes[gid] < grp.size}
+        names = {n for n in touched_consumers(state) if refittable(g, n)}  # behind a removed branch
+        for gid in pruned:
+            for ref in g.groups[gid].refs:
+                if ref.role == "consumer" and refittable(g, ref.layer):
+                    names.add(ref.layer)
+        names -= removed_layers(state)
+        return [n for n in g.order if n in names]
+
+    def fit_layer(self, name: str, state, x_p: np.ndarray) -> list[np.ndarray]:
+        """The ridge refit of layer ``name`` at ``state``'s widths from its input ``x_p`` on the
+        calibration samples (``[kernel, bias]``; ``state`` is not changed)."""
+        with single_thread_blas():
+            return self._fit(name, state, x_p, self._original_input(name))
+
+    def refit(self, state, build) -> list[str]:
+        """Refit every consumer of a pruned group of ``state`` in place (topological order);
+        ``build()`` gives the Keras model of the current state. Returns the refitted layers."""
+        with single_thread_blas():
+            return self._refit(state, build)
+
+    def _refit(self, state, build) -> list[str]:
+        t0 = time.perf_counter()
+        names = self.layers_to_refit(state)
+        if not names:
+            return []
+        model = build()
+        refitted = getattr(state, "refitted", None)
+        if refitted is None:
+            refitted = state.refitted = set()
+        for name in names:  # one layer's inputs at a time; the original's only until its target is cached
+            x_o = self._original_input(name)
+            x_p = layer_inputs(model, [name], self.x)[name]
+            new = self._fit(name, state, x_p, x_o)
+            del x_o, x_p
+            state.weights[name][0] = new[0]
+            if len(new) > 1:
+                state.weights[name][1] = new[1]
+            model.get_layer(name).set_weights(state.weights[name])
+            refitted.add(name)
+        self.seconds += time.perf_counter() - t0
+        return names
+
+    def _target(self, name, info, cfg, w_o, use_bias, x_o):
+        """The ORIGINAL layer's pre-activation on the calibration rows (cached per layer):
+        ``(rows, Y)``, rows = the seeded subset of Conv patch rows (None: all)."""
+        if name not in self._targets:
+            b = w_o[1] if use_bias else 0.0
+            if info.cls == "Dense":  # on the last axis: a sequence's positions are rows
+                rows = None
+                a_o = x_o.reshape(-1, x_o.shape[-1])
+                if x_o.ndim > 2 and len(a_o) > MAX_ROWS:
+                    rows = np.sort(np.random.default_rng(0).choice(len(a_o), MAX_ROWS, replace=False))
+                    a_o = a_o[rows]
+                y = a_o.astype(np.float64) @ w_o[0] + b
+            else:
+                a_o = _patches(x_o, cfg, w_o[0].shape)
+                rows = None
+                if len(a_o) > MAX_ROWS:
+                    rows = np.sort(np.random.default_rng(0).choice(len(a_o), MAX_ROWS, replace=False))
+                    a_o = a_o[rows]
+                y = (a_o.astype(np.float32) @ w_o[0].reshape(-1, w_o[0].shape[-1]).astype(np.float32)) + b
+            self._targets[name] = (rows, np.asarray(y, dtype=np.float64))
+        return self._targets[name]
+
+    def _fit_dual(self, a_p, y, k0, b0, shape, use_bias) -> list[np.ndarray]:
+        """Ridge with every coefficient (the bias too) pulled toward the prior, solved as
+        ``W = W0 + A' (A A' + lam I)^-1 (Y - A W0)`` (N x N instead of d x d)."""
+        a = np.hstack([a_p, np.ones((len(a_p), 1))]) if use_bias else a_p
+        prior = np.vstack([k0, b0[None, :]]) if use_bias else k0
+        d = a_p.shape[1]
+        gram = a @ a.T
+        lam = self.ridge * max(float(np.sum(a_p * a_p)) / d, 1e-12)
+        sol = prior + a.T @ np.linalg.solve(gram + lam * np.eye(len(a)), y - a @ prior)
+        out = [sol[:d].reshape(shape).astype(np.float32)]
+        if use_bias:
+            out.append(sol[d].astype(np.float32))
+        return out
+
+    def _fit(self, name: str, state, x_p: np.ndarray, x_o: np.ndarray) -> list[np.ndarray]:
+        g = self.graph
+        info = g.layers[name]
+        cfg = info.layer.get_config()
+        w_o = [np.asarray(w, dtype=np.float64) for w in info.layer.get_weights()]
+        use_bias = cfg.get("use_bias", True)
+        gid_out = g.group_of_producer.get(name)
+        kept_out = state.kept[gid_out] if gid_out is not None else np.arange(w_o[0].shape[-1])
+        w0 = state.weights[name][0]
+        shape = w0.shape
+        k0 = w0.reshape(-1, shape[-1]).astype(np.float64)
+        b0 = state.weights[name][1].astype(np.float64) if use_bias else np.zeros(shape[-1])
+        d = k0.shape[0]
+        rows, y_full = self._target(name, info, cfg, w_o, use_bias, x_o)
+        y = y_full[:, kept_out]
+        if info.cls == "Dense":
+            a_p = x_p.reshape(-1, x_p.shape[-1]).astype(np.float64)
+            if rows is not None:
+                a_p = a_p[rows]
+            if d + 1 > len(a_p):  # fewer samples than inputs: the same ridge in its dual (N x N) form
+                return self._fit_dual(a_p, y, k0, b0, shape, use_bias)
+        else:
+            a_p = _patches(x_p, cfg, shape)
+            if rows is not None:
+                a_p = a_p[rows]
+        a32 = a_p.astype(np.float32)
+        a_p = a_p.astype(np.float64)
+        ata = np.zeros((d + 1, d + 1))
+        aty = np.zeros((d + 1, k0.shape[1]))
+        s = a_p.sum(0)
+        ata[:d, :d] = (a32.T @ a32).astype(np.float64)
+        ata[:d, d] = s
+        ata[d, :d] = s
+        ata[d, d] = len(a_p)
+        aty[:d] = (a32.T @ y.astype(np.float32)).astype(np.float64)
+        aty[d] = y.sum(0)
+        lam = self.ridge * max(float(np.trace(ata[:d, :d])) / d, 1e-12)
+        reg = np.full(d + 1, lam)
+        if use_bias:
+            reg[d] = 0.0
+        else:  # no bias: pin it to zero
+            reg[d] = 1e30
+        prior = np.vstack([k0, b0[None, :]])
+        sol = np.linalg.solve(ata + np.diag(reg), aty + reg[:, None] * prior)
+        out = [sol[:d].reshape(shape).astype(np.float32)]
+        if use_bias:
+            out.append(sol[d].astype(np.float32))
+        return out
+
+
+def encode(arr: np.ndarray) -> dict:
+    """A float32 array as JSON (base64 of its little-endian bytes: exact, compact)."""
+    import base64
+
+    a = np.ascontiguousarray(arr, dtype="<f4")
+    return {"shape": list(a.shape), "dtype": "float32", "data": base64.b64encode(a.tobytes()).decode("ascii")}
+
+
+def decode(d: dict) -> np.ndarray:
+    import base64
+
+    return np.frombuffer(base64.b64decode(d["data"]), dtype="<f4").reshape(d["shape"]).astype(np.float32)
+
+
+def refits_of(state) -> dict:
+    """The plan's record of the refitted weights: layer -> {weight index: encoded array}."""
+    from edgeprune.pipeline.prune.branches import removed_layers
+
+    out = {}
+    gone = removed_layers(state)
+    for name in sorted(set(getattr(state, "refitted", ()) or ()) - gone):
+        out[name] = {str(i): encode(w) for i, w in enumerate(state.weights[name][:2])}
+    return out
+
+
+def masked_refit_reference(original, plan):
+    """What a model pruned AND compensated by ``plan`` must compute, from the ORIGINAL at full
+    width: merges applied, removed channels masked (:func:`surgery.masked_reference`), and each
+    refitted layer's weights scattered into the full-width weights at the kept positions
+    (removed input rows stay zero). Returns ``(model, removed)``."""
+    from edgeprune.pipeline.prune.graph import DependencyGraph, layout_indices
+    from edgeprune.pipeline.prune.surgery import masked_reference
+
+    model, removed = masked_reference(original, plan)
+    graph = DependencyGraph(original)
+    sizes = {gid: g.size for gid, g in graph.groups.items()}
+    kept = {}
+    for layer, k in plan.layers.items():
+        kept[graph.group_of_producer[layer]] = np.asarray(k, dtype=np.int64)
+    for name, ws in (plan.refits or {}).items():
+        layer = model.get_layer(name)
+        full = [w.copy() for w in layer.get_weights()]
+        for i_str, enc in ws.items():
+            i = int(i_str)
+            val = decode(enc)
+            idx = [np.arange(n) for n in full[i].shape]
+            for ref in graph.refs_by_layer.get(name, []):
+                if ref.weight == i:
+                    idx[ref.axis] = layout_indices(ref.layout, sizes, kept)
+            full[i][np.ix_(*idx)] = val
+        layer.set_weights(full)
+    return model, removed
