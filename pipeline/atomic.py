@@ -12,12 +12,13 @@ from pathlib import Path
 from typing import Callable
 
 
-def replace_atomic(path, write: Callable[[str], None]) -> None:
+def replace_atomic(path, write: Callable[[str], None], *, suffix: str = ".tmp") -> None:
     """Create ``path`` atomically: ``write(tmp_path)`` fills a temporary file next to it, which
-    is then fsynced and renamed over ``path``. The temporary file never outlives a failure."""
+    is then fsynced and renamed over ``path``. The temporary file never outlives a failure.
+    ``suffix`` ends the temporary file's name (a writer that needs one: Keras wants ``.keras``)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.resolve().parent, prefix=f".{path.name}.", suffix=suffix)
     os.close(fd)
     try:
         write(tmp)
@@ -36,6 +37,10 @@ def write_bytes_atomic(path, data: bytes) -> None:
             fh.write(data)
 
     replace_atomic(path, write)
+
+
+def write_text_atomic(path, text: str) -> None:
+    write_bytes_atomic(path, text.encode("utf-8"))
 
 
 def write_json_atomic(path, data) -> None:

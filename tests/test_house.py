@@ -280,3 +280,18 @@ def test_no_shim_modules():
     assert shims == [], f"modules that only import (re-export) names: {shims}"
     assert _is_shim(ast.parse('"""doc"""\nfrom a import b  # noqa: F401\n'))
     assert not _is_shim(ast.parse("from a import b\n\ndef f():\n    return b\n"))
+
+
+def _replaces(tree) -> int:
+    """Calls of ``os.replace`` / ``os.rename`` in a module."""
+    return sum(isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute) and n.func.attr in ("replace", "rename")
+               and isinstance(n.func.value, ast.Name) and n.func.value.id == "os" for n in ast.walk(tree))
+
+
+def test_files_are_written_through_atomic_only():
+    """Every file edgeprune writes goes through pipeline/atomic.py (temporary file, fsync,
+    rename): no module renames a file into place on its own (five did: issue 21)."""
+    own = {rel: _replaces(tree) for rel, tree in _sources() if rel != "pipeline/atomic.py"}
+    assert {rel: n for rel, n in own.items() if n} == {}
+    assert _replaces(ast.parse("import os\nos.replace('a', 'b')\n")) == 1
+    assert _replaces(ast.parse("x = 'a'.replace('a', 'b')\n")) == 0

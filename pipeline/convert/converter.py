@@ -18,11 +18,8 @@ Usage::
 """
 from __future__ import annotations
 
-import contextlib
-import os
 import re
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +29,7 @@ import numpy as np
 
 from edgeprune.crash import stage
 from edgeprune.errors import BadInput, UnsupportedModel
+from edgeprune.pipeline.atomic import write_bytes_atomic
 from edgeprune.pipeline.convert.quiet import captured_output  # noqa: F401  (also conv.captured_output for its callers)
 
 QUANTIZE_MODES = ("float32", "float16", "dynamic", "int8")
@@ -121,21 +119,14 @@ class ConvertResult:
         return len(self.tflite)
 
     def save(self, path: str | Path) -> Path:
-        """Write the .tflite atomically (temporary file in the same folder + os.replace)."""
+        """Write the .tflite atomically (pipeline/atomic.py)."""
         path = Path(path)
         parent = path.resolve().parent
         if not parent.is_dir():
             raise BadInput(f"output folder {parent} does not exist", "create it or choose another output path")
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
         try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(self.tflite)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
+            write_bytes_atomic(path, self.tflite)
         except OSError as exc:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
             raise BadInput(f"cannot write {path}: {exc}", "choose another output path") from None
         return path
 

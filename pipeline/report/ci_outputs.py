@@ -15,10 +15,11 @@ The checks come from report.json (and its ``gate``), through :func:`checks_from_
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
+
+from edgeprune.pipeline.atomic import replace_atomic, write_text_atomic
 
 PASSED, FAILED, SKIPPED = "passed", "failed", "skipped"
 
@@ -150,15 +151,12 @@ def write_junit(path: Path, cases: list[CheckCase], suite: str, classname: str, 
     xml.add_testsuite(ts)
     xml.update_statistics()
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.resolve().parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as fh:
             xml.write(fh, pretty=True)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+
+    replace_atomic(path, write)
     return path
 
 
@@ -258,10 +256,8 @@ def metrics_text(metrics: dict[str, float]) -> str:
 
 
 def write_metrics(path: Path, metrics: dict[str, float]) -> Path:
-    from edgeprune.pipeline.report.run_report import _write_text_atomic
-
     path = Path(path)
-    _write_text_atomic(path, metrics_text(metrics))
+    write_text_atomic(path, metrics_text(metrics))
     return path
 
 

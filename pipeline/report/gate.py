@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Optional
 
 from edgeprune.errors import EXIT_OK, EXIT_REGRESSION, BadInput
+from edgeprune.pipeline.atomic import write_text_atomic
 
 FIGURES = ("size", "ram", "latency", "fidelity")
 DEFAULT_MAX_REGRESSION = "size=0,ram=5%,latency=10%,fidelity=0.005"
@@ -353,7 +354,7 @@ def gate_run(result, baseline: dict, tolerances: dict[str, Tolerance]) -> GateRe
         report["exit_code"] = EXIT_REGRESSION
     run_dir = Path(result.run_dir)
     write_json_atomic(run_dir / "report.json", report)
-    rep._write_text_atomic(run_dir / "report.md", rep.markdown(report) + gate_markdown(gate))
+    write_text_atomic(run_dir / "report.md", rep.markdown(report) + gate_markdown(gate))
     return gate
 
 

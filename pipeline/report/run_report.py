@@ -58,12 +58,10 @@ The JSON Schema of this format is ``configs/schema/report-1.json`` (``edgeprune 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 from edgeprune.devices.sizes import SIZE_UNITS_NOTE, format_size
-from edgeprune.pipeline.atomic import write_json_atomic
+from edgeprune.pipeline.atomic import replace_atomic, write_json_atomic, write_text_atomic
 from edgeprune.pipeline.report.run_table import (  # cell texts shared with the terminal table
     accuracy_change_text,
     keep_units,
@@ -79,24 +77,12 @@ from edgeprune.pipeline.search.verdict import threshold_text
 REPORT_FORMAT = "edgeprune-report/1"
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def write_reports(run_dir: Path, report: dict) -> dict:
     """Write report.json, report.md and report.png into ``run_dir``; return their paths."""
     run_dir = Path(run_dir)
     files = {"json": run_dir / "report.json", "md": run_dir / "report.md", "png": run_dir / "report.png"}
     plot(report, files["png"])
-    _write_text_atomic(files["md"], markdown(report))
+    write_text_atomic(files["md"], markdown(report))
     write_json_atomic(files["json"], report)
     return files
 
@@ -321,15 +307,10 @@ def plot(report: dict, path: Path) -> Path:
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp.png")
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=100)
-        os.replace(tmp, path)
+        replace_atomic(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"), suffix=".tmp.png")
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path
 
 

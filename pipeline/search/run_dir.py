@@ -17,17 +17,11 @@ from edgeprune.pipeline.search.run_config import RUN_FORMAT, _now
 
 
 from edgeprune.pipeline.atomic import copy_atomic as _copy_atomic  # noqa: E402,F401
-from edgeprune.pipeline.atomic import write_bytes_atomic, write_json_atomic  # noqa: E402,F401
+from edgeprune.pipeline.atomic import replace_atomic, write_bytes_atomic, write_json_atomic  # noqa: E402,F401
 
 
 def _save_keras_atomic(model, path: Path) -> None:
-    tmp = path.parent / f".{path.stem}.{os.getpid()}.tmp.keras"
-    try:
-        model.save(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    replace_atomic(path, model.save, suffix=".tmp.keras")  # Keras saves only to a .keras name
 
 
 def _prepare_dir(path: Path) -> None:
