@@ -20,7 +20,7 @@ import time
 
 import numpy as np
 
-from edgeprune.pipeline.calib import layer_inputs
+from edgeprune.pipeline.calib import layer_inputs, layer_inputs_from
 
 DEFAULT_RIDGE = 1e-2
 COMPENSATION_BUDGET_BYTES = 512 * 2**20  # one layer's inputs + patches on the refit samples
@@ -167,16 +167,22 @@ class Compensator:
         refitted = getattr(state, "refitted", None)
         if refitted is None:
             refitted = state.refitted = set()
+        prev = None  # (layer, its input): the next layer's input is run on from it when it can be
         for name in names:  # one layer's inputs at a time; the original's only until its target is cached
+            x_p = layer_inputs_from(model, prev[0], prev[1], name) if prev is not None else None
+            prev = None
+            if x_p is None:
+                x_p = layer_inputs(model, [name], self.x)[name]
             x_o = self._original_input(name)
-            x_p = layer_inputs(model, [name], self.x)[name]
             new = self._fit(name, state, x_p, x_o)
-            del x_o, x_p
+            del x_o
             state.weights[name][0] = new[0]
             if len(new) > 1:
                 state.weights[name][1] = new[1]
             model.get_layer(name).set_weights(state.weights[name])
             refitted.add(name)
+            prev = (name, x_p)
+            del x_p
         self.seconds += time.perf_counter() - t0
         return names
 

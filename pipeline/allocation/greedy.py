@@ -229,8 +229,8 @@ class GlobalGreedy(Allocation):
             model = pruner.build()
         pruner.ctx.build = pruner.build
         self._acts = {}
-        if pruner.compensator is not None and rate > 0:
-            pruner.compensator.refit(pruner.state, pruner.build)
+        if pruner.compensator is not None and rate > 0:  # on the model of the state (built after the last chunk)
+            pruner.compensator.refit(pruner.state, lambda: model)
         return True
 
     def _chunk_size(self, pruner, state, g, rnd: "_Round") -> int:
