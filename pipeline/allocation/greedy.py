@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from edgeprune.pipeline.allocation.base import Allocation, min_width, prunable_params
-from edgeprune.pipeline.calib import layer_inputs, output_loss, outputs
+from edgeprune.pipeline.calib import batch_moments, layer_inputs, layer_inputs_and_outputs, output_loss, outputs
 from edgeprune.pipeline.graph import layout_indices
 
 DEFAULT_CHUNK = 1 / 32
@@ -42,6 +42,9 @@ class _Round:
     remaining: float  # what is still to remove (parameters, or the objective's fraction)
     gone: set  # layers inside removed branches
     res_now: Any = None  # its resources (with an objective)
+    names: Any = ()  # the consumer layers (topological order)
+    acts: Any = None  # their inputs on the scoring rows
+    tails: Any = None  # layer -> the model from its input on (None: not a closed sub-graph)
 
 
 class GlobalGreedy(Allocation):
@@ -187,19 +190,28 @@ class GlobalGreedy(Allocation):
                     break
             pruner.ctx.state = state
             pruner.ctx.build = lambda: model
-            pruner.criterion.begin_step(pruner.ctx)
             from edgeprune.pipeline.branches import removed_layers
 
             gone = removed_layers(state)
             names = sorted({r.layer for g in pruner.groups for r in g.refs if r.role == "consumer"} - gone,
                            key=graph.order.index)
+            # ONE pass of the calibration samples through the round's model: every consumer's
+            # input (the flow criterion's moments, the trial refits' inputs on the fit rows, the
+            # trials' inputs on the scoring rows) and the output (the round's loss)
+            acts, out = layer_inputs_and_outputs(model, names, x)
+            pruner.ctx.cache["input_moments"] = (model, batch_moments(model, acts))
+            pruner.criterion.begin_step(pruner.ctx)
+            pruner.ctx.cache.pop("input_moments", None)
             fit = self._fit_rows(len(x)) if self._comp is not None else np.arange(len(x))
-            self._acts = layer_inputs(model, names, x[fit]) if pruner.compensator is not None else {}
-            xs, refs = x[self._score_rows(len(x))], ref[self._score_rows(len(x))]
-            base = output_loss(outputs(model, xs), refs)
+            self._acts = {n: a[fit] for n, a in acts.items()} if pruner.compensator is not None else {}
+            score = self._score_rows(len(x))
+            xs, refs = x[score], ref[score]
+            base = output_loss(out[score], refs)
             p_now = prunable_params(graph, state)
             rnd = _Round(model=model, xs=xs, refs=refs, base=base, p_now=p_now, remaining=remaining, gone=gone,
-                         res_now=res_now if obj is not None else None)
+                         res_now=res_now if obj is not None else None, names=names, tails={},
+                         acts={n: a[score] for n, a in acts.items()})
+            del acts, out
             best, any_gain = self._best_chunk(pruner, rnd)
             if self.branches:
                 from edgeprune.pipeline.allocation.branch_moves import branch_trial
@@ -273,7 +285,7 @@ class GlobalGreedy(Allocation):
             masked = self._masked_weights(graph, state, trial, g, keep_local)
             for name, ws in masked.items():
                 model.get_layer(name).set_weights(ws)
-            loss = output_loss(outputs(model, rnd.xs), rnd.refs)
+            loss = output_loss(self._trial_outputs(pruner.graph, rnd, masked), rnd.refs)
             for name in masked:
                 model.get_layer(name).set_weights(state.weights[name])
             self.trials += 1
@@ -289,6 +301,23 @@ class GlobalGreedy(Allocation):
             if best is None or cost < best[0] - 1e-15:
                 best = (cost, g, n, sel, trial, saved, loss)
         return best, any_gain
+
+    @staticmethod
+    def _trial_outputs(graph, rnd: "_Round", masked: dict) -> np.ndarray:
+        """The round's model's outputs on the scoring rows with a trial's weights set: run on
+        from the scoring rows' input of the first layer the trial changes (the layers in front
+        of it compute what they computed for the round: the same numbers, without re-running
+        them), or the whole model when that is not a closed sub-graph."""
+        from edgeprune.pipeline.calib import outputs_from, tail_model
+
+        start = min(masked, key=graph.order.index) if masked else None
+        if start is not None and rnd.acts is not None and start in rnd.acts:
+            if start not in rnd.tails:
+                rnd.tails[start] = tail_model(rnd.model, start)
+            tail = rnd.tails[start]
+            if tail is not None:
+                return outputs_from(rnd.model, tail, rnd.acts[start])
+        return outputs(rnd.model, rnd.xs)
 
     def _value(self, state, smooth: bool = False) -> float:
         """The weighted fraction of the original objective resources ``state`` uses."""
