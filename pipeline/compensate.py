@@ -255,10 +255,12 @@ class Compensator:
         g = self.graph
         info = g.layers[name]
         cfg = info.layer.get_config()
-        w_o = [np.asarray(w, dtype=np.float64) for w in info.layer.get_weights()]
+        # the original's weights only until the layer's fit target is cached
+        w_o = None if name in self._targets else [np.asarray(w, dtype=np.float64) for w in info.layer.get_weights()]
         use_bias = cfg.get("use_bias", True)
         gid_out = g.group_of_producer.get(name)
-        kept_out = state.kept[gid_out] if gid_out is not None else np.arange(w_o[0].shape[-1])
+        # (no group: the output channels are not pruned, the current kernel has all of them)
+        kept_out = state.kept[gid_out] if gid_out is not None else np.arange(state.weights[name][0].shape[-1])
         w0 = state.weights[name][0]
         shape = w0.shape
         k0 = w0.reshape(-1, shape[-1]).astype(np.float64)

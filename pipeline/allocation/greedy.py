@@ -176,7 +176,7 @@ class GlobalGreedy(Allocation):
         ref = self._reference(pruner, x)
         target = rate * self._total
         obj = self.objective
-        model = pruner.build()
+        model = self._model_of(pruner)
         while True:
             state = pruner.state
             if obj is not None:  # the fraction of the objective's resources still to remove
@@ -242,8 +242,26 @@ class GlobalGreedy(Allocation):
         pruner.ctx.build = pruner.build
         self._acts = {}
         if pruner.compensator is not None and rate > 0:  # on the model of the state (built after the last chunk)
-            pruner.compensator.refit(pruner.state, lambda: model)
+            pruner.compensator.refit(pruner.state, lambda: model)  # (sets the refitted weights on it)
+        self._last_model = (pruner.state, model)
         return True
+
+    def _model_of(self, pruner):
+        """The Keras model of the pruner's state: the one the previous step ended with when it
+        still holds exactly the state's weights (nothing changed them since), else a new build."""
+        last, self._last_model = getattr(self, "_last_model", None), None
+        state = pruner.state
+        if last is None or last[0] is not state or getattr(state, "branches", None):
+            return pruner.build()
+        model = last[1]
+        try:
+            for name, ws in state.weights.items():
+                cur = model.get_layer(name).get_weights()
+                if len(cur) != len(ws) or not all(a.shape == b.shape and np.array_equal(a, b) for a, b in zip(cur, ws)):
+                    return pruner.build()
+        except ValueError:  # a layer the model does not have
+            return pruner.build()
+        return model
 
     def _chunk_size(self, pruner, state, g, rnd: "_Round") -> int:
         """How many channels of group ``g`` the next trial removes (0: none can go)."""
