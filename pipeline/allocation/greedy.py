@@ -73,6 +73,7 @@ class GlobalGreedy(Allocation):
             self.label = self.label.replace("per parameter saved", f"per unit of {self.objective.resource} saved "
                                             f"(objective {self.objective.name})")
         self._ref = None  # (id(model), outputs of the ORIGINAL model on the calibration samples)
+        self._last_model = None  # (state, its Keras model) at the end of the last step
         self._total = None
         self.trials = 0
         self.chunks = 0
@@ -176,7 +177,7 @@ class GlobalGreedy(Allocation):
         ref = self._reference(pruner, x)
         target = rate * self._total
         obj = self.objective
-        model = self._model_of(pruner)
+        model, self._last_model = _model_of(pruner, self._last_model), None
         while True:
             state = pruner.state
             if obj is not None:  # the fraction of the objective's resources still to remove
@@ -246,23 +247,6 @@ class GlobalGreedy(Allocation):
         self._last_model = (pruner.state, model)
         return True
 
-    def _model_of(self, pruner):
-        """The Keras model of the pruner's state: the one the previous step ended with when it
-        still holds exactly the state's weights (nothing changed them since), else a new build."""
-        last, self._last_model = getattr(self, "_last_model", None), None
-        state = pruner.state
-        if last is None or last[0] is not state or getattr(state, "branches", None):
-            return pruner.build()
-        model = last[1]
-        try:
-            for name, ws in state.weights.items():
-                cur = model.get_layer(name).get_weights()
-                if len(cur) != len(ws) or not all(a.shape == b.shape and np.array_equal(a, b) for a, b in zip(cur, ws)):
-                    return pruner.build()
-        except ValueError:  # a layer the model does not have
-            return pruner.build()
-        return model
-
     def _chunk_size(self, pruner, state, g, rnd: "_Round") -> int:
         """How many channels of group ``g`` the next trial removes (0: none can go)."""
         round_to = int(pruner.config.round_to or 1)
@@ -303,7 +287,7 @@ class GlobalGreedy(Allocation):
             masked = self._masked_weights(graph, state, trial, g, keep_local)
             for name, ws in masked.items():
                 model.get_layer(name).set_weights(ws)
-            loss = output_loss(self._trial_outputs(pruner.graph, rnd, masked), rnd.refs)
+            loss = output_loss(_trial_outputs(pruner.graph, rnd, masked), rnd.refs)
             for name in masked:
                 model.get_layer(name).set_weights(state.weights[name])
             self.trials += 1
@@ -320,23 +304,6 @@ class GlobalGreedy(Allocation):
                 best = (cost, g, n, sel, trial, saved, loss)
         return best, any_gain
 
-    @staticmethod
-    def _trial_outputs(graph, rnd: "_Round", masked: dict) -> np.ndarray:
-        """The round's model's outputs on the scoring rows with a trial's weights set: run on
-        from the scoring rows' input of the first layer the trial changes (the layers in front
-        of it compute what they computed for the round: the same numbers, without re-running
-        them), or the whole model when that is not a closed sub-graph."""
-        from edgeprune.pipeline.calib import outputs_from, tail_model
-
-        start = min(masked, key=graph.order.index) if masked else None
-        if start is not None and rnd.acts is not None and start in rnd.acts:
-            if start not in rnd.tails:
-                rnd.tails[start] = tail_model(rnd.model, start)
-            tail = rnd.tails[start]
-            if tail is not None:
-                return outputs_from(rnd.model, tail, rnd.acts[start])
-        return outputs(rnd.model, rnd.xs)
-
     def _value(self, state, smooth: bool = False) -> float:
         """The weighted fraction of the original objective resources ``state`` uses."""
         return self.objective.value(self._rm.evaluate(state), self._res0, smooth)
@@ -350,3 +317,38 @@ class GlobalGreedy(Allocation):
             blocks = sum(1 for gid in ref.layout if gid == g.id)
             total += blocks * (w.size // max(1, w.shape[ref.axis]))
         return total
+
+
+def _model_of(pruner, last):
+    """The Keras model of the pruner's state: ``last`` = (state, model) the previous step ended
+    with, when it still holds exactly the state's weights (nothing changed them since), else a
+    new build."""
+    state = pruner.state
+    if last is None or last[0] is not state or getattr(state, "branches", None):
+        return pruner.build()
+    model = last[1]
+    try:
+        for name, ws in state.weights.items():
+            cur = model.get_layer(name).get_weights()
+            if len(cur) != len(ws) or not all(a.shape == b.shape and np.array_equal(a, b) for a, b in zip(cur, ws)):
+                return pruner.build()
+    except ValueError:  # a layer the model does not have
+        return pruner.build()
+    return model
+
+
+def _trial_outputs(graph, rnd: _Round, masked: dict) -> np.ndarray:
+    """The round's model's outputs on the scoring rows with a trial's weights set: run on from
+    the scoring rows' input of the first layer the trial changes (the layers in front of it
+    compute what they computed for the round: the same numbers, without re-running them), or the
+    whole model when that is not a closed sub-graph."""
+    from edgeprune.pipeline.calib import outputs_from, tail_model
+
+    start = min(masked, key=graph.order.index) if masked else None
+    if start is not None and rnd.acts is not None and start in rnd.acts:
+        if start not in rnd.tails:
+            rnd.tails[start] = tail_model(rnd.model, start)
+        tail = rnd.tails[start]
+        if tail is not None:
+            return outputs_from(rnd.model, tail, rnd.acts[start])
+    return outputs(rnd.model, rnd.xs)
