@@ -168,3 +168,33 @@ def test_run_default_engine_on_the_example_is_flow_with_compensation_and_replays
     x = np.random.default_rng(0).uniform(0, 1, (8, 28, 28, 1)).astype(np.float32)
     saved = keras.models.load_model(out / c["files"]["keras"], compile=False)
     close(outputs(plan.apply(original), x), outputs(saved, x), 1e-6, "plan replay vs saved candidate")
+
+
+@pytest.mark.parametrize("shape,kernel,cfg", [
+    ((3, 9, 7, 2), (3, 3, 2, 4), {"padding": "same", "strides": (1, 1), "dilation_rate": (1, 1)}),
+    ((2, 8, 8, 3), (2, 4, 3, 4), {"padding": "same", "strides": (2, 2), "dilation_rate": (1, 1)}),
+    ((2, 10, 9, 1), (3, 2, 1, 4), {"padding": "valid", "strides": (3, 3), "dilation_rate": (1, 1)}),
+    ((2, 11, 10, 2), (3, 3, 2, 4), {"padding": "same", "strides": (1, 1), "dilation_rate": (2, 2)}),
+    ((3, 13, 2), (5, 2, 4), {"padding": "same", "strides": (2,), "dilation_rate": (1,)}),
+    ((3, 13, 2), (3, 2, 4), {"padding": "valid", "strides": (1,), "dilation_rate": (3,)}),
+])
+def test_patches_on_a_row_subset_are_tensorflows_patches_exactly(shape, kernel, cfg):
+    """The refit's im2col (gathered in numpy, only the seeded rows) must equal
+    tf.image.extract_patches' rows bit for bit (the refits, so the plans, depend on it)."""
+    import tensorflow as tf
+
+    from edgeprune.pipeline.prune.compensate import _patches, patch_count
+
+    x = np.random.default_rng(3).normal(size=shape).astype(np.float32)
+    x2 = x[:, None] if x.ndim == 3 else x
+    ks = (1, kernel[0]) if x.ndim == 3 else kernel[:2]
+    st = (1, cfg["strides"][0]) if x.ndim == 3 else cfg["strides"]
+    dl = (1, cfg["dilation_rate"][0]) if x.ndim == 3 else cfg["dilation_rate"]
+    ref = np.asarray(tf.image.extract_patches(tf.constant(x2), sizes=[1, *ks, 1], strides=[1, *st, 1],
+                                              rates=[1, *dl, 1], padding=cfg["padding"].upper()))
+    ref = ref.reshape(-1, ref.shape[-1])
+    assert patch_count(x.shape, cfg, kernel) == len(ref)
+    got = _patches(x, cfg, kernel)
+    assert got.shape == ref.shape and np.array_equal(got, ref)
+    rows = np.sort(np.random.default_rng(0).choice(len(ref), len(ref) // 3, replace=False))
+    assert np.array_equal(_patches(x, cfg, kernel, rows), ref[rows])

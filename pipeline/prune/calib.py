@@ -71,6 +71,122 @@ def layer_inputs(model, names: list[str], x: np.ndarray) -> dict[str, np.ndarray
     return {n: np.concatenate(p) for n, p in zip(names, parts)}
 
 
+def _only_through(dst, src, inputs) -> bool:
+    """Whether every path from the model's ``inputs`` to tensor ``dst`` passes through tensor
+    ``src`` (Keras would otherwise build a sub-model that silently computes something else)."""
+    stack, seen = [dst], {id(dst)}
+    while stack:
+        t = stack.pop()
+        if t is src:
+            continue
+        if any(t is i for i in inputs):
+            return False
+        try:
+            hist = t._keras_history
+            parents = list(hist.operation._inbound_nodes[hist.node_index].input_tensors)
+        except (AttributeError, IndexError):
+            return False
+        if not parents:
+            return False
+        for p in parents:
+            if id(p) not in seen:
+                seen.add(id(p))
+                stack.append(p)
+    return True
+
+
+def layer_inputs_from(model, start: str, x_start: np.ndarray, name: str) -> np.ndarray | None:
+    """The input of layer ``name`` of ``model``, run on from ``x_start``, the input of layer
+    ``start`` on the same samples (what :func:`layer_inputs` gave for ``start``): only the layers
+    in between run, in the same batches, so the result is :func:`layer_inputs`' exactly. None
+    when the input of ``name`` does not depend on that of ``start`` alone (another path from the
+    model's inputs reaches it, e.g. a residual branch around ``start``)."""
+    import keras
+
+    src, dst = model.get_layer(start).input, model.get_layer(name).input
+    if isinstance(src, (list, tuple)) or isinstance(dst, (list, tuple)) or len(model.inputs) != 1:
+        return None
+    if not _only_through(dst, src, model.inputs):
+        return None
+    try:
+        sub = keras.Model(src, dst)
+    except Exception:  # noqa: BLE001 - not a closed sub-graph: the caller runs the whole prefix
+        return None
+    from edgeprune.pipeline.data.batching import batch_size_for
+
+    b = batch_size_for(model, max_batch=BATCH)  # the batches layer_inputs ran ``start``'s input in
+    parts = []
+    for a in range(0, len(x_start), b):
+        out = _call(sub, np.asarray(x_start[a:a + b], dtype=np.float32))
+        out = out[0] if isinstance(out, (list, tuple)) else out
+        parts.append(np.asarray(out, dtype=np.float32))
+    return np.concatenate(parts)
+
+
+def tail_model(model, start: str):
+    """The part of ``model`` from the input of layer ``start`` to its (first) output, sharing its
+    layers (weights set on ``model`` apply), or None when the output depends on more than that
+    input (another path from the model's inputs reaches it)."""
+    import keras
+
+    src, dst = model.get_layer(start).input, model.outputs[0]
+    if isinstance(src, (list, tuple)) or len(model.inputs) != 1 or not _only_through(dst, src, model.inputs):
+        return None
+    try:
+        return keras.Model(src, dst)
+    except Exception:  # noqa: BLE001 - not a closed sub-graph: the caller runs the whole model
+        return None
+
+
+def outputs_from(model, tail, x_start: np.ndarray) -> np.ndarray:
+    """:func:`outputs` of ``model`` run on from ``x_start``, the input of ``tail``'s first layer on
+    the same samples (as :func:`layer_inputs` gave it): the same batches, so the same numbers."""
+    from edgeprune.pipeline.data.batching import batch_size_for
+
+    b = batch_size_for(model, max_batch=BATCH)
+    parts = []
+    for a in range(0, len(x_start), b):
+        xb = np.asarray(x_start[a:a + b], dtype=np.float32)
+        o = _call(tail, xb)
+        o = o[0] if isinstance(o, (list, tuple)) else o
+        parts.append(np.asarray(o, dtype=np.float64).reshape(len(xb), -1))
+    return np.concatenate(parts)
+
+
+def layer_inputs_and_outputs(model, names: list[str], x: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """:func:`layer_inputs` of ``names`` and :func:`outputs` of ``model`` on ``x`` in one pass."""
+    import keras
+
+    feats = keras.Model(model.inputs, [model.get_layer(n).input for n in names] + [model.outputs[0]])
+    parts: list[list[np.ndarray]] = [[] for _ in names]
+    outs_y = []
+    for xb in _batches(x, model):
+        outs = _call(feats, xb)
+        outs = list(outs) if isinstance(outs, (list, tuple)) else [outs]
+        for i, o in enumerate(outs[:-1]):
+            parts[i].append(np.asarray(o, dtype=np.float32))
+        outs_y.append(np.asarray(outs[-1], dtype=np.float64).reshape(len(xb), -1))
+    return {n: np.concatenate(p) for n, p in zip(names, parts)}, np.concatenate(outs_y)
+
+
+def batch_moments(model, acts: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """:func:`layer_input_moments` from the inputs :func:`layer_inputs` gave (the same batches,
+    so the same sums)."""
+    from edgeprune.pipeline.data.batching import batch_size_for
+
+    b = batch_size_for(model, max_batch=BATCH)
+    out = {}
+    for n, a_all in acts.items():
+        total, count = None, 0
+        for s in range(0, len(a_all), b):
+            a = np.asarray(a_all[s:s + b], dtype=np.float64)
+            part = np.square(a).reshape(-1, a.shape[-1]).sum(0)
+            total = part if total is None else total + part
+            count += int(np.prod(a.shape[:-1]))
+        out[n] = total / max(count, 1)
+    return out
+
+
 def layer_input_moments(model, names: list[str], x) -> dict[str, np.ndarray]:
     """Per input channel of each layer ``names``: the mean of the squared input over samples and
     positions (float64), accumulated batch by batch (only the running sums are kept)."""

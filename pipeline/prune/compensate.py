@@ -20,7 +20,7 @@ import time
 
 import numpy as np
 
-from edgeprune.pipeline.prune.calib import layer_inputs
+from edgeprune.pipeline.prune.calib import layer_inputs, layer_inputs_from
 
 DEFAULT_RIDGE = 1e-2
 COMPENSATION_BUDGET_BYTES = 512 * 2**20  # one layer's inputs + patches on the refit samples
@@ -28,23 +28,58 @@ MIN_SAMPLES = 16
 MAX_ROWS = 8192  # Conv: patch rows used for the fit (a seeded subset of samples x positions)
 
 
-def _patches(x: np.ndarray, cfg: dict, kernel_shape: tuple) -> np.ndarray:
-    """im2col: (rows, kh*kw*C) in the kernel's (kh, kw, C) order, for Conv1D/Conv2D."""
-    import tensorflow as tf
-
-    if x.ndim == 3:  # Conv1D -> 2D with height 1
-        x = x[:, None]
-        ks = (1, kernel_shape[0])
+def _conv2d_geometry(x_shape: tuple, cfg: dict, kernel_shape: tuple):
+    """(kernel taps, strides, dilations, output height/width, top/left padding) of the 2D view
+    (Conv1D as height 1) of a Conv on inputs of ``x_shape``, as ``tf.image.extract_patches``
+    lays its patches out (SAME: the extra padding row/column at the bottom/right)."""
+    if len(x_shape) == 3:  # Conv1D -> 2D with height 1
+        h, w = 1, int(x_shape[1])
+        ks = (1, int(kernel_shape[0]))
         st = (1, int(np.ravel(cfg.get("strides", 1))[0]))
         dl = (1, int(np.ravel(cfg.get("dilation_rate", 1))[0]))
     else:
-        ks = kernel_shape[:2]
+        h, w = int(x_shape[1]), int(x_shape[2])
+        ks = tuple(int(k) for k in kernel_shape[:2])
         st = tuple(int(s) for s in cfg.get("strides", (1, 1)))
         dl = tuple(int(d) for d in cfg.get("dilation_rate", (1, 1)))
-    p = tf.image.extract_patches(tf.constant(x), sizes=[1, *ks, 1], strides=[1, *st, 1], rates=[1, *dl, 1],
-                                 padding=cfg.get("padding", "valid").upper())
-    p = np.asarray(p)
-    return p.reshape(-1, p.shape[-1])
+    same = cfg.get("padding", "valid").upper() == "SAME"
+    out, pad = [], []
+    for size, k, s, d in zip((h, w), ks, st, dl):
+        eff = (k - 1) * d + 1
+        o = -(-size // s) if same else max(0, (size - eff) // s + 1)
+        out.append(o)
+        pad.append(max((o - 1) * s + eff - size, 0) // 2 if same else 0)
+    return ks, st, dl, tuple(out), tuple(pad)
+
+
+def patch_count(x_shape: tuple, cfg: dict, kernel_shape: tuple) -> int:
+    """How many im2col rows (samples x output positions) :func:`_patches` gives."""
+    _, _, _, (oh, ow), _ = _conv2d_geometry(tuple(x_shape), cfg, kernel_shape)
+    return int(x_shape[0]) * oh * ow
+
+
+def _patches(x: np.ndarray, cfg: dict, kernel_shape: tuple, rows: np.ndarray | None = None) -> np.ndarray:
+    """im2col: (rows, kh*kw*C) in the kernel's (kh, kw, C) order, for Conv1D/Conv2D; only the
+    rows ``rows`` (indices into samples x output positions, row-major; None: all). Exactly the
+    rows of ``tf.image.extract_patches`` (the values are copied, zeros in the padding), gathered
+    in numpy so that a seeded subset never materialises every patch of every sample."""
+    ks, st, dl, (oh, ow), (pt, pl) = _conv2d_geometry(x.shape, cfg, kernel_shape)
+    if x.ndim == 3:
+        x = x[:, None]
+    if rows is None:
+        rows = np.arange(x.shape[0] * oh * ow)
+    rows = np.asarray(rows, dtype=np.int64)
+    n, rem = np.divmod(rows, oh * ow)
+    oy, ox = np.divmod(rem, ow)
+    h, w = x.shape[1], x.shape[2]
+    out = np.zeros((len(rows), ks[0], ks[1], x.shape[-1]), dtype=x.dtype)
+    for i in range(ks[0]):
+        yy = oy * st[0] + i * dl[0] - pt
+        for j in range(ks[1]):
+            xx = ox * st[1] + j * dl[1] - pl
+            ok = (yy >= 0) & (yy < h) & (xx >= 0) & (xx < w)
+            out[ok, i, j] = x[n[ok], yy[ok], xx[ok]]
+    return out.reshape(len(rows), ks[0] * ks[1] * x.shape[-1])
 
 
 def refittable(graph, layer: str) -> bool:
@@ -72,6 +107,7 @@ class Compensator:
         self.ridge = float(ridge)
         self._targets: dict[str, tuple] = {}
         self.seconds = 0.0
+        self._first = None  # (layer, fingerprint of everything in front of it, its input): reused by the next refit
 
     @staticmethod
     def max_samples(graph, budget_bytes: int = COMPENSATION_BUDGET_BYTES) -> int:
@@ -132,18 +168,52 @@ class Compensator:
         refitted = getattr(state, "refitted", None)
         if refitted is None:
             refitted = state.refitted = set()
+        prev = None  # (layer, its input): the next layer's input is run on from it when it can be
         for name in names:  # one layer's inputs at a time; the original's only until its target is cached
+            x_p = layer_inputs_from(model, prev[0], prev[1], name) if prev is not None else None
+            prev = None
+            if x_p is None:
+                key = self._upstream_key(state, name, model)
+                if self._first is not None and self._first[:2] == (name, key):
+                    x_p = self._first[2]  # nothing in front of it changed since the last refit
+                else:
+                    self._first = None
+                    x_p = layer_inputs(model, [name], self.x)[name]
+                    if x_p.nbytes <= COMPENSATION_BUDGET_BYTES // 4:
+                        self._first = (name, key, x_p)
             x_o = self._original_input(name)
-            x_p = layer_inputs(model, [name], self.x)[name]
             new = self._fit(name, state, x_p, x_o)
-            del x_o, x_p
+            del x_o
             state.weights[name][0] = new[0]
             if len(new) > 1:
                 state.weights[name][1] = new[1]
             model.get_layer(name).set_weights(state.weights[name])
             refitted.add(name)
+            prev = (name, x_p)
+            del x_p
         self.seconds += time.perf_counter() - t0
         return names
+
+    def _upstream_key(self, state, name: str, model) -> bytes:
+        """A fingerprint of what the input of layer ``name`` depends on: the weights (so the
+        widths) of every layer in front of it in topological order, the removed branches, and
+        the batches :func:`layer_inputs` runs the samples in."""
+        import hashlib
+
+        from edgeprune.pipeline.data.batching import batch_size_for
+        from edgeprune.pipeline.prune.branches import removed_layers
+        from edgeprune.pipeline.prune.calib import BATCH
+
+        h = hashlib.blake2b(digest_size=16)
+        h.update(repr((sorted(removed_layers(state)), batch_size_for(model, max_batch=BATCH))).encode())
+        for n in self.graph.order:
+            if n == name:
+                break
+            for w in state.weights.get(n, ()) or ():
+                a = np.ascontiguousarray(w)
+                h.update(f"{n}:{a.dtype}:{a.shape};".encode())
+                h.update(a.tobytes())
+        return h.digest()
 
     def _target(self, name, info, cfg, w_o, use_bias, x_o):
         """The ORIGINAL layer's pre-activation on the calibration rows (cached per layer):
@@ -158,11 +228,11 @@ class Compensator:
                     a_o = a_o[rows]
                 y = a_o.astype(np.float64) @ w_o[0] + b
             else:
-                a_o = _patches(x_o, cfg, w_o[0].shape)
+                count = patch_count(x_o.shape, cfg, w_o[0].shape)
                 rows = None
-                if len(a_o) > MAX_ROWS:
-                    rows = np.sort(np.random.default_rng(0).choice(len(a_o), MAX_ROWS, replace=False))
-                    a_o = a_o[rows]
+                if count > MAX_ROWS:
+                    rows = np.sort(np.random.default_rng(0).choice(count, MAX_ROWS, replace=False))
+                a_o = _patches(x_o, cfg, w_o[0].shape, rows)
                 y = (a_o.astype(np.float32) @ w_o[0].reshape(-1, w_o[0].shape[-1]).astype(np.float32)) + b
             self._targets[name] = (rows, np.asarray(y, dtype=np.float64))
         return self._targets[name]
@@ -185,10 +255,12 @@ class Compensator:
         g = self.graph
         info = g.layers[name]
         cfg = info.layer.get_config()
-        w_o = [np.asarray(w, dtype=np.float64) for w in info.layer.get_weights()]
+        # the original's weights only until the layer's fit target is cached
+        w_o = None if name in self._targets else [np.asarray(w, dtype=np.float64) for w in info.layer.get_weights()]
         use_bias = cfg.get("use_bias", True)
         gid_out = g.group_of_producer.get(name)
-        kept_out = state.kept[gid_out] if gid_out is not None else np.arange(w_o[0].shape[-1])
+        # (no group: the output channels are not pruned, the current kernel has all of them)
+        kept_out = state.kept[gid_out] if gid_out is not None else np.arange(state.weights[name][0].shape[-1])
         w0 = state.weights[name][0]
         shape = w0.shape
         k0 = w0.reshape(-1, shape[-1]).astype(np.float64)
@@ -203,9 +275,7 @@ class Compensator:
             if d + 1 > len(a_p):  # fewer samples than inputs: the same ridge in its dual (N x N) form
                 return self._fit_dual(a_p, y, k0, b0, shape, use_bias)
         else:
-            a_p = _patches(x_p, cfg, shape)
-            if rows is not None:
-                a_p = a_p[rows]
+            a_p = _patches(x_p, cfg, shape, rows)
         a32 = a_p.astype(np.float32)
         a_p = a_p.astype(np.float64)
         ata = np.zeros((d + 1, d + 1))

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from edgeprune.pipeline.prune.allocation.base import Allocation, min_width, prunable_params
-from edgeprune.pipeline.prune.calib import layer_inputs, output_loss, outputs
+from edgeprune.pipeline.prune.calib import batch_moments, layer_inputs, layer_inputs_and_outputs, output_loss, outputs
 from edgeprune.pipeline.prune.graph import layout_indices
 
 DEFAULT_CHUNK = 1 / 32
@@ -42,6 +42,9 @@ class _Round:
     remaining: float  # what is still to remove (parameters, or the objective's fraction)
     gone: set  # layers inside removed branches
     res_now: Any = None  # its resources (with an objective)
+    names: Any = ()  # the consumer layers (topological order)
+    acts: Any = None  # their inputs on the scoring rows
+    tails: Any = None  # layer -> the model from its input on (None: not a closed sub-graph)
 
 
 class GlobalGreedy(Allocation):
@@ -70,6 +73,7 @@ class GlobalGreedy(Allocation):
             self.label = self.label.replace("per parameter saved", f"per unit of {self.objective.resource} saved "
                                             f"(objective {self.objective.name})")
         self._ref = None  # (id(model), outputs of the ORIGINAL model on the calibration samples)
+        self._last_model = None  # (state, its Keras model) at the end of the last step
         self._total = None
         self.trials = 0
         self.chunks = 0
@@ -173,7 +177,7 @@ class GlobalGreedy(Allocation):
         ref = self._reference(pruner, x)
         target = rate * self._total
         obj = self.objective
-        model = pruner.build()
+        model, self._last_model = _model_of(pruner, self._last_model), None
         while True:
             state = pruner.state
             if obj is not None:  # the fraction of the objective's resources still to remove
@@ -187,19 +191,28 @@ class GlobalGreedy(Allocation):
                     break
             pruner.ctx.state = state
             pruner.ctx.build = lambda: model
-            pruner.criterion.begin_step(pruner.ctx)
             from edgeprune.pipeline.prune.branches import removed_layers
 
             gone = removed_layers(state)
             names = sorted({r.layer for g in pruner.groups for r in g.refs if r.role == "consumer"} - gone,
                            key=graph.order.index)
+            # ONE pass of the calibration samples through the round's model: every consumer's
+            # input (the flow criterion's moments, the trial refits' inputs on the fit rows, the
+            # trials' inputs on the scoring rows) and the output (the round's loss)
+            acts, out = layer_inputs_and_outputs(model, names, x)
+            pruner.ctx.cache["input_moments"] = (model, batch_moments(model, acts))
+            pruner.criterion.begin_step(pruner.ctx)
+            pruner.ctx.cache.pop("input_moments", None)
             fit = self._fit_rows(len(x)) if self._comp is not None else np.arange(len(x))
-            self._acts = layer_inputs(model, names, x[fit]) if pruner.compensator is not None else {}
-            xs, refs = x[self._score_rows(len(x))], ref[self._score_rows(len(x))]
-            base = output_loss(outputs(model, xs), refs)
+            self._acts = {n: a[fit] for n, a in acts.items()} if pruner.compensator is not None else {}
+            score = self._score_rows(len(x))
+            xs, refs = x[score], ref[score]
+            base = output_loss(out[score], refs)
             p_now = prunable_params(graph, state)
             rnd = _Round(model=model, xs=xs, refs=refs, base=base, p_now=p_now, remaining=remaining, gone=gone,
-                         res_now=res_now if obj is not None else None)
+                         res_now=res_now if obj is not None else None, names=names, tails={},
+                         acts={n: a[score] for n, a in acts.items()})
+            del acts, out
             best, any_gain = self._best_chunk(pruner, rnd)
             if self.branches:
                 from edgeprune.pipeline.prune.allocation.branch_moves import branch_trial
@@ -229,8 +242,9 @@ class GlobalGreedy(Allocation):
             model = pruner.build()
         pruner.ctx.build = pruner.build
         self._acts = {}
-        if pruner.compensator is not None and rate > 0:
-            pruner.compensator.refit(pruner.state, pruner.build)
+        if pruner.compensator is not None and rate > 0:  # on the model of the state (built after the last chunk)
+            pruner.compensator.refit(pruner.state, lambda: model)  # (sets the refitted weights on it)
+        self._last_model = (pruner.state, model)
         return True
 
     def _chunk_size(self, pruner, state, g, rnd: "_Round") -> int:
@@ -273,7 +287,7 @@ class GlobalGreedy(Allocation):
             masked = self._masked_weights(graph, state, trial, g, keep_local)
             for name, ws in masked.items():
                 model.get_layer(name).set_weights(ws)
-            loss = output_loss(outputs(model, rnd.xs), rnd.refs)
+            loss = output_loss(_trial_outputs(pruner.graph, rnd, masked), rnd.refs)
             for name in masked:
                 model.get_layer(name).set_weights(state.weights[name])
             self.trials += 1
@@ -303,3 +317,38 @@ class GlobalGreedy(Allocation):
             blocks = sum(1 for gid in ref.layout if gid == g.id)
             total += blocks * (w.size // max(1, w.shape[ref.axis]))
         return total
+
+
+def _model_of(pruner, last):
+    """The Keras model of the pruner's state: ``last`` = (state, model) the previous step ended
+    with, when it still holds exactly the state's weights (nothing changed them since), else a
+    new build."""
+    state = pruner.state
+    if last is None or last[0] is not state or getattr(state, "branches", None):
+        return pruner.build()
+    model = last[1]
+    try:
+        for name, ws in state.weights.items():
+            cur = model.get_layer(name).get_weights()
+            if len(cur) != len(ws) or not all(a.shape == b.shape and np.array_equal(a, b) for a, b in zip(cur, ws)):
+                return pruner.build()
+    except ValueError:  # a layer the model does not have
+        return pruner.build()
+    return model
+
+
+def _trial_outputs(graph, rnd: _Round, masked: dict) -> np.ndarray:
+    """The round's model's outputs on the scoring rows with a trial's weights set: run on from
+    the scoring rows' input of the first layer the trial changes (the layers in front of it
+    compute what they computed for the round: the same numbers, without re-running them), or the
+    whole model when that is not a closed sub-graph."""
+    from edgeprune.pipeline.prune.calib import outputs_from, tail_model
+
+    start = min(masked, key=graph.order.index) if masked else None
+    if start is not None and rnd.acts is not None and start in rnd.acts:
+        if start not in rnd.tails:
+            rnd.tails[start] = tail_model(rnd.model, start)
+        tail = rnd.tails[start]
+        if tail is not None:
+            return outputs_from(rnd.model, tail, rnd.acts[start])
+    return outputs(rnd.model, rnd.xs)

@@ -48,7 +48,12 @@ class Flow(Importance):
         model = ctx.build()
         x = calibration_or_synthetic(ctx)
         # second moment of every input channel, over samples and positions (accumulated batch by batch)
-        self.m2 = layer_input_moments(model, [n for n in names if n not in special], x)
+        plain = [n for n in names if n not in special]
+        pre = ctx.cache.get("input_moments")  # the caller's one pass of x through this model (the global greedy)
+        if pre is not None and pre[0] is model and all(n in pre[1] for n in plain):
+            self.m2 = {n: pre[1][n] for n in plain}
+        else:
+            self.m2 = layer_input_moments(model, plain, x)
         self.m2_weight = {(n, k): m for n in special
                           for k, m in ctx.graph.handler(n).consumer_moments(model.get_layer(n), model, x).items()}
         self.sizes0 = dict(ctx.state.sizes)  # layouts of the measured activations
