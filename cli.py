@@ -91,6 +91,7 @@ def prune(
     input_range: _input_range_option("PAODING's interval bounds") = "0,1",
     seed: _Seed = 0,
     plan_path: Annotated[Optional[Path], typer.Option("--plan", help="Also write the replayable plan (JSON) here.")] = None,
+    plugin: _Plugins = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the per-layer result as JSON.")] = False,
 ) -> None:
     """Prune MODEL structurally and write the smaller model, printing a per-layer table."""
@@ -111,6 +112,7 @@ def prune(
         raise EdgepruneError(f"--rate {rate:g} must be in [0, 1)", "e.g. --rate 0.5 removes half of each layer's channels")
     if not 0.0 < step <= 1.0:
         raise EdgepruneError(f"--step {step:g} must be in (0, 1]", "e.g. --step 0.05")
+    _load_plugins(plugin)
     keras_model = load_model(model)
     result = prune_stage.prune(
         keras_model,
@@ -139,6 +141,12 @@ def prune(
         )
     for note in result.notes:
         err.print(f"[yellow]note:[/yellow] {note}")
+
+
+def _load_plugins(files) -> None:
+    from edgeprune.pipeline.data.plugins import load_plugins, plugin_paths
+
+    load_plugins(plugin_paths(files))
 
 
 INPUT_RANGE_LIMIT = 1e6  # beyond this, interval bounds and synthetic inputs overflow float32
@@ -206,6 +214,7 @@ _Threads = Annotated[Optional[int], typer.Option("--num-threads", "--threads", h
 _RoundTo = Annotated[Optional[int], typer.Option("--round-to", help="Keep every pruned width a multiple of N (SIMD width). run: default the profile's round_to, if any.")]
 _Step = Annotated[float, typer.Option(help="Prune-rate step between candidates (each builds on the last).")]
 _Seed = Annotated[int, typer.Option(help="Seed (random criterion).")]
+_Plugins = Annotated[Optional[list[Path]], typer.Option("--plugin", metavar="FILE.py", help="A Python file imported before the model is loaded, to register your own layer classes (keras.saving.register_keras_serializable) and their handlers (edgeprune.register_handler). Repeatable; also $EDGEPRUNE_PLUGINS.")]
 
 
 def _data_option(without: str):
@@ -235,6 +244,7 @@ def convert(
     samples: Annotated[int, typer.Option("--samples", help="Synthetic samples for calibration and evaluation when no --data.")] = 100,
     input_shape: _InputShape = None,
     metric: Annotated[Metric, typer.Option(help="Fidelity metric: auto, top1 (classifier), binary (one sigmoid output: agreement of output > 0.5), relerr (1 - relative L2 error) or regression (cosine).")] = Metric.auto,
+    plugin: _Plugins = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Convert MODEL to TFLite and print its size, ops, quantisation and fidelity (measured on the .tflite)."""
@@ -252,6 +262,7 @@ def convert(
     out_path = Path(out_path)
     _check_out_suffix(out_path, (".tflite",), "the converted model")
     _check_writable(out_path)
+    _load_plugins(plugin)
     keras_model = load_model(model)
     if input_shape is not None:
         from edgeprune.pipeline.data.loading import parse_input_shape, with_input_shape
@@ -615,6 +626,7 @@ def run(
     input_range: _input_range_option("PAODING bounds, synthetic data") = "0,1",
     seed: _Seed = 0,
     input_shape: _InputShape = None,
+    plugin: _Plugins = None,
     jobs: Annotated[Optional[int], typer.Option("--jobs", "-j", help="Worker processes converting candidates ahead of the search (same results as 1). Default: one per core once a conversion takes 5 s or more.")] = None,
     train_data: Annotated[Optional[Path], typer.Option("--train-data", help="Training samples (any form --data takes; labels optional): from the first candidate that fails the fidelity check untrained on, every candidate is distilled from the original model before it is converted and judged. Samples equal to an evaluation sample are removed.")] = None,
     recover: Annotated[Optional[int], typer.Option("--recover", help="Epochs of recovery training per trained candidate (needs --train-data; default 1 with it).")] = None,
@@ -652,7 +664,7 @@ def run(
     from edgeprune.pipeline.search import run_config as rc
 
     config = RunConfig(
-        model=rc.ModelOptions(path=model, input_range=(lo, hi), input_shape=_input_shape(input_shape)),
+        model=rc.ModelOptions(path=model, input_range=(lo, hi), input_shape=_input_shape(input_shape), plugins=list(plugin or [])),
         data=rc.DataOptions(path=data, classes=classes),
         device=rc.DeviceOptions(name=devices[0], extra=devices[1:], host=host, user=user, port=port,
                                 devices_dir=devices_dir, trust_new_host=trust_new_host),

@@ -54,11 +54,13 @@ def pool_size(requested: int | None, cores: int, todo: int, prunable: bool, conv
 
 
 # --------------------------------------------------------------------------- worker side
-def _init_worker() -> None:
+def _init_worker(plugin_files=()) -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     from edgeprune.pipeline.convert import converter as conv
+    from edgeprune.pipeline.data.plugins import load_plugins
 
     conv.quiet_import_tensorflow()  # once per worker process
+    load_plugins(plugin_files)  # the parent's --plugin files: the candidates may hold the user's layers
 
 
 def _convert_job(keras_path: str, config, calibration_path: str | None):
@@ -128,7 +130,10 @@ class Lookahead:
             out.flush()
             del out
             self.calibration_path = str(path)
-        self.pool = mp.get_context("spawn").Pool(processes=self.jobs, initializer=_init_worker)
+        from edgeprune.pipeline.data.plugins import loaded as loaded_plugins
+
+        self.pool = mp.get_context("spawn").Pool(processes=self.jobs, initializer=_init_worker,
+                                                 initargs=(tuple(loaded_plugins()),))
         self.ready: dict[int, Prepared] = {}
         self.next: int | None = None
         self.worker_peaks: dict[int, int] = {}

@@ -204,8 +204,16 @@ def _unknown_keys(path: Path, cls: str, kwargs_text: str) -> UnsupportedModel:
 def _explain(path: Path, exc: Exception) -> BadInput:
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     if "Could not locate class" in str(exc) or "Unknown layer" in str(exc):
+        import re
+
+        cls = re.search(r"Could not locate class '([^']+)'", str(exc))
+        reg = re.search(r"'registered_name': '([^']+)'", str(exc)[cls.end():] if cls else "")
+        what = (f"layer class {cls.group(1)!r}" + (f" (registered as {reg.group(1)!r})" if reg else "")
+                + ", a custom class Keras cannot rebuild without its code") if cls else \
+            f"a custom or subclassed layer/model Keras cannot rebuild ({text[:300]})"
         return UnsupportedModel(
-            f"{path.name}: uses a custom or subclassed layer/model Keras cannot rebuild ({text[:300]})",
-            "register the class with keras.saving.register_keras_serializable, or rebuild the model from standard layers",
+            f"{path.name}: uses {what}",
+            "pass --plugin FILE.py that defines the class with @keras.saving.register_keras_serializable (and its "
+            "handler, edgeprune.register_handler, to prune it), or rebuild the model from standard layers",
         )
     return BadInput(f"could not load {path.name}: {type(exc).__name__}: {text[:400]}", "check that the file is a Keras model")

@@ -44,6 +44,7 @@ class ModelOptions:
     path: Optional[Path] = None  # None: the bundled example
     input_shape: Optional[tuple[int, ...]] = None  # fixes a variable-length input (batch first, batch 1)
     input_range: tuple[float, float] = (0.0, 1.0)
+    plugins: list = field(default_factory=list)  # --plugin files: the user's layers and handlers (pipeline/data/plugins.py)
 
 
 @dataclass

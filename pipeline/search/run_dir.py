@@ -66,7 +66,8 @@ def fingerprint(ctx) -> dict:
           "compensate": engine.compensate,
           **({"allocation": engine.allocation} if engine.allocation != "uniform" else {}),
           "step": round(float(c.search.step), 6), "seed": c.prune.seed, "input_range": [float(v) for v in c.model.input_range],
-          **({"input_shape": list(c.model.input_shape)} if c.model.input_shape else {})}
+          **({"input_shape": list(c.model.input_shape)} if c.model.input_shape else {}),
+          **({"plugins": dict(ctx.plugins)} if ctx.plugins else {})}  # only then: older run dirs keep theirs
     obj = engine.objective
     if obj is not None and not obj.is_size:  # only then: size runs keep their fingerprint
         fp["objective"] = {"name": obj.name, "weights": {k: round(v, 6) for k, v in obj.weights.items()}}

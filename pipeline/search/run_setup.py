@@ -162,6 +162,7 @@ class RunContext:
     # load()
     model: Any = None
     model_sha: str = ""
+    plugins: dict = field(default_factory=dict)  # {file name: sha256} of the --plugin files imported
     data: Any = None  # the evaluation split (pipeline.data.eval_data.EvalData)
     calibration: Any = None  # the held-out calibration inputs (None: synthetic)
     split: Optional[dict] = None
@@ -344,7 +345,10 @@ def load_train_data(ctx: RunContext) -> None:
 def _load_model(ctx: RunContext) -> None:
     from edgeprune.pipeline.data.loading import load_model
 
+    from edgeprune.pipeline.data.plugins import load_plugins, plugin_paths
+
     c = ctx.config
+    ctx.plugins = load_plugins(plugin_paths(c.model.plugins))  # the user's layers and handlers, first
     ctx.emit("status", text=f"loading {ctx.model_path.name}")
     ctx.model = load_model(ctx.model_path)
     if c.model.input_shape:
