@@ -192,7 +192,7 @@ class Recovery:
         write_bytes_atomic(run_dir / files["trained"], trained.weights)
         plan.trained = {"file": files["trained"], "sha256": trained.sha256, "epochs": trained.epochs,
                         "samples": trained.samples, "loss": trained.loss_per_epoch[-1],
-                        "method": "distillation from the original model (pipeline/recover.py)",
+                        "method": "distillation from the original model (pipeline/prune/recover.py)",
                         **{k: v for k, v in recover.to_dict().items() if k != "epochs"}}
         return dict(trained.to_dict(), file=files["trained"], untrained_fidelity=made.untrained_fr,
                     targets=self.trainset.kind, **{k: v for k, v in recover.to_dict().items() if k not in ("epochs",)})
@@ -281,7 +281,7 @@ class HostPhase:
             self.lookahead.close()  # what a worker converted past the stop is discarded
         if self.fixed:
             self.ctx.notes.append(f"--rate: only the rates given were built and judged ({len(self.rates) - 1}); "
-                                  f"{self.plans_cached} plan(s) replayed from the work cache (pipeline/work_cache.py)")
+                                  f"{self.plans_cached} plan(s) replayed from the work cache (pipeline/search/work_cache.py)")
 
     def stop_reason(self) -> dict:
         last = self.candidates[-1]
