@@ -209,7 +209,7 @@ def _explain(path: Path, exc: Exception) -> BadInput:
         cls = re.search(r"Could not locate class '([^']+)'", str(exc))
         reg = re.search(r"'registered_name': '([^']+)'", str(exc)[cls.end():] if cls else "")
         what = (f"layer class {cls.group(1)!r}" + (f" (registered as {reg.group(1)!r})" if reg else "")
-                + ", a custom class Keras cannot rebuild without its code") if cls else \
+                + ", a custom or subclassed class Keras cannot rebuild without its code") if cls else \
             f"a custom or subclassed layer/model Keras cannot rebuild ({text[:300]})"
         return UnsupportedModel(
             f"{path.name}: uses {what}",
