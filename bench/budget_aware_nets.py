@@ -145,8 +145,25 @@ def main(argv=None) -> int:
     ap.add_argument("--variants", default="size,auto,latency")
     ap.add_argument("--keep", type=Path)
     ap.add_argument("--render", action="store_true")
+    ap.add_argument("--trajectory", type=Path, help="kept folder (--keep): add each row's candidates (rate, widths, "
+                    "skip reason, fidelity) to its row file; a run that did not finish (no report.json) gets an "
+                    "'interrupted' row from its candidates")
     args = ap.parse_args(argv)
     rows_dir = RESULTS / "budget_aware_nets.rows"
+    if args.trajectory is not None:
+        for net in args.nets.split(","):
+            for row in args.rows.split(","):
+                for v in args.variants.split(","):
+                    d = args.trajectory / net / row / v
+                    if not (d / "run.json").is_file():
+                        continue
+                    f = rows_dir / f"{net}-{row}-{v}.json"
+                    r = json.loads(f.read_text()) if f.is_file() else {
+                        "net": net, "row": row, "variant": v, "exit": None, "seconds": None, "interrupted": True,
+                        "reasons": ["run stopped by the bench (the session's deadline) before it finished"]}
+                    r["trajectory"] = trajectory(d)
+                    f.write_text(json.dumps(r, indent=1) + "\n")
+        return 0
     if args.render:
         rows = [json.loads(p.read_text()) for p in sorted(rows_dir.glob("*.json"))]
         write("budget_aware_nets", {"machine": machine(), "rows": rows}, render(rows))
@@ -184,6 +201,21 @@ def main(argv=None) -> int:
     return 0
 
 
+def trajectory(d: Path) -> list:
+    """The run's candidates in order: rate, widths, .tflite size, and either the reason it was not
+    converted (predicted over a budget) or its agreement on the evaluation split."""
+    out = []
+    for p in sorted(d.glob("cand-*-rate*.json")):
+        if p.name.endswith((".plan.json", ".failed.json")):
+            continue
+        c = json.loads(p.read_text())
+        fid = c.get("fidelity")
+        out.append({"rate": c.get("rate"), "widths": {k: w[1] for k, w in (c.get("widths") or {}).items()},
+                    "size_bytes": c.get("size_bytes"), "skipped": c.get("skipped"),
+                    "fidelity": fid.get("score") if isinstance(fid, dict) else fid})
+    return out
+
+
 def render(rows: list) -> str:
     lines = ["# Budget-aware allocation on compute-bound nets (issue 22)", "",
              "`python bench/budget_aware_nets.py`: see the script's docstring. Fashion-MNIST, nets trained here "
@@ -192,6 +224,9 @@ def render(rows: list) -> str:
              "| net | budget | objective | exit | rate | .tflite | RAM | latency p50 | agreement eval | agreement unseen | time |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
+        if r.get("interrupted"):
+            lines.append(f"| {r['net']} | {r['row']} | {r['variant']} | not finished | - | - | - | - | - | - | - |")
+            continue
         b = (f"RAM {r['budgets']['ram']:,} B (50 % of arena {r['unpruned']['arena_bytes']:,} B + 16 KiB)"
              if r["row"] == "ram50" else
              f"latency {r['budgets']['latency']:.4g} ms (40 % of p50 {r['unpruned']['local_p50_ms']:.4g} ms)")
@@ -204,8 +239,21 @@ def render(rows: list) -> str:
                      f"{lat} | {r['agreement_eval']:.4f} | {r['agreement_unseen']:.4f} | {r['seconds']:.0f} s |")
     lines += ["", "Commands and reasons:", ""]
     for r in rows:
+        if r.get("interrupted"):
+            lines.append(f"- {r['net']} {r['row']} {r['variant']}: " + "; ".join(r["reasons"]))
+            continue
         lines.append(f"- {r['net']} {r['row']} {r['variant']}: `{r['command']}`" +
                      (f"; exit {r['exit']}: " + "; ".join(r.get("reasons") or []) if r["exit"] != 0 else ""))
+    for r in rows:
+        if not r.get("trajectory"):
+            continue
+        lines += ["", f"Candidates of {r['net']} {r['row']} `--objective {r['variant']}` (rate, widths of the "
+                  "pointwise/stem layers, .tflite, predicted-over-budget skip or agreement on the evaluation split):", "",
+                  "| rate | widths | .tflite | skipped / agreement |", "|---|---|---|---|"]
+        for c in r["trajectory"]:
+            w = " ".join(f"{k}={v}" for k, v in c["widths"].items() if k != "logits")
+            what = (c["skipped"] or "") if c.get("skipped") else ("-" if c.get("fidelity") is None else f"{c['fidelity']:.4f}")
+            lines.append(f"| {c['rate']:.2f} | {w} | " + (f"{c['size_bytes']:,} B" if c.get("size_bytes") else "-") + f" | {what} |")
     return "\n".join(lines) + "\n"
 
 
