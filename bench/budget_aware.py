@@ -159,13 +159,14 @@ def main(argv=None) -> int:
         return 0
     if args.render:
         rows = [json.loads(p.read_text()) for p in sorted(rows_dir.glob("*.json"))]
-        order = {"ram35": 0, "ram50": 1}
+        order = {"ram35": 0, "ram50": 1, "ram40kB": 2}
         vorder = {"uniform": 0, "size": 1, "size-np": 2, "auto": 3, "ram": 4}
         rows.sort(key=lambda r: (order.get(r["budget"], 9), vorder.get(r["variant"], 9)))
         budgets = {}
         for r in rows:
             if r.get("unpruned_arena_bytes"):
-                b = 35_000 if r["ram_budget"] == "35kB" else int(r["ram_budget"])
+                rb = str(r["ram_budget"])
+                b = int(float(rb[:-2]) * 1000) if rb.endswith("kB") else int(rb)
                 budgets[r["budget"]] = (r["unpruned_arena_bytes"], b)
         payload = {"machine": machine(), "rows": rows, "unseen": "Fashion-MNIST test images 5000-9999",
                    "budgets": {k: {"unpruned_arena_bytes": a, "ram_budget_bytes": b} for k, (a, b) in budgets.items()}}
@@ -190,6 +191,8 @@ def main(argv=None) -> int:
                 a = None
                 if name == "ram35":
                     budget = "35kB"
+                elif name.endswith("kB"):  # e.g. ram40kB: --ram-budget 40kB
+                    budget = name[3:]
                 else:  # 50 % of the unpruned arena (measured) + the profile's 16 KiB runtime RAM
                     a = ARENA0 if ARENA0 else None
                     budget = 16 * 1024 + a // 2
@@ -388,7 +391,7 @@ def render(p: dict) -> str:
             lines.append(f"- `{k}`: unpruned arena {v['unpruned_arena_bytes']:,} B measured; RAM budget = 16,384 B runtime "
                          f"+ 50 % of the arena = {v['ram_budget_bytes']:,} B")
         else:
-            lines.append(f"- `{k}`: `--ram-budget 35kB` (35,000 B); the unpruned arena measured {v['unpruned_arena_bytes']:,} B "
+            lines.append(f"- `{k}`: `--ram-budget {k[3:] if k.endswith('kB') else '35kB'}` ({v['ram_budget_bytes']:,} B); the unpruned arena measured {v['unpruned_arena_bytes']:,} B "
                          f"(+ 16,384 B runtime = {v['unpruned_arena_bytes'] + 16384:,} B)")
     lines += ["", "| RAM budget | allocation / objective | exit | rate (of what) | .tflite | RAM | latency p50 | agreement eval | agreement unseen | widths conv1/conv2/fc1 | time |",
               "|---|---|---|---|---|---|---|---|---|---|---|"]
