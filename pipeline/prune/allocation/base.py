@@ -54,6 +54,16 @@ def removed_params(graph, state, original_prunable: int) -> float:
     return 1.0 - prunable_params(graph, state) / original_prunable
 
 
+def set_refit(trial, name: str, new) -> None:
+    """A trial state takes a consumer's refitted kernel (and bias) and records it as refitted."""
+    trial.weights[name][0] = new[0]
+    if len(new) > 1:
+        trial.weights[name][1] = new[1]
+    if getattr(trial, "refitted", None) is None:
+        trial.refitted = set()
+    trial.refitted.add(name)
+
+
 def min_width(size: int, min_keep: float) -> int:
     """Never zero: at least one channel, and at least ``min_keep`` of the original width."""
     return int(max(1, int(np.ceil(min_keep * size - 1e-9))))

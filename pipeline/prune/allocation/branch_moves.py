@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgeprune.pipeline.prune.allocation.base import prunable_params
+from edgeprune.pipeline.prune.allocation.base import prunable_params, set_refit
 from edgeprune.pipeline.prune.branches import branch_energy, find_branches, remove_branch, touched_consumers
 from edgeprune.pipeline.prune.calib import layer_inputs, output_loss, outputs
 
@@ -39,13 +39,7 @@ def branch_trial(alloc, pruner, state, model, x_fit, xs, refs, base: float, p_no
             if not refittable(graph, name):
                 continue
             x_p = layer_inputs(tmodel, [name], x_fit)[name]
-            new = comp.fit_layer(name, trial, x_p)
-            trial.weights[name][0] = new[0]
-            if len(new) > 1:
-                trial.weights[name][1] = new[1]
-            if getattr(trial, "refitted", None) is None:
-                trial.refitted = set()
-            trial.refitted.add(name)
+            set_refit(trial, name, comp.fit_layer(name, trial, x_p))
             tmodel.get_layer(name).set_weights(trial.weights[name])
     loss = output_loss(outputs(tmodel, xs), refs)
     alloc.trials += 1

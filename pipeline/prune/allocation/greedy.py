@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from edgeprune.pipeline.prune.allocation.base import Allocation, min_width, prunable_params
+from edgeprune.pipeline.prune.allocation.base import Allocation, min_width, prunable_params, set_refit
 from edgeprune.pipeline.prune.calib import batch_moments, layer_inputs, layer_inputs_and_outputs, output_loss, outputs
 from edgeprune.pipeline.prune.graph import layout_indices
 
@@ -132,13 +132,7 @@ class GlobalGreedy(Allocation):
                     continue
                 ref = next(r for r in g.refs if r.role == "consumer" and r.layer == name)
                 idx = layout_indices(ref.layout, state.sizes, {g.id: keep_local})
-                new = comp.fit_layer(name, trial, np.take(self._acts[name], idx, axis=-1))
-                trial.weights[name][0] = new[0]
-                if len(new) > 1:
-                    trial.weights[name][1] = new[1]
-                if getattr(trial, "refitted", None) is None:
-                    trial.refitted = set()
-                trial.refitted.add(name)
+                set_refit(trial, name, comp.fit_layer(name, trial, np.take(self._acts[name], idx, axis=-1)))
                 refit.append(name)
         return sel, trial, keep_local, refit
 
