@@ -20,6 +20,7 @@ test images 0-999), widths, wall time.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -29,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
 
-from _common import fashion_mnist, machine, write  # noqa: E402
+from _common import code_version, fashion_mnist, machine, write  # noqa: E402
 
 UNSEEN = slice(5000, 10000)
 ARENA0 = 36_640  # the unpruned example's TFLite-Micro arena, measured by the ram35 rows (unpruned_arena_bytes)
@@ -123,6 +124,8 @@ def main(argv=None) -> int:
     ap.add_argument("--latency-error", type=Path, help="kept run folder: the local latency model's build time and "
                     "error against every converted candidate measured on the local device")
     ap.add_argument("--keep", type=Path, help="keep the run directories under this folder (default: a temporary one)")
+    ap.add_argument("--tag", default="", help="suffix of the rows' file names and labels (e.g. -ramonly: a row of "
+                    "another version of the code next to the row of before)")
     args = ap.parse_args(argv)
     import json
 
@@ -159,9 +162,9 @@ def main(argv=None) -> int:
         return 0
     if args.render:
         rows = [json.loads(p.read_text()) for p in sorted(rows_dir.glob("*.json"))]
-        order = {"ram35": 0, "ram50": 1, "ram40kB": 2}
+        order = {"ram35": 0, "ram50": 1, "ram40kB": 2, "ram30kB": 3}
         vorder = {"uniform": 0, "size": 1, "size-np": 2, "auto": 3, "ram": 4}
-        rows.sort(key=lambda r: (order.get(r["budget"], 9), vorder.get(r["variant"], 9)))
+        rows.sort(key=lambda r: (order.get(r["budget"], 9), vorder.get(r["variant"], 9), r.get("tag") or ""))
         budgets = {}
         for r in rows:
             if r.get("unpruned_arena_bytes"):
@@ -196,12 +199,14 @@ def main(argv=None) -> int:
                 else:  # 50 % of the unpruned arena (measured) + the profile's 16 KiB runtime RAM
                     a = ARENA0 if ARENA0 else None
                     budget = 16 * 1024 + a // 2
-                out = tmp / name / v
-                print(f"row {name} {v} (RAM budget {budget})", flush=True)
+                out = tmp / name / (v + args.tag)
+                print(f"row {name} {v}{args.tag} (RAM budget {budget})", flush=True)
+                load0 = os.getloadavg()[0]
                 row = one_row(name, budget, v, out, x_unseen, km)
                 row["unpruned_arena_bytes"] = a if a else arena0(out)
+                row.update(tag=args.tag, code=code_version(), load=[round(load0, 2), round(os.getloadavg()[0], 2)])
                 rows.append(row)
-                (rows_dir / f"{name}-{v}.json").write_text(json.dumps(row, indent=1) + "\n")
+                (rows_dir / f"{name}-{v}{args.tag}.json").write_text(json.dumps(row, indent=1) + "\n")
                 row["command"] = command_of(name, budget, v)
                 print("   ", {k: row.get(k) for k in ("exit", "rate", "size_bytes", "ram_bytes",
                                                      "agreement_eval", "agreement_unseen")}, flush=True)
@@ -376,7 +381,14 @@ def lat(r) -> str:
 
 
 def secs(r) -> str:
-    return f"{r['seconds']:.0f} s" if r.get("seconds") is not None else "n/a"
+    if r.get("seconds") is None:
+        return "n/a"
+    return f"{r['seconds']:.0f} s" + (f" (load {r['load'][0]:.1f}-{r['load'][1]:.1f})" if r.get("load") else "")
+
+
+def vl(r) -> str:
+    """A row's variant and tag (the tag names another version of the code)."""
+    return r["variant"] + (r.get("tag") or "")
 
 
 def render(p: dict) -> str:
@@ -400,7 +412,8 @@ def render(p: dict) -> str:
         what = "channels" if r["variant"] == "uniform" else (
             "peak act. + params" if "peak" in rm and "parameters" in rm else "params" if "parameters" in rm else "peak act.")
         var = ("--allocation uniform" if r["variant"] == "uniform" else "global, --objective size --no-predict"
-               if r["variant"] == "size-np" else f"global, --objective {r['variant']}")
+               if r["variant"] == "size-np" else f"global, --objective {r['variant']}") + (
+            f" [{r['tag']}, code {r.get('code')}]" if r.get("tag") else "")
         if r.get("rate") is None:
             lines.append(f"| {r['ram_budget']} | {var} | {r['exit']} | - | - | - | - | - | - | - | {secs(r)} |")
             continue
@@ -410,17 +423,17 @@ def render(p: dict) -> str:
                      f"{w.get('conv1')}/{w.get('conv2')}/{w.get('fc1')} | {secs(r)} |")
     lines += ["", "Commands (one run per row; the bundled example and its images, so no --model or --data):", ""]
     for r in p["rows"]:
-        lines.append(f"- {r['budget']} {r['variant']}: `{r.get('command') or command_of(r['budget'], r['ram_budget'], r['variant'])}`")
+        lines.append(f"- {r['budget']} {vl(r)}: `{r.get('command') or command_of(r['budget'], r['ram_budget'], r['variant'])}`")
     lines += ["", "Reasons of the rows that exit 3:", ""]
     for r in p["rows"]:
         if r["exit"] != 0:
-            lines.append(f"- {r['budget']} {r['variant']}: " + "; ".join(r.get("reasons") or []))
+            lines.append(f"- {r['budget']} {vl(r)}: " + "; ".join(r.get("reasons") or []))
     lines += ["", "What each row's rate measures (report.json `settings.objective.rate_measures`):", ""]
     for r in p["rows"]:
-        lines.append(f"- {r['variant']}: {r['rate_measures']}")
+        lines.append(f"- {r['budget']} {vl(r)}: {r['rate_measures']}")
     for r in p["rows"]:
         if r.get("layers"):
-            lines += ["", f"Chosen model per layer, `{r['variant']}` (report.json `chosen.layers`):", "",
+            lines += ["", f"Chosen model per layer, {r['budget']} `{vl(r)}` (report.json `chosen.layers`):", "",
                       "| layer | width before | width | params | MACs | latency share | activation |", "|---|---|---|---|---|---|---|"]
             for x in r["layers"]:
                 lines.append(f"| {x['layer']} | {x.get('width_before')} | {x.get('width')} | {x['params']:,} | {x['macs']:,} | "

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -28,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
 
-from _common import CACHE, RESULTS, fashion_mnist, machine, write  # noqa: E402
+from _common import CACHE, RESULTS, code_version, fashion_mnist, machine, write  # noqa: E402
 
 UNSEEN = slice(5000, 10000)
 TRAIN_N = 20000
@@ -145,6 +146,8 @@ def main(argv=None) -> int:
     ap.add_argument("--variants", default="size,auto,latency")
     ap.add_argument("--keep", type=Path)
     ap.add_argument("--render", action="store_true")
+    ap.add_argument("--tag", default="", help="suffix of the rows' file names and labels (e.g. -ramonly: a row of "
+                    "another version of the code next to the row of before)")
     ap.add_argument("--trajectory", type=Path, help="kept folder (--keep): add each row's candidates (rate, widths, "
                     "skip reason, fidelity) to its row file; a run that did not finish (no report.json) gets an "
                     "'interrupted' row from its candidates")
@@ -154,10 +157,10 @@ def main(argv=None) -> int:
         for net in args.nets.split(","):
             for row in args.rows.split(","):
                 for v in args.variants.split(","):
-                    d = args.trajectory / net / row / v
+                    d = args.trajectory / net / row / (v + args.tag)
                     if not (d / "run.json").is_file():
                         continue
-                    f = rows_dir / f"{net}-{row}-{v}.json"
+                    f = rows_dir / f"{net}-{row}-{v}{args.tag}.json"
                     r = json.loads(f.read_text()) if f.is_file() else {
                         "net": net, "row": row, "variant": v, "exit": None, "seconds": None, "interrupted": True,
                         "reasons": ["run stopped by the bench (the session's deadline) before it finished"]}
@@ -193,9 +196,12 @@ def main(argv=None) -> int:
                 for v in args.variants.split(","):
                     if row == "ram50" and v == "latency":
                         continue
-                    r = one_row(net, row, v, model_path, data_path, budgets, tmp / net / row / v, xte[UNSEEN], km)
-                    r.update(unpruned=u, budgets=budgets, test_accuracy=acc, train_s=train_s)
-                    (rows_dir / f"{net}-{row}-{v}.json").write_text(json.dumps(r, indent=1) + "\n")
+                    load0 = os.getloadavg()[0]
+                    r = one_row(net, row, v, model_path, data_path, budgets, tmp / net / row / (v + args.tag),
+                                xte[UNSEEN], km)
+                    r.update(unpruned=u, budgets=budgets, test_accuracy=acc, train_s=train_s, tag=args.tag,
+                             code=code_version(), load=[round(load0, 2), round(os.getloadavg()[0], 2)])
+                    (rows_dir / f"{net}-{row}-{v}{args.tag}.json").write_text(json.dumps(r, indent=1) + "\n")
                     print("   ", row, v, {k: r.get(k) for k in ("exit", "rate", "size_bytes", "ram_bytes", "latency_ms",
                                                                "agreement_eval", "agreement_unseen", "seconds")}, flush=True)
     return 0
@@ -216,6 +222,18 @@ def trajectory(d: Path) -> list:
     return out
 
 
+def vl(r) -> str:
+    """A row's objective and tag (the tag names another version of the code)."""
+    return r["variant"] + (f" [{r['tag'][1:] if r['tag'].startswith('-') else r['tag']}, code {r.get('code')}]"
+                           if r.get("tag") else "")
+
+
+def secs(r) -> str:
+    if r.get("seconds") is None:
+        return "n/a"
+    return f"{r['seconds']:.0f} s" + (f" (load {r['load'][0]:.1f}-{r['load'][1]:.1f})" if r.get("load") else "")
+
+
 def render(rows: list) -> str:
     lines = ["# Budget-aware allocation on compute-bound nets (issue 22)", "",
              "`python bench/budget_aware_nets.py`: see the script's docstring. Fashion-MNIST, nets trained here "
@@ -225,31 +243,31 @@ def render(rows: list) -> str:
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if r.get("interrupted"):
-            lines.append(f"| {r['net']} | {r['row']} | {r['variant']} | not finished | - | - | - | - | - | - | - |")
+            lines.append(f"| {r['net']} | {r['row']} | {vl(r)} | not finished | - | - | - | - | - | - | - |")
             continue
         b = (f"RAM {r['budgets']['ram']:,} B (50 % of arena {r['unpruned']['arena_bytes']:,} B + 16 KiB)"
              if r["row"] == "ram50" else
              f"latency {r['budgets']['latency']:.4g} ms (40 % of p50 {r['unpruned']['local_p50_ms']:.4g} ms)")
         if r.get("rate") is None:
-            lines.append(f"| {r['net']} | {b} | {r['variant']} | {r['exit']} | - | - | - | - | - | - | {r['seconds']:.0f} s |")
+            lines.append(f"| {r['net']} | {b} | {vl(r)} | {r['exit']} | - | - | - | - | - | - | {secs(r)} |")
             continue
         lat = "n/a" if r.get("latency_ms") is None else f"{r['latency_ms']:.4g} ms" + (" (est.)" if r.get("latency_is_estimate") else "")
         ram = "n/a" if r.get("ram_bytes") is None else f"{r['ram_bytes']:,} B"
-        lines.append(f"| {r['net']} | {b} | {r['variant']} | {r['exit']} | {r['rate']:.2f} | {r['size_bytes']:,} B | {ram} | "
-                     f"{lat} | {r['agreement_eval']:.4f} | {r['agreement_unseen']:.4f} | {r['seconds']:.0f} s |")
+        lines.append(f"| {r['net']} | {b} | {vl(r)} | {r['exit']} | {r['rate']:.2f} | {r['size_bytes']:,} B | {ram} | "
+                     f"{lat} | {r['agreement_eval']:.4f} | {r['agreement_unseen']:.4f} | {secs(r)} |")
     lines += ["", "Commands and reasons:", ""]
     for r in rows:
         if r.get("interrupted"):
-            lines.append(f"- {r['net']} {r['row']} {r['variant']}: " + "; ".join(r["reasons"]))
+            lines.append(f"- {r['net']} {r['row']} {vl(r)}: " + "; ".join(r["reasons"]))
             continue
-        lines.append(f"- {r['net']} {r['row']} {r['variant']}: `{r['command']}`" +
+        lines.append(f"- {r['net']} {r['row']} {vl(r)}: `{r['command']}`" +
                      (f"; exit {r['exit']}: " + "; ".join(r.get("reasons") or []) if r["exit"] != 0 else ""))
     if any(r["net"] == "mobilenet" for r in rows):
         lines += ["", MOBILENET_READING]
     for r in rows:
         if not r.get("trajectory"):
             continue
-        lines += ["", f"Candidates of {r['net']} {r['row']} `--objective {r['variant']}` (rate, widths of the "
+        lines += ["", f"Candidates of {r['net']} {r['row']} `--objective {vl(r)}` (rate, widths of the "
                   "pointwise/stem layers, .tflite, predicted-over-budget skip or agreement on the evaluation split):", "",
                   "| rate | widths | .tflite | skipped / agreement |", "|---|---|---|---|"]
         for c in r["trajectory"]:
