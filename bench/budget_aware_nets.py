@@ -13,7 +13,12 @@ The run's data: Fashion-MNIST test images 0-999 (800 evaluation, 200 calibration
 example); ``unseen``: agreement of the chosen .tflite with the Keras model on test images
 5000-9999.
 
-    python bench/budget_aware_nets.py [--nets dscnn,mobilenet] [--rows ram50,lat40] [--keep DIR]
+    python bench/budget_aware_nets.py [--nets dscnn,mobilenet] [--rows ram50,lat40]
+                                      [--variants size,auto,latency,ram] [--tag=-SUFFIX] [--keep DIR]
+
+``--tag`` suffixes the rows' files and labels (a row of another version of the code next to the
+row of before); each row records the git commit of the code it ran and the load average.
+``--trajectory KEPT`` adds each kept run's candidates to its row; ``--render`` rebuilds the .md/.json.
 """
 from __future__ import annotations
 
@@ -238,7 +243,12 @@ def render(rows: list) -> str:
     lines = ["# Budget-aware allocation on compute-bound nets (issue 22)", "",
              "`python bench/budget_aware_nets.py`: see the script's docstring. Fashion-MNIST, nets trained here "
              f"(seeded, {EPOCHS} epochs on {TRAIN_N:,} training images); the run's data: test images 0-999; "
-             "`unseen`: test images 5000-9999. Machine loaded (2 cores shared by five sessions).", "",
+             "`unseen`: test images 5000-9999. Machine loaded (2 cores shared by five sessions).", ""]
+    if any(r.get("tag") for r in rows):
+        lines += ["Rows tagged `[ramonly, code ...]` ran `auto` as it is now (while a budget is predicted missed only its "
+                  "resource drives the allocation); untagged `auto` rows ran the objective before commit 715fcf8 (RAM "
+                  "and parameters 0.5/0.5 while missed).", ""]
+    lines += [
              "| net | budget | objective | exit | rate | .tflite | RAM | latency p50 | agreement eval | agreement unseen | time |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -286,19 +296,28 @@ loaded machine), test accuracy 0.8428. Unpruned int8: 74,416 B, TFLite-Micro are
 The arena's peak is the 56 x 56 pair b1_dw output (stem width) + b1_pw output: to halve it, the
 stem and b1_pw must together keep about 22 of their 48 channels.
 
-- `--objective auto`: exit 3 (1,131 s). Its RAM term drove stem 16 -> 8 and b1_pw 32 -> 18 by
-  rate 0.50 (predicted RAM 111 kB, still over), while its parameter term (weight 0.5, the file
-  always counts while a budget is missed) narrowed b3-b8 at the same time (b7_pw 96 -> 30 at 0.50).
-  The first candidate predicted within the RAM budget's margin, rate 0.60 (stem 8, b1_pw 16,
-  b3_pw 20, b4_pw 24), measured 0.8088 agreement: the fidelity stop. No candidate met the budget
-  at >= 0.95. The fidelity spent on the late layers' parameters does nothing for the RAM budget:
-  the objective's design (`auto` pays for the missed resource AND the parameters until the budget
-  is met, pipeline/allocation/objective.py) is what this row shows failing; RAM-only until met
-  (then parameters) is the untested alternative (`--objective ram` was not run: no time left).
+- `--objective auto` (before commit 715fcf8; an earlier session): exit 3 (1,131 s). Its RAM term
+  drove stem 16 -> 8 and b1_pw 32 -> 18 by rate 0.50 (predicted RAM 111 kB, still over), while
+  its parameter term (weight 0.5 while the budget was missed) narrowed b3-b8 at the same time
+  (b7_pw 96 -> 30 at 0.50). The first candidate predicted within the RAM budget's margin, rate
+  0.60 (stem 8, b1_pw 16, b3_pw 20, b4_pw 24), measured 0.8088 agreement: the fidelity stop.
+- `--objective ram` (this session, 812 s, load 6-12; same net: test accuracy 0.8428 and arena
+  163,408 B again after retraining from the seed): exit 3. It is NOT RAM-only: a chunk's saving is
+  its RAM fraction plus 1.0 x its parameter fraction (objective.py `TIE`), the old `auto`'s
+  balance; b8_pw 96 -> 21 by rate 0.20 while the stem was still 14. First candidate within the
+  budget, rate 0.50 (stem 8, b1_pw 16, b3_pw 18, b8_pw 9): 0.7475, below the old `auto`.
+- `--objective auto` of commit 715fcf8 (`auto [ramonly]`; this session, 360 s, load 6-12): while
+  the RAM budget is predicted missed only the RAM drives. Stem 16 -> 7 and b1_pw 32 -> 17 by
+  rate 0.25 with b2 and b4-b8 whole (b3_pw 48 -> 44): the first candidate within the budget,
+  rate 0.25 (71,336 B), measured 0.8775 agreement: exit 3, the fidelity stop. The highest
+  agreement of the four at the first candidate within the budget (old `auto` 0.8088, `ram`
+  0.7475, `size` none within it), but still far under 0.95: halving the two 56 x 56 tensors
+  costs this net 11 % of its agreement with no retraining, whatever else the allocation does.
 - `--objective size`: see its row: the parameter-driven allocation narrows b7/b8 first and
   leaves the 56 x 56 layers whole.
-- So on this net neither objective meets the 50 %-arena budget without retraining; this is not
-  the second budget where the resource-driven objective exits 0 and the parameter-driven one 3.
+- So on this net no objective meets the 50 %-arena budget without retraining; it is not a
+  budget where the resource-driven objective exits 0 and the parameter-driven one exits 3. The
+  second such budget is the example's 40 kB (bench/budget_aware.md).
 - `lat40` (local device, `--latency-budget` 0.09404 ms = 40 % of 0.235 ms) was NOT run: each
   MobileNet run costs ~1 min per 0.05 rate step on the loaded machine (~19 min per row)."""
 

@@ -174,7 +174,7 @@ class _Calibrated:
 def test_auto_pays_for_ram_until_the_target_is_met_then_per_parameter(setup):
     """auto (constraint-driven): while the predicted arena (peak activation memory + the overhead
     measured on the unpruned model, 8 B less per channel removed) is over the RAM target the
-    chunks pay in the weighted RAM + parameters; once it is met, per parameter only (the RAM
+    chunks pay in RAM (the parameters only break ties); once it is met, per parameter only (the RAM
     term is clipped at the target), so at the same rate the file is smaller than with the
     weighted objective that keeps paying for RAM, and the arena still meets the target."""
     from edgeprune.pipeline.prune.allocation.objective import TARGET_MARGIN
