@@ -501,8 +501,9 @@ the ram30kB rows on). `size` and `uniform` do not depend on that change.
   0.05-0.10). Not the prune-ahead gap noted in objective.py: a CLI run of this session with
   `--jobs 1` (`edgeprune run --device nrf52840 --ram-budget 40kB --jobs 1`, not a bench row)
   made the same widths at every rate to 0.30 and the same answer (rate 0.55, 229,272 B,
-  0.96125). fc1's channels each carry 8 B of the predicted arena (the per-channel overhead)
-  and, refitted, cost almost no loss: the RAM-only saving ranks them first; at 0.20-0.30 the
+  0.96125). Likely (inferred, the greedy's chunk log is not kept): fc1's channels each carry 8 B
+  of the predicted arena (the per-channel overhead) and, refitted, cost almost no loss at rate 0,
+  so the RAM-only saving still ranks them first; at 0.20-0.30 the
   new one narrowed conv1 (29 -> 18) and conv2 by 2 (fc1 stayed 200), the old one conv1 29 -> 25,
   conv2 64 -> 52 and fc1 200 -> 184.
 - Where the change is worse: at 40 kB its 0.60 candidate (18/34/72, 133,848 B) measured 0.9425,
