@@ -24,15 +24,9 @@ predicted to meet the budget (its *target*: RAM, the budget less the runtime RAM
 plus the overhead measured on the unpruned model, 8 B less per output channel removed;
 latency, the budget less the margin). The value the rate measures is the weighted fraction of
 the resources with each missed resource's fraction clipped at its target, and a chunk's
-saving is the (smooth) value it removes: while a budget is missed, that resource's fraction
-only (the parameters count :data:`MISS_PARAMS` of their weight, so a chunk that removes none of
-the missed resource, e.g. a Dense layer under a RAM budget, is taken only when no chunk can
-remove any: fidelity is not spent on the file while the budget is still missed; measured in
-bench/budget_aware.md and budget_aware_nets.md against the 0.5/0.5 weighting of before: better
-at 35 kB on the example, a larger file at 40 kB, a higher agreement at the first candidate within
-the MobileNet-style net's RAM budget, though still under 0.95); once every target is met, the
-parameters only (the search keeps shrinking the file at the fidelity it can still afford). A missed flash budget
-(``size`` in the missed budgets) drives with its own weight throughout. Without a target for
+saving is the (smooth) value it removes: while a budget is missed, the weighted fraction of
+that resource and of the parameters; once every target is met, the parameters only (the
+search keeps shrinking the file at the fidelity it can still afford). Without a target for
 every missed budget (the RAM overhead not measured: ``--no-predict``, float models) nothing is
 clipped: the weighted sum of before. The target exists once the run has calibrated its RAM predictor on
 candidate 0 (serially, before any pruning step; KNOWN GAP: an explicit ``--jobs N`` > 1 prunes
@@ -55,7 +49,6 @@ from edgeprune.errors import BadInput
 
 from edgeprune.pipeline.search.run_config import OBJECTIVES  # noqa: E402  (one list, checked before TensorFlow starts)
 TARGET_MARGIN = 0.02  # auto aims this fraction under a budget (the channel-aware arena prediction's error: <= 0.6 % on the example's uniform prunes, 3 % in tests/test_resources.py)
-MISS_PARAMS = 1e-3  # auto: the parameters' share of a chunk's saving while a missed budget is still predicted missed
 TIE = 1.0  # weight of the parameters saved in a chunk's saving, relative to the objective's resources
 
 RESOURCE_LABEL = {
@@ -140,18 +133,9 @@ class Objective:
 
     def driving_gain(self, res, trial, res0) -> float:
         """What a chunk from ``res`` to ``trial`` saves, as the greedy divides its loss by: the
-        (smooth) value it removes. With auto switching, while a missed budget is predicted missed
-        at ``res`` ONLY the missed resources drive (the parameters count :data:`MISS_PARAMS` of
-        their weight: a chunk that removes none of the missed resource is taken only when no
-        chunk can remove any); each met resource's fraction is clipped at its target, so once
-        every target is met only the parameters count."""
-        unmet = self.unmet(res, res0) if self.switching else []
-        if not unmet:
-            return self.value(res, res0, smooth=True) - self.value(trial, res0, smooth=True)
-        drive = set(unmet) | ({"size"} if "size" in self.missed else set())  # a missed flash budget drives too
-        return sum(w * (1.0 if r in drive else MISS_PARAMS if r == "size" else 0.0)
-                   * (self._frac(res, res0, r, True) - self._frac(trial, res0, r, True))
-                   for r, w in self.weights.items())
+        (smooth) value it removes; with auto switching, each met resource's fraction is clipped
+        at its target, so once every target is met only the parameters count."""
+        return self.value(res, res0, smooth=True) - self.value(trial, res0, smooth=True)
 
     def _frac(self, res, res0, r: str, smooth: bool) -> float:
         t = self.target(r)
@@ -184,8 +168,8 @@ class Objective:
         parts = ", ".join(f"{labels[r]} x {w:.2f}" for r, w in self.weights.items())
         out = f"weighted fraction removed of: {parts}"
         if self.requested == "auto":
-            out += ("; while a budget is predicted missed its resource alone drives the allocation, "
-                    "once it is predicted to meet the budget the parameters drive it")
+            out += ("; a missed budget's resource counts until it is predicted to meet the budget, "
+                    "then the parameters drive the allocation")
         return out
 
     @property
