@@ -416,9 +416,10 @@ def render(p: dict) -> str:
             lines.append(f"- `{k}`: `--ram-budget {k[3:] if k.endswith('kB') else '35kB'}` ({v['ram_budget_bytes']:,} B); the unpruned arena measured {v['unpruned_arena_bytes']:,} B "
                          f"(+ 16,384 B runtime = {v['unpruned_arena_bytes'] + 16384:,} B)")
     if any(r.get("tag") for r in p["rows"]):
-        lines += ["", "Rows tagged `[-ramonly, code ...]` ran `auto` as it is now (while a budget is predicted missed only "
-                  "its resource drives the allocation); untagged `auto` rows ran the objective before commit 715fcf8 "
-                  "(RAM and parameters 0.5/0.5 while missed). See the Reading."]
+        lines += ["", "Rows tagged `[-ramonly, code ...]` ran the experimental `auto` of commit 715fcf8 (while a budget is "
+                  "predicted missed only its resource drives the allocation; 31749e5 differs from it in a docstring only), "
+                  "reverted in ae25650; untagged `auto` rows ran `auto` "
+                  "as it is (RAM and parameters 0.5/0.5 while missed, the parameters after). See the Reading."]
     lines += ["", "| RAM budget | allocation / objective | exit | rate (of what) | .tflite | RAM | latency p50 | agreement eval | agreement unseen | widths conv1/conv2/fc1 | time |",
               "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in p["rows"]:
@@ -461,69 +462,62 @@ READING = """## Reading
 
 Which rows count toward the issue's "exits 0 on at least two budgets where the parameter-driven
 allocation exits 3": `ram35` (35,000 B) and `ram40kB` (40,000 B), two budgets 5 kB apart that bind
-at different widths (auto's conv1 13-14 at 35 kB, 18-19 at 40 kB). `ram50` (34,704 B) is 296 B
-below 35 kB and gives the same models: not counted. `ram30kB`: nothing meets it (below).
-Rows tagged `-ramonly` ran the objective of commit 715fcf8 (below); untagged `auto` rows ran the
-objective before it (commits up to 9eff99e: the ram35/ram50 rows of earlier sessions, the
-ram40kB rows of this session, which record no code field; the bench recorded code and load from
-the ram30kB rows on). `size` and `uniform` do not depend on that change.
+at different widths (auto's conv1 14 at 35 kB, 19 at 40 kB). `ram50` (34,704 B) is 296 B below
+35 kB: not counted as independent. `ram30kB`: nothing meets it (below).
+Untagged `auto` rows ran `auto` as it is on this branch (objective.py unchanged since 9eff99e;
+the ram35/ram50 rows of earlier sessions, the ram40kB/ram30kB rows of this session). Rows tagged
+`-ramonly` ran an experiment, commit 715fcf8, reverted in ae25650 (below). `size` and `uniform`
+do not depend on it. The bench records code and load per row from the `-ramonly` rows on.
 
 - `ram40kB` (this session, `--ram-budget 40kB`, load average 3-10): `--objective size` exit 3,
   every candidate from rate 0.05 on predicted over 40 kB (the parameter-driven widths do not
   depend on the budget: its smallest RAM, measured with `--no-predict` in the ram35 size-np row,
-  is 46.3 kB at rate 0.90). `--objective auto` (before 715fcf8) exit 0: rate 0.60, 139,576 B,
-  RAM 38,528 B, agreement 0.9525 eval / 0.9536 unseen, conv1/conv2/fc1 19/32/80.
-  `--objective auto` (715fcf8, `-ramonly`) exit 0: rate 0.55, 229,272 B, RAM 37,968 B, 0.96125
-  eval / 0.9594 unseen, 18/34/128. `--allocation uniform` exit 0: rate 0.55, 176,800 B, RAM
-  33,888 B, 0.95125 / 0.9530 (the same model as at 35 kB: uniform's 0.60 fell to 0.9475).
-  So 40 kB is the second budget where the resource-driven allocation exits 0 and the
-  parameter-driven one exits 3, with either version of `auto`.
-- `ram35`: `size` exit 3 (smallest RAM 46.3 kB at rate 0.90 with `--no-predict`); `auto` before
-  715fcf8: exit 0, rate 0.65, 173,368 B, RAM 33,760 B, 0.95125 / 0.9518, 14/34/96; `auto`
-  715fcf8 (`-ramonly`, this session, load 7.9-10.5): exit 0, rate 0.65, 163,320 B, RAM
-  32,752 B, 0.95625 eval / 0.9554 unseen, 13/32/96; `uniform`: 176,800 B, 0.95125 / 0.9530.
-  The issue's first must-show (exit 0, agreement >= 0.95, a smaller file than uniform's 177 kB)
-  is met by both, by 7.6 % of the file with 715fcf8 against 1.9 % before.
+  is 46.3 kB at rate 0.90). `--objective auto` exit 0: rate 0.60, 139,576 B, RAM 38,528 B,
+  agreement 0.9525 eval / 0.9536 unseen, conv1/conv2/fc1 19/32/80. `--allocation uniform` exit
+  0: rate 0.55, 176,800 B, RAM 33,888 B, 0.95125 / 0.9530 (the same model as at 35 kB: uniform's
+  0.60 fell to 0.9475). So 40 kB is the second budget where the resource-driven allocation exits
+  0 and the parameter-driven one exits 3, with a file 21 % smaller than uniform's.
+- `ram35`: `size` exit 3 (smallest RAM 46.3 kB at rate 0.90 with `--no-predict`); `auto` exit 0,
+  rate 0.65, 173,368 B, RAM 33,760 B, 0.95125 / 0.9518, 14/34/96 (1.9 % smaller than uniform's
+  176,800 B at the same eval agreement).
 - `ram30kB` (this session, load 7-9): nothing meets it. `uniform` exit 3 (candidates 0.05-0.55
   predicted over 30 kB, fidelity 0.9475 at 0.60); `size` exit 3 (every candidate predicted over);
-  `auto` 715fcf8 exit 3 (smallest RAM measured 32.6 kB at rate 0.50, fidelity 0.9475 at 0.55).
-  `auto` before 715fcf8 was not run at 30 kB.
-- The change (pipeline/prune/allocation/objective.py, commit 715fcf8): `auto` used to pay a
-  chunk 0.5 x the RAM fraction it removes + 0.5 x the parameter fraction while the RAM budget was
-  predicted missed (then the parameters only). Now, while a budget is predicted missed, only the
-  missed resource drives (the parameters count 1/1000 of their weight: a tie-break, and what
-  lets the greedy continue when no chunk can reduce the missed resource); the parameters drive
-  once it is predicted met. The rate still measures the weighted fraction (0.5 RAM clipped at
-  the target + 0.5 parameters), so the rates of the two versions are on the same axis. Why:
-  the MobileNet-style row (bench/budget_aware_nets.md), where the parameter half narrowed the
-  late layers while the arena was still over budget. On the example at 40 kB (both versions'
-  candidates kept) they are identical up to rate 0.15 (both narrowed fc1 256 -> 200 at
-  0.05-0.10). Not the prune-ahead gap noted in objective.py: a CLI run of this session with
-  `--jobs 1` (`edgeprune run --device nrf52840 --ram-budget 40kB --jobs 1`, not a bench row)
-  made the same widths at every rate to 0.30 and the same answer (rate 0.55, 229,272 B,
-  0.96125). Likely (inferred, the greedy's chunk log is not kept): fc1's channels each carry 8 B
-  of the predicted arena (the per-channel overhead) and, refitted, cost almost no loss at rate 0,
-  so the RAM-only saving still ranks them first; at 0.20-0.30 the
-  new one narrowed conv1 (29 -> 18) and conv2 by 2 (fc1 stayed 200), the old one conv1 29 -> 25,
-  conv2 64 -> 52 and fc1 200 -> 184.
-- Where the change is worse: at 40 kB its 0.60 candidate (18/34/72, 133,848 B) measured 0.9425,
-  the old one's 0.60 (19/32/80, 139,576 B) 0.9525: almost the same widths, 8 images of 800
-  apart, and the 0.05 rate grid then decides between a 140 kB and a 229 kB answer. One run per
-  row: that difference is within what the evaluation split resolves, not a measured property
-  of either objective. The plot (35 kB): within the budget the 715fcf8 curve lies above the old
-  one (0.97 at 34,720 B predicted against 0.96125 at 34,008 B; 0.95625 at 32,716 B against
-  0.95125 at 33,720 B), above it it does not everywhere (0.97125 at 36,238 B against 0.975 at
-  36,304 B).
+  `auto` exit 3 (load 4.9-6.0): smallest RAM measured 30.2 kB at rate 0.65, 192 B over the
+  budget, at an agreement still >= 0.95; its 0.70 fell to 0.9375. The closest of the four.
+- The experiment (commit 715fcf8, `-ramonly` rows; the brief's hypothesis from the MobileNet row):
+  while a budget is predicted missed, only the missed resource drives a chunk's saving (the
+  parameters at 1/1000 of their weight), the parameters after, instead of 0.5 RAM + 0.5
+  parameters while missed. Same rate axis. Results, one run each:
+  35 kB: exit 0, rate 0.65, 163,320 B, RAM 32,752 B, 0.95625 / 0.9554, 13/32/96 (better than
+  `auto`: 173,368 B at 0.95125); 34,704 B: exit 0, rate 0.60, 254,800 B, RAM 33,104 B, 0.95625 /
+  0.9582, 13/36/136 (its 0.65, 13/30/112, 177,752 B, measured 0.9475; `auto`: 173,368 B);
+  40 kB: exit 0, rate 0.55, 229,272 B, RAM 37,968 B, 0.96125 / 0.9594, 18/34/128 (its 0.60,
+  18/34/72, 133,848 B, measured 0.9425; `auto`: 139,576 B); 30 kB: exit 3 (smallest RAM 32.6 kB
+  at rate 0.50, fidelity 0.9475 at 0.55). MobileNet-style net: exit 3, but 0.8775 at the first
+  candidate within the budget against `auto`'s 0.8087 (bench/budget_aware_nets.md).
+  So: a smaller file at one budget, larger files (+47 %, +64 %) at two, exit 3 where `auto` exits
+  3. The differences come from single candidates 1 % around the 0.95 threshold (8 of 800 images)
+  on a 0.05 rate grid where one step is 77-95 kB of file: one run per row does not separate the
+  two objectives on the example. Reverted (ae25650): the brief's condition for the change was
+  `--objective ram` beating `auto` on the MobileNet-style net, and it did not (0.7475 against
+  0.8087), and the direct test is mixed. The plot (35 kB) shows both `auto` curves: within the
+  budget the experiment's lies above (0.97 at 34,720 B predicted against 0.96125 at 34,008 B),
+  above the budget not everywhere (0.97125 at 36,238 B against 0.975 at 36,304 B).
+- Both versions narrow fc1 first (256 -> 200 at rates 0.05-0.10, identical candidates to 0.15 at
+  40 kB). Not the prune-ahead gap noted in objective.py: a CLI run with 715fcf8 and `--jobs 1`
+  (`edgeprune run --device nrf52840 --ram-budget 40kB --jobs 1`, not a bench row) made the same
+  widths at every rate to 0.30 and the same answer (rate 0.55, 229,272 B, 0.96125). Likely
+  (inferred, the greedy's chunk log is not kept): fc1's channels each carry 8 B of the predicted
+  arena (the per-channel overhead) and, refitted, cost almost no loss at rate 0.
 - `--objective ram` is NOT RAM-only: it pays RAM and parameters 1:1 (objective.py `TIE` = 1.0),
-  the same balance as the old `auto` while missed; its MobileNet row (budget_aware_nets.md)
-  reached the RAM budget at 0.7475 agreement, below the old `auto` (0.8087) and the new one
-  (0.8775).
+  the same balance as `auto` while missed; its MobileNet row (budget_aware_nets.md) reached the
+  RAM budget at 0.7475 agreement, below `auto` (0.8087) and the experiment (0.8775).
 - The channel-aware RAM prediction against the measured RAM of the chosen candidates:
   auto 33,720 / 33,760 B, uniform 33,832 / 33,888 B, size-np at 0.90 46,284 / 46,304 B (ram35).
 - Earlier attempts at `auto` (previous sessions, ram35): the weighted objective without
   switching: rate 0.65, 268,040 B, 0.95875 / 0.9586; switching with a 5 % target margin: rate
   0.60, 268,416 B, 0.9575 / 0.9594. Then a 2 % margin and, for `auto` only, a loss change below
-  5 % of the current loss counted as 5 % of it (greedy.py NOISE_REL): the untagged `auto` rows.
+  5 % of the current loss counted as 5 % of it (greedy.py NOISE_REL): `auto` as it is.
 - Wall times were taken on a 2-core machine shared with a CI run and other sessions (load
   averages in the time column where recorded; 7-11 in the earlier sessions): they say nothing
   about the tool's speed."""
@@ -551,9 +545,10 @@ NOT_MEASURED = """## Compute-bound nets (bench/budget_aware_nets.md), and what i
   predicted within the budget, rate 0.60, measured 0.8088 agreement: its parameter term had
   also narrowed b3-b8); `--objective size` exit 3 (stem and b1_pw kept whole: every candidate
   predicted at 180 kB). This session: `--objective ram` exit 3 (first candidate within the
-  budget, rate 0.50, 0.7475) and `auto` of 715fcf8 exit 3 (RAM only until met: stem 16 -> 7,
-  b1_pw 32 -> 17, b3_pw 48 -> 44, the rest whole; first candidate within the budget, rate 0.25,
-  0.8775). None meets it at 0.95 without retraining; details in bench/budget_aware_nets.md.
+  budget, rate 0.50, 0.7475) and the reverted experiment 715fcf8 exit 3 (RAM only until met:
+  stem 16 -> 7, b1_pw 32 -> 17, b3_pw 48 -> 44, the rest whole; first candidate within the
+  budget, rate 0.25, 0.8775). None meets it at 0.95 without retraining; details in
+  bench/budget_aware_nets.md.
 - NOT run: the MobileNet `--latency-budget` rows (local device and emulated Pi; ~19 min per
   MobileNet row on the loaded machine), the `auto` row on the local device (`auto` does not
   build a board latency model, so there it is `size`), the latency model's error on the

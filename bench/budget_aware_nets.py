@@ -245,9 +245,9 @@ def render(rows: list) -> str:
              f"(seeded, {EPOCHS} epochs on {TRAIN_N:,} training images); the run's data: test images 0-999; "
              "`unseen`: test images 5000-9999. Machine loaded (2 cores shared by five sessions).", ""]
     if any(r.get("tag") for r in rows):
-        lines += ["Rows tagged `[ramonly, code ...]` ran `auto` as it is now (while a budget is predicted missed only its "
-                  "resource drives the allocation); untagged `auto` rows ran the objective before commit 715fcf8 (RAM "
-                  "and parameters 0.5/0.5 while missed).", ""]
+        lines += ["Rows tagged `[ramonly, code 715fcf8]` ran an experimental `auto` (while a budget is predicted missed "
+                  "only its resource drives the allocation), reverted in ae25650; untagged `auto` rows ran `auto` as it "
+                  "is (RAM and parameters 0.5/0.5 while missed, the parameters after).", ""]
     lines += [
              "| net | budget | objective | exit | rate | .tflite | RAM | latency p50 | agreement eval | agreement unseen | time |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -296,23 +296,25 @@ loaded machine), test accuracy 0.8428. Unpruned int8: 74,416 B, TFLite-Micro are
 The arena's peak is the 56 x 56 pair b1_dw output (stem width) + b1_pw output: to halve it, the
 stem and b1_pw must together keep about 22 of their 48 channels.
 
-- `--objective auto` (before commit 715fcf8; an earlier session): exit 3 (1,131 s). Its RAM term
+- `--objective auto` (as it is; an earlier session): exit 3 (1,131 s). Its RAM term
   drove stem 16 -> 8 and b1_pw 32 -> 18 by rate 0.50 (predicted RAM 111 kB, still over), while
   its parameter term (weight 0.5 while the budget was missed) narrowed b3-b8 at the same time
   (b7_pw 96 -> 30 at 0.50). The first candidate predicted within the RAM budget's margin, rate
   0.60 (stem 8, b1_pw 16, b3_pw 20, b4_pw 24), measured 0.8088 agreement: the fidelity stop.
 - `--objective ram` (this session, 812 s, load 6-12; same net: test accuracy 0.8428 and arena
   163,408 B again after retraining from the seed): exit 3. It is NOT RAM-only: a chunk's saving is
-  its RAM fraction plus 1.0 x its parameter fraction (objective.py `TIE`), the old `auto`'s
+  its RAM fraction plus 1.0 x its parameter fraction (objective.py `TIE`), `auto`'s
   balance; b8_pw 96 -> 21 by rate 0.20 while the stem was still 14. First candidate within the
-  budget, rate 0.50 (stem 8, b1_pw 16, b3_pw 18, b8_pw 9): 0.7475, below the old `auto`.
-- `--objective auto` of commit 715fcf8 (`auto [ramonly]`; this session, 360 s, load 6-12): while
-  the RAM budget is predicted missed only the RAM drives. Stem 16 -> 7 and b1_pw 32 -> 17 by
+  budget, rate 0.50 (stem 8, b1_pw 16, b3_pw 18, b8_pw 9): 0.7475, below `auto`.
+- `auto [ramonly]`: the experiment of commit 715fcf8, reverted in ae25650 (this session, 360 s,
+  load 6-12): while the RAM budget is predicted missed only the RAM drives. Stem 16 -> 7 and b1_pw 32 -> 17 by
   rate 0.25 with b2 and b4-b8 whole (b3_pw 48 -> 44): the first candidate within the budget,
   rate 0.25 (71,336 B), measured 0.8775 agreement: exit 3, the fidelity stop. The highest
-  agreement of the four at the first candidate within the budget (old `auto` 0.8088, `ram`
+  agreement of the four at the first candidate within the budget (`auto` 0.8088, `ram`
   0.7475, `size` none within it), but still far under 0.95: halving the two 56 x 56 tensors
-  costs this net 11 % of its agreement with no retraining, whatever else the allocation does.
+  costs this net 11.5 points of agreement (0.9925 -> 0.8775) with no retraining.
+  On the example it gave a smaller file at 35 kB but larger ones at 34,704 B and 40 kB
+  (bench/budget_aware.md): not adopted.
 - `--objective size`: see its row: the parameter-driven allocation narrows b7/b8 first and
   leaves the 56 x 56 layers whole.
 - So on this net no objective meets the 50 %-arena budget without retraining; it is not a
