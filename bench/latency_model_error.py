@@ -1,0 +1,320 @@
+"""The board latency model's error (issue 22): predicted vs measured latency of the candidates of a
+real ``edgeprune run --objective latency`` on the bundled example, the DS-CNN-style and the
+MobileNet-style net of bench/budget_aware_nets.py (trained there, cached in ~/.cache/edgeprune-bench).
+
+One run per net:
+
+    edgeprune run --model M --data D --device DEV --num-threads 1 --objective latency
+                  --latency-budget 1000 --min-fidelity 0.01 --max-rate R --step S --measure-all
+
+The latency budget is far above any candidate (nothing is predicted over it, so every candidate is
+converted), ``--min-fidelity 0.01`` lets the host phase go to ``--max-rate``, and ``--measure-all``
+measures every converted candidate on the device (the run's own measurement: 50+ timed runs,
+>= 1 s). The run builds the latency model as every latency run does (pipeline/search/latency_model.py:
+five uniform prunes converted and measured on the device, a fit of ``a + b MACs + c activation
+bytes``) and writes it to ``latency-model.json`` with its build time. Each candidate's prediction is
+that model applied to the candidate's .keras (resources_of), its measured latency is the p50 in
+report.json. The candidates are allocation prunes (non-uniform widths), not the fit's uniform
+prunes: held out. The rate-0 candidate is the fit's first model (measured again): reported, not
+counted in the held-out median.
+
+``--forms`` also fits alternative model forms on the same fit points (the run's five uniform
+prunes) and reports their error on the same candidates (see FORMS).
+
+    python bench/latency_model_error.py [--nets example,dscnn,mobilenet] [--device local]
+        [--max-rate 0.6] [--step 0.05] [--keep DIR] [--tag -emulated] [--render]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import numpy as np  # noqa: E402
+
+from _common import RESULTS, code_version, fashion_mnist, machine, write  # noqa: E402
+
+ROWS = RESULTS / "latency_model_error.rows"
+
+
+def run_net(net: str, device: str, out: Path, max_rate: float, step: float, data_path: Path) -> dict:
+    cmd = [sys.executable, "-m", "edgeprune", "run", "--device", device, "--num-threads", "1",
+           "--objective", "latency", "--latency-budget", "1000", "--min-fidelity", "0.01",
+           "--max-rate", str(max_rate), "--step", str(step), "--measure-all", "--out", str(out), "--force"]
+    if net != "example":
+        import budget_aware_nets as ban
+
+        model_path, _ = ban.trained(net, fashion_mnist())
+        cmd[4:4] = ["--model", str(model_path), "--data", str(data_path)]
+    load0 = os.getloadavg()
+    t0 = time.perf_counter()
+    p = subprocess.run(cmd, capture_output=True, text=True)
+    secs = time.perf_counter() - t0
+    shown = " ".join(Path(c).name if c.startswith("/") else c for c in cmd[3:])
+    return {"net": net, "device": device, "command": "edgeprune " + shown, "exit": p.returncode,
+            "seconds": round(secs, 1), "load_before": [round(v, 2) for v in load0],
+            "load_after": [round(v, 2) for v in os.getloadavg()], "stderr_tail": p.stderr[-800:] if p.returncode not in (0, 3) else None}
+
+
+def collect(out: Path, with_measurement: bool = True) -> dict:
+    """The run's latency model and, per measured candidate, its resources and measured p50."""
+    from edgeprune.pipeline.data.loading import load_model
+    from edgeprune.pipeline.search.resources import resources_of
+
+    lm = json.loads((out / "latency-model.json").read_text())
+    rep = json.loads((out / "report.json").read_text())
+    cands = []
+    for c in rep["candidates"]:
+        m = c.get("measurement")
+        f = c.get("files") or {}
+        if not f.get("keras") or not f.get("tflite") or (with_measurement and not m):
+            continue
+        res = resources_of(load_model(out / f["keras"]), "int8")
+        lat = m["latency_ms"] if m else {}
+        layers = [{"name": l.name, "kind": l.kind, "width": l.width, "macs": int(l.macs),
+                   "act": int(l.activation_bytes)} for l in res.layers]
+        cands.append({"candidate": c["name"], "rate": c["rate"], "macs": int(res.macs),
+                      "act_bytes": int(sum(l.activation_bytes for l in res.layers)),
+                      "tflite": f["tflite"], "measured_p50_ms": lat.get("p50"), "iqr_ms": lat.get("iqr"),
+                      "runs": m.get("runs") if m else None, "layers": layers})
+    return {"latency_model": lm, "candidates": cands, "report_settings": rep.get("settings", {}).get("measurement")}
+
+
+def remeasure(net: str, run_dir: Path, prof) -> dict:
+    """The candidates of a kept run, measured again on another board (``prof``), with that board's
+    latency model built as a run builds it (pipeline/search/latency_model.build, timed)."""
+    import keras
+
+    from edgeprune.devices.base import BenchConfig, measure
+    from edgeprune.pipeline.search.latency_model import architecture_id, build
+
+    if net == "example":
+        from edgeprune.pipeline.example import example_model_path
+
+        model_path = example_model_path()
+    else:
+        import budget_aware_nets as ban
+
+        model_path, _ = ban.trained(net, fashion_mnist())
+    km = keras.models.load_model(model_path, compile=False)
+    key = {"board": prof.name, "kind": prof.kind, "host": None, "threads": 1, "quantize": "int8",
+           "architecture": architecture_id(km)}
+    load0 = os.getloadavg()
+    t0 = time.perf_counter()
+    lm = build(km, prof, key)
+    lm.build_s = round(time.perf_counter() - t0, 2)
+    row = collect(run_dir, with_measurement=False)
+    bc = BenchConfig(runs=50, warmup=5, threads=1, min_secs=1.0, warmup_min_secs=0.5, max_secs=150)
+    for c in row["candidates"]:
+        meas = measure(prof, run_dir / c["tflite"], bc)
+        c.update(measured_p50_ms=float(meas.latency_ms.p50), iqr_ms=meas.latency_ms.iqr, runs=meas.runs)
+    row.update(latency_model=lm.describe(), load_before=[round(v, 2) for v in load0],
+               load_after=[round(v, 2) for v in os.getloadavg()], seconds=round(time.perf_counter() - t0, 1),
+               net=net, exit=None, command=f"candidates of the local run ({run_dir.name}) measured again on {prof.name}")
+    return row
+
+
+def feats(layers: list, act_bytes: float, form: str) -> list:
+    """A model's features for a model form (per-layer figures: name, kind, macs, act)."""
+    macs = sum(l["macs"] for l in layers)
+    dw = sum(l["macs"] for l in layers if l["kind"] == "DepthwiseConv2D")
+    if form == "a + b MACs + c act (the run's)":
+        return [1.0, macs, act_bytes]
+    if form == "a + b MACs":
+        return [1.0, macs]
+    if form == "a + b dw MACs + c other MACs":
+        return [1.0, dw, macs - dw]
+    if form == "a + b dw MACs + c other MACs + d act":
+        return [1.0, dw, macs - dw, act_bytes]
+    raise ValueError(form)
+
+
+FORMS = ("a + b MACs + c act (the run's)", "a + b MACs", "a + b dw MACs + c other MACs",
+         "a + b dw MACs + c other MACs + d act")
+
+
+def fit_point_layers(net: str, rates) -> list:
+    """Per-layer resources of the fit's uniform prunes (as latency_model.build makes them, host only)."""
+    import keras
+
+    from edgeprune.pipeline.prune.pruner import PruneConfig, Pruner
+    from edgeprune.pipeline.search.resources import resources_of
+
+    if net == "example":
+        from edgeprune.pipeline.example import example_model_path
+
+        model_path = example_model_path()
+    else:
+        import budget_aware_nets as ban
+
+        model_path, _ = ban.trained(net, fashion_mnist())
+    km = keras.models.load_model(model_path, compile=False)
+    pruner = Pruner(km, PruneConfig(rate=max(rates), criterion="l1", step=0.05, round_to=None))
+    out = []
+    for rate in rates:
+        if rate > 0:
+            pruner.step_to(rate)
+        res = resources_of(pruner.build(), "int8")
+        out.append([{"name": l.name, "kind": l.kind, "width": l.width, "macs": int(l.macs), "act": int(l.activation_bytes)}
+                    for l in res.layers])
+    return out
+
+
+def forms(row: dict) -> dict:
+    """Each form fitted (non-negative least squares, as latency_model.fit) on the run's five fit
+    points, its median absolute error on the held-out candidates."""
+    from edgeprune.pipeline.search.latency_model import _nnls
+
+    pts = row["latency_model"]["points"]
+    lay = fit_point_layers(row["net"], [p["rate"] for p in pts])
+    held = [c for c in row["candidates"] if c["rate"] > 0]
+    out = {}
+    for form in FORMS:
+        X = np.array([feats(l, p["act_bytes"], form) for l, p in zip(lay, pts)], dtype=np.float64)
+        y = np.array([p["measured_ms"] for p in pts])
+        scale = np.maximum(X.max(axis=0), 1e-12)
+        coef = _nnls(X / scale, y) / scale
+        pred = [float(np.array(feats(c["layers"], c["act_bytes"], form)) @ coef) for c in held]
+        out[form] = dict(errors(list(zip(pred, [c["measured_p50_ms"] for c in held]))), coef=coef.tolist())
+    return out
+
+
+def errors(points_pred_meas) -> dict:
+    errs = [abs(p - m) / m for p, m in points_pred_meas]
+    return {"median": float(np.median(errs)) if errs else None, "max": float(np.max(errs)) if errs else None,
+            "n": len(errs)}
+
+
+def score(row: dict) -> dict:
+    """Predictions of the run's model (its stored coefficients) and the held-out error."""
+    lm = row["latency_model"]
+    for c in row["candidates"]:
+        c["predicted_ms"] = lm["intercept_ms"] + lm["ms_per_mac"] * c["macs"] + lm["ms_per_act_byte"] * c["act_bytes"]
+        c["error"] = abs(c["predicted_ms"] - c["measured_p50_ms"]) / c["measured_p50_ms"]
+    held = [c for c in row["candidates"] if c["rate"] > 0]
+    return {"held_out": errors([(c["predicted_ms"], c["measured_p50_ms"]) for c in held]),
+            "all": errors([(c["predicted_ms"], c["measured_p50_ms"]) for c in row["candidates"]])}
+
+
+def render(rows: list) -> str:
+    lines = ["# Latency model error (issue 22)", "",
+             "`python bench/latency_model_error.py`: see the script's docstring. One real "
+             "`edgeprune run --objective latency --measure-all` per net; the run's latency model "
+             "(latency-model.json: five uniform prunes measured on the device, fit `a + b MACs + c activation bytes`) "
+             "predicts every measured candidate (allocation prunes, non-uniform widths: held out from the fit). "
+             "Measured = the run's p50 (50+ timed runs, >= 1 s, 1 thread). The machine was loaded "
+             "(2 cores shared with other sessions): load averages per row.", "",
+             "| net | device | build | fit | held-out candidates | median abs error | max | rate-0 error | load (1/5/15 min, before -> after) | run time |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lm = r["latency_model"]
+        z = [c for c in r["candidates"] if c["rate"] == 0]
+        e = r["score"]["held_out"]
+        lines.append(
+            f"| {r['net']} | {r['device_label']} | {lm.get('build_s', float('nan')):.1f} s | {lm['label'].split(': ', 1)[-1]} | "
+            f"{e['n']} | **{100 * e['median']:.1f} %** | {100 * e['max']:.1f} % | "
+            + (f"{100 * z[0]['error']:.1f} %" if z else "-")
+            + f" | {'/'.join(f'{v:.1f}' for v in r['load_before'])} -> {'/'.join(f'{v:.1f}' for v in r['load_after'])} | {r['seconds']:.0f} s |")
+    for r in rows:
+        lm = r["latency_model"]
+        lines += ["", f"## {r['net']} on {r['device_label']}", "", f"`{r['command']}` (exit {r['exit']}, code {r['code']})", "",
+                  "Fit points (uniform prunes, measured by the run's latency-model build):", "",
+                  "| rate | MACs | activation bytes | measured | fitted |", "|---|---|---|---|---|"]
+        for p in lm["points"]:
+            lines.append(f"| {p['rate']:.2f} | {p['macs']:,} | {p['act_bytes']:,} | {p['measured_ms']:.4g} ms | {p['predicted_ms']:.4g} ms |")
+        lines += ["", "Candidates (the run's, measured by the run):", "",
+                  "| candidate | MACs | activation bytes | predicted | measured p50 (IQR) | error |", "|---|---|---|---|---|---|"]
+        for c in r["candidates"]:
+            iqr = f" ({c['iqr_ms']:.3g})" if c.get("iqr_ms") is not None else ""
+            lines.append(f"| {c['candidate']} | {c['macs']:,} | {c['act_bytes']:,} | {c['predicted_ms']:.4g} ms | "
+                         f"{c['measured_p50_ms']:.4g} ms{iqr} | {100 * c['error']:.1f} % |")
+        if r.get("forms"):
+            lines += ["", "Other model forms, fitted on the same five fit points, error on the same held-out candidates:", "",
+                      "| form | median abs error | max |", "|---|---|---|"]
+            for name, e in r["forms"].items():
+                lines.append(f"| {name} | {100 * e['median']:.1f} % | {100 * e['max']:.1f} % |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--nets", default="example,dscnn,mobilenet")
+    ap.add_argument("--device", default="local", help="profile name or .yaml path")
+    ap.add_argument("--device-label", default=None, help="how the tables name the device (e.g. 'emulated Pi (qemu-user)')")
+    ap.add_argument("--max-rate", type=float, default=0.6)
+    ap.add_argument("--step", type=float, default=0.05)
+    ap.add_argument("--keep", type=Path)
+    ap.add_argument("--tag", default="")
+    ap.add_argument("--render", action="store_true")
+    ap.add_argument("--forms", action="store_true", help="also fit the alternative model forms (FORMS) on each row's "
+                    "fit points and report their held-out error")
+    ap.add_argument("--emulated-from", type=Path, help="kept folder of a local run of this script (--keep): measure "
+                    "its candidates again on the emulated Raspberry Pi 4 (tests/boards, qemu-user aarch64 over "
+                    "loopback SSH) with that board's own latency model; rows tagged -emulated")
+    args = ap.parse_args(argv)
+    ROWS.mkdir(parents=True, exist_ok=True)
+    if args.emulated_from is not None:
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+        import tempfile
+
+        import sshd as sshd_helper
+        from boards import emulated
+
+        from edgeprune.devices.profile import load_profile
+
+        why = sshd_helper.available() or emulated.available()
+        if why:
+            print(why, file=sys.stderr)
+            return 2
+        tmp = Path(tempfile.mkdtemp(prefix="ep-latm-pi4-"))
+        srv = sshd_helper.SshServer.start(tmp / "sshd")
+        try:
+            prof = load_profile(emulated.write_profile(srv, tmp / "pi4-emulated.yaml", accept="[ai_edge_litert]"))
+            for net in args.nets.split(","):
+                r = remeasure(net, args.emulated_from / net, prof)
+                r.update(device=prof.name, device_label="emulated Pi 4 (" + emulated.EMULATION + ")", code=code_version())
+                r["score"] = score(r)
+                (ROWS / f"{net}-emulated.json").write_text(json.dumps(r, indent=1) + "\n")
+                print(net, "emulated", r["score"], "build", r["latency_model"].get("build_s"), flush=True)
+        finally:
+            srv.stop()
+    elif not args.render:
+        import contextlib
+        import tempfile
+
+        keep = contextlib.nullcontext(str(args.keep)) if args.keep else tempfile.TemporaryDirectory(prefix="ep-latm-")
+        with keep as tmp:
+            tmp = Path(tmp)
+            tmp.mkdir(parents=True, exist_ok=True)
+            data_path = tmp / "fmnist_test0-999.npz"
+            _, _, xte, yte = fashion_mnist()
+            np.savez(data_path, x=xte[:1000], y=yte[:1000])
+            for net in args.nets.split(","):
+                out = tmp / f"{net}{args.tag}"
+                r = run_net(net, args.device, out, args.max_rate, args.step, data_path)
+                if r["exit"] not in (0, 3) or not (out / "latency-model.json").is_file():
+                    print(net, "run failed", r, flush=True)
+                    continue
+                r.update(collect(out))
+                r["device_label"] = args.device_label or args.device
+                r["score"] = score(r)
+                r["code"] = code_version()
+                (ROWS / f"{net}{args.tag}.json").write_text(json.dumps(r, indent=1) + "\n")
+                print(net, r["score"], "build", r["latency_model"].get("build_s"), flush=True)
+    rows = [json.loads(p.read_text()) for p in sorted(ROWS.glob("*.json"))]
+    for r in rows:
+        r["score"] = score(r)
+        if args.forms:
+            r["forms"] = forms(r)
+    write("latency_model_error", {"machine": machine(), "rows": [{k: v for k, v in r.items()} for r in rows]}, render(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
