@@ -132,11 +132,13 @@ def feats(layers: list, act_bytes: float, form: str) -> list:
         return [1.0, dw, macs - dw]
     if form == "a + b dw MACs + c other MACs + d act":
         return [1.0, dw, macs - dw, act_bytes]
+    if form == "a + b other MACs + c act":
+        return [1.0, macs - dw, act_bytes]
     raise ValueError(form)
 
 
 FORMS = ("a + b MACs + c act (the run's)", "a + b MACs", "a + b dw MACs + c other MACs",
-         "a + b dw MACs + c other MACs + d act")
+         "a + b dw MACs + c other MACs + d act", "a + b other MACs + c act")
 
 
 def fit_point_layers(net: str, rates) -> list:
@@ -185,6 +187,19 @@ def forms(row: dict) -> dict:
     return out
 
 
+def remeasure_local(row: dict, run_dir: Path) -> None:
+    """The noise floor: every candidate of a local row measured again (as the run measures: 50+
+    timed runs, >= 1 s, 1 thread); the median relative difference of the two measurements is what
+    no model can get under on this loaded machine."""
+    from edgeprune.devices.base import BenchConfig, measure
+
+    bc = BenchConfig(runs=50, warmup=5, threads=1, min_secs=1.0, warmup_min_secs=0.5, max_secs=150)
+    load0 = os.getloadavg()
+    for c in row["candidates"]:
+        c["remeasured_p50_ms"] = float(measure("local", run_dir / c.get("tflite", c["candidate"] + ".tflite"), bc).latency_ms.p50)
+    row["remeasure_load"] = [round(load0[0], 2), round(os.getloadavg()[0], 2)]
+
+
 def errors(points_pred_meas) -> dict:
     errs = [abs(p - m) / m for p, m in points_pred_meas]
     return {"median": float(np.median(errs)) if errs else None, "max": float(np.max(errs)) if errs else None,
@@ -195,10 +210,14 @@ def score(row: dict) -> dict:
     """Predictions of the run's model (its stored coefficients) and the held-out error."""
     lm = row["latency_model"]
     for c in row["candidates"]:
-        c["predicted_ms"] = lm["intercept_ms"] + lm["ms_per_mac"] * c["macs"] + lm["ms_per_act_byte"] * c["act_bytes"]
+        dw = sum(l["macs"] for l in c["layers"] if l["kind"] in ("DepthwiseConv1D", "DepthwiseConv2D"))
+        per_dw = lm["ms_per_mac"] if lm.get("ms_per_dw_mac") is None else lm["ms_per_dw_mac"]
+        c["predicted_ms"] = (lm["intercept_ms"] + lm["ms_per_mac"] * (c["macs"] - dw) + per_dw * dw
+                             + lm["ms_per_act_byte"] * c["act_bytes"])
         c["error"] = abs(c["predicted_ms"] - c["measured_p50_ms"]) / c["measured_p50_ms"]
     held = [c for c in row["candidates"] if c["rate"] > 0]
-    return {"held_out": errors([(c["predicted_ms"], c["measured_p50_ms"]) for c in held]),
+    rem = [(c["remeasured_p50_ms"], c["measured_p50_ms"]) for c in row["candidates"] if c.get("remeasured_p50_ms")]
+    return {"noise_floor": errors(rem) if rem else None, "held_out": errors([(c["predicted_ms"], c["measured_p50_ms"]) for c in held]),
             "all": errors([(c["predicted_ms"], c["measured_p50_ms"]) for c in row["candidates"]])}
 
 
@@ -210,8 +229,8 @@ def render(rows: list) -> str:
              "predicts every measured candidate (allocation prunes, non-uniform widths: held out from the fit). "
              "Measured = the run's p50 (50+ timed runs, >= 1 s, 1 thread). The machine was loaded "
              "(2 cores shared with other sessions): load averages per row.", "",
-             "| net | device | build | fit | held-out candidates | median abs error | max | rate-0 error | load (1/5/15 min, before -> after) | run time |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| net | device | build | fit | held-out candidates | median abs error | max | rate-0 error | noise floor (measured again vs measured, median) | load (1/5/15 min, before -> after) | run time |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lm = r["latency_model"]
         z = [c for c in r["candidates"] if c["rate"] == 0]
@@ -220,6 +239,8 @@ def render(rows: list) -> str:
             f"| {r['net']} | {r['device_label']} | {lm.get('build_s', float('nan')):.1f} s | {lm['label'].split(': ', 1)[-1]} | "
             f"{e['n']} | **{100 * e['median']:.1f} %** | {100 * e['max']:.1f} % | "
             + (f"{100 * z[0]['error']:.1f} %" if z else "-")
+            + (f" | {100 * r['score']['noise_floor']['median']:.1f} % (load {r['remeasure_load'][0]:.1f}-{r['remeasure_load'][1]:.1f})"
+               if r["score"].get("noise_floor") else " | not measured")
             + f" | {'/'.join(f'{v:.1f}' for v in r['load_before'])} -> {'/'.join(f'{v:.1f}' for v in r['load_after'])} | {r['seconds']:.0f} s |")
     for r in rows:
         lm = r["latency_model"]
@@ -252,6 +273,8 @@ def main(argv=None) -> int:
     ap.add_argument("--keep", type=Path)
     ap.add_argument("--tag", default="")
     ap.add_argument("--render", action="store_true")
+    ap.add_argument("--noise-from", type=Path, help="kept folder (--keep): measure every candidate of the local rows "
+                    "again (the noise floor: measured vs measured)")
     ap.add_argument("--forms", action="store_true", help="also fit the alternative model forms (FORMS) on each row's "
                     "fit points and report their held-out error")
     ap.add_argument("--emulated-from", type=Path, help="kept folder of a local run of this script (--keep): measure "
@@ -284,6 +307,13 @@ def main(argv=None) -> int:
                 print(net, "emulated", r["score"], "build", r["latency_model"].get("build_s"), flush=True)
         finally:
             srv.stop()
+    elif args.noise_from is not None:
+        for net in args.nets.split(","):
+            f = ROWS / f"{net}.json"
+            r = json.loads(f.read_text())
+            remeasure_local(r, args.noise_from / net)
+            f.write_text(json.dumps(r, indent=1) + "\n")
+            print(net, "noise floor", score(r)["noise_floor"], flush=True)
     elif not args.render:
         import contextlib
         import tempfile
@@ -312,7 +342,8 @@ def main(argv=None) -> int:
         r["score"] = score(r)
         if args.forms:
             r["forms"] = forms(r)
-    write("latency_model_error", {"machine": machine(), "rows": [{k: v for k, v in r.items()} for r in rows]}, render(rows))
+    slim = [dict(r, candidates=[{k: v for k, v in c.items() if k != "layers"} for c in r["candidates"]]) for r in rows]
+    write("latency_model_error", {"machine": machine(), "rows": slim}, render(rows))
     return 0
 
 

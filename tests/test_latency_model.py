@@ -77,3 +77,45 @@ def test_built_on_the_local_device_cached_and_reused(tmp_path):
     assert build_or_load.__defaults__ is None  # (plain function)
     key_other = dict(m.key, threads=2)
     assert key_other != m.key
+
+
+def test_depthwise_macs_get_their_own_rate():
+    """A board that runs depthwise MACs 4x slower than conv MACs (the kind of gap measured on the local
+    device: bench/results/latency_model_error.md): uniform prunes scale a depthwise op's MACs linearly
+    and a conv's quadratically, so five of them separate the two rates, and a non-uniform candidate
+    (depthwise share unlike any fit point's) is predicted exactly; one rate for all MACs misses it."""
+    def ms(conv, dw, act):
+        return 0.01 + 1e-8 * conv + 4e-8 * dw
+
+    pts = []
+    for r in (0.0, 0.3, 0.55, 0.75, 0.9):
+        k = 1 - r
+        conv, dw, act = 3e6 * k * k, 6e5 * k, 80000 * k
+        pts.append({"rate": r, "macs": conv + dw, "dw_macs": dw, "act_bytes": act, "measured_ms": ms(conv, dw, act)})
+    m = fit([dict(p) for p in pts])
+    assert m.ms_per_dw_mac == pytest.approx(4e-8, rel=1e-4)
+    assert m.ms_per_mac == pytest.approx(1e-8, rel=1e-4)
+    assert "depthwise" in m.label()
+    # a candidate whose convs were narrowed to a quarter, depthwise ops kept whole
+    conv, dw, act = 3e6 / 16, 6e5, 60000
+    truth = ms(conv, dw, act)
+    assert m.predict_figures(conv + dw, act, dw) == pytest.approx(truth, rel=1e-4)
+    one_rate = fit([{k: v for k, v in p.items() if k != "dw_macs"} for p in pts])
+    assert one_rate.ms_per_dw_mac is None
+    assert abs(one_rate.predict_figures(conv + dw, act) - truth) / truth > 0.10
+    # Resources with or without per-layer rows give the same prediction (the allocation evaluates without)
+    from edgeprune.pipeline.search.resources import ResourceModel
+    from edgeprune.pipeline.prune.graph import DependencyGraph
+
+    keras.utils.set_random_seed(0)
+    L = keras.layers
+    x = keras.Input((16, 16, 3))
+    h = L.Conv2D(8, 3, padding="same")(x)
+    h = L.DepthwiseConv2D(3, padding="same")(h)
+    h = L.Conv2D(16, 1)(h)
+    net = keras.Model(x, L.Dense(4)(L.GlobalAveragePooling2D()(h)))
+    rm = ResourceModel(DependencyGraph(net), "int8")
+    with_rows, without = rm.evaluate(None, layers=True), rm.evaluate(None)
+    assert with_rows.depthwise_macs == 16 * 16 * 9 * 8 == sum(l.macs for l in with_rows.layers if l.kind == "DepthwiseConv2D")
+    assert without.activation_bytes == with_rows.activation_bytes == sum(l.activation_bytes for l in with_rows.layers) > 0
+    assert m.predict(without) == pytest.approx(m.predict(with_rows))

@@ -4,9 +4,14 @@
   (``MACs x cycles_per_mac / clock_hz``), labelled as such (nothing is measured);
 - boards that run a TFLite interpreter (local, SSH, labgrid): a fit over whole-model
   measurements ON THE BOARD of a few width-scaled variants of the run's model (the unpruned
-  model and uniform prunes of it, converted as the run converts): ``latency = a + b x MACs +
-  c x activation bytes`` (non-negative least squares: per-inference overhead, compute, memory
-  traffic). Cached in the run directory (``latency-model.json``) per board, runtime, threads,
+  model and uniform prunes of it, converted as the run converts), non-negative least squares:
+  ``latency = a + b x MACs + c x activation bytes`` (per-inference overhead, compute, memory
+  traffic) for a model without depthwise ops; with depthwise ops ``latency = a + b x conv/dense
+  MACs + d x depthwise MACs``: the runtime runs depthwise MACs at a lower rate (memory-bound),
+  and on uniform prunes the depthwise MACs and the activation bytes both scale linearly in the
+  width (collinear with the intercept), so the fit keeps the one that names the cost; a conv's
+  MACs scale quadratically, which separates ``b`` from ``d``. Measured on the candidates of real
+  runs: bench/results/latency_model_error.md. Cached in the run directory (``latency-model.json``) per board, runtime, threads,
   quantization and model architecture (the original model's layer configs), and reused by any
   run with the same key. Its error is the median absolute relative error on the fit points
   (leave-one-out), and :func:`error_against` compares it with measured candidates.
@@ -23,7 +28,7 @@ from typing import Optional
 import numpy as np
 
 CACHE_FILE = "latency-model.json"
-FORMAT = "edgeprune-latency-model/1"
+FORMAT = "edgeprune-latency-model/2"  # /2: the depthwise MACs term
 FIT_RATES = (0.0, 0.3, 0.55, 0.75, 0.9)  # uniform prunes measured for the fit
 
 
@@ -33,6 +38,7 @@ class LatencyModel:
     intercept_ms: float = 0.0
     ms_per_mac: float = 0.0
     ms_per_act_byte: float = 0.0
+    ms_per_dw_mac: Optional[float] = None  # a depthwise op's MACs (None: as ms_per_mac)
     error: Optional[float] = None  # median absolute relative error (leave-one-out on the fit points)
     key: dict = field(default_factory=dict)
     points: list = field(default_factory=list)  # [{"rate", "macs", "act_bytes", "measured_ms", "predicted_ms"}]
@@ -40,17 +46,23 @@ class LatencyModel:
     cached: bool = False
 
     def predict(self, res) -> float:
-        act = sum(int(l.activation_bytes) for l in res.layers) if getattr(res, "layers", None) else res.peak_activation_bytes
-        return self.predict_figures(res.macs, act)
+        """The latency of a :class:`~edgeprune.pipeline.search.resources.Resources` (with or without
+        its per-layer rows: the totals are the same)."""
+        return self.predict_figures(res.macs, res.activation_bytes, res.depthwise_macs)
 
-    def predict_figures(self, macs: float, act_bytes: float) -> float:
-        return float(self.intercept_ms + self.ms_per_mac * macs + self.ms_per_act_byte * act_bytes)
+    def predict_figures(self, macs: float, act_bytes: float, dw_macs: float = 0.0) -> float:
+        """``macs``: all MACs, ``dw_macs`` of them in depthwise ops."""
+        dw = self.ms_per_mac if self.ms_per_dw_mac is None else self.ms_per_dw_mac
+        return float(self.intercept_ms + self.ms_per_mac * (macs - dw_macs) + dw * dw_macs
+                     + self.ms_per_act_byte * act_bytes)
 
     def label(self) -> str:
         if self.kind == "mac_estimate":
             return "ESTIMATE: MACs x cycles_per_mac / clock_hz (profile figures), not measured on the board"
+        dw = (f"{self.ms_per_dw_mac * 1e6:.4g} ms/depthwise MMAC + "
+              if self.ms_per_dw_mac is not None and any(p.get("dw_macs") for p in self.points) else "")
         return (f"fit over {len(self.points)} whole-model measurements on the board: "
-                f"{self.intercept_ms:.4g} ms + {self.ms_per_mac * 1e6:.4g} ms/MMAC + "
+                f"{self.intercept_ms:.4g} ms + {self.ms_per_mac * 1e6:.4g} ms/MMAC + {dw}"
                 f"{self.ms_per_act_byte * 1e3:.4g} ms/kB of activations")
 
     def describe(self) -> dict:
@@ -64,8 +76,12 @@ def mac_estimate(mcu) -> LatencyModel:
 
 
 def fit(points: list[dict]) -> LatencyModel:
-    """Non-negative least squares of measured ms on [1, MACs, activation bytes]."""
-    X = np.array([[1.0, p["macs"], p["act_bytes"]] for p in points], dtype=np.float64)
+    """Non-negative least squares of measured ms on [1, MACs, activation bytes], or, when a point
+    has depthwise MACs (``dw_macs``), on [1, conv/dense MACs, depthwise MACs] (see the module
+    docstring; ``ms_per_dw_mac`` None: depthwise MACs cost as ``ms_per_mac``)."""
+    with_dw = any(p.get("dw_macs") for p in points)
+    X = np.array([[1.0, p["macs"] - p.get("dw_macs", 0), p.get("dw_macs", 0) if with_dw else p["act_bytes"]]
+                  for p in points], dtype=np.float64)
     y = np.array([p["measured_ms"] for p in points], dtype=np.float64)
     scale = np.maximum(X.max(axis=0), 1e-12)
 
@@ -78,17 +94,19 @@ def fit(points: list[dict]) -> LatencyModel:
         keep = np.arange(len(points)) != i
         c = solve(X[keep], y[keep])
         errs.append(abs(float(X[i] @ c) - y[i]) / max(y[i], 1e-12))
-    m = LatencyModel("fit", float(coef[0]), float(coef[1]), float(coef[2]),
+    m = LatencyModel("fit", float(coef[0]), float(coef[1]), 0.0 if with_dw else float(coef[2]),
+                     ms_per_dw_mac=float(coef[2]) if with_dw else None,
                      error=float(np.median(errs)) if errs else None)
     for p in points:
-        p["predicted_ms"] = round(m.predict_figures(p["macs"], p["act_bytes"]), 6)
+        p["predicted_ms"] = round(m.predict_figures(p["macs"], p["act_bytes"], p.get("dw_macs", 0)), 6)
     m.points = points
     return m
 
 
 def _nnls(X: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Non-negative least squares for a few columns: the best of the least-squares fits on every
-    subset of the columns whose coefficients are all non-negative (exact for 3 columns)."""
+    subset of the columns whose coefficients are all non-negative (exact: the NNLS optimum is the
+    unconstrained optimum on its support)."""
     from itertools import combinations
 
     n = X.shape[1]
@@ -189,14 +207,14 @@ def build(model, profile, key: dict, *, quantize: str = "int8", round_to=None, i
                 pruner.step_to(rate)
             with conv.captured_output():
                 km = pruner.build()
-            res = ResourceModel(DependencyGraph(km), quantize).evaluate(None, layers=True)
+            res = ResourceModel(DependencyGraph(km), quantize).evaluate(None)
             r = conv.convert(km, cc)
             p = Path(tmp) / f"latmodel-{rate:.2f}.tflite"
             r.save(p)
             meas = measure(profile, p, bc)
             lat = meas.latency_ms
-            points.append({"rate": rate, "macs": int(res.macs),
-                           "act_bytes": int(sum(l.activation_bytes for l in res.layers)),
+            points.append({"rate": rate, "macs": int(res.macs), "dw_macs": int(res.depthwise_macs),
+                           "act_bytes": int(res.activation_bytes),
                            "measured_ms": float(lat.p50 if lat.p50 is not None else lat.median)})
     m = fit(points)
     m.key = key

@@ -64,6 +64,8 @@ class Resources:
     # and an int32 shift per output channel of each in its arena's persistent part (RamPredictor)
     quant_channels: int = 0
     layers: list = field(default_factory=list)  # LayerResources, in execution order
+    activation_bytes: int = 0  # bytes every layer writes, summed (the latency model's memory traffic)
+    depthwise_macs: int = 0  # the MACs of depthwise ops (DepthwiseConv, a SeparableConv's depthwise part)
 
     def to_dict(self, layers: bool = False) -> dict:
         d = asdict(self)
@@ -190,6 +192,8 @@ class ResourceModel:
         total_params = 0
         total_wbytes = 0.0
         total_macs = 0
+        total_dw = 0
+        total_act = 0
         quant_channels = 0
         rows = []
         for name in self.order:
@@ -214,22 +218,26 @@ class ResourceModel:
                         pass
                 r_out = (w_out / w_out0) if w_out0 and w_out is not None else 1.0
                 macs = int(round(m_inout * r_in * r_out + m_in * r_in))
+                if info.cls in _DEPTHWISE | _SEPARABLE:
+                    total_dw += int(round(m_in * r_in))
             total_macs += macs
             if info.cls in _CONV | _DEPTHWISE | _SEPARABLE | {"Dense"}:
                 w_out = self._width((name, 0), sizes) or 0
                 quant_channels += w_out
                 if info.cls in _SEPARABLE and info.inputs:  # its depthwise op, on the input's channels
                     quant_channels += self._width(info.inputs[0], sizes) or 0
+            t = self.tensor_of.get((name, 0), (name, 0))
+            act = self._elements((name, 0), sizes) * self.elem if t == (name, 0) else 0
+            total_act += int(act)
             if layers:
-                t = self.tensor_of.get((name, 0), (name, 0))
-                act = self._elements((name, 0), sizes) * self.elem if t == (name, 0) else 0
                 rows.append(LayerResources(name=name, kind=info.cls, width=self._width((name, 0), sizes),
                                            width_before=self._width0((name, 0)), params=params, macs=macs,
                                            activation_bytes=int(act)))
         peak, at, live_at_peak, soft = self._peak(sizes, gone)
         return Resources(params=total_params, weight_bytes=int(total_wbytes), macs=int(total_macs),
                          peak_activation_bytes=int(peak), peak_at=at, peak_tensors=live_at_peak,
-                         activation_soft_peak=soft, quant_channels=int(quant_channels), layers=rows)
+                         activation_soft_peak=soft, quant_channels=int(quant_channels), layers=rows,
+                         activation_bytes=int(total_act), depthwise_macs=int(total_dw))
 
     def _weight_bytes(self, info, ws, sizes) -> float:
         if info.cls == "BatchNormalization":

@@ -25,8 +25,10 @@ def _layer_rows(ctx, cand) -> Optional[list]:
     res = rm.evaluate(state, layers=True)
     lat = ctx.engine.objective.latency
     per = lat.ms_per_mac if lat is not None else 1.0
+    per_dw = per if lat is None or lat.ms_per_dw_mac is None else lat.ms_per_dw_mac
     per_act = lat.ms_per_act_byte if lat is not None else 0.0
-    costs = [per * r.macs + per_act * r.activation_bytes for r in res.layers]
+    costs = [(per_dw if r.kind in ("DepthwiseConv1D", "DepthwiseConv2D") else per) * r.macs
+             + per_act * r.activation_bytes for r in res.layers]
     total = sum(costs) or 1.0
     how = (lat.label() if lat is not None else "share of the MACs (no latency model of this board in this run)")
     return [{"layer": r.name, "kind": r.kind, "width_before": r.width_before, "width": r.width, "params": r.params,
