@@ -43,9 +43,10 @@ from _common import RESULTS, code_version, fashion_mnist, machine, write  # noqa
 ROWS = RESULTS / "latency_model_error.rows"
 
 
-def run_net(net: str, device: str, out: Path, max_rate: float, step: float, data_path: Path) -> dict:
+def run_net(net: str, device: str, out: Path, max_rate: float, step: float, data_path: Path,
+            objective: str = "latency") -> dict:
     cmd = [sys.executable, "-m", "edgeprune", "run", "--device", device, "--num-threads", "1",
-           "--objective", "latency", "--latency-budget", "1000", "--min-fidelity", "0.01",
+           "--objective", objective, "--latency-budget", "1000", "--min-fidelity", "0.01",
            "--max-rate", str(max_rate), "--step", str(step), "--measure-all", "--out", str(out), "--force"]
     if net != "example":
         import budget_aware_nets as ban
@@ -53,11 +54,12 @@ def run_net(net: str, device: str, out: Path, max_rate: float, step: float, data
         model_path, _ = ban.trained(net, fashion_mnist())
         cmd[4:4] = ["--model", str(model_path), "--data", str(data_path)]
     load0 = os.getloadavg()
+    code = code_version()  # the code the run imports (the row is written after it)
     t0 = time.perf_counter()
     p = subprocess.run(cmd, capture_output=True, text=True)
     secs = time.perf_counter() - t0
     shown = " ".join(Path(c).name if c.startswith("/") else c for c in cmd[3:])
-    return {"net": net, "device": device, "command": "edgeprune " + shown, "exit": p.returncode,
+    return {"net": net, "device": device, "command": "edgeprune " + shown, "exit": p.returncode, "code": code,
             "seconds": round(secs, 1), "load_before": [round(v, 2) for v in load0],
             "load_after": [round(v, 2) for v in os.getloadavg()], "stderr_tail": p.stderr[-800:] if p.returncode not in (0, 3) else None}
 
@@ -84,6 +86,34 @@ def collect(out: Path, with_measurement: bool = True) -> dict:
                       "tflite": f["tflite"], "measured_p50_ms": lat.get("p50"), "iqr_ms": lat.get("iqr"),
                       "runs": m.get("runs") if m else None, "layers": layers})
     return {"latency_model": lm, "candidates": cands, "report_settings": rep.get("settings", {}).get("measurement")}
+
+
+def model_path_of(net: str) -> Path:
+    if net == "example":
+        from edgeprune.pipeline.example import example_model_path
+
+        return Path(example_model_path())
+    import budget_aware_nets as ban
+
+    return ban.trained(net, fashion_mnist())[0]
+
+
+def build_local(net: str) -> dict:
+    """The local device's latency model of ``net``, built as a latency run builds it (timed): for
+    runs that do not build one (``--objective size``)."""
+    import keras
+
+    from edgeprune.devices.profile import load_profile
+    from edgeprune.pipeline.search.latency_model import architecture_id, build
+
+    km = keras.models.load_model(model_path_of(net), compile=False)
+    prof = load_profile("local")
+    key = {"board": "local", "kind": prof.kind, "host": None, "threads": 1, "quantize": "int8",
+           "architecture": architecture_id(km)}
+    t0 = time.perf_counter()
+    lm = build(km, prof, key)
+    lm.build_s = round(time.perf_counter() - t0, 2)
+    return lm.describe()
 
 
 def remeasure(net: str, run_dir: Path, prof) -> dict:
@@ -217,7 +247,18 @@ def score(row: dict) -> dict:
         c["error"] = abs(c["predicted_ms"] - c["measured_p50_ms"]) / c["measured_p50_ms"]
     held = [c for c in row["candidates"] if c["rate"] > 0]
     rem = [(c["remeasured_p50_ms"], c["measured_p50_ms"]) for c in row["candidates"] if c.get("remeasured_p50_ms")]
-    return {"noise_floor": errors(rem) if rem else None, "held_out": errors([(c["predicted_ms"], c["measured_p50_ms"]) for c in held]),
+    groups: dict = {}  # candidates with the same MACs and activation bytes are the same widths: one model
+    for c in held:
+        groups.setdefault((c["macs"], c["act_bytes"]), []).append(c)
+    distinct = [(g[0]["predicted_ms"], float(np.median([c["measured_p50_ms"] for c in g]))) for g in groups.values()]
+    big = max(groups.values(), key=len) if groups else []
+    spread = None
+    if len(big) >= 3:  # one model measured several times (as several candidates): the board's noise
+        ms = np.array([c["measured_p50_ms"] for c in big])
+        spread = {"n": len(big), "macs": big[0]["macs"], "min_ms": float(ms.min()), "max_ms": float(ms.max()),
+                  "median_abs_dev": float(np.median(np.abs(ms - np.median(ms)) / np.median(ms)))}
+    return {"noise_floor": errors(rem) if rem else None, "distinct_held_out": errors(distinct),
+            "same_model_spread": spread, "held_out": errors([(c["predicted_ms"], c["measured_p50_ms"]) for c in held]),
             "all": errors([(c["predicted_ms"], c["measured_p50_ms"]) for c in row["candidates"]])}
 
 
@@ -229,8 +270,8 @@ def render(rows: list) -> str:
              "predicts every measured candidate (allocation prunes, non-uniform widths: held out from the fit). "
              "Measured = the run's p50 (50+ timed runs, >= 1 s, 1 thread). The machine was loaded "
              "(2 cores shared with other sessions): load averages per row.", "",
-             "| net | device | build | fit | held-out candidates | median abs error | max | rate-0 error | noise floor (measured again vs measured, median) | load (1/5/15 min, before -> after) | run time |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| net | device | build | fit | held-out candidates | median abs error | max | distinct models (median of their measurements): n, median error | rate-0 error | noise floor (measured again vs measured, median) | load (1/5/15 min, before -> after) | run time |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lm = r["latency_model"]
         z = [c for c in r["candidates"] if c["rate"] == 0]
@@ -238,10 +279,21 @@ def render(rows: list) -> str:
         lines.append(
             f"| {r['net']} | {r['device_label']} | {lm.get('build_s', float('nan')):.1f} s | {lm['label'].split(': ', 1)[-1]} | "
             f"{e['n']} | **{100 * e['median']:.1f} %** | {100 * e['max']:.1f} % | "
+            f"{r['score']['distinct_held_out']['n']}, {100 * r['score']['distinct_held_out']['median']:.1f} % | "
             + (f"{100 * z[0]['error']:.1f} %" if z else "-")
             + (f" | {100 * r['score']['noise_floor']['median']:.1f} % (load {r['remeasure_load'][0]:.1f}-{r['remeasure_load'][1]:.1f})"
                if r["score"].get("noise_floor") else " | not measured")
             + f" | {'/'.join(f'{v:.1f}' for v in r['load_before'])} -> {'/'.join(f'{v:.1f}' for v in r['load_after'])} | {r['seconds']:.0f} s |")
+    sp = [r for r in rows if r["score"].get("same_model_spread")]
+    if sp:
+        lines += ["", "One model measured as several candidates (the allocation stopped narrowing: same widths), "
+                  "its p50s: the board's own noise, no model can predict under it:", ""]
+        for r in sp:
+            x = r["score"]["same_model_spread"]
+            lines.append(f"- {r['net']} on {r['device_label']}: {x['n']} measurements of the {x['macs']:,}-MAC model, "
+                         f"{x['min_ms']:.4g}-{x['max_ms']:.4g} ms, median absolute deviation from their median "
+                         f"{100 * x['median_abs_dev']:.1f} %")
+    lines += ["", READING]
     for r in rows:
         lm = r["latency_model"]
         lines += ["", f"## {r['net']} on {r['device_label']}", "", f"`{r['command']}` (exit {r['exit']}, code {r['code']})", "",
@@ -272,6 +324,8 @@ def main(argv=None) -> int:
     ap.add_argument("--step", type=float, default=0.05)
     ap.add_argument("--keep", type=Path)
     ap.add_argument("--tag", default="")
+    ap.add_argument("--objective", default="latency", help="the runs' --objective (size: the parameter-driven "
+                    "allocation's candidates; the bench then builds the latency model itself)")
     ap.add_argument("--render", action="store_true")
     ap.add_argument("--noise-from", type=Path, help="kept folder (--keep): measure every candidate of the local rows "
                     "again (the noise floor: measured vs measured)")
@@ -327,14 +381,16 @@ def main(argv=None) -> int:
             np.savez(data_path, x=xte[:1000], y=yte[:1000])
             for net in args.nets.split(","):
                 out = tmp / f"{net}{args.tag}"
-                r = run_net(net, args.device, out, args.max_rate, args.step, data_path)
-                if r["exit"] not in (0, 3) or not (out / "latency-model.json").is_file():
+                r = run_net(net, args.device, out, args.max_rate, args.step, data_path, args.objective)
+                if r["exit"] not in (0, 3) or not (out / "report.json").is_file():
                     print(net, "run failed", r, flush=True)
                     continue
+                if not (out / "latency-model.json").is_file():  # --objective size: the bench builds it
+                    (out / "latency-model.json").write_text(json.dumps(build_local(net)) + "\n")
+                    r["latency_model_built_by"] = "the bench, after the run (latency_model.build on the local device)"
                 r.update(collect(out))
                 r["device_label"] = args.device_label or args.device
                 r["score"] = score(r)
-                r["code"] = code_version()
                 (ROWS / f"{net}{args.tag}.json").write_text(json.dumps(r, indent=1) + "\n")
                 print(net, r["score"], "build", r["latency_model"].get("build_s"), flush=True)
     rows = [json.loads(p.read_text()) for p in sorted(ROWS.glob("*.json"))]
@@ -345,6 +401,11 @@ def main(argv=None) -> int:
     slim = [dict(r, candidates=[{k: v for k, v in c.items() if k != "layers"} for c in r["candidates"]]) for r in rows]
     write("latency_model_error", {"machine": machine(), "rows": slim}, render(rows))
     return 0
+
+
+READING = """## Reading
+
+(written after the rows; see the commit of this file)"""
 
 
 if __name__ == "__main__":
