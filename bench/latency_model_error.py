@@ -98,7 +98,7 @@ def model_path_of(net: str) -> Path:
     return ban.trained(net, fashion_mnist())[0]
 
 
-def build_local(net: str) -> dict:
+def build_local(net: str, passes: int = 1) -> dict:
     """The local device's latency model of ``net``, built as a latency run builds it (timed): for
     runs that do not build one (``--objective size``)."""
     import keras
@@ -111,9 +111,31 @@ def build_local(net: str) -> dict:
     key = {"board": "local", "kind": prof.kind, "host": None, "threads": 1, "quantize": "int8",
            "architecture": architecture_id(km)}
     t0 = time.perf_counter()
-    lm = build(km, prof, key)
+    lm = build(km, prof, key, passes=passes)
     lm.build_s = round(time.perf_counter() - t0, 2)
     return lm.describe()
+
+
+def build_trials(net: str, n: int) -> dict:
+    """The local latency model of ``net`` built ``n`` times with one measuring pass (as runs build it)
+    and ``n`` times with two passes (lowest p50 of two), alternately; each scored (held-out median)
+    on the measured candidates of every local row of ``net``: does the two-pass build lower the error?"""
+    rows = [json.loads(p.read_text()) for p in sorted(ROWS.glob(f"{net}*.json")) if "emulated" not in p.name]
+    out = {"net": net, "rows": [r.get("tag") or r["command"].split("--objective ")[1].split()[0] for r in rows],
+           "trials": []}
+    for i in range(n):
+        for passes in (1, 2):
+            load0 = os.getloadavg()[0]
+            lm = build_local(net, passes)
+            errs = []
+            for r in rows:
+                r2 = dict(r, latency_model=lm, candidates=[dict(c) for c in r["candidates"]])
+                errs.append(score(r2)["held_out"]["median"])
+            out["trials"].append({"passes": passes, "build_s": lm["build_s"], "load": [round(load0, 2), round(os.getloadavg()[0], 2)],
+                                  "label": lm["label"], "held_out_median_per_row": errs,
+                                  "points_ms": [p["measured_ms"] for p in lm["points"]]})
+            print(net, passes, lm["build_s"], errs, flush=True)
+    return out
 
 
 def remeasure(net: str, run_dir: Path, prof) -> dict:
@@ -293,6 +315,23 @@ def render(rows: list) -> str:
             lines.append(f"- {r['net']} on {r['device_label']}: {x['n']} measurements of the {x['macs']:,}-MAC model, "
                          f"{x['min_ms']:.4g}-{x['max_ms']:.4g} ms, median absolute deviation from their median "
                          f"{100 * x['median_abs_dev']:.1f} %")
+    tp = RESULTS / "latency_model_error.trials.json"
+    if tp.is_file():
+        lines += ["", "## Fit points measured once or twice (`--build-trials 3`)", "",
+                  "The local latency model built 3 times as runs build it (one pass: each fit point measured once, "
+                  "20+ runs, >= 0.3 s) and 3 times with two passes (each point's lowest p50 of two), alternately; "
+                  "each scored on the measured candidates of the net's local rows above (held-out median absolute "
+                  "error per row; the candidates' measurements are the rows', not repeated).", "",
+                  "| net | passes | build | load | held-out median error per row | median over builds |", "|---|---|---|---|---|---|"]
+        for t in json.loads(tp.read_text()):
+            for passes in (1, 2):
+                tr = [x for x in t["trials"] if x["passes"] == passes]
+                per = "; ".join(", ".join(f"{100 * x['held_out_median_per_row'][j]:.1f}" for x in tr) + f" % ({name})"
+                                for j, name in enumerate(t["rows"]))
+                allm = [e for x in tr for e in x["held_out_median_per_row"]]
+                builds = ", ".join(f"{x['build_s']:.1f}" for x in tr)
+                loads = ", ".join(f"{x['load'][0]:.1f}" for x in tr)
+                lines.append(f"| {t['net']} | {passes} | {builds} s | {loads} | {per} | {100 * float(np.median(allm)):.1f} % |")
     lines += ["", READING]
     for r in rows:
         lm = r["latency_model"]
@@ -334,9 +373,14 @@ def main(argv=None) -> int:
     ap.add_argument("--emulated-from", type=Path, help="kept folder of a local run of this script (--keep): measure "
                     "its candidates again on the emulated Raspberry Pi 4 (tests/boards, qemu-user aarch64 over "
                     "loopback SSH) with that board's own latency model; rows tagged -emulated")
+    ap.add_argument("--build-trials", type=int, default=0, help="build the local latency model N times with one "
+                    "and N times with two measuring passes, score each on the nets' local rows (latency_model_error.trials.json)")
     args = ap.parse_args(argv)
     ROWS.mkdir(parents=True, exist_ok=True)
-    if args.emulated_from is not None:
+    if args.build_trials:
+        res = [build_trials(net, args.build_trials) for net in args.nets.split(",")]
+        (RESULTS / "latency_model_error.trials.json").write_text(json.dumps(res, indent=1) + "\n")
+    elif args.emulated_from is not None:
         sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
         import tempfile
 
