@@ -188,6 +188,13 @@ def markdown(report: dict) -> str:
     stop = report["stop"]
     lines.append(f"- pruning stopped: {stop['reason']} at rate {stop['rate']:.2f}")
     pr = report.get("prediction") or {}
+    sc = report.get("screen") or {}
+    if sc.get("enabled"):
+        m = sc["margin"]
+        lines.append(f"- screening: {len(sc['screened'])} candidate(s) judged on their pruned Keras model only, not "
+                     f"converted ({sc['conversions_saved']} conversions saved this invocation); margin {m['score']:.4f} "
+                     f"(the largest float-to-int8 gap measured in this run + one sample); converted on demand by the "
+                     f"device phase: {', '.join(sc['converted_on_demand']) or 'none'}")
     if pr.get("skipped"):
         over = "the flash budget" if all("RAM" not in k["reason"] and "latency" not in k["reason"]
                                          for k in pr["skipped"]) else "a budget (flash, RAM or latency)"
@@ -265,8 +272,8 @@ def _plot_fidelity(ax_f, report: dict) -> list:
     if ft.get("min_fidelity") is not None:
         ax_f.axhline(ft["min_fidelity"], color="tab:red", ls="--", label=f"threshold {ft['min_fidelity']:g}")
     if ft.get("max_accuracy_drop") is not None:
-        accs = [c["fidelity"].get("accuracy") for c in cands if not c.get("skipped")]
-        rates_acc = [c["rate"] for c in cands if not c.get("skipped")]
+        accs = [c["fidelity"].get("accuracy") for c in cands if c["fidelity"].get("score") is not None]
+        rates_acc = [c["rate"] for c in cands if c["fidelity"].get("score") is not None]
         if all(a is not None for a in accs):
             ax_f.plot(rates_acc, accs, "^-", color="tab:orange", label="accuracy")
             ref = cands[0]["fidelity"].get("reference_accuracy")
@@ -388,6 +395,11 @@ class RunProgress:
                 tag += f", trained {rec['recovery']['epochs']} epoch(s) on {rec['recovery']['samples']:,} samples"
             if rec.get("skipped"):
                 print_kept(p.console, f"  rate {rec['rate']:.2f}: not converted: {rec['skipped']}")
+                return
+            if (rec.get("screen") or {}).get("screened"):
+                from edgeprune.pipeline.report.run_table import screened_text
+
+                print_kept(p.console, f"  rate {rec['rate']:.2f}: {screened_text(rec)}  [dim]({tag})[/dim]")
                 return
             fails = [k for k in ("fidelity", "flash") if not ck[k]["ok"]]
             print_kept(p.console, f"  rate {rec['rate']:.2f}: {format_size(rec['size_bytes'])}, "

@@ -81,6 +81,8 @@ class HostResult:
     trainset: Any = None  # pipeline.prune.recover.TrainSet with --train-data
     jobs: int = 1
     pool: bool = False  # whether conversion workers were used
+    screen: Any = None  # pipeline.search.host_screen.Screen
+    phase: Any = None  # the HostPhase (the device phase converts screened candidates through it)
 
 
 @dataclass
@@ -94,7 +96,7 @@ class _Made:
     timings: dict = field(default_factory=dict)
 
 
-def reuse_finished(ctx, checks: HostChecks, rates: list) -> list:
+def reuse_finished(ctx, checks: HostChecks, rates: list, screen) -> list:
     """``--resume``: the finished candidates of the run directory, in rate order, up to the
     first one missing, unreadable or made under another budget."""
     d, candidates = ctx.run_dir, []
@@ -110,6 +112,8 @@ def reuse_finished(ctx, checks: HostChecks, rates: list) -> list:
             break
         if not all((d / f).is_file() for f in rec.files.values()):
             break
+        if rec.screened and (not screen.enabled or rec.screen.get("threshold_key") != screen.threshold_key()):
+            break  # screened under other thresholds (or screening is off now): build and convert it now
         if rec.skipped and rec.skip_budget != checks.predictor.key():
             break  # skipped under another flash budget: build and convert it now
         if rec.skipped and rec.skip_kind != "flash" and rec.skip_resource_budget != checks.resource_budget_key():
@@ -119,7 +123,7 @@ def reuse_finished(ctx, checks: HostChecks, rates: list) -> list:
         rec.reused = True
         if i == 0 and rec.prediction:
             checks.predictor.calibrate(checks.prediction_of(rec.prediction), rec.size_bytes)
-        if not rec.skipped and (rec.vela or ctx.profile.kind == "ethos-u"):
+        if not rec.skipped and not rec.screened and (rec.vela or ctx.profile.kind == "ethos-u"):
             _vela_reused(ctx, checks, candidates, rec, path)  # flash is Vela's figure only on an Ethos-U profile
         rec.checks = checks.checks(rec)
         candidates.append(rec)
@@ -220,6 +224,11 @@ class HostPhase:
         self.jobs = 1
         self.recovery: Optional[Recovery] = None  # --train-data (pipeline/prune/recover.py), made by run()
         self.stage = "prune"  # what a failing candidate failed at
+        from edgeprune.pipeline.search.host_screen import Screen
+
+        # screening (pipeline/search/host_screen.py): not with --rate nor --train-data
+        self.screen = Screen(ctx, self.checks, search.screen and not self.fixed and ctx.recover is None)
+        self.pconf = None
 
     # ---------------------------------------------------------------- the phase
     def run(self) -> HostResult:
@@ -233,7 +242,8 @@ class HostPhase:
 
             save(lat, d)
         if ctx.resumed:
-            self.candidates = reuse_finished(ctx, self.checks, self.rates)
+            self.candidates = reuse_finished(ctx, self.checks, self.rates, self.screen)
+            self.screen.restore(self.candidates)
         reused = len(self.candidates)
         # --rate: the schedule's widths are the search's (they depend on --max-rate), so a fixed
         # rate gives the candidate the search gives at that rate
@@ -241,6 +251,7 @@ class HostPhase:
                             input_range=tuple(float(v) for v in c.model.input_range), seed=c.prune.seed,
                             calibration=engine.calibration, compensate=engine.compensate,
                             allocation=engine.allocation_obj or engine.allocation)
+        self.pconf = pconf
         if self.candidates:
             last = self.candidates[-1]
             pruner = Pruner(ctx.model, pconf, plan=Plan.load(d / last.files["plan"]))
@@ -253,12 +264,11 @@ class HostPhase:
         self.candidate_loop(pruner, pconf)
         return HostResult(candidates=self.candidates, failed_candidates=self.failed_candidates, stop=self.stop_reason(),
                           reused=reused, rates=self.rates, checks=self.checks, trainset=self.recovery.trainset,
-                          jobs=self.jobs, pool=self.pool_used)
+                          jobs=self.jobs, pool=self.pool_used, screen=self.screen, phase=self)
 
     def candidate_loop(self, pruner, pconf) -> None:
         for i in range(len(self.candidates), len(self.rates)):
-            if self.candidates and not self.candidates[-1].skipped \
-                    and not self.candidates[-1].checks["fidelity"]["ok"] and not self.fixed:
+            if self.candidates and self.candidates[-1].checks["fidelity"]["ok"] is False and not self.fixed:
                 break  # (--rate judges every rate it was given)
             if i > 0 and not self.prunable:
                 break
@@ -287,7 +297,7 @@ class HostPhase:
         last = self.candidates[-1]
         if self.fixed:
             return {"reason": "rates", "rate": last.rate}
-        if not last.skipped and not last.checks["fidelity"]["ok"]:
+        if last.checks["fidelity"]["ok"] is False:
             return {"reason": "fidelity", "rate": last.rate}
         if not self.prunable:
             return {"reason": "nothing to prune", "rate": 0.0}
@@ -332,8 +342,8 @@ class HostPhase:
 
         jobs = self.ctx.config.search.jobs
         self.jobs = int(jobs) if jobs is not None else default_jobs()
-        if self.fixed:
-            return None  # --rate: each candidate is its own jump along the schedule (advance_fixed)
+        if self.fixed or self.screen.enabled:
+            return None  # --rate: each candidate is its own jump along the schedule (advance_fixed); screening: few conversions
         times = [r.timings["convert_s"] for r in self.candidates if "convert_s" in r.timings]
         n = pool_size(jobs, self.jobs, len(self.rates) - len(self.candidates), self.prunable, times)
         if self.recovery.trainset is not None:
@@ -368,10 +378,24 @@ class HostPhase:
                 ahead.discard()  # as serially: no conversion, no .keras
             return self.skipped_candidate(pruner if ahead is None else ahead, i, rate, name, km, pred, reason, t0,
                                           skip)
+        screen = None
+        if self.screen.enabled:  # judged on the pruned Keras model first (pipeline/search/host_screen.py)
+            tk = time.perf_counter()
+            keras = self.screen.keras_fidelity(km if i > 0 else None)
+            screened = self.screen.active(i) and self.screen.clears(keras)
+            screen = self.screen.record(keras, screened)
+            screen["keras_s"] = round(time.perf_counter() - tk, 4)
+            if screened:
+                return self.skipped_candidate(pruner, i, rate, name, km, pred, None, t0, screen=screen)
         made = self.convert_and_judge(km, ahead, i, rate)
         prune_end = made.timings.pop("_prune_end")
         made.timings["prune_s"] = (prune_end - t0 if ahead is None else ahead.prune_s) + self.walk_s
-        return self.save_candidate(pruner, ahead, made, i, rate, name, pred)
+        if screen is not None:  # (the Keras judgement ran between pruning and converting)
+            made.timings["prune_s"] -= screen["keras_s"]
+        rec = self.save_candidate(pruner, ahead, made, i, rate, name, pred, screen)
+        if screen is not None:
+            self.screen.observe(screen["keras"], rec.fidelity)
+        return rec
 
     def convert_and_judge(self, km, ahead, i: int, rate: float) -> _Made:
         """Convert (or take the worker's conversion) and judge fidelity; with --train-data, train
@@ -415,7 +439,8 @@ class HostPhase:
                      timings={"_prune_end": t1, "convert_s": convert_s, "fidelity_s": fidelity_s, "train_s": train_s,
                               "_judged": t3})
 
-    def save_candidate(self, pruner, ahead, made: _Made, i: int, rate: float, name: str, pred) -> Candidate:
+    def save_candidate(self, pruner, ahead, made: _Made, i: int, rate: float, name: str, pred,
+                       screen: dict | None = None) -> Candidate:
         """Write the candidate's files (.keras, .tflite, .plan.json, then its .json last) and return its record."""
         from edgeprune.pipeline.convert import converter as conv
 
@@ -445,8 +470,9 @@ class HostPhase:
             timings={"prune_s": round(tm["prune_s"], 4),
                      "convert_s": round(tm["convert_s"] if ahead is None else res.seconds, 4),
                      "fidelity_s": round(tm["fidelity_s"], 4), "save_s": round(t4 - tm["_judged"], 4),
-                     **({"train_s": round(tm["train_s"], 4)} if trained is not None else {})},
-            created_at=_now(), pid=os.getpid(), device=None)
+                     **({"train_s": round(tm["train_s"], 4)} if trained is not None else {}),
+                     **({"keras_s": screen["keras_s"]} if screen is not None else {})},
+            created_at=_now(), pid=os.getpid(), device=None, screen=screen)
         if ctx.profile.kind == "ethos-u":  # every candidate through Vela: its flash figure, NPU share
             from edgeprune.pipeline.convert import ethos_u_stage
 
@@ -460,23 +486,26 @@ class HostPhase:
         write_json_atomic(d / f"{name}.json", rec.to_json())  # last: marks the candidate done
         return rec
 
-    def skipped_candidate(self, pruner, i: int, rate: float, name: str, km, pred, reason: str, t0: float,
-                          skip: dict | None = None) -> Candidate:
-        """A candidate predicted over the flash budget: its plan is kept (so pruning can go on and
-        --resume can continue from it) but it is neither converted nor evaluated."""
+    def skipped_candidate(self, pruner, i: int, rate: float, name: str, km, pred, reason: str | None, t0: float,
+                          skip: dict | None = None, screen: dict | None = None) -> Candidate:
+        """A candidate predicted over the flash budget (``reason``), or screened on its Keras model
+        (``screen``): its plan is kept (so pruning can go on and --resume, or the device phase,
+        can continue from it) but it is not converted."""
         d, checks = self.ctx.run_dir, self.checks
         files = {"plan": f"{name}.plan.json"}
         plan = pruner.plan()
         plan.save(d / files["plan"])
         flash = checks.predictor.size(pred) + checks.predictor.runtime_bytes
+        size = pred.size_bytes if screen is None else checks.predictor.size(pred)
         rec = Candidate(
-            index=i, rate=rate, name=name, files=files, params=int(km.count_params()), size_bytes=pred.size_bytes,
-            flash_bytes=flash, sha256=None, skipped=reason, skip_budget=checks.predictor.key(),
-            prediction=pred.to_dict(),
+            index=i, rate=rate, name=name, files=files, params=int(km.count_params()), size_bytes=size,
+            flash_bytes=flash, sha256=None, skipped=reason, skip_budget=checks.predictor.key() if reason else None,
+            prediction=pred.to_dict(), screen=screen, made_by=dict(self.ctx.engine.label) if screen else None,
             fidelity={"score": None, "score_name": None, "accuracy": None, "accuracy_drop": None, "metric": None,
-                      "skipped": True},
+                      **({"skipped": True} if screen is None else {"screened": True})},
             widths=plan.widths,
-            timings={"prune_s": round(time.perf_counter() - t0, 4), "convert_s": 0.0, "fidelity_s": 0.0, "save_s": 0.0},
+            timings={"prune_s": round(time.perf_counter() - t0 - (screen or {}).get("keras_s", 0.0), 4), "convert_s": 0.0,
+                     "fidelity_s": 0.0, "save_s": 0.0, **({"keras_s": screen["keras_s"]} if screen else {})},
             created_at=_now(), pid=os.getpid(), device=None)
         if skip:
             rec.skip_what, rec.skip_value, rec.skip_limit = skip["what"], skip["value"], skip["limit"]
