@@ -202,6 +202,35 @@ class Recovery:
                     targets=self.trainset.kind, **{k: v for k, v in recover.to_dict().items() if k not in ("epochs",)})
 
 
+def skipped_candidate(host, pruner, i: int, rate: float, name: str, km, pred, reason: str | None, t0: float,
+                      skip: dict | None = None, screen: dict | None = None) -> Candidate:
+    """A candidate predicted over the flash budget (``reason``), or screened on its Keras model
+    (``screen``): its plan is kept (so pruning can go on and --resume, or the device phase,
+    can continue from it) but it is not converted."""
+    d, checks = host.ctx.run_dir, host.checks
+    files = {"plan": f"{name}.plan.json"}
+    plan = pruner.plan()
+    plan.save(d / files["plan"])
+    flash = checks.predictor.size(pred) + checks.predictor.runtime_bytes
+    size = pred.size_bytes if screen is None else checks.predictor.size(pred)
+    rec = Candidate(
+        index=i, rate=rate, name=name, files=files, params=int(km.count_params()), size_bytes=size,
+        flash_bytes=flash, sha256=None, skipped=reason, skip_budget=checks.predictor.key() if reason else None,
+        prediction=pred.to_dict(), screen=screen, made_by=dict(host.ctx.engine.label) if screen else None,
+        fidelity={"score": None, "score_name": None, "accuracy": None, "accuracy_drop": None, "metric": None,
+                  **({"skipped": True} if screen is None else {"screened": True})},
+        widths=plan.widths,
+        timings={"prune_s": round(time.perf_counter() - t0 - (screen or {}).get("keras_s", 0.0), 4), "convert_s": 0.0,
+                 "fidelity_s": 0.0, "save_s": 0.0, **({"keras_s": screen["keras_s"]} if screen else {})},
+        created_at=_now(), pid=os.getpid(), device=None)
+    if skip:
+        rec.skip_what, rec.skip_value, rec.skip_limit = skip["what"], skip["value"], skip["limit"]
+        rec.skip_resource_budget = checks.resource_budget_key()
+    rec.checks = checks.checks(rec)
+    write_json_atomic(d / f"{name}.json", rec.to_json())
+    return rec
+
+
 class HostPhase:
     """The candidate loop: reuse finished candidates (``--resume``), then prune, convert and check
     one candidate at a time until one fails the fidelity threshold or ``max_rate`` is reached."""
@@ -376,17 +405,11 @@ class HostPhase:
         if reason is not None:
             if ahead is not None:
                 ahead.discard()  # as serially: no conversion, no .keras
-            return self.skipped_candidate(pruner if ahead is None else ahead, i, rate, name, km, pred, reason, t0,
+            return skipped_candidate(self, pruner if ahead is None else ahead, i, rate, name, km, pred, reason, t0,
                                           skip)
-        screen = None
-        if self.screen.enabled:  # judged on the pruned Keras model first (pipeline/search/host_screen.py)
-            tk = time.perf_counter()
-            keras = self.screen.keras_fidelity(km if i > 0 else None)
-            screened = self.screen.active(i) and self.screen.clears(keras)
-            screen = self.screen.record(keras, screened)
-            screen["keras_s"] = round(time.perf_counter() - tk, 4)
-            if screened:
-                return self.skipped_candidate(pruner, i, rate, name, km, pred, None, t0, screen=screen)
+        screen = self.screen.judge(km, i)  # on the pruned Keras model first (pipeline/search/host_screen.py)
+        if screen is not None and screen["screened"]:
+            return skipped_candidate(self, pruner, i, rate, name, km, pred, None, t0, screen=screen)
         made = self.convert_and_judge(km, ahead, i, rate)
         prune_end = made.timings.pop("_prune_end")
         made.timings["prune_s"] = (prune_end - t0 if ahead is None else ahead.prune_s) + self.walk_s
@@ -484,34 +507,6 @@ class HostPhase:
             rec.arena_calibration = self.checks.ram_calibration(km, d / files["tflite"])
         rec.checks = self.checks.checks(rec)
         write_json_atomic(d / f"{name}.json", rec.to_json())  # last: marks the candidate done
-        return rec
-
-    def skipped_candidate(self, pruner, i: int, rate: float, name: str, km, pred, reason: str | None, t0: float,
-                          skip: dict | None = None, screen: dict | None = None) -> Candidate:
-        """A candidate predicted over the flash budget (``reason``), or screened on its Keras model
-        (``screen``): its plan is kept (so pruning can go on and --resume, or the device phase,
-        can continue from it) but it is not converted."""
-        d, checks = self.ctx.run_dir, self.checks
-        files = {"plan": f"{name}.plan.json"}
-        plan = pruner.plan()
-        plan.save(d / files["plan"])
-        flash = checks.predictor.size(pred) + checks.predictor.runtime_bytes
-        size = pred.size_bytes if screen is None else checks.predictor.size(pred)
-        rec = Candidate(
-            index=i, rate=rate, name=name, files=files, params=int(km.count_params()), size_bytes=size,
-            flash_bytes=flash, sha256=None, skipped=reason, skip_budget=checks.predictor.key() if reason else None,
-            prediction=pred.to_dict(), screen=screen, made_by=dict(self.ctx.engine.label) if screen else None,
-            fidelity={"score": None, "score_name": None, "accuracy": None, "accuracy_drop": None, "metric": None,
-                      **({"skipped": True} if screen is None else {"screened": True})},
-            widths=plan.widths,
-            timings={"prune_s": round(time.perf_counter() - t0 - (screen or {}).get("keras_s", 0.0), 4), "convert_s": 0.0,
-                     "fidelity_s": 0.0, "save_s": 0.0, **({"keras_s": screen["keras_s"]} if screen else {})},
-            created_at=_now(), pid=os.getpid(), device=None)
-        if skip:
-            rec.skip_what, rec.skip_value, rec.skip_limit = skip["what"], skip["value"], skip["limit"]
-            rec.skip_resource_budget = checks.resource_budget_key()
-        rec.checks = checks.checks(rec)
-        write_json_atomic(d / f"{name}.json", rec.to_json())
         return rec
 
     def train_candidate(self, km, i: int, rate: float):

@@ -81,6 +81,17 @@ class Screen:
         d = fr.to_dict()
         return {k: d[k] for k in ("metric", "score", "score_name", "accuracy", "accuracy_drop")}
 
+    def judge(self, km, i: int) -> Optional[dict]:
+        """Candidate ``i``'s ``screen`` record (None: screening off): its Keras score (candidate 0's
+        is the reference itself) and whether it is screened (not to be converted)."""
+        if not self.enabled:
+            return None
+        t0 = time.perf_counter()
+        keras = self.keras_fidelity(km if i > 0 else None)
+        out = self.record(keras, self.active(i) and self.clears(keras))
+        out["keras_s"] = round(time.perf_counter() - t0, 4)
+        return out
+
     def active(self, i: int) -> bool:
         return self.enabled and i > 0 and self.observed > 0
 
