@@ -249,7 +249,7 @@ class DevicePhase:
             if r.screened:
                 r.not_measured = self.host.screen.text(r) + " (" + (
                     self.skip or f"rate {ch.rate:.2f}, a larger rate, already meets every budget") + ")"
-            elif id(r) not in self.decided and r.measurement is None and self.skip is not None:
+            elif id(r) not in self.decided and r.measurement is None and r.not_measured is None and self.skip is not None:
                 r.not_measured = self.skip
         self.ctx.emit("device_phase_done", made=self.result.runs, cached=self.result.cached)
         if config.search.measure_all and order:

@@ -211,6 +211,10 @@ def skipped_candidate(host, pruner, i: int, rate: float, name: str, km, pred, re
     files = {"plan": f"{name}.plan.json"}
     plan = pruner.plan()
     plan.save(d / files["plan"])
+    if screen is not None:  # a plan the --rate path can replay, as a converted candidate's
+        from edgeprune.pipeline.search.work_cache import store_plan
+
+        store_plan(plan_key(host.ctx, rate), d / files["plan"])
     flash = checks.predictor.size(pred) + checks.predictor.runtime_bytes
     size = pred.size_bytes if screen is None else checks.predictor.size(pred)
     rec = Candidate(
