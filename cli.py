@@ -622,7 +622,7 @@ def run(
     latency_stat: Annotated[LatencyStat, typer.Option("--latency-stat", help="Statistic of the timed runs the latency budget is checked on.")] = LatencyStat.p50,
     round_to: _RoundTo = None,
     predict: Annotated[bool, typer.Option("--predict/--no-predict", help="Skip converting candidates whose predicted size cannot fit the flash budget.")] = True,
-    screen: Annotated[bool, typer.Option("--screen/--no-screen", help="Judge every candidate first on its pruned Keras model; convert and judge on the .tflite only those within the run's measured float-to-int8 gap of the fidelity threshold, and those the device phase needs (the answer is always judged on its .tflite). Not used with --rate or --train-data.")] = True,
+    screen: Annotated[bool, typer.Option("--screen/--no-screen", help="Judge every candidate first on its pruned Keras model; convert and judge on the .tflite only those within the run's measured float-to-int8 gap of the fidelity threshold, and those the device phase needs (the answer is always judged on its .tflite). Not used with --rate, --train-data or --jobs N > 1.")] = True,
     measure_all: Annotated[bool, typer.Option("--measure-all", help="Measure every candidate that passes the host checks (for the latency curve), not just the fewest needed.")] = False,
     input_range: _input_range_option("PAODING bounds, synthetic data") = "0,1",
     seed: _Seed = 0,

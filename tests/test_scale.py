@@ -210,7 +210,8 @@ def test_pool_conversion_same_bytes_and_decisions_as_serial(tmp_path, capsys):
 
     def run(jobs, min_fidelity, name):
         code = run_cli(["run", "--out", str(tmp_path / name), "--step", "0.1", "--max-rate", "0.5", "--min-fidelity",
-                        repr(min_fidelity), "--runs", "2", "--warmup", "0", "--jobs", str(jobs), "--json"])
+                        repr(min_fidelity), "--runs", "2", "--warmup", "0", "--jobs", str(jobs), "--json",
+                        "--no-screen"])  # every candidate converted, as the workers do
         assert code in (0, 3)
         return json.loads(capsys.readouterr().out)
 

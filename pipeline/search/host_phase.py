@@ -259,8 +259,13 @@ class HostPhase:
         self.stage = "prune"  # what a failing candidate failed at
         from edgeprune.pipeline.search.host_screen import Screen
 
-        # screening (pipeline/search/host_screen.py): not with --rate nor --train-data
-        self.screen = Screen(ctx, self.checks, search.screen and not self.fixed and ctx.recover is None)
+        # screening (pipeline/search/host_screen.py): not with --rate nor --train-data; --jobs N > 1 asks for
+        # conversion workers converting every candidate ahead, so it converts every candidate (no screening)
+        pooled = search.jobs is not None and int(search.jobs) > 1
+        self.screen = Screen(ctx, self.checks, search.screen and not self.fixed and ctx.recover is None and not pooled)
+        if search.screen and pooled and not self.fixed and ctx.recover is None:
+            ctx.notes.append(f"--jobs {search.jobs}: every candidate is converted (in worker processes ahead of the search), "
+                             "no screening on the Keras model (pipeline/search/host_screen.py)")
         self.pconf = None
 
     # ---------------------------------------------------------------- the phase

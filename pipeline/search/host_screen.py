@@ -18,8 +18,9 @@ answer is always a converted candidate judged on the .tflite it ships.
 
 Not used with ``--rate`` (every given rate is judged on its .tflite) or ``--train-data`` (a candidate
 is trained only once it fails untrained, which needs its .tflite), nor with ``--no-screen``. While
-screening, the conversion look-ahead (``--jobs``, pipeline/convert/convert_pool.py) is off: most
-candidates are not converted at all.
+screening, the conversion look-ahead (pipeline/convert/convert_pool.py) is off: most candidates are
+not converted at all; an explicit ``--jobs N`` > 1 asks for it, and then every candidate is converted
+(no screening, a note says so).
 """
 from __future__ import annotations
 
