@@ -147,7 +147,10 @@ def _md_candidates(report: dict, chosen_index) -> list[str]:
     for c in report["candidates"]:
         fr = c["fidelity"]
         score = "-" if fr.get("score") is None else f"{fr['score']:.4f}"
-        lines.append(f"| {c['index']} | {c['rate']:.2f} | {c['params']:,} | {format_size(c['size_bytes'])} | {format_size(c['flash_bytes'])} "
+        scr, pre = c.get("screen") or {}, ""
+        if scr.get("screened"):  # judged on its Keras model only; size predicted
+            score, pre = f"~{scr['keras']['score']:.4f} (Keras)", "~"
+        lines.append(f"| {c['index']} | {c['rate']:.2f} | {c['params']:,} | {pre}{format_size(c['size_bytes'])} | {pre}{format_size(c['flash_bytes'])} "
                      f"| {score} | {accuracy_change_text(fr)} | {latency_text(c, stat)} | {ram_text(c)} "
                      f"| {verdict(c, chosen_index)} |")
     nm = [c for c in report["candidates"] if c.get("not_measured")]
