@@ -66,10 +66,20 @@ def test_screening_saves_conversions_and_gives_the_same_answer(tmp_path, capsys,
     assert [bool((c.get("screen") or {}).get("screened")) for c in r["candidates"]] == \
         [bool((c.get("screen") or {}).get("screened")) for c in a["candidates"]]
     assert _chosen(r)["sha256"] == ca["sha256"] and r["screen"]["conversions_saved"] == 0
-    # --resume under another threshold: the screened candidates were judged against the old one: built again
-    code, t = run_json(capsys, ["--out", str(d), *FAST, "--resume", "--min-fidelity", "0.9"])
+    # --resume under a stricter threshold: the screened candidates are judged again on their Keras score;
+    # those that no longer clear it with the margin are converted now and judged on their .tflite
+    strict = 0.962
+    code, t = run_json(capsys, ["--out", str(d), *FAST, "--resume", "--min-fidelity", str(strict)])
     assert code in (0, 3)
-    assert t["resume"]["candidates_reused"] == screened[0]["index"]  # up to the first screened one
+    again = [c for c in t["candidates"] if (c.get("screen") or {}).get("converted", "").startswith("on resume")]
+    kept = [c for c in t["candidates"] if (c.get("screen") or {}).get("screened")]
+    assert again and len(again) + len(kept) == len(screened)
+    for c in again:
+        assert c["screen"]["keras"]["score"] - t["screen"]["margin"]["score"] < strict and c["sha256"]
+        assert c["fidelity"]["score"] == b["candidates"][c["index"]]["fidelity"]["score"]  # its .tflite, as --no-screen
+    for c in kept:
+        assert c["screen"]["keras"]["score"] - t["screen"]["margin"]["score"] >= strict
+    assert t["resume"]["candidates_reused"] == len(t["candidates"]) - len(again)
 
 
 @pytest.mark.slow

@@ -96,7 +96,7 @@ class _Made:
     timings: dict = field(default_factory=dict)
 
 
-def reuse_finished(ctx, checks: HostChecks, rates: list, screen) -> list:
+def reuse_finished(ctx, checks: HostChecks, rates: list) -> list:
     """``--resume``: the finished candidates of the run directory, in rate order, up to the
     first one missing, unreadable or made under another budget."""
     d, candidates = ctx.run_dir, []
@@ -112,8 +112,6 @@ def reuse_finished(ctx, checks: HostChecks, rates: list, screen) -> list:
             break
         if not all((d / f).is_file() for f in rec.files.values()):
             break
-        if rec.screened and (not screen.enabled or rec.screen.get("threshold_key") != screen.threshold_key()):
-            break  # screened under other thresholds (or screening is off now): build and convert it now
         if rec.skipped and rec.skip_budget != checks.predictor.key():
             break  # skipped under another flash budget: build and convert it now
         if rec.skipped and rec.skip_kind != "flash" and rec.skip_resource_budget != checks.resource_budget_key():
@@ -280,9 +278,8 @@ class HostPhase:
 
             save(lat, d)
         if ctx.resumed:
-            self.candidates = reuse_finished(ctx, self.checks, self.rates, self.screen)
+            self.candidates = reuse_finished(ctx, self.checks, self.rates)
             self.screen.restore(self.candidates)
-        reused = len(self.candidates)
         # --rate: the schedule's widths are the search's (they depend on --max-rate), so a fixed
         # rate gives the candidate the search gives at that rate
         pconf = PruneConfig(rate=float(c.search.max_rate) if self.fixed else max(self.rates), criterion=engine.criterion, step=float(c.search.step), round_to=ctx.round_to,
@@ -299,6 +296,8 @@ class HostPhase:
         if not self.prunable:
             ctx.notes.append(f"{pruner.graph.nothing_prunable_note()}: only the unpruned candidate is evaluated")
         self.recovery = Recovery(ctx, self.candidates)
+        self.screen.rejudge(self)  # --resume: screened candidates that no longer clear (thresholds, --no-screen)
+        reused = sum(1 for r in self.candidates if r.reused)
         self.candidate_loop(pruner, pconf)
         return HostResult(candidates=self.candidates, failed_candidates=self.failed_candidates, stop=self.stop_reason(),
                           reused=reused, rates=self.rates, checks=self.checks, trainset=self.recovery.trainset,

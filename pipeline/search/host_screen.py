@@ -133,7 +133,15 @@ class Screen:
         return "screened on Keras: " + " and ".join(parts) + "; not converted"
 
     # ---------------------------------------------------------------- converting on demand
-    def convert(self, host, rec):
+    def rejudge(self, host) -> None:
+        """--resume: a reused screened candidate is judged again on its Keras score against THIS
+        run's thresholds and margin; one that no longer clears them (or any, with --no-screen) is
+        converted now and judged on its .tflite, as the search would have."""
+        for rec in list(host.candidates):
+            if rec.screened and not (self.enabled and self.clears(rec.screen["keras"])):
+                self.convert(host, rec, "on resume (no longer clears the threshold with the margin)")
+
+    def convert(self, host, rec, why: str = "on demand (device phase)"):
         """A screened candidate converted from its saved plan and judged on its .tflite (the
         device phase reached it); returns its converted record (replacing ``rec`` in the list)."""
         from edgeprune.pipeline.convert import converter as conv
@@ -142,14 +150,14 @@ class Screen:
         from edgeprune.pipeline.search.predict import predict
 
         ctx = self.ctx
-        ctx.emit("status", text=f"rate {rec.rate:.2f}: screened on Keras; converting it now (the device phase reached it)")
+        ctx.emit("status", text=f"rate {rec.rate:.2f}: screened on Keras; converting it now ({why})")
         t0 = time.perf_counter()
         pruner = Pruner(ctx.model, host.pconf, plan=Plan.load(ctx.run_dir / rec.files["plan"]))
         with conv.captured_output():
             km = pruner.build()
         made = host.convert_and_judge(km, None, rec.index, rec.rate)
         made.timings["prune_s"] = made.timings.pop("_prune_end") - t0
-        screen = dict(rec.screen, screened=False, converted="on demand (device phase)")
+        screen = dict(rec.screen, screened=False, converted=why)
         new = host.save_candidate(pruner, None, made, rec.index, rec.rate, rec.name,
                                   predict(km, ctx.config.prune.quantize), screen)
         self.observe(screen["keras"], new.fidelity)
