@@ -327,7 +327,7 @@ def test_run_with_two_ssh_profiles_stops_like_one_board(clean, tmp_path):
     b.write_text(b.read_text().replace(str(farm.boards[1].user_key), str(farm.boards[0].user_key)))
     out = tmp_path / "run"
     code, stdout, err = _finish(edgeprune(
-        "run", "--device", str(a), "--device", str(b), "--out", str(out), "--step", "0.1", "--max-rate", "0.3",
+        "run", "--device", str(a), "--device", str(b), "--out", str(out), "--step", "0.1", "--max-rate", "0.3", "--no-screen",
         "--min-fidelity", "0.9", "--runs", "5", "--min-secs", "0", "--warmup-min-secs", "0", "--warmup", "1", "--json"), timeout=900)
     assert code == 0, err
     rep = json.loads(stdout)
