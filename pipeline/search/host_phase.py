@@ -287,6 +287,9 @@ class HostPhase:
                             calibration=engine.calibration, compensate=engine.compensate,
                             allocation=engine.allocation_obj or engine.allocation)
         self.pconf = pconf
+        self.recovery = Recovery(ctx, self.candidates)
+        self.screen.rejudge(self)  # --resume: screened candidates that no longer clear (thresholds, --no-screen)
+        reused = sum(1 for r in self.candidates if r.reused)
         if self.candidates:
             last = self.candidates[-1]
             pruner = Pruner(ctx.model, pconf, plan=Plan.load(d / last.files["plan"]))
@@ -295,9 +298,6 @@ class HostPhase:
         self.prunable = bool(pruner.groups)
         if not self.prunable:
             ctx.notes.append(f"{pruner.graph.nothing_prunable_note()}: only the unpruned candidate is evaluated")
-        self.recovery = Recovery(ctx, self.candidates)
-        self.screen.rejudge(self)  # --resume: screened candidates that no longer clear (thresholds, --no-screen)
-        reused = sum(1 for r in self.candidates if r.reused)
         self.candidate_loop(pruner, pconf)
         return HostResult(candidates=self.candidates, failed_candidates=self.failed_candidates, stop=self.stop_reason(),
                           reused=reused, rates=self.rates, checks=self.checks, trainset=self.recovery.trainset,

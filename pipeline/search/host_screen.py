@@ -136,10 +136,15 @@ class Screen:
     def rejudge(self, host) -> None:
         """--resume: a reused screened candidate is judged again on its Keras score against THIS
         run's thresholds and margin; one that no longer clears them (or any, with --no-screen) is
-        converted now and judged on its .tflite, as the search would have."""
-        for rec in list(host.candidates):
+        converted now and judged on its .tflite, as the search would have. One whose conversion
+        fails ends the reuse there: the search builds it again (and records the failure)."""
+        for k, rec in enumerate(list(host.candidates)):
             if rec.screened and not (self.enabled and self.clears(rec.screen["keras"])):
-                self.convert(host, rec, "on resume (no longer clears the threshold with the margin)")
+                try:
+                    self.convert(host, rec, "on resume (no longer clears the threshold with the margin)")
+                except Exception:  # noqa: BLE001 - the search makes it again, through try_candidate
+                    del host.candidates[k:]
+                    return
 
     def convert(self, host, rec, why: str = "on demand (device phase)"):
         """A screened candidate converted from its saved plan and judged on its .tflite (the
