@@ -210,7 +210,8 @@ def markdown(report: dict) -> str:
     if rs["resumed"]:
         lines.append(f"- resumed: {rs['candidates_reused']} candidates reused, {rs['candidates_computed']} computed")
     t = report["timings"]
-    lines.append(f"- time: {t['total_s']:.1f} s total (load {t.get('load_s', 0.0):.1f}, prune {t['prune_s']:.1f}, convert {t['convert_s']:.1f}, "
+    lines.append(f"- time: {t['total_s']:.1f} s total (load {t.get('load_s', 0.0):.1f}, prune {t['prune_s']:.1f}, "
+                 + (f"Keras screening {t['keras_s']:.1f}, " if t.get("keras_s") is not None else "") + f"convert {t['convert_s']:.1f}, "
                  f"fidelity {t['fidelity_s']:.1f}, save {t['save_s']:.1f}, device {t['device_s']:.1f})")
     if report.get("reasons"):
         lines += ["", "## Why no candidate", ""] + [f"- {r}" for r in report["reasons"]]
