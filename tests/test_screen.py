@@ -54,7 +54,8 @@ def test_screening_saves_conversions_and_gives_the_same_answer(tmp_path, capsys,
     tflites = sorted(p.name for p in d.glob("cand-*.tflite"))
     assert len(tflites) == len(a["candidates"]) - len(screened)
     assert len(list((tmp_path / "b").glob("cand-*.tflite"))) == len(b["candidates"])
-    # the pick is converted and judged on its .tflite
+    # the pick is converted and judged on its .tflite; nothing without a .tflite was measured
+    assert all(c["sha256"] and (d / c["files"]["tflite"]).is_file() for c in a["candidates"] if c["measurement"])
     assert ca["sha256"] and ca["fidelity"]["score"] >= 0.95 and ca["checks"]["fidelity"]["ok"] is True
     assert (d / "best.tflite").read_bytes() == (d / ca["files"]["tflite"]).read_bytes()
     md = (d / "report.md").read_text()
