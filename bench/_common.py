@@ -98,3 +98,21 @@ def run_json(args: list, env=None) -> dict:
         raise SystemExit(f"run failed ({p.returncode}):\n{p.stderr[-3000:]}")
     return {"report": json.loads(p.stdout), "wall_s": round(wall, 1), "load_before": round(load, 2),
             "exit": p.returncode, "command": "edgeprune run " + " ".join(map(str, args))}
+
+
+def code_version() -> str:
+    """The git commit of the imported ``edgeprune`` (+ "-dirty" when its pipeline/ has uncommitted
+    changes; "unknown" outside a git checkout): which code a bench row ran."""
+    import subprocess
+
+    import edgeprune
+
+    d = Path(edgeprune.__file__).resolve().parent
+    try:
+        head = subprocess.run(["git", "-C", str(d), "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, timeout=30).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(d), "status", "--porcelain", "--", "pipeline"], capture_output=True,
+                               text=True, timeout=30).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return (head + ("-dirty" if dirty else "")) if head else "unknown"

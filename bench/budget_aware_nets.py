@@ -13,12 +13,18 @@ The run's data: Fashion-MNIST test images 0-999 (800 evaluation, 200 calibration
 example); ``unseen``: agreement of the chosen .tflite with the Keras model on test images
 5000-9999.
 
-    python bench/budget_aware_nets.py [--nets dscnn,mobilenet] [--rows ram50,lat40] [--keep DIR]
+    python bench/budget_aware_nets.py [--nets dscnn,mobilenet] [--rows ram50,lat40]
+                                      [--variants size,auto,latency,ram] [--tag=-SUFFIX] [--keep DIR]
+
+``--tag`` suffixes the rows' files and labels (a row of another version of the code next to the
+row of before); each row records the git commit of the code it ran and the load average.
+``--trajectory KEPT`` adds each kept run's candidates to its row; ``--render`` rebuilds the .md/.json.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -28,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
 
-from _common import CACHE, RESULTS, fashion_mnist, machine, write  # noqa: E402
+from _common import CACHE, RESULTS, code_version, fashion_mnist, machine, write  # noqa: E402
 
 UNSEEN = slice(5000, 10000)
 TRAIN_N = 20000
@@ -145,6 +151,8 @@ def main(argv=None) -> int:
     ap.add_argument("--variants", default="size,auto,latency")
     ap.add_argument("--keep", type=Path)
     ap.add_argument("--render", action="store_true")
+    ap.add_argument("--tag", default="", help="suffix of the rows' file names and labels (e.g. -ramonly: a row of "
+                    "another version of the code next to the row of before)")
     ap.add_argument("--trajectory", type=Path, help="kept folder (--keep): add each row's candidates (rate, widths, "
                     "skip reason, fidelity) to its row file; a run that did not finish (no report.json) gets an "
                     "'interrupted' row from its candidates")
@@ -154,10 +162,10 @@ def main(argv=None) -> int:
         for net in args.nets.split(","):
             for row in args.rows.split(","):
                 for v in args.variants.split(","):
-                    d = args.trajectory / net / row / v
+                    d = args.trajectory / net / row / (v + args.tag)
                     if not (d / "run.json").is_file():
                         continue
-                    f = rows_dir / f"{net}-{row}-{v}.json"
+                    f = rows_dir / f"{net}-{row}-{v}{args.tag}.json"
                     r = json.loads(f.read_text()) if f.is_file() else {
                         "net": net, "row": row, "variant": v, "exit": None, "seconds": None, "interrupted": True,
                         "reasons": ["run stopped by the bench (the session's deadline) before it finished"]}
@@ -193,9 +201,12 @@ def main(argv=None) -> int:
                 for v in args.variants.split(","):
                     if row == "ram50" and v == "latency":
                         continue
-                    r = one_row(net, row, v, model_path, data_path, budgets, tmp / net / row / v, xte[UNSEEN], km)
-                    r.update(unpruned=u, budgets=budgets, test_accuracy=acc, train_s=train_s)
-                    (rows_dir / f"{net}-{row}-{v}.json").write_text(json.dumps(r, indent=1) + "\n")
+                    load0 = os.getloadavg()[0]
+                    r = one_row(net, row, v, model_path, data_path, budgets, tmp / net / row / (v + args.tag),
+                                xte[UNSEEN], km)
+                    r.update(unpruned=u, budgets=budgets, test_accuracy=acc, train_s=train_s, tag=args.tag,
+                             code=code_version(), load=[round(load0, 2), round(os.getloadavg()[0], 2)])
+                    (rows_dir / f"{net}-{row}-{v}{args.tag}.json").write_text(json.dumps(r, indent=1) + "\n")
                     print("   ", row, v, {k: r.get(k) for k in ("exit", "rate", "size_bytes", "ram_bytes", "latency_ms",
                                                                "agreement_eval", "agreement_unseen", "seconds")}, flush=True)
     return 0
@@ -216,40 +227,57 @@ def trajectory(d: Path) -> list:
     return out
 
 
+def vl(r) -> str:
+    """A row's objective and tag (the tag names another version of the code)."""
+    return r["variant"] + (f" [{r['tag'][1:] if r['tag'].startswith('-') else r['tag']}, code {r.get('code')}]"
+                           if r.get("tag") else "")
+
+
+def secs(r) -> str:
+    if r.get("seconds") is None:
+        return "n/a"
+    return f"{r['seconds']:.0f} s" + (f" (load {r['load'][0]:.1f}-{r['load'][1]:.1f})" if r.get("load") else "")
+
+
 def render(rows: list) -> str:
     lines = ["# Budget-aware allocation on compute-bound nets (issue 22)", "",
              "`python bench/budget_aware_nets.py`: see the script's docstring. Fashion-MNIST, nets trained here "
              f"(seeded, {EPOCHS} epochs on {TRAIN_N:,} training images); the run's data: test images 0-999; "
-             "`unseen`: test images 5000-9999. Machine loaded (2 cores shared by five sessions).", "",
+             "`unseen`: test images 5000-9999. Machine loaded (2 cores shared by five sessions).", ""]
+    if any(r.get("tag") for r in rows):
+        lines += ["Rows tagged `[ramonly, code 715fcf8]` ran an experimental `auto` (while a budget is predicted missed "
+                  "only its resource drives the allocation), reverted in ae25650; untagged `auto` rows ran `auto` as it "
+                  "is (RAM and parameters 0.5/0.5 while missed, the parameters after).", ""]
+    lines += [
              "| net | budget | objective | exit | rate | .tflite | RAM | latency p50 | agreement eval | agreement unseen | time |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if r.get("interrupted"):
-            lines.append(f"| {r['net']} | {r['row']} | {r['variant']} | not finished | - | - | - | - | - | - | - |")
+            lines.append(f"| {r['net']} | {r['row']} | {vl(r)} | not finished | - | - | - | - | - | - | - |")
             continue
         b = (f"RAM {r['budgets']['ram']:,} B (50 % of arena {r['unpruned']['arena_bytes']:,} B + 16 KiB)"
              if r["row"] == "ram50" else
              f"latency {r['budgets']['latency']:.4g} ms (40 % of p50 {r['unpruned']['local_p50_ms']:.4g} ms)")
         if r.get("rate") is None:
-            lines.append(f"| {r['net']} | {b} | {r['variant']} | {r['exit']} | - | - | - | - | - | - | {r['seconds']:.0f} s |")
+            lines.append(f"| {r['net']} | {b} | {vl(r)} | {r['exit']} | - | - | - | - | - | - | {secs(r)} |")
             continue
         lat = "n/a" if r.get("latency_ms") is None else f"{r['latency_ms']:.4g} ms" + (" (est.)" if r.get("latency_is_estimate") else "")
         ram = "n/a" if r.get("ram_bytes") is None else f"{r['ram_bytes']:,} B"
-        lines.append(f"| {r['net']} | {b} | {r['variant']} | {r['exit']} | {r['rate']:.2f} | {r['size_bytes']:,} B | {ram} | "
-                     f"{lat} | {r['agreement_eval']:.4f} | {r['agreement_unseen']:.4f} | {r['seconds']:.0f} s |")
+        lines.append(f"| {r['net']} | {b} | {vl(r)} | {r['exit']} | {r['rate']:.2f} | {r['size_bytes']:,} B | {ram} | "
+                     f"{lat} | {r['agreement_eval']:.4f} | {r['agreement_unseen']:.4f} | {secs(r)} |")
     lines += ["", "Commands and reasons:", ""]
     for r in rows:
         if r.get("interrupted"):
-            lines.append(f"- {r['net']} {r['row']} {r['variant']}: " + "; ".join(r["reasons"]))
+            lines.append(f"- {r['net']} {r['row']} {vl(r)}: " + "; ".join(r["reasons"]))
             continue
-        lines.append(f"- {r['net']} {r['row']} {r['variant']}: `{r['command']}`" +
+        lines.append(f"- {r['net']} {r['row']} {vl(r)}: `{r['command']}`" +
                      (f"; exit {r['exit']}: " + "; ".join(r.get("reasons") or []) if r["exit"] != 0 else ""))
     if any(r["net"] == "mobilenet" for r in rows):
         lines += ["", MOBILENET_READING]
     for r in rows:
         if not r.get("trajectory"):
             continue
-        lines += ["", f"Candidates of {r['net']} {r['row']} `--objective {r['variant']}` (rate, widths of the "
+        lines += ["", f"Candidates of {r['net']} {r['row']} `--objective {vl(r)}` (rate, widths of the "
                   "pointwise/stem layers, .tflite, predicted-over-budget skip or agreement on the evaluation split):", "",
                   "| rate | widths | .tflite | skipped / agreement |", "|---|---|---|---|"]
         for c in r["trajectory"]:
@@ -268,19 +296,30 @@ loaded machine), test accuracy 0.8428. Unpruned int8: 74,416 B, TFLite-Micro are
 The arena's peak is the 56 x 56 pair b1_dw output (stem width) + b1_pw output: to halve it, the
 stem and b1_pw must together keep about 22 of their 48 channels.
 
-- `--objective auto`: exit 3 (1,131 s). Its RAM term drove stem 16 -> 8 and b1_pw 32 -> 18 by
-  rate 0.50 (predicted RAM 111 kB, still over), while its parameter term (weight 0.5, the file
-  always counts while a budget is missed) narrowed b3-b8 at the same time (b7_pw 96 -> 30 at 0.50).
-  The first candidate predicted within the RAM budget's margin, rate 0.60 (stem 8, b1_pw 16,
-  b3_pw 20, b4_pw 24), measured 0.8088 agreement: the fidelity stop. No candidate met the budget
-  at >= 0.95. The fidelity spent on the late layers' parameters does nothing for the RAM budget:
-  the objective's design (`auto` pays for the missed resource AND the parameters until the budget
-  is met, pipeline/allocation/objective.py) is what this row shows failing; RAM-only until met
-  (then parameters) is the untested alternative (`--objective ram` was not run: no time left).
+- `--objective auto` (as it is; an earlier session): exit 3 (1,131 s). Its RAM term
+  drove stem 16 -> 8 and b1_pw 32 -> 18 by rate 0.50 (predicted RAM 111 kB, still over), while
+  its parameter term (weight 0.5 while the budget was missed) narrowed b3-b8 at the same time
+  (b7_pw 96 -> 30 at 0.50). The first candidate predicted within the RAM budget's margin, rate
+  0.60 (stem 8, b1_pw 16, b3_pw 20, b4_pw 24), measured 0.8088 agreement: the fidelity stop.
+- `--objective ram` (this session, 812 s, load 6-12; same net: test accuracy 0.8428 and arena
+  163,408 B again after retraining from the seed): exit 3. It is NOT RAM-only: a chunk's saving is
+  its RAM fraction plus 1.0 x its parameter fraction (objective.py `TIE`), `auto`'s
+  balance; b8_pw 96 -> 21 by rate 0.20 while the stem was still 14. First candidate within the
+  budget, rate 0.50 (stem 8, b1_pw 16, b3_pw 18, b8_pw 9): 0.7475, below `auto`.
+- `auto [ramonly]`: the experiment of commit 715fcf8, reverted in ae25650 (this session, 360 s,
+  load 6-12): while the RAM budget is predicted missed only the RAM drives. Stem 16 -> 7 and b1_pw 32 -> 17 by
+  rate 0.25 with b2 and b4-b8 whole (b3_pw 48 -> 44): the first candidate within the budget,
+  rate 0.25 (71,336 B), measured 0.8775 agreement: exit 3, the fidelity stop. The highest
+  agreement of the four at the first candidate within the budget (`auto` 0.8088, `ram`
+  0.7475, `size` none within it), but still far under 0.95: halving the two 56 x 56 tensors
+  costs this net 11.5 points of agreement (0.9925 -> 0.8775) with no retraining.
+  On the example it gave a smaller file at 35 kB but larger ones at 34,704 B and 40 kB
+  (bench/budget_aware.md): not adopted.
 - `--objective size`: see its row: the parameter-driven allocation narrows b7/b8 first and
   leaves the 56 x 56 layers whole.
-- So on this net neither objective meets the 50 %-arena budget without retraining; this is not
-  the second budget where the resource-driven objective exits 0 and the parameter-driven one 3.
+- So on this net no objective meets the 50 %-arena budget without retraining; it is not a
+  budget where the resource-driven objective exits 0 and the parameter-driven one exits 3. The
+  second such budget is the example's 40 kB (bench/budget_aware.md).
 - `lat40` (local device, `--latency-budget` 0.09404 ms = 40 % of 0.235 ms) was NOT run: each
   MobileNet run costs ~1 min per 0.05 rate step on the loaded machine (~19 min per row)."""
 

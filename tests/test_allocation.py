@@ -156,3 +156,35 @@ def test_prune_state_copy_keeps_the_refitted_layers(cnn):
     c = p.state.copy()
     assert c.refitted == p.state.refitted and c.refitted is not p.state.refitted
     assert Plan.from_state(c).refits == Plan.from_state(p.state).refits
+
+
+def test_global_with_compensation_when_the_refit_and_round_sample_caps_bind(cnn, monkeypatch):
+    """An ImageNet-size model: a round may hold fewer samples than given (max_round_samples) and a
+    trial refit fewer than a round's fit rows (Compensator.max_samples). The trial refits then
+    fit on the compensator's own samples (the crash this guards: 'size 4361 is different from
+    4900' on MobileNetV2-224), and the capped round is the same as giving only those samples."""
+    from edgeprune.pipeline.prune import compensate
+    from edgeprune.pipeline.prune.allocation import greedy
+
+    model, cal, _ = cnn
+    graph = DependencyGraph(model)
+    monkeypatch.setattr(greedy, "ROUND_BUDGET_BYTES", 40 * greedy.round_bytes_per_sample(graph))  # 40 of the 48 samples per round
+    monkeypatch.setattr(compensate.Compensator, "max_samples", staticmethod(lambda graph, budget_bytes=None: 16))
+    assert greedy.max_round_samples(graph) == 40
+    assert compensate.Compensator.max_samples(graph) == 16 < 20  # a refit holds 16 of a round's 20 fit rows
+
+    def run(x):
+        alloc = GlobalGreedy()
+        p = Pruner(model, PruneConfig(rate=0.4, criterion="flow", step=0.2, calibration=x, compensate=True,
+                                      allocation=alloc))
+        p.step_to(0.2)
+        p.step_to(0.4)
+        return p, alloc
+
+    p, alloc = run(cal)
+    assert alloc.samples_capped == (40, 48)
+    assert 0.4 - 1e-9 <= removed_params(graph, p.state, prunable_params(graph, PruneState(graph))) < 0.5
+    q, alloc_q = run(cal[:40])
+    assert alloc_q.samples_capped is None
+    assert widths(p.plan()) == widths(q.plan())
+    np.testing.assert_allclose(outputs(p.build(), cal), outputs(q.build(), cal), atol=1e-6)

@@ -30,6 +30,29 @@ DEFAULT_MIN_KEEP = 0.0
 EPS = 1e-9
 NOISE_REL = 0.05  # auto (switching): loss increases below this fraction of the current loss count as this
 
+ROUND_BUDGET_BYTES = 512 * 2**20  # a round's consumer inputs on its samples (float32)
+MIN_ROUND_SAMPLES = 32
+
+
+def round_bytes_per_sample(graph) -> int:
+    """Bytes one calibration sample costs a greedy round: every consumer's input (float32)."""
+    per_sample = 0
+    for name in {r.layer for g in graph.groups.values() for r in g.refs if r.role == "consumer"}:
+        try:
+            shape = graph.layers[name].layer.input.shape[1:]
+        except (AttributeError, ValueError, KeyError):
+            continue
+        per_sample += int(np.prod([int(d or 1) for d in shape])) * 4
+    return max(per_sample, 1)
+
+
+def max_round_samples(graph, budget_bytes: int | None = None) -> int:
+    """Calibration samples one greedy round may pass through the model: every consumer's input
+    on each within ``budget_bytes`` (:data:`ROUND_BUDGET_BYTES`), never fewer than
+    :data:`MIN_ROUND_SAMPLES`."""
+    budget = ROUND_BUDGET_BYTES if budget_bytes is None else int(budget_bytes)
+    return max(MIN_ROUND_SAMPLES, budget // round_bytes_per_sample(graph))
+
 
 @dataclass
 class _Round:
@@ -73,6 +96,7 @@ class GlobalGreedy(Allocation):
             self.label = self.label.replace("per parameter saved", f"per unit of {self.objective.resource} saved "
                                             f"(objective {self.objective.name})")
         self._ref = None  # (id(model), outputs of the ORIGINAL model on the calibration samples)
+        self.samples_capped = None  # (samples used, samples given) when max_round_samples capped them
         self._last_model = None  # (state, its Keras model) at the end of the last step
         self._total = None
         self.trials = 0
@@ -81,9 +105,18 @@ class GlobalGreedy(Allocation):
 
     # ----------------------------------------------------------------- helpers
     def _calibration(self, pruner) -> np.ndarray:
+        """The calibration samples a round passes through the model, at most
+        :func:`max_round_samples` of them (the first ones): a round holds every consumer's input on
+        every sample, so memory stays flat in the data (an ImageNet-size model holds tens of MB
+        per sample)."""
         from edgeprune.pipeline.prune.criteria.flow import calibration_or_synthetic
 
-        return calibration_or_synthetic(pruner.ctx)
+        x = calibration_or_synthetic(pruner.ctx)
+        n = max_round_samples(pruner.graph)
+        if len(x) > n:
+            self.samples_capped = (n, len(x))
+            return x[:n]
+        return x
 
     def _reference(self, pruner, x) -> np.ndarray:
         if self._ref is None or self._ref[0] != id(pruner.model):
@@ -198,7 +231,9 @@ class GlobalGreedy(Allocation):
             pruner.criterion.begin_step(pruner.ctx)
             pruner.ctx.cache.pop("input_moments", None)
             fit = self._fit_rows(len(x)) if self._comp is not None else np.arange(len(x))
-            self._acts = {n: a[fit] for n, a in acts.items()} if pruner.compensator is not None else {}
+            comp = self._comp if self._comp is not None else pruner.compensator
+            # (a refit's inputs on ITS samples: a Compensator keeps at most max_samples of the fit rows)
+            self._acts = {n: a[fit][:len(comp.x)] for n, a in acts.items()} if comp is not None else {}
             score = self._score_rows(len(x))
             xs, refs = x[score], ref[score]
             base = output_loss(out[score], refs)
