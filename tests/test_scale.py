@@ -280,7 +280,7 @@ def test_pool_gives_the_serial_widths_under_a_ram_target(tmp_path, capsys):
     def run(jobs):
         code = run_cli(["run", "--out", str(tmp_path / f"j{jobs}"), "--device", "nrf52840", "--ram-budget", "52kB",
                         "--objective", "auto", "--step", "0.1", "--max-rate", "0.3", "--min-fidelity", "0.01",
-                        "--jobs", str(jobs), "--json"])
+                        "--jobs", str(jobs), "--no-screen", "--json"])
         assert code in (0, 3)
         return json.loads(capsys.readouterr().out)
 
