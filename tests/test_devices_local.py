@@ -149,11 +149,14 @@ def test_interrupted_local_bench_leaves_no_process(tmp_path, device_models, sig)
                     state = next(ln.split()[1] for ln in (d / "status").read_text().splitlines() if ln.startswith("State:"))
                 except (OSError, StopIteration):
                     continue
-                if state != "Z" and (str(wrapper) in cmd or ("board_runner.py" in cmd and "edgeprune-local-" in cmd)):
+                # (only this test's: its work dirs are under its own TMPDIR; other edgeprune runs may be measuring)
+                if state != "Z" and (str(wrapper) in cmd or ("board_runner.py" in cmd and f"{tmp}/edgeprune-local-" in cmd)):
                     out.append(cmd)
         return out
 
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", TMPDIR=str(tmp))
     p = subprocess.Popen([sys.executable, "-m", "edgeprune", "bench", str(device_models["small"]), "--device", str(prof),
                           "--runs", "100000", "--min-secs", "30", "--max-secs", "60", "--warmup", "1",
                           "--warmup-min-secs", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,

@@ -219,9 +219,16 @@ def test_run_with_two_places_measures_in_parallel(clean, tmp_path):
     farm = clean
     prof = farm.profile_yaml(tmp_path / "farm.yaml", tags=True, name="farm")
     out = tmp_path / "run"
-    code, stdout, err = _finish(edgeprune(
-        "run", "--device", str(prof), "--out", str(out), "--step", "0.1", "--max-rate", "0.3", "--min-fidelity", "0.9",
-        "--runs", "5", "--min-secs", "0", "--warmup-min-secs", "0", "--warmup", "1", "--measure-all", "--json"), timeout=900)
+    # every board run holds 8 s: the two boards' runs must overlap although, on a loaded machine, the
+    # second board's run started up to ~5 s after the first (SSH and upload in the other thread)
+    farm.hold_file.write_text("8")
+    try:
+        code, stdout, err = _finish(edgeprune(
+            "run", "--device", str(prof), "--out", str(out), "--step", "0.1", "--max-rate", "0.3", "--min-fidelity",
+            "0.9", "--runs", "5", "--min-secs", "0", "--warmup-min-secs", "0", "--warmup", "1", "--measure-all", "--json"),
+            timeout=900)
+    finally:
+        farm.hold_file.unlink(missing_ok=True)
     assert code == 0, err
     rep = json.loads(stdout)
     assert rep["device"]["kind"] == "labgrid"
@@ -327,7 +334,7 @@ def test_run_with_two_ssh_profiles_stops_like_one_board(clean, tmp_path):
     b.write_text(b.read_text().replace(str(farm.boards[1].user_key), str(farm.boards[0].user_key)))
     out = tmp_path / "run"
     code, stdout, err = _finish(edgeprune(
-        "run", "--device", str(a), "--device", str(b), "--out", str(out), "--step", "0.1", "--max-rate", "0.3",
+        "run", "--device", str(a), "--device", str(b), "--out", str(out), "--step", "0.1", "--max-rate", "0.3", "--no-screen",
         "--min-fidelity", "0.9", "--runs", "5", "--min-secs", "0", "--warmup-min-secs", "0", "--warmup", "1", "--json"), timeout=900)
     assert code == 0, err
     rep = json.loads(stdout)

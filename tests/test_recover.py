@@ -56,7 +56,7 @@ def setup(tmp_path_factory):
     # untrained agreement of the candidates: the threshold between rate 0.3 and rate 0.6
     out = d / "untrained"
     code = run_cli(["run", "--model", str(d / "tiny.keras"), "--data", str(d / "eval.npz"), "--out", str(out), *FAST,
-                    "--min-fidelity", "0.01", "--json"])
+                    "--min-fidelity", "0.01", "--json", "--no-screen"])  # every candidate's .tflite score
     assert code == 0
     score = {round(c["rate"], 2): c["fidelity"]["score"] for c in json.loads((out / "report.json").read_text())["candidates"]}
     assert score[0.3] > score[0.6] + 0.01, f"the untrained 0.3 and 0.6 candidates are too close to split: {score}"

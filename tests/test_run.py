@@ -115,7 +115,8 @@ def test_budget_nobody_meets_exits_3_with_the_reason(tmp_path, capsys):
 @pytest.mark.slow
 def test_killed_run_resumes_without_redoing_finished_candidates(tmp_path, capsys):
     out = tmp_path / "run"
-    argv = ["run", "--out", str(out), *FAST, "--max-rate", "0.6", "--min-fidelity", "0.5"]
+    # --no-screen: every candidate is converted (with screening, candidate 1 would be screened: no .keras/.tflite)
+    argv = ["run", "--out", str(out), *FAST, "--max-rate", "0.6", "--min-fidelity", "0.5", "--no-screen"]
     proc = subprocess.Popen([sys.executable, "-m", "edgeprune", *argv], stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, start_new_session=True)
     second = out / "cand-01-rate0.10.json"

@@ -210,7 +210,8 @@ def test_pool_conversion_same_bytes_and_decisions_as_serial(tmp_path, capsys):
 
     def run(jobs, min_fidelity, name):
         code = run_cli(["run", "--out", str(tmp_path / name), "--step", "0.1", "--max-rate", "0.5", "--min-fidelity",
-                        repr(min_fidelity), "--runs", "2", "--warmup", "0", "--jobs", str(jobs), "--json"])
+                        repr(min_fidelity), "--runs", "2", "--warmup", "0", "--jobs", str(jobs), "--json",
+                        "--no-screen"])  # every candidate converted, as the workers do
         assert code in (0, 3)
         return json.loads(capsys.readouterr().out)
 
@@ -265,3 +266,32 @@ def test_pool_size_rule():
     assert pool_size(None, 2, todo=5, prunable=True, convert_seconds=[1.2, 4.99]) == 0
     assert pool_size(None, 2, todo=5, prunable=True, convert_seconds=[8.4]) == 2
     assert pool_size(None, 1, todo=5, prunable=True, convert_seconds=[8.4]) == 0
+
+
+@pytest.mark.slow
+def test_pool_gives_the_serial_widths_under_a_ram_target(tmp_path, capsys):
+    """--jobs 2 with --objective auto and a RAM budget: auto's RAM target exists only once
+    candidate 0 calibrated the RAM predictor, so the lookahead prunes nothing past candidate 0
+    before it is done; the widths (and bytes) are those of --jobs 1."""
+    import json
+
+    from edgeprune.cli import run_cli
+
+    def run(jobs):
+        code = run_cli(["run", "--out", str(tmp_path / f"j{jobs}"), "--device", "nrf52840", "--ram-budget", "52kB",
+                        "--objective", "auto", "--step", "0.1", "--max-rate", "0.3", "--min-fidelity", "0.01",
+                        "--jobs", str(jobs), "--no-screen", "--json"])
+        assert code in (0, 3)
+        return json.loads(capsys.readouterr().out)
+
+    serial, pooled = run(1), run(2)
+    assert pooled["settings"]["pool"] is True and serial["settings"]["pool"] is False
+
+    def widths(report, jobs):  # (each candidate's record in the run directory holds its widths)
+        return [(c["rate"], json.loads((tmp_path / f"j{jobs}" / f"{c['name']}.json").read_text())["widths"])
+                for c in report["candidates"]]
+
+    ws = widths(serial, 1)
+    assert widths(pooled, 2) == ws
+    assert len(ws) == 4 and ws[0][1] != ws[-1][1]
+    assert [c["sha256"] for c in serial["candidates"]] == [c["sha256"] for c in pooled["candidates"]]

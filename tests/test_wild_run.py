@@ -23,7 +23,8 @@ from wild_models import CASES, RECURRENT, VARIABLE, inputs  # noqa: E402
 
 pytestmark = pytest.mark.slow  # the fast subset (-m 'not slow') skips this module
 
-FAST = ["--step", "0.3", "--max-rate", "0.5", "--min-fidelity", "0.01", "--runs", "2", "--warmup", "1", "--json"]
+FAST = ["--step", "0.3", "--max-rate", "0.5", "--min-fidelity", "0.01", "--runs", "2", "--warmup", "1", "--json",
+        "--no-screen"]  # every candidate converted (its .tflite is checked)
 
 
 def _run(capsys, argv):
@@ -130,7 +131,7 @@ def test_failed_candidate_is_recorded_and_the_search_goes_on(tmp_path, capsys, m
     model.save(path)
     out_dir = tmp_path / "run"
     code, rep, err = _run(capsys, ["--model", str(path), "--out", str(out_dir), "--step", "0.25", "--max-rate", "0.75",
-                                   "--min-fidelity", "0.01", "--runs", "2", "--warmup", "1", "--json"])
+                                   "--min-fidelity", "0.01", "--runs", "2", "--warmup", "1", "--json", "--no-screen"])
     assert code in (0, 3), err[-2000:]
     assert [c["rate"] for c in rep["candidates"]] == [0.0, 0.25, 0.75]
     (failed,) = rep["failed_candidates"]
@@ -140,6 +141,6 @@ def test_failed_candidate_is_recorded_and_the_search_goes_on(tmp_path, capsys, m
     # the run dir with a .failed.json is still recognised as edgeprune's own: a rerun starts over
     monkeypatch.setattr(conv, "convert", real)
     code2, rep2, err2 = _run(capsys, ["--model", str(path), "--out", str(out_dir), "--step", "0.25", "--max-rate", "0.75",
-                                      "--min-fidelity", "0.01", "--runs", "2", "--warmup", "1", "--json"])
+                                      "--min-fidelity", "0.01", "--runs", "2", "--warmup", "1", "--json", "--no-screen"])
     assert code2 in (0, 3), err2[-2000:]
     assert rep2["failed_candidates"] == [] and len(rep2["candidates"]) == 4

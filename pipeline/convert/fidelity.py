@@ -276,7 +276,19 @@ def evaluate(tflite: bytes | str | Path, reference: np.ndarray, data, config: Fi
             f"the .tflite's output per sample {out.shape[1:]} does not match the reference {reference.shape[1:]}",
             "compare against the outputs of the model it was converted from",
         )
-    out = out.reshape(reference.shape)
+    res = score_outputs(out, reference, data, config)
+    res.seconds = time.perf_counter() - t0
+    res.ms_per_sample = 1000.0 * invoke_seconds / max(len(out), 1)
+    return res
+
+
+def score_outputs(out: np.ndarray, reference: np.ndarray, data, config: FidelityConfig | None = None) -> FidelityResult:
+    """The fidelity of outputs ``out`` (of a .tflite, or of a pruned Keras model when the search
+    screens candidates, pipeline/search/host_screen.py) against ``reference``: the same metric and
+    score :func:`evaluate` judges a .tflite on."""
+    config = config or FidelityConfig()
+    reference = np.asarray(reference, dtype=np.float32)
+    out = np.asarray(out, dtype=np.float32).reshape(reference.shape)
     metric = choose_metric(reference, data.y, config.metric)
     stats = compare(out, reference)
     res = FidelityResult(
@@ -321,6 +333,4 @@ def evaluate(tflite: bytes | str | Path, reference: np.ndarray, data, config: Fi
         res.score = max(0.0, 1.0 - stats["rel_l2"])
     else:
         res.score = stats["cosine"]
-    res.seconds = time.perf_counter() - t0
-    res.ms_per_sample = 1000.0 * invoke_seconds / max(len(out), 1)
     return res

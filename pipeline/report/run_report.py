@@ -147,7 +147,10 @@ def _md_candidates(report: dict, chosen_index) -> list[str]:
     for c in report["candidates"]:
         fr = c["fidelity"]
         score = "-" if fr.get("score") is None else f"{fr['score']:.4f}"
-        lines.append(f"| {c['index']} | {c['rate']:.2f} | {c['params']:,} | {format_size(c['size_bytes'])} | {format_size(c['flash_bytes'])} "
+        scr, pre = c.get("screen") or {}, ""
+        if scr.get("screened"):  # judged on its Keras model only; size predicted
+            score, pre = f"~{scr['keras']['score']:.4f} (Keras)", "~"
+        lines.append(f"| {c['index']} | {c['rate']:.2f} | {c['params']:,} | {pre}{format_size(c['size_bytes'])} | {pre}{format_size(c['flash_bytes'])} "
                      f"| {score} | {accuracy_change_text(fr)} | {latency_text(c, stat)} | {ram_text(c)} "
                      f"| {verdict(c, chosen_index)} |")
     nm = [c for c in report["candidates"] if c.get("not_measured")]
@@ -188,6 +191,13 @@ def markdown(report: dict) -> str:
     stop = report["stop"]
     lines.append(f"- pruning stopped: {stop['reason']} at rate {stop['rate']:.2f}")
     pr = report.get("prediction") or {}
+    sc = report.get("screen") or {}
+    if sc.get("enabled"):
+        m = sc["margin"]
+        lines.append(f"- screening: {len(sc['screened'])} candidate(s) judged on their pruned Keras model only, not "
+                     f"converted ({sc['conversions_saved']} conversions saved this invocation); margin {m['score']:.4f} "
+                     f"(the largest float-to-int8 gap measured in this run + one sample); converted on demand by the "
+                     f"device phase: {', '.join(sc['converted_on_demand']) or 'none'}")
     if pr.get("skipped"):
         over = "the flash budget" if all("RAM" not in k["reason"] and "latency" not in k["reason"]
                                          for k in pr["skipped"]) else "a budget (flash, RAM or latency)"
@@ -200,7 +210,8 @@ def markdown(report: dict) -> str:
     if rs["resumed"]:
         lines.append(f"- resumed: {rs['candidates_reused']} candidates reused, {rs['candidates_computed']} computed")
     t = report["timings"]
-    lines.append(f"- time: {t['total_s']:.1f} s total (load {t.get('load_s', 0.0):.1f}, prune {t['prune_s']:.1f}, convert {t['convert_s']:.1f}, "
+    lines.append(f"- time: {t['total_s']:.1f} s total (load {t.get('load_s', 0.0):.1f}, prune {t['prune_s']:.1f}, "
+                 + (f"Keras screening {t['keras_s']:.1f}, " if t.get("keras_s") is not None else "") + f"convert {t['convert_s']:.1f}, "
                  f"fidelity {t['fidelity_s']:.1f}, save {t['save_s']:.1f}, device {t['device_s']:.1f})")
     if report.get("reasons"):
         lines += ["", "## Why no candidate", ""] + [f"- {r}" for r in report["reasons"]]
@@ -265,8 +276,8 @@ def _plot_fidelity(ax_f, report: dict) -> list:
     if ft.get("min_fidelity") is not None:
         ax_f.axhline(ft["min_fidelity"], color="tab:red", ls="--", label=f"threshold {ft['min_fidelity']:g}")
     if ft.get("max_accuracy_drop") is not None:
-        accs = [c["fidelity"].get("accuracy") for c in cands if not c.get("skipped")]
-        rates_acc = [c["rate"] for c in cands if not c.get("skipped")]
+        accs = [c["fidelity"].get("accuracy") for c in cands if c["fidelity"].get("score") is not None]
+        rates_acc = [c["rate"] for c in cands if c["fidelity"].get("score") is not None]
         if all(a is not None for a in accs):
             ax_f.plot(rates_acc, accs, "^-", color="tab:orange", label="accuracy")
             ref = cands[0]["fidelity"].get("reference_accuracy")
@@ -388,6 +399,11 @@ class RunProgress:
                 tag += f", trained {rec['recovery']['epochs']} epoch(s) on {rec['recovery']['samples']:,} samples"
             if rec.get("skipped"):
                 print_kept(p.console, f"  rate {rec['rate']:.2f}: not converted: {rec['skipped']}")
+                return
+            if (rec.get("screen") or {}).get("screened"):
+                from edgeprune.pipeline.report.run_table import screened_text
+
+                print_kept(p.console, f"  rate {rec['rate']:.2f}: {screened_text(rec)}  [dim]({tag})[/dim]")
                 return
             fails = [k for k in ("fidelity", "flash") if not ck[k]["ok"]]
             print_kept(p.console, f"  rate {rec['rate']:.2f}: {format_size(rec['size_bytes'])}, "

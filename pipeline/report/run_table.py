@@ -81,6 +81,17 @@ def accuracy_change_text(fr: dict) -> str:
     return f"{change:+.1f}"
 
 
+def screened_text(c: dict) -> str:
+    """A screened candidate's line: its Keras score against the threshold and the margin."""
+    s, ck = c["screen"], c["checks"]["fidelity"]
+    parts = []
+    if ck.get("min") is not None:
+        parts.append(f"{s['keras']['score']:.4f} >= {ck['min']:g} + margin {s['margin']:.4f}")
+    if ck.get("max_accuracy_drop") is not None and s.get("margin_points") is not None:
+        parts.append(f"accuracy drop {s['keras']['accuracy_drop']:.2f} + {s['margin_points']:.2f} <= {ck['max_accuracy_drop']:g} points")
+    return "screened on Keras (~score, ~size predicted): " + " and ".join(parts) + "; not converted"
+
+
 def verdict(c: dict, chosen_index, *, short: bool = False) -> str:
     """What happened to a candidate. ``short`` (compact layout): at most ~14 characters, the
     reason is then listed under the table."""
@@ -89,6 +100,8 @@ def verdict(c: dict, chosen_index, *, short: bool = False) -> str:
     if c.get("skipped"):
         what = {"ram": "RAM", "latency": "latency"}.get(c.get("skip_what"), "flash")
         return "not converted" if short else f"not converted (predicted over {what})"
+    if (c.get("screen") or {}).get("screened"):
+        return "screened" if short else "screened on Keras"
     failed = [k for k, v in c["checks"].items() if not v["ok"]]
     noisy = [k for k, v in c["checks"].items() if v.get("within_noise")]
     if noisy and not [k for k in failed if k not in noisy]:
@@ -173,17 +186,21 @@ def candidates_table(report: dict, width: Optional[int] = None):
         lat = latency_text(c, stat, spread=False)
         sp = spread_text(c.get("measurement"))
         lat_cell = _nb(lat) + ((("\n" if compact else " ") + sp) if sp else "")
-        score = "-" if fr.get("score") is None else f"{fr['score']:.4f}"
+        scr = c.get("screen") or {}
+        score = ("~" + f"{scr['keras']['score']:.4f}" if scr.get("screened") and scr["keras"].get("score") is not None
+                 else "-" if fr.get("score") is None else f"{fr['score']:.4f}")  # ~: the Keras model's score
         row = [str(c["index"]), f"{c['rate']:.2f}"]
         if not compact:
             row.append(f"{c['params']:,}")
-        size_cell = ("~" if c.get("skipped") else "") + format_size(size)  # ~: predicted, never converted
+        size_cell = ("~" if c.get("skipped") or scr.get("screened") else "") + format_size(size)  # ~: predicted, never converted
         row += [_nb(size_cell), score, accuracy_change_text(fr), lat_cell, _nb(ram_text(c)), v]
         t.add_row(*row, style=style)
         if c.get("skipped") and c.get("skip_what", "flash") != "flash":
             why = "not converted: " + c["skipped"]
         elif c.get("skipped"):
             why = "not converted: size (~) predicted over the flash budget even with the margin"
+        elif scr.get("screened"):
+            why = screened_text(c)
         elif compact and v == "not measured":
             why = c.get("not_measured") or "not measured"
             why = why if why.startswith("not measured") else "not measured: " + why

@@ -29,11 +29,14 @@ ABSENT: Any = _Absent()
 
 # the key order of a candidate's .json: a converted one, and one skipped (predicted over a budget)
 _CONVERTED = ("format", "index", "rate", "name", "files", "params", "size_bytes", "flash_bytes", "sha256",
-              "conversion", "fidelity", "widths", "prediction", "made_by", "recovery", "timings", "created_at", "pid",
+              "conversion", "fidelity", "screen", "widths", "prediction", "made_by", "recovery", "timings", "created_at", "pid",
               "device", "vela", "arena_calibration", "checks")
 _SKIPPED = ("format", "index", "rate", "name", "files", "params", "size_bytes", "flash_bytes", "sha256",
             "skipped", "skip_budget", "skip_what", "skip_value", "skip_limit", "skip_resource_budget", "prediction",
             "fidelity", "widths", "timings", "created_at", "pid", "device", "checks")
+# screened on the pruned Keras model (pipeline/search/host_screen.py): not converted (yet)
+_SCREENED = ("format", "index", "rate", "name", "files", "params", "size_bytes", "flash_bytes", "sha256", "screen",
+             "fidelity", "widths", "prediction", "made_by", "timings", "created_at", "pid", "device", "checks")
 # set by the device phase, in this order
 _DEVICE = ("measurement", "not_measured", "first_measurement", "measurement_cached")
 
@@ -47,7 +50,7 @@ class Candidate:
     params: int
     size_bytes: int  # the .tflite (predicted for a skipped candidate)
     flash_bytes: int  # what the flash budget is checked on (+ runtime on a microcontroller, Vela's figure)
-    sha256: Optional[str]  # of the .tflite (None: not converted)
+    sha256: Optional[str]  # of the .tflite (None: not converted: skipped or screened)
     fidelity: dict  # pipeline.convert.fidelity result (scores None when not converted)
     widths: dict  # layer -> [width before, width after]
     prediction: Optional[dict]
@@ -67,6 +70,8 @@ class Candidate:
     skip_value: Any = None
     skip_limit: Any = None
     skip_resource_budget: Optional[list] = None
+    # screening (pipeline/search/host_screen.py): the Keras score and margin; "screened": not converted
+    screen: Optional[dict] = None
     checks: dict = field(default_factory=dict)  # host checks, then the device's
     # the device phase
     measurement: Optional[dict] = None
@@ -84,6 +89,11 @@ class Candidate:
         return all(v["ok"] for v in self.checks.values())
 
     @property
+    def screened(self) -> bool:
+        """Screened on its pruned Keras model and not converted (no .tflite): neither a pass nor a pick."""
+        return bool(self.screen and self.screen.get("screened"))
+
+    @property
     def skip_kind(self) -> str:
         """What a skipped candidate was predicted over: flash, ram or latency."""
         return self.skip_what or "flash"
@@ -91,7 +101,7 @@ class Candidate:
     # ---------------------------------------------------------------- JSON
     def to_json(self) -> dict:
         """The candidate's ``.json`` (the dict the run wrote before there was a dataclass)."""
-        order = (_SKIPPED if self.skipped is not None else _CONVERTED) + _DEVICE
+        order = (_SKIPPED if self.skipped is not None else _SCREENED if self.screened else _CONVERTED) + _DEVICE
         out: dict = {}
         for key in order:
             value = CANDIDATE_FORMAT if key == "format" else getattr(self, key)

@@ -226,10 +226,13 @@ class DevicePhase:
     # ---------------------------------------------------------------- the phase
     def run(self) -> DeviceResult:
         cands, config = self.host.candidates, self.config
-        host_pass = [r for r in cands if _ok(r)]
+        # screened candidates (judged on Keras only) are converted when the search reaches them
+        host_pass = [r for r in cands if _ok(r) or r.screened]
         for r in cands:
             r.measurement = None
-            if r.skipped:
+            if r.screened:
+                r.not_measured = None
+            elif r.skipped:
                 r.not_measured = "not converted: " + r.skipped
             elif not r.checks["fidelity"]["ok"]:
                 r.not_measured = "fails the fidelity threshold (host check)"
@@ -238,20 +241,73 @@ class DevicePhase:
         order = sorted(host_pass, key=lambda r: -r.rate)
         self.ctx.emit("device_phase", total=len(order))
         t_phase = time.perf_counter()
-        from edgeprune.pipeline.search.device_farm import run_in_rate_order
-
-        run_in_rate_order(order, self.boards, lookup=self.cached_noise_aware, measure=self.measure_on_board,
-                          store=lambda board, r, res: res, decide=self.decide, keep=self.keep,
-                          emit=lambda *a, **k: None, look_ahead=len(order) if config.search.measure_all else None)
-        self.result.seconds = time.perf_counter() - t_phase  # wall time (boards in parallel overlap)
+        order = self.in_segments(order)
+        # wall time (boards in parallel overlap); on-demand conversions are in their candidates' timings
+        self.result.seconds = time.perf_counter() - t_phase - self.host.screen.on_demand_s
+        ch = self.result.chosen
         for r in order:
-            if id(r) not in self.decided and r.measurement is None and self.skip is not None:
+            if r.screened:
+                r.not_measured = self.host.screen.text(r) + " (" + (
+                    self.skip or f"rate {ch.rate:.2f}, a larger rate, already meets every budget") + ")"
+            elif id(r) not in self.decided and r.measurement is None and r.not_measured is None and self.skip is not None:
                 r.not_measured = self.skip
         self.ctx.emit("device_phase_done", made=self.result.runs, cached=self.result.cached)
         if config.search.measure_all and order:
             passing = [r for r in order if _ok(r)]
             self.result.chosen = passing[0] if passing else None
         return self.result
+
+    def in_segments(self, order: list) -> list:
+        """Measure ``order`` (largest rate first) in runs of converted candidates; a screened
+        candidate is converted from its plan and judged on its .tflite when the search reaches it
+        (pipeline/search/host_screen.py); one that fails a host check is not measured. With
+        --measure-all every screened candidate is converted first. Returns ``order`` with the
+        converted records in place of the screened ones."""
+        measure_all = self.config.search.measure_all
+        if measure_all:
+            order = [self.convert_screened(r) if r.screened else r for r in order]
+        done: list = []
+        while order:
+            while order and order[0].screened:
+                r = self.convert_screened(order[0])
+                done.append(r)
+                order = order[1:]
+                if _ok(r):
+                    order = [r] + order
+                    done.pop()
+                    break
+            seg = []
+            while order and not order[0].screened:
+                seg.append(order.pop(0))
+            seg = [r for r in seg if _ok(r)]
+            done += seg
+            from edgeprune.pipeline.search.device_farm import run_in_rate_order
+
+            run_in_rate_order(seg, self.boards, lookup=self.cached_noise_aware, measure=self.measure_on_board,
+                              store=lambda board, r, res: res, decide=self.decide, keep=self.keep,
+                              emit=lambda *a, **k: None, look_ahead=len(seg) if measure_all else None)
+            if self.skip is not None or (self.result.chosen is not None and not measure_all):
+                break
+        return done + order
+
+    def convert_screened(self, r: Candidate) -> Candidate:
+        """A screened candidate converted and judged on its .tflite (its host checks set); a
+        conversion that fails is recorded on the candidate, which is then not measured."""
+        host = self.host
+        try:
+            new = host.screen.convert(host.phase, r)
+        except Exception as exc:  # noqa: BLE001 - recorded with its reason, never silent
+            msg = (getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}").strip().splitlines()[0][:300]
+            r.not_measured = f"screened on Keras, but its conversion failed: {msg}"
+            r.checks["fidelity"]["ok"] = False
+            r.screen = dict(r.screen, screened=False, converted=f"failed: {msg}")
+            self.ctx.notes.append(f"candidate {r.name} (screened) failed when converted on demand: {msg}")
+            return r
+        if not new.checks["fidelity"]["ok"]:
+            new.not_measured = "fails the fidelity threshold on its .tflite (host check; converted after screening)"
+        elif not new.checks["flash"]["ok"]:
+            new.not_measured = "over the flash budget (host check; converted after screening)"
+        return new
 
     def apply(self, r: Candidate, res, spent: float) -> bool:
         """Record a measurement (or a load failure) in the candidate; True when it meets everything."""

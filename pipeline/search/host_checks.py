@@ -54,6 +54,13 @@ class HostChecks:
             return {"fidelity": {"ok": None, "value": None, "skipped": True},
                     "flash": {"ok": fb is None or flash <= fb, "value": flash, "limit": fb, "predicted": True},
                     what: {"ok": False, "value": rec.skip_value, "limit": rec.skip_limit, "predicted": True}}
+        if rec.screened:  # judged on its Keras model only: neither a pass nor a fail until converted
+            s = rec.screen
+            return {"fidelity": {"ok": None, "value": None, "screened": True, "keras": s["keras"]["score"],
+                                 "keras_accuracy_drop": s["keras"].get("accuracy_drop"), "margin": s["margin"],
+                                 "margin_points": s.get("margin_points"), "min": self.min_fidelity,
+                                 "max_accuracy_drop": self.max_drop},
+                    "flash": {"ok": fb is None or flash <= fb, "value": flash, "limit": fb, "predicted": True}}
         if rec.skipped:  # never converted: fidelity unknown, flash predicted over the budget
             return {"fidelity": {"ok": None, "value": None, "skipped": True},
                     "flash": {"ok": False, "value": flash, "limit": fb, "predicted": True}}

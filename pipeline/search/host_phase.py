@@ -81,6 +81,8 @@ class HostResult:
     trainset: Any = None  # pipeline.prune.recover.TrainSet with --train-data
     jobs: int = 1
     pool: bool = False  # whether conversion workers were used
+    screen: Any = None  # pipeline.search.host_screen.Screen
+    phase: Any = None  # the HostPhase (the device phase converts screened candidates through it)
 
 
 @dataclass
@@ -119,7 +121,7 @@ def reuse_finished(ctx, checks: HostChecks, rates: list) -> list:
         rec.reused = True
         if i == 0 and rec.prediction:
             checks.predictor.calibrate(checks.prediction_of(rec.prediction), rec.size_bytes)
-        if not rec.skipped and (rec.vela or ctx.profile.kind == "ethos-u"):
+        if not rec.skipped and not rec.screened and (rec.vela or ctx.profile.kind == "ethos-u"):
             _vela_reused(ctx, checks, candidates, rec, path)  # flash is Vela's figure only on an Ethos-U profile
         rec.checks = checks.checks(rec)
         candidates.append(rec)
@@ -198,6 +200,39 @@ class Recovery:
                     targets=self.trainset.kind, **{k: v for k, v in recover.to_dict().items() if k not in ("epochs",)})
 
 
+def skipped_candidate(host, pruner, i: int, rate: float, name: str, km, pred, reason: str | None, t0: float,
+                      skip: dict | None = None, screen: dict | None = None) -> Candidate:
+    """A candidate predicted over the flash budget (``reason``), or screened on its Keras model
+    (``screen``): its plan is kept (so pruning can go on and --resume, or the device phase,
+    can continue from it) but it is not converted."""
+    d, checks = host.ctx.run_dir, host.checks
+    files = {"plan": f"{name}.plan.json"}
+    plan = pruner.plan()
+    plan.save(d / files["plan"])
+    if screen is not None:  # a plan the --rate path can replay, as a converted candidate's
+        from edgeprune.pipeline.search.work_cache import store_plan
+
+        store_plan(plan_key(host.ctx, rate), d / files["plan"])
+    flash = checks.predictor.size(pred) + checks.predictor.runtime_bytes
+    size = pred.size_bytes if screen is None else checks.predictor.size(pred)
+    rec = Candidate(
+        index=i, rate=rate, name=name, files=files, params=int(km.count_params()), size_bytes=size,
+        flash_bytes=flash, sha256=None, skipped=reason, skip_budget=checks.predictor.key() if reason else None,
+        prediction=pred.to_dict(), screen=screen, made_by=dict(host.ctx.engine.label) if screen else None,
+        fidelity={"score": None, "score_name": None, "accuracy": None, "accuracy_drop": None, "metric": None,
+                  **({"skipped": True} if screen is None else {"screened": True})},
+        widths=plan.widths,
+        timings={"prune_s": round(time.perf_counter() - t0 - (screen or {}).get("keras_s", 0.0), 4), "convert_s": 0.0,
+                 "fidelity_s": 0.0, "save_s": 0.0, **({"keras_s": screen["keras_s"]} if screen else {})},
+        created_at=_now(), pid=os.getpid(), device=None)
+    if skip:
+        rec.skip_what, rec.skip_value, rec.skip_limit = skip["what"], skip["value"], skip["limit"]
+        rec.skip_resource_budget = checks.resource_budget_key()
+    rec.checks = checks.checks(rec)
+    write_json_atomic(d / f"{name}.json", rec.to_json())
+    return rec
+
+
 class HostPhase:
     """The candidate loop: reuse finished candidates (``--resume``), then prune, convert and check
     one candidate at a time until one fails the fidelity threshold or ``max_rate`` is reached."""
@@ -220,6 +255,16 @@ class HostPhase:
         self.jobs = 1
         self.recovery: Optional[Recovery] = None  # --train-data (pipeline/prune/recover.py), made by run()
         self.stage = "prune"  # what a failing candidate failed at
+        from edgeprune.pipeline.search.host_screen import Screen
+
+        # screening (pipeline/search/host_screen.py): not with --rate nor --train-data; --jobs N > 1 asks for
+        # conversion workers converting every candidate ahead, so it converts every candidate (no screening)
+        pooled = search.jobs is not None and int(search.jobs) > 1
+        self.screen = Screen(ctx, self.checks, search.screen and not self.fixed and ctx.recover is None and not pooled)
+        if search.screen and pooled and not self.fixed and ctx.recover is None:
+            ctx.notes.append(f"--jobs {search.jobs}: every candidate is converted (in worker processes ahead of the search), "
+                             "no screening on the Keras model (pipeline/search/host_screen.py)")
+        self.pconf = None
 
     # ---------------------------------------------------------------- the phase
     def run(self) -> HostResult:
@@ -234,13 +279,17 @@ class HostPhase:
             save(lat, d)
         if ctx.resumed:
             self.candidates = reuse_finished(ctx, self.checks, self.rates)
-        reused = len(self.candidates)
+            self.screen.restore(self.candidates)
         # --rate: the schedule's widths are the search's (they depend on --max-rate), so a fixed
         # rate gives the candidate the search gives at that rate
         pconf = PruneConfig(rate=float(c.search.max_rate) if self.fixed else max(self.rates), criterion=engine.criterion, step=float(c.search.step), round_to=ctx.round_to,
                             input_range=tuple(float(v) for v in c.model.input_range), seed=c.prune.seed,
                             calibration=engine.calibration, compensate=engine.compensate,
                             allocation=engine.allocation_obj or engine.allocation)
+        self.pconf = pconf
+        self.recovery = Recovery(ctx, self.candidates)
+        self.screen.rejudge(self)  # --resume: screened candidates that no longer clear (thresholds, --no-screen)
+        reused = sum(1 for r in self.candidates if r.reused)
         if self.candidates:
             last = self.candidates[-1]
             pruner = Pruner(ctx.model, pconf, plan=Plan.load(d / last.files["plan"]))
@@ -249,7 +298,6 @@ class HostPhase:
         self.prunable = bool(pruner.groups)
         if not self.prunable:
             ctx.notes.append(f"{pruner.graph.nothing_prunable_note()}: only the unpruned candidate is evaluated")
-        self.recovery = Recovery(ctx, self.candidates)
         self.candidate_loop(pruner, pconf)
         capped = getattr(pconf.allocation, "samples_capped", None)
         if capped:
@@ -257,12 +305,11 @@ class HostPhase:
                              "calibration samples (every consumer's input on a round's samples is held within 512 MB)")
         return HostResult(candidates=self.candidates, failed_candidates=self.failed_candidates, stop=self.stop_reason(),
                           reused=reused, rates=self.rates, checks=self.checks, trainset=self.recovery.trainset,
-                          jobs=self.jobs, pool=self.pool_used)
+                          jobs=self.jobs, pool=self.pool_used, screen=self.screen, phase=self)
 
     def candidate_loop(self, pruner, pconf) -> None:
         for i in range(len(self.candidates), len(self.rates)):
-            if self.candidates and not self.candidates[-1].skipped \
-                    and not self.candidates[-1].checks["fidelity"]["ok"] and not self.fixed:
+            if self.candidates and self.candidates[-1].checks["fidelity"]["ok"] is False and not self.fixed:
                 break  # (--rate judges every rate it was given)
             if i > 0 and not self.prunable:
                 break
@@ -291,7 +338,7 @@ class HostPhase:
         last = self.candidates[-1]
         if self.fixed:
             return {"reason": "rates", "rate": last.rate}
-        if not last.skipped and not last.checks["fidelity"]["ok"]:
+        if last.checks["fidelity"]["ok"] is False:
             return {"reason": "fidelity", "rate": last.rate}
         if not self.prunable:
             return {"reason": "nothing to prune", "rate": 0.0}
@@ -336,8 +383,8 @@ class HostPhase:
 
         jobs = self.ctx.config.search.jobs
         self.jobs = int(jobs) if jobs is not None else default_jobs()
-        if self.fixed:
-            return None  # --rate: each candidate is its own jump along the schedule (advance_fixed)
+        if self.fixed or self.screen.enabled:
+            return None  # --rate: each candidate is its own jump along the schedule (advance_fixed); screening: few conversions
         times = [r.timings["convert_s"] for r in self.candidates if "convert_s" in r.timings]
         n = pool_size(jobs, self.jobs, len(self.rates) - len(self.candidates), self.prunable, times)
         if self.recovery.trainset is not None:
@@ -370,12 +417,20 @@ class HostPhase:
         if reason is not None:
             if ahead is not None:
                 ahead.discard()  # as serially: no conversion, no .keras
-            return self.skipped_candidate(pruner if ahead is None else ahead, i, rate, name, km, pred, reason, t0,
+            return skipped_candidate(self, pruner if ahead is None else ahead, i, rate, name, km, pred, reason, t0,
                                           skip)
+        screen = self.screen.judge(km, i)  # on the pruned Keras model first (pipeline/search/host_screen.py)
+        if screen is not None and screen["screened"]:
+            return skipped_candidate(self, pruner, i, rate, name, km, pred, None, t0, screen=screen)
         made = self.convert_and_judge(km, ahead, i, rate)
         prune_end = made.timings.pop("_prune_end")
         made.timings["prune_s"] = (prune_end - t0 if ahead is None else ahead.prune_s) + self.walk_s
-        return self.save_candidate(pruner, ahead, made, i, rate, name, pred)
+        if screen is not None:  # (the Keras judgement ran between pruning and converting)
+            made.timings["prune_s"] -= screen["keras_s"]
+        rec = self.save_candidate(pruner, ahead, made, i, rate, name, pred, screen)
+        if screen is not None:
+            self.screen.observe(screen["keras"], rec.fidelity)
+        return rec
 
     def convert_and_judge(self, km, ahead, i: int, rate: float) -> _Made:
         """Convert (or take the worker's conversion) and judge fidelity; with --train-data, train
@@ -419,7 +474,8 @@ class HostPhase:
                      timings={"_prune_end": t1, "convert_s": convert_s, "fidelity_s": fidelity_s, "train_s": train_s,
                               "_judged": t3})
 
-    def save_candidate(self, pruner, ahead, made: _Made, i: int, rate: float, name: str, pred) -> Candidate:
+    def save_candidate(self, pruner, ahead, made: _Made, i: int, rate: float, name: str, pred,
+                       screen: dict | None = None) -> Candidate:
         """Write the candidate's files (.keras, .tflite, .plan.json, then its .json last) and return its record."""
         from edgeprune.pipeline.convert import converter as conv
 
@@ -449,8 +505,9 @@ class HostPhase:
             timings={"prune_s": round(tm["prune_s"], 4),
                      "convert_s": round(tm["convert_s"] if ahead is None else res.seconds, 4),
                      "fidelity_s": round(tm["fidelity_s"], 4), "save_s": round(t4 - tm["_judged"], 4),
-                     **({"train_s": round(tm["train_s"], 4)} if trained is not None else {})},
-            created_at=_now(), pid=os.getpid(), device=None)
+                     **({"train_s": round(tm["train_s"], 4)} if trained is not None else {}),
+                     **({"keras_s": screen["keras_s"]} if screen is not None else {})},
+            created_at=_now(), pid=os.getpid(), device=None, screen=screen)
         if ctx.profile.kind == "ethos-u":  # every candidate through Vela: its flash figure, NPU share
             from edgeprune.pipeline.convert import ethos_u_stage
 
@@ -462,31 +519,6 @@ class HostPhase:
             rec.arena_calibration = self.checks.ram_calibration(km, d / files["tflite"])
         rec.checks = self.checks.checks(rec)
         write_json_atomic(d / f"{name}.json", rec.to_json())  # last: marks the candidate done
-        return rec
-
-    def skipped_candidate(self, pruner, i: int, rate: float, name: str, km, pred, reason: str, t0: float,
-                          skip: dict | None = None) -> Candidate:
-        """A candidate predicted over the flash budget: its plan is kept (so pruning can go on and
-        --resume can continue from it) but it is neither converted nor evaluated."""
-        d, checks = self.ctx.run_dir, self.checks
-        files = {"plan": f"{name}.plan.json"}
-        plan = pruner.plan()
-        plan.save(d / files["plan"])
-        flash = checks.predictor.size(pred) + checks.predictor.runtime_bytes
-        rec = Candidate(
-            index=i, rate=rate, name=name, files=files, params=int(km.count_params()), size_bytes=pred.size_bytes,
-            flash_bytes=flash, sha256=None, skipped=reason, skip_budget=checks.predictor.key(),
-            prediction=pred.to_dict(),
-            fidelity={"score": None, "score_name": None, "accuracy": None, "accuracy_drop": None, "metric": None,
-                      "skipped": True},
-            widths=plan.widths,
-            timings={"prune_s": round(time.perf_counter() - t0, 4), "convert_s": 0.0, "fidelity_s": 0.0, "save_s": 0.0},
-            created_at=_now(), pid=os.getpid(), device=None)
-        if skip:
-            rec.skip_what, rec.skip_value, rec.skip_limit = skip["what"], skip["value"], skip["limit"]
-            rec.skip_resource_budget = checks.resource_budget_key()
-        rec.checks = checks.checks(rec)
-        write_json_atomic(d / f"{name}.json", rec.to_json())
         return rec
 
     def train_candidate(self, km, i: int, rate: float):

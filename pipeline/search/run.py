@@ -16,7 +16,10 @@ The search
    stops after the first candidate whose fidelity falls below the threshold, or at
    ``max_rate``. Each candidate's ``.keras``, ``.tflite``, ``.plan.json`` and metrics
    ``.json`` are written atomically before the next one starts (the ``.json`` is written
-   last: it marks the candidate done).
+   last: it marks the candidate done). Screening (``search.screen``, host_screen.py): a
+   candidate whose pruned Keras model clears the threshold by more than the run's measured
+   float-to-int8 gap is not converted (its plan is kept); the device phase converts it if it
+   reaches it, so the answer is always judged on its .tflite.
 2. **Device phase** (slow, shared). Only candidates that passed every host check can be
    the answer. Latency and memory fall as the rate rises, so the host-passing candidates
    are measured from the LARGEST rate down: the first one that meets the RAM and latency

@@ -96,6 +96,7 @@ class SearchOptions:
     max_rate: float = DEFAULT_MAX_RATE
     rates: Optional[list] = None  # --rate: build and judge only these rates (no search); each <= max_rate
     predict: bool = True  # skip converting candidates predicted over the flash budget
+    screen: bool = True  # judge candidates on the pruned Keras model first; convert only those near the stop (host_screen.py)
     measure_all: bool = False
     jobs: Optional[int] = None  # conversion worker processes; None: one per core (pipeline/convert/convert_pool.py)
 

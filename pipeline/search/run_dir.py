@@ -149,4 +149,5 @@ def config_dict(ctx) -> dict:
         "input_shape": list(c.model.input_shape) if c.model.input_shape else None,
         "threads": c.measurement.threads, "min_secs": c.measurement.min_secs, "max_secs": c.measurement.max_secs, "warmup_min_secs": c.measurement.warmup_min_secs,
         "latency_stat": c.measurement.latency_stat, "round_to": ctx.round_to, "predict": c.search.predict,
+        "screen": c.search.screen,
     }

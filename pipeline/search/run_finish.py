@@ -135,6 +135,8 @@ def prediction_summary(ctx, host) -> dict:
 def _timings(ctx, host, device) -> dict:
     new = [r for r in host.candidates if not r.reused]
     tot = {k: round(sum(r.timings.get(k, 0.0) for r in new), 3) for k in ("prune_s", "convert_s", "fidelity_s", "save_s")}
+    if any("keras_s" in r.timings for r in new):  # screening: the candidates judged on their Keras model
+        tot["keras_s"] = round(sum(r.timings.get("keras_s", 0.0) for r in new), 3)
     tot["device_s"] = round(device.seconds, 3)
     tot["load_s"] = round(ctx.load_seconds, 3)  # TF import, model, data, reference outputs
     tot["load"] = dict(ctx.load_timings)  # model_s, data_s, reference_s, reference_cached
@@ -158,6 +160,7 @@ def _candidate_out(r: Candidate) -> dict:
         "made_by": r.made_by,
         "skipped": r.skipped, "prediction": r.prediction,
         "first_measurement": r.first_measurement,
+        **({"screen": r.screen} if r.screen else {}),
         **({"vela": r.vela} if r.vela else {}),
         **({"recovery": r.recovery} if r.recovery is not ABSENT else {}),
     }
@@ -195,7 +198,7 @@ def _settings(ctx, host) -> dict:
             "min_secs": c.measurement.min_secs, "max_secs": c.measurement.max_secs,
             "warmup_min_secs": c.measurement.warmup_min_secs, "latency_stat": c.measurement.latency_stat,
             "round_to": ctx.round_to, "predict": c.search.predict,
-            "jobs": host.jobs, "pool": host.pool}
+            "jobs": host.jobs, "pool": host.pool, "screen": bool(host.screen is not None and host.screen.enabled)}
 
 
 def _chosen_section(ctx, chosen: Candidate) -> dict:
@@ -237,6 +240,7 @@ def build_report(ctx, host, device, exit_code: int) -> dict:
         "device": _device_section(ctx, device, cand_out),
         "settings": _settings(ctx, host),
         "prediction": prediction_summary(ctx, host),
+        "screen": host.screen.summary(host.candidates) if host.screen is not None else None,
         "data": dict(ctx.data.to_dict(), calibration=ctx.calibration_note,
                      synthetic=ctx.data.source == "synthetic", split=ctx.split),
         "budgets": ctx.budgets.to_dict(),

@@ -1,0 +1,186 @@
+"""Screening (issue 23 item 1): a pruned candidate is judged first on its pruned Keras model, with
+the same metric as the .tflite fidelity check (pipeline/convert/fidelity.py ``score_outputs``); only
+the candidates that can change the answer are converted to int8 and judged on their .tflite.
+
+The margin is the float-to-int8 gap measured in the run itself: the largest
+``keras score - .tflite score`` (and, with ``--max-accuracy-drop``, the largest ``.tflite drop -
+Keras drop``) among the candidates converted so far (candidate 0 is always converted; its Keras
+score is the reference itself), plus one evaluation sample's worth (1/n; 100/n points), the
+finest step an agreement can take. A candidate whose Keras score still clears the fidelity
+threshold after the margin is subtracted is **screened**: its plan is saved, it is not converted
+(no .tflite) and it is neither a pass nor a pick until converted. The others are converted and
+judged on the .tflite as without screening; the first .tflite failure stops the search.
+
+The device phase converts, on demand and largest rate first, the screened candidates it reaches
+(:meth:`Screen.convert`): each from its saved plan, judged on its .tflite, and only then measured;
+one that fails on its .tflite is recorded as failing and the next lower rate is tried. So the
+answer is always a converted candidate judged on the .tflite it ships.
+
+Not used with ``--rate`` (every given rate is judged on its .tflite) or ``--train-data`` (a candidate
+is trained only once it fails untrained, which needs its .tflite), nor with ``--no-screen``. While
+screening, the conversion look-ahead (pipeline/convert/convert_pool.py) is off: most candidates are
+not converted at all; an explicit ``--jobs N`` > 1 asks for it, and then every candidate is converted
+(no screening, a note says so).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Optional
+
+import numpy as np
+
+MARGIN_ENV = "EDGEPRUNE_SCREEN_MARGIN"  # a fixed margin instead of the measured one (tests: a screened candidate failing)
+
+
+class Screen:
+    """The screening state of one run: the measured gap, and what was screened or converted."""
+
+    def __init__(self, ctx, checks, enabled: bool):
+        self.ctx, self.checks = ctx, checks
+        self.enabled = bool(enabled)
+        self.gap = 0.0  # largest keras - tflite score among converted candidates
+        self.gap_points = 0.0  # largest tflite - keras accuracy drop (points)
+        self.observed = 0
+        self.on_demand: list = []  # names converted on demand by the device phase
+        self.on_demand_s = 0.0
+        self.keras_s = 0.0
+
+    # ---------------------------------------------------------------- the margin
+    @property
+    def allowance(self) -> float:
+        return 1.0 / max(len(self.ctx.data.x), 1)
+
+    def margin(self) -> dict:
+        forced = os.environ.get(MARGIN_ENV)  # tests and diagnosis only: the margin as given (report says so)
+        if forced:
+            return {"score": float(forced), "points": 100 * float(forced), "forced": MARGIN_ENV}
+        return {"score": round(self.gap + self.allowance, 6), "points": round(self.gap_points + 100 * self.allowance, 6)}
+
+    def threshold_key(self) -> list:
+        return [self.checks.min_fidelity, self.checks.max_drop, self.checks.confidence]
+
+    def observe(self, keras: dict, fr: dict) -> None:
+        """A converted candidate's Keras and .tflite scores: the gap between them."""
+        if keras.get("score") is None or fr.get("score") is None:
+            return
+        self.observed += 1
+        self.gap = max(self.gap, float(keras["score"]) - float(fr["score"]))
+        if keras.get("accuracy_drop") is not None and fr.get("accuracy_drop") is not None:
+            self.gap_points = max(self.gap_points, float(fr["accuracy_drop"]) - float(keras["accuracy_drop"]))
+
+    def restore(self, candidates: list) -> None:
+        """--resume: the gap of the reused converted candidates."""
+        for r in candidates:
+            if r.screen and not r.screened and r.sha256:
+                self.observe(r.screen["keras"], r.fidelity)
+
+    # ---------------------------------------------------------------- judging on Keras
+    def keras_fidelity(self, km=None) -> dict:
+        """The fidelity of a pruned Keras model (None: the original, i.e. the reference itself)."""
+        from edgeprune.pipeline.convert import fidelity as fid
+
+        ctx = self.ctx
+        t0 = time.perf_counter()
+        log = logging.getLogger("tensorflow")
+        level = log.level
+        log.setLevel(logging.ERROR)  # each candidate is a new model: TF warns that its tf.function retraces
+        try:
+            out = ctx.reference if km is None else fid.keras_outputs(km, ctx.data.x)
+        finally:
+            log.setLevel(level)
+        fr = fid.score_outputs(np.asarray(out), ctx.reference, ctx.data, ctx.fid_config)
+        self.keras_s += time.perf_counter() - t0
+        d = fr.to_dict()
+        return {k: d[k] for k in ("metric", "score", "score_name", "accuracy", "accuracy_drop")}
+
+    def judge(self, km, i: int) -> Optional[dict]:
+        """Candidate ``i``'s ``screen`` record (None: screening off): its Keras score (candidate 0's
+        is the reference itself) and whether it is screened (not to be converted)."""
+        if not self.enabled:
+            return None
+        t0 = time.perf_counter()
+        keras = self.keras_fidelity(km if i > 0 else None)
+        out = self.record(keras, self.active(i) and self.clears(keras))
+        out["keras_s"] = round(time.perf_counter() - t0, 4)
+        return out
+
+    def active(self, i: int) -> bool:
+        return self.enabled and i > 0 and self.observed > 0
+
+    def clears(self, keras: dict) -> bool:
+        """Does the Keras score clear the fidelity threshold with the margin to spare?"""
+        m = self.margin()
+        shifted = dict(keras, n_samples=len(self.ctx.data.x), score=keras["score"] - m["score"],
+                       accuracy_drop=None if keras.get("accuracy_drop") is None else keras["accuracy_drop"] + m["points"])
+        return self.checks.fidelity_ok(shifted)
+
+    def record(self, keras: dict, screened: bool) -> dict:
+        """A candidate's ``screen`` (its .json and report.json)."""
+        m = self.margin()
+        return {"keras": keras, "margin": m["score"], "margin_points": m["points"] if keras.get("accuracy_drop") is not None else None,
+                "gap_measured_on": self.observed, "threshold_key": self.threshold_key(), "screened": screened,
+                "converted": None if screened else "searched"}
+
+    def text(self, rec) -> str:
+        s = rec.screen
+        k, parts = s["keras"], []
+        if self.checks.min_fidelity is not None:
+            parts.append(f"{k['score']:.4f} >= {self.checks.min_fidelity:g} + margin {s['margin']:.4f}")
+        if self.checks.max_drop is not None and k.get("accuracy_drop") is not None:
+            parts.append(f"accuracy drop {k['accuracy_drop']:.2f} + margin {s['margin_points']:.2f} <= {self.checks.max_drop:g} points")
+        return "screened on Keras: " + " and ".join(parts) + "; not converted"
+
+    # ---------------------------------------------------------------- converting on demand
+    def rejudge(self, host) -> None:
+        """--resume: a reused screened candidate is judged again on its Keras score against THIS
+        run's thresholds and margin; one that no longer clears them (or any, with --no-screen) is
+        converted now and judged on its .tflite, as the search would have. One whose conversion
+        fails ends the reuse there: the search builds it again (and records the failure)."""
+        for k, rec in enumerate(list(host.candidates)):
+            if rec.screened and not (self.enabled and self.clears(rec.screen["keras"])):
+                try:
+                    self.convert(host, rec, "on resume (no longer clears the threshold with the margin)")
+                except Exception:  # noqa: BLE001 - the search makes it again, through try_candidate
+                    del host.candidates[k:]
+                    return
+
+    def convert(self, host, rec, why: str = "on demand (device phase)"):
+        """A screened candidate converted from its saved plan and judged on its .tflite (the
+        device phase reached it); returns its converted record (replacing ``rec`` in the list)."""
+        from edgeprune.pipeline.convert import converter as conv
+        from edgeprune.pipeline.prune.plan import Plan
+        from edgeprune.pipeline.prune.pruner import Pruner
+        from edgeprune.pipeline.search.predict import predict
+
+        ctx = self.ctx
+        ctx.emit("status", text=f"rate {rec.rate:.2f}: screened on Keras; converting it now ({why})")
+        t0 = time.perf_counter()
+        pruner = Pruner(ctx.model, host.pconf, plan=Plan.load(ctx.run_dir / rec.files["plan"]))
+        with conv.captured_output():
+            km = pruner.build()
+        made = host.convert_and_judge(km, None, rec.index, rec.rate)
+        made.timings["prune_s"] = made.timings.pop("_prune_end") - t0
+        screen = dict(rec.screen, screened=False, converted=why)
+        new = host.save_candidate(pruner, None, made, rec.index, rec.rate, rec.name,
+                                  predict(km, ctx.config.prune.quantize), screen)
+        self.observe(screen["keras"], new.fidelity)
+        host.candidates[host.candidates.index(rec)] = new
+        self.on_demand.append(new.name)
+        self.on_demand_s += time.perf_counter() - t0
+        return new
+
+    def summary(self, candidates: list) -> Optional[dict]:
+        """``report.json`` ``screen``."""
+        if not self.enabled:
+            return None
+        new = [r for r in candidates if not r.reused]
+        return {"enabled": True, "method": __doc__.split("\n\n")[1].replace("\n", " "),
+                "margin": self.margin(), "gap": round(self.gap, 6), "gap_points": round(self.gap_points, 6),
+                "allowance": round(self.allowance, 6),
+                "screened": [{"index": r.index, "rate": r.rate, "keras_score": r.screen["keras"]["score"],
+                              "margin": r.screen["margin"]} for r in candidates if r.screened],
+                "converted_on_demand": list(self.on_demand), "on_demand_s": round(self.on_demand_s, 3),
+                "conversions_saved": len([r for r in new if r.screened]),
+                "keras_s": round(self.keras_s, 3)}

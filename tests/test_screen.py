@@ -1,0 +1,110 @@
+"""Screening (issue 23 item 1, pipeline/search/host_screen.py) through the real CLI on the bundled
+example (local device, the data-free engine for speed): candidates judged on their pruned Keras
+model are not converted, the answer is a converted candidate judged on its .tflite, the same as
+with --no-screen; a screened candidate that fails on its .tflite gives way to the next lower one;
+--resume reuses screened candidates."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from edgeprune.cli import run_cli
+from edgeprune.pipeline.search.host_screen import MARGIN_ENV
+
+PAODING = ["--criterion", "paoding", "--no-compensate", "--allocation", "uniform"]  # the data-free engine
+FAST = ["--runs", "3", "--warmup", "1", "--min-secs", "0", "--warmup-min-secs", "0", "--max-rate", "0.4", *PAODING]
+
+
+def run_json(capsys, argv: list[str]) -> tuple[int, dict]:
+    code = run_cli(["run", *argv, "--json"])
+    return code, json.loads(capsys.readouterr().out)
+
+
+def _chosen(rep: dict) -> dict:
+    return next(c for c in rep["candidates"] if c["index"] == rep["chosen"]["index"])
+
+
+@pytest.mark.slow
+def test_screening_saves_conversions_and_gives_the_same_answer(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv(MARGIN_ENV, raising=False)
+    code, a = run_json(capsys, ["--out", str(tmp_path / "a"), *FAST])
+    assert code == 0
+    code, b = run_json(capsys, ["--out", str(tmp_path / "b"), *FAST, "--no-screen"])
+    assert code == 0
+    ca, cb = _chosen(a), _chosen(b)
+    assert (ca["rate"], ca["sha256"], ca["size_bytes"]) == (cb["rate"], cb["sha256"], cb["size_bytes"])
+    assert ca["rate"] == pytest.approx(0.2)  # the data-free engine's pick on the example
+    sc = a["screen"]
+    screened = [c for c in a["candidates"] if (c.get("screen") or {}).get("screened")]
+    assert len(screened) >= 3 and sc["conversions_saved"] == len(screened) == len(sc["screened"])
+    assert b["screen"] is None and not any(c.get("screen") for c in b["candidates"])
+    assert a["settings"]["screen"] is True and b["settings"]["screen"] is False
+    # the margin: the gap of candidate 0 (Keras 1.0 against its .tflite) + one of 800 samples
+    c0 = a["candidates"][0]
+    assert sc["margin"]["score"] >= 1.0 - c0["fidelity"]["score"] + 1 / 800 - 1e-6
+    d = tmp_path / "a"
+    for c in screened:
+        assert c["sha256"] is None and c["fidelity"]["score"] is None and c["checks"]["fidelity"]["ok"] is None
+        assert not (d / f"{c['name']}.tflite").exists() and (d / c["files"]["plan"]).exists()
+        assert c["screen"]["keras"]["score"] - c["screen"]["margin"] >= 0.95
+        assert c["measurement"] is None and c["not_measured"].startswith("screened on Keras")
+        # honest: on its .tflite (the --no-screen run) every screened candidate does pass
+        assert b["candidates"][c["index"]]["fidelity"]["score"] >= 0.95
+    tflites = sorted(p.name for p in d.glob("cand-*.tflite"))
+    assert len(tflites) == len(a["candidates"]) - len(screened)
+    assert len(list((tmp_path / "b").glob("cand-*.tflite"))) == len(b["candidates"])
+    # the pick is converted and judged on its .tflite; nothing without a .tflite was measured
+    assert all(c["sha256"] and (d / c["files"]["tflite"]).is_file() for c in a["candidates"] if c["measurement"])
+    assert ca["sha256"] and ca["fidelity"]["score"] >= 0.95 and ca["checks"]["fidelity"]["ok"] is True
+    assert (d / "best.tflite").read_bytes() == (d / ca["files"]["tflite"]).read_bytes()
+    md = (d / "report.md").read_text()
+    assert f"screening: {len(screened)} candidate(s) judged on their pruned Keras model only" in md
+    assert "screened on Keras" in md
+    # --resume over the screened candidates: reused as screened, nothing built again, same answer
+    code, r = run_json(capsys, ["--out", str(d), *FAST, "--resume"])
+    assert code == 0 and r["resume"]["candidates_computed"] == 0
+    assert [bool((c.get("screen") or {}).get("screened")) for c in r["candidates"]] == \
+        [bool((c.get("screen") or {}).get("screened")) for c in a["candidates"]]
+    assert _chosen(r)["sha256"] == ca["sha256"] and r["screen"]["conversions_saved"] == 0
+    # --resume under a stricter threshold: the screened candidates are judged again on their Keras score;
+    # those that no longer clear it with the margin are converted now and judged on their .tflite
+    strict = 0.962
+    code, t = run_json(capsys, ["--out", str(d), *FAST, "--resume", "--min-fidelity", str(strict)])
+    assert code in (0, 3)
+    again = [c for c in t["candidates"] if (c.get("screen") or {}).get("converted", "").startswith("on resume")]
+    kept = [c for c in t["candidates"] if (c.get("screen") or {}).get("screened")]
+    assert again and len(again) + len(kept) == len(screened)
+    for c in again:
+        assert c["screen"]["keras"]["score"] - t["screen"]["margin"]["score"] < strict and c["sha256"]
+        assert c["fidelity"]["score"] == b["candidates"][c["index"]]["fidelity"]["score"]  # its .tflite, as --no-screen
+    for c in kept:
+        assert c["screen"]["keras"]["score"] - t["screen"]["margin"]["score"] >= strict
+    assert t["resume"]["candidates_reused"] == len(t["candidates"]) - len(again)
+
+
+@pytest.mark.slow
+def test_a_screened_candidate_failing_on_its_tflite_gives_way_to_the_next_lower(tmp_path, capsys, monkeypatch):
+    """Margin forced to 0: rates 0.05-0.25 are screened on their Keras agreement (0.25's Keras
+    agreement is 0.9500, its .tflite's 0.94875). The device phase converts 0.25 first: it fails on
+    its .tflite, so 0.20 is converted, passes and is the answer, as without screening."""
+    monkeypatch.setenv(MARGIN_ENV, "0")
+    code, a = run_json(capsys, ["--out", str(tmp_path / "a"), *FAST])
+    assert code == 0
+    monkeypatch.delenv(MARGIN_ENV)
+    code, b = run_json(capsys, ["--out", str(tmp_path / "b"), *FAST, "--no-screen"])
+    assert code == 0
+    ca, cb = _chosen(a), _chosen(b)
+    assert (ca["rate"], ca["sha256"]) == (cb["rate"], cb["sha256"])
+    on_demand = a["screen"]["converted_on_demand"]
+    assert a["screen"]["margin"]["forced"] == MARGIN_ENV
+    assert len(on_demand) >= 2 and on_demand[-1] == ca["name"]  # the failing one(s), then the pick
+    failed = [c for c in a["candidates"] if c["name"] in on_demand[:-1]]
+    for c in failed:
+        assert c["rate"] > ca["rate"] and c["sha256"] and c["checks"]["fidelity"]["ok"] is False
+        assert c["screen"]["converted"].startswith("on demand")
+        assert c["fidelity"]["score"] < 0.95 <= c["screen"]["keras"]["score"]  # passed on Keras, fails on .tflite
+        assert c["measurement"] is None and "fails the fidelity threshold on its .tflite" in c["not_measured"]
+        assert (tmp_path / "a" / c["files"]["tflite"]).exists()
+    assert ca["screen"]["converted"].startswith("on demand") and ca["checks"]["fidelity"]["ok"] is True
+    assert ca["measurement"] is not None
