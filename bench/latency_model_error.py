@@ -22,7 +22,13 @@ counted in the held-out median.
 prunes) and reports their error on the same candidates (see FORMS).
 
     python bench/latency_model_error.py [--nets example,dscnn,mobilenet] [--device local]
-        [--max-rate 0.6] [--step 0.05] [--keep DIR] [--tag -emulated] [--render]
+        [--max-rate 0.6] [--step 0.05] [--objective latency|size] [--keep DIR] [--tag=-SUFFIX]
+    python bench/latency_model_error.py --nets ... --noise-from DIR     # each candidate measured again
+    python bench/latency_model_error.py --nets ... --emulated-from DIR  # the emulated Pi 4 (tests/boards)
+    python bench/latency_model_error.py --nets ... --build-trials 3     # 1- vs 2-pass builds
+    python bench/latency_model_error.py --render [--forms]
+
+Uses ../shared only through tests/boards (the emulated board under /opt/edgeprune-boards).
 """
 from __future__ import annotations
 
@@ -407,7 +413,7 @@ def main(argv=None) -> int:
                 r = remeasure(net, args.emulated_from / net, prof)
                 r.update(device=prof.name, device_label="emulated Pi 4 (" + emulated.EMULATION + ")", code=code_version())
                 r["score"] = score(r)
-                (ROWS / f"{net}-emulated.json").write_text(json.dumps(r, indent=1) + "\n")
+                (ROWS / f"{net}-emulated.json").write_text(json.dumps(r) + "\n")
                 print(net, "emulated", r["score"], "build", r["latency_model"].get("build_s"), flush=True)
         finally:
             srv.stop()
@@ -416,7 +422,7 @@ def main(argv=None) -> int:
             f = ROWS / f"{net}.json"
             r = json.loads(f.read_text())
             remeasure_local(r, args.noise_from / net)
-            f.write_text(json.dumps(r, indent=1) + "\n")
+            f.write_text(json.dumps(r) + "\n")
             print(net, "noise floor", score(r)["noise_floor"], flush=True)
     elif not args.render:
         import contextlib
@@ -441,7 +447,7 @@ def main(argv=None) -> int:
                 r.update(collect(out))
                 r["device_label"] = args.device_label or args.device
                 r["score"] = score(r)
-                (ROWS / f"{net}{args.tag}.json").write_text(json.dumps(r, indent=1) + "\n")
+                (ROWS / f"{net}{args.tag}.json").write_text(json.dumps(r) + "\n")
                 print(net, r["score"], "build", r["latency_model"].get("build_s"), flush=True)
     rows = [json.loads(p.read_text()) for p in sorted(ROWS.glob("*.json"))]
     for r in rows:
