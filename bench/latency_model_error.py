@@ -28,7 +28,7 @@ prunes) and reports their error on the same candidates (see FORMS).
     python bench/latency_model_error.py --nets ... --build-trials 3     # 1- vs 2-pass builds
     python bench/latency_model_error.py --render [--forms]
 
-Uses ../shared only through tests/boards (the emulated board under /opt/edgeprune-boards).
+Does not read ../shared; the emulated board is the one .ci/aarch64-board.sh builds (tests/boards/emulated.py).
 """
 from __future__ import annotations
 
