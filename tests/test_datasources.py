@@ -60,10 +60,17 @@ def test_png_class_folders_give_the_same_pick_as_the_bundled_npz(tmp_path, capsy
     assert any("labels from 10 class folders (declared by --classes)" in n for n in rep_p["data"]["notes"])
     assert rep_p["chosen"]["rate"] == rep_n["chosen"]["rate"]
     assert rep_p["chosen"]["sha256"] == rep_n["chosen"]["sha256"]  # the very same .tflite: same calibration samples
-    # the labels really came from the folders: accuracy (needs the labels) is identical per candidate
+    # the labels really came from the folders: accuracy (needs the labels) is identical per candidate, on
+    # the .tflite of a converted candidate and on the Keras model of a screened one (pipeline/search/host_screen.py)
+    assert len(rep_n["candidates"]) == len(rep_p["candidates"]) == 7
     for a, b in zip(rep_n["candidates"], rep_p["candidates"]):
         assert a["fidelity"]["score"] == b["fidelity"]["score"]
-        assert a["fidelity"]["accuracy"] == b["fidelity"]["accuracy"] is not None
+        assert a["fidelity"]["accuracy"] == b["fidelity"]["accuracy"]
+        assert a["screen"]["keras"]["accuracy"] == b["screen"]["keras"]["accuracy"] is not None
+        assert a["screen"]["screened"] == b["screen"]["screened"]
+        if not a["screen"]["screened"]:
+            assert a["fidelity"]["accuracy"] is not None
+    assert not rep_n["candidates"][0]["screen"]["screened"]
     for rep in (rep_n, rep_p):
         sp = rep["data"]["split"]
         assert (sp["n_samples"], sp["calibration"], sp["evaluation"], sp["shared"]) == (1000, 200, 800, 0)
