@@ -263,6 +263,8 @@ class DevicePhase:
         (pipeline/search/host_screen.py); one that fails a host check is not measured. With
         --measure-all every screened candidate is converted first. Returns ``order`` with the
         converted records in place of the screened ones."""
+        from edgeprune.pipeline.search.device_farm import run_in_rate_order
+
         measure_all = self.config.search.measure_all
         if measure_all:
             order = [self.convert_screened(r) if r.screened else r for r in order]
@@ -281,8 +283,6 @@ class DevicePhase:
                 seg.append(order.pop(0))
             seg = [r for r in seg if _ok(r)]
             done += seg
-            from edgeprune.pipeline.search.device_farm import run_in_rate_order
-
             run_in_rate_order(seg, self.boards, lookup=self.cached_noise_aware, measure=self.measure_on_board,
                               store=lambda board, r, res: res, decide=self.decide, keep=self.keep,
                               emit=lambda *a, **k: None, look_ahead=len(seg) if measure_all else None)

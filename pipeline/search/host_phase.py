@@ -301,8 +301,11 @@ class HostPhase:
         self.candidate_loop(pruner, pconf)
         capped = getattr(pconf.allocation, "samples_capped", None)
         if capped:
+            from edgeprune.pipeline.prune.allocation.greedy import ROUND_BUDGET_BYTES
+
             ctx.notes.append(f"global allocation: each greedy round used the first {capped[0]:,} of the {capped[1]:,} "
-                             "calibration samples (every consumer's input on a round's samples is held within 512 MB)")
+                             "calibration samples (every consumer's input on a round's samples is held within "
+                             f"{ROUND_BUDGET_BYTES // 2**20} MB)")
         return HostResult(candidates=self.candidates, failed_candidates=self.failed_candidates, stop=self.stop_reason(),
                           reused=reused, rates=self.rates, checks=self.checks, trainset=self.recovery.trainset,
                           jobs=self.jobs, pool=self.pool_used, screen=self.screen, phase=self)
