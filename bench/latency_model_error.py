@@ -518,7 +518,7 @@ READING = """## Reading
   IQR is 1-10 % of its p50: the emulated board's speed changes from one process to the next (qemu
   translation, memory layout), not within one. Against the MEAN of the two measurements of each
   candidate the example's held-out error is **9.7 %** (12 candidates) and the MobileNet-style net's
-  7.3 %: within the issue's 10 % aim once the board's per-process noise is averaged out. The model
+  3.6 % (12): within the issue's 10 % aim once the board's per-process noise is averaged out. The model
   form is not what limits the emulated rows; a single emulated measurement is."""
 
 
