@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 
 import numpy as np
 import pytest
@@ -412,3 +413,27 @@ def test_a_fused_lstm_file_that_errs_gives_way_to_the_unrolled_file(monkeypatch)
     note = next(n for n in res.notes if "unrolled" in n)
     fused_err, unrolled_err = (float(v) for v in re.search(r"erred ([0-9.]+) .*the unrolled file ([0-9.]+)", note).groups())
     assert fused_err == pytest.approx(err, abs=1e-3) and unrolled_err < fused_err, note
+
+
+def test_a_logger_handler_made_while_output_is_captured_survives_the_capture(capfd):
+    """tensorflow's logger makes its StreamHandler(sys.stderr) on first use; made inside
+    captured_output it pointed at the capture's stream, closed afterwards, and the next warning
+    printed "--- Logging error ---" with a traceback (seen in a bench run). It must land on the
+    real stderr instead."""
+    import logging
+
+    from edgeprune.pipeline.convert.quiet import captured_output
+
+    lg = logging.getLogger("edgeprune-test-lazy-handler")
+    lg.propagate = False
+    try:
+        with captured_output() as box:
+            lg.addHandler(logging.StreamHandler(sys.stderr))  # as tf.get_logger() does on first use
+            lg.warning("inside")
+        lg.warning("after the capture")
+        err = capfd.readouterr().err
+        assert "inside" in box.text
+        assert "Logging error" not in err and "closed file" not in err, err
+        assert "after the capture" in err
+    finally:
+        lg.handlers.clear()

@@ -44,6 +44,7 @@ def captured_output() -> Iterator[_Captured]:
     finally:
         for lg, level in zip(loggers, old_levels):
             lg.setLevel(level)
+        _unbind(text_stream)
         with contextlib.suppress(Exception):
             text_stream.flush()
             text_stream.close()
@@ -53,3 +54,16 @@ def captured_output() -> Iterator[_Captured]:
         tmp.seek(0)
         box.text = tmp.read().decode("utf-8", errors="replace")
         tmp.close()
+
+
+def _unbind(stream) -> None:
+    """A logging handler made while the output was captured (tensorflow's logger makes its
+    ``StreamHandler(sys.stderr)`` on first use) would keep writing to the capture's stream once
+    it is closed ("--- Logging error ---" and a traceback on the user's terminal): point every
+    such handler back at the real stderr."""
+    loggers = [logging.getLogger()] + [lg for lg in logging.Logger.manager.loggerDict.values()
+                                       if isinstance(lg, logging.Logger)]
+    for lg in loggers:
+        for h in list(lg.handlers):
+            if isinstance(h, logging.StreamHandler) and getattr(h, "stream", None) is stream:
+                h.setStream(sys.stderr)
