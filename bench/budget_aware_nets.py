@@ -7,7 +7,10 @@ Rows (one ``edgeprune run`` each, default engine):
 - ``ram50``: ``--device nrf52840 --ram-budget`` = 16 KiB runtime + 50 % of the unpruned model's
   TFLite-Micro arena (measured here), ``--objective size`` and ``auto``;
 - ``lat40``: ``--device local --latency-budget`` = 40 % of the unpruned model's p50 measured on
-  the local device, ``--objective size``, ``auto`` and ``latency``.
+  the local device, ``--objective size``, ``auto`` and ``latency``;
+- ``lat40pi``: the same on the EMULATED Raspberry Pi 4 (tests/boards: qemu-user aarch64 over a
+  loopback OpenSSH sshd, the board .ci/aarch64-board.sh builds): ``--latency-budget`` = 40 % of
+  the unpruned model's p50 measured on that board (3 measurements, their median), 1 thread.
 
 The run's data: Fashion-MNIST test images 0-999 (800 evaluation, 200 calibration, as the bundled
 example); ``unseen``: agreement of the chosen .tflite with the Keras model on test images
@@ -115,7 +118,11 @@ def one_row(net, row, variant, model_path, data_path, budgets, out: Path, x_unse
 
     from edgeprune.pipeline.search import run_config as rc
 
-    if row == "ram50":
+    if row == "lat40pi":
+        device, budget_opts = rc.DeviceOptions(name=str(budgets["pi_profile"])), rc.BudgetOptions(latency_ms=budgets["latency_pi"])
+        meas = rc.MeasurementOptions(threads=1)
+        cmd = f"--device pi4-emulated.yaml --threads 1 --latency-budget {budgets['latency_pi']:.4g}"
+    elif row == "ram50":
         device, budget_opts, meas = rc.DeviceOptions(name="nrf52840"), rc.BudgetOptions(ram=budgets["ram"]), rc.MeasurementOptions()
         cmd = f"--device nrf52840 --ram-budget {budgets['ram']}"
     else:
@@ -184,7 +191,7 @@ def main(argv=None) -> int:
     _, _, xte, yte = data
     rows_dir.mkdir(parents=True, exist_ok=True)
     keep = contextlib.nullcontext(str(args.keep)) if args.keep else tempfile.TemporaryDirectory(prefix="ep-nets-")
-    with keep as tmp:
+    with keep as tmp, contextlib.ExitStack() as stack:
         tmp = Path(tmp)
         tmp.mkdir(parents=True, exist_ok=True)
         data_path = tmp / "fmnist_test0-999.npz"
@@ -196,6 +203,10 @@ def main(argv=None) -> int:
             (tmp / net).mkdir(exist_ok=True)
             u = unpruned_figures(model_path, data_path, tmp / net)
             budgets = {"ram": 16384 + u["arena_bytes"] // 2, "latency": round(0.4 * u["local_p50_ms"], 5)}
+            if "lat40pi" in args.rows.split(","):
+                prof_path = emulated_board(tmp, stack)
+                u["pi_p50_ms"] = unpruned_pi_p50(tmp / net / "unpruned.tflite", prof_path)
+                budgets.update(pi_profile=str(prof_path), latency_pi=round(0.4 * u["pi_p50_ms"], 4))
             print(net, "test accuracy", acc, u, budgets, flush=True)
             for row in args.rows.split(","):
                 for v in args.variants.split(","):
@@ -210,6 +221,33 @@ def main(argv=None) -> int:
                     print("   ", row, v, {k: r.get(k) for k in ("exit", "rate", "size_bytes", "ram_bytes", "latency_ms",
                                                                "agreement_eval", "agreement_unseen", "seconds")}, flush=True)
     return 0
+
+
+def emulated_board(tmp: Path, stack) -> Path:
+    """A profile of the emulated Pi 4 served by a loopback sshd (stopped when ``stack`` closes)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    import sshd as sshd_helper
+    from boards import emulated
+
+    why = sshd_helper.available() or emulated.available()
+    if why:
+        raise SystemExit(f"lat40pi: {why}")
+    if not hasattr(emulated_board, "path"):
+        srv = sshd_helper.SshServer.start(tmp / "sshd")
+        stack.callback(srv.stop)
+        emulated_board.path = emulated.write_profile(srv, tmp / "pi4-emulated.yaml", accept="[ai_edge_litert]")
+    return emulated_board.path
+
+
+def unpruned_pi_p50(tflite: Path, prof_path: Path) -> float:
+    """The unpruned model's p50 on the emulated board: the median of 3 measurements (each a new
+    process on the board; the emulator's speed changes from one process to the next)."""
+    from edgeprune.devices.base import BenchConfig, measure
+    from edgeprune.devices.profile import load_profile
+
+    prof = load_profile(prof_path)
+    bc = BenchConfig(runs=50, warmup=5, threads=1, min_secs=1.0, warmup_min_secs=0.5, max_secs=150)
+    return float(np.median([measure(prof, tflite, bc).latency_ms.p50 for _ in range(3)]))
 
 
 def trajectory(d: Path) -> list:
@@ -257,6 +295,8 @@ def render(rows: list) -> str:
             continue
         b = (f"RAM {r['budgets']['ram']:,} B (50 % of arena {r['unpruned']['arena_bytes']:,} B + 16 KiB)"
              if r["row"] == "ram50" else
+             f"emulated Pi 4 latency {r['budgets']['latency_pi']:.4g} ms (40 % of p50 {r['unpruned']['pi_p50_ms']:.4g} ms)"
+             if r["row"] == "lat40pi" else
              f"latency {r['budgets']['latency']:.4g} ms (40 % of p50 {r['unpruned']['local_p50_ms']:.4g} ms)")
         if r.get("rate") is None:
             lines.append(f"| {r['net']} | {b} | {vl(r)} | {r['exit']} | - | - | - | - | - | - | {secs(r)} |")

@@ -144,9 +144,11 @@ def build_trials(net: str, n: int) -> dict:
     return out
 
 
-def remeasure(net: str, run_dir: Path, prof) -> dict:
+def remeasure(net: str, run_dir: Path, prof, noise: bool = False) -> dict:
     """The candidates of a kept run, measured again on another board (``prof``), with that board's
-    latency model built as a run builds it (pipeline/search/latency_model.build, timed)."""
+    latency model built as a run builds it (pipeline/search/latency_model.build, timed). ``noise``:
+    every candidate measured a second time after the first pass (a new process on the board each
+    time, as every measurement): the board's noise floor."""
     import keras
 
     from edgeprune.devices.base import BenchConfig, measure
@@ -172,6 +174,11 @@ def remeasure(net: str, run_dir: Path, prof) -> dict:
     for c in row["candidates"]:
         meas = measure(prof, run_dir / c["tflite"], bc)
         c.update(measured_p50_ms=float(meas.latency_ms.p50), iqr_ms=meas.latency_ms.iqr, runs=meas.runs)
+    if noise:
+        l0 = os.getloadavg()[0]
+        for c in row["candidates"]:
+            c["remeasured_p50_ms"] = float(measure(prof, run_dir / c["tflite"], bc).latency_ms.p50)
+        row["remeasure_load"] = [round(l0, 2), round(os.getloadavg()[0], 2)]
     row.update(latency_model=lm.describe(), load_before=[round(v, 2) for v in load0],
                load_after=[round(v, 2) for v in os.getloadavg()], seconds=round(time.perf_counter() - t0, 1),
                net=net, exit=None, command=f"candidates of the local run ({run_dir.name}) measured again on {prof.name}")
@@ -285,7 +292,10 @@ def score(row: dict) -> dict:
         ms = np.array([c["measured_p50_ms"] for c in big])
         spread = {"n": len(big), "macs": big[0]["macs"], "min_ms": float(ms.min()), "max_ms": float(ms.max()),
                   "median_abs_dev": float(np.median(np.abs(ms - np.median(ms)) / np.median(ms)))}
+    two = [(c["predicted_ms"], (c["measured_p50_ms"] + c["remeasured_p50_ms"]) / 2) for c in held
+           if c.get("remeasured_p50_ms")]
     return {"noise_floor": errors(rem) if rem else None, "distinct_held_out": errors(distinct),
+            "held_out_vs_mean_of_two": errors(two) if two else None,
             "same_model_spread": spread, "held_out": errors([(c["predicted_ms"], c["measured_p50_ms"]) for c in held]),
             "all": errors([(c["predicted_ms"], c["measured_p50_ms"]) for c in row["candidates"]])}
 
@@ -293,7 +303,7 @@ def score(row: dict) -> dict:
 def objective_of(r: dict) -> str:
     c = r.get("command", "")
     obj = c.split("--objective ")[1].split()[0] if "--objective " in c else "latency (the local run's candidates)"
-    return f"{obj}, {str(r.get('code', '?')).split()[0]}"
+    return f"{obj}, {str(r.get('code', '?')).split()[0]}" + (f" ({r['tag']})" if r.get("tag") else "")
 
 
 def render(rows: list) -> str:
@@ -316,6 +326,8 @@ def render(rows: list) -> str:
             f"{r['score']['distinct_held_out']['n']}, {100 * r['score']['distinct_held_out']['median']:.1f} % | "
             + (f"{100 * z[0]['error']:.1f} %" if z else "-")
             + (f" | {100 * r['score']['noise_floor']['median']:.1f} % (load {r['remeasure_load'][0]:.1f}-{r['remeasure_load'][1]:.1f})"
+               + (f"; held-out error against the mean of both measurements: **{100 * r['score']['held_out_vs_mean_of_two']['median']:.1f} %**"
+                  if r["score"].get("held_out_vs_mean_of_two") else "")
                if r["score"].get("noise_floor") else " | not measured")
             + f" | {'/'.join(f'{v:.1f}' for v in r['load_before'])} -> {'/'.join(f'{v:.1f}' for v in r['load_after'])} | {r['seconds']:.0f} s |")
     sp = [r for r in rows if r["score"].get("same_model_spread")]
@@ -385,6 +397,8 @@ def main(argv=None) -> int:
     ap.add_argument("--emulated-from", type=Path, help="kept folder of a local run of this script (--keep): measure "
                     "its candidates again on the emulated Raspberry Pi 4 (tests/boards, qemu-user aarch64 over "
                     "loopback SSH) with that board's own latency model; rows tagged -emulated")
+    ap.add_argument("--noise", action="store_true", help="with --emulated-from: measure every candidate twice "
+                    "(the emulated board's noise floor)")
     ap.add_argument("--build-trials", type=int, default=0, help="build the local latency model N times with one "
                     "and N times with two measuring passes, score each on the nets' local rows (latency_model_error.trials.json)")
     args = ap.parse_args(argv)
@@ -410,10 +424,10 @@ def main(argv=None) -> int:
         try:
             prof = load_profile(emulated.write_profile(srv, tmp / "pi4-emulated.yaml", accept="[ai_edge_litert]"))
             for net in args.nets.split(","):
-                r = remeasure(net, args.emulated_from / net, prof)
+                r = remeasure(net, args.emulated_from / net, prof, noise=args.noise)
                 r.update(device=prof.name, device_label="emulated Pi 4 (" + emulated.EMULATION + ")", code=code_version())
                 r["score"] = score(r)
-                (ROWS / f"{net}-emulated.json").write_text(json.dumps(r) + "\n")
+                (ROWS / f"{net}-emulated{args.tag}.json").write_text(json.dumps(r) + "\n")
                 print(net, "emulated", r["score"], "build", r["latency_model"].get("build_s"), flush=True)
         finally:
             srv.stop()
@@ -494,7 +508,18 @@ READING = """## Reading
   (32.5-36.9 %): the emulated board's measurements are the noise: the same model measured 8 times
   (as 8 candidates) gave p50s of 14.5-23.8 ms (median absolute deviation 11 %), IQRs are 20-45 %
   of the p50, and the fit points are not monotone (rate 0.90 measured 20.4 ms, rate 0.75 12.2 ms).
-  The emulator shares the 2 cores with the other sessions; its build costs 38-40 s (emulated)."""
+  The emulator shares the 2 cores with the other sessions; its build costs 38-40 s (emulated).
+- Emulated Pi 4 on a QUIET machine (load 0-2.5, nothing else running; rows tagged "quiet machine"):
+  the same local candidates measured twice more, each pass with its own fresh latency model (build
+  16-22 s). Example: 14.4 % (pass 1), 8.1 % (pass 2); MobileNet-style: 8.6 % and 6.1 % held out
+  (5 distinct models: 16.1 % and 21.4 %). In pass 2 every candidate was measured a second time:
+  the emulator's noise floor is then **23.1 %** on the example (the same .tflite 19.31 ms in one
+  process, 15.64 ms in the next) and 9.1 % on the MobileNet-style net, although each measurement's
+  IQR is 1-10 % of its p50: the emulated board's speed changes from one process to the next (qemu
+  translation, memory layout), not within one. Against the MEAN of the two measurements of each
+  candidate the example's held-out error is **9.7 %** (12 candidates) and the MobileNet-style net's
+  3.6 % (12): within the issue's 10 % aim once the board's per-process noise is averaged out. The model
+  form is not what limits the emulated rows; a single emulated measurement is."""
 
 
 if __name__ == "__main__":

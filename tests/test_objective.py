@@ -219,3 +219,29 @@ def test_auto_pays_for_ram_until_the_target_is_met_then_per_parameter(setup):
     # which kept paying for RAM past the budget
     assert r_sw.params < r_w.params, (r_sw.params, r_w.params, res0.params)
     assert r_w.peak_activation_bytes < r_sw.peak_activation_bytes
+
+
+def test_auto_on_a_board_builds_the_latency_model_when_a_latency_budget_is_set(setup, tmp_path):
+    """``auto`` (the default) with ``--latency-budget`` on a board that runs the interpreter (the
+    local device): the latency model is built (measured on the board) so that auto knows the
+    unpruned model misses the budget, and latency drives the allocation with the parameters.
+    Without the model auto took the budget for met and fell back to size."""
+    from edgeprune.pipeline.search import run_config as rc
+    from edgeprune.pipeline.search.run import RunConfig, run
+
+    model, _ = setup
+    rng = np.random.default_rng(11)
+    mp = tmp_path / "m.keras"
+    model.save(mp)
+    np.savez(tmp_path / "d.npz", x=rng.uniform(0, 1, (120, 16, 16, 1)).astype(np.float32))
+    res = run(RunConfig(model=rc.ModelOptions(path=mp), data=rc.DataOptions(path=tmp_path / "d.npz"),
+                        device=rc.DeviceOptions(name="local"), search=rc.SearchOptions(step=0.3, max_rate=0.3),
+                        budgets=rc.BudgetOptions(min_fidelity=0.01, latency_ms=1e-5),
+                        output=rc.OutputOptions(out=tmp_path / "run"),
+                        measurement=rc.MeasurementOptions(runs=3, warmup=1, threads=1)))
+    obj = res.report["settings"]["objective"]
+    assert obj["requested"] == "auto" and obj["name"] == "auto", obj
+    assert "latency" in obj["missed"] and obj["missed"]["latency"]["budget"] == pytest.approx(1e-5)
+    assert set(obj["weights"]) == {"latency", "size"}
+    assert obj["latency_model"] is not None and (tmp_path / "run" / "latency-model.json").is_file()
+    assert res.exit_code == 3  # 10 ns is out of any model's reach

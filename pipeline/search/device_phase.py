@@ -266,36 +266,32 @@ class DevicePhase:
         from edgeprune.pipeline.search.device_farm import run_in_rate_order
 
         measure_all = self.config.search.measure_all
-        if measure_all:
-            order = [self.convert_screened(r) if r.screened else r for r in order]
-        done: list = []
-        while order:
-            while order and order[0].screened:
-                r = self.convert_screened(order[0])
-                done.append(r)
-                order = order[1:]
-                if _ok(r):
-                    order = [r] + order
-                    done.pop()
-                    break
-            seg = []
-            while order and not order[0].screened:
-                seg.append(order.pop(0))
-            seg = [r for r in seg if _ok(r)]
-            done += seg
+        order = [self.convert_screened(r) if measure_all and r.screened else r for r in order]
+        i = 0
+        while i < len(order):
+            if order[i].screened:  # reached: convert it, judge it on its .tflite
+                order[i] = self.convert_screened(order[i])
+                if not _ok(order[i]):
+                    i += 1
+                    continue
+            j = i + 1  # a run of converted candidates from here to the next screened one
+            while j < len(order) and not order[j].screened:
+                j += 1
+            seg = [r for r in order[i:j] if _ok(r)]
+            i = j
             run_in_rate_order(seg, self.boards, lookup=self.cached_noise_aware, measure=self.measure_on_board,
                               store=lambda board, r, res: res, decide=self.decide, keep=self.keep,
                               emit=lambda *a, **k: None, look_ahead=len(seg) if measure_all else None)
             if self.skip is not None or (self.result.chosen is not None and not measure_all):
                 break
-        return done + order
+        return order
 
     def convert_screened(self, r: Candidate) -> Candidate:
         """A screened candidate converted and judged on its .tflite (its host checks set); a
         conversion that fails is recorded on the candidate, which is then not measured."""
         host = self.host
         try:
-            new = host.screen.convert(host.phase, r)
+            new = host.convert_screened(r)
         except Exception as exc:  # noqa: BLE001 - recorded with its reason, never silent
             msg = (getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}").strip().splitlines()[0][:300]
             r.not_measured = f"screened on Keras, but its conversion failed: {msg}"

@@ -3,12 +3,13 @@ checked on the host (fidelity, flash) before any device run; finished candidates
 ``--resume``. :class:`HostPhase` takes the run's context and returns a :class:`HostResult`."""
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from edgeprune.pipeline.search.candidate import ABSENT, Candidate, candidate_name
 from edgeprune.pipeline.search.host_checks import HostChecks
@@ -82,7 +83,9 @@ class HostResult:
     jobs: int = 1
     pool: bool = False  # whether conversion workers were used
     screen: Any = None  # pipeline.search.host_screen.Screen
-    phase: Any = None  # the HostPhase (the device phase converts screened candidates through it)
+    # a screened candidate -> its converted record (judged on its .tflite); the device phase calls
+    # it when the search reaches one (None: no screening)
+    convert_screened: Optional[Callable[[Any], Any]] = None
 
 
 @dataclass
@@ -308,7 +311,8 @@ class HostPhase:
                              f"{ROUND_BUDGET_BYTES // 2**20} MB)")
         return HostResult(candidates=self.candidates, failed_candidates=self.failed_candidates, stop=self.stop_reason(),
                           reused=reused, rates=self.rates, checks=self.checks, trainset=self.recovery.trainset,
-                          jobs=self.jobs, pool=self.pool_used, screen=self.screen, phase=self)
+                          jobs=self.jobs, pool=self.pool_used, screen=self.screen,
+                          convert_screened=functools.partial(self.screen.convert, self) if self.screen else None)
 
     def candidate_loop(self, pruner, pconf) -> None:
         for i in range(len(self.candidates), len(self.rates)):

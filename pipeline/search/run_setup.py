@@ -302,9 +302,10 @@ def resolve_objective(ctx: RunContext, engine: Engine) -> None:
     engine.resource_model = ResourceModel(DependencyGraph(ctx.model), c.prune.quantize)
     res0 = engine.resources0 = engine.resource_model.evaluate(None, layers=True)
     mcu = profile.kind == "mcu"
-    # the MAC estimate of a microcontroller costs nothing; a board's fitted model costs device runs:
-    # built for --objective latency only (auto on such a board weighs flash and RAM)
-    latency_model = model_for_run(ctx, res0) if requested == "latency" or (requested == "auto" and mcu) else None
+    # the MAC estimate of a microcontroller costs nothing; a board's fitted model costs device runs
+    # (model_for_run builds it only when a latency budget is set): auto needs it to know whether the
+    # unpruned model misses that budget
+    latency_model = model_for_run(ctx, res0) if requested in ("latency", "auto") else None
     predicted = {"flash": res0.weight_bytes + (int(profile.mcu.runtime_flash_bytes) if mcu else 0),
                  "ram": (res0.peak_activation_bytes + int(profile.mcu.runtime_ram_bytes)) if mcu else None,
                  "latency": latency_model.predict(res0) if latency_model is not None else None}

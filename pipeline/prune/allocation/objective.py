@@ -223,15 +223,19 @@ def resolve(requested: str, *, res0=None, predicted: Optional[dict] = None, budg
     if requested in ("ram", "macs", "latency"):
         return Objective(requested, {requested: 1.0}, requested, f"--objective {requested}", quantize, latency)
     predicted, budgets = predicted or {}, budgets or {}
-    missed = {}
+    missed, unpredicted = {}, []
     for key, resource in (("flash", "size"), ("ram", "ram"), ("latency", "latency")):
         p, b = predicted.get(key), budgets.get(key)
+        if p is None and b is not None:
+            unpredicted.append(key)
         if p is None or b is None or b <= 0 or p <= b:
             continue
         missed[resource] = {"predicted": p, "budget": b, "weight": math.log(p / b)}
     if not missed or set(missed) == {"size"}:
         why = ("the unpruned model is predicted to meet every budget" if not missed
                else "only the flash budget is predicted to be missed")
+        if unpredicted:
+            why += f" (the {' and '.join(unpredicted)} budget cannot be predicted here: not counted)"
         return Objective("size", {"size": 1.0}, "auto", f"auto: {why}: size (the prunable parameters)", quantize,
                          missed=missed)
     raw = {r: m["weight"] for r, m in missed.items()}
