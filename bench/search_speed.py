@@ -66,6 +66,7 @@ def one(name: str, extra: list[str], out: Path, cache: Path) -> dict:
             "pick_sha256": cand["sha256"] if cand else None,
             "pick_fidelity": cand["fidelity"]["score"] if cand else None,
             "timings": {k: t.get(k) for k in ("load_s", "prune_s", "keras_s", "convert_s", "fidelity_s", "device_s", "total_s")},
+            "load_parts": t.get("load"),  # load_s split: tensorflow import, model, data, reference outputs
             "notes": [n for n in rep["notes"] if n.startswith("--rate")]}
 
 
@@ -110,8 +111,21 @@ def main() -> int:
           f"({rows[0]['conversions_saved']} conversions saved, margin {rows[0]['margin']}), against {ns['converted']} "
           f"with --no-screen; same pick and .tflite bytes: {'yes' if ns['pick_sha256'] == rows[0]['pick_sha256'] else '**no**'}; "
           f"wall {rows[0]['wall_s']:.1f} s against {ns['wall_s']:.1f} s, CPU {rows[0]['cpu_s']:.1f} s against {ns['cpu_s']:.1f} s.", ""]
-    write("search_speed", payload, "\n".join(L) + "\n")
+    write("search_speed", payload, "\n".join(L) + "\n" + _reading())
     return 0
+
+
+def _reading() -> str:
+    """The hand-written reading sections of the existing .md (from its first ``## `` heading on):
+    kept below the regenerated table, so a re-run does not drop them."""
+    from _common import RESULTS
+
+    path = RESULTS / "search_speed.md"
+    if not path.exists():
+        return ""
+    text = path.read_text()
+    at = text.find("\n## ")
+    return "" if at < 0 else text[at + 1:]
 
 
 if __name__ == "__main__":

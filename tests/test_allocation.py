@@ -188,3 +188,41 @@ def test_global_with_compensation_when_the_refit_and_round_sample_caps_bind(cnn,
     assert alloc_q.samples_capped is None
     assert widths(p.plan()) == widths(q.plan())
     np.testing.assert_allclose(outputs(p.build(), cal), outputs(q.build(), cal), atol=1e-6)
+
+
+def test_round_pass_runs_on_from_the_last_rounds_inputs_bit_for_bit(cnn):
+    """A greedy round's pass (every consumer's input and the output) is run on from the last round's
+    inputs when only layers from some point on changed: the same numbers as a whole pass, bit for bit;
+    a change at the first layer (no kept input in front of it) or other samples: a whole pass."""
+    from edgeprune.pipeline.prune.allocation import greedy as G
+    from edgeprune.pipeline.prune.calib import layer_inputs_and_outputs
+    from edgeprune.pipeline.prune.surgery import build_model
+
+    model, cal, _ = cnn
+    graph = DependencyGraph(model)
+    state = PruneState(graph)
+    names = ["c2", "d1", "out"]
+    alloc = GlobalGreedy()
+    alloc._round_pass(build_model(graph, state), names, cal, state)  # keeps the pass (a small model)
+    last = alloc._last_pass
+    assert last is not None
+    d1 = graph.group_of_producer["d1"]
+    later = state.copy()
+    later.remove(d1, [0, 3, 7])  # d1's outputs and out's inputs change; c1, c2 do not
+    m2 = build_model(graph, later)
+    got = G._pass_from(m2, names, cal, later, last)
+    assert got is not None
+    full = layer_inputs_and_outputs(m2, names, cal)
+    for n in names:
+        assert np.array_equal(got[0][n], full[0][n]), n
+    assert np.array_equal(got[1], full[1])
+    c1 = graph.group_of_producer["c1"]
+    first = state.copy()
+    first.remove(c1, [1])  # the first layer changes: nothing in front of it is kept
+    assert G._pass_from(build_model(graph, first), names, cal, first, last) is None
+    assert G._pass_from(m2, names, cal.copy(), later, last) is None  # other samples
+    p = Pruner(model, PruneConfig(rate=0.4, criterion="flow", step=0.2, calibration=cal, compensate=True,
+                                  allocation="global"))
+    p.step_to(0.2)
+    p.step_to(0.4)
+    assert p.config.allocation.passes_reused > 0

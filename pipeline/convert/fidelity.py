@@ -112,13 +112,29 @@ def keras_outputs(model, x, batch_size: int | None = None) -> np.ndarray:
     (:func:`~edgeprune.pipeline.data.batching.batch_size_for`) unless ``batch_size`` is given, and run
     through one ``tf.function`` (a graph frees each layer's activations once used; eager calls
     on batches of 256 kept every layer's alive: 6.4 GB for 64 MobileNetV2-224 samples, against
-    0.85 GB with this, measured in bench/results/scale.md). Only the outputs are kept."""
+    0.85 GB with this, measured in bench/results/scale.md). Only the outputs are kept.
+
+    When every sample fits in ONE batch within the same activation budget (all layers' activations
+    of all samples at once, :func:`~edgeprune.pipeline.data.batching.batch_size_for` without its
+    batch cap) and no ``batch_size`` is given, the model is called once, eagerly: no
+    ``tf.function`` is traced for a model that is run once (each pruned candidate is a new model;
+    the trace cost ~40 % of the call on the bundled example, bench/results/search_speed.md), and
+    the memory stays within the budget the graph keeps to."""
     import warnings
 
     import tensorflow as tf
 
     from edgeprune.pipeline.data.batching import batch_size_for, iter_batches
 
+    if not batch_size and len(x) > 0 and batch_size_for(model, max_batch=len(x)) >= len(x):
+        with warnings.catch_warnings():  # Keras warns when a 1-input model gets a bare tensor
+            warnings.simplefilter("ignore")
+            y = model(tf.convert_to_tensor(np.asarray(x[0:len(x)], dtype=np.float32)), training=False)
+        if isinstance(y, (list, tuple)):
+            y = y[0]
+        elif isinstance(y, dict):
+            y = next(iter(y.values()))
+        return np.asarray(y, dtype=np.float32)
     b = int(batch_size) if batch_size else batch_size_for(model)
     call = tf.function(lambda t: model(t, training=False), reduce_retracing=True)
     out: np.ndarray | None = None

@@ -169,6 +169,43 @@ def layer_inputs_and_outputs(model, names: list[str], x: np.ndarray) -> tuple[di
     return {n: np.concatenate(p) for n, p in zip(names, parts)}, np.concatenate(outs_y)
 
 
+def inputs_and_outputs_from(model, start: str, x_start: np.ndarray, names: list[str]):
+    """:func:`layer_inputs_and_outputs` of ``names`` (layers at or after ``start``) and of the
+    output, run on from ``x_start``, the input of layer ``start`` on the same samples (as
+    :func:`layer_inputs` gave it): only the layers from ``start`` on run, in the same batches, so
+    the numbers are :func:`layer_inputs_and_outputs`' exactly. None when one of them does not
+    depend on the input of ``start`` alone (another path from the model's inputs reaches it)."""
+    import keras
+
+    src = model.get_layer(start).input
+    same = [n for n in names if model.get_layer(n).input is src]  # their input is ``x_start`` itself
+    names = [n for n in names if n not in same]
+    dsts = [model.get_layer(n).input for n in names] + [model.outputs[0]]
+    if isinstance(src, (list, tuple)) or len(model.inputs) != 1 or any(isinstance(d, (list, tuple)) for d in dsts):
+        return None
+    if not all(_only_through(d, src, model.inputs) for d in dsts):
+        return None
+    try:
+        feats = keras.Model(src, dsts)
+    except Exception:  # noqa: BLE001 - not a closed sub-graph: the caller runs the whole model
+        return None
+    from edgeprune.pipeline.data.batching import batch_size_for
+
+    b = batch_size_for(model, max_batch=BATCH)  # the batches layer_inputs_and_outputs runs
+    parts: list[list[np.ndarray]] = [[] for _ in names]
+    outs_y = []
+    for a in range(0, len(x_start), b):
+        xb = np.asarray(x_start[a:a + b], dtype=np.float32)
+        outs = _call(feats, xb)
+        outs = list(outs) if isinstance(outs, (list, tuple)) else [outs]
+        for i, o in enumerate(outs[:-1]):
+            parts[i].append(np.asarray(o, dtype=np.float32))
+        outs_y.append(np.asarray(outs[-1], dtype=np.float64).reshape(len(xb), -1))
+    acts = {n: np.asarray(x_start, dtype=np.float32) for n in same}
+    acts.update({n: np.concatenate(p) for n, p in zip(names, parts)})
+    return acts, np.concatenate(outs_y)
+
+
 def batch_moments(model, acts: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """:func:`layer_input_moments` from the inputs :func:`layer_inputs` gave (the same batches,
     so the same sums)."""

@@ -215,6 +215,19 @@ class Pruner:
     def build(self):
         return build_model(self.graph, self.state)
 
+    def current_model(self):
+        """The Keras model of the current state: the one the allocation ended its last step with
+        (the global greedy builds it after its last chunk and refits it in place) when it still
+        holds exactly the state's weights (checked array by array), else a new :meth:`build`.
+        The model is the allocation's: its next step changes its weights in place, so a caller
+        must be done with it (or copy it) before the next :meth:`step_to`."""
+        last = getattr(self.config.allocation, "_last_model", None)
+        if last is None:
+            return self.build()
+        from edgeprune.pipeline.prune.allocation.greedy import _model_of
+
+        return _model_of(self, last)
+
     def layer_widths(self) -> list[LayerWidth]:
         rows = []
         for g in self.graph.groups.values():

@@ -414,7 +414,10 @@ class HostPhase:
             if rate > 0 and pruner.rate < rate - 1e-9:  # (a replayed plan is already there)
                 pruner.step_to(rate)
             with conv.captured_output():
-                km = pruner.build()
+                # the model the step ended with (no rebuild) unless it may be trained or outlive the
+                # next step (lookahead workers, --train-data): the next step changes it in place
+                reuse = self.lookahead is None and self.recovery.trainset is None
+                km = pruner.current_model() if reuse else pruner.build()
         pred = predict(km, c.prune.quantize)
         reason = self.checks.predictor.skip_reason(pred) if c.search.predict else None
         skip = None

@@ -99,6 +99,8 @@ class GlobalGreedy(Allocation):
         self.samples_capped = None  # (samples used, samples given) when max_round_samples capped them
         self._last_model = None  # (state, its Keras model) at the end of the last step
         self._total = None
+        self._last_pass = None  # the last round's pass (small models only): see _round_pass
+        self.passes_reused = 0  # rounds that ran on from the last round's inputs
         self.trials = 0
         self.chunks = 0
         self.log: list[dict] = []  # one row per removed chunk: group, n, params saved, loss
@@ -121,6 +123,7 @@ class GlobalGreedy(Allocation):
     def _reference(self, pruner, x) -> np.ndarray:
         if self._ref is None or self._ref[0] != id(pruner.model):
             self._ref = (id(pruner.model), outputs(pruner.model, x))
+            self._last_pass = None
             self._comp = None
             if pruner.compensator is not None and self.score == "holdout":
                 from edgeprune.pipeline.prune.compensate import Compensator
@@ -226,7 +229,7 @@ class GlobalGreedy(Allocation):
             # ONE pass of the calibration samples through the round's model: every consumer's
             # input (the flow criterion's moments, the trial refits' inputs on the fit rows, the
             # trials' inputs on the scoring rows) and the output (the round's loss)
-            acts, out = layer_inputs_and_outputs(model, names, x)
+            acts, out = self._round_pass(model, names, x, state)
             pruner.ctx.cache["input_moments"] = (model, batch_moments(model, acts))
             pruner.criterion.begin_step(pruner.ctx)
             pruner.ctx.cache.pop("input_moments", None)
@@ -275,6 +278,25 @@ class GlobalGreedy(Allocation):
             pruner.compensator.refit(pruner.state, lambda: model)  # (sets the refitted weights on it)
         self._last_model = (pruner.state, model)
         return True
+
+    def _round_pass(self, model, names, x, state):
+        """Every consumer's input and the output of the round's model on ``x``: run on from the
+        last round's inputs when only layers from some point on changed (see :func:`_pass_from`),
+        else one whole pass."""
+        last, self._last_pass = self._last_pass, None
+        got = _pass_from(model, names, x, state, last) if last is not None else None
+        if got is None:
+            got = layer_inputs_and_outputs(model, names, x)
+        else:
+            self.passes_reused += 1
+        acts, out = got
+        if sum(a.nbytes for a in acts.values()) <= ROUND_BUDGET_BYTES // 8 and not getattr(state, "branches", None):
+            from edgeprune.pipeline.data.batching import batch_size_for
+            from edgeprune.pipeline.prune.calib import BATCH
+
+            weights = {n: [w.copy() for w in ws] for n, ws in state.weights.items()}
+            self._last_pass = (x, list(names), acts, out, weights, batch_size_for(model, max_batch=BATCH))
+        return acts, out
 
     def _chunk_size(self, pruner, state, g, rnd: "_Round") -> int:
         """How many channels of group ``g`` the next trial removes (0: none can go)."""
@@ -364,6 +386,42 @@ def _model_of(pruner, last):
     except ValueError:  # a layer the model does not have
         return pruner.build()
     return model
+
+
+def _pass_from(model, names, x, state, last):
+    """The round's pass (:func:`layer_inputs_and_outputs`) from the last round's ``last`` = (samples,
+    consumers, their inputs, output, the weights it ran with, batch size): the layers in front of the
+    first layer (topological order) whose weights differ from those compute exactly what they
+    computed then (the same weights and widths on the same samples in the same batches), so their
+    consumers' inputs are taken as they are and the rest run on from the first changed layer's
+    input (:func:`calib.inputs_and_outputs_from`). None when that cannot be done exactly (other
+    samples, consumers or batches, a removed branch, the first changed layer's input not kept, or
+    not a closed sub-graph)."""
+    from edgeprune.pipeline.data.batching import batch_size_for
+    from edgeprune.pipeline.prune.calib import BATCH, inputs_and_outputs_from
+
+    x0, names0, acts0, out0, weights0, b0 = last
+    if x0 is not x or list(names) != names0 or getattr(state, "branches", None):
+        return None
+    if batch_size_for(model, max_batch=BATCH) != b0 or set(state.weights) != set(weights0):
+        return None
+    order = state.graph.order
+    start = next((n for n in order if n in weights0 and not _same_weights(state.weights[n], weights0[n])), None)
+    if start is None:  # nothing changed
+        return dict(acts0), out0
+    if start not in acts0:
+        return None
+    at = order.index(start)
+    after = [n for n in names if order.index(n) >= at]
+    got = inputs_and_outputs_from(model, start, acts0[start], after)
+    if got is None:
+        return None
+    acts = {n: (got[0][n] if n in got[0] else acts0[n]) for n in names}
+    return acts, got[1]
+
+
+def _same_weights(ws, ws0) -> bool:
+    return len(ws) == len(ws0) and all(a.shape == b.shape and np.array_equal(a, b) for a, b in zip(ws, ws0))
 
 
 def _trial_outputs(graph, rnd: _Round, masked: dict) -> np.ndarray:
