@@ -130,11 +130,7 @@ def keras_outputs(model, x, batch_size: int | None = None) -> np.ndarray:
         with warnings.catch_warnings():  # Keras warns when a 1-input model gets a bare tensor
             warnings.simplefilter("ignore")
             y = model(tf.convert_to_tensor(np.asarray(x[0:len(x)], dtype=np.float32)), training=False)
-        if isinstance(y, (list, tuple)):
-            y = y[0]
-        elif isinstance(y, dict):
-            y = next(iter(y.values()))
-        return np.asarray(y, dtype=np.float32)
+        return _first_output(y)
     b = int(batch_size) if batch_size else batch_size_for(model)
     call = tf.function(lambda t: model(t, training=False), reduce_retracing=True)
     out: np.ndarray | None = None
@@ -142,15 +138,20 @@ def keras_outputs(model, x, batch_size: int | None = None) -> np.ndarray:
         with warnings.catch_warnings():  # Keras warns when a 1-input model gets a bare tensor
             warnings.simplefilter("ignore")
             y = call(tf.convert_to_tensor(np.asarray(xb, dtype=np.float32)))
-        if isinstance(y, (list, tuple)):
-            y = y[0]
-        elif isinstance(y, dict):
-            y = next(iter(y.values()))
-        y = np.asarray(y, dtype=np.float32)
+        y = _first_output(y)
         if out is None:
             out = np.empty((len(x), *y.shape[1:]), np.float32)
         out[start : start + len(y)] = y
     return out if out is not None else np.zeros((0,), np.float32)
+
+
+def _first_output(y) -> np.ndarray:
+    """A model call's first output (a multi-output model's list or dict), float32."""
+    if isinstance(y, (list, tuple)):
+        y = y[0]
+    elif isinstance(y, dict):
+        y = next(iter(y.values()))
+    return np.asarray(y, dtype=np.float32)
 
 
 def _quantize(x: np.ndarray, scale: float, zero_point: int, dtype) -> np.ndarray:

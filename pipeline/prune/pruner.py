@@ -221,12 +221,9 @@ class Pruner:
         holds exactly the state's weights (checked array by array), else a new :meth:`build`.
         The model is the allocation's: its next step changes its weights in place, so a caller
         must be done with it (or copy it) before the next :meth:`step_to`."""
-        last = getattr(self.config.allocation, "_last_model", None)
-        if last is None:
-            return self.build()
-        from edgeprune.pipeline.prune.allocation.greedy import _model_of
-
-        return _model_of(self, last)
+        alloc = self.config.allocation
+        model = alloc.last_model(self) if hasattr(alloc, "last_model") else None
+        return model if model is not None else self.build()
 
     def layer_widths(self) -> list[LayerWidth]:
         rows = []

@@ -23,6 +23,10 @@ class Allocation:
         """Perform the step to ``rate`` on ``pruner``; False: not handled (use :meth:`width`)."""
         return False
 
+    def last_model(self, pruner):
+        """The Keras model of the pruner's state kept from the last step (None: none kept)."""
+        return None
+
 
 def _weight_groups(graph) -> dict[tuple[str, int], set[int]]:
     """(layer, weight index) -> the groups that index it."""

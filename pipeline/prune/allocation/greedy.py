@@ -298,6 +298,11 @@ class GlobalGreedy(Allocation):
             self._last_pass = (x, list(names), acts, out, weights, batch_size_for(model, max_batch=BATCH))
         return acts, out
 
+    def last_model(self, pruner):
+        """The Keras model this allocation ended its last step with, if it still holds exactly the
+        pruner's state (else a new build); None before any step."""
+        return None if self._last_model is None else _model_of(pruner, self._last_model)
+
     def _chunk_size(self, pruner, state, g, rnd: "_Round") -> int:
         """How many channels of group ``g`` the next trial removes (0: none can go)."""
         round_to = int(pruner.config.round_to or 1)
@@ -355,10 +360,6 @@ class GlobalGreedy(Allocation):
                 best = (cost, g, n, sel, trial, saved, loss)
         return best, any_gain
 
-    def _value(self, state, smooth: bool = False) -> float:
-        """The weighted fraction of the original objective resources ``state`` uses."""
-        return self.objective.value(self._rm.evaluate(state), self._res0, smooth)
-
     @staticmethod
     def _per_channel(graph, state, g) -> int:
         """Parameters one channel of ``g`` holds at the current widths."""
@@ -380,8 +381,7 @@ def _model_of(pruner, last):
     model = last[1]
     try:
         for name, ws in state.weights.items():
-            cur = model.get_layer(name).get_weights()
-            if len(cur) != len(ws) or not all(a.shape == b.shape and np.array_equal(a, b) for a, b in zip(cur, ws)):
+            if not _same_weights(model.get_layer(name).get_weights(), ws):
                 return pruner.build()
     except ValueError:  # a layer the model does not have
         return pruner.build()
