@@ -226,3 +226,84 @@ def test_round_pass_runs_on_from_the_last_rounds_inputs_bit_for_bit(cnn):
     p.step_to(0.2)
     p.step_to(0.4)
     assert p.config.allocation.passes_reused > 0
+
+
+def deep_cnn():
+    """Eight coupled-free conv groups: what a table round is for (many groups)."""
+    keras.utils.set_random_seed(9)
+    L = keras.layers
+    x = keras.Input((12, 12, 3))
+    h = x
+    for i, w in enumerate((8, 12, 12, 16, 16, 16, 20, 20)):
+        h = L.Conv2D(w, 3, padding="same", activation="relu", strides=2 if i in (2, 5) else 1, name=f"k{i}")(h)
+    h = L.GlobalAveragePooling2D()(h)
+    out = L.Dense(6, activation="softmax", name="out")(h)
+    return keras.Model(x, out)
+
+
+@pytest.mark.slow
+def test_table_rounds_reach_the_rate_with_one_trial_per_group_per_round(monkeypatch):
+    """Table rounds (a large model: groups x MACs over TABLE_MACS; forced here by lowering it): every
+    group is tried once per round and several chunks are taken by marginal cost. The step removes
+    the stated fraction (to within one channel), no group gives more than TABLE_MAX_CHUNKS chunks
+    in a round nor goes below its minimum, the trials are a fraction of the chunk-by-chunk greedy's,
+    and the plan replays the model exactly. (Its fidelity at equal size against the chunk-by-chunk
+    greedy is measured on a trained model in bench/results/search_speed.md.)"""
+    from edgeprune.pipeline.prune.allocation import greedy as G
+    model = deep_cnn()
+    rng = np.random.default_rng(4)
+    cal = rng.uniform(0, 1, (64, 12, 12, 3)).astype(np.float32)
+    graph = DependencyGraph(model)
+    total = prunable_params(graph, PruneState(graph))
+
+    def run(table, allocation=None):
+        alloc = allocation or GlobalGreedy()
+        p = Pruner(model, PruneConfig(rate=0.6, criterion="flow", step=0.2, calibration=cal, compensate=True,
+                                      allocation=alloc))
+        if table is not None:
+            monkeypatch.setattr(G, "TABLE_MACS", 0.0 if table else 1e30)
+        for rate in (0.2, 0.4, 0.6):
+            p.step_to(rate)
+            if alloc is not None and isinstance(alloc, GlobalGreedy):
+                slack = per_channel_max(graph, PruneState(graph)) / total
+                assert rate - 1e-9 <= removed_params(graph, p.state, total) <= rate + slack
+        return p, alloc
+
+    p, alloc = run(True)
+    assert alloc._use_table and "table rounds" in alloc.label
+    assert 3 <= alloc.table_rounds <= 9  # one or a few rounds per step
+    assert alloc.trials <= len(graph.prunable_groups) * alloc.table_rounds
+    assert alloc.log and all(r["chunks"] <= G.TABLE_MAX_CHUNKS for r in alloc.log)
+    for g in graph.prunable_groups:
+        assert p.state.sizes[g.id] >= max(1, g.min_width)
+    assert len({p.state.sizes[g.id] / g.size for g in graph.prunable_groups}) > 2  # not uniform
+    model_t = p.build()
+    replay = p.plan().apply(model)
+    replay = replay[0] if isinstance(replay, tuple) else replay
+    np.testing.assert_allclose(outputs(replay, cal), outputs(model_t, cal), atol=1e-5)
+
+    q, chunky = run(False)  # the chunk-by-chunk greedy on the same model
+    assert not chunky._use_table and chunky.table_rounds == 0
+    assert chunky.trials >= 3 * alloc.trials
+
+
+
+def test_table_rounds_are_chosen_by_the_cost_of_a_rounds_trials():
+    """Auto: chunk by chunk for a small model (the bundled example, the bench nets), table rounds when
+    one round's trials (groups x the model's MACs) cost more than TABLE_MACS."""
+    from edgeprune.pipeline.prune.allocation import greedy as G
+    from edgeprune.pipeline.search.resources import ResourceModel
+
+    model = deep_cnn()
+    p = Pruner(model, PruneConfig(rate=0.2, criterion="flow", calibration=np.zeros((8, 12, 12, 3), np.float32),
+                                  allocation="global"))
+    macs = ResourceModel(p.graph, "float32").evaluate(None).macs
+    assert len(p.groups) * macs < G.TABLE_MACS
+    assert not GlobalGreedy()._table_mode(p)
+    assert GlobalGreedy(table=True)._table_mode(p) and not GlobalGreedy(table=False)._table_mode(p)
+    old = G.TABLE_MACS
+    try:
+        G.TABLE_MACS = len(p.groups) * macs - 1
+        assert GlobalGreedy()._table_mode(p)
+    finally:
+        G.TABLE_MACS = old
