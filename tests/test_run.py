@@ -159,6 +159,39 @@ def test_killed_run_resumes_without_redoing_finished_candidates(tmp_path, capsys
     assert rep["chosen"]["rate"] == pytest.approx(0.6)  # min fidelity 0.5: every step passes
 
 
+# --------------------------------------------------------------------------- a different configuration
+@pytest.mark.slow
+def test_a_different_configuration_is_refused_in_words(tmp_path, capsys):
+    out = tmp_path / "run"
+    # the cheapest global-allocation run (data-free criterion, no compensation), two candidates
+    base = ["--out", str(out), *FAST, "--max-rate", "0.1", "--criterion", "paoding", "--no-compensate",
+            "--allocation", "global"]
+    assert run_cli(["run", *base]) == 0
+    capsys.readouterr()
+    # a latency budget the unpruned model misses: auto now prunes for latency (and the parameters)
+    code = run_cli(["run", *base, "--latency-budget", "0.0001"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.strip().splitlines() == [
+        f"error: --out {out} holds a run of a different configuration: pruning objective (--objective): size there, "
+        "auto (latency 0.5 + parameters 0.5) now (auto prunes for the budgets the unpruned model is predicted to miss)",
+        "  fix: pass --objective size to reuse it as it was pruned, --force to discard it and start over, or choose "
+        "another --out"]
+    # a setting only the old run stored (--allocation global; uniform is not stored) is named too
+    code = run_cli(["run", *[a if a != "global" else "uniform" for a in base], "--step", "0.2"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.strip().splitlines() == [
+        f"error: --out {out} holds a run of a different configuration: rate step (--step): 0.1 there, 0.2 now; "
+        "channel allocation (--allocation): global there, uniform now",
+        "  fix: pass --force to discard it and start over, or choose another --out"]
+    assert "Traceback" not in err and "{'" not in err and "None" not in err
+    # the fix it gave works: --objective size resumes the run (no candidate recomputed)
+    code, rep, err = run_json(capsys, [*base, "--latency-budget", "0.0001", "--objective", "size", "--resume"])
+    assert code == 3, err  # 0.0001 ms: nothing meets it
+    assert rep["resume"]["resumed"] and rep["resume"]["candidates_computed"] == 0
+
+
 # --------------------------------------------------------------------------- bad input: exit 2
 def _bad(capsys, argv) -> str:
     code = run_cli(["run", *argv])
