@@ -266,10 +266,12 @@ class GlobalGreedy(Allocation):
             pruner.state = pruner.ctx.state = trial
             pruner.methods[g.id] = f"{sel.method} (global)"
             self.chunks += 1
+            row = {"group": g.name, "removed": n, "width": int(trial.sizes[g.id])}  # the width it left
             if obj is None:
-                self.log.append({"group": g.name, "removed": n, "params_saved": int(saved), "loss": float(loss)})
+                self.log.append({**row, "params_saved": int(saved), "loss": float(loss)})
             else:
-                self.log.append({"group": g.name, "removed": n, "saving": float(saved), "loss": float(loss),
+                self.log.append({**row, "params_saved": int(p_now - prunable_params(graph, trial)), "saving": float(saved),
+                                 "loss": float(loss),
                                  "drives": (obj.unmet(res_now, self._res0) or ["size"]) if obj.switching else sorted(obj.weights)})
             model = pruner.build()
         pruner.ctx.build = pruner.build
