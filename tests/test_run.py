@@ -159,6 +159,39 @@ def test_killed_run_resumes_without_redoing_finished_candidates(tmp_path, capsys
     assert rep["chosen"]["rate"] == pytest.approx(0.6)  # min fidelity 0.5: every step passes
 
 
+# --------------------------------------------------------------------------- a different configuration
+@pytest.mark.slow
+def test_a_different_configuration_is_refused_in_words(tmp_path, capsys):
+    out = tmp_path / "run"
+    # the cheapest global-allocation run (data-free criterion, no compensation), two candidates
+    base = ["--out", str(out), *FAST, "--max-rate", "0.1", "--criterion", "paoding", "--no-compensate",
+            "--allocation", "global"]
+    assert run_cli(["run", *base]) == 0
+    capsys.readouterr()
+    # a latency budget the unpruned model misses: auto now prunes for latency (and the parameters)
+    code = run_cli(["run", *base, "--latency-budget", "0.0001"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.strip().splitlines() == [
+        f"error: --out {out} holds a run of a different configuration: pruning objective (--objective): size there, "
+        "auto (latency 0.5 + parameters 0.5) now (auto prunes for the budgets the unpruned model is predicted to miss)",
+        "  fix: pass --objective size to reuse it as it was pruned, --force to discard it and start over, or choose "
+        "another --out"]
+    # a setting only the old run stored (--allocation global; uniform is not stored) is named too
+    code = run_cli(["run", *[a if a != "global" else "uniform" for a in base], "--step", "0.2"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.strip().splitlines() == [
+        f"error: --out {out} holds a run of a different configuration: rate step (--step): 0.1 there, 0.2 now; "
+        "channel allocation (--allocation): global there, uniform now",
+        "  fix: pass --force to discard it and start over, or choose another --out"]
+    assert "Traceback" not in err and "{'" not in err and "None" not in err
+    # the fix it gave works: --objective size resumes the run (no candidate recomputed)
+    code, rep, err = run_json(capsys, [*base, "--latency-budget", "0.0001", "--objective", "size", "--resume"])
+    assert code == 3, err  # 0.0001 ms: nothing meets it
+    assert rep["resume"]["resumed"] and rep["resume"]["candidates_computed"] == 0
+
+
 # --------------------------------------------------------------------------- bad input: exit 2
 def _bad(capsys, argv) -> str:
     code = run_cli(["run", *argv])
@@ -250,3 +283,46 @@ def test_accuracy_drop_threshold(tmp_path, capsys):
     assert rep["fidelity_threshold"] == dict(rep["fidelity_threshold"], min_fidelity=None, max_accuracy_drop=2.0)
     assert rep["chosen"]["accuracy_drop"] <= 2.0
     assert rep["data"]["path"] == str(labelled) and rep["data"]["n_samples"] == 240  # 60 held out for calibration
+
+
+# --------------------------------------------------------------------------- the global allocation's log
+@pytest.mark.slow
+def test_each_candidate_records_the_chunks_its_global_step_removed(tmp_path, capsys):
+    import keras
+    import numpy as np
+
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((12, 12, 1))
+    x = keras.layers.Conv2D(16, 3, activation="relu", name="c1")(inp)
+    x = keras.layers.Conv2D(16, 3, activation="relu", name="c2")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    x = keras.layers.Dense(16, activation="relu", name="d1")(x)
+    model = keras.Model(inp, keras.layers.Dense(4, activation="softmax", name="out")(x))
+    model.save(tmp_path / "tiny.keras")
+    xs = np.random.default_rng(0).random((200, 12, 12, 1), dtype=np.float32)
+    np.savez(tmp_path / "data.npz", x=xs, y=model.predict(xs, verbose=0).argmax(-1))
+    out = tmp_path / "run"
+    # the default engine (labelled data: flow + compensation + the global greedy)
+    code, rep, err = run_json(capsys, ["--model", str(tmp_path / "tiny.keras"), "--data", str(tmp_path / "data.npz"),
+                                       "--out", str(out), "--step", "0.2", "--max-rate", "0.6", "--runs", "2",
+                                       "--warmup", "0", "--min-fidelity", "0.5"])
+    assert code == 0, err
+    assert rep["settings"]["allocation"] == "global"
+    recs = [json.loads((out / f"{c['name']}.json").read_text()) for c in rep["candidates"]]
+    assert [r["rate"] for r in recs] == [0.0, 0.2, 0.4, 0.6]
+    assert "allocation_log" not in recs[0]  # the unpruned model: no step
+    for prev, rec in zip(recs, recs[1:]):
+        log = rec["allocation_log"]
+        assert log and all(set(row) >= {"group", "removed", "width", "params_saved", "loss"} for row in log)
+        assert all(row["removed"] >= 1 and row["params_saved"] > 0 and row["loss"] >= 0 for row in log)
+        # the rows are exactly this step's: together they remove what the candidate lost since the last one
+        assert sum(row["params_saved"] for row in log) == prev["params"] - rec["params"]
+        # each group's last row leaves the width the candidate has
+        last = {row["group"]: row["width"] for row in log}
+        for group, width in last.items():
+            assert rec["widths"][group][1] == width, (rec["name"], group)
+        # and the groups it did not touch kept the previous candidate's width
+        for layer, (_, width) in rec["widths"].items():
+            if layer not in last:
+                assert prev["widths"][layer][1] == width
+    assert "allocation_log" not in rep["candidates"][1]  # report.json's candidates are unchanged

@@ -88,6 +88,7 @@ class Prepared:
     index: int
     km: Any = None
     saved_plan: Any = None
+    step_log: Any = None  # the allocation's rows of its step (Pruner.step_log)
     prune_s: float = 0.0
     error: BaseException | None = None  # pruning/building failed: raised when the search reaches it
     pending: Any = None  # multiprocessing AsyncResult
@@ -160,6 +161,7 @@ class Lookahead:
                 with conv.captured_output():
                     p.km = self.pruner.build()
                 p.saved_plan = self.pruner.plan()
+                p.step_log = self.pruner.step_log if rate > 0 else None
                 p.prune_s = time.perf_counter() - t0
                 if not self._predicted_skip(p.km):  # else the search will skip it: no conversion
                     p.keras_path = r.ctx.run_dir / f"{candidate_name(k, rate)}.keras"

@@ -132,6 +132,9 @@ class Pruner:
         self.rate = plan.rate if plan is not None else 0.0
         self.params_before = count_params(self.graph, PruneState(self.graph)) if plan is not None else count_params(self.graph, self.state)
         self.methods: dict[int, str] = {}
+        # the allocation's rows (the global greedy's GlobalGreedy.log: one per removed chunk) made by
+        # the last step_to; None: no step made here (the unpruned model, or a plan loaded)
+        self.step_log: list | None = None
         self.ctx = Context(self.graph, self.state, tuple(self.config.input_range), np.random.default_rng(self.config.seed),
                            calibration=self.config.calibration, build=self.build)
         self.compensator = None
@@ -172,8 +175,13 @@ class Pruner:
         """Prune every prunable group down to ``target_width(size, rate)`` in one step (or let
         the allocation strategy do the step, e.g. the global greedy)."""
         self.ctx.state = self.state
+        log = getattr(self.config.allocation, "log", None)
+        n0 = len(log) if isinstance(log, list) else None
+        self.step_log = None
         if self.config.allocation is not None and self.config.allocation.step(self, rate):
             self.rate = rate
+            if n0 is not None:
+                self.step_log = [dict(row) for row in log[n0:]]
             return
         self.criterion.begin_step(self.ctx)
         # downstream groups first: an upstream removal then never invalidates the input

@@ -29,14 +29,14 @@ ABSENT: Any = _Absent()
 
 # the key order of a candidate's .json: a converted one, and one skipped (predicted over a budget)
 _CONVERTED = ("format", "index", "rate", "name", "files", "params", "size_bytes", "flash_bytes", "sha256",
-              "conversion", "fidelity", "screen", "widths", "prediction", "made_by", "recovery", "timings", "created_at", "pid",
+              "conversion", "fidelity", "screen", "widths", "allocation_log", "prediction", "made_by", "recovery", "timings", "created_at", "pid",
               "device", "vela", "arena_calibration", "checks")
 _SKIPPED = ("format", "index", "rate", "name", "files", "params", "size_bytes", "flash_bytes", "sha256",
             "skipped", "skip_budget", "skip_what", "skip_value", "skip_limit", "skip_resource_budget", "prediction",
-            "fidelity", "widths", "timings", "created_at", "pid", "device", "checks")
+            "fidelity", "widths", "allocation_log", "timings", "created_at", "pid", "device", "checks")
 # screened on the pruned Keras model (pipeline/search/host_screen.py): not converted (yet)
 _SCREENED = ("format", "index", "rate", "name", "files", "params", "size_bytes", "flash_bytes", "sha256", "screen",
-             "fidelity", "widths", "prediction", "made_by", "timings", "created_at", "pid", "device", "checks")
+             "fidelity", "widths", "allocation_log", "prediction", "made_by", "timings", "created_at", "pid", "device", "checks")
 # set by the device phase, in this order
 _DEVICE = ("measurement", "not_measured", "first_measurement", "measurement_cached")
 
@@ -62,6 +62,7 @@ class Candidate:
     made_by: Optional[dict] = None
     recovery: Any = ABSENT  # --train-data: the training record (None: not trained)
     vela: Optional[dict] = None  # an Ethos-U profile: Vela's figures
+    allocation_log: Optional[list] = None  # the global greedy's chunks removed by this candidate's step, in order
     arena_calibration: Optional[dict] = None  # candidate 0 on a microcontroller with a RAM budget
     # predicted over a budget: not converted
     skipped: Optional[str] = None  # why

@@ -224,7 +224,7 @@ def skipped_candidate(host, pruner, i: int, rate: float, name: str, km, pred, re
         prediction=pred.to_dict(), screen=screen, made_by=dict(host.ctx.engine.label) if screen else None,
         fidelity={"score": None, "score_name": None, "accuracy": None, "accuracy_drop": None, "metric": None,
                   **({"skipped": True} if screen is None else {"screened": True})},
-        widths=plan.widths,
+        widths=plan.widths, allocation_log=pruner.step_log,
         timings={"prune_s": round(time.perf_counter() - t0 - (screen or {}).get("keras_s", 0.0), 4), "convert_s": 0.0,
                  "fidelity_s": 0.0, "save_s": 0.0, **({"keras_s": screen["keras_s"]} if screen else {})},
         created_at=_now(), pid=os.getpid(), device=None)
@@ -511,6 +511,7 @@ class HostPhase:
             flash_bytes=self.checks.host_flash(size), sha256=hashlib.sha256(res.tflite).hexdigest(),
             conversion={k: v for k, v in res.to_dict().items() if k not in ("inputs", "outputs")},
             fidelity=made.fr.to_dict(), widths=plan.widths, prediction=self.checks.predicted(pred, size),
+            allocation_log=(pruner if ahead is None else ahead).step_log,
             made_by=dict(ctx.engine.label), recovery=recovery if self.recovery.trainset is not None else ABSENT,
             timings={"prune_s": round(tm["prune_s"], 4),
                      "convert_s": round(tm["convert_s"] if ahead is None else res.seconds, 4),

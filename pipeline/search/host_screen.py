@@ -158,6 +158,7 @@ class Screen:
         ctx.emit("status", text=f"rate {rec.rate:.2f}: screened on Keras; converting it now ({why})")
         t0 = time.perf_counter()
         pruner = Pruner(ctx.model, host.pconf, plan=Plan.load(ctx.run_dir / rec.files["plan"]))
+        pruner.step_log = rec.allocation_log  # the chunks of the step that made the plan (kept in the record)
         with conv.captured_output():
             km = pruner.build()
         made = host.convert_and_judge(km, None, rec.index, rec.rate)

@@ -78,6 +78,90 @@ def fingerprint(ctx) -> dict:
     return fp
 
 
+# --------------------------------------------------------------------------- the refusal's wording
+# fingerprint key -> (the setting in words, with its option; what an absent key means)
+_SETTINGS = {
+    "model_sha256": ("model file (--model)", None), "data": ("evaluation data (--data)", None),
+    "quantize": ("quantization (--quantize)", None), "criterion": ("channel criterion (--criterion)", None),
+    "compensate": ("compensation (--compensate/--no-compensate)", None),
+    "allocation": ("channel allocation (--allocation)", "uniform"), "step": ("rate step (--step)", None),
+    "seed": ("seed (--seed)", None), "input_range": ("input range (--input-range)", None),
+    "input_shape": ("input shape (--input-shape)", "the model's"), "plugins": ("plugins (--plugin)", "none"),
+    "objective": ("pruning objective (--objective)", "size"), "round_to": ("channel rounding (--round-to)", "not set"),
+    "recover": ("fine-tuning (--train-data)", "none"),
+}
+_RESOURCES = {"size": "parameters", "ram": "RAM", "macs": "MACs", "latency": "latency"}
+
+
+def _short(v) -> str:
+    """A value as a firmware engineer reads it: no Python reprs."""
+    if v is None:
+        return "not set"
+    if isinstance(v, bool):
+        return "on" if v else "off"
+    if isinstance(v, float):
+        return f"{v:g}"
+    if isinstance(v, str):
+        if v.startswith("synthetic:"):  # the data id without --data
+            return "synthetic inputs"
+        kind, _, digest = v.partition(":")
+        if digest and re.fullmatch(r"[0-9a-f]{64}", digest):  # a content id: form + sha256
+            return f"{kind} sha256 {digest[:12]}"
+        return f"sha256 {v[:12]}" if re.fullmatch(r"[0-9a-f]{64}", v) else v
+    if isinstance(v, (list, tuple)):
+        return ", ".join(_short(x) for x in v)
+    if isinstance(v, dict):
+        return ", ".join(f"{k}={_short(x)}" for k, x in v.items())
+    return str(v)
+
+
+def _objective_words(obj) -> str:
+    if not isinstance(obj, dict):
+        return _short(obj)
+    weights = obj.get("weights") or {}
+    parts = " + ".join(f"{_RESOURCES.get(r, r)} {_short(float(w))}" for r, w in weights.items())
+    return f"{obj.get('name', '?')} ({parts})" if parts else str(obj.get("name", "?"))
+
+
+def _value_words(key: str, v, missing: bool, other) -> str:
+    if missing:
+        default = _SETTINGS.get(key, (key, None))[1]
+        return default if default is not None else "not set"
+    if key == "objective":
+        return _objective_words(v)
+    if key == "input_range" and isinstance(v, list) and len(v) == 2:
+        return f"{_short(float(v[0]))} to {_short(float(v[1]))}"
+    if key == "input_shape" and isinstance(v, list):
+        return "x".join(_short(x) for x in v)
+    if isinstance(v, dict) and isinstance(other, dict):  # only the entries that differ
+        return _short({k: v.get(k) for k in {**v, **other} if v.get(k) != other.get(k)})
+    return _short(v)
+
+
+def fingerprint_diffs(old_fp: dict, fp: dict) -> list[str]:
+    """Each setting that differs between a run directory's fingerprint and this run's, in words:
+    ``"pruning objective (--objective): size there, auto (latency 0.5 + parameters 0.5) now"``."""
+    out = []
+    for k in [*fp, *(k for k in old_fp if k not in fp)]:  # a key only the old run had differs too
+        if old_fp.get(k) == fp.get(k) and (k in old_fp) == (k in fp):
+            continue
+        name = _SETTINGS.get(k, (k.replace("_", " "), None))[0]
+        there = _value_words(k, old_fp.get(k), k not in old_fp, fp.get(k))
+        now = _value_words(k, fp.get(k), k not in fp, old_fp.get(k))
+        why = ""
+        if k == "objective" and any(isinstance(v, dict) and v.get("name") == "auto" for v in (old_fp.get(k), fp.get(k))):
+            why = " (auto prunes for the budgets the unpruned model is predicted to miss)"
+        out.append(f"{name}: {there} there, {now} now{why}")
+    return out or ["its fingerprint's format"]
+
+
+def _only_objective_from_size(old_fp: dict, fp: dict) -> bool:
+    """The runs differ only in the objective, and the old one pruned for size (no objective key):
+    ``--objective size`` gives the old fingerprint back (auto follows the budgets)."""
+    rest = {k for k in {**old_fp, **fp} if k != "objective" and old_fp.get(k) != fp.get(k)}
+    return not rest and "objective" not in old_fp and "objective" in fp
+
+
 def _check_existing(ctx, run_json: Path, fp: dict) -> None:
     """A run.json is there: resume, start over (same fingerprint) or refuse / --force (another)."""
     c, d = ctx.config, ctx.run_dir
@@ -98,10 +182,11 @@ def _check_existing(ctx, run_json: Path, fp: dict) -> None:
             _clear_run_dir(d)
         return
     if not c.output.force:
-        diffs = [f"{k}: {old_fp.get(k)!r} there, {fp[k]!r} now" for k in fp if old_fp.get(k) != fp[k]] \
-            if isinstance(old_fp, dict) else ["unreadable"]
-        raise BadInput(f"--out {d} holds a run of a different configuration ({'; '.join(diffs)})",
-                       "pass --force to discard it and start over, or choose another --out")
+        diffs = fingerprint_diffs(old_fp, fp) if isinstance(old_fp, dict) else ["its configuration is unreadable"]
+        fix = "pass --force to discard it and start over, or choose another --out"
+        if isinstance(old_fp, dict) and _only_objective_from_size(old_fp, fp):
+            fix = "pass --objective size to reuse it as it was pruned, --force to discard it and start over, or choose another --out"
+        raise BadInput(f"--out {d} holds a run of a different configuration: {'; '.join(diffs)}", fix)
     ctx.notes.append(f"--force: discarded the run of a different configuration in {d}")
     _clear_run_dir(d)
 

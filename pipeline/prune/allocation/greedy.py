@@ -283,11 +283,11 @@ class GlobalGreedy(Allocation):
             pruner.state = pruner.ctx.state = trial
             pruner.methods[g.id] = f"{sel.method} (global)"
             self.chunks += 1
-            if obj is None:
-                self.log.append({"group": g.name, "removed": n, "params_saved": int(saved), "loss": float(loss)})
-            else:
-                self.log.append({"group": g.name, "removed": n, "saving": float(saved), "loss": float(loss),
-                                 "drives": (obj.unmet(res_now, self._res0) or ["size"]) if obj.switching else sorted(obj.weights)})
+            row = {"group": g.name, "removed": n, "width": int(trial.sizes[g.id]), "loss": float(loss),  # (width left)
+                   "params_saved": int(saved if obj is None else p_now - prunable_params(graph, trial))}
+            if obj is not None:
+                row.update(saving=float(saved), drives=(obj.unmet(res_now, self._res0) or ["size"]) if obj.switching else sorted(obj.weights))
+            self.log.append(row)
             model = pruner.build()
         pruner.ctx.build = pruner.build
         self._acts = {}
