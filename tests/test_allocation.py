@@ -249,7 +249,7 @@ def test_table_rounds_reach_the_rate_with_one_trial_per_group_per_round(monkeypa
     in a round nor goes below its minimum, the trials are a fraction of the chunk-by-chunk greedy's,
     and the plan replays the model exactly. (Its fidelity at equal size against the chunk-by-chunk
     greedy is measured on a trained model in bench/results/search_speed.md.)"""
-    from edgeprune.pipeline.prune.allocation import greedy as G
+    from edgeprune.pipeline.prune.allocation import table as G
     model = deep_cnn()
     rng = np.random.default_rng(4)
     cal = rng.uniform(0, 1, (64, 12, 12, 3)).astype(np.float32)
@@ -291,7 +291,7 @@ def test_table_rounds_reach_the_rate_with_one_trial_per_group_per_round(monkeypa
 def test_table_rounds_are_chosen_by_the_cost_of_a_rounds_trials():
     """Auto: chunk by chunk for a small model (the bundled example, the bench nets), table rounds when
     one round's trials (groups x the model's MACs) cost more than TABLE_MACS."""
-    from edgeprune.pipeline.prune.allocation import greedy as G
+    from edgeprune.pipeline.prune.allocation import table as G
     from edgeprune.pipeline.search.resources import ResourceModel
 
     model = deep_cnn()
@@ -299,11 +299,11 @@ def test_table_rounds_are_chosen_by_the_cost_of_a_rounds_trials():
                                   allocation="global"))
     macs = ResourceModel(p.graph, "float32").evaluate(None).macs
     assert len(p.groups) * macs < G.TABLE_MACS
-    assert not GlobalGreedy()._table_mode(p)
-    assert GlobalGreedy(table=True)._table_mode(p) and not GlobalGreedy(table=False)._table_mode(p)
+    assert not G.table_mode(GlobalGreedy(), p)
+    assert G.table_mode(GlobalGreedy(table=True), p) and not G.table_mode(GlobalGreedy(table=False), p)
     old = G.TABLE_MACS
     try:
         G.TABLE_MACS = len(p.groups) * macs - 1
-        assert GlobalGreedy()._table_mode(p)
+        assert G.table_mode(GlobalGreedy(), p)
     finally:
         G.TABLE_MACS = old

@@ -235,6 +235,7 @@ def test_global_allocation_trial_masks_heads_exactly():
     """The global allocation scores a chunk with the model at the current widths and the removed
     channels masked: for a head group, whose producer (q/k/v) and consumer (output rows) weights
     are in the same layer, the masked trial computes what the pruned trial computes."""
+    from edgeprune.pipeline.prune.allocation import greedy
     from edgeprune.pipeline.prune.allocation.greedy import GlobalGreedy
     from edgeprune.pipeline.prune.surgery import PruneState, build_model
 
@@ -249,7 +250,7 @@ def test_global_allocation_trial_masks_heads_exactly():
         keep_local = np.setdiff1d(np.arange(state.sizes[g.id]), remove)
         trial = state.copy()
         trial.remove(g.id, remove)
-        masked = GlobalGreedy()._masked_weights(graph, state, trial, g, keep_local)
+        masked = greedy._masked_weights(graph, state, trial, g, keep_local)
         assert layer in masked or layer == "ffn0"
         current = build_model(graph, state)
         for name, ws in masked.items():

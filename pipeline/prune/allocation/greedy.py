@@ -24,16 +24,13 @@ import numpy as np
 from edgeprune.pipeline.prune.allocation.base import Allocation, min_width, prunable_params, set_refit
 from edgeprune.pipeline.prune.calib import batch_moments, layer_inputs, layer_inputs_and_outputs, output_loss, outputs
 from edgeprune.pipeline.prune.graph import layout_indices
+from edgeprune.pipeline.prune.allocation.table import table_mode, table_round
 
 DEFAULT_CHUNK = 1 / 32
 DEFAULT_MIN_KEEP = 0.0
 EPS = 1e-9
 NOISE_REL = 0.05  # auto (switching): loss increases below this fraction of the current loss count as this
 
-# table rounds (large models): a round's trials, one per group, cost (groups x the model's MACs per
-# sample) on every scoring row; above this the greedy takes several chunks per round (see _table_round)
-TABLE_MACS = 2e9
-TABLE_MAX_CHUNKS = 4  # a group gives at most this many chunks in one table round (1/8 of its width)
 ROUND_BUDGET_BYTES = 512 * 2**20  # a round's consumer inputs on its samples (float32)
 MIN_ROUND_SAMPLES = 32
 
@@ -82,7 +79,7 @@ class GlobalGreedy(Allocation):
                  relative: bool = False, branches: bool = False, objective=None, table: bool | None = None):
         self.score = score
         # several chunks per round from one table of trials (None: when a round's trials cost more than
-        # TABLE_MACS; see _table_round)
+        # table.TABLE_MACS; pipeline/prune/allocation/table.py)
         self.table = table
         self.table_rounds = 0
         # what a chunk's saving and the rate measure (pipeline/prune/allocation/objective.py); None or
@@ -140,7 +137,7 @@ class GlobalGreedy(Allocation):
             from edgeprune.pipeline.prune.surgery import PruneState
 
             self._total = prunable_params(pruner.graph, PruneState(pruner.graph))
-            self._use_table = self._table_mode(pruner) and not self.branches
+            self._use_table = table_mode(self, pruner) and not self.branches
             if self._use_table and "table" not in self.label:
                 self.label += ("; table rounds (one trial per group per round, several chunks taken by marginal "
                                "cost: a large model)")
@@ -189,29 +186,6 @@ class GlobalGreedy(Allocation):
         names = {r.layer for r in g.refs if r.role == "consumer"}
         return [n for n in graph.order if n in names]
 
-    def _masked_weights(self, graph, state, trial, g, keep_local) -> dict[str, list[np.ndarray]]:
-        """The trial's consumer weights at the CURRENT widths: removed channels' rows zero. A
-        consumer that also holds other weights indexed by ``g`` (an attention layer's head
-        projections, a recurrent kernel's gate columns) gets them back at the current widths
-        too, the removed channels zero (their consumers ignore them)."""
-        from edgeprune.pipeline.prune.branches import removed_layers
-
-        out = {}
-        gone = removed_layers(state)
-        layers = [n for n in dict.fromkeys(r.layer for r in g.refs if r.role == "consumer") if n not in gone]
-        for name in layers:
-            ws = out.setdefault(name, [w.copy() for w in trial.weights[name]])
-            for widx in dict.fromkeys(r.weight for r in g.refs if r.layer == name):
-                cur = state.weights[name][widx]
-                full = np.zeros(cur.shape, dtype=np.float32)
-                idx = [np.arange(d) for d in cur.shape]
-                for ref in g.refs:
-                    if ref.layer == name and ref.weight == widx:
-                        idx[ref.axis] = layout_indices(ref.layout, state.sizes, {g.id: keep_local})
-                full[np.ix_(*idx)] = trial.weights[name][widx]
-                ws[widx] = full
-        return out
-
     # ----------------------------------------------------------------- the step
     def step(self, pruner, rate: float) -> bool:
         graph = pruner.graph
@@ -233,11 +207,7 @@ class GlobalGreedy(Allocation):
                     break
             pruner.ctx.state = state
             pruner.ctx.build = lambda: model
-            from edgeprune.pipeline.prune.branches import removed_layers
-
-            gone = removed_layers(state)
-            names = sorted({r.layer for g in pruner.groups for r in g.refs if r.role == "consumer"} - gone,
-                           key=graph.order.index)
+            gone, names = _consumers_left(pruner, state)
             # ONE pass of the calibration samples through the round's model: every consumer's
             # input (the flow criterion's moments, the trial refits' inputs on the fit rows, the
             # trials' inputs on the scoring rows) and the output (the round's loss)
@@ -257,8 +227,8 @@ class GlobalGreedy(Allocation):
                          res_now=res_now if obj is not None else None, names=names, tails={},
                          acts={n: a[score] for n, a in acts.items()})
             del acts, out
-            if self._use_table:
-                if not self._table_round(pruner, rnd):
+            if self._use_table:  # several chunks per round: pipeline/prune/allocation/table.py
+                if not table_round(self, pruner, rnd):
                     break
                 model = pruner.build()
                 continue
@@ -340,7 +310,7 @@ class GlobalGreedy(Allocation):
             n = max(0, size - max(floor, ((size - n) // round_to) * round_to))
         return n
 
-    def _trials(self, pruner, rnd: "_Round"):
+    def round_trials(self, pruner, rnd: "_Round"):
         """Every group's trial of its next chunk on the round's model: yields (cost, group, n,
         selection, trial state, saving, loss, objective gain)."""
         graph, state, obj, model = pruner.graph, pruner.state, self.objective, rnd.model
@@ -356,7 +326,7 @@ class GlobalGreedy(Allocation):
                 saved = gain + obj.tie * saved / max(self._total, 1)
             if saved <= 0:
                 continue
-            masked = self._masked_weights(graph, state, trial, g, keep_local)
+            masked = _masked_weights(graph, state, trial, g, keep_local)
             for name, ws in masked.items():
                 model.get_layer(name).set_weights(ws)
             loss = output_loss(_trial_outputs(pruner.graph, rnd, masked), rnd.refs)
@@ -376,95 +346,11 @@ class GlobalGreedy(Allocation):
         """(the cheapest chunk as (cost, group, n, selection, trial state, saving, loss) or None,
         whether any chunk removes some of the objective's resources)."""
         best, any_gain = None, False
-        for cost, g, n, sel, trial, saved, loss, gain in self._trials(pruner, rnd):
+        for cost, g, n, sel, trial, saved, loss, gain in self.round_trials(pruner, rnd):
             any_gain = any_gain or gain > 1e-12
             if best is None or cost < best[0] - 1e-15:
                 best = (cost, g, n, sel, trial, saved, loss)
         return best, any_gain
-
-    def _table_mode(self, pruner) -> bool:
-        """Table rounds: forced by ``table``, else when one round's trials (one per group, each a
-        forward pass of the model) cost more than :data:`TABLE_MACS` per scoring row: the
-        chunk-by-chunk greedy's trials grow as groups x chunks (MobileNetV2-224: 25 groups, 300 M
-        MACs, a thousand rounds to rate 0.9)."""
-        if self.table is not None:
-            return bool(self.table)
-        from edgeprune.pipeline.search.resources import ResourceModel
-
-        try:
-            macs = ResourceModel(pruner.graph, "float32").evaluate(None).macs
-        except Exception:  # noqa: BLE001 - a model the resource model cannot cost: chunk by chunk
-            return False
-        return len(pruner.groups) * float(macs) > TABLE_MACS
-
-    def _table_round(self, pruner, rnd: "_Round") -> bool:
-        """One table round: every group's next chunk is tried once (as in a chunk-by-chunk round),
-        then chunks are taken in order of their marginal cost until the round removes what is still
-        to remove: the k-th chunk of a group is priced at k times its trial's cost per unit saved
-        (a group's sensitivity grows as it narrows), so the cheapest groups give several chunks and
-        the dearest none. The chunks a group gives are removed at once (the criterion picks which
-        channels, on the round's scores); the consumers are refitted by the full compensation at the
-        end of the step (or of the round, when the step needs another). False: nothing can shrink."""
-        graph, obj = pruner.graph, self.objective
-        table = [(max(cost, 0.0), g, n, saved, gain) for cost, g, n, _, _, saved, _, gain in self._trials(pruner, rnd)]
-        if not table or (obj is not None and not any(t[4] > 1e-12 for t in table)):
-            return False
-        self.table_rounds += 1
-        # a chunk whose loss change is within NOISE_REL of the current loss is priced at that (by its
-        # saving, as auto does), never at zero: the price of its k-th chunk is k times that
-        table = [(max(cost, NOISE_REL * rnd.base / saved), g, n, saved, gain) for cost, g, n, saved, gain in table]
-        pos = [t[0] for t in table if t[0] > 0]
-        floor = 1e-3 * float(np.median(pos)) if pos else 1.0  # (a zero loss: at rate 0)
-        heap, taken, left = [], {}, rnd.remaining
-        for i, (cost, g, n, saved, _) in enumerate(table):
-            heap.append((max(cost, floor), i, 1))
-        import heapq
-
-        heapq.heapify(heap)
-        state = pruner.state
-        while heap and left > EPS * max(self._total, 1):
-            price, i, k = heapq.heappop(heap)
-            cost, g, n, saved, _ = table[i]
-            room = state.sizes[g.id] - self._floor(pruner, g)
-            if (taken.get(i, 0) + 1) * n > room or taken.get(i, 0) >= TABLE_MAX_CHUNKS:
-                continue
-            taken[i] = taken.get(i, 0) + 1
-            left -= saved
-            heapq.heappush(heap, (max(cost, floor) * (k + 1), i, k + 1))
-        for i in sorted(taken, key=lambda j: graph.order.index(table[j][1].producers[0])
-                        if table[j][1].producers and table[j][1].producers[0] in graph.order else j):
-            cost, g, n, saved, _ = table[i]
-            want = min(taken[i] * n, pruner.state.sizes[g.id] - self._floor(pruner, g))
-            per_channel = self._per_channel(graph, pruner.state, g) if obj is None else 0
-            if per_channel > 0:  # the round's last chunk does not overshoot the rate by more than a channel
-                now = prunable_params(graph, pruner.state) - (rnd.p_now - rnd.remaining)
-                want = min(want, max(1, math.ceil(now / per_channel - EPS)))
-                if now <= EPS * self._total:
-                    break
-            round_to = int(pruner.config.round_to or 1)
-            if round_to > 1:  # widths stay multiples of --round-to
-                size = pruner.state.sizes[g.id]
-                want = max(0, size - max(self._floor(pruner, g), ((size - want) // round_to) * round_to))
-            if want <= 0:
-                continue
-            sel = pruner.criterion.select(pruner.ctx, g, want)
-            trial = pruner.state.copy()
-            for removed, into, scale in sel.merges:
-                trial.merge(g.id, removed, into, scale)
-            trial.remove(g.id, sel.remove)
-            pruner.state = pruner.ctx.state = trial
-            pruner.methods[g.id] = f"{sel.method} (global, table)"
-            self.chunks += taken[i]
-            self.log.append({"group": g.name, "removed": int(want), "chunks": taken[i], "table_cost": float(cost)})
-        return True
-
-    def _floor(self, pruner, g) -> int:
-        """The narrowest group ``g`` may become (min_keep, --min-width, its handlers', --round-to)."""
-        round_to = int(pruner.config.round_to or 1)
-        floor = min(g.size, max(min_width(g.size, self.min_keep), pruner.config.min_width, g.min_width))
-        if round_to > 1:
-            floor = max(round_to, -(-floor // round_to) * round_to)
-        return floor
 
     @staticmethod
     def _per_channel(graph, state, g) -> int:
@@ -475,6 +361,15 @@ class GlobalGreedy(Allocation):
             blocks = sum(1 for gid in ref.layout if gid == g.id)
             total += blocks * (w.size // max(1, w.shape[ref.axis]))
         return total
+
+
+def _consumers_left(pruner, state):
+    """(the layers inside removed branches, the consumer layers outside them in topological order)."""
+    from edgeprune.pipeline.prune.branches import removed_layers
+
+    gone = removed_layers(state)
+    names = {r.layer for g in pruner.groups for r in g.refs if r.role == "consumer"} - gone
+    return gone, sorted(names, key=pruner.graph.order.index)
 
 
 def _model_of(pruner, last):
@@ -545,3 +440,27 @@ def _trial_outputs(graph, rnd: _Round, masked: dict) -> np.ndarray:
         if tail is not None:
             return outputs_from(rnd.model, tail, rnd.acts[start])
     return outputs(rnd.model, rnd.xs)
+
+
+def _masked_weights(graph, state, trial, g, keep_local) -> dict[str, list[np.ndarray]]:
+    """The trial's consumer weights at the CURRENT widths: removed channels' rows zero. A
+    consumer that also holds other weights indexed by ``g`` (an attention layer's head
+    projections, a recurrent kernel's gate columns) gets them back at the current widths
+    too, the removed channels zero (their consumers ignore them)."""
+    from edgeprune.pipeline.prune.branches import removed_layers
+
+    out = {}
+    gone = removed_layers(state)
+    layers = [n for n in dict.fromkeys(r.layer for r in g.refs if r.role == "consumer") if n not in gone]
+    for name in layers:
+        ws = out.setdefault(name, [w.copy() for w in trial.weights[name]])
+        for widx in dict.fromkeys(r.weight for r in g.refs if r.layer == name):
+            cur = state.weights[name][widx]
+            full = np.zeros(cur.shape, dtype=np.float32)
+            idx = [np.arange(d) for d in cur.shape]
+            for ref in g.refs:
+                if ref.layer == name and ref.weight == widx:
+                    idx[ref.axis] = layout_indices(ref.layout, state.sizes, {g.id: keep_local})
+            full[np.ix_(*idx)] = trial.weights[name][widx]
+            ws[widx] = full
+    return out
