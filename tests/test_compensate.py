@@ -198,3 +198,67 @@ def test_patches_on_a_row_subset_are_tensorflows_patches_exactly(shape, kernel, 
     assert got.shape == ref.shape and np.array_equal(got, ref)
     rows = np.sort(np.random.default_rng(0).choice(len(ref), len(ref) // 3, replace=False))
     assert np.array_equal(_patches(x, cfg, kernel, rows), ref[rows])
+
+
+def residual_cnn():
+    keras.utils.set_random_seed(11)
+    L = keras.layers
+    x = keras.Input((10, 10, 3))
+    h = L.Conv2D(8, 3, padding="same", activation="relu", name="stem")(x)
+    r = L.Conv2D(16, 1, activation="relu", name="expand")(h)
+    r = L.DepthwiseConv2D(3, padding="same", name="dw")(r)
+    r = L.Conv2D(8, 1, name="project")(r)
+    h = L.Add(name="add")([h, r])
+    h = L.Conv2D(12, 3, strides=2, activation="relu", name="c2")(h)
+    h = L.GlobalAveragePooling2D(name="gap")(h)
+    out = L.Dense(4, activation="softmax", name="out")(h)
+    return keras.Model(x, out)
+
+
+def test_layerwise_pass_sees_every_layers_input_exactly():
+    """run_layerwise hands each visited layer the input layer_inputs computes, bit for bit, and a
+    visitor that changes a layer's weights changes what every later layer sees (the refit's need)."""
+    from edgeprune.pipeline.prune.calib import layer_inputs, run_layerwise, runs_on
+
+    m = residual_cnn()
+    x = np.random.default_rng(3).uniform(0, 1, (40, 10, 10, 3)).astype(np.float32)
+    names = ["expand", "project", "c2", "out"]
+    assert not runs_on(m, names) and runs_on(m, ["c2", "out"])  # the Add: project's input alone does not give c2's
+    seen = {}
+    assert run_layerwise(m, x, {n: (lambda a, n=n: seen.__setitem__(n, a.copy())) for n in names})
+    want = layer_inputs(m, names, x)
+    for n in names:
+        assert np.array_equal(seen[n], want[n]), n
+    w = m.get_layer("project").get_weights()
+    seen.clear()
+    run_layerwise(m, x, {"project": lambda a: m.get_layer("project").set_weights([w[0] * 0.5, w[1]]),
+                         "c2": lambda a: seen.__setitem__("c2", a.copy())})
+    assert np.array_equal(seen["c2"], layer_inputs(m, ["c2"], x)["c2"])  # after the change
+    assert not np.allclose(seen["c2"], want["c2"])
+
+
+def test_refit_of_a_residual_network_in_one_layerwise_pass_equals_the_per_layer_refit(monkeypatch):
+    """A residual network's refit runs ONE layer-wise pass (no layer's input follows from the last
+    one's alone); it computes exactly what refitting layer by layer, each from a prefix pass, does."""
+    from edgeprune.pipeline.prune import compensate
+
+    m = residual_cnn()
+    cal = np.random.default_rng(4).uniform(0, 1, (48, 10, 10, 3)).astype(np.float32)
+    ev = np.random.default_rng(5).uniform(0, 1, (16, 10, 10, 3)).astype(np.float32)
+    a = prune(m, rate=0.4, criterion="flow", step=0.2, calibration=cal, compensate=True)
+    calls = []
+    real = compensate.Compensator._refit_layerwise
+    monkeypatch.setattr(compensate.Compensator, "_refit_layerwise",
+                        lambda self, *args: calls.append(1) or real(self, *args))
+    a2 = prune(m, rate=0.4, criterion="flow", step=0.2, calibration=cal, compensate=True)
+    assert calls  # the layer-wise pass ran
+    monkeypatch.setattr(compensate, "runs_on", lambda model, names: True)  # force layer by layer
+    b = prune(m, rate=0.4, criterion="flow", step=0.2, calibration=cal, compensate=True)
+    assert a.plan.refits and set(a.plan.refits) == set(b.plan.refits)
+    for name in a.plan.refits:
+        for wa, wb in zip(a.model.get_layer(name).get_weights(), b.model.get_layer(name).get_weights()):
+            np.testing.assert_allclose(wa, wb, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(outputs(a.model, ev), outputs(b.model, ev), atol=1e-6)
+    np.testing.assert_array_equal(outputs(a.model, ev), outputs(a2.model, ev))
+    ref, _ = masked_refit_reference(m, a.plan)
+    close(outputs(a.model, ev), outputs(ref, ev), 1e-5, "layerwise refit vs masked reference")

@@ -20,7 +20,7 @@ import time
 
 import numpy as np
 
-from edgeprune.pipeline.prune.calib import layer_inputs, layer_inputs_from
+from edgeprune.pipeline.prune.calib import layer_inputs, layer_inputs_from, runs_on
 
 DEFAULT_RIDGE = 1e-2
 COMPENSATION_BUDGET_BYTES = 512 * 2**20  # one layer's inputs + patches on the refit samples
@@ -168,6 +168,10 @@ class Compensator:
         refitted = getattr(state, "refitted", None)
         if refitted is None:
             refitted = state.refitted = set()
+        # a residual network: one layer-wise pass (a chain runs each input on from the last one's)
+        if not runs_on(model, names) and self._refit_layerwise(state, names, model, refitted):
+            self.seconds += time.perf_counter() - t0
+            return names
         prev = None  # (layer, its input): the next layer's input is run on from it when it can be
         for name in names:  # one layer's inputs at a time; the original's only until its target is cached
             x_p = layer_inputs_from(model, prev[0], prev[1], name) if prev is not None else None
@@ -193,6 +197,39 @@ class Compensator:
             del x_p
         self.seconds += time.perf_counter() - t0
         return names
+
+    def _refit_layerwise(self, state, names: list[str], model, refitted: set) -> bool:
+        """The refit in ONE layer-wise pass of the pruned model (:func:`calib.run_layerwise`): each
+        layer is refitted when its input on the samples is there, before it runs, so the layers
+        after it see its refitted output; the original's targets of layers not yet cached in one
+        such pass of the original. False (nothing changed) when a model cannot be walked so."""
+        from edgeprune.pipeline.prune.calib import run_layerwise
+
+        missing = [n for n in names if n not in self._targets]
+        if missing and not run_layerwise(self.graph.model, self.x, {n: self._target_visitor(n) for n in missing}):
+            return False
+
+        def refit(name):
+            def visit(x_p):
+                new = self._fit(name, state, x_p, None)
+                state.weights[name][0] = new[0]
+                if len(new) > 1:
+                    state.weights[name][1] = new[1]
+                model.get_layer(name).set_weights(state.weights[name])
+                refitted.add(name)
+            return visit
+
+        self._first = None
+        return run_layerwise(model, self.x, {n: refit(n) for n in names})
+
+    def _target_visitor(self, name: str):
+        """Caches layer ``name``'s fit target from the ORIGINAL's input on the samples."""
+        def visit(x_o):
+            info = self.graph.layers[name]
+            cfg = info.layer.get_config()
+            w_o = [np.asarray(w, dtype=np.float64) for w in info.layer.get_weights()]
+            self._target(name, info, cfg, w_o, cfg.get("use_bias", True), x_o)
+        return visit
 
     def _upstream_key(self, state, name: str, model) -> bytes:
         """A fingerprint of what the input of layer ``name`` depends on: the weights (so the
