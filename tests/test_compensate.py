@@ -218,7 +218,8 @@ def residual_cnn():
 def test_layerwise_pass_sees_every_layers_input_exactly():
     """run_layerwise hands each visited layer the input layer_inputs computes, bit for bit, and a
     visitor that changes a layer's weights changes what every later layer sees (the refit's need)."""
-    from edgeprune.pipeline.prune.calib import layer_inputs, run_layerwise, runs_on
+    from edgeprune.pipeline.prune.calib import layer_inputs, runs_on
+    from edgeprune.pipeline.prune.layerwise import run_layerwise
 
     m = residual_cnn()
     x = np.random.default_rng(3).uniform(0, 1, (40, 10, 10, 3)).astype(np.float32)

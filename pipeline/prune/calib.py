@@ -71,61 +71,6 @@ def layer_inputs(model, names: list[str], x: np.ndarray) -> dict[str, np.ndarray
     return {n: np.concatenate(p) for n, p in zip(names, parts)}
 
 
-def run_layerwise(model, x: np.ndarray, visit: dict) -> bool:
-    """Run ``model`` on all of ``x`` node by node (each node in the batches :func:`layer_inputs`
-    uses, so the same numbers), keeping only the tensors later nodes still read. Before a layer
-    named in ``visit`` runs, ``visit[name](its input on every sample)`` is called; it may change
-    that layer's weights (the compensation refit: one pass for every refitted layer instead of a
-    prefix per layer, which a residual network needs when no layer's input alone determines the
-    next one's). False, with nothing visited, when the model's graph cannot be walked so (not a
-    single-input functional graph, or a visited layer with several inputs)."""
-    import warnings
-
-    from keras import tree
-
-    from edgeprune.pipeline.data.batching import batch_size_for
-
-    fn = model if getattr(model, "_nodes_by_depth", None) is not None else getattr(model, "_functional", None)
-    if fn is None or getattr(fn, "_nodes_by_depth", None) is None or len(fn.inputs) != 1:
-        return False
-    nodes = [n for d in sorted(fn._nodes_by_depth, reverse=True) for n in fn._nodes_by_depth[d]
-             if n.operation is not None and not n.is_input]
-    if any(getattr(n.operation, "name", None) in visit and len(n.input_tensors) != 1 for n in nodes):
-        return False
-    uses: dict[int, int] = {}
-    for n in nodes:
-        for t in n.input_tensors:
-            uses[id(t)] = uses.get(id(t), 0) + 1
-    keep = {id(t) for t in fn.outputs}
-    b = batch_size_for(model, max_batch=BATCH)
-    vals = {id(fn.inputs[0]): np.asarray(x, dtype=np.float32)}
-    count = len(vals[id(fn.inputs[0])])
-    for node in nodes:
-        ins = node.input_tensors
-        if any(id(t) not in vals for t in ins):
-            raise RuntimeError(f"layer-wise pass: {node.operation.name}'s input is not computed before it")
-        op = node.operation
-        if getattr(op, "name", None) in visit:
-            visit[op.name](vals[id(ins[0])])
-        parts = []
-        for a in range(0, count, b):
-            args, kwargs = node.arguments.fill_in({id(t): vals[id(t)][a:a + b] for t in ins})
-            if "training" in getattr(op, "_call_context_args", ()) or getattr(op, "_call_has_training_arg", False):
-                kwargs["training"] = False
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                out = op(*args, **kwargs)
-            parts.append([np.asarray(o, dtype=np.float32) for o in tree.flatten(out)])
-        for i, t in enumerate(node.outputs):
-            vals[id(t)] = np.concatenate([p[i] for p in parts]) if len(parts) > 1 else parts[0][i]
-        del parts
-        for t in ins:
-            uses[id(t)] -= 1
-            if uses[id(t)] == 0 and id(t) not in keep:
-                vals.pop(id(t), None)
-    return True
-
-
 def runs_on(model, names: list[str]) -> bool:
     """Whether each layer's input in ``names`` (topological order) is computed from the previous
     one's input alone (:func:`layer_inputs_from` can run on from it): a chain, no residual path

@@ -103,7 +103,8 @@ class Compensator:
     def __init__(self, graph, calibration: np.ndarray, ridge: float = DEFAULT_RIDGE):
         self.graph = graph
         n = min(len(calibration), self.max_samples(graph))  # memory flat in the data (issue 17)
-        self.x = np.asarray(calibration[:n], dtype=np.float32)
+        # a copy: a view would keep the whole array it was cut from (shifted copies of every sample)
+        self.x = np.array(calibration[:n], dtype=np.float32)
         self.ridge = float(ridge)
         self._targets: dict[str, tuple] = {}
         self.seconds = 0.0
@@ -203,7 +204,7 @@ class Compensator:
         layer is refitted when its input on the samples is there, before it runs, so the layers
         after it see its refitted output; the original's targets of layers not yet cached in one
         such pass of the original. False (nothing changed) when a model cannot be walked so."""
-        from edgeprune.pipeline.prune.calib import run_layerwise
+        from edgeprune.pipeline.prune.layerwise import run_layerwise
 
         missing = [n for n in names if n not in self._targets]
         if missing and not run_layerwise(self.graph.model, self.x, {n: self._target_visitor(n) for n in missing}):

@@ -144,9 +144,14 @@ class Pruner:
             from edgeprune.pipeline.prune.compensate import Compensator
 
             # refits fitted on the calibration samples + shifted copies (bench/results/allocation.md)
-            fit = shifted_copies(self.config.calibration, self.config.augment)
-            self.augmented = len(fit) > len(self.config.calibration)
+            cal = self.config.calibration
+            if len(cal) >= Compensator.max_samples(self.graph):  # the refit's memory cap leaves no room for copies
+                fit = cal
+            else:
+                fit = shifted_copies(cal, self.config.augment)
             self.compensator = Compensator(self.graph, fit, self.config.ridge)
+            del fit
+            self.augmented = len(self.compensator.x) > len(cal)  # (what the refits are really fitted on)
 
     @property
     def groups(self):

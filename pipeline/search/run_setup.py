@@ -270,7 +270,8 @@ def resolve_engine(ctx: RunContext) -> Engine:
         ctx.notes.append(f"{criterion}{' + compensation' if compensate else ''}: calibrated on 64 "
                          f"SYNTHETIC inputs uniform in {list(c.model.input_range)} (no held-out calibration data)")
     engine.label = {"criterion": criterion,
-                    "compensation": "ridge least-squares refit on the calibration split + 8 shifted copies (inputs with spatial axes)" if compensate else "none",
+                    "compensation": ("ridge least-squares refit on the calibration split + 8 shifted copies (inputs with spatial axes; "
+                                     "none when the refit's memory cap holds fewer samples than the split)") if compensate else "none",
                     "allocation": (engine.allocation_obj or get_allocation(allocation)).label,
                     "rate": (engine.objective.rate_measures if allocation == "global"
                              else "fraction of each prunable layer's channels removed"),

@@ -69,6 +69,7 @@ class _Round:
     names: Any = ()  # the consumer layers (topological order)
     acts: Any = None  # their inputs on the scoring rows
     tails: Any = None  # layer -> the model from its input on (None: not a closed sub-graph)
+    cuts: Any = None  # (Layerwise, layer -> the live tensors in front of it on the scoring rows)
 
 
 class GlobalGreedy(Allocation):
@@ -327,6 +328,7 @@ class GlobalGreedy(Allocation):
             if saved <= 0:
                 continue
             masked = _masked_weights(graph, state, trial, g, keep_local)
+            _prepare_trial(graph, rnd, masked)  # (before the trial's weights are set)
             for name, ws in masked.items():
                 model.get_layer(name).set_weights(ws)
             loss = output_loss(_trial_outputs(pruner.graph, rnd, masked), rnd.refs)
@@ -425,20 +427,46 @@ def _same_weights(ws, ws0) -> bool:
     return len(ws) == len(ws0) and all(a.shape == b.shape and np.array_equal(a, b) for a, b in zip(ws, ws0))
 
 
+def _trial_start(graph, rnd: _Round, masked: dict):
+    start = min(masked, key=graph.order.index) if masked else None
+    return start if start is not None and rnd.acts is not None and start in rnd.acts else None
+
+
+def _prepare_trial(graph, rnd: _Round, masked: dict) -> None:
+    """What a trial runs on from, made with the ROUND's weights: the sub-model from the input of the
+    first layer it changes, or, when that is not a closed sub-graph (a residual network's skip
+    tensors cross it), the live tensors in front of every consumer on the scoring rows, kept once
+    per round by one layer-wise pass (pipeline/prune/layerwise.py)."""
+    from edgeprune.pipeline.prune.calib import tail_model
+
+    start = _trial_start(graph, rnd, masked)
+    if start is None:
+        return
+    if start not in rnd.tails:
+        rnd.tails[start] = tail_model(rnd.model, start)
+    if rnd.tails[start] is None and rnd.cuts is None:
+        from edgeprune.pipeline.prune.layerwise import Layerwise
+
+        lw = Layerwise(rnd.model)
+        rnd.cuts = (lw, lw.walk(lw.first_input(rnd.xs), 0, keep_at=set(rnd.names))[1]) if lw.ok else (None, {})
+
+
 def _trial_outputs(graph, rnd: _Round, masked: dict) -> np.ndarray:
     """The round's model's outputs on the scoring rows with a trial's weights set: run on from
     the scoring rows' input of the first layer the trial changes (the layers in front of it
-    compute what they computed for the round: the same numbers, without re-running them), or the
-    whole model when that is not a closed sub-graph."""
-    from edgeprune.pipeline.prune.calib import outputs_from, tail_model
+    compute what they computed for the round: the same numbers, without re-running them), from
+    the live tensors in front of it when that input alone does not determine the rest, or the
+    whole model."""
+    from edgeprune.pipeline.prune.calib import outputs_from
 
-    start = min(masked, key=graph.order.index) if masked else None
-    if start is not None and rnd.acts is not None and start in rnd.acts:
-        if start not in rnd.tails:
-            rnd.tails[start] = tail_model(rnd.model, start)
-        tail = rnd.tails[start]
+    start = _trial_start(graph, rnd, masked)
+    if start is not None:
+        tail = rnd.tails.get(start)
         if tail is not None:
             return outputs_from(rnd.model, tail, rnd.acts[start])
+        lw, kept = rnd.cuts or (None, {})
+        if start in kept:
+            return lw.walk(kept[start], lw.at[start])[0]
     return outputs(rnd.model, rnd.xs)
 
 
