@@ -71,3 +71,13 @@ def set_refit(trial, name: str, new) -> None:
 def min_width(size: int, min_keep: float) -> int:
     """Never zero: at least one channel, and at least ``min_keep`` of the original width."""
     return int(max(1, int(np.ceil(min_keep * size - 1e-9))))
+
+
+def narrowest(g, min_keep: float, config) -> int:
+    """The narrowest group ``g`` may become: ``min_keep`` of its width, --min-width, its handlers'
+    minimum, rounded up to a multiple of --round-to (at least one multiple)."""
+    round_to = int(config.round_to or 1)
+    floor = min(g.size, max(min_width(g.size, min_keep), config.min_width, g.min_width))
+    if round_to > 1:
+        floor = max(round_to, -(-floor // round_to) * round_to)
+    return floor

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from edgeprune.pipeline.prune.allocation.base import Allocation, min_width, prunable_params, set_refit
+from edgeprune.pipeline.prune.allocation.base import Allocation, narrowest, prunable_params, set_refit
 from edgeprune.pipeline.prune.calib import batch_moments, layer_inputs, layer_inputs_and_outputs, output_loss, outputs
 from edgeprune.pipeline.prune.graph import layout_indices
 from edgeprune.pipeline.prune.allocation.table import table_mode, table_round
@@ -297,9 +297,7 @@ class GlobalGreedy(Allocation):
         if rnd.gone and all(p in rnd.gone for p in g.producers):  # inside a removed branch
             return 0
         size = state.sizes[g.id]
-        floor = min(g.size, max(min_width(g.size, self.min_keep), pruner.config.min_width, g.min_width))
-        if round_to > 1:  # widths stay multiples of --round-to (at least one multiple)
-            floor = max(round_to, -(-floor // round_to) * round_to)
+        floor = narrowest(g, self.min_keep, pruner.config)  # (widths stay multiples of --round-to)
         room = size - floor
         if room <= 0:
             return 0
