@@ -133,7 +133,19 @@ def render(res: dict) -> str:
             L.append(f"| {r['rate']:.2f} | {r['wall_s']:.1f} | {r['cpu_s']:.1f} | {r['rounds_s']:.1f} | {r['refit_s']:.1f} | "
                      f"{r['trials']} | {r['table_rounds']} | {r['peak_rss_gb']:.2f} | {r['load']:.1f} |")
         L.append("")
+        L += [READING_MNV2, ""]
     return "\n".join(L) + "\n"
+
+
+READING_MNV2 = """Reading (MobileNetV2-224). Before this work the default engine's first step (0 -> 0.05) did not finish in 35 min
+(1,106 s CPU, load 5-8, stop 30: about a thousand chunk-by-chunk rounds of ~25 whole forward passes to rate 0.9).
+Measured this stop with the same step (``Pruner.step_to(0.05)``, 200 seeded images, load ~2; an ad hoc script, not this
+bench): table rounds with the old refit (a prefix pass per refitted layer) 432 s, of which the refit 272 s, peak RSS
+4.24 GB; + the layer-wise refit 207 s (refit 45 s); + trials run on from the live tensors 198 s (the row above). The
+greedy's rounds are now most of a step: 25 trials per round, each a forward pass from the trial's first changed layer
+on 22 scoring rows (at most 44 round samples fit the 512 MB round budget). A full search to rate 0.9 (18 steps at the
+~111 s of the second step) is about 33 min: an ESTIMATE from two measured steps, not a measured search. The issue's
+<= 10 min needs trials cheaper than a forward pass (a local loss at the next layers, or first-order estimates)."""
 
 
 def main() -> int:
