@@ -107,4 +107,6 @@ def test_a_screened_candidate_failing_on_its_tflite_gives_way_to_the_next_lower(
         assert c["measurement"] is None and "fails the fidelity threshold on its .tflite" in c["not_measured"]
         assert (tmp_path / "a" / c["files"]["tflite"]).exists()
     assert ca["screen"]["converted"].startswith("on demand") and ca["checks"]["fidelity"]["ok"] is True
+    for c in failed + [ca]:  # its pruning (when it was screened) is kept, its plan's replay added
+        assert 0 < c["timings"]["replay_s"] < c["timings"]["prune_s"]
     assert ca["measurement"] is not None

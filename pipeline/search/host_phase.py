@@ -517,6 +517,7 @@ class HostPhase:
                      "convert_s": round(tm["convert_s"] if ahead is None else res.seconds, 4),
                      "fidelity_s": round(tm["fidelity_s"], 4), "save_s": round(t4 - tm["_judged"], 4),
                      **({"train_s": round(tm["train_s"], 4)} if trained is not None else {}),
+                     **({"replay_s": tm["replay_s"]} if "replay_s" in tm else {}),
                      **({"keras_s": screen["keras_s"]} if screen is not None else {})},
             created_at=_now(), pid=os.getpid(), device=None, screen=screen)
         if ctx.profile.kind == "ethos-u":  # every candidate through Vela: its flash figure, NPU share

@@ -162,7 +162,10 @@ class Screen:
         with conv.captured_output():
             km = pruner.build()
         made = host.convert_and_judge(km, None, rec.index, rec.rate)
-        made.timings["prune_s"] = made.timings.pop("_prune_end") - t0
+        # the step's pruning when it was screened (a replay of its plan is not a prune) + that replay
+        replay = made.timings.pop("_prune_end") - t0
+        made.timings["prune_s"] = round(float(rec.timings.get("prune_s", 0.0)) + replay, 4)
+        made.timings["replay_s"] = round(replay, 4)
         screen = dict(rec.screen, screened=False, converted=why)
         new = host.save_candidate(pruner, None, made, rec.index, rec.rate, rec.name,
                                   predict(km, ctx.config.prune.quantize), screen)
