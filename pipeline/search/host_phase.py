@@ -412,10 +412,10 @@ class HostPhase:
             km = ahead.km
         else:
             if rate > 0 and pruner.rate < rate - 1e-9:  # (a replayed plan is already there)
-                pruner.step_to(rate)
+                pruner.step_to(rate)  # (the allocation's label is settled at its first step: table rounds)
+                self.ctx.engine.label["allocation"] = getattr(pruner.config.allocation, "label", "") or self.ctx.engine.label["allocation"]
             with conv.captured_output():
-                # the model the step ended with (no rebuild) unless it may be trained or outlive the
-                # next step (lookahead workers, --train-data): the next step changes it in place
+                # the model the step ended with, unless it may be trained or outlive the next step (lookahead, --train-data)
                 reuse = self.lookahead is None and self.recovery.trainset is None
                 km = pruner.current_model() if reuse else pruner.build()
         pred = predict(km, c.prune.quantize)
