@@ -168,7 +168,7 @@ def render(res: dict) -> str:
 
 
 READING = """Reading (stop 32). None of these is kept. The float32 Gram changes the bytes but saves no CPU measurably (34.4 s
-against 34.1 s). The others save 17-27 % CPU but move the pick to 0.85 or 0.80 (131-172 kB instead of 86.8 kB). On the
+against 34.1 s). The others save 13-27 % CPU but move the pick to 0.85 or 0.80 (131-172 kB instead of 86.8 kB). On the
 unseen images at equal size, chunk16, aug4 and table are within -0.4 to +0.5 points of base where both reached a rate:
 the picks move because the 800-image evaluation (one image = 0.00125) puts a candidate just under 0.95, not because
 the models are worse. aug2 is worse at 0.85-0.875 (-0.5 to -1.1 points). Keeping the example's pick (the issue asks
