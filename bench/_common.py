@@ -116,3 +116,23 @@ def code_version() -> str:
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return (head + ("-dirty" if dirty else "")) if head else "unknown"
+
+
+def timed_run(name: str, cmd: list, env=None) -> dict:
+    """One child run of ``cmd`` (an ``edgeprune run ... --json``): its report, exit code (0 or 3;
+    anything else stops the bench), wall seconds, CPU seconds (user + system, from the children's
+    rusage) and the 1-minute load average before it."""
+    import resource
+    import subprocess
+
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    load = os.getloadavg()[0]
+    t0 = time.perf_counter()
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if p.returncode not in (0, 3):
+        raise SystemExit(f"{name} failed ({p.returncode}):\n{p.stderr[-3000:]}")
+    return {"report": json.loads(p.stdout), "exit": p.returncode, "wall_s": round(wall, 1),
+            "cpu_s": round((after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime), 1),
+            "load_before": round(load, 2)}

@@ -27,11 +27,8 @@ from __future__ import annotations
 import glob
 import json
 import os
-import resource
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -98,20 +95,13 @@ def unseen():
 
 
 def one(variant: str, tmp: Path, orig, x, ref) -> dict:
-    from _common import unseen_agreement
+    from _common import timed_run, unseen_agreement
     from edgeprune.pipeline.prune.plan import Plan
 
     out = tmp / variant
     env = dict(os.environ, EDGEPRUNE_CACHE_DIR=str(tmp / f"cache-{variant}"))
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    load = os.getloadavg()[0]
-    t0 = time.perf_counter()
-    p = subprocess.run([sys.executable, __file__, "--child", variant, str(out)], capture_output=True, text=True, env=env)
-    wall = time.perf_counter() - t0
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    if p.returncode not in (0, 3):
-        raise SystemExit(f"{variant} failed ({p.returncode}):\n{p.stderr[-3000:]}")
-    rep = json.loads(p.stdout)
+    run = timed_run(variant, [sys.executable, __file__, "--child", variant, str(out)], env)
+    rep = run["report"]
     ch = rep["chosen"]
     pick = next((c for c in rep["candidates"] if ch and c["index"] == ch["index"]), None)
     conv = []
@@ -129,9 +119,8 @@ def one(variant: str, tmp: Path, orig, x, ref) -> dict:
         m = m[0] if isinstance(m, tuple) else m
         curve.append({"rate": round(pl.rate, 3), "params": int(m.count_params()),
                       "unseen_keras": round(float((m.predict(x, batch_size=1000, verbose=0).argmax(1) == ref).mean()), 4)})
-    return {"variant": variant, "exit": p.returncode, "wall_s": round(wall, 1),
-            "cpu_s": round((after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime), 1),
-            "load_before": round(load, 2), "prune_s": rep["timings"].get("prune_s"),
+    return {"variant": variant, "exit": run["exit"], "wall_s": run["wall_s"],
+            "cpu_s": run["cpu_s"], "load_before": run["load_before"], "prune_s": rep["timings"].get("prune_s"),
             "pick_rate": ch["rate"] if ch else None, "pick_bytes": pick["size_bytes"] if pick else None,
             "pick_sha256": pick["sha256"] if pick else None, "converted": conv, "curve": curve}
 

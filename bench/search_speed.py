@@ -24,16 +24,13 @@ from __future__ import annotations
 
 import json
 import os
-import resource
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import machine, write  # noqa: E402
+from _common import machine, timed_run, write  # noqa: E402
 
 COMMON = ["--runs", "3", "--warmup", "1", "--min-secs", "0", "--warmup-min-secs", "0", "--force", "--json"]
 DATA_FREE = ["--criterion", "paoding", "--no-compensate", "--allocation", "uniform"]
@@ -42,15 +39,8 @@ DATA_FREE = ["--criterion", "paoding", "--no-compensate", "--allocation", "unifo
 def one(name: str, extra: list[str], out: Path, cache: Path) -> dict:
     env = dict(os.environ, EDGEPRUNE_CACHE_DIR=str(cache))
     cmd = [sys.executable, "-m", "edgeprune", "run", "--out", str(out), *COMMON, *extra]
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    load = os.getloadavg()[0]
-    t0 = time.perf_counter()
-    p = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    wall = time.perf_counter() - t0
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    if p.returncode not in (0, 3):
-        raise SystemExit(f"{name} failed ({p.returncode}):\n{p.stderr[-3000:]}")
-    rep = json.loads(p.stdout)
+    run = timed_run(name, cmd, env)
+    rep = run["report"]
     ch = rep["chosen"]
     cand = next((c for c in rep["candidates"] if ch and c["index"] == ch["index"]), None)
     t = rep["timings"]
@@ -59,9 +49,8 @@ def one(name: str, extra: list[str], out: Path, cache: Path) -> dict:
     return {"converted": converted, "screened": len(sc.get("screened", [])),
             "conversions_saved": sc.get("conversions_saved", 0), "on_demand": len(sc.get("converted_on_demand", [])),
             "margin": (sc.get("margin") or {}).get("score"),
-            "row": name, "command": "edgeprune run " + " ".join(extra), "exit": p.returncode, "wall_s": round(wall, 1),
-            "cpu_s": round((after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime), 1),
-            "load_before": round(load, 2), "candidates": len(rep["candidates"]),
+            "row": name, "command": "edgeprune run " + " ".join(extra), "exit": run["exit"], "wall_s": run["wall_s"],
+            "cpu_s": run["cpu_s"], "load_before": run["load_before"], "candidates": len(rep["candidates"]),
             "pick_rate": ch["rate"] if ch else None, "pick_bytes": cand["size_bytes"] if cand else None,
             "pick_sha256": cand["sha256"] if cand else None,
             "pick_fidelity": cand["fidelity"]["score"] if cand else None,

@@ -81,3 +81,13 @@ def narrowest(g, min_keep: float, config) -> int:
     if round_to > 1:
         floor = max(round_to, -(-floor // round_to) * round_to)
     return floor
+
+
+def removal(state, g, sel):
+    """A copy of ``state`` with the criterion's selection ``sel`` on group ``g`` applied: its
+    merges first (exact), then its removals."""
+    trial = state.copy()
+    for removed, into, scale in sel.merges:
+        trial.merge(g.id, removed, into, scale)
+    trial.remove(g.id, sel.remove)
+    return trial

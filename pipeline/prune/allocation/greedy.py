@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from edgeprune.pipeline.prune.allocation.base import Allocation, narrowest, prunable_params, set_refit
+from edgeprune.pipeline.prune.allocation.base import Allocation, narrowest, prunable_params, removal, set_refit
 from edgeprune.pipeline.prune.calib import batch_moments, layer_inputs, layer_inputs_and_outputs, output_loss, outputs
 from edgeprune.pipeline.prune.graph import layout_indices
 from edgeprune.pipeline.prune.allocation.table import table_mode, table_round
@@ -163,10 +163,7 @@ class GlobalGreedy(Allocation):
         """The state after removing ``n`` channels of group ``g`` (criterion's choice), with
         the directly consuming layers refitted when compensation is on."""
         sel = pruner.criterion.select(pruner.ctx, g, n)
-        trial = state.copy()
-        for removed, into, scale in sel.merges:
-            trial.merge(g.id, removed, into, scale)
-        trial.remove(g.id, sel.remove)
+        trial = removal(state, g, sel)
         keep_local = np.setdiff1d(np.arange(state.sizes[g.id]), np.asarray(sel.remove, dtype=np.int64))
         refit = []
         comp = self._comp if self._comp is not None else pruner.compensator

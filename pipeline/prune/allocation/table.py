@@ -19,7 +19,7 @@ import math
 
 import numpy as np
 
-from edgeprune.pipeline.prune.allocation.base import narrowest, prunable_params
+from edgeprune.pipeline.prune.allocation.base import narrowest, prunable_params, removal
 
 # a round's trials, one per group, cost (groups x the model's MACs per sample) on every scoring row;
 # above this the greedy takes table rounds
@@ -97,10 +97,7 @@ def table_round(alloc, pruner, rnd) -> bool:
         if want <= 0:
             continue
         sel = pruner.criterion.select(pruner.ctx, g, want)
-        trial = pruner.state.copy()
-        for removed, into, scale in sel.merges:
-            trial.merge(g.id, removed, into, scale)
-        trial.remove(g.id, sel.remove)
+        trial = removal(pruner.state, g, sel)
         before = prunable_params(graph, pruner.state)
         pruner.state = pruner.ctx.state = trial
         changed = True
