@@ -332,6 +332,9 @@ def test_trials_on_a_residual_network_run_on_from_the_live_tensors_bit_for_bit(m
     from edgeprune.pipeline.prune.allocation import greedy as G
     from edgeprune.pipeline.prune.layerwise import Layerwise
 
+    from edgeprune.pipeline.prune import calib
+
+    monkeypatch.setattr(calib, "COMPILE_MIN_S", float("inf"))  # (eager calls: the layer-wise path)
     model = residual_net()
     cal = np.random.default_rng(6).uniform(0, 1, (40, 10, 10, 3)).astype(np.float32)
     real, walks, same = G._trial_outputs, [], []
@@ -354,3 +357,81 @@ def test_trials_on_a_residual_network_run_on_from_the_live_tensors_bit_for_bit(m
     assert len(same) >= 10 and all(same), same
     assert any(s > 0 for s in walks)  # trials resumed in the middle of the model
     assert walks.count(0) >= 1  # the round's pass that keeps the live tensors
+
+
+def bn_residual_net():
+    keras.utils.set_random_seed(13)
+    L = keras.layers
+    x = keras.Input((12, 12, 3))
+    h = L.Conv2D(8, 3, padding="same", use_bias=False, name="stem")(x)
+    h = L.BatchNormalization(name="bn0")(h)
+    h = L.ReLU(6.0, name="r0")(h)
+    for b in range(2):
+        r = L.Conv2D(16, 1, use_bias=False, name=f"e{b}")(h)
+        r = L.BatchNormalization(name=f"bne{b}")(r)
+        r = L.ReLU(6.0, name=f"re{b}")(r)
+        r = L.DepthwiseConv2D(3, padding="same", use_bias=False, name=f"dw{b}")(r)
+        r = L.BatchNormalization(name=f"bnd{b}")(r)
+        r = L.Conv2D(8, 1, use_bias=False, name=f"p{b}")(r)
+        r = L.BatchNormalization(name=f"bnp{b}")(r)
+        h = L.Add(name=f"add{b}")([h, r])
+    h = L.GlobalAveragePooling2D(name="gap")(h)
+    out = L.Dense(5, activation="softmax", name="out")(h)
+    model = keras.Model(x, out)
+    rng = np.random.default_rng(3)
+    for layer in model.layers:  # moving statistics that do something
+        if isinstance(layer, L.BatchNormalization):
+            g, b, m, v = layer.get_weights()
+            layer.set_weights([rng.uniform(0.5, 1.5, g.shape), rng.normal(0, 0.1, b.shape),
+                               rng.normal(0, 0.2, m.shape), rng.uniform(0.5, 2.0, v.shape)])
+    return model
+
+
+def test_a_slow_model_runs_traced_once_with_the_eager_numbers(monkeypatch):
+    """A model whose eager call took COMPILE_MIN_S runs as one traced graph from its next call on:
+    traced once for every batch size, its outputs the eager ones (to 1e-6: the same kernels), and
+    weights set afterwards are what the traced graph computes with."""
+    from edgeprune.pipeline.prune import calib
+
+    model = bn_residual_net()
+    x = np.random.default_rng(4).uniform(0, 1, (70, 12, 12, 3)).astype(np.float32)
+    eager = np.asarray(model(x, training=False), dtype=np.float64)
+    monkeypatch.setattr(calib, "COMPILE_MIN_S", float("inf"))
+    assert not calib.traced(model, x[:5])  # (one eager call, timed)
+    monkeypatch.setattr(calib, "COMPILE_MIN_S", 0.0)
+    assert calib.traced(model)
+    got = outputs(model, x)  # the first batch traces it
+    assert model in calib._COMPILED
+    np.testing.assert_allclose(got, eager, rtol=0, atol=1e-6)
+    got2 = outputs(model, x[:33])  # another batch size: no new trace
+    np.testing.assert_allclose(got2, eager[:33], rtol=0, atol=1e-6)
+    assert calib._COMPILED[model].experimental_get_tracing_count() == 1
+    ws = model.get_layer("p1").get_weights()
+    model.get_layer("p1").set_weights([np.zeros_like(w) for w in ws])  # the traced graph reads the new weights
+    changed = np.asarray(model(x, training=False), dtype=np.float64)
+    assert np.abs(changed - eager).max() > 1e-4
+    np.testing.assert_allclose(outputs(model, x), changed, rtol=0, atol=1e-6)
+    assert calib._COMPILED[model].experimental_get_tracing_count() == 1
+
+
+@pytest.mark.slow
+def test_traced_trials_give_the_eager_greedys_widths(monkeypatch):
+    """The greedy with every model traced (whole-model trials on a residual network, traced round
+    passes) removes the same channels as with eager calls (the layer-wise trials)."""
+    from edgeprune.pipeline.prune import calib
+    from edgeprune.pipeline.prune.allocation import greedy as G
+
+    cal = np.random.default_rng(6).uniform(0, 1, (40, 12, 12, 3)).astype(np.float32)
+    got, real = {}, G._trial_outputs
+    for mode, min_s in (("eager", float("inf")), ("traced", 0.0)):
+        monkeypatch.setattr(calib, "COMPILE_MIN_S", min_s)
+        calls = []
+        monkeypatch.setattr(G, "_trial_outputs", lambda graph, rnd, masked: calls.append(calib.traced(rnd.model))
+                            or real(graph, rnd, masked))
+        p = Pruner(bn_residual_net(), PruneConfig(rate=0.4, criterion="flow", step=0.2, calibration=cal,
+                                                  compensate=True, allocation="global"))
+        p.step_to(0.2)
+        p.step_to(0.4)
+        assert calls and all(c == (mode == "traced") for c in calls), (mode, calls)
+        got[mode] = dict(p.state.sizes)
+    assert got["eager"] == got["traced"]

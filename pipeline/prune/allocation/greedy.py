@@ -432,10 +432,10 @@ def _prepare_trial(graph, rnd: _Round, masked: dict) -> None:
     first layer it changes, or, when that is not a closed sub-graph (a residual network's skip
     tensors cross it), the live tensors in front of every consumer on the scoring rows, kept once
     per round by one layer-wise pass (pipeline/prune/layerwise.py)."""
-    from edgeprune.pipeline.prune.calib import tail_model
+    from edgeprune.pipeline.prune.calib import tail_model, traced
 
     start = _trial_start(graph, rnd, masked)
-    if start is None:
+    if start is None or traced(rnd.model, rnd.xs):  # (the whole model, traced, costs less than a part op by op)
         return
     if start not in rnd.tails:
         rnd.tails[start] = tail_model(rnd.model, start)
@@ -447,15 +447,16 @@ def _prepare_trial(graph, rnd: _Round, masked: dict) -> None:
 
 
 def _trial_outputs(graph, rnd: _Round, masked: dict) -> np.ndarray:
-    """The round's model's outputs on the scoring rows with a trial's weights set: run on from
-    the scoring rows' input of the first layer the trial changes (the layers in front of it
-    compute what they computed for the round: the same numbers, without re-running them), from
-    the live tensors in front of it when that input alone does not determine the rest, or the
-    whole model."""
-    from edgeprune.pipeline.prune.calib import outputs_from
+    """The round's model's outputs on the scoring rows with a trial's weights set: the whole model
+    when it runs traced (calib.traced: a large model; one trace per round serves every trial),
+    else run on from the scoring rows' input of the first layer the trial changes (the layers in
+    front of it compute what they computed for the round: the same numbers, without re-running
+    them), from the live tensors in front of it when that input alone does not determine the
+    rest, or the whole model."""
+    from edgeprune.pipeline.prune.calib import outputs_from, traced
 
     start = _trial_start(graph, rnd, masked)
-    if start is not None:
+    if start is not None and not traced(rnd.model):
         tail = rnd.tails.get(start)
         if tail is not None:
             return outputs_from(rnd.model, tail, rnd.acts[start])

@@ -33,7 +33,7 @@ def _gradients(model, x, ref: np.ndarray) -> dict[str, list]:
         with tf.GradientTape() as tape:
             for v in flat:
                 tape.watch(v.value)
-            out = _call(model, xb)
+            out = _call(model, xb, compiled=False)  # (the tape watches the weights)
             out = out[0] if isinstance(out, (list, tuple)) else out
             out = tf.reshape(out, (tf.shape(out)[0], -1))
             if is_probability(ref):
