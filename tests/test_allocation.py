@@ -334,7 +334,7 @@ def test_trials_on_a_residual_network_run_on_from_the_live_tensors_bit_for_bit(m
 
     from edgeprune.pipeline.prune import calib
 
-    monkeypatch.setattr(calib, "COMPILE_MIN_S", float("inf"))  # (eager calls: the layer-wise path)
+    monkeypatch.setattr(calib, "COMPILE_MIN_BYTES", float("inf"))  # (eager calls: the layer-wise path)
     model = residual_net()
     cal = np.random.default_rng(6).uniform(0, 1, (40, 10, 10, 3)).astype(np.float32)
     real, walks, same = G._trial_outputs, [], []
@@ -387,21 +387,30 @@ def bn_residual_net():
     return model
 
 
-def test_a_slow_model_runs_traced_once_with_the_eager_numbers(monkeypatch):
-    """A model whose eager call took COMPILE_MIN_S runs as one traced graph from its next call on:
-    traced once for every batch size, its outputs the eager ones (to 1e-6: the same kernels), and
-    weights set afterwards are what the traced graph computes with."""
+def test_a_heavy_model_runs_traced_once_with_the_eager_numbers(monkeypatch):
+    """A model with COMPILE_MIN_BYTES of activations per sample runs as one traced graph from its
+    second call on: traced once for every batch size, its outputs the eager ones (to 1e-6: the same
+    kernels; equal bit for bit on this machine), and weights set afterwards are what the traced
+    graph computes with. A lighter model is never traced."""
+    from edgeprune.pipeline.data.batching import activation_bytes_per_sample
     from edgeprune.pipeline.prune import calib
 
     model = bn_residual_net()
     x = np.random.default_rng(4).uniform(0, 1, (70, 12, 12, 3)).astype(np.float32)
     eager = np.asarray(model(x, training=False), dtype=np.float64)
-    monkeypatch.setattr(calib, "COMPILE_MIN_S", float("inf"))
-    assert not calib.traced(model, x[:5])  # (one eager call, timed)
-    monkeypatch.setattr(calib, "COMPILE_MIN_S", 0.0)
+    size = activation_bytes_per_sample(model)
+    monkeypatch.setattr(calib, "COMPILE_MIN_BYTES", size + 1)
+    light = bn_residual_net()
+    outputs(light, x)
+    outputs(light, x)
+    assert not calib.traced(light) and light not in calib._COMPILED
+    monkeypatch.setattr(calib, "COMPILE_MIN_BYTES", size)
     assert calib.traced(model)
-    got = outputs(model, x)  # the first batch traces it
+    first = outputs(model, x)  # (one batch: one call) the first call eager,
+    assert model not in calib._COMPILED
+    got = outputs(model, x)  # the next traced
     assert model in calib._COMPILED
+    np.testing.assert_array_equal(first, eager)
     np.testing.assert_allclose(got, eager, rtol=0, atol=1e-6)
     got2 = outputs(model, x[:33])  # another batch size: no new trace
     np.testing.assert_allclose(got2, eager[:33], rtol=0, atol=1e-6)
@@ -423,8 +432,8 @@ def test_traced_trials_give_the_eager_greedys_widths(monkeypatch):
 
     cal = np.random.default_rng(6).uniform(0, 1, (40, 12, 12, 3)).astype(np.float32)
     got, real = {}, G._trial_outputs
-    for mode, min_s in (("eager", float("inf")), ("traced", 0.0)):
-        monkeypatch.setattr(calib, "COMPILE_MIN_S", min_s)
+    for mode, min_bytes in (("eager", float("inf")), ("traced", 0)):
+        monkeypatch.setattr(calib, "COMPILE_MIN_BYTES", min_bytes)
         calls = []
         monkeypatch.setattr(G, "_trial_outputs", lambda graph, rnd, masked: calls.append(calib.traced(rnd.model))
                             or real(graph, rnd, masked))

@@ -7,7 +7,6 @@ samples), or synthetic inputs in the declared input range when there is no data 
 from __future__ import annotations
 
 import contextlib
-import os
 import weakref
 
 import numpy as np
@@ -50,64 +49,73 @@ def _batches(x, model=None):
 
 
 _COMPILED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # model -> its traced forward pass
-_EAGER_S: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # model -> its slowest eager call (s)
-COMPILE = os.environ.get("EDGEPRUNE_COMPILE", "1") != "0"
-# a model whose eager call took at least this long is traced for its next calls: a Keras model
-# called eagerly runs op by op (MobileNetV2-224 on 22 images: 2.2 s eager, 0.26 s traced, the same
-# numbers); a small model's call costs less than its trace (the bundled example: 21.5 s of pruning
-# eager, 27.5 s with every call traced)
-COMPILE_MIN_S = 0.1
+_CALLS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # model -> its eager calls so far
+_BYTES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # model -> its activation bytes per sample
+# a model with at least this many bytes of activations per sample (all layers) is traced from its
+# second call on: called eagerly, a Keras model runs op by op (MobileNetV2-224, 83 MB per sample, on
+# 22 images: 2.2 s eager, 0.26 s traced, the same numbers); a small model's calls cost less than
+# its traces (the bundled example, 0.2 MB per sample: 21.5 s of pruning eager, 27.5 s with every
+# call traced). A property of the model, not a timing: the same model takes the same path everywhere.
+COMPILE_MIN_BYTES = 512 * 2**10
+
+
+def heavy(model) -> bool:
+    """Whether ``model`` runs traced from its second call on (:data:`COMPILE_MIN_BYTES`)."""
+    from edgeprune.pipeline.data.batching import activation_bytes_per_sample
+
+    size = _BYTES.get(model)
+    if size is None:
+        try:
+            size = activation_bytes_per_sample(model)
+        except Exception:  # noqa: BLE001 - a model whose layers cannot be sized: eager calls
+            size = 0
+        _BYTES[model] = size
+    return size >= COMPILE_MIN_BYTES
+
+
+def traced(model) -> bool:
+    """Whether ``model``'s calls run (or will run, from the second on) as one traced graph: then
+    running it whole costs less than running part of it op by op."""
+    return model in _COMPILED or heavy(model)
 
 
 def _compiled(model, xb):
     """``model``'s forward pass as one traced graph (tf.function, inference), traced once for any
-    batch size, once an eager call of it took :data:`COMPILE_MIN_S`; None: call it eagerly."""
+    batch size, from a :func:`heavy` model's second call on; None: call it eagerly."""
     fn = _COMPILED.get(model)
-    if fn is None and _EAGER_S.get(model, 0.0) >= COMPILE_MIN_S:
-        import tensorflow as tf
+    if fn is None:
+        calls = _CALLS.get(model, 0)
+        _CALLS[model] = calls + 1
+        if calls >= 1 and heavy(model):
+            import tensorflow as tf
 
-        ref = weakref.ref(model)  # (the cache must not keep the model alive)
-        spec = tf.TensorSpec((None,) + tuple(np.shape(xb))[1:], tf.float32)
-        fn = tf.function(lambda t: ref()(t, training=False), input_signature=[spec], autograph=False)
-        _COMPILED[model] = fn
+            ref = weakref.ref(model)  # (the cache must not keep the model alive)
+            spec = tf.TensorSpec((None,) + tuple(np.shape(xb))[1:], tf.float32)
+            fn = tf.function(lambda t: ref()(t, training=False), input_signature=[spec], autograph=False)
+            _COMPILED[model] = fn
     return fn
 
 
-def traced(model, x=None) -> bool:
-    """Whether ``model``'s calls run as one traced graph (:func:`_compiled`). With samples ``x``, an
-    untraced model is first run once on them eagerly to find out (a model run whole, traced, is
-    cheaper than running part of it op by op)."""
-    if COMPILE and model not in _COMPILED and model not in _EAGER_S and x is not None:
-        outputs(model, x)
-    return COMPILE and (model in _COMPILED or _EAGER_S.get(model, 0.0) >= COMPILE_MIN_S)
-
-
 def _call(model, xb, compiled: bool = True):
-    """``model`` on the batch ``xb`` for inference; ``compiled``: as one traced graph once the
-    model has proved slow eagerly (see :data:`COMPILE_MIN_S`; a gradient tape over the weights
-    needs the eager call)."""
-    import time
+    """``model`` on the batch ``xb`` for inference; ``compiled``: as one traced graph from a heavy
+    model's second call on (:func:`heavy`; a gradient tape over the weights needs the eager call)."""
     import warnings
 
-    compiled = compiled and COMPILE and isinstance(xb, np.ndarray) and xb.dtype == np.float32
+    compiled = compiled and isinstance(xb, np.ndarray) and xb.dtype == np.float32
     with warnings.catch_warnings():  # Keras warns when a 1-input model gets a bare tensor
         warnings.simplefilter("ignore")
         fn = _compiled(model, xb) if compiled else None
-        if fn is not None:
-            import logging
+        if fn is None:
+            return model(xb, training=False)
+        import logging
 
-            log = logging.getLogger("tensorflow")
-            level = log.level
-            log.setLevel(logging.ERROR)  # each model is a new tf.function: TF warns that they "retrace"
-            try:
-                return fn(xb)
-            finally:
-                log.setLevel(level)
-        t0 = time.perf_counter()
-        out = model(xb, training=False)
-        if compiled:
-            _EAGER_S[model] = max(_EAGER_S.get(model, 0.0), time.perf_counter() - t0)
-        return out
+        log = logging.getLogger("tensorflow")
+        level = log.level
+        log.setLevel(logging.ERROR)  # each model is a new tf.function: TF warns that they "retrace"
+        try:
+            return fn(xb)
+        finally:
+            log.setLevel(level)
 
 
 def layer_inputs(model, names: list[str], x: np.ndarray) -> dict[str, np.ndarray]:
@@ -230,8 +238,6 @@ def layer_inputs_and_outputs(model, names: list[str], x: np.ndarray) -> tuple[di
     outs_y = []
     for xb in _batches(x, model):
         outs = _call(feats, xb)
-        if feats in _EAGER_S:  # (it ran the whole model: as slow eagerly as ``model`` is)
-            _EAGER_S[model] = max(_EAGER_S.get(model, 0.0), _EAGER_S[feats])
         outs = list(outs) if isinstance(outs, (list, tuple)) else [outs]
         for i, o in enumerate(outs[:-1]):
             parts[i].append(np.asarray(o, dtype=np.float32))

@@ -70,7 +70,7 @@ class Layerwise:
                 kept[name] = dict(vals)
             if name in visit:
                 visit[name](vals[id(ins[0])])
-            parts = []
+            full = None  # the node's outputs on every sample, filled batch by batch (no second copy)
             batch = self._batch(node, vals, ins)
             for a in range(0, count, batch):
                 args, kwargs = node.arguments.fill_in({id(t): vals[id(t)][a:a + batch] for t in ins})
@@ -79,10 +79,19 @@ class Layerwise:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
                     out = op(*args, **kwargs)
-                parts.append([np.asarray(o, dtype=np.float32) for o in tree.flatten(out)])
+                outs = [np.asarray(o, dtype=np.float32) for o in tree.flatten(out)]
+                del out
+                if full is None:
+                    if batch >= count:
+                        full = outs
+                        break
+                    full = [np.empty((count,) + o.shape[1:], dtype=np.float32) for o in outs]
+                for f, o in zip(full, outs):
+                    f[a:a + len(o)] = o
+                del outs
             for i, t in enumerate(node.outputs):
-                vals[id(t)] = np.concatenate([p[i] for p in parts]) if len(parts) > 1 else parts[0][i]
-            del parts
+                vals[id(t)] = full[i]
+            del full
             for t in ins:
                 uses[id(t)] -= 1
                 if uses[id(t)] == 0 and id(t) != out_id:

@@ -206,6 +206,7 @@ class GlobalGreedy(Allocation):
             pruner.ctx.state = state
             pruner.ctx.build = lambda: model
             gone, names = _consumers_left(pruner, state)
+            rnd, self._acts = None, {}  # (the last round's inputs go before this round's pass)
             # ONE pass of the calibration samples through the round's model: every consumer's
             # input (the flow criterion's moments, the trial refits' inputs on the fit rows, the
             # trials' inputs on the scoring rows) and the output (the round's loss)
@@ -216,15 +217,22 @@ class GlobalGreedy(Allocation):
             fit = self._fit_rows(len(x)) if self._comp is not None else np.arange(len(x))
             comp = self._comp if self._comp is not None else pruner.compensator
             # (a refit's inputs on ITS samples: a Compensator keeps at most max_samples of the fit rows)
-            self._acts = {n: a[fit][:len(comp.x)] for n, a in acts.items()} if comp is not None else {}
             score = self._score_rows(len(x))
+            # the fit and scoring rows of each layer's inputs, taken one layer at a time (the round's
+            # pass is let go layer by layer: never held twice)
+            acts, score_acts = dict(acts), {}
+            for n in list(acts):
+                a = acts.pop(n)
+                if comp is not None:
+                    self._acts[n] = a[fit][:len(comp.x)]
+                score_acts[n] = a[score]
+                del a
             xs, refs = x[score], ref[score]
             base = output_loss(out[score], refs)
             p_now = prunable_params(graph, state)
             rnd = _Round(model=model, xs=xs, refs=refs, base=base, p_now=p_now, remaining=remaining, gone=gone,
-                         res_now=res_now if obj is not None else None, names=names, tails={},
-                         acts={n: a[score] for n, a in acts.items()})
-            del acts, out
+                         res_now=res_now if obj is not None else None, names=names, tails={}, acts=score_acts)
+            del acts, out, score_acts
             if self._use_table:  # several chunks per round: pipeline/prune/allocation/table.py
                 if not table_round(self, pruner, rnd):
                     break
@@ -258,7 +266,7 @@ class GlobalGreedy(Allocation):
             self.log.append(row)
             model = pruner.build()
         pruner.ctx.build = pruner.build
-        self._acts = {}
+        self._acts, rnd = {}, None
         if pruner.compensator is not None and rate > 0:  # on the model of the state (built after the last chunk)
             pruner.compensator.refit(pruner.state, lambda: model)  # (sets the refitted weights on it)
         self._last_model = (pruner.state, model)
@@ -435,7 +443,7 @@ def _prepare_trial(graph, rnd: _Round, masked: dict) -> None:
     from edgeprune.pipeline.prune.calib import tail_model, traced
 
     start = _trial_start(graph, rnd, masked)
-    if start is None or traced(rnd.model, rnd.xs):  # (the whole model, traced, costs less than a part op by op)
+    if start is None or traced(rnd.model):  # (the whole model, traced, costs less than a part op by op)
         return
     if start not in rnd.tails:
         rnd.tails[start] = tail_model(rnd.model, start)
