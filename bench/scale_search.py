@@ -50,9 +50,10 @@ def main() -> int:
         raise SystemExit(f"run failed ({p.returncode}):\n{p.stderr[-3000:]}")
     rep = json.loads(p.stdout)
     t = rep["timings"]
-    cands = [{"rate": c["rate"], "params": c.get("params"), "prune_s": c.get("prune_s"),
-              "size_bytes": c.get("size_bytes"), "converted": bool(c.get("sha256")),
-              "made_by": (c.get("made_by") or {}).get("allocation")} for c in rep["candidates"]]
+    cands = [{"rate": c["rate"], "params": c.get("params"), "prune_s": (c.get("timings") or {}).get("prune_s"),
+              "keras_s": (c.get("timings") or {}).get("keras_s"), "size_bytes": c.get("size_bytes"),
+              "converted": bool(c.get("sha256")), "made_by": (c.get("made_by") or {}).get("allocation")}
+             for c in rep["candidates"]]
     row = {"command": "edgeprune run --model mobilenetv2_224.keras --data img224_1000.npz " + " ".join(ARGS),
            "exit": p.returncode, "wall_s": round(wall, 1),
            "cpu_s": round((after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime), 1),
@@ -70,8 +71,11 @@ def main() -> int:
              + " | ".join(f"{row['timings'].get(k)} s" for k in ("load_s", "prune_s", "keras_s", "convert_s",
                                                                    "fidelity_s", "device_s")) + " |", "",
              "Must show: <= 10 min (600 s) wall on 2 cores, peak RSS < 4 GB.", "",
-             "| rate | prune s (this step) | converted |", "|---|---|---|"]
-    lines += [f"| {c['rate']} | {c['prune_s']} | {'yes' if c['converted'] else 'no (screened)'} |" for c in cands]
+             "| rate | parameters | prune s (this step) | Keras screening s | converted |", "|---|---|---|---|---|"]
+    lines += [f"| {c['rate']} | {c['params']:,} | {c['prune_s']} | {c['keras_s']} | "
+              f"{'yes' if c['converted'] else 'no (screened)'} |" for c in cands]
+    lines += ["", f"Allocation: {cands[-1]['made_by']}.", "",
+              "Peak RSS: the child's `ru_maxrss` (KiB) x 1024 bytes, in GB of 1e9 bytes."]
     write("scale_search", out, "\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0

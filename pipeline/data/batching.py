@@ -225,3 +225,23 @@ def iter_batches(x, batch_size: int) -> Iterator[tuple[int, np.ndarray]]:
 
 def is_lazy(x) -> bool:
     return isinstance(x, _Lazy)
+
+
+def release_free_memory() -> None:
+    """Give the C heap's free pages back to the system (glibc ``malloc_trim``; nothing elsewhere).
+    A conversion or a prune step frees its temporaries, but the heap keeps the pages: on
+    MobileNetV2-224 an int8 conversion left 0.27 GB resident after it was freed. Called between
+    candidates so that the next step starts from what is really in use."""
+    import ctypes
+    import ctypes.util
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        trim = libc.malloc_trim
+    except (OSError, AttributeError):  # not glibc (musl has no malloc_trim)
+        return
+    trim.argtypes = [ctypes.c_size_t]
+    trim(0)
