@@ -230,8 +230,8 @@ def is_lazy(x) -> bool:
 def release_free_memory() -> None:
     """Give the C heap's free pages back to the system (glibc ``malloc_trim``; nothing elsewhere).
     A conversion or a prune step frees its temporaries, but the heap keeps the pages: on
-    MobileNetV2-224 an int8 conversion left 0.27 GB resident after it was freed. Called between
-    candidates so that the next step starts from what is really in use."""
+    MobileNetV2-224 an int8 conversion left 0.27 GB resident after it was freed. Called at the start
+    of every prune step (Pruner.step_to) so that it starts from what is really in use."""
     import ctypes
     import ctypes.util
     import sys

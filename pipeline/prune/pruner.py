@@ -179,6 +179,9 @@ class Pruner:
     def step_to(self, rate: float) -> None:
         """Prune every prunable group down to ``target_width(size, rate)`` in one step (or let
         the allocation strategy do the step, e.g. the global greedy)."""
+        from edgeprune.pipeline.data.batching import release_free_memory
+
+        release_free_memory()  # (what the last candidate's conversion and step freed)
         self.ctx.state = self.state
         log = getattr(self.config.allocation, "log", None)
         n0 = len(log) if isinstance(log, list) else None

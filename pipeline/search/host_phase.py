@@ -403,12 +403,9 @@ class HostPhase:
         from edgeprune.pipeline.convert import converter as conv
         from edgeprune.pipeline.search.predict import predict
 
-        from edgeprune.pipeline.data.batching import release_free_memory
-
         c = self.ctx.config
         name = candidate_name(i, rate)
         self.ctx.emit("candidate_start", index=i, rate=rate, total=len(self.rates))
-        release_free_memory()  # (what the last candidate's conversion and step freed)
         t0 = time.perf_counter()
         ahead = self.lookahead.take(i) if self.lookahead is not None else None
         if ahead is not None:  # pruned ahead and converting in a worker (convert_pool)

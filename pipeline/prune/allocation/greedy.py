@@ -218,15 +218,7 @@ class GlobalGreedy(Allocation):
             comp = self._comp if self._comp is not None else pruner.compensator
             # (a refit's inputs on ITS samples: a Compensator keeps at most max_samples of the fit rows)
             score = self._score_rows(len(x))
-            # the fit and scoring rows of each layer's inputs, taken one layer at a time (the round's
-            # pass is let go layer by layer: never held twice)
-            acts, score_acts = dict(acts), {}
-            for n in list(acts):
-                a = acts.pop(n)
-                if comp is not None:
-                    self._acts[n] = a[fit][:len(comp.x)]
-                score_acts[n] = a[score]
-                del a
+            self._acts, score_acts = _split_rows(acts, fit, len(comp.x) if comp is not None else 0, score)
             xs, refs = x[score], ref[score]
             base = output_loss(out[score], refs)
             p_now = prunable_params(graph, state)
@@ -366,6 +358,20 @@ class GlobalGreedy(Allocation):
             blocks = sum(1 for gid in ref.layout if gid == g.id)
             total += blocks * (w.size // max(1, w.shape[ref.axis]))
         return total
+
+
+def _split_rows(acts: dict, fit, n_fit: int, score) -> tuple[dict, dict]:
+    """(the first ``n_fit`` fit rows, the scoring rows) of each layer's inputs in ``acts``, taken one
+    layer at a time: the round's pass is let go layer by layer, never held twice (``acts`` itself is
+    not changed; the last round's pass may keep it)."""
+    acts, fits, scores = dict(acts), {}, {}
+    for n in list(acts):
+        a = acts.pop(n)
+        if n_fit:
+            fits[n] = a[fit][:n_fit]
+        scores[n] = a[score]
+        del a
+    return fits, scores
 
 
 def _consumers_left(pruner, state):
