@@ -121,7 +121,7 @@ def code_version() -> str:
 def timed_run(name: str, cmd: list, env=None) -> dict:
     """One child run of ``cmd`` (an ``edgeprune run ... --json``): its report, exit code (0 or 3;
     anything else stops the bench), wall seconds, CPU seconds (user + system, from the children's
-    rusage) and the 1-minute load average before it."""
+    rusage), the peak RSS (GB of 1e9 bytes) and the 1-minute load average before it."""
     import resource
     import subprocess
 
@@ -135,4 +135,5 @@ def timed_run(name: str, cmd: list, env=None) -> dict:
         raise SystemExit(f"{name} failed ({p.returncode}):\n{p.stderr[-3000:]}")
     return {"report": json.loads(p.stdout), "exit": p.returncode, "wall_s": round(wall, 1),
             "cpu_s": round((after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime), 1),
-            "load_before": round(load, 2)}
+            # (the largest child waited for so far: this run's when it is the bench's only or biggest one)
+            "peak_rss_gb": round(after.ru_maxrss * 1024 / 1e9, 2), "load_before": round(load, 2)}

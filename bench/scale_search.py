@@ -16,18 +16,14 @@ Writes bench/results/scale_search.{json,md}. Needs ~4 GB of memory and ~15 min o
 """
 from __future__ import annotations
 
-import json
 import os
-import resource
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import machine, write  # noqa: E402
+from _common import machine, timed_run, write  # noqa: E402
 import scale  # noqa: E402
 
 ARGS = ["--step", "0.05", "--max-rate", "0.9", "--min-fidelity", "0.01", "--runs", "3", "--warmup", "1", "--json"]
@@ -40,24 +36,15 @@ def main() -> int:
         env = dict(os.environ, EDGEPRUNE_CACHE_DIR=str(Path(tmp) / "cache"))
         cmd = [sys.executable, "-m", "edgeprune", "run", "--model", str(model), "--data", str(data),
                "--out", str(Path(tmp) / "out"), *ARGS]
-        load = os.getloadavg()[0]
-        before = resource.getrusage(resource.RUSAGE_CHILDREN)
-        t0 = time.perf_counter()
-        p = subprocess.run(cmd, capture_output=True, text=True, env=env)
-        wall = time.perf_counter() - t0
-        after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    if p.returncode not in (0, 3):
-        raise SystemExit(f"run failed ({p.returncode}):\n{p.stderr[-3000:]}")
-    rep = json.loads(p.stdout)
+        run = timed_run("mobilenetv2 search", cmd, env)
+    rep = run["report"]
     t = rep["timings"]
     cands = [{"rate": c["rate"], "params": c.get("params"), "prune_s": (c.get("timings") or {}).get("prune_s"),
               "keras_s": (c.get("timings") or {}).get("keras_s"), "size_bytes": c.get("size_bytes"),
               "converted": bool(c.get("sha256")), "made_by": (c.get("made_by") or {}).get("allocation")}
              for c in rep["candidates"]]
     row = {"command": "edgeprune run --model mobilenetv2_224.keras --data img224_1000.npz " + " ".join(ARGS),
-           "exit": p.returncode, "wall_s": round(wall, 1),
-           "cpu_s": round((after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime), 1),
-           "peak_rss_gb": round(after.ru_maxrss * 1024 / 1e9, 2), "load_before": round(load, 2),
+           **{k: run[k] for k in ("exit", "wall_s", "cpu_s", "peak_rss_gb", "load_before")},
            "timings": {k: t.get(k) for k in ("load_s", "prune_s", "keras_s", "convert_s", "fidelity_s", "device_s",
                                              "total_s")},
            "chosen_rate": (rep.get("chosen") or {}).get("rate"), "candidates": cands}
