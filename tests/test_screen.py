@@ -110,3 +110,88 @@ def test_a_screened_candidate_failing_on_its_tflite_gives_way_to_the_next_lower(
     for c in failed + [ca]:  # its pruning (when it was screened) is kept, its plan's replay added
         assert 0 < c["timings"]["replay_s"] < c["timings"]["prune_s"]
     assert ca["measurement"] is not None
+
+
+def _screen(model, x, y, min_fidelity: float, max_drop=None):
+    """A Screen on a stand-in run: ``model``'s outputs are the reference, the gap measured as 0."""
+    from types import SimpleNamespace
+
+    from edgeprune.pipeline.convert.fidelity import FidelityConfig
+    from edgeprune.pipeline.data.eval_data import EvalData
+    from edgeprune.pipeline.search.host_screen import Screen
+    from edgeprune.pipeline.search.verdict import clears
+
+    ctx = SimpleNamespace(data=EvalData(x=x, y=y, source="user"), reference=model(x).numpy(), fid_config=FidelityConfig())
+    checks = SimpleNamespace(min_fidelity=min_fidelity, max_drop=max_drop, confidence=None,
+                             fidelity_ok=lambda fr: clears(fr, min_fidelity, None))
+    s = Screen(ctx, checks, True)
+    s.observed = 1
+    return s
+
+
+def test_the_first_look_screens_on_a_quarter_and_otherwise_judges_every_sample(monkeypatch):
+    """A candidate agreeing well above the threshold is screened on the first look: its score is
+    its agreement on the seeded quarter of the samples, and the lower bound less the margin clears
+    the threshold. One that does not clear on the quarter gets the score on all samples, the same
+    as without the first look. No first look with --max-accuracy-drop, nor for a non-agreement metric."""
+    import numpy as np
+    import keras
+
+    from edgeprune.pipeline.search import host_screen
+    from edgeprune.pipeline.search.verdict import lower_bound
+
+    monkeypatch.delenv(MARGIN_ENV, raising=False)
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(400, 12)).astype(np.float32)
+    y = rng.integers(0, 5, size=400)
+    keras.utils.set_random_seed(3)
+    ref = keras.Sequential([keras.Input((12,)), keras.layers.Dense(16, activation="relu"),
+                            keras.layers.Dense(5, activation="softmax")])  # probabilities: top-1 agreement
+    cand = keras.models.clone_model(ref)
+    cand.set_weights([w + 0.15 * rng.normal(size=w.shape).astype(np.float32) for w in ref.get_weights()])
+    full_agree = float((cand(x).numpy().argmax(1) == ref(x).numpy().argmax(1)).mean())
+    assert 0.6 < full_agree < 0.97  # a candidate that is neither perfect nor hopeless
+
+    low = _screen(ref, x, None, 0.3)
+    idx = low.first_look()
+    assert len(idx) == 100 and len(set(idx.tolist())) == 100 and np.all(np.diff(idx) > 0)
+    k = low.keras_fidelity(cand, look=True)
+    want = float((cand(x[idx]).numpy().argmax(1) == ref(x[idx]).numpy().argmax(1)).mean())
+    assert k["n_samples"] == 100 and k["score"] == pytest.approx(want, abs=1e-12)
+    assert lower_bound(k["score"], 100, host_screen.FIRST_LOOK_CONFIDENCE) - low.margin()["score"] >= 0.3
+    assert low.partial(k) and low.clears(k)
+    low.observe(k, {"score": 0.0})  # a first look's score never measures the gap
+    assert low.gap == 0.0
+    rec = low.judge(cand, 1)
+    assert rec["screened"] and rec["keras"]["n_samples"] == 100
+
+    high = _screen(ref, x, None, 0.55)  # clears on all samples, not by a bound on a quarter
+    k = high.keras_fidelity(cand, look=True)
+    assert k["n_samples"] == 400 and k["score"] == pytest.approx(full_agree, abs=1e-12)
+    assert k == high.keras_fidelity(cand, look=False)
+    assert high.judge(cand, 1)["screened"] is (full_agree - high.margin()["score"] >= 0.55)
+
+    assert _screen(ref, x, y, 0.3, max_drop=5.0).first_look() is None
+    assert _screen(ref, x[:120], None, 0.3).first_look() is not None and _screen(ref, x[:100], None, 0.3).first_look() is None
+    one = keras.Sequential([keras.Input((12,)), keras.layers.Dense(3)])  # 3 free values: relative error, no proportion
+    assert _screen(one, x, None, 0.3).first_look() is None
+
+
+@pytest.mark.slow
+def test_the_first_look_through_the_cli(tmp_path, capsys, monkeypatch):
+    """A low threshold: the candidates are screened on 200 of the 800 evaluation samples, the
+    report says so, and the answer is the --no-screen run's."""
+    monkeypatch.delenv(MARGIN_ENV, raising=False)
+    code, a = run_json(capsys, ["--out", str(tmp_path / "a"), *FAST, "--min-fidelity", "0.5"])
+    assert code == 0
+    code, b = run_json(capsys, ["--out", str(tmp_path / "b"), *FAST, "--min-fidelity", "0.5", "--no-screen"])
+    assert code == 0
+    assert (_chosen(a)["rate"], _chosen(a)["sha256"]) == (_chosen(b)["rate"], _chosen(b)["sha256"])
+    screened = [c for c in a["candidates"] if (c.get("screen") or {}).get("screened")]
+    assert len(screened) >= 3
+    for c in screened:
+        assert c["screen"]["keras"]["n_samples"] == 200
+        assert "on 200 of 800 samples, 99.9 % lower bound" in c["not_measured"]
+        assert b["candidates"][c["index"]]["fidelity"]["score"] >= 0.5
+    assert all(s["keras_samples"] == 200 for s in a["screen"]["screened"])
+    assert "first look" in a["screen"]["method"]

@@ -11,6 +11,12 @@ threshold after the margin is subtracted is **screened**: its plan is saved, it 
 (no .tflite) and it is neither a pass nor a pick until converted. The others are converted and
 judged on the .tflite as without screening; the first .tflite failure stops the search.
 
+A first look decides most candidates on a quarter of the samples (at least 100; a seeded, fixed
+subset): when the metric is an agreement and only ``--min-fidelity`` is asked for, a candidate
+whose Wilson lower bound at 99.9 % on that subset, less the margin, still clears the threshold is
+screened on it (its record says on how many samples). Any other candidate is judged on the rest of
+the samples too, and so on all of them, as without the first look.
+
 The device phase converts, on demand and largest rate first, the screened candidates it reaches
 (:meth:`Screen.convert`): each from its saved plan, judged on its .tflite, and only then measured;
 one that fails on its .tflite is recorded as failing and the next lower rate is tried. So the
@@ -24,6 +30,7 @@ not converted at all; an explicit ``--jobs N`` > 1 asks for it, and then every c
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -32,6 +39,15 @@ from typing import Optional
 import numpy as np
 
 MARGIN_ENV = "EDGEPRUNE_SCREEN_MARGIN"  # a fixed margin instead of the measured one (tests: a screened candidate failing)
+# The first look (module doc): its share of the samples, its least size, its bound's confidence.
+FIRST_LOOK_SHARE = 4
+FIRST_LOOK_MIN = 100
+FIRST_LOOK_CONFIDENCE = 0.999
+
+
+def _rows(x, idx: np.ndarray):
+    """Samples ``idx`` of an array (a copy) or of a lazy sample array (a lazy subset, nothing read)."""
+    return x[idx] if isinstance(x, np.ndarray) else x.take(idx)
 
 
 class Screen:
@@ -63,8 +79,8 @@ class Screen:
 
     def observe(self, keras: dict, fr: dict) -> None:
         """A converted candidate's Keras and .tflite scores: the gap between them."""
-        if keras.get("score") is None or fr.get("score") is None:
-            return
+        if keras.get("score") is None or fr.get("score") is None or self.partial(keras):
+            return  # (a first look's score is not on the .tflite's samples)
         self.observed += 1
         self.gap = max(self.gap, float(keras["score"]) - float(fr["score"]))
         if keras.get("accuracy_drop") is not None and fr.get("accuracy_drop") is not None:
@@ -77,8 +93,33 @@ class Screen:
                 self.observe(r.screen["keras"], r.fidelity)
 
     # ---------------------------------------------------------------- judging on Keras
-    def keras_fidelity(self, km=None) -> dict:
-        """The fidelity of a pruned Keras model (None: the original, i.e. the reference itself)."""
+    def first_look(self) -> Optional[np.ndarray]:
+        """The sample indices of the first look (module doc), or None when it does not apply."""
+        from edgeprune.pipeline.convert import fidelity as fid
+        from edgeprune.pipeline.search.verdict import AGREEMENT_METRICS
+
+        n = len(self.ctx.data.x)
+        k = max(FIRST_LOOK_MIN, n // FIRST_LOOK_SHARE)
+        if k >= n or self.checks.max_drop is not None or self.checks.min_fidelity is None:
+            return None
+        if fid.choose_metric(np.asarray(self.ctx.reference), self.ctx.data.y, self.ctx.fid_config.metric) not in AGREEMENT_METRICS:
+            return None
+        return np.sort(np.random.default_rng(0).permutation(n)[:k])
+
+    def _score(self, out: np.ndarray, idx: Optional[np.ndarray] = None) -> dict:
+        from edgeprune.pipeline.convert import fidelity as fid
+
+        ctx, ref, data, cfg = self.ctx, np.asarray(self.ctx.reference), self.ctx.data, self.ctx.fid_config
+        if idx is not None:  # the first look: the same metric on its samples
+            ref = ref[idx]
+            data = dataclasses.replace(data, x=out, y=None if data.y is None else np.asarray(data.y)[idx])
+            cfg = dataclasses.replace(cfg, metric=fid.choose_metric(np.asarray(ctx.reference), ctx.data.y, cfg.metric))
+        d = fid.score_outputs(out, ref, data, cfg).to_dict()
+        return {k: d[k] for k in ("metric", "score", "score_name", "accuracy", "accuracy_drop", "n_samples")}
+
+    def keras_fidelity(self, km=None, look: bool = False) -> dict:
+        """The fidelity of a pruned Keras model (None: the original, i.e. the reference itself).
+        With ``look``, the first look's score when it screens the candidate (module doc)."""
         from edgeprune.pipeline.convert import fidelity as fid
 
         ctx = self.ctx
@@ -87,13 +128,24 @@ class Screen:
         level = log.level
         log.setLevel(logging.ERROR)  # each candidate is a new model: TF warns that its tf.function retraces
         try:
-            out = ctx.reference if km is None else fid.keras_outputs(km, ctx.data.x)
+            if km is None:
+                return self._score(np.asarray(ctx.reference))
+            idx = self.first_look() if look else None
+            if idx is None:
+                return self._score(fid.keras_outputs(km, ctx.data.x))
+            x = ctx.data.x
+            first = fid.keras_outputs(km, _rows(x, idx))
+            keras = self._score(first, idx)
+            if self.clears(keras):
+                return keras
+            rest = np.setdiff1d(np.arange(len(x)), idx)
+            out = np.empty((len(x), *first.shape[1:]), np.float32)
+            out[idx] = first
+            out[rest] = fid.keras_outputs(km, _rows(x, rest))
+            return self._score(out)
         finally:
             log.setLevel(level)
-        fr = fid.score_outputs(np.asarray(out), ctx.reference, ctx.data, ctx.fid_config)
-        self.keras_s += time.perf_counter() - t0
-        d = fr.to_dict()
-        return {k: d[k] for k in ("metric", "score", "score_name", "accuracy", "accuracy_drop")}
+            self.keras_s += time.perf_counter() - t0
 
     def judge(self, km, i: int) -> Optional[dict]:
         """Candidate ``i``'s ``screen`` record (None: screening off): its Keras score (candidate 0's
@@ -101,7 +153,7 @@ class Screen:
         if not self.enabled:
             return None
         t0 = time.perf_counter()
-        keras = self.keras_fidelity(km if i > 0 else None)
+        keras = self.keras_fidelity(km if i > 0 else None, look=self.active(i))
         out = self.record(keras, self.active(i) and self.clears(keras))
         out["keras_s"] = round(time.perf_counter() - t0, 4)
         return out
@@ -109,10 +161,20 @@ class Screen:
     def active(self, i: int) -> bool:
         return self.enabled and i > 0 and self.observed > 0
 
+    def partial(self, keras: dict) -> bool:
+        """Was this Keras score taken on the first look only (fewer than all samples)?"""
+        return int(keras.get("n_samples") or len(self.ctx.data.x)) < len(self.ctx.data.x)
+
     def clears(self, keras: dict) -> bool:
-        """Does the Keras score clear the fidelity threshold with the margin to spare?"""
+        """Does the Keras score clear the fidelity threshold with the margin to spare? A first
+        look's score counts by its lower bound (module doc)."""
+        from edgeprune.pipeline.search.verdict import lower_bound
+
         m = self.margin()
-        shifted = dict(keras, n_samples=len(self.ctx.data.x), score=keras["score"] - m["score"],
+        score = keras["score"]
+        if self.partial(keras):
+            score = lower_bound(score, int(keras["n_samples"]), FIRST_LOOK_CONFIDENCE)
+        shifted = dict(keras, n_samples=len(self.ctx.data.x), score=score - m["score"],
                        accuracy_drop=None if keras.get("accuracy_drop") is None else keras["accuracy_drop"] + m["points"])
         return self.checks.fidelity_ok(shifted)
 
@@ -126,7 +188,13 @@ class Screen:
     def text(self, rec) -> str:
         s = rec.screen
         k, parts = s["keras"], []
-        if self.checks.min_fidelity is not None:
+        if self.checks.min_fidelity is not None and self.partial(k):
+            from edgeprune.pipeline.search.verdict import lower_bound
+
+            low = lower_bound(k["score"], int(k["n_samples"]), FIRST_LOOK_CONFIDENCE)
+            parts.append(f"{k['score']:.4f} on {k['n_samples']} of {len(self.ctx.data.x)} samples, "
+                         f"99.9 % lower bound {low:.4f} >= {self.checks.min_fidelity:g} + margin {s['margin']:.4f}")
+        elif self.checks.min_fidelity is not None:
             parts.append(f"{k['score']:.4f} >= {self.checks.min_fidelity:g} + margin {s['margin']:.4f}")
         if self.checks.max_drop is not None and k.get("accuracy_drop") is not None:
             parts.append(f"accuracy drop {k['accuracy_drop']:.2f} + margin {s['margin_points']:.2f} <= {self.checks.max_drop:g} points")
@@ -180,10 +248,11 @@ class Screen:
         if not self.enabled:
             return None
         new = [r for r in candidates if not r.reused]
-        return {"enabled": True, "method": __doc__.split("\n\n")[1].replace("\n", " "),
+        return {"enabled": True, "method": " ".join(__doc__.split("\n\n")[1:3]).replace("\n", " "),
                 "margin": self.margin(), "gap": round(self.gap, 6), "gap_points": round(self.gap_points, 6),
                 "allowance": round(self.allowance, 6),
                 "screened": [{"index": r.index, "rate": r.rate, "keras_score": r.screen["keras"]["score"],
+                              "keras_samples": r.screen["keras"].get("n_samples"),
                               "margin": r.screen["margin"]} for r in candidates if r.screened],
                 "converted_on_demand": list(self.on_demand), "on_demand_s": round(self.on_demand_s, 3),
                 "conversions_saved": len([r for r in new if r.screened]),
