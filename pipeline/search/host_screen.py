@@ -46,8 +46,11 @@ FIRST_LOOK_CONFIDENCE = 0.999
 
 
 def _rows(x, idx: np.ndarray):
-    """Samples ``idx`` of an array (a copy) or of a lazy sample array (a lazy subset, nothing read)."""
-    return x[idx] if isinstance(x, np.ndarray) else x.take(idx)
+    """Samples ``idx`` of an array or a lazy sample array, as a lazy subset: nothing is read (or
+    copied) until a batch is run."""
+    from edgeprune.pipeline.data.batching import Samples
+
+    return (Samples(x) if isinstance(x, np.ndarray) else x).take(idx)
 
 
 class Screen:
