@@ -172,6 +172,7 @@ def test_the_first_look_screens_on_a_quarter_and_otherwise_judges_every_sample(m
     assert high.judge(cand, 1)["screened"] is (full_agree - high.margin()["score"] >= 0.55)
 
     assert _screen(ref, x, y, 0.3, max_drop=5.0).first_look() is None
+    assert not _screen(ref, x, y, 0.3, max_drop=5.0).clears(rec["keras"])  # --resume: judged again on every sample
     assert _screen(ref, x[:120], None, 0.3).first_look() is not None and _screen(ref, x[:100], None, 0.3).first_look() is None
     one = keras.Sequential([keras.Input((12,)), keras.layers.Dense(3)])  # 3 free values: relative error, no proportion
     assert _screen(one, x, None, 0.3).first_look() is None

@@ -176,6 +176,8 @@ class Screen:
         m = self.margin()
         score = keras["score"]
         if self.partial(keras):
+            if self.first_look() is None:  # --resume under checks a first look cannot decide (--max-accuracy-drop)
+                return False
             score = lower_bound(score, int(keras["n_samples"]), FIRST_LOOK_CONFIDENCE)
         shifted = dict(keras, n_samples=len(self.ctx.data.x), score=score - m["score"],
                        accuracy_drop=None if keras.get("accuracy_drop") is None else keras["accuracy_drop"] + m["points"])
