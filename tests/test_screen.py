@@ -164,12 +164,20 @@ def test_the_first_look_screens_on_a_quarter_and_otherwise_judges_every_sample(m
     assert low.gap == 0.0
     rec = low.judge(cand, 1)
     assert rec["screened"] and rec["keras"]["n_samples"] == 100
+    assert low.looks == {"tried": 2, "screened": 2}
 
     high = _screen(ref, x, None, 0.55)  # clears on all samples, not by a bound on a quarter
     k = high.keras_fidelity(cand, look=True)
     assert k["n_samples"] == 400 and k["score"] == pytest.approx(full_agree, abs=1e-12)
     assert k == high.keras_fidelity(cand, look=False)
     assert high.judge(cand, 1)["screened"] is (full_agree - high.margin()["score"] >= 0.55)
+    # tried once: then the last score (0.625; its bound on 100 samples ~0.47) would not clear 0.55
+    assert high.last_score == pytest.approx(full_agree) and high.looks == {"tried": 1, "screened": 0}
+    high.last_score = 1.0
+    assert high.keras_fidelity(cand, look=True)["n_samples"] == 400 and high.looks["tried"] == 2
+    # not tried when even a perfect score would not clear on 100 samples: 0.95 (bound 0.913)
+    strict = _screen(ref, x, None, 0.95)
+    assert strict.keras_fidelity(cand, look=True)["n_samples"] == 400 and strict.looks["tried"] == 0
 
     assert _screen(ref, x, y, 0.3, max_drop=5.0).first_look() is None
     assert not _screen(ref, x, y, 0.3, max_drop=5.0).clears(rec["keras"])  # --resume: judged again on every sample
@@ -195,4 +203,6 @@ def test_the_first_look_through_the_cli(tmp_path, capsys, monkeypatch):
         assert "on 200 of 800 samples, 99.9 % lower bound" in c["not_measured"]
         assert b["candidates"][c["index"]]["fidelity"]["score"] >= 0.5
     assert all(s["keras_samples"] == 200 for s in a["screen"]["screened"])
+    assert a["screen"]["first_look"]["samples"] == 200 and a["screen"]["first_look"]["screened"] == \
+        len([c for c in a["candidates"] if ((c.get("screen") or {}).get("keras") or {}).get("n_samples") == 200])
     assert "first look" in a["screen"]["method"]

@@ -15,7 +15,8 @@ A first look decides most candidates on a quarter of the samples (at least 100; 
 subset): when the metric is an agreement and only ``--min-fidelity`` is asked for, a candidate
 whose Wilson lower bound at 99.9 % on that subset, less the margin, still clears the threshold is
 screened on it (its record says on how many samples). Any other candidate is judged on the rest of
-the samples too, and so on all of them, as without the first look.
+the samples too, and so on all of them, as without the first look. The look is not tried when even
+the previous candidate's score (agreement falls as the rate rises) would not clear on it.
 
 The device phase converts, on demand and largest rate first, the screened candidates it reaches
 (:meth:`Screen.convert`): each from its saved plan, judged on its .tflite, and only then measured;
@@ -65,6 +66,8 @@ class Screen:
         self.on_demand: list = []  # names converted on demand by the device phase
         self.on_demand_s = 0.0
         self.keras_s = 0.0
+        self.looks = {"tried": 0, "screened": 0}  # the first look: candidates it was tried on, and screened
+        self.last_score = 1.0  # the last candidate's Keras score (the next one's likely best)
 
     # ---------------------------------------------------------------- the margin
     @property
@@ -120,6 +123,13 @@ class Screen:
         d = fid.score_outputs(out, ref, data, cfg).to_dict()
         return {k: d[k] for k in ("metric", "score", "score_name", "accuracy", "accuracy_drop", "n_samples")}
 
+    def _may_clear(self, idx: np.ndarray) -> bool:
+        """Would the first look clear at the previous candidate's score? (If not, it is not tried.)"""
+        from edgeprune.pipeline.search.verdict import AGREEMENT_METRICS
+
+        return self.clears({"metric": AGREEMENT_METRICS[0], "score": self.last_score, "n_samples": len(idx),
+                            "accuracy_drop": None})
+
     def keras_fidelity(self, km=None, look: bool = False) -> dict:
         """The fidelity of a pruned Keras model (None: the original, i.e. the reference itself).
         With ``look``, the first look's score when it screens the candidate (module doc)."""
@@ -134,18 +144,23 @@ class Screen:
             if km is None:
                 return self._score(np.asarray(ctx.reference))
             idx = self.first_look() if look else None
-            if idx is None:
-                return self._score(fid.keras_outputs(km, ctx.data.x))
-            x = ctx.data.x
-            first = fid.keras_outputs(km, _rows(x, idx))
-            keras = self._score(first, idx)
-            if self.clears(keras):
-                return keras
-            rest = np.setdiff1d(np.arange(len(x)), idx)
-            out = np.empty((len(x), *first.shape[1:]), np.float32)
-            out[idx] = first
-            out[rest] = fid.keras_outputs(km, _rows(x, rest))
-            return self._score(out)
+            if idx is None or not self._may_clear(idx):
+                keras = self._score(fid.keras_outputs(km, ctx.data.x))
+            else:
+                x = ctx.data.x
+                first = fid.keras_outputs(km, _rows(x, idx))
+                keras = self._score(first, idx)
+                self.looks["tried"] += 1
+                if self.clears(keras):
+                    self.looks["screened"] += 1
+                else:
+                    rest = np.setdiff1d(np.arange(len(x)), idx)
+                    out = np.empty((len(x), *first.shape[1:]), np.float32)
+                    out[idx] = first
+                    out[rest] = fid.keras_outputs(km, _rows(x, rest))
+                    keras = self._score(out)
+            self.last_score = float(keras["score"])
+            return keras
         finally:
             log.setLevel(level)
             self.keras_s += time.perf_counter() - t0
@@ -261,4 +276,5 @@ class Screen:
                               "margin": r.screen["margin"]} for r in candidates if r.screened],
                 "converted_on_demand": list(self.on_demand), "on_demand_s": round(self.on_demand_s, 3),
                 "conversions_saved": len([r for r in new if r.screened]),
+                "first_look": {"samples": None if self.first_look() is None else len(self.first_look()), **self.looks},
                 "keras_s": round(self.keras_s, 3)}
